@@ -1,0 +1,56 @@
+# elevflyt — set-up on a fresh machine is two commands:
+#   make run    builds, then runs both sample pipelines into ./lakehouse
+#   make test   unit + integration tests, then the independent readers (Python deltalake, polars, DuckDB)
+#
+# CARGO_TARGET_DIR may point at a persistent build directory (CI uses one to save a cold build).
+
+CARGO ?= cargo
+PYTHON ?= python3
+VENV := .venv
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+BIN := $(TARGET_DIR)/debug/elevflyt
+
+.PHONY: all build run test test-rust test-readers venv docs fmt lint clean
+
+all: build
+
+build:
+	$(CARGO) build --locked
+
+run: build
+	$(BIN) run pipelines/bergen.toml
+	$(BIN) run pipelines/voss.toml
+	@echo
+	@echo "Tables written under ./lakehouse. Try:"
+	@echo "  $(BIN) sql pipelines/bergen.toml \"SELECT skolenummer, klasse, count(*) AS elevar FROM elevforhold WHERE is_current GROUP BY 1, 2 ORDER BY 1, 2\""
+
+test: test-rust test-readers
+
+test-rust:
+	$(CARGO) test --locked --all-targets
+
+$(VENV)/.installed: tests/readers/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/readers/requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+test-readers: build venv
+	ELEVFLYT_BIN=$(abspath $(BIN)) $(VENV)/bin/python -m pytest -q -s tests/readers
+
+# Regenerate the table reference in README.md from the schema definitions in src/schema.rs.
+docs: build
+	$(BIN) schema-docs > .tables.md
+	$(PYTHON) -c "import re,sys; r=open('README.md').read(); t=open('.tables.md').read(); \
+	open('README.md','w').write(re.sub(r'(<!-- tables:begin -->).*?(<!-- tables:end -->)', lambda m: m.group(1)+'\n'+t.strip()+'\n'+m.group(2), r, flags=re.S))"
+	rm -f .tables.md
+
+fmt:
+	$(CARGO) fmt
+
+lint:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+clean:
+	rm -rf lakehouse $(VENV)

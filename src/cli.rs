@@ -1,0 +1,216 @@
+//! The command line, defined in one place. Exit codes: 0 ok, 1 a `fail` rule or a pipeline
+//! error, 2 bad usage or configuration.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::Pipeline;
+use crate::error::{Error, Result};
+use crate::run::{RunContext, Stage};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "elevflyt",
+    version,
+    about = "Raw school-system exports → FINT-based, versioned (SCD2) Delta Lake tables",
+    long_about = "elevflyt reads the exports of school administration systems (OneRoster JSON from \
+Vigilo, the legacy Vigo semicolon elevliste), standardizes them to the FINT model (elev, \
+elevforhold, skole), validates them (deviations go to `avvik`), keeps their history as SCD type 2 \
+in Delta Lake, and writes the county's list of 10th graders (`elevliste_vgs`).\n\n\
+Exit codes: 0 ok, 1 a `fail` rule or a pipeline error, 2 bad usage or configuration."
+)]
+pub struct Cli {
+    /// Log format on stderr: human-readable text, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run all three stages: ingest, standardize, publish.
+    Run(StageArgs),
+    /// Read new files from each source into raw_<source>.
+    Ingest(StageArgs),
+    /// Standardize and validate snapshots not yet published (writes avvik and the staging tables).
+    Standardize(StageArgs),
+    /// Merge standardized snapshots into the SCD2 tables and rewrite elevliste_vgs.
+    Publish(StageArgs),
+    /// Query the tables with SQL (DataFusion dialect). Every table of the pipeline is registered
+    /// under its name: elev, elevforhold, skole, avvik, kvalitet, kjoring, elevliste_vgs, raw_<source>.
+    Sql(SqlArgs),
+    /// List the quality rules with their default severity and what they check.
+    Rules,
+    /// Print the table reference (Markdown) generated from the schema definitions.
+    #[command(hide = true)]
+    SchemaDocs,
+}
+
+#[derive(Args, Debug)]
+pub struct StageArgs {
+    /// The pipeline file (TOML), e.g. pipelines/bergen.toml.
+    pub pipeline: PathBuf,
+    /// Warehouse root to use instead of the pipeline file's (path or URL).
+    #[arg(long)]
+    pub warehouse: Option<String>,
+    /// As-of (snapshot) time for every file read in this run: 2026-01-15 or 2026-01-15T08:00:00Z.
+    #[arg(long)]
+    pub as_of: Option<String>,
+    /// Do everything but write: report what would change.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SqlArgs {
+    /// The pipeline file (TOML).
+    pub pipeline: PathBuf,
+    /// The query, e.g. "SELECT klasse, count(*) FROM elevforhold WHERE is_current GROUP BY klasse".
+    pub query: String,
+    /// Warehouse root to use instead of the pipeline file's.
+    #[arg(long)]
+    pub warehouse: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("elevflyt={}", cli.log_level)));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+/// Entry point; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_logging(&cli);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(dispatch(cli.command)) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = %e, "elevflyt failed");
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn context(args: &StageArgs) -> Result<RunContext> {
+    let pipeline = Pipeline::load(&args.pipeline, args.warehouse.as_deref())?;
+    let mut ctx = RunContext::new(pipeline);
+    ctx.dry_run = args.dry_run;
+    if let Some(t) = &args.as_of {
+        ctx.as_of_override = Some(crate::ingest::asof::parse_time(t).ok_or_else(|| {
+            Error::Usage(format!("--as-of: cannot read `{t}` as a date or time (use 2026-01-15 or 2026-01-15T08:00:00Z)"))
+        })?);
+    }
+    Ok(ctx)
+}
+
+async fn dispatch(cmd: Command) -> Result<()> {
+    let (args, stage) = match cmd {
+        Command::Run(a) => (a, Stage::All),
+        Command::Ingest(a) => (a, Stage::Ingest),
+        Command::Standardize(a) => (a, Stage::Standardize),
+        Command::Publish(a) => (a, Stage::Publish),
+        Command::Sql(a) => return sql(a).await,
+        Command::Rules => {
+            print_rules();
+            return Ok(());
+        }
+        Command::SchemaDocs => {
+            print!("{}", crate::schema::markdown_reference());
+            return Ok(());
+        }
+    };
+    let ctx = context(&args)?;
+    let summary = crate::run::execute(&ctx, stage).await?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&summary).unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn print_rules() {
+    println!("{:<22} {:<6} {:<12} explanation", "rule", "default", "table");
+    for r in crate::quality::rules::RULES {
+        println!("{:<22} {:<6}  {:<12} {}", r.name, r.default.as_str(), r.table, r.explanation);
+    }
+    println!("\nOverride a severity in the pipeline file: [quality] <rule> = \"warn\" | \"drop\" | \"fail\"");
+}
+
+async fn sql(a: SqlArgs) -> Result<()> {
+    let pipeline = Pipeline::load(&a.pipeline, a.warehouse.as_deref())?;
+    let mut names: Vec<String> = crate::schema::PUBLISHED.iter().map(|t| t.name.to_string()).collect();
+    names.extend(pipeline.file.sources.iter().map(|s| format!("raw_{}", s.name)));
+    names.push("leveranse".into());
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let session = crate::delta::session(&pipeline, &refs).await?;
+    let batches = crate::delta::query(&session, &a.query).await?;
+    print_batches(&batches, a.format)
+}
+
+pub fn print_batches(batches: &[arrow::array::RecordBatch], format: OutputFormat) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match format {
+        OutputFormat::Table => {
+            writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(batches)?)
+                .map_err(|e| Error::Other(e.to_string()))?;
+        }
+        OutputFormat::Csv => {
+            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+            for b in batches {
+                w.write(b)?;
+            }
+        }
+        OutputFormat::Json => {
+            let mut w = arrow::json::ArrayWriter::new(&mut out);
+            let refs: Vec<&arrow::array::RecordBatch> = batches.iter().collect();
+            w.write_batches(&refs)?;
+            w.finish()?;
+            writeln!(out).map_err(|e| Error::Other(e.to_string()))?;
+        }
+    }
+    Ok(())
+}

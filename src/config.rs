@@ -1,0 +1,295 @@
+//! The pipeline file (`pipelines/*.toml`): parsing and validation.
+//!
+//! Validation here touches nothing outside the file itself, so a file can be checked without
+//! opening any storage. Credentials never live in this file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::quality::Severity;
+
+/// A whole pipeline file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    pub pipeline: PipelineSection,
+    #[serde(rename = "source", default)]
+    pub sources: Vec<SourceConfig>,
+    #[serde(default)]
+    pub quality: QualityConfig,
+}
+
+/// `[pipeline]`: who this is and where the tables go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSection {
+    /// Name of the pipeline, recorded in `kjoring`.
+    pub name: String,
+    /// Four-digit kommunenummer of the municipality that owns the data.
+    pub kommunenummer: String,
+    /// Warehouse root: a path (relative to the pipeline file) or a URL
+    /// (`file://`, `s3://`, `az://`, `abfss://`, `gs://`, `memory://`).
+    pub warehouse: String,
+    /// Catalog (first path level under the warehouse), e.g. `bergen_kommune`.
+    pub catalog: String,
+    /// Schema (second path level), e.g. `grunnskole`.
+    pub schema: String,
+}
+
+/// Input formats. Each is one module under `ingest/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    OnerosterJson,
+    VigoCsv,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::OnerosterJson => "oneroster-json",
+            Format::VigoCsv => "vigo-csv",
+        }
+    }
+}
+
+/// `[[source]]`: one set of exports.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Name of the source; becomes `kildesystem` and the suffix of `raw_<name>`.
+    pub name: String,
+    /// `oneroster-json` or `vigo-csv`.
+    pub format: Format,
+    /// Folder with the exports: a path (relative to the pipeline file) or a URL.
+    pub location: String,
+    /// File name globs to read (default: every file).
+    #[serde(default)]
+    pub include: Vec<String>,
+}
+
+/// `[quality]`: rule settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct QualityConfig {
+    /// Accept synthetic test numbers (Tenor month+80, NAV month+40). Test environments only.
+    #[serde(default)]
+    pub allow_synthetic_fnr: bool,
+    /// Repair a 10-digit fødselsnummer by adding the lost leading zero, when the result is valid.
+    #[serde(default)]
+    pub repair_leading_zero: bool,
+    /// Rule severity overrides: `rule_name = "warn" | "drop" | "fail"`.
+    #[serde(flatten)]
+    pub overrides: BTreeMap<String, toml::Value>,
+}
+
+impl QualityConfig {
+    /// The severity configured for a rule, if overridden.
+    pub fn severity_override(&self, rule: &str) -> Option<Severity> {
+        self.overrides
+            .get(rule)
+            .and_then(|v| v.as_str())
+            .and_then(|s| s.parse().ok())
+    }
+}
+
+/// A loaded pipeline: the file plus where it came from, with paths resolved.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub file: PipelineFile,
+    pub path: PathBuf,
+    /// Warehouse URL after `--warehouse` and relative-path resolution.
+    pub warehouse: url::Url,
+}
+
+impl Pipeline {
+    pub fn load(path: &Path, warehouse_override: Option<&str>) -> Result<Pipeline> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            message: format!("kan ikkje lese fila: {e}"),
+        })?;
+        Self::parse(&text, path, warehouse_override)
+    }
+
+    pub fn parse(text: &str, path: &Path, warehouse_override: Option<&str>) -> Result<Pipeline> {
+        let file: PipelineFile = toml::from_str(text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let config_err = |message: String| Error::Config {
+            path: path.to_path_buf(),
+            message,
+        };
+        file.validate().map_err(config_err)?;
+        // A --warehouse given on the command line is relative to the working directory.
+        let warehouse = match warehouse_override {
+            Some(w) => crate::storage::resolve_location(w, Path::new(".")),
+            None => crate::storage::resolve_location(&file.pipeline.warehouse, base),
+        }
+        .map_err(config_err)?;
+        Ok(Pipeline {
+            file,
+            path: path.to_path_buf(),
+            warehouse,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.file.pipeline.name
+    }
+
+    pub fn kommunenummer(&self) -> &str {
+        &self.file.pipeline.kommunenummer
+    }
+
+    /// Base directory for relative paths in the file.
+    pub fn base_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// URL of a table: `<warehouse>/<catalog>/<schema>/<table>`.
+    pub fn table_url(&self, table: &str) -> url::Url {
+        let mut u = self.warehouse.clone();
+        let p = &self.file.pipeline;
+        let path = format!(
+            "{}/{}/{}/{}",
+            u.path().trim_end_matches('/'),
+            p.catalog,
+            p.schema,
+            table
+        );
+        u.set_path(&path);
+        u
+    }
+
+    pub fn source_location(&self, source: &SourceConfig) -> Result<url::Url> {
+        crate::storage::resolve_location(&source.location, self.base_dir()).map_err(|message| {
+            Error::Config {
+                path: self.path.clone(),
+                message: format!("source `{}`: {message}", source.name),
+            }
+        })
+    }
+}
+
+impl PipelineFile {
+    fn validate(&self) -> std::result::Result<(), String> {
+        let p = &self.pipeline;
+        if p.name.trim().is_empty() {
+            return Err("[pipeline] name must not be empty".into());
+        }
+        if p.kommunenummer.len() != 4 || !p.kommunenummer.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!(
+                "[pipeline] kommunenummer must be four digits, got `{}`",
+                p.kommunenummer
+            ));
+        }
+        if !crate::quality::kommuner::is_kommune(&p.kommunenummer) {
+            return Err(format!(
+                "[pipeline] kommunenummer `{}` is not in the 2024 kommune list",
+                p.kommunenummer
+            ));
+        }
+        for (what, v) in [("catalog", &p.catalog), ("schema", &p.schema)] {
+            if v.is_empty()
+                || !v
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(format!(
+                    "[pipeline] {what} must be letters, digits, `_` or `-`, got `{v}`"
+                ));
+            }
+        }
+        if self.sources.is_empty() {
+            return Err("at least one [[source]] is required".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for s in &self.sources {
+            if s.name.is_empty()
+                || !s
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                return Err(format!(
+                    "[[source]] name must be lower-case letters, digits or `_`, got `{}`",
+                    s.name
+                ));
+            }
+            if !seen.insert(&s.name) {
+                return Err(format!("[[source]] name `{}` is used twice", s.name));
+            }
+            for g in &s.include {
+                globset::Glob::new(g)
+                    .map_err(|e| format!("source `{}`: bad include pattern `{g}`: {e}", s.name))?;
+            }
+        }
+        for (name, value) in &self.quality.overrides {
+            if crate::quality::rules::find(name).is_none() {
+                return Err(format!(
+                    "[quality] unknown key `{name}` (not a rule; see `elevflyt rules`)"
+                ));
+            }
+            if value.as_str().and_then(|s| s.parse::<Severity>().ok()).is_none() {
+                return Err(format!(
+                    "[quality] {name} must be \"warn\", \"drop\" or \"fail\", got {value}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[pipeline]
+name = "t"
+kommunenummer = "4601"
+warehouse = "../lakehouse"
+catalog = "bergen_kommune"
+schema = "grunnskole"
+
+[[source]]
+name = "vigilo"
+format = "oneroster-json"
+location = "../data"
+include = ["*.json"]
+
+[quality]
+allow_synthetic_fnr = true
+duplikat = "warn"
+"#;
+
+    #[test]
+    fn parses_and_resolves_relative_paths() {
+        let p = Pipeline::parse(GOOD, Path::new("/x/pipelines/b.toml"), None).unwrap();
+        assert_eq!(p.warehouse.as_str(), "file:///x/lakehouse/");
+        assert_eq!(
+            p.table_url("elev").as_str(),
+            "file:///x/lakehouse/bergen_kommune/grunnskole/elev"
+        );
+        assert_eq!(p.file.quality.severity_override("duplikat"), Some(Severity::Warn));
+        let p = Pipeline::parse(GOOD, Path::new("/x/pipelines/b.toml"), Some("memory:///w")).unwrap();
+        assert_eq!(p.table_url("elev").as_str(), "memory:///w/bergen_kommune/grunnskole/elev");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let bad = GOOD.replace("catalog =", "katalog = \"x\"\ncatalog =");
+        let err = Pipeline::parse(&bad, Path::new("p.toml"), None).unwrap_err().to_string();
+        assert!(err.contains("katalog"), "{err}");
+        let bad = GOOD.replace("duplikat", "dupplikat");
+        let err = Pipeline::parse(&bad, Path::new("p.toml"), None).unwrap_err().to_string();
+        assert!(err.contains("dupplikat"), "{err}");
+        let bad = GOOD.replace("\"4601\"", "\"9999\"");
+        let err = Pipeline::parse(&bad, Path::new("p.toml"), None).unwrap_err().to_string();
+        assert!(err.contains("9999"), "{err}");
+    }
+}

@@ -1,0 +1,271 @@
+//! Delta Lake access: opening and creating the tables defined in `schema`, appending,
+//! overwriting, SQL reads, and moving polars frames into arrow-rs through the Arrow C Data
+//! Interface. Not here: SCD2 logic (publish/scd2.rs).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::SchemaRef;
+use deltalake::datafusion::prelude::SessionContext;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableBuilder};
+use url::Url;
+
+use crate::config::Pipeline;
+use crate::error::{Error, Result};
+use crate::schema::{Kind, Table};
+
+/// Builds an unloaded table handle on the shared object store for `url`.
+fn builder(url: &Url) -> Result<DeltaTableBuilder> {
+    let store = crate::storage::store_for(url)?;
+    let mut root = url.clone();
+    root.set_path("/");
+    Ok(DeltaTableBuilder::from_url(url.clone())?.with_storage_backend(store, root))
+}
+
+/// Whether a Delta log exists at `url`.
+pub async fn exists(url: &Url) -> Result<bool> {
+    use futures::StreamExt;
+    use object_store::ObjectStore;
+    let store = crate::storage::store_for(url)?;
+    let log = url
+        .join(&format!("{}/_delta_log/", url.path_segments().and_then(|mut s| s.next_back()).unwrap_or("")))
+        .unwrap_or_else(|_| url.clone());
+    let log = if url.path().ends_with('/') { url.join("_delta_log/").unwrap_or(log) } else { log };
+    if url.scheme() == "file" && !url.to_file_path().map(|p| p.exists()).unwrap_or(false) {
+        return Ok(false);
+    }
+    let prefix = crate::storage::object_path(&log)?;
+    let mut listing = store.list(Some(&prefix));
+    Ok(matches!(listing.next().await, Some(Ok(_))))
+}
+
+/// Opens the table at `url` if it exists.
+pub async fn try_open(url: &Url) -> Result<Option<DeltaTable>> {
+    if !exists(url).await? {
+        return Ok(None);
+    }
+    let mut table = builder(url)?.build()?;
+    table.load().await?;
+    Ok(Some(table))
+}
+
+/// Opens the table at `url` at a version or a commit time.
+pub async fn open_at(
+    url: &Url,
+    version: Option<i64>,
+    timestamp: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<DeltaTable> {
+    let mut b = builder(url)?;
+    if let Some(v) = version {
+        b = b.with_version(v as u64);
+    }
+    if let Some(t) = timestamp {
+        b = b.with_timestamp(t);
+    }
+    Ok(b.load().await?)
+}
+
+/// Opens a pipeline table, creating it (schema with comments, description, properties) when
+/// missing.
+pub async fn open_or_create(p: &Pipeline, t: &Table) -> Result<DeltaTable> {
+    let url = p.table_url(t.name);
+    if let Some(table) = try_open(&url).await? {
+        return Ok(table);
+    }
+    if url.scheme() == "file" {
+        if let Ok(path) = url.to_file_path() {
+            std::fs::create_dir_all(&path)
+                .map_err(|e| Error::Other(format!("cannot create {}: {e}", path.display())))?;
+        }
+    }
+    let table = builder(&url)?.build()?;
+    let mut config: HashMap<String, Option<String>> = HashMap::new();
+    if t.kind == Kind::Scd2 {
+        config.insert("delta.enableChangeDataFeed".into(), Some("true".into()));
+    }
+    let created = table
+        .create()
+        .with_table_name(t.name)
+        .with_comment(t.description)
+        .with_columns(t.delta_fields())
+        .with_partition_columns(t.partition_by.iter().copied())
+        .with_configuration(config)
+        .with_save_mode(SaveMode::Ignore)
+        .await;
+    match created {
+        Ok(t) => Ok(t),
+        // Another run created it between our check and our create: open theirs.
+        Err(_) => try_open(&url)
+            .await?
+            .ok_or_else(|| Error::Other(format!("could not create table {url}"))),
+    }
+}
+
+/// Commit properties carrying the run id (visible in `DESCRIBE HISTORY` / `history()`).
+pub fn commit_props(run_id: &str, stage: &str) -> CommitProperties {
+    CommitProperties::default().with_metadata([
+        ("elevflyt_run_id".to_string(), serde_json::json!(run_id)),
+        ("elevflyt_stage".to_string(), serde_json::json!(stage)),
+        (
+            "elevflyt_version".to_string(),
+            serde_json::json!(env!("CARGO_PKG_VERSION")),
+        ),
+    ])
+}
+
+/// Casts `batch` to the table's schema (e.g. LargeUtf8 from polars to Utf8) and sets the
+/// table's field metadata.
+pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        let c = batch.column_by_name(f.name()).ok_or_else(|| {
+            Error::Other(format!("internal: batch lacks column `{}`", f.name()))
+        })?;
+        cols.push(if c.data_type() == f.data_type() {
+            c.clone()
+        } else {
+            cast(c, f.data_type())?
+        });
+    }
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
+
+/// Appends (or overwrites) rows; returns the new table version. Writes nothing for no rows.
+pub async fn write(
+    p: &Pipeline,
+    t: &Table,
+    batches: Vec<RecordBatch>,
+    mode: SaveMode,
+    run_id: &str,
+    stage: &str,
+) -> Result<Option<i64>> {
+    let table = open_or_create(p, t).await?;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if rows == 0 && mode == SaveMode::Append {
+        return Ok(None);
+    }
+    let schema = t.arrow_schema();
+    let batches = batches
+        .iter()
+        .map(|b| conform(b, &schema))
+        .collect::<Result<Vec<_>>>()?;
+    let table = table
+        .write(batches)
+        .with_save_mode(mode)
+        .with_commit_properties(commit_props(run_id, stage))
+        .await?;
+    Ok(table.version().map(|v| v as i64))
+}
+
+/// A DataFusion session with the given tables of the pipeline registered under their names.
+/// Tables that do not exist yet are left out.
+pub async fn session(p: &Pipeline, tables: &[&str]) -> Result<SessionContext> {
+    let ctx = SessionContext::new();
+    for name in tables {
+        if let Some(t) = try_open(&p.table_url(name)).await? {
+            register(&ctx, name, &t).await?;
+        }
+    }
+    Ok(ctx)
+}
+
+pub async fn register(ctx: &SessionContext, name: &str, table: &DeltaTable) -> Result<()> {
+    table.update_datafusion_session(&ctx.state())?;
+    let provider = table.table_provider().await?;
+    ctx.register_table(name, provider)?;
+    Ok(())
+}
+
+/// Runs a query and collects the result.
+pub async fn query(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
+    Ok(ctx.sql(sql).await?.collect().await?)
+}
+
+/// Whether a table exists in the session.
+pub fn has_table(ctx: &SessionContext, name: &str) -> bool {
+    ctx.table_exist(name).unwrap_or(false)
+}
+
+/// Moves a polars DataFrame into arrow-rs record batches through the Arrow C Data Interface
+/// (no row-by-row copy), then conforms it to `schema`.
+pub fn from_polars(df: &mut polars::prelude::DataFrame, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
+    use polars::prelude::CompatLevel;
+    df.rechunk_mut();
+    let mut out = Vec::new();
+    for chunk in df.iter_chunks(CompatLevel::oldest(), false) {
+        let pl_schema = chunk.schema().clone();
+        let mut fields = Vec::new();
+        let mut arrays: Vec<ArrayRef> = Vec::new();
+        for ((_, field), array) in pl_schema.iter().zip(chunk.into_arrays()) {
+            let c_array = polars_arrow::ffi::export_array_to_c(array);
+            let c_schema = polars_arrow::ffi::export_field_to_c(field);
+            // SAFETY: both sides implement the Arrow C Data Interface; the structs are #[repr(C)]
+            // with the same layout, and ownership of the buffers moves with the struct.
+            let data = unsafe {
+                let c_array: arrow::ffi::FFI_ArrowArray = std::mem::transmute(c_array);
+                let c_schema: arrow::ffi::FFI_ArrowSchema = std::mem::transmute(c_schema);
+                arrow::ffi::from_ffi(c_array, &c_schema)?
+            };
+            let array = arrow::array::make_array(data);
+            fields.push(arrow::datatypes::Field::new(
+                field.name.as_str(),
+                array.data_type().clone(),
+                true,
+            ));
+            arrays.push(array);
+        }
+        let batch = RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), arrays)?;
+        out.push(conform(&batch, schema)?);
+    }
+    Ok(out)
+}
+
+/// Total rows in a set of batches.
+pub fn row_count(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(|b| b.num_rows()).sum()
+}
+
+/// Concatenates batches into one (or an empty batch of `schema`).
+pub fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> {
+    Ok(arrow::compute::concat_batches(schema, batches)?)
+}
+
+/// Downcasts a column to a concrete array type, with a useful error.
+pub fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| Error::Other(format!("internal: column `{name}` missing or of wrong type")))
+}
+
+/// A string column as `StringArray`, whatever string encoding the reader produced
+/// (Utf8, LargeUtf8 or Utf8View).
+pub fn strings(batch: &RecordBatch, name: &str) -> Result<arrow::array::StringArray> {
+    let c = batch
+        .column_by_name(name)
+        .ok_or_else(|| Error::Other(format!("internal: column `{name}` missing")))?;
+    let c = cast(c, &arrow::datatypes::DataType::Utf8)?;
+    Ok(c.as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .cloned()
+        .ok_or_else(|| Error::Other(format!("internal: column `{name}` is not text")))?)
+}
+
+/// A timestamp column as microseconds since the epoch (UTC).
+pub fn micros(batch: &RecordBatch, name: &str) -> Result<arrow::array::TimestampMicrosecondArray> {
+    let c = batch
+        .column_by_name(name)
+        .ok_or_else(|| Error::Other(format!("internal: column `{name}` missing")))?;
+    let c = cast(
+        c,
+        &arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into())),
+    )?;
+    Ok(c.as_any()
+        .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+        .cloned()
+        .ok_or_else(|| Error::Other(format!("internal: column `{name}` is not a timestamp")))?)
+}

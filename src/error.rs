@@ -1,0 +1,77 @@
+//! Errors a user can act on: each names the file, record and field involved, never personal data.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The pipeline file or command line is wrong (exit code 2).
+    #[error("configuration error in {}: {message}", path.display())]
+    Config { path: PathBuf, message: String },
+
+    /// Bad usage that is not tied to a file (exit code 2).
+    #[error("{0}")]
+    Usage(String),
+
+    /// A source file cannot be read as its format says.
+    #[error("{file}{}: {message}", location(*line, field.as_deref()))]
+    Input {
+        file: String,
+        line: Option<u64>,
+        field: Option<String>,
+        message: String,
+    },
+
+    /// One or more `fail` rules were broken; nothing was published.
+    #[error("{0}")]
+    RuleFailed(String),
+
+    #[error("storage: {0}")]
+    Storage(#[from] object_store::Error),
+
+    #[error("delta: {0}")]
+    Delta(#[from] deltalake::DeltaTableError),
+
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+
+    #[error("polars: {0}")]
+    Polars(#[from] polars::prelude::PolarsError),
+
+    #[error("sql: {0}")]
+    DataFusion(#[from] deltalake::datafusion::error::DataFusionError),
+
+    #[error("{0}")]
+    Other(String),
+}
+
+fn location(line: Option<u64>, field: Option<&str>) -> String {
+    let mut s = String::new();
+    if let Some(l) = line {
+        s.push_str(&format!(", line {l}"));
+    }
+    if let Some(f) = field {
+        s.push_str(&format!(", field `{f}`"));
+    }
+    s
+}
+
+impl Error {
+    pub fn input(file: impl Into<String>, line: Option<u64>, message: impl Into<String>) -> Self {
+        Error::Input {
+            file: file.into(),
+            line,
+            field: None,
+            message: message.into(),
+        }
+    }
+
+    /// Process exit code for this error (DESIGN §8): 2 for usage/configuration, else 1.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config { .. } | Error::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! elevflyt: raw school-system exports → standardized, versioned (SCD2) Delta Lake tables based on
+//! the FINT information model, with quality metrics, a deviation list and the county's pupil list.
+//!
+//! The stages are modules: [`ingest`] → [`standardize`] → [`publish`]; [`run`] ties them together.
+//! Table definitions live in [`schema`], rules in [`quality`], Delta access in [`delta`].
+
+pub mod cli;
+pub mod config;
+pub mod delta;
+pub mod error;
+pub mod ingest;
+pub mod metrics;
+pub mod publish;
+pub mod quality;
+pub mod run;
+pub mod schema;
+pub mod standardize;
+pub mod storage;
+
+pub use error::{Error, Result};

@@ -1,0 +1,283 @@
+//! Quality metrics (`kvalitet`), the deviation list (`avvik`) and the run log (`kjoring`):
+//! built from the values each stage returns, not recomputed elsewhere.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Float64Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+};
+use deltalake::protocol::SaveMode;
+use polars::prelude::*;
+
+use crate::error::Result;
+use crate::quality::{Avvik, Checker, Severity};
+use crate::run::RunContext;
+use crate::schema;
+use crate::standardize::StandardizeOutcome;
+
+/// One row of `kvalitet`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Metric {
+    pub tabell: String,
+    pub regel_eller_metrikk: String,
+    pub kolonne: Option<String>,
+    pub verdi: Option<f64>,
+    pub bestatt: Option<i64>,
+    pub feila: Option<i64>,
+    pub status: String,
+}
+
+impl Metric {
+    pub fn value(tabell: &str, name: &str, kolonne: Option<String>, verdi: f64) -> Metric {
+        Metric {
+            tabell: tabell.into(),
+            regel_eller_metrikk: name.into(),
+            kolonne,
+            verdi: Some(verdi),
+            bestatt: None,
+            feila: None,
+            status: "ok".into(),
+        }
+    }
+}
+
+/// Metrics of a standardize: rows in/out/dropped, rule results, completeness, pupils per class.
+pub fn standardize_metrics(
+    o: &StandardizeOutcome,
+    checker: &Checker,
+    frames: &[(&schema::Table, DataFrame); 3],
+) -> Result<Vec<Metric>> {
+    let mut m = Vec::new();
+    for (t, df) in frames {
+        let rows_in = o.rows_in.get(t.name).copied().unwrap_or(0) as f64;
+        let rows_out = df.height() as f64;
+        m.push(Metric::value(t.name, "rader_inn", None, rows_in));
+        m.push(Metric::value(t.name, "rader_ut", None, rows_out));
+        m.push(Metric::value(t.name, "rader_forkasta", None, rows_in - rows_out));
+        if df.height() > 0 {
+            for c in t.business_columns() {
+                if let Ok(col) = df.column(c.name) {
+                    let filled = df.height() - col.null_count();
+                    m.push(Metric {
+                        tabell: t.name.into(),
+                        regel_eller_metrikk: "kompletthet".into(),
+                        kolonne: Some(c.name.into()),
+                        verdi: Some(filled as f64 / df.height() as f64),
+                        bestatt: Some(filled as i64),
+                        feila: Some(col.null_count() as i64),
+                        status: "ok".into(),
+                    });
+                }
+            }
+        }
+    }
+    for r in crate::quality::rules::RULES {
+        let failed = checker.failed.get(r.name).copied().unwrap_or(0) as i64;
+        let checked = o.rows_in.get(r.table).copied().unwrap_or(0) as i64;
+        let sev = checker.severity(r.name);
+        m.push(Metric {
+            tabell: r.table.into(),
+            regel_eller_metrikk: r.name.into(),
+            kolonne: None,
+            verdi: Some(failed as f64),
+            bestatt: Some((checked - failed).max(0)),
+            feila: Some(failed),
+            status: if failed == 0 { "ok".into() } else { sev.as_str().into() },
+        });
+    }
+    let invalid_fnr = [
+        crate::quality::rules::FNR_UGYLDIG,
+        crate::quality::rules::FNR_MANGLAR_NULL,
+        crate::quality::rules::FNR_SYNTETISK,
+    ]
+    .iter()
+    .map(|r| checker.failed.get(r).copied().unwrap_or(0))
+    .sum::<u64>();
+    m.push(Metric::value("elev", "ugyldige_fodselsnummer", Some("fodselsnummer".into()), invalid_fnr as f64));
+    m.push(Metric::value(
+        "elev",
+        "duplikat",
+        None,
+        checker.failed.get(crate::quality::rules::DUPLIKAT).copied().unwrap_or(0) as f64,
+    ));
+    Ok(m)
+}
+
+/// Pupils per (skolenummer, klasse) and per trinn among the given elevforhold rows, with polars.
+pub fn pupils_per_class(ef: &DataFrame) -> Result<Vec<Metric>> {
+    let mut m = Vec::new();
+    if ef.height() == 0 {
+        return Ok(m);
+    }
+    let per_class = ef
+        .clone()
+        .lazy()
+        .group_by([col("skolenummer"), col("klasse")])
+        .agg([len().alias("antall")])
+        .sort(["skolenummer", "klasse"], Default::default())
+        .collect()?;
+    let s = per_class.column("skolenummer")?.str()?.clone();
+    let k = per_class.column("klasse")?.str()?.clone();
+    let n = per_class.column("antall")?.cast(&DataType::Int64)?;
+    let n = n.i64()?;
+    for i in 0..per_class.height() {
+        m.push(Metric::value(
+            "elevforhold",
+            "elevar_per_klasse",
+            Some(format!("{}/{}", s.get(i).unwrap_or("-"), k.get(i).unwrap_or("-"))),
+            n.get(i).unwrap_or(0) as f64,
+        ));
+    }
+    let per_trinn = ef
+        .clone()
+        .lazy()
+        .group_by([col("trinn")])
+        .agg([len().alias("antall")])
+        .sort(["trinn"], Default::default())
+        .collect()?;
+    let t = per_trinn.column("trinn")?.cast(&DataType::Int64)?;
+    let t = t.i64()?;
+    let n = per_trinn.column("antall")?.cast(&DataType::Int64)?;
+    let n = n.i64()?;
+    for i in 0..per_trinn.height() {
+        m.push(Metric::value(
+            "elevforhold",
+            "elevar_per_trinn",
+            t.get(i).map(|t| t.to_string()),
+            n.get(i).unwrap_or(0) as f64,
+        ));
+    }
+    Ok(m)
+}
+
+pub async fn write_avvik(ctx: &RunContext, avvik: &[Avvik]) -> Result<Option<i64>> {
+    let t = &schema::AVVIK;
+    let mut run_id = StringBuilder::new();
+    let mut oppdaga = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    let mut kildesystem = StringBuilder::new();
+    let mut kjelde = StringBuilder::new();
+    let mut rad = Int64Builder::new();
+    let mut skolenummer = StringBuilder::new();
+    let mut system_id = StringBuilder::new();
+    let mut regel = StringBuilder::new();
+    let mut alvorsgrad = StringBuilder::new();
+    let mut felt = StringBuilder::new();
+    let mut verdi = StringBuilder::new();
+    let mut melding = StringBuilder::new();
+    let now = ctx.started.timestamp_micros();
+    for a in avvik {
+        run_id.append_value(&ctx.run_id);
+        oppdaga.append_value(now);
+        kildesystem.append_value(&a.record.kildesystem);
+        kjelde.append_value(&a.record.kjelde);
+        rad.append_value(a.record.rad);
+        skolenummer.append_option(a.record.skolenummer.as_deref());
+        system_id.append_option(a.record.system_id.as_deref());
+        regel.append_value(a.regel);
+        alvorsgrad.append_value(a.alvorsgrad.as_str());
+        felt.append_option(a.felt);
+        verdi.append_option(a.verdi.as_deref());
+        melding.append_value(&a.melding);
+    }
+    let batch = RecordBatch::try_new(
+        t.arrow_schema(),
+        vec![
+            Arc::new(run_id.finish()),
+            Arc::new(oppdaga.finish()),
+            Arc::new(kildesystem.finish()),
+            Arc::new(kjelde.finish()),
+            Arc::new(rad.finish()),
+            Arc::new(skolenummer.finish()),
+            Arc::new(system_id.finish()),
+            Arc::new(regel.finish()),
+            Arc::new(alvorsgrad.finish()),
+            Arc::new(felt.finish()),
+            Arc::new(verdi.finish()),
+            Arc::new(melding.finish()),
+        ],
+    )?;
+    crate::delta::write(&ctx.pipeline, t, vec![batch], SaveMode::Append, &ctx.run_id, "standardize").await
+}
+
+pub async fn write_kvalitet(ctx: &RunContext, metrics: &[Metric]) -> Result<Option<i64>> {
+    let t = &schema::KVALITET;
+    let mut run_id = StringBuilder::new();
+    let mut malt = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    let mut tabell = StringBuilder::new();
+    let mut regel = StringBuilder::new();
+    let mut kolonne = StringBuilder::new();
+    let mut verdi = Float64Builder::new();
+    let mut bestatt = Int64Builder::new();
+    let mut feila = Int64Builder::new();
+    let mut status = StringBuilder::new();
+    let now = chrono::Utc::now().timestamp_micros();
+    for m in metrics {
+        run_id.append_value(&ctx.run_id);
+        malt.append_value(now);
+        tabell.append_value(&m.tabell);
+        regel.append_value(&m.regel_eller_metrikk);
+        kolonne.append_option(m.kolonne.as_deref());
+        verdi.append_option(m.verdi);
+        bestatt.append_option(m.bestatt);
+        feila.append_option(m.feila);
+        status.append_value(&m.status);
+    }
+    let batch = RecordBatch::try_new(
+        t.arrow_schema(),
+        vec![
+            Arc::new(run_id.finish()),
+            Arc::new(malt.finish()),
+            Arc::new(tabell.finish()),
+            Arc::new(regel.finish()),
+            Arc::new(kolonne.finish()),
+            Arc::new(verdi.finish()),
+            Arc::new(bestatt.finish()),
+            Arc::new(feila.finish()),
+            Arc::new(status.finish()),
+        ],
+    )?;
+    crate::delta::write(&ctx.pipeline, t, vec![batch], SaveMode::Append, &ctx.run_id, "metrics").await
+}
+
+/// One row of `kjoring`.
+#[derive(Debug, Clone)]
+pub struct RunLog {
+    pub steg: String,
+    pub status: String,
+    pub melding: Option<String>,
+    pub input_files: Vec<String>,
+    pub rows_per_table: serde_json::Value,
+    pub delta_versions: serde_json::Value,
+}
+
+pub async fn write_kjoring(ctx: &RunContext, log: &RunLog) -> Result<Option<i64>> {
+    let t = &schema::KJORING;
+    let s = |v: &str| Arc::new(arrow::array::StringArray::from(vec![v])) as arrow::array::ArrayRef;
+    let so = |v: Option<String>| Arc::new(arrow::array::StringArray::from(vec![v])) as arrow::array::ArrayRef;
+    let ts = |v: i64| {
+        Arc::new(arrow::array::TimestampMicrosecondArray::from(vec![v]).with_timezone("UTC"))
+            as arrow::array::ArrayRef
+    };
+    let batch = RecordBatch::try_new(
+        t.arrow_schema(),
+        vec![
+            s(&ctx.run_id),
+            s(ctx.pipeline.name()),
+            s(&log.steg),
+            ts(ctx.started.timestamp_micros()),
+            ts(chrono::Utc::now().timestamp_micros()),
+            s(&log.status),
+            so(log.melding.clone()),
+            so(Some(serde_json::to_string(&log.input_files).unwrap_or_default())),
+            so(Some(log.rows_per_table.to_string())),
+            so(Some(log.delta_versions.to_string())),
+            s(env!("CARGO_PKG_VERSION")),
+        ],
+    )?;
+    crate::delta::write(&ctx.pipeline, t, vec![batch], SaveMode::Append, &ctx.run_id, "kjoring").await
+}
+
+/// Status word for a severity in `kvalitet`.
+pub fn status_of(sev: Severity) -> &'static str {
+    sev.as_str()
+}

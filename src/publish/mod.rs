@@ -1,0 +1,586 @@
+//! Publish: merges the staged snapshots, in as-of order, into the SCD2 tables `elev`,
+//! `elevforhold` and `skole` (one Delta MERGE commit per changed table, run id in the commit
+//! metadata), records the snapshots in `leveranse` and rewrites `elevliste_vgs`.
+//!
+//! Identity (DESIGN §3.1): (kildesystem, system_id) already known → its id; else the
+//! fødselsnummer already known → its id; else a UUID v5 of kommunenummer, kildesystem and the
+//! source key, so rebuilding from raw gives the same ids.
+
+pub mod scd2;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
+    UInt32Array,
+};
+use arrow::compute::take_record_batch;
+use deltalake::datafusion::prelude::SessionContext;
+use deltalake::protocol::SaveMode;
+use tracing::info;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::metrics::Metric;
+use crate::run::RunContext;
+use crate::schema::{self, Table};
+use crate::standardize::{stage_table, SnapshotKey};
+use scd2::{Scd2, Scope, SnapshotRow};
+
+/// Namespace for elevflyt's deterministic ids.
+const NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b4e_9a7d_4c1e_8b3a_5d2e_7f90_1a44);
+
+#[derive(Debug, Default)]
+pub struct PublishOutcome {
+    pub snapshots: usize,
+    pub inserted: BTreeMap<&'static str, usize>,
+    pub closed: BTreeMap<&'static str, usize>,
+    pub versions: BTreeMap<String, i64>,
+    pub elevliste_rows: usize,
+    pub metrics: Vec<Metric>,
+}
+
+/// Staged rows of one table, with the rows of each snapshot.
+struct StagedTable {
+    batch: RecordBatch,
+    rows: HashMap<SnapshotKey, Vec<u32>>,
+}
+
+async fn read_staged(ctx: &RunContext, t: &Table, done: &HashSet<SnapshotKey>) -> Result<StagedTable> {
+    let stage = stage_table(t);
+    let schema = stage.arrow_schema();
+    let session = crate::delta::session(&ctx.pipeline, &[stage.name]).await?;
+    let batches = if crate::delta::has_table(&session, stage.name) {
+        crate::delta::query(&session, &format!("SELECT * FROM {}", stage.name))
+            .await?
+            .iter()
+            .map(|b| crate::delta::conform(b, &schema))
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
+    let batch = crate::delta::concat(&schema, &batches)?;
+    let k = crate::delta::strings(&batch, "stg_kildesystem")?;
+    let o = crate::delta::strings(&batch, "stg_omfang")?;
+    let t = crate::delta::micros(&batch, "stg_as_of")?;
+    let mut rows: HashMap<SnapshotKey, Vec<u32>> = HashMap::new();
+    for i in 0..batch.num_rows() {
+        let key = (
+            k.value(i).to_string(),
+            (!o.is_null(i)).then(|| o.value(i).to_string()),
+            t.value(i),
+        );
+        if !done.contains(&key) {
+            rows.entry(key).or_default().push(i as u32);
+        }
+    }
+    Ok(StagedTable { batch, rows })
+}
+
+impl StagedTable {
+    fn snapshot(&self, key: &SnapshotKey) -> Result<RecordBatch> {
+        let idx = UInt32Array::from(self.rows.get(key).cloned().unwrap_or_default());
+        Ok(take_record_batch(&self.batch, &idx)?)
+    }
+}
+
+fn opt(a: &StringArray, i: usize) -> Option<String> {
+    (!a.is_null(i)).then(|| a.value(i).to_string())
+}
+
+/// Known identities: (kildesystem, system_id) → id and fødselsnummer → id.
+#[derive(Default)]
+struct Identity {
+    by_system: HashMap<(String, String), String>,
+    by_fnr: HashMap<String, String>,
+}
+
+impl Identity {
+    async fn load(ctx: &SessionContext) -> Result<Identity> {
+        let mut id = Identity::default();
+        if !crate::delta::has_table(ctx, "elev") {
+            return Ok(id);
+        }
+        let sql = "SELECT DISTINCT id, kildesystem, system_id, fodselsnummer, valid_from FROM elev ORDER BY valid_from";
+        for b in crate::delta::query(ctx, sql).await? {
+            let ids = crate::delta::strings(&b, "id")?;
+            let k = crate::delta::strings(&b, "kildesystem")?;
+            let s = crate::delta::strings(&b, "system_id")?;
+            let f = crate::delta::strings(&b, "fodselsnummer")?;
+            for i in 0..b.num_rows() {
+                if let (Some(k), Some(s)) = (opt(&k, i), opt(&s, i)) {
+                    id.by_system.insert((k, s), ids.value(i).to_string());
+                }
+                if let Some(f) = opt(&f, i) {
+                    id.by_fnr.insert(f, ids.value(i).to_string());
+                }
+            }
+        }
+        Ok(id)
+    }
+
+    fn resolve(&mut self, kommune: &str, kildesystem: &str, system_id: Option<&str>, fnr: Option<&str>, source_key: &str) -> String {
+        let found = system_id
+            .and_then(|s| self.by_system.get(&(kildesystem.to_string(), s.to_string())))
+            .or_else(|| fnr.and_then(|f| self.by_fnr.get(f)))
+            .cloned();
+        let id = found.unwrap_or_else(|| {
+            Uuid::new_v5(&NAMESPACE, format!("elev|{kommune}|{kildesystem}|{source_key}").as_bytes())
+                .to_string()
+        });
+        if let Some(s) = system_id {
+            self.by_system.insert((kildesystem.to_string(), s.to_string()), id.clone());
+        }
+        if let Some(f) = fnr {
+            self.by_fnr.insert(f.to_string(), id.clone());
+        }
+        id
+    }
+}
+
+/// Loads the current rows (key, hash, valid_from, scope) of an SCD2 table.
+async fn load_current(ctx: &SessionContext, t: &Table, engine: &mut Scd2) -> Result<()> {
+    if !crate::delta::has_table(ctx, t.name) {
+        return Ok(());
+    }
+    let (school, parent) = match t.name {
+        "elevforhold" => ("skolenummer", "elev_id"),
+        _ => ("NULL", "NULL"),
+    };
+    let sql = format!(
+        "SELECT {key} AS k, rad_hash, valid_from, kildesystem, {school} AS s, {parent} AS p FROM {name} WHERE is_current",
+        key = t.key,
+        name = t.name
+    );
+    for b in crate::delta::query(ctx, &sql).await? {
+        let k = crate::delta::strings(&b, "k")?;
+        let h = crate::delta::strings(&b, "rad_hash")?;
+        let v = crate::delta::micros(&b, "valid_from")?;
+        let ks = crate::delta::strings(&b, "kildesystem")?;
+        let s = crate::delta::strings(&b, "s")?;
+        let p = crate::delta::strings(&b, "p")?;
+        for i in 0..b.num_rows() {
+            engine.load_current(k.value(i).to_string(), h.value(i).to_string(), v.value(i), opt(&ks, i), opt(&s, i), opt(&p, i));
+        }
+    }
+    Ok(())
+}
+
+fn replace_column(batch: &RecordBatch, name: &str, values: ArrayRef) -> Result<RecordBatch> {
+    let idx = batch
+        .schema()
+        .index_of(name)
+        .map_err(|_| Error::Other(format!("internal: no column {name}")))?;
+    let mut cols = batch.columns().to_vec();
+    cols[idx] = values;
+    Ok(RecordBatch::try_new(batch.schema(), cols)?)
+}
+
+/// Per-table engine plus the prepared (id-filled) snapshot batches it refers to.
+struct TableRun {
+    table: &'static Table,
+    engine: Scd2,
+    batches: Vec<RecordBatch>,
+}
+
+impl TableRun {
+    fn new(table: &'static Table) -> Self {
+        TableRun { table, engine: Scd2::default(), batches: Vec::new() }
+    }
+
+    /// Applies a prepared snapshot batch; returns keys closed for absence.
+    fn apply(&mut self, batch: RecordBatch, as_of: i64, scope: Scope<'_>) -> Result<Vec<String>> {
+        let hashes = scd2::row_hashes(self.table, &batch)?;
+        let keys = crate::delta::strings(&batch, self.table.key)?;
+        let ks = crate::delta::strings(&batch, "kildesystem")?;
+        let school = crate::delta::strings(&batch, "skolenummer").ok();
+        let parent = crate::delta::strings(&batch, "elev_id").ok();
+        let rows = (0..batch.num_rows())
+            .map(|i| SnapshotRow {
+                key: keys.value(i),
+                hash: hashes[i].clone(),
+                kildesystem: opt(&ks, i),
+                skolenummer: school.as_ref().and_then(|s| opt(s, i)),
+                parent: parent.as_ref().and_then(|p| opt(p, i)),
+            })
+            .collect();
+        self.engine.apply(self.batches.len(), as_of, rows, scope);
+        self.batches.push(batch);
+        Ok(std::mem::take(&mut self.engine.last_absent))
+    }
+
+    /// The MERGE source: closes (`_op = 'close'`) and new versions (`_op = 'insert'`).
+    fn merge_source(&self, transaction_time: i64) -> Result<RecordBatch> {
+        let t = self.table;
+        let schema = Arc::new(arrow::datatypes::Schema::new(
+            t.columns
+                .iter()
+                .map(|c| arrow::datatypes::Field::new(c.name, c.ty.arrow(), true))
+                .chain([arrow::datatypes::Field::new("_op", arrow::datatypes::DataType::Utf8, false)])
+                .collect::<Vec<_>>(),
+        ));
+        let mut parts = Vec::new();
+        // New versions, taken from the prepared batches.
+        let mut by_batch: BTreeMap<usize, Vec<&scd2::Insert>> = BTreeMap::new();
+        for ins in self.engine.live_inserts() {
+            by_batch.entry(ins.batch).or_default().push(ins);
+        }
+        for (b, inserts) in by_batch {
+            let idx = UInt32Array::from(inserts.iter().map(|i| i.row as u32).collect::<Vec<_>>());
+            let rows = take_record_batch(&self.batches[b], &idx)?;
+            let n = inserts.len();
+            let mut cols: Vec<ArrayRef> = Vec::new();
+            for c in t.columns {
+                cols.push(match c.name {
+                    schema::VALID_FROM => ts(inserts.iter().map(|i| Some(i.valid_from))),
+                    schema::VALID_TO => ts(inserts.iter().map(|i| i.valid_to)),
+                    schema::IS_CURRENT => Arc::new(BooleanArray::from(inserts.iter().map(|i| i.valid_to.is_none()).collect::<Vec<_>>())),
+                    schema::TRANSACTION_TIME => ts((0..n).map(|_| Some(transaction_time))),
+                    schema::ROW_HASH => Arc::new(StringArray::from(inserts.iter().map(|i| i.hash.as_str()).collect::<Vec<_>>())),
+                    name => rows
+                        .column_by_name(name)
+                        .cloned()
+                        .ok_or_else(|| Error::Other(format!("internal: staged rows lack {name}")))?,
+                });
+            }
+            cols.push(Arc::new(StringArray::from(vec!["insert"; n])));
+            parts.push(crate::delta::conform(&RecordBatch::try_new(schema.clone(), cols.clone()).or_else(|_| {
+                // Cast staged columns to the table's types first.
+                let casted = cols
+                    .iter()
+                    .zip(schema.fields())
+                    .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                RecordBatch::try_new(schema.clone(), casted)
+            })?, &schema)?);
+        }
+        // Closes of stored versions: only key, valid_from and valid_to matter.
+        let closes = &self.engine.closes;
+        if !closes.is_empty() {
+            let n = closes.len();
+            let cols: Vec<ArrayRef> = schema
+                .fields()
+                .iter()
+                .map(|f| match f.name().as_str() {
+                    n if n == t.key => Arc::new(StringArray::from(closes.iter().map(|c| c.key.as_str()).collect::<Vec<_>>())) as ArrayRef,
+                    schema::VALID_FROM => ts(closes.iter().map(|c| Some(c.valid_from))),
+                    schema::VALID_TO => ts(closes.iter().map(|c| Some(c.valid_to))),
+                    "_op" => Arc::new(StringArray::from(vec!["close"; n])),
+                    _ => arrow::array::new_null_array(f.data_type(), n),
+                })
+                .collect();
+            parts.push(RecordBatch::try_new(schema.clone(), cols)?);
+        }
+        Ok(arrow::compute::concat_batches(&schema, &parts)?)
+    }
+
+    /// Checks the SCD2 invariants on what this run will write; a violation names the key.
+    fn check(&self) -> Result<()> {
+        let mut current: HashSet<&str> = HashSet::new();
+        for i in self.engine.live_inserts() {
+            if i.valid_to.is_some_and(|to| to <= i.valid_from) {
+                return Err(Error::Other(format!("SCD2 invariant broken in {}: empty interval for key {}", self.table.name, i.key)));
+            }
+            if i.valid_to.is_none() && !current.insert(&i.key) {
+                return Err(Error::Other(format!("SCD2 invariant broken in {}: two current versions of key {}", self.table.name, i.key)));
+            }
+        }
+        for c in &self.engine.closes {
+            if c.valid_to <= c.valid_from {
+                return Err(Error::Other(format!("SCD2 invariant broken in {}: empty interval for key {}", self.table.name, c.key)));
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(&self, ctx: &RunContext, transaction_time: i64) -> Result<Option<i64>> {
+        if !self.engine.has_changes() || ctx.dry_run {
+            return Ok(None);
+        }
+        self.check()?;
+        let t = self.table;
+        let source = self.merge_source(transaction_time)?;
+        let table = crate::delta::open_or_create(&ctx.pipeline, t).await?;
+        let df = SessionContext::new().read_batch(source)?;
+        let predicate = format!(
+            "t.{k} = s.{k} AND t.valid_from = s.valid_from AND t.is_current = true",
+            k = t.key
+        );
+        let cols: Vec<&str> = t.columns.iter().map(|c| c.name).collect();
+        let (table, metrics) = table
+            .merge(df, predicate)
+            .with_source_alias("s")
+            .with_target_alias("t")
+            .when_matched_update(|u| {
+                u.predicate("s._op = 'close'")
+                    .update("valid_to", "s.valid_to")
+                    .update("is_current", "false")
+            })?
+            .when_not_matched_insert(|mut i| {
+                i = i.predicate("s._op = 'insert'");
+                for c in &cols {
+                    i = i.set(*c, format!("s.{c}"));
+                }
+                i
+            })?
+            .with_commit_properties(crate::delta::commit_props(&ctx.run_id, "publish"))
+            .await?;
+        info!(
+            table = t.name,
+            inserted = metrics.num_target_rows_inserted,
+            closed = metrics.num_target_rows_updated,
+            files_added = metrics.num_target_files_added,
+            ms = metrics.execution_time_ms,
+            "merged"
+        );
+        Ok(table.version().map(|v| v as i64))
+    }
+}
+
+fn ts(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
+    Arc::new(TimestampMicrosecondArray::from(values.collect::<Vec<_>>()).with_timezone("UTC"))
+}
+
+pub async fn run(ctx: &RunContext) -> Result<PublishOutcome> {
+    let mut out = PublishOutcome::default();
+    let done = crate::standardize::published(ctx).await?;
+    let staged_elev = read_staged(ctx, &schema::ELEV, &done).await?;
+    let staged_ef = read_staged(ctx, &schema::ELEVFORHOLD, &done).await?;
+    let staged_skole = read_staged(ctx, &schema::SKOLE, &done).await?;
+    let mut snapshots: Vec<SnapshotKey> = staged_elev
+        .rows
+        .keys()
+        .chain(staged_ef.rows.keys())
+        .chain(staged_skole.rows.keys())
+        .cloned()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    snapshots.sort_by(|a, b| (a.2, &a.0, &a.1).cmp(&(b.2, &b.0, &b.1)));
+    out.snapshots = snapshots.len();
+
+    let session = crate::delta::session(&ctx.pipeline, &["elev", "elevforhold", "skole", "elevliste_vgs"]).await?;
+    let mut identity = Identity::load(&session).await?;
+    let mut elev = TableRun::new(&schema::ELEV);
+    let mut ef = TableRun::new(&schema::ELEVFORHOLD);
+    let mut skole = TableRun::new(&schema::SKOLE);
+    load_current(&session, &schema::ELEV, &mut elev.engine).await?;
+    load_current(&session, &schema::ELEVFORHOLD, &mut ef.engine).await?;
+    load_current(&session, &schema::SKOLE, &mut skole.engine).await?;
+    let kommune = ctx.pipeline.kommunenummer().to_string();
+
+    for key in &snapshots {
+        let (kildesystem, omfang, as_of) = key;
+        let scope = || match omfang {
+            Some(s) => Scope::School(kildesystem, s),
+            None => Scope::Source(kildesystem),
+        };
+        // skole
+        let b = staged_skole.snapshot(key)?;
+        skole.apply(b, *as_of, if omfang.is_some() { Scope::None } else { scope() })?;
+
+        // elev: resolve ids
+        let b = staged_elev.snapshot(key)?;
+        let sys = crate::delta::strings(&b, "system_id")?;
+        let fnr = crate::delta::strings(&b, "fodselsnummer")?;
+        let src = crate::delta::strings(&b, "stg_kilde_nokkel")?;
+        let mut id_of_source_key = HashMap::new();
+        let ids: Vec<String> = (0..b.num_rows())
+            .map(|i| {
+                let source_key = opt(&src, i).unwrap_or_default();
+                let id = identity.resolve(&kommune, kildesystem, opt(&sys, i).as_deref(), opt(&fnr, i).as_deref(), &source_key);
+                id_of_source_key.insert(source_key, id.clone());
+                id
+            })
+            .collect();
+        let b = replace_column(&b, "id", Arc::new(StringArray::from(ids)))?;
+        // Per-school lists do not cover a pupil's other schools: pupils are closed below, when
+        // they have no open elevforhold left.
+        elev.apply(b, *as_of, if omfang.is_some() { Scope::None } else { scope() })?;
+
+        // elevforhold: elev_id from the source key, id from (elev_id, skolenummer)
+        let b = staged_ef.snapshot(key)?;
+        let src = crate::delta::strings(&b, "stg_kilde_nokkel")?;
+        let skolenr = crate::delta::strings(&b, "skolenummer")?;
+        let mut keep = Vec::new();
+        let mut elev_ids = Vec::new();
+        let mut ef_ids = Vec::new();
+        for i in 0..b.num_rows() {
+            let Some(elev_id) = opt(&src, i).and_then(|k| id_of_source_key.get(&k).cloned()) else {
+                continue;
+            };
+            keep.push(i as u32);
+            ef_ids.push(Uuid::new_v5(&NAMESPACE, format!("elevforhold|{kildesystem}|{elev_id}|{}", skolenr.value(i)).as_bytes()).to_string());
+            elev_ids.push(elev_id);
+        }
+        let b = take_record_batch(&b, &UInt32Array::from(keep))?;
+        let b = replace_column(&b, "elev_id", Arc::new(StringArray::from(elev_ids)))?;
+        let b = replace_column(&b, "id", Arc::new(StringArray::from(ef_ids)))?;
+        let closed_ef = ef.apply(b, *as_of, scope())?;
+        if omfang.is_some() {
+            // A pupil who left this school and has no other open elevforhold in this source
+            // has left the source.
+            let open: HashSet<&str> = ef
+                .engine
+                .state
+                .values()
+                .filter(|c| c.kildesystem.as_deref() == Some(kildesystem.as_str()))
+                .filter_map(|c| c.parent.as_deref())
+                .collect();
+            let leaving: Vec<String> = closed_ef
+                .iter()
+                .filter_map(|k| ef_parent(&ef, k))
+                .filter(|p| !open.contains(p.as_str()))
+                .collect();
+            for p in leaving {
+                elev.engine.close_key(&p, *as_of);
+            }
+        }
+    }
+
+    let transaction_time = chrono::Utc::now().timestamp_micros();
+    let mut changed = false;
+    for run in [&skole, &elev, &ef] {
+        run.check()?;
+    }
+    for run in [&skole, &elev, &ef] {
+        out.inserted.insert(run.table.name, run.engine.live_inserts().count());
+        let closed_new = run.engine.live_inserts().filter(|i| i.valid_to.is_some()).count();
+        out.closed.insert(run.table.name, run.engine.closes.len() + closed_new);
+        if let Some(v) = run.commit(ctx, transaction_time).await? {
+            out.versions.insert(run.table.name.to_string(), v);
+            changed = true;
+        }
+    }
+    if ctx.dry_run {
+        return Ok(out);
+    }
+    write_leveranse(ctx, &snapshots).await?;
+    let elevliste_exists = crate::delta::has_table(&session, "elevliste_vgs");
+    if changed || (!elevliste_exists && !snapshots.is_empty()) {
+        let (rows, version) = write_elevliste(ctx).await?;
+        out.elevliste_rows = rows;
+        if let Some(v) = version {
+            out.versions.insert("elevliste_vgs".into(), v);
+        }
+    }
+    out.metrics = publish_metrics(ctx).await?;
+    Ok(out)
+}
+
+/// The elev of a closed elevforhold: the engine removed it from the state, so look in the
+/// closes (stored rows) — their parent is read back from the batches or the stored state.
+fn ef_parent(ef: &TableRun, key: &str) -> Option<String> {
+    ef.engine.parents_of_closed.get(key).cloned()
+}
+
+async fn write_leveranse(ctx: &RunContext, snapshots: &[SnapshotKey]) -> Result<()> {
+    if snapshots.is_empty() {
+        return Ok(());
+    }
+    let t = &schema::LEVERANSE;
+    let now = chrono::Utc::now().timestamp_micros();
+    let batch = RecordBatch::try_new(
+        t.arrow_schema(),
+        vec![
+            Arc::new(StringArray::from(snapshots.iter().map(|s| s.0.as_str()).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(snapshots.iter().map(|s| s.1.as_deref()).collect::<Vec<_>>())),
+            ts(snapshots.iter().map(|s| Some(s.2))),
+            Arc::new(StringArray::from(vec![ctx.run_id.as_str(); snapshots.len()])),
+            ts(snapshots.iter().map(|_| Some(now))),
+        ],
+    )?;
+    crate::delta::write(&ctx.pipeline, t, vec![batch], SaveMode::Append, &ctx.run_id, "publish").await?;
+    Ok(())
+}
+
+/// Current 10th graders, from the current rows of the three SCD2 tables.
+pub const ELEVLISTE_SQL: &str = "SELECT \
+    COALESCE(s.fylkesnummer, substr(ef.skolenummer, 1, 2)) AS fylkesnummer, \
+    COALESCE(s.kommunenummer, e.kommunenummer) AS kommunenummer, \
+    ef.skolenummer, ef.klasse, e.fodselsnummer, \
+    concat_ws(' ', e.fornavn, e.mellomnavn, e.etternavn) AS elev_namn \
+    FROM elevforhold ef \
+    JOIN elev e ON e.id = ef.elev_id AND e.is_current \
+    LEFT JOIN skole s ON s.skolenummer = ef.skolenummer AND s.is_current \
+    WHERE ef.is_current AND ef.trinn = 10 \
+    ORDER BY ef.skolenummer, ef.klasse, e.etternavn, e.fornavn";
+
+async fn write_elevliste(ctx: &RunContext) -> Result<(usize, Option<i64>)> {
+    let session = crate::delta::session(&ctx.pipeline, &["elev", "elevforhold", "skole"]).await?;
+    if !crate::delta::has_table(&session, "elev") || !crate::delta::has_table(&session, "elevforhold") {
+        return Ok((0, None));
+    }
+    let sql = if crate::delta::has_table(&session, "skole") {
+        ELEVLISTE_SQL.to_string()
+    } else {
+        ELEVLISTE_SQL.replace("LEFT JOIN skole s ON s.skolenummer = ef.skolenummer AND s.is_current", "LEFT JOIN (SELECT NULL AS skolenummer, NULL AS fylkesnummer, NULL AS kommunenummer) s ON false")
+    };
+    let batches = crate::delta::query(&session, &sql).await?;
+    let now = chrono::Utc::now().timestamp_micros();
+    let t = &schema::ELEVLISTE_VGS;
+    let schema = t.arrow_schema();
+    let mut out = Vec::new();
+    for b in &batches {
+        let mut cols: Vec<ArrayRef> = Vec::new();
+        for f in schema.fields() {
+            cols.push(match f.name().as_str() {
+                "lastet_tid" => ts((0..b.num_rows()).map(|_| Some(now))),
+                name => Arc::new(crate::delta::strings(b, name)?),
+            });
+        }
+        out.push(RecordBatch::try_new(schema.clone(), cols)?);
+    }
+    let rows = crate::delta::row_count(&out);
+    if out.is_empty() {
+        out.push(RecordBatch::new_empty(schema.clone()));
+    }
+    let v = crate::delta::write(&ctx.pipeline, t, out, SaveMode::Overwrite, &ctx.run_id, "publish").await?;
+    Ok((rows, v))
+}
+
+/// Metrics over the published current state: rows per table, pupils per class and trinn.
+async fn publish_metrics(ctx: &RunContext) -> Result<Vec<Metric>> {
+    let session = crate::delta::session(&ctx.pipeline, &["elev", "elevforhold", "skole"]).await?;
+    let mut m = Vec::new();
+    for t in ["elev", "elevforhold", "skole"] {
+        if !crate::delta::has_table(&session, t) {
+            continue;
+        }
+        let b = crate::delta::query(&session, &format!("SELECT count(*) AS n, sum(CASE WHEN is_current THEN 1 ELSE 0 END) AS c FROM {t}")).await?;
+        if let Some(b) = b.first() {
+            let n = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Float64)?;
+            let c = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Float64)?;
+            let n = n.as_any().downcast_ref::<arrow::array::Float64Array>().map(|a| a.value(0)).unwrap_or(0.0);
+            let c = c.as_any().downcast_ref::<arrow::array::Float64Array>().map(|a| if a.is_null(0) { 0.0 } else { a.value(0) }).unwrap_or(0.0);
+            m.push(Metric::value(t, "rader_totalt", None, n));
+            m.push(Metric::value(t, "rader_gjeldande", None, c));
+        }
+    }
+    if crate::delta::has_table(&session, "elevforhold") {
+        let batches = crate::delta::query(&session, "SELECT skolenummer, klasse, trinn FROM elevforhold WHERE is_current").await?;
+        let mut s = Vec::new();
+        let mut k = Vec::new();
+        let mut tr = Vec::new();
+        for b in &batches {
+            let sk = crate::delta::strings(b, "skolenummer")?;
+            let kl = crate::delta::strings(b, "klasse")?;
+            let t = arrow::compute::cast(b.column(2), &arrow::datatypes::DataType::Int32)?;
+            let t = t.as_any().downcast_ref::<arrow::array::Int32Array>().cloned().unwrap_or_else(|| arrow::array::Int32Array::new_null(b.num_rows()));
+            for i in 0..b.num_rows() {
+                s.push(opt(&sk, i));
+                k.push(opt(&kl, i));
+                tr.push((!t.is_null(i)).then(|| t.value(i)));
+            }
+        }
+        use polars::prelude::{Column, DataFrame};
+        let df = DataFrame::new_infer_height(vec![
+            Column::new("skolenummer".into(), s),
+            Column::new("klasse".into(), k),
+            Column::new("trinn".into(), tr),
+        ])?;
+        m.extend(crate::metrics::pupils_per_class(&df)?);
+    }
+    Ok(m)
+}

@@ -1,0 +1,128 @@
+//! Data quality: identifier validation, code lists, the rule catalogue and the deviation (`avvik`)
+//! collector. Not here: where rules are applied (standardize) or how metrics are stored (publish).
+
+pub mod fnr;
+pub mod kommuner;
+pub mod rules;
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::QualityConfig;
+
+/// Severity of a broken rule, as Databricks expectations: keep and report, drop the record,
+/// or stop the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warn,
+    Drop,
+    Fail,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Warn => "warn",
+            Severity::Drop => "drop",
+            Severity::Fail => "fail",
+        }
+    }
+}
+
+impl FromStr for Severity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "warn" => Ok(Severity::Warn),
+            "drop" => Ok(Severity::Drop),
+            "fail" => Ok(Severity::Fail),
+            _ => Err(format!("unknown severity `{s}` (warn, drop or fail)")),
+        }
+    }
+}
+
+/// Where a record came from, for the deviation list.
+#[derive(Debug, Clone, Default)]
+pub struct RecordRef {
+    pub kildesystem: String,
+    pub kjelde: String,
+    pub rad: i64,
+    pub skolenummer: Option<String>,
+    pub system_id: Option<String>,
+}
+
+/// One deviation: a rule broken by one record. `verdi` is already masked.
+#[derive(Debug, Clone)]
+pub struct Avvik {
+    pub record: RecordRef,
+    pub regel: &'static str,
+    pub alvorsgrad: Severity,
+    pub felt: Option<&'static str>,
+    pub verdi: Option<String>,
+    pub melding: String,
+}
+
+/// Applies the pipeline's severities and collects deviations and per-rule counts.
+#[derive(Debug)]
+pub struct Checker {
+    pub allow_synthetic_fnr: bool,
+    pub repair_leading_zero: bool,
+    severities: BTreeMap<&'static str, Severity>,
+    pub avvik: Vec<Avvik>,
+    /// Rule → number of records that broke it.
+    pub failed: BTreeMap<&'static str, u64>,
+}
+
+impl Checker {
+    pub fn new(cfg: &QualityConfig) -> Self {
+        let severities = rules::RULES
+            .iter()
+            .map(|r| (r.name, cfg.severity_override(r.name).unwrap_or(r.default)))
+            .collect();
+        Checker {
+            allow_synthetic_fnr: cfg.allow_synthetic_fnr,
+            repair_leading_zero: cfg.repair_leading_zero,
+            severities,
+            avvik: Vec::new(),
+            failed: BTreeMap::new(),
+        }
+    }
+
+    pub fn severity(&self, rule: &str) -> Severity {
+        self.severities.get(rule).copied().unwrap_or(Severity::Drop)
+    }
+
+    /// Records a deviation and returns its severity, so the caller can drop the record.
+    pub fn report(
+        &mut self,
+        record: &RecordRef,
+        regel: &'static str,
+        felt: Option<&'static str>,
+        verdi: Option<String>,
+        melding: impl Into<String>,
+    ) -> Severity {
+        let alvorsgrad = self.severity(regel);
+        *self.failed.entry(regel).or_default() += 1;
+        self.avvik.push(Avvik {
+            record: record.clone(),
+            regel,
+            alvorsgrad,
+            felt,
+            verdi,
+            melding: melding.into(),
+        });
+        alvorsgrad
+    }
+
+    /// Rules broken with severity `fail`, with counts.
+    pub fn failures(&self) -> Vec<(&'static str, u64)> {
+        self.failed
+            .iter()
+            .filter(|(r, _)| self.severity(r) == Severity::Fail)
+            .map(|(r, n)| (*r, *n))
+            .collect()
+    }
+}

@@ -1,0 +1,73 @@
+//! The catalogue of quality rules: name, default severity and what each one means.
+//! `elevflyt rules` prints this list; `[quality]` in the pipeline file overrides severities.
+
+use super::Severity;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    pub name: &'static str,
+    pub default: Severity,
+    pub table: &'static str,
+    pub explanation: &'static str,
+}
+
+const fn rule(
+    name: &'static str,
+    default: Severity,
+    table: &'static str,
+    explanation: &'static str,
+) -> Rule {
+    Rule {
+        name,
+        default,
+        table,
+        explanation,
+    }
+}
+
+pub const FNR_UGYLDIG: &str = "fnr_ugyldig";
+pub const FNR_SYNTETISK: &str = "fnr_syntetisk";
+pub const FNR_MANGLAR_NULL: &str = "fnr_manglar_null";
+pub const FNR_REPARERT: &str = "fnr_reparert";
+pub const FNR_MANGLAR: &str = "fnr_manglar";
+pub const PAKREVD_FELT: &str = "pakrevd_felt";
+pub const TRINN_UGYLDIG: &str = "trinn_ugyldig";
+pub const KOMMUNENUMMER_UKJENT: &str = "kommunenummer_ukjent";
+pub const FYLKESNUMMER_UKJENT: &str = "fylkesnummer_ukjent";
+pub const ORGNR_UGYLDIG: &str = "orgnr_ugyldig";
+pub const DUPLIKAT: &str = "duplikat";
+pub const UKJENT_SKOLE: &str = "ukjent_skole";
+pub const UKJENT_ELEV: &str = "ukjent_elev";
+
+pub const RULES: &[Rule] = &[
+    rule(FNR_UGYLDIG, Severity::Drop, "elev",
+        "Fødselsnummeret har feil format, feil kontrollsiffer eller ingen gyldig dato."),
+    rule(FNR_SYNTETISK, Severity::Drop, "elev",
+        "Syntetisk testnummer (Tenor +80, NAV +40) i eit miljø utan allow_synthetic_fnr."),
+    rule(FNR_MANGLAR_NULL, Severity::Drop, "elev",
+        "Fødselsnummeret har 10 siffer: den første nullen har falle bort (reparerast med repair_leading_zero)."),
+    rule(FNR_REPARERT, Severity::Warn, "elev",
+        "Fødselsnummeret mangla første null og vart reparert (repair_leading_zero = true)."),
+    rule(FNR_MANGLAR, Severity::Warn, "elev",
+        "Eleven har ikkje fødselsnummer i kjelda (elevar i Vigo-lista må ha det)."),
+    rule(PAKREVD_FELT, Severity::Drop, "elev",
+        "Eit påkravd felt manglar (t.d. namn, skulenummer, fødselsnummer i Vigo-lista)."),
+    rule(TRINN_UGYLDIG, Severity::Drop, "elevforhold",
+        "Trinnet er ikkje mellom 1 og 10."),
+    rule(KOMMUNENUMMER_UKJENT, Severity::Warn, "elev",
+        "Kommunenummeret finst ikkje i kommunelista for 2024."),
+    rule(FYLKESNUMMER_UKJENT, Severity::Warn, "skole",
+        "Fylkesnummeret finst ikkje i fylkeslista for 2024."),
+    rule(ORGNR_UGYLDIG, Severity::Warn, "skole",
+        "Organisasjonsnummeret har feil kontrollsiffer (mod 11)."),
+    rule(DUPLIKAT, Severity::Drop, "elev",
+        "Same elev står meir enn éin gong i same leveranse; berre den første vert publisert."),
+    rule(UKJENT_SKOLE, Severity::Drop, "elevforhold",
+        "Elevforholdet viser til ein skule som ikkje finst i leveransen eller i skule-tabellen."),
+    rule(UKJENT_ELEV, Severity::Drop, "elevforhold",
+        "Elevforholdet viser til ein elev som ikkje finst (eller vart forkasta) i leveransen."),
+];
+
+pub fn find(name: &str) -> Option<&'static Rule> {
+    RULES.iter().find(|r| r.name == name)
+}

@@ -1,0 +1,183 @@
+//! Running stages: the run context (run id, clock, options) and the orchestration of
+//! ingest → standardize → publish, with `kvalitet` and `kjoring` written from what the stages
+//! return — also when a `fail` rule stops the run or a stage errors.
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::json;
+use tracing::{error, info};
+
+use crate::config::Pipeline;
+use crate::error::{Error, Result};
+use crate::metrics::{Metric, RunLog};
+
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    pub pipeline: Pipeline,
+    pub run_id: String,
+    pub started: DateTime<Utc>,
+    pub as_of_override: Option<DateTime<Utc>>,
+    pub dry_run: bool,
+}
+
+impl RunContext {
+    pub fn new(pipeline: Pipeline) -> Self {
+        RunContext {
+            pipeline,
+            run_id: uuid::Uuid::new_v4().to_string(),
+            started: Utc::now(),
+            as_of_override: None,
+            dry_run: false,
+        }
+    }
+}
+
+pub fn fmt_micros(t: i64) -> String {
+    Utc.timestamp_micros(t)
+        .single()
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    All,
+    Ingest,
+    Standardize,
+    Publish,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::All => "run",
+            Stage::Ingest => "ingest",
+            Stage::Standardize => "standardize",
+            Stage::Publish => "publish",
+        }
+    }
+}
+
+/// What a run did, for the summary printed at the end.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Summary {
+    pub run_id: String,
+    pub status: String,
+    pub files_read: Vec<String>,
+    pub files_skipped: usize,
+    pub raw_records: usize,
+    pub snapshots_standardized: usize,
+    pub avvik: usize,
+    pub snapshots_published: usize,
+    pub inserted: serde_json::Value,
+    pub closed: serde_json::Value,
+    pub delta_versions: serde_json::Value,
+    pub elevliste_rows: usize,
+    pub failed_rules: Vec<(String, u64)>,
+}
+
+/// Runs one stage or all of them. A broken `fail` rule returns `Error::RuleFailed` after the
+/// deviations, metrics and run log are written.
+pub async fn execute(ctx: &RunContext, stage: Stage) -> Result<Summary> {
+    let mut summary = Summary {
+        run_id: ctx.run_id.clone(),
+        ..Default::default()
+    };
+    let mut metrics: Vec<Metric> = Vec::new();
+    let mut versions = serde_json::Map::new();
+    let result = run_stages(ctx, stage, &mut summary, &mut metrics, &mut versions).await;
+    let (status, melding) = match &result {
+        Ok(()) => ("ok", None),
+        Err(Error::RuleFailed(m)) => ("fail", Some(m.clone())),
+        Err(e) => ("error", Some(e.to_string())),
+    };
+    summary.status = status.into();
+    summary.delta_versions = serde_json::Value::Object(versions.clone());
+    if !ctx.dry_run {
+        // Bookkeeping must not hide the original error.
+        if !metrics.is_empty() {
+            match crate::metrics::write_kvalitet(ctx, &metrics).await {
+                Ok(Some(v)) => {
+                    versions.insert("kvalitet".into(), json!(v));
+                }
+                Ok(None) => {}
+                Err(e) => error!(error = %e, "could not write kvalitet"),
+            }
+        }
+        let log = RunLog {
+            steg: stage.name().into(),
+            status: status.into(),
+            melding,
+            input_files: summary.files_read.clone(),
+            rows_per_table: json!({
+                "raw": summary.raw_records,
+                "inserted": summary.inserted,
+                "closed": summary.closed,
+                "avvik": summary.avvik,
+                "elevliste_vgs": summary.elevliste_rows,
+            }),
+            delta_versions: serde_json::Value::Object(versions.clone()),
+        };
+        if let Err(e) = crate::metrics::write_kjoring(ctx, &log).await {
+            error!(error = %e, "could not write kjoring");
+        }
+    }
+    summary.delta_versions = serde_json::Value::Object(versions);
+    result.map(|_| summary)
+}
+
+async fn run_stages(
+    ctx: &RunContext,
+    stage: Stage,
+    summary: &mut Summary,
+    metrics: &mut Vec<Metric>,
+    versions: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    info!(pipeline = ctx.pipeline.name(), run_id = %ctx.run_id, stage = stage.name(), dry_run = ctx.dry_run, "starting");
+    if matches!(stage, Stage::All | Stage::Ingest) {
+        let m = crate::ingest::run(ctx).await?;
+        summary.files_read = m.files_read.clone();
+        summary.files_skipped = m.files_skipped;
+        summary.raw_records = m.records;
+        for (t, v) in &m.raw_versions {
+            versions.insert(t.clone(), json!(v));
+        }
+        metrics.push(Metric::value("raw", "filer_lesne", None, m.files_read.len() as f64));
+        metrics.push(Metric::value("raw", "filer_hoppa_over", None, m.files_skipped as f64));
+        metrics.push(Metric::value("raw", "rader_inn", None, m.records as f64));
+    }
+    if matches!(stage, Stage::All | Stage::Standardize) {
+        let o = crate::standardize::run(ctx).await?;
+        summary.snapshots_standardized = o.snapshots;
+        summary.avvik = o.avvik;
+        if let Some(v) = o.avvik_version {
+            versions.insert("avvik".into(), json!(v));
+        }
+        metrics.extend(o.metrics.iter().cloned());
+        if !o.failures.is_empty() {
+            summary.failed_rules = o.failures.iter().map(|(r, n)| (r.to_string(), *n)).collect();
+            let list = o
+                .failures
+                .iter()
+                .map(|(r, n)| format!("{r} ({n} postar)"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Error::RuleFailed(format!(
+                "fail-reglar broten: {list}; ingen datatabell er endra (sjå avvik for run_id {})",
+                ctx.run_id
+            )));
+        }
+    }
+    if matches!(stage, Stage::All | Stage::Publish) {
+        let o = crate::publish::run(ctx).await?;
+        summary.snapshots_published = o.snapshots;
+        summary.inserted = json!(o.inserted);
+        summary.closed = json!(o.closed);
+        summary.elevliste_rows = o.elevliste_rows;
+        for (t, v) in &o.versions {
+            versions.insert(t.clone(), json!(v));
+        }
+        metrics.extend(o.metrics);
+    }
+    info!(run_id = %ctx.run_id, "finished");
+    Ok(())
+}

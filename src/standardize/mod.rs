@@ -1,0 +1,564 @@
+//! Standardize: turns the raw records of every snapshot not yet published into FINT rows for
+//! `elev`, `elevforhold` and `skole` (staging tables `stg_*`), derives fields (birth date and
+//! legacy gender from the fødselsnummer, split names), validates every row (DESIGN §6) and writes
+//! the deviations to `avvik`. polars holds the staged columns and computes the metrics.
+//!
+//! Not here: ids and history (publish), parsing files (ingest).
+
+pub mod oneroster;
+pub mod vigo;
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::NaiveDate;
+use deltalake::protocol::SaveMode;
+use polars::prelude::*;
+use tracing::{info, warn};
+
+use crate::config::Format;
+use crate::error::Result;
+use crate::metrics::Metric;
+use crate::quality::{fnr, kommuner, rules, Checker, RecordRef, Severity};
+use crate::run::RunContext;
+use crate::schema::{self, raw_table};
+
+/// A raw record of a snapshot.
+#[derive(Debug, Clone)]
+pub struct RawRec {
+    pub kjelde: String,
+    pub entitet: String,
+    pub rad: i64,
+    pub post: String,
+}
+
+/// All records of one source that share a scope and an as-of time.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub kildesystem: String,
+    pub format: Format,
+    pub omfang: Option<String>,
+    /// Microseconds since the epoch, UTC.
+    pub as_of: i64,
+    pub records: Vec<RawRec>,
+}
+
+pub type SnapshotKey = (String, Option<String>, i64);
+
+impl Snapshot {
+    pub fn key(&self) -> SnapshotKey {
+        (self.kildesystem.clone(), self.omfang.clone(), self.as_of)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ElevRow {
+    pub r: RecordRef,
+    pub kilde_nokkel: Option<String>,
+    pub system_id: Option<String>,
+    pub fodselsnummer: Option<String>,
+    pub feidenavn: Option<String>,
+    pub kommunenummer: Option<String>,
+    pub fornavn: Option<String>,
+    pub mellomnavn: Option<String>,
+    pub etternavn: Option<String>,
+    pub fodselsdato: Option<NaiveDate>,
+    pub kjonn: Option<String>,
+    pub epostadresse: Option<String>,
+    pub mobiltelefonnummer: Option<String>,
+    pub bostedsadresse: Option<String>,
+    pub postnummer: Option<String>,
+    pub poststed: Option<String>,
+    /// Whether the source must deliver a fødselsnummer (the Vigo list identifies pupils by it).
+    pub fnr_required: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct EfRow {
+    pub r: RecordRef,
+    pub elev_kilde_nokkel: Option<String>,
+    pub system_id: Option<String>,
+    pub skolenummer: Option<String>,
+    pub klasse: Option<String>,
+    pub trinn: Option<i32>,
+    pub skolear: Option<String>,
+    pub hovedskole: Option<bool>,
+    pub startdato: Option<NaiveDate>,
+    pub sluttdato: Option<NaiveDate>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SkoleRow {
+    pub r: RecordRef,
+    pub skolenummer: String,
+    pub organisasjonsnummer: Option<String>,
+    pub navn: Option<String>,
+    pub kommunenummer: Option<String>,
+    pub fylkesnummer: Option<String>,
+    pub eierform: Option<String>,
+}
+
+/// Rows of one snapshot, before and after validation.
+#[derive(Debug, Default)]
+pub struct Staged {
+    pub elev: Vec<ElevRow>,
+    pub elevforhold: Vec<EfRow>,
+    pub skole: Vec<SkoleRow>,
+}
+
+/// What standardize did.
+#[derive(Debug, Default)]
+pub struct StandardizeOutcome {
+    pub snapshots: usize,
+    pub rows_in: BTreeMap<&'static str, usize>,
+    pub rows_out: BTreeMap<&'static str, usize>,
+    pub avvik: usize,
+    pub avvik_version: Option<i64>,
+    pub failures: Vec<(&'static str, u64)>,
+    pub metrics: Vec<Metric>,
+}
+
+/// Snapshots already published, from `leveranse`.
+pub async fn published(ctx: &RunContext) -> Result<HashSet<SnapshotKey>> {
+    let session = crate::delta::session(&ctx.pipeline, &["leveranse"]).await?;
+    let mut out = HashSet::new();
+    if !crate::delta::has_table(&session, "leveranse") {
+        return Ok(out);
+    }
+    for b in crate::delta::query(&session, "SELECT kildesystem, omfang, as_of FROM leveranse").await? {
+        let k = crate::delta::strings(&b, "kildesystem")?;
+        let o = crate::delta::strings(&b, "omfang")?;
+        let t = crate::delta::micros(&b, "as_of")?;
+        for i in 0..b.num_rows() {
+            let omfang = (!o.is_null(i)).then(|| o.value(i).to_string());
+            out.insert((k.value(i).to_string(), omfang, t.value(i)));
+        }
+    }
+    Ok(out)
+}
+
+use arrow::array::Array;
+
+/// Reads the raw records of every snapshot that is not yet published, ordered by as-of.
+async fn pending_snapshots(ctx: &RunContext) -> Result<Vec<Snapshot>> {
+    let done = published(ctx).await?;
+    let mut snaps: BTreeMap<(i64, String, Option<String>), Snapshot> = BTreeMap::new();
+    for source in &ctx.pipeline.file.sources {
+        let table = raw_table(&source.name);
+        let session = crate::delta::session(&ctx.pipeline, &[table.name]).await?;
+        if !crate::delta::has_table(&session, table.name) {
+            continue;
+        }
+        let sql = format!(
+            "SELECT kildesystem, omfang, as_of, kjelde, entitet, rad, post FROM {} ORDER BY as_of, kjelde, rad",
+            table.name
+        );
+        for b in crate::delta::query(&session, &sql).await? {
+            let k = crate::delta::strings(&b, "kildesystem")?;
+            let o = crate::delta::strings(&b, "omfang")?;
+            let t = crate::delta::micros(&b, "as_of")?;
+            let kjelde = crate::delta::strings(&b, "kjelde")?;
+            let entitet = crate::delta::strings(&b, "entitet")?;
+            let rad = arrow::compute::cast(
+                b.column_by_name("rad").ok_or_else(|| crate::error::Error::Other("raw lacks rad".into()))?,
+                &arrow::datatypes::DataType::Int64,
+            )?;
+            let rad = rad
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .ok_or_else(|| crate::error::Error::Other("raw rad is not an integer".into()))?;
+            let post = crate::delta::strings(&b, "post")?;
+            for i in 0..b.num_rows() {
+                let omfang = (!o.is_null(i)).then(|| o.value(i).to_string());
+                let key = (k.value(i).to_string(), omfang.clone(), t.value(i));
+                if done.contains(&key) {
+                    continue;
+                }
+                snaps
+                    .entry((t.value(i), key.0.clone(), omfang.clone()))
+                    .or_insert_with(|| Snapshot {
+                        kildesystem: key.0.clone(),
+                        format: source.format,
+                        omfang,
+                        as_of: t.value(i),
+                        records: Vec::new(),
+                    })
+                    .records
+                    .push(RawRec {
+                        kjelde: kjelde.value(i).to_string(),
+                        entitet: entitet.value(i).to_string(),
+                        rad: rad.value(i),
+                        post: post.value(i).to_string(),
+                    });
+            }
+        }
+    }
+    Ok(snaps.into_values().collect())
+}
+
+/// Validates a pupil's fødselsnummer; fills birth date and legacy gender. Returns false when the
+/// row must be dropped.
+fn check_fnr(c: &mut Checker, e: &mut ElevRow, today: NaiveDate) -> bool {
+    let Some(raw) = e.fodselsnummer.clone() else {
+        if e.fnr_required {
+            let sev = c.report(&e.r, rules::PAKREVD_FELT, Some("fodselsnummer"), None,
+                "Fødselsnummer manglar: eleven kan ikkje sendast til fylket utan det");
+            return sev != Severity::Drop;
+        }
+        c.report(&e.r, rules::FNR_MANGLAR, Some("fodselsnummer"), None,
+            "Eleven manglar fødselsnummer i kjeldesystemet");
+        return true;
+    };
+    let norm = fnr::normalize(&raw);
+    e.fodselsnummer = Some(norm.clone());
+    let mut result = fnr::classify(&norm, today);
+    if result == Err(fnr::FnrError::LeadingZeroLost) {
+        let repaired = format!("0{norm}");
+        match fnr::classify(&repaired, today) {
+            Ok(info) if c.repair_leading_zero => {
+                c.report(&e.r, rules::FNR_REPARERT, Some("fodselsnummer"), Some(fnr::mask(&norm)),
+                    "Fødselsnummeret mangla første siffer (0) og er reparert — rett det i skulesystemet");
+                e.fodselsnummer = Some(repaired);
+                result = Ok(info);
+            }
+            _ => {
+                let sev = c.report(&e.r, rules::FNR_MANGLAR_NULL, Some("fodselsnummer"),
+                    Some(fnr::mask(&norm)), fnr::FnrError::LeadingZeroLost.message());
+                return sev != Severity::Drop;
+            }
+        }
+    }
+    match result {
+        Ok(info) => {
+            if info.kind.is_synthetic() && !c.allow_synthetic_fnr {
+                let sev = c.report(&e.r, rules::FNR_SYNTETISK, Some("fodselsnummer"),
+                    Some(fnr::mask(&norm)),
+                    format!("Fødselsnummeret er eit syntetisk testnummer ({}) og kan ikkje brukast i produksjon", info.kind.code()));
+                return sev != Severity::Drop;
+            }
+            if e.fodselsdato.is_none() {
+                e.fodselsdato = info.birth_date;
+            }
+            if e.kjonn.is_none() {
+                e.kjonn = Some(info.kjonn.unwrap_or("0").to_string());
+            }
+            true
+        }
+        Err(err) => {
+            let sev = c.report(&e.r, rules::FNR_UGYLDIG, Some("fodselsnummer"),
+                Some(fnr::mask(&norm)), err.message());
+            sev != Severity::Drop
+        }
+    }
+}
+
+/// Applies the rules to one snapshot's rows, dropping what must not be published.
+fn validate(c: &mut Checker, rows: Staged, known_schools: &HashSet<String>, today: NaiveDate) -> Staged {
+    let mut out = Staged::default();
+    for s in rows.skole {
+        if let Some(o) = &s.organisasjonsnummer {
+            if !fnr::valid_orgnr(o) {
+                let sev = c.report(&s.r, rules::ORGNR_UGYLDIG, Some("organisasjonsnummer"), Some(o.clone()),
+                    "Organisasjonsnummeret har feil kontrollsiffer");
+                if sev == Severity::Drop { continue; }
+            }
+        }
+        if let Some(k) = &s.kommunenummer {
+            if !kommuner::is_kommune(k) {
+                let sev = c.report(&s.r, rules::KOMMUNENUMMER_UKJENT, Some("kommunenummer"), Some(k.clone()),
+                    "Kommunenummeret finst ikkje i kommunelista for 2024");
+                if sev == Severity::Drop { continue; }
+            }
+        }
+        if let Some(f) = &s.fylkesnummer {
+            if !kommuner::is_fylke(f) {
+                let sev = c.report(&s.r, rules::FYLKESNUMMER_UKJENT, Some("fylkesnummer"), Some(f.clone()),
+                    "Fylkesnummeret finst ikkje i fylkeslista for 2024");
+                if sev == Severity::Drop { continue; }
+            }
+        }
+        out.skole.push(s);
+    }
+    let schools: HashSet<String> = out
+        .skole
+        .iter()
+        .map(|s| s.skolenummer.clone())
+        .chain(known_schools.iter().cloned())
+        .collect();
+
+    // Keys of every delivered pupil, kept or not: references to dropped pupils are not new news.
+    let delivered: HashSet<String> = rows
+        .elev
+        .iter()
+        .filter_map(|e| {
+            let k = e.kilde_nokkel.as_deref()?;
+            Some(if e.fnr_required { fnr::normalize(k) } else { k.to_string() })
+        })
+        .collect();
+    let mut kept_keys = HashSet::new();
+    let mut seen_fnr = HashSet::new();
+    // Records whose pupil was dropped: an elevforhold from the same record (Vigo lines carry
+    // both) goes with it, already reported.
+    let mut dropped_records = HashSet::new();
+    for mut e in rows.elev {
+        let mut keep = true;
+        if e.fornavn.is_none() || e.etternavn.is_none() {
+            let sev = c.report(&e.r, rules::PAKREVD_FELT, Some("elev_namn"), None,
+                "Eleven manglar fornamn eller etternamn");
+            keep &= sev != Severity::Drop;
+        }
+        if e.kilde_nokkel.is_none() && !e.fnr_required {
+            let sev = c.report(&e.r, rules::PAKREVD_FELT, Some("system_id"), None,
+                "Eleven manglar ID i kjeldesystemet");
+            keep &= sev != Severity::Drop;
+        }
+        keep &= check_fnr(c, &mut e, today);
+        if e.fnr_required {
+            // The Vigo list is keyed by the (normalised, possibly repaired) fødselsnummer.
+            e.kilde_nokkel = e.fodselsnummer.clone();
+        }
+        if let Some(k) = &e.kommunenummer {
+            if !kommuner::is_kommune(k) {
+                let sev = c.report(&e.r, rules::KOMMUNENUMMER_UKJENT, Some("kommunenummer"), Some(k.clone()),
+                    "Kommunenummeret finst ikkje i kommunelista for 2024");
+                keep &= sev != Severity::Drop;
+            }
+        }
+        if !keep {
+            dropped_records.insert((e.r.kjelde.clone(), e.r.rad));
+            continue;
+        }
+        let key = e.kilde_nokkel.clone().unwrap_or_default();
+        let dup_fnr = e.fodselsnummer.as_ref().is_some_and(|f| !seen_fnr.insert(f.clone()));
+        if !kept_keys.insert(key) || dup_fnr {
+            let verdi = e.fodselsnummer.as_deref().map(fnr::mask);
+            c.report(&e.r, rules::DUPLIKAT, Some("fodselsnummer"), verdi,
+                "Eleven står fleire gonger i same leveranse; berre den første er teken med");
+            dropped_records.insert((e.r.kjelde.clone(), e.r.rad));
+            continue;
+        }
+        out.elev.push(e);
+    }
+    let elev_keys: HashSet<String> = out.elev.iter().filter_map(|e| e.kilde_nokkel.clone()).collect();
+    let mut ef_keys = HashSet::new();
+    for mut ef in rows.elevforhold {
+        if dropped_records.contains(&(ef.r.kjelde.clone(), ef.r.rad)) {
+            continue;
+        }
+        if ef.elev_kilde_nokkel.as_ref().is_some_and(|k| k.len() == 10 && c.repair_leading_zero) {
+            // Follow the repaired number of a Vigo pupil.
+            let repaired = format!("0{}", ef.elev_kilde_nokkel.as_deref().unwrap_or_default());
+            if elev_keys.contains(&repaired) {
+                ef.elev_kilde_nokkel = Some(repaired);
+            }
+        }
+        if let Some(k) = &ef.elev_kilde_nokkel {
+            ef.elev_kilde_nokkel = Some(if ef.r.system_id.is_none() { fnr::normalize(k) } else { k.clone() });
+        }
+        let Some(elev) = ef.elev_kilde_nokkel.clone().filter(|k| elev_keys.contains(k)) else {
+            // Pupils dropped above are already reported; only unknown references are new.
+            if !ef.elev_kilde_nokkel.as_ref().is_some_and(|k| delivered.contains(k)) {
+                c.report(&ef.r, rules::UKJENT_ELEV, Some("user"), None,
+                    "Elevforholdet viser til ein elev som ikkje er med i leveransen");
+            }
+            continue;
+        };
+        let Some(skole) = ef.skolenummer.clone() else {
+            c.report(&ef.r, rules::PAKREVD_FELT, Some("skolenummer"), None, "Skulenummer manglar");
+            continue;
+        };
+        if !schools.contains(&skole) {
+            let sev = c.report(&ef.r, rules::UKJENT_SKOLE, Some("skolenummer"), Some(skole.clone()),
+                "Skulen finst ikkje i leveransen eller i skuleregisteret til kommunen");
+            if sev == Severity::Drop { continue; }
+        }
+        if !ef.trinn.is_some_and(|t| (1..=10).contains(&t)) {
+            let sev = c.report(&ef.r, rules::TRINN_UGYLDIG, Some("trinn"),
+                ef.trinn.map(|t| t.to_string()), "Trinnet må vere mellom 1 og 10");
+            if sev == Severity::Drop { continue; }
+        }
+        if ef.klasse.is_none() {
+            let sev = c.report(&ef.r, rules::PAKREVD_FELT, Some("klasse"), None, "Klasse manglar");
+            if sev == Severity::Drop { continue; }
+        }
+        if !ef_keys.insert((elev, skole)) {
+            c.report(&ef.r, rules::DUPLIKAT, Some("klasse"), None,
+                "Eleven har fleire elevforhold ved same skule i same leveranse; berre det første er teke med");
+            continue;
+        }
+        out.elevforhold.push(ef);
+    }
+    out
+}
+
+fn date_days(d: Option<NaiveDate>) -> Option<i32> {
+    d.map(|d| (d - NaiveDate::default()).num_days() as i32)
+}
+
+fn snapshot_columns<T>(rows: &[(&Snapshot, T)]) -> Vec<Column> {
+    vec![
+        Column::new("stg_kildesystem".into(), rows.iter().map(|(s, _)| s.kildesystem.as_str()).collect::<Vec<_>>()),
+        Column::new("stg_omfang".into(), rows.iter().map(|(s, _)| s.omfang.as_deref()).collect::<Vec<_>>()),
+        Column::new("stg_as_of".into(), rows.iter().map(|(s, _)| s.as_of).collect::<Vec<_>>()),
+    ]
+}
+
+fn str_col<T>(name: &str, rows: &[(&Snapshot, T)], f: impl Fn(&T) -> Option<&str>) -> Column {
+    Column::new(name.into(), rows.iter().map(|(_, r)| f(r)).collect::<Vec<_>>())
+}
+
+fn elev_frame(rows: &[(&Snapshot, ElevRow)]) -> Result<DataFrame> {
+    let mut cols = vec![
+        Column::new("id".into(), rows.iter().map(|_| None::<&str>).collect::<Vec<_>>()),
+        str_col("system_id", rows, |e| e.system_id.as_deref()),
+        str_col("kildesystem", rows, |e| Some(e.r.kildesystem.as_str())),
+        str_col("fodselsnummer", rows, |e| e.fodselsnummer.as_deref()),
+        str_col("feidenavn", rows, |e| e.feidenavn.as_deref()),
+        str_col("kommunenummer", rows, |e| e.kommunenummer.as_deref()),
+        str_col("fornavn", rows, |e| e.fornavn.as_deref()),
+        str_col("mellomnavn", rows, |e| e.mellomnavn.as_deref()),
+        str_col("etternavn", rows, |e| e.etternavn.as_deref()),
+        Column::new("fodselsdato".into(), rows.iter().map(|(_, e)| date_days(e.fodselsdato)).collect::<Vec<_>>()),
+        str_col("kjonn", rows, |e| e.kjonn.as_deref()),
+        str_col("epostadresse", rows, |e| e.epostadresse.as_deref()),
+        str_col("mobiltelefonnummer", rows, |e| e.mobiltelefonnummer.as_deref()),
+        str_col("bostedsadresse", rows, |e| e.bostedsadresse.as_deref()),
+        str_col("postnummer", rows, |e| e.postnummer.as_deref()),
+        str_col("poststed", rows, |e| e.poststed.as_deref()),
+    ];
+    cols.extend(snapshot_columns(rows));
+    cols.push(str_col("stg_kilde_nokkel", rows, |e| e.kilde_nokkel.as_deref()));
+    Ok(DataFrame::new_infer_height(cols)?)
+}
+
+fn elevforhold_frame(rows: &[(&Snapshot, EfRow)]) -> Result<DataFrame> {
+    let mut cols = vec![
+        Column::new("id".into(), rows.iter().map(|_| None::<&str>).collect::<Vec<_>>()),
+        Column::new("elev_id".into(), rows.iter().map(|_| None::<&str>).collect::<Vec<_>>()),
+        str_col("system_id", rows, |e| e.system_id.as_deref()),
+        str_col("kildesystem", rows, |e| Some(e.r.kildesystem.as_str())),
+        str_col("skolenummer", rows, |e| e.skolenummer.as_deref()),
+        str_col("klasse", rows, |e| e.klasse.as_deref()),
+        Column::new("trinn".into(), rows.iter().map(|(_, e)| e.trinn).collect::<Vec<_>>()),
+        str_col("skolear", rows, |e| e.skolear.as_deref()),
+        Column::new("hovedskole".into(), rows.iter().map(|(_, e)| e.hovedskole).collect::<Vec<_>>()),
+        Column::new("startdato".into(), rows.iter().map(|(_, e)| date_days(e.startdato)).collect::<Vec<_>>()),
+        Column::new("sluttdato".into(), rows.iter().map(|(_, e)| date_days(e.sluttdato)).collect::<Vec<_>>()),
+    ];
+    cols.extend(snapshot_columns(rows));
+    cols.push(str_col("stg_kilde_nokkel", rows, |e| e.elev_kilde_nokkel.as_deref()));
+    Ok(DataFrame::new_infer_height(cols)?)
+}
+
+fn skole_frame(rows: &[(&Snapshot, SkoleRow)]) -> Result<DataFrame> {
+    let mut cols = vec![
+        str_col("skolenummer", rows, |s| Some(s.skolenummer.as_str())),
+        str_col("organisasjonsnummer", rows, |s| s.organisasjonsnummer.as_deref()),
+        str_col("navn", rows, |s| s.navn.as_deref()),
+        str_col("kommunenummer", rows, |s| s.kommunenummer.as_deref()),
+        str_col("fylkesnummer", rows, |s| s.fylkesnummer.as_deref()),
+        str_col("eierform", rows, |s| s.eierform.as_deref()),
+        str_col("kildesystem", rows, |s| Some(s.r.kildesystem.as_str())),
+    ];
+    cols.extend(snapshot_columns(rows));
+    cols.push(Column::new("stg_kilde_nokkel".into(), rows.iter().map(|_| None::<&str>).collect::<Vec<_>>()));
+    Ok(DataFrame::new_infer_height(cols)?)
+}
+
+/// Current school numbers from the `skole` table (for references to schools not in a snapshot).
+async fn known_schools(ctx: &RunContext) -> Result<HashSet<String>> {
+    let session = crate::delta::session(&ctx.pipeline, &["skole"]).await?;
+    let mut out = HashSet::new();
+    if crate::delta::has_table(&session, "skole") {
+        for b in crate::delta::query(&session, "SELECT skolenummer FROM skole WHERE is_current").await? {
+            out.extend(crate::delta::strings(&b, "skolenummer")?.iter().flatten().map(str::to_string));
+        }
+    }
+    Ok(out)
+}
+
+pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
+    let snaps = pending_snapshots(ctx).await?;
+    let mut outcome = StandardizeOutcome {
+        snapshots: snaps.len(),
+        ..Default::default()
+    };
+    if snaps.is_empty() {
+        info!("no new snapshots to standardize");
+        return Ok(outcome);
+    }
+    let known = known_schools(ctx).await?;
+    let mut checker = Checker::new(&ctx.pipeline.file.quality);
+    let today = ctx.started.date_naive();
+    let mut elev = Vec::new();
+    let mut elevforhold = Vec::new();
+    let mut skole = Vec::new();
+    for snap in &snaps {
+        let mut staged = Staged::default();
+        match snap.format {
+            Format::OnerosterJson => oneroster::flatten(snap, ctx.pipeline.kommunenummer(), &mut staged),
+            Format::VigoCsv => vigo::flatten(snap, &mut staged),
+        }
+        *outcome.rows_in.entry("elev").or_default() += staged.elev.len();
+        *outcome.rows_in.entry("elevforhold").or_default() += staged.elevforhold.len();
+        *outcome.rows_in.entry("skole").or_default() += staged.skole.len();
+        let valid = validate(&mut checker, staged, &known, today);
+        info!(
+            source = %snap.kildesystem,
+            scope = snap.omfang.as_deref().unwrap_or("-"),
+            as_of = %crate::run::fmt_micros(snap.as_of),
+            elev = valid.elev.len(),
+            elevforhold = valid.elevforhold.len(),
+            skole = valid.skole.len(),
+            "standardized snapshot"
+        );
+        elev.extend(valid.elev.into_iter().map(|r| (snap, r)));
+        elevforhold.extend(valid.elevforhold.into_iter().map(|r| (snap, r)));
+        skole.extend(valid.skole.into_iter().map(|r| (snap, r)));
+    }
+    outcome.failures = checker.failures();
+    outcome.avvik = checker.avvik.len();
+    let mut frames = [
+        (&schema::ELEV, elev_frame(&elev)?),
+        (&schema::ELEVFORHOLD, elevforhold_frame(&elevforhold)?),
+        (&schema::SKOLE, skole_frame(&skole)?),
+    ];
+    for (t, df) in &frames {
+        outcome.rows_out.insert(t.name, df.height());
+    }
+    outcome.metrics = crate::metrics::standardize_metrics(&outcome, &checker, &frames)?;
+    if !outcome.failures.is_empty() {
+        warn!(failures = ?outcome.failures, "fail rules broken: nothing will be published");
+    }
+    if ctx.dry_run {
+        return Ok(outcome);
+    }
+    outcome.avvik_version = crate::metrics::write_avvik(ctx, &checker.avvik).await?;
+    let failed = !outcome.failures.is_empty();
+    for (t, df) in frames.iter_mut() {
+        let stage = stage_table(t);
+        let batches = if failed {
+            vec![arrow::array::RecordBatch::new_empty(stage.arrow_schema())]
+        } else {
+            crate::delta::from_polars(df, &stage.arrow_schema())?
+        };
+        crate::delta::write(&ctx.pipeline, &stage, batches, SaveMode::Overwrite, &ctx.run_id, "standardize").await?;
+    }
+    Ok(outcome)
+}
+
+/// The staging table of an SCD2 table.
+pub fn stage_table(t: &schema::Table) -> schema::Table {
+    let mut cols: Vec<schema::Column> = t.business_columns().copied().collect();
+    cols.extend(schema::STAGE_EXTRA.iter().copied());
+    for c in cols.iter_mut() {
+        c.nullable = true;
+    }
+    schema::Table {
+        name: Box::leak(t.stage_name().into_boxed_str()),
+        description: "Intern: standardiserte rader som ventar på publisering.",
+        kind: schema::Kind::Overwrite,
+        key: "",
+        partition_by: &[],
+        columns: Box::leak(cols.into_boxed_slice()),
+    }
+}

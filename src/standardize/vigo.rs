@@ -1,0 +1,130 @@
+//! Vigo elevliste → FINT rows. Each line is a pupil in trinn 10 at the file's school; the school
+//! itself becomes a skole row (number, kommune, fylke only: the list carries no name).
+
+use chrono::{Datelike, TimeZone, Utc};
+use serde_json::Value;
+
+use super::{ElevRow, EfRow, SkoleRow, Snapshot, Staged};
+use crate::quality::RecordRef;
+
+fn field(v: &Value, key: &str) -> Option<String> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// Digits only: spreadsheets put spaces inside numbers.
+fn digits(s: Option<String>) -> Option<String> {
+    s.map(|s| s.chars().filter(|c| !c.is_whitespace()).collect())
+}
+
+/// "fornavn [mellomnavn …] etternavn" → (fornavn, mellomnavn, etternavn).
+pub fn split_name(full: &str) -> (Option<String>, Option<String>, Option<String>) {
+    let parts: Vec<&str> = full.split_whitespace().collect();
+    match parts.len() {
+        0 => (None, None, None),
+        1 => (Some(parts[0].into()), None, None),
+        n => (
+            Some(parts[0].into()),
+            (n > 2).then(|| parts[1..n - 1].join(" ")),
+            Some(parts[n - 1].into()),
+        ),
+    }
+}
+
+/// School year of a date: from August it is the year that starts, e.g. 20262027.
+pub fn skolear_for(as_of_micros: i64) -> String {
+    let t = Utc.timestamp_micros(as_of_micros).single().unwrap_or_default();
+    let start = if t.month() >= 8 { t.year() } else { t.year() - 1 };
+    format!("{}{}", start, start + 1)
+}
+
+pub fn flatten(snap: &Snapshot, out: &mut Staged) {
+    let skolear = skolear_for(snap.as_of);
+    let mut school: Option<SkoleRow> = None;
+    for rec in &snap.records {
+        let Ok(v) = serde_json::from_str::<Value>(&rec.post) else {
+            continue;
+        };
+        let fnr = digits(field(&v, "fodselsnummer"));
+        let skolenummer = digits(field(&v, "skolenummer")).or_else(|| snap.omfang.clone());
+        let kommune = digits(field(&v, "kommunenummer"));
+        let fylke = digits(field(&v, "fylkesnummer"))
+            .or_else(|| kommune.as_ref().and_then(|k| k.get(..2).map(str::to_string)));
+        let klasse = field(&v, "klasse");
+        let (fornavn, mellomnavn, etternavn) =
+            split_name(&field(&v, "elev_namn").unwrap_or_default());
+        let r = RecordRef {
+            kildesystem: snap.kildesystem.clone(),
+            kjelde: rec.kjelde.clone(),
+            rad: rec.rad,
+            skolenummer: skolenummer.clone(),
+            system_id: None,
+        };
+        if school.is_none() {
+            if let Some(nr) = skolenummer.clone() {
+                school = Some(SkoleRow {
+                    r: r.clone(),
+                    skolenummer: nr,
+                    organisasjonsnummer: None,
+                    navn: None,
+                    kommunenummer: kommune.clone(),
+                    fylkesnummer: fylke.clone(),
+                    eierform: None,
+                });
+            }
+        }
+        out.elev.push(ElevRow {
+            r: r.clone(),
+            kilde_nokkel: fnr.clone(),
+            system_id: None,
+            fodselsnummer: fnr.clone(),
+            feidenavn: None,
+            kommunenummer: kommune,
+            fornavn,
+            mellomnavn,
+            etternavn,
+            fodselsdato: None,
+            kjonn: None,
+            epostadresse: None,
+            mobiltelefonnummer: None,
+            bostedsadresse: None,
+            postnummer: None,
+            poststed: None,
+            fnr_required: true,
+        });
+        out.elevforhold.push(EfRow {
+            r,
+            elev_kilde_nokkel: fnr,
+            system_id: None,
+            skolenummer,
+            trinn: Some(10),
+            klasse,
+            skolear: Some(skolear.clone()),
+            hovedskole: Some(true),
+            startdato: None,
+            sluttdato: None,
+        });
+    }
+    out.skole.extend(school);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_school_year() {
+        assert_eq!(
+            split_name("Kari Anne Berit Nordmann"),
+            (Some("Kari".into()), Some("Anne Berit".into()), Some("Nordmann".into()))
+        );
+        assert_eq!(split_name(" Ola  Nordmann "), (Some("Ola".into()), None, Some("Nordmann".into())));
+        let nov = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap().timestamp_micros();
+        let mar = Utc.with_ymd_and_hms(2027, 3, 1, 0, 0, 0).unwrap().timestamp_micros();
+        assert_eq!(skolear_for(nov), "20262027");
+        assert_eq!(skolear_for(mar), "20262027");
+    }
+}

@@ -1,0 +1,192 @@
+//! Object storage: turning pipeline locations into URLs and object stores, listing and reading
+//! source files. One store per bucket/container is shared by ingest and the Delta tables, so that
+//! `memory://` warehouses live for the whole process (tests use them).
+//!
+//! Credentials come from each cloud's usual environment variables (`AWS_*`, `AZURE_*`,
+//! `GOOGLE_*`), never from the pipeline file.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use futures::TryStreamExt;
+use object_store::memory::InMemory;
+use object_store::path::Path as ObjPath;
+use object_store::{DynObjectStore, ObjectStore, ObjectStoreExt};
+use url::Url;
+
+use crate::error::{Error, Result};
+
+/// Resolves a location from a pipeline file: a URL with a known scheme is taken as it is, anything
+/// else is a local path relative to `base`.
+pub fn resolve_location(location: &str, base: &Path) -> std::result::Result<Url, String> {
+    if let Ok(u) = Url::parse(location) {
+        if u.scheme().len() > 1 {
+            return match u.scheme() {
+                "file" | "memory" | "s3" | "s3a" | "az" | "abfs" | "abfss" | "azure" | "gs" => {
+                    Ok(u)
+                }
+                other => Err(format!(
+                    "unsupported scheme `{other}://` in `{location}` (use a path, file://, s3://, az://, abfss://, gs:// or memory://)"
+                )),
+            };
+        }
+    }
+    let p = Path::new(location);
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| e.to_string())?
+            .join(base)
+            .join(p)
+    };
+    let norm = normalize_path(&abs);
+    Url::from_directory_path(&norm).map_err(|_| format!("not a usable path: `{location}`"))
+}
+
+/// Removes `.` and `..` without touching the file system (the folder may not exist yet).
+fn normalize_path(p: &Path) -> std::path::PathBuf {
+    let mut out = std::path::PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// The object store holding `url`, rooted at its bucket (or the file system root).
+pub fn store_for(url: &Url) -> Result<Arc<DynObjectStore>> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<DynObjectStore>>>> = OnceLock::new();
+    let key = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
+    let mut stores = STORES
+        .get_or_init(Default::default)
+        .lock()
+        .map_err(|_| Error::Other("object store registry poisoned".into()))?;
+    if let Some(s) = stores.get(&key) {
+        return Ok(s.clone());
+    }
+    let store: Arc<DynObjectStore> = match url.scheme() {
+        "file" => Arc::new(object_store::local::LocalFileSystem::new()),
+        "memory" => Arc::new(InMemory::new()),
+        "s3" | "s3a" => Arc::new(
+            object_store::aws::AmazonS3Builder::from_env()
+                .with_url(url.as_str())
+                .build()?,
+        ),
+        "az" | "abfs" | "abfss" | "azure" => Arc::new(
+            object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(url.as_str())
+                .build()?,
+        ),
+        "gs" => Arc::new(
+            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(url.as_str())
+                .build()?,
+        ),
+        other => return Err(Error::Usage(format!("unsupported storage scheme `{other}`"))),
+    };
+    stores.insert(key, store.clone());
+    Ok(store)
+}
+
+/// Path of `url` inside its store.
+pub fn object_path(url: &Url) -> Result<ObjPath> {
+    if url.scheme() == "file" {
+        let p = url
+            .to_file_path()
+            .map_err(|_| Error::Usage(format!("not a local path: {url}")))?;
+        return ObjPath::from_absolute_path(&p)
+            .map_err(|e| Error::Usage(format!("bad local path {}: {e}", p.display())));
+    }
+    ObjPath::parse(url.path().trim_start_matches('/'))
+        .map_err(|e| Error::Usage(format!("bad object path in {url}: {e}")))
+}
+
+/// A file found under a source location.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// Path relative to the source location (used in lineage and messages).
+    pub name: String,
+    pub location: ObjPath,
+    pub last_modified: chrono::DateTime<chrono::Utc>,
+    pub size: u64,
+}
+
+/// Lists the files under `root` whose relative path (or file name) matches one of `include`
+/// (every file when empty), sorted by name.
+pub async fn list_files(root: &Url, include: &[String]) -> Result<Vec<SourceFile>> {
+    let store = store_for(root)?;
+    let prefix = object_path(root)?;
+    let mut globs = globset::GlobSetBuilder::new();
+    for g in include {
+        globs.add(globset::Glob::new(g).map_err(|e| Error::Usage(e.to_string()))?);
+    }
+    let globs = globs.build().map_err(|e| Error::Usage(e.to_string()))?;
+    let mut out = Vec::new();
+    let mut listing = store.list(Some(&prefix));
+    while let Some(meta) = listing.try_next().await? {
+        let full = meta.location.as_ref();
+        let rel = full
+            .strip_prefix(prefix.as_ref())
+            .unwrap_or(full)
+            .trim_start_matches('/')
+            .to_string();
+        let file_name = rel.rsplit('/').next().unwrap_or(&rel);
+        if file_name.starts_with('.') {
+            continue;
+        }
+        if !include.is_empty() && !globs.is_match(&rel) && !globs.is_match(file_name) {
+            continue;
+        }
+        out.push(SourceFile {
+            name: rel,
+            location: meta.location,
+            last_modified: meta.last_modified,
+            size: meta.size,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+pub async fn read_file(root: &Url, file: &SourceFile) -> Result<bytes::Bytes> {
+    let store = store_for(root)?;
+    Ok(store.get(&file.location).await?.bytes().await?)
+}
+
+/// Writes `bytes` to `url` (used by tests and `export`).
+pub async fn put(url: &Url, bytes: Vec<u8>) -> Result<()> {
+    let store = store_for(url)?;
+    store.put(&object_path(url)?, bytes.into()).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations() {
+        let u = resolve_location("../lake", Path::new("/a/pipelines")).unwrap();
+        assert_eq!(u.as_str(), "file:///a/lake/");
+        assert_eq!(resolve_location("s3://b/x", Path::new(".")).unwrap().as_str(), "s3://b/x");
+        assert!(resolve_location("ftp://b/x", Path::new(".")).is_err());
+    }
+
+    #[tokio::test]
+    async fn memory_store_is_shared_and_listing_filters() {
+        let root = Url::parse("memory:///src/").unwrap();
+        for n in ["a.json", "b.csv", "sub/c.json", ".hidden.json"] {
+            put(&root.join(n).unwrap(), b"{}".to_vec()).await.unwrap();
+        }
+        let files = list_files(&root, &["*.json".into()]).await.unwrap();
+        let names: Vec<_> = files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["a.json", "sub/c.json"]);
+    }
+}

@@ -1,0 +1,114 @@
+"""The tables elevflyt writes, read by independent readers: Python deltalake, polars and DuckDB
+(delta extension loaded by file path from the duckdb-extension-delta package).
+
+Runs the elevflyt binary ($ELEVFLYT_BIN) on both sample pipelines into a temporary warehouse.
+"""
+import glob
+import json
+import os
+import pathlib
+import subprocess
+
+import duckdb
+import duckdb_extension_delta
+import polars as pl
+import pytest
+from deltalake import DeltaTable
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+BIN = os.environ.get("ELEVFLYT_BIN", str(REPO / "target" / "debug" / "elevflyt"))
+
+
+@pytest.fixture(scope="session")
+def lake(tmp_path_factory):
+    w = tmp_path_factory.mktemp("lake")
+    for p in ["bergen.toml", "voss.toml"]:
+        subprocess.run([BIN, "run", str(REPO / "pipelines" / p), "--warehouse", str(w)],
+                       check=True, capture_output=True)
+    return w
+
+
+def tables(lake, catalog):
+    return lambda name: str(lake / catalog / "grunnskole" / name)
+
+
+def elevflyt_sql(pipeline, lake, query):
+    out = subprocess.run([BIN, "sql", str(REPO / "pipelines" / pipeline), query, "--format", "json",
+                          "--warehouse", str(lake)], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize("catalog,pipeline", [("bergen_kommune", "bergen.toml"), ("voss_herad", "voss.toml")])
+def test_deltalake_reads_rows_comments_history_and_properties(lake, catalog, pipeline):
+    t = tables(lake, catalog)
+    for name in ["elev", "elevforhold", "skole", "avvik", "kvalitet", "kjoring", "elevliste_vgs"]:
+        dt = DeltaTable(t(name))
+        fields = dt.schema().fields
+        missing = [f.name for f in fields if not f.metadata.get("comment")]
+        assert not missing, f"{name}: columns without comment: {missing}"
+        assert dt.metadata().description, f"{name} has no description"
+        n = dt.to_pyarrow_table().num_rows
+        print(f"deltalake {catalog}.{name}: {n} rows, version {dt.version()}")
+    elev = DeltaTable(t("elev"))
+    assert elev.metadata().configuration.get("delta.enableChangeDataFeed") == "true"
+    comment = {f.name: f.metadata["comment"] for f in elev.schema().fields}
+    assert comment["id"] == "Stabil global elev-ID, tåler endring i fødselsnummer"
+    history = elev.history()
+    assert any("elevflyt_run_id" in h for h in history), history[0]
+    current = elev.to_pyarrow_table(filters=[("is_current", "=", True)]).num_rows
+    expected = elevflyt_sql(pipeline, lake, "SELECT count(*) AS n FROM elev WHERE is_current")[0]["n"]
+    assert current == expected
+
+
+def test_polars_reads_the_same_history(lake):
+    t = tables(lake, "bergen_kommune")
+    elev = pl.read_delta(t("elev"))
+    assert elev.schema["valid_from"] == pl.Datetime("us", "UTC")
+    assert elev.schema["fodselsdato"] == pl.Date
+    story = (elev.filter(pl.col("system_id").is_in(["V-NAMN", "V-DNR", "V-SLUTTA", "V-NY", "V-FLYTTA"]))
+             .sort("system_id", "valid_from")
+             .select("system_id", "valid_from", "valid_to", "is_current"))
+    print(story)
+    assert story.height == 7
+    assert story.filter(pl.col("system_id") == "V-DNR").select(pl.col("valid_to").is_null()).to_series().to_list() == [False, True]
+    assert elev.filter(pl.col("is_current")).group_by("id").len().filter(pl.col("len") > 1).height == 0
+    per_class = (pl.read_delta(t("elevforhold")).filter(pl.col("is_current"))
+                 .group_by("skolenummer", "klasse").len().sort("skolenummer", "klasse"))
+    print(per_class)
+    ours = elevflyt_sql("bergen.toml", lake,
+                        "SELECT skolenummer, klasse, count(*) AS len FROM elevforhold WHERE is_current GROUP BY 1, 2 ORDER BY 1, 2")
+    assert per_class.to_dicts() == ours
+    vgs = pl.read_delta(t("elevliste_vgs"))
+    assert vgs.height == pl.read_delta(t("elevforhold")).filter(pl.col("is_current") & (pl.col("trinn") == 10)).height
+
+
+def duck():
+    con = duckdb.connect()
+    ext = glob.glob(os.path.join(os.path.dirname(duckdb_extension_delta.__file__), "extensions", "*", "delta.duckdb_extension"))
+    assert ext, "duckdb-extension-delta ships no extension binary"
+    con.execute(f"LOAD '{ext[0]}'")
+    return con
+
+
+def test_duckdb_reads_tables_and_comments(lake):
+    con = duck()
+    for catalog, pipeline in [("bergen_kommune", "bergen.toml"), ("voss_herad", "voss.toml")]:
+        t = tables(lake, catalog)
+        n = con.execute(f"SELECT count(*) FROM delta_scan('{t('elev')}') WHERE is_current").fetchone()[0]
+        ours = elevflyt_sql(pipeline, lake, "SELECT count(*) AS n FROM elev WHERE is_current")[0]["n"]
+        print(f"duckdb {catalog}.elev current rows: {n} (elevflyt: {ours})")
+        assert n == ours
+        rows = con.execute(f"SELECT skolenummer, klasse, count(*) FROM delta_scan('{t('elevliste_vgs')}') GROUP BY ALL ORDER BY ALL").fetchall()
+        print(f"duckdb {catalog}.elevliste_vgs per class: {rows}")
+        assert sum(r[2] for r in rows) == elevflyt_sql(pipeline, lake, "SELECT count(*) AS n FROM elevliste_vgs")[0]["n"]
+        # Column comments as DuckDB sees them in the Delta log's schema.
+        log = con.execute(f"""
+            SELECT metaData.schemaString FROM read_json_auto('{t('elev')}/_delta_log/00000000000000000000.json', format='newline_delimited')
+            WHERE metaData IS NOT NULL""").fetchone()[0]
+        comments = {f["name"]: f["metadata"].get("comment") for f in json.loads(log)["fields"]}
+        assert comments["fodselsnummer"] == "Fødselsnummer (PII krev maskering ved bruk)"
+        assert all(comments.values())
+    # Timestamps and dates keep their types.
+    t = tables(lake, "bergen_kommune")
+    types = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM delta_scan('{t('elev')}'))").fetchall())
+    assert types["valid_from"].startswith("TIMESTAMP") and types["fodselsdato"] == "DATE"
