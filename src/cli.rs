@@ -68,7 +68,8 @@ pub struct StageArgs {
     /// As-of (snapshot) time for every file read in this run: 2026-01-15 or 2026-01-15T08:00:00Z.
     #[arg(long)]
     pub as_of: Option<String>,
-    /// Do everything but write: report what would change.
+    /// Write nothing: read and check the inputs and report what would be ingested. Stages after
+    /// ingest only see data that an earlier run has ingested.
     #[arg(long)]
     pub dry_run: bool,
 }
@@ -95,8 +96,9 @@ pub enum OutputFormat {
 }
 
 fn init_logging(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("elevflyt={}", cli.log_level)));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("elevflyt={}", cli.log_level))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -117,7 +119,10 @@ pub fn main() -> i32 {
         }
     };
     init_logging(&cli);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -172,17 +177,35 @@ async fn dispatch(cmd: Command) -> Result<()> {
 }
 
 fn print_rules() {
-    println!("{:<22} {:<6} {:<12} explanation", "rule", "default", "table");
+    println!(
+        "{:<22} {:<6} {:<12} explanation",
+        "rule", "default", "table"
+    );
     for r in crate::quality::rules::RULES {
-        println!("{:<22} {:<6}  {:<12} {}", r.name, r.default.as_str(), r.table, r.explanation);
+        println!(
+            "{:<22} {:<6}  {:<12} {}",
+            r.name,
+            r.default.as_str(),
+            r.table,
+            r.explanation
+        );
     }
     println!("\nOverride a severity in the pipeline file: [quality] <rule> = \"warn\" | \"drop\" | \"fail\"");
 }
 
 async fn sql(a: SqlArgs) -> Result<()> {
     let pipeline = Pipeline::load(&a.pipeline, a.warehouse.as_deref())?;
-    let mut names: Vec<String> = crate::schema::PUBLISHED.iter().map(|t| t.name.to_string()).collect();
-    names.extend(pipeline.file.sources.iter().map(|s| format!("raw_{}", s.name)));
+    let mut names: Vec<String> = crate::schema::PUBLISHED
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    names.extend(
+        pipeline
+            .file
+            .sources
+            .iter()
+            .map(|s| format!("raw_{}", s.name)),
+    );
     names.push("leveranse".into());
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let session = crate::delta::session(&pipeline, &refs).await?;
@@ -195,11 +218,17 @@ pub fn print_batches(batches: &[arrow::array::RecordBatch], format: OutputFormat
     let mut out = std::io::stdout().lock();
     match format {
         OutputFormat::Table => {
-            writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(batches)?)
-                .map_err(|e| Error::Other(e.to_string()))?;
+            writeln!(
+                out,
+                "{}",
+                arrow::util::pretty::pretty_format_batches(batches)?
+            )
+            .map_err(|e| Error::Other(e.to_string()))?;
         }
         OutputFormat::Csv => {
-            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut out);
             for b in batches {
                 w.write(b)?;
             }

@@ -234,7 +234,11 @@ impl PipelineFile {
                     "[quality] unknown key `{name}` (not a rule; see `elevflyt rules`)"
                 ));
             }
-            if value.as_str().and_then(|s| s.parse::<Severity>().ok()).is_none() {
+            if value
+                .as_str()
+                .and_then(|s| s.parse::<Severity>().ok())
+                .is_none()
+            {
                 return Err(format!(
                     "[quality] {name} must be \"warn\", \"drop\" or \"fail\", got {value}"
                 ));
@@ -275,21 +279,34 @@ duplikat = "warn"
             p.table_url("elev").as_str(),
             "file:///x/lakehouse/bergen_kommune/grunnskole/elev"
         );
-        assert_eq!(p.file.quality.severity_override("duplikat"), Some(Severity::Warn));
-        let p = Pipeline::parse(GOOD, Path::new("/x/pipelines/b.toml"), Some("memory:///w")).unwrap();
-        assert_eq!(p.table_url("elev").as_str(), "memory:///w/bergen_kommune/grunnskole/elev");
+        assert_eq!(
+            p.file.quality.severity_override("duplikat"),
+            Some(Severity::Warn)
+        );
+        let p =
+            Pipeline::parse(GOOD, Path::new("/x/pipelines/b.toml"), Some("memory:///w")).unwrap();
+        assert_eq!(
+            p.table_url("elev").as_str(),
+            "memory:///w/bergen_kommune/grunnskole/elev"
+        );
     }
 
     #[test]
     fn unknown_keys_are_named() {
         let bad = GOOD.replace("catalog =", "katalog = \"x\"\ncatalog =");
-        let err = Pipeline::parse(&bad, Path::new("p.toml"), None).unwrap_err().to_string();
+        let err = Pipeline::parse(&bad, Path::new("p.toml"), None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("katalog"), "{err}");
         let bad = GOOD.replace("duplikat", "dupplikat");
-        let err = Pipeline::parse(&bad, Path::new("p.toml"), None).unwrap_err().to_string();
+        let err = Pipeline::parse(&bad, Path::new("p.toml"), None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("dupplikat"), "{err}");
         let bad = GOOD.replace("\"4601\"", "\"9999\"");
-        let err = Pipeline::parse(&bad, Path::new("p.toml"), None).unwrap_err().to_string();
+        let err = Pipeline::parse(&bad, Path::new("p.toml"), None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("9999"), "{err}");
     }
 }

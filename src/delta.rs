@@ -32,9 +32,18 @@ pub async fn exists(url: &Url) -> Result<bool> {
     use object_store::ObjectStore;
     let store = crate::storage::store_for(url)?;
     let log = url
-        .join(&format!("{}/_delta_log/", url.path_segments().and_then(|mut s| s.next_back()).unwrap_or("")))
+        .join(&format!(
+            "{}/_delta_log/",
+            url.path_segments()
+                .and_then(|mut s| s.next_back())
+                .unwrap_or("")
+        ))
         .unwrap_or_else(|_| url.clone());
-    let log = if url.path().ends_with('/') { url.join("_delta_log/").unwrap_or(log) } else { log };
+    let log = if url.path().ends_with('/') {
+        url.join("_delta_log/").unwrap_or(log)
+    } else {
+        log
+    };
     if url.scheme() == "file" && !url.to_file_path().map(|p| p.exists()).unwrap_or(false) {
         return Ok(false);
     }
@@ -122,9 +131,9 @@ pub fn commit_props(run_id: &str, stage: &str) -> CommitProperties {
 pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     for f in schema.fields() {
-        let c = batch.column_by_name(f.name()).ok_or_else(|| {
-            Error::Other(format!("internal: batch lacks column `{}`", f.name()))
-        })?;
+        let c = batch
+            .column_by_name(f.name())
+            .ok_or_else(|| Error::Other(format!("internal: batch lacks column `{}`", f.name())))?;
         cols.push(if c.data_type() == f.data_type() {
             c.clone()
         } else {
@@ -192,7 +201,10 @@ pub fn has_table(ctx: &SessionContext, name: &str) -> bool {
 
 /// Moves a polars DataFrame into arrow-rs record batches through the Arrow C Data Interface
 /// (no row-by-row copy), then conforms it to `schema`.
-pub fn from_polars(df: &mut polars::prelude::DataFrame, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
+pub fn from_polars(
+    df: &mut polars::prelude::DataFrame,
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>> {
     use polars::prelude::CompatLevel;
     df.rechunk_mut();
     let mut out = Vec::new();
@@ -239,7 +251,11 @@ pub fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a 
     batch
         .column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<T>())
-        .ok_or_else(|| Error::Other(format!("internal: column `{name}` missing or of wrong type")))
+        .ok_or_else(|| {
+            Error::Other(format!(
+                "internal: column `{name}` missing or of wrong type"
+            ))
+        })
 }
 
 /// A string column as `StringArray`, whatever string encoding the reader produced
@@ -249,10 +265,10 @@ pub fn strings(batch: &RecordBatch, name: &str) -> Result<arrow::array::StringAr
         .column_by_name(name)
         .ok_or_else(|| Error::Other(format!("internal: column `{name}` missing")))?;
     let c = cast(c, &arrow::datatypes::DataType::Utf8)?;
-    Ok(c.as_any()
+    c.as_any()
         .downcast_ref::<arrow::array::StringArray>()
         .cloned()
-        .ok_or_else(|| Error::Other(format!("internal: column `{name}` is not text")))?)
+        .ok_or_else(|| Error::Other(format!("internal: column `{name}` is not text")))
 }
 
 /// A timestamp column as microseconds since the epoch (UTC).
@@ -262,10 +278,13 @@ pub fn micros(batch: &RecordBatch, name: &str) -> Result<arrow::array::Timestamp
         .ok_or_else(|| Error::Other(format!("internal: column `{name}` missing")))?;
     let c = cast(
         c,
-        &arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into())),
+        &arrow::datatypes::DataType::Timestamp(
+            arrow::datatypes::TimeUnit::Microsecond,
+            Some("UTC".into()),
+        ),
     )?;
-    Ok(c.as_any()
+    c.as_any()
         .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
         .cloned()
-        .ok_or_else(|| Error::Other(format!("internal: column `{name}` is not a timestamp")))?)
+        .ok_or_else(|| Error::Other(format!("internal: column `{name}` is not a timestamp")))
 }

@@ -53,7 +53,12 @@ pub fn standardize_metrics(
         let rows_out = df.height() as f64;
         m.push(Metric::value(t.name, "rader_inn", None, rows_in));
         m.push(Metric::value(t.name, "rader_ut", None, rows_out));
-        m.push(Metric::value(t.name, "rader_forkasta", None, rows_in - rows_out));
+        m.push(Metric::value(
+            t.name,
+            "rader_forkasta",
+            None,
+            rows_in - rows_out,
+        ));
         if df.height() > 0 {
             for c in t.business_columns() {
                 if let Ok(col) = df.column(c.name) {
@@ -82,7 +87,11 @@ pub fn standardize_metrics(
             verdi: Some(failed as f64),
             bestatt: Some((checked - failed).max(0)),
             feila: Some(failed),
-            status: if failed == 0 { "ok".into() } else { sev.as_str().into() },
+            status: if failed == 0 {
+                "ok".into()
+            } else {
+                sev.as_str().into()
+            },
         });
     }
     let invalid_fnr = [
@@ -93,12 +102,21 @@ pub fn standardize_metrics(
     .iter()
     .map(|r| checker.failed.get(r).copied().unwrap_or(0))
     .sum::<u64>();
-    m.push(Metric::value("elev", "ugyldige_fodselsnummer", Some("fodselsnummer".into()), invalid_fnr as f64));
+    m.push(Metric::value(
+        "elev",
+        "ugyldige_fodselsnummer",
+        Some("fodselsnummer".into()),
+        invalid_fnr as f64,
+    ));
     m.push(Metric::value(
         "elev",
         "duplikat",
         None,
-        checker.failed.get(crate::quality::rules::DUPLIKAT).copied().unwrap_or(0) as f64,
+        checker
+            .failed
+            .get(crate::quality::rules::DUPLIKAT)
+            .copied()
+            .unwrap_or(0) as f64,
     ));
     Ok(m)
 }
@@ -124,7 +142,11 @@ pub fn pupils_per_class(ef: &DataFrame) -> Result<Vec<Metric>> {
         m.push(Metric::value(
             "elevforhold",
             "elevar_per_klasse",
-            Some(format!("{}/{}", s.get(i).unwrap_or("-"), k.get(i).unwrap_or("-"))),
+            Some(format!(
+                "{}/{}",
+                s.get(i).unwrap_or("-"),
+                k.get(i).unwrap_or("-")
+            )),
             n.get(i).unwrap_or(0) as f64,
         ));
     }
@@ -196,7 +218,15 @@ pub async fn write_avvik(ctx: &RunContext, avvik: &[Avvik]) -> Result<Option<i64
             Arc::new(melding.finish()),
         ],
     )?;
-    crate::delta::write(&ctx.pipeline, t, vec![batch], SaveMode::Append, &ctx.run_id, "standardize").await
+    crate::delta::write(
+        &ctx.pipeline,
+        t,
+        vec![batch],
+        SaveMode::Append,
+        &ctx.run_id,
+        "standardize",
+    )
+    .await
 }
 
 pub async fn write_kvalitet(ctx: &RunContext, metrics: &[Metric]) -> Result<Option<i64>> {
@@ -236,7 +266,15 @@ pub async fn write_kvalitet(ctx: &RunContext, metrics: &[Metric]) -> Result<Opti
             Arc::new(status.finish()),
         ],
     )?;
-    crate::delta::write(&ctx.pipeline, t, vec![batch], SaveMode::Append, &ctx.run_id, "metrics").await
+    crate::delta::write(
+        &ctx.pipeline,
+        t,
+        vec![batch],
+        SaveMode::Append,
+        &ctx.run_id,
+        "metrics",
+    )
+    .await
 }
 
 /// One row of `kjoring`.
@@ -253,7 +291,9 @@ pub struct RunLog {
 pub async fn write_kjoring(ctx: &RunContext, log: &RunLog) -> Result<Option<i64>> {
     let t = &schema::KJORING;
     let s = |v: &str| Arc::new(arrow::array::StringArray::from(vec![v])) as arrow::array::ArrayRef;
-    let so = |v: Option<String>| Arc::new(arrow::array::StringArray::from(vec![v])) as arrow::array::ArrayRef;
+    let so = |v: Option<String>| {
+        Arc::new(arrow::array::StringArray::from(vec![v])) as arrow::array::ArrayRef
+    };
     let ts = |v: i64| {
         Arc::new(arrow::array::TimestampMicrosecondArray::from(vec![v]).with_timezone("UTC"))
             as arrow::array::ArrayRef
@@ -268,13 +308,23 @@ pub async fn write_kjoring(ctx: &RunContext, log: &RunLog) -> Result<Option<i64>
             ts(chrono::Utc::now().timestamp_micros()),
             s(&log.status),
             so(log.melding.clone()),
-            so(Some(serde_json::to_string(&log.input_files).unwrap_or_default())),
+            so(Some(
+                serde_json::to_string(&log.input_files).unwrap_or_default(),
+            )),
             so(Some(log.rows_per_table.to_string())),
             so(Some(log.delta_versions.to_string())),
             s(env!("CARGO_PKG_VERSION")),
         ],
     )?;
-    crate::delta::write(&ctx.pipeline, t, vec![batch], SaveMode::Append, &ctx.run_id, "kjoring").await
+    crate::delta::write(
+        &ctx.pipeline,
+        t,
+        vec![batch],
+        SaveMode::Append,
+        &ctx.run_id,
+        "kjoring",
+    )
+    .await
 }
 
 /// Status word for a severity in `kvalitet`.

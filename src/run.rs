@@ -141,8 +141,18 @@ async fn run_stages(
         for (t, v) in &m.raw_versions {
             versions.insert(t.clone(), json!(v));
         }
-        metrics.push(Metric::value("raw", "filer_lesne", None, m.files_read.len() as f64));
-        metrics.push(Metric::value("raw", "filer_hoppa_over", None, m.files_skipped as f64));
+        metrics.push(Metric::value(
+            "raw",
+            "filer_lesne",
+            None,
+            m.files_read.len() as f64,
+        ));
+        metrics.push(Metric::value(
+            "raw",
+            "filer_hoppa_over",
+            None,
+            m.files_skipped as f64,
+        ));
         metrics.push(Metric::value("raw", "rader_inn", None, m.records as f64));
     }
     if matches!(stage, Stage::All | Stage::Standardize) {
@@ -154,7 +164,11 @@ async fn run_stages(
         }
         metrics.extend(o.metrics.iter().cloned());
         if !o.failures.is_empty() {
-            summary.failed_rules = o.failures.iter().map(|(r, n)| (r.to_string(), *n)).collect();
+            summary.failed_rules = o
+                .failures
+                .iter()
+                .map(|(r, n)| (r.to_string(), *n))
+                .collect();
             let list = o
                 .failures
                 .iter()

@@ -112,11 +112,31 @@ pub const ROW_HASH: &str = "rad_hash";
 macro_rules! scd2_columns {
     () => {
         [
-            col(VALID_FROM, Timestamp, false, "Frå og med (as-of-tid for øyeblikksbiletet som gav versjonen)"),
-            col(VALID_TO, Timestamp, true, "Til og med, eksklusiv (NULL = open ende)"),
+            col(
+                VALID_FROM,
+                Timestamp,
+                false,
+                "Frå og med (as-of-tid for øyeblikksbiletet som gav versjonen)",
+            ),
+            col(
+                VALID_TO,
+                Timestamp,
+                true,
+                "Til og med, eksklusiv (NULL = open ende)",
+            ),
             col(IS_CURRENT, Boolean, false, "Sann for aktiv rad"),
-            col(TRANSACTION_TIME, Timestamp, false, "Lastetid for denne versjonen"),
-            col(ROW_HASH, String, false, "Hash av dei sporade kolonnane (intern, for samanlikning)"),
+            col(
+                TRANSACTION_TIME,
+                Timestamp,
+                false,
+                "Lastetid for denne versjonen",
+            ),
+            col(
+                ROW_HASH,
+                String,
+                false,
+                "Hash av dei sporade kolonnane (intern, for samanlikning)",
+            ),
         ]
     };
 }
@@ -130,17 +150,42 @@ macro_rules! table_columns {
 
 const ELEV_COLUMNS: &[Column] = &{
     let b = table_columns![
-        col("id", String, false, "Stabil global elev-ID, tåler endring i fødselsnummer"),
+        col(
+            "id",
+            String,
+            false,
+            "Stabil global elev-ID, tåler endring i fødselsnummer"
+        ),
         col("system_id", String, true, "Kildesystemets ID for eleven"),
         col("kildesystem", String, true, "Navn/kode for kildesystem"),
-        col("fodselsnummer", String, true, "Fødselsnummer (PII krev maskering ved bruk)"),
+        col(
+            "fodselsnummer",
+            String,
+            true,
+            "Fødselsnummer (PII krev maskering ved bruk)"
+        ),
         col("feidenavn", String, true, "Feide-brukaridentitet"),
-        col("kommunenummer", String, true, "Kommunenummer ved gyldighetstidspunktet"),
+        col(
+            "kommunenummer",
+            String,
+            true,
+            "Kommunenummer ved gyldighetstidspunktet"
+        ),
         col("fornavn", String, true, "Fornamn"),
         col("mellomnavn", String, true, "Mellomnamn"),
         col("etternavn", String, true, "Etternamn"),
-        col("fodselsdato", Date, true, "Fødselsdato (avleidd frå fødselsnummeret når kjelda ikkje leverer han)"),
-        col("kjonn", String, true, "Kjønn, FINT-kode: 0 uvisst, 1 mann, 2 kvinne, 9 gjelder ikkje"),
+        col(
+            "fodselsdato",
+            Date,
+            true,
+            "Fødselsdato (avleidd frå fødselsnummeret når kjelda ikkje leverer han)"
+        ),
+        col(
+            "kjonn",
+            String,
+            true,
+            "Kjønn, FINT-kode: 0 uvisst, 1 mann, 2 kvinne, 9 gjelder ikkje"
+        ),
         col("epostadresse", String, true, "E-postadresse"),
         col("mobiltelefonnummer", String, true, "Mobiltelefonnummer"),
         col("bostedsadresse", String, true, "Bustadadresse"),
@@ -152,15 +197,30 @@ const ELEV_COLUMNS: &[Column] = &{
 
 const ELEVFORHOLD_COLUMNS: &[Column] = &{
     let b = table_columns![
-        col("id", String, false, "Stabil ID for elevforholdet (elev ved skule)"),
+        col(
+            "id",
+            String,
+            false,
+            "Stabil ID for elevforholdet (elev ved skule)"
+        ),
         col("elev_id", String, false, "Elev-ID (elev.id)"),
-        col("system_id", String, true, "Kildesystemets ID for elevforholdet"),
+        col(
+            "system_id",
+            String,
+            true,
+            "Kildesystemets ID for elevforholdet"
+        ),
         col("kildesystem", String, true, "Navn/kode for kildesystem"),
         col("skolenummer", String, false, "Skulenummer (Vigo)"),
         col("klasse", String, true, "Basisgruppe/klasse, t.d. 10A"),
         col("trinn", Int, true, "Årstrinn 1–10"),
         col("skolear", String, true, "Skuleår, t.d. 20262027"),
-        col("hovedskole", Boolean, true, "Sann når dette er hovudskulen til eleven"),
+        col(
+            "hovedskole",
+            Boolean,
+            true,
+            "Sann når dette er hovudskulen til eleven"
+        ),
         col("startdato", Date, true, "Startdato for elevforholdet"),
         col("sluttdato", Date, true, "Sluttdato for elevforholdet"),
     ];
@@ -170,7 +230,12 @@ const ELEVFORHOLD_COLUMNS: &[Column] = &{
 const SKOLE_COLUMNS: &[Column] = &{
     let b = table_columns![
         col("skolenummer", String, false, "Skulenummer (Vigo, 5 siffer)"),
-        col("organisasjonsnummer", String, true, "Organisasjonsnummer (underenhet i Einingsregisteret)"),
+        col(
+            "organisasjonsnummer",
+            String,
+            true,
+            "Organisasjonsnummer (underenhet i Einingsregisteret)"
+        ),
         col("navn", String, true, "Namn på skulen"),
         col("kommunenummer", String, true, "Kommunenummer"),
         col("fylkesnummer", String, true, "Fylkesnummer"),
@@ -228,7 +293,8 @@ pub const SKOLE: Table = Table {
 
 pub const AVVIK: Table = Table {
     name: "avvik",
-    description: "Avvik funne ved validering: lista som går attende til skulane. Verdiar er maskerte.",
+    description:
+        "Avvik funne ved validering: lista som går attende til skulane. Verdiar er maskerte.",
     kind: Kind::Append,
     key: "",
     partition_by: &[],
@@ -237,13 +303,23 @@ pub const AVVIK: Table = Table {
         col("oppdaga", Timestamp, false, "Når avviket vart oppdaga"),
         col("kildesystem", String, true, "Kildesystem"),
         col("kjelde", String, true, "Kjeldefil"),
-        col("rad", Long, true, "Postnummer i kjeldefila (linje for CSV, element for JSON)"),
+        col(
+            "rad",
+            Long,
+            true,
+            "Postnummer i kjeldefila (linje for CSV, element for JSON)",
+        ),
         col("skolenummer", String, true, "Skulenummer"),
         col("system_id", String, true, "Kildesystemets ID for posten"),
         col("regel", String, false, "Regelnamn"),
         col("alvorsgrad", String, false, "warn, drop eller fail"),
         col("felt", String, true, "Feltet som har avviket"),
-        col("verdi", String, true, "Maskert verdi (aldri fullt fødselsnummer eller namn)"),
+        col(
+            "verdi",
+            String,
+            true,
+            "Maskert verdi (aldri fullt fødselsnummer eller namn)",
+        ),
         col("melding", String, false, "Melding til skulen"),
     ],
 };
@@ -259,7 +335,12 @@ pub const KVALITET: Table = Table {
         col("malt", Timestamp, false, "Når målinga vart gjort"),
         col("tabell", String, false, "Tabell"),
         col("regel_eller_metrikk", String, false, "Regel eller metrikk"),
-        col("kolonne", String, true, "Kolonne eller gruppe (t.d. skule/klasse)"),
+        col(
+            "kolonne",
+            String,
+            true,
+            "Kolonne eller gruppe (t.d. skule/klasse)",
+        ),
         col("verdi", Double, true, "Målt verdi"),
         col("bestatt", Long, true, "Tal på postar som bestod"),
         col("feila", Long, true, "Tal på postar som feila"),
@@ -276,21 +357,37 @@ pub const KJORING: Table = Table {
     columns: &[
         col("run_id", String, false, "Køyrings-ID"),
         col("pipeline", String, false, "Namn på pipeline"),
-        col("steg", String, false, "run, ingest, standardize eller publish"),
+        col(
+            "steg",
+            String,
+            false,
+            "run, ingest, standardize eller publish",
+        ),
         col("started", Timestamp, false, "Starttid"),
         col("finished", Timestamp, false, "Sluttid"),
         col("status", String, false, "ok, fail eller error"),
         col("melding", String, true, "Feilmelding når køyringa feila"),
         col("input_files", String, true, "Innlesne filer (JSON-liste)"),
-        col("rows_per_table", String, true, "Rader per tabell (JSON-objekt)"),
-        col("delta_versions", String, true, "Delta-versjonar skrivne (JSON-objekt)"),
+        col(
+            "rows_per_table",
+            String,
+            true,
+            "Rader per tabell (JSON-objekt)",
+        ),
+        col(
+            "delta_versions",
+            String,
+            true,
+            "Delta-versjonar skrivne (JSON-objekt)",
+        ),
         col("elevflyt_version", String, false, "elevflyt-versjon"),
     ],
 };
 
 pub const ELEVLISTE_VGS: Table = Table {
     name: "elevliste_vgs",
-    description: "Elevliste til fylkeskommunen: noverande elevar på 10. trinn. Partisjonert per fylke.",
+    description:
+        "Elevliste til fylkeskommunen: noverande elevar på 10. trinn. Partisjonert per fylke.",
     kind: Kind::Overwrite,
     key: "",
     partition_by: &["fylkesnummer"],
@@ -300,7 +397,12 @@ pub const ELEVLISTE_VGS: Table = Table {
         col("skolenummer", String, true, "Skulenummer"),
         col("klasse", String, true, "Klasse"),
         col("fodselsnummer", String, true, "Fødselsnummer (PII)"),
-        col("elev_namn", String, true, "Elevnamn: fornamn [mellomnamn] etternamn"),
+        col(
+            "elev_namn",
+            String,
+            true,
+            "Elevnamn: fornamn [mellomnamn] etternamn",
+        ),
         col("lastet_tid", Timestamp, false, "Når lista vart laga"),
     ],
 };
@@ -315,8 +417,18 @@ pub const LEVERANSE: Table = Table {
     partition_by: &[],
     columns: &[
         col("kildesystem", String, false, "Kildesystem"),
-        col("omfang", String, true, "Omfang: skulenummer for filer per skule, elles NULL"),
-        col("as_of", Timestamp, false, "Tidspunktet øyeblikksbiletet gjeld for"),
+        col(
+            "omfang",
+            String,
+            true,
+            "Omfang: skulenummer for filer per skule, elles NULL",
+        ),
+        col(
+            "as_of",
+            Timestamp,
+            false,
+            "Tidspunktet øyeblikksbiletet gjeld for",
+        ),
         col("run_id", String, false, "Køyringa som publiserte"),
         col("publisert", Timestamp, false, "Når det vart publisert"),
     ],
@@ -326,12 +438,37 @@ pub const LEVERANSE: Table = Table {
 pub const RAW_COLUMNS: &[Column] = &[
     col("run_id", String, false, "Køyringa som las inn fila"),
     col("kildesystem", String, false, "Kildesystem (namn på kjelda)"),
-    col("kjelde", String, false, "Kjeldefil (sti relativ til kjeldeplasseringa)"),
+    col(
+        "kjelde",
+        String,
+        false,
+        "Kjeldefil (sti relativ til kjeldeplasseringa)",
+    ),
     col("sha256", String, false, "SHA-256 av fila"),
-    col("as_of", Timestamp, false, "Tidspunktet øyeblikksbiletet gjeld for"),
-    col("omfang", String, true, "Omfang for slettingar: skulenummer for filer per skule, elles NULL"),
-    col("entitet", String, false, "Posttype: users, orgs, classes, enrollments, academicSessions, elevliste"),
-    col("rad", Long, false, "Postnummer i fila (linje for CSV, element for JSON, frå 1)"),
+    col(
+        "as_of",
+        Timestamp,
+        false,
+        "Tidspunktet øyeblikksbiletet gjeld for",
+    ),
+    col(
+        "omfang",
+        String,
+        true,
+        "Omfang for slettingar: skulenummer for filer per skule, elles NULL",
+    ),
+    col(
+        "entitet",
+        String,
+        false,
+        "Posttype: users, orgs, classes, enrollments, academicSessions, elevliste",
+    ),
+    col(
+        "rad",
+        Long,
+        false,
+        "Postnummer i fila (linje for CSV, element for JSON, frå 1)",
+    ),
     col("post", String, false, "Posten slik han vart levert (JSON)"),
     col("lastet", Timestamp, false, "Når fila vart lesen inn"),
 ];
@@ -350,10 +487,20 @@ pub fn raw_table(source: &str) -> Table {
 /// Staging tables between standardize and publish: the business columns of the target table
 /// plus the snapshot they came from. Overwritten by each standardize.
 pub const STAGE_EXTRA: &[Column] = &[
-    col("stg_kildesystem", String, false, "Kildesystem for øyeblikksbiletet"),
+    col(
+        "stg_kildesystem",
+        String,
+        false,
+        "Kildesystem for øyeblikksbiletet",
+    ),
     col("stg_omfang", String, true, "Omfang for øyeblikksbiletet"),
     col("stg_as_of", Timestamp, false, "As-of for øyeblikksbiletet"),
-    col("stg_kilde_nokkel", String, true, "Elevens nøkkel i kjelda (system_id eller fødselsnummer)"),
+    col(
+        "stg_kilde_nokkel",
+        String,
+        true,
+        "Elevens nøkkel i kjelda (system_id eller fødselsnummer)",
+    ),
 ];
 
 pub const PUBLISHED: [&Table; 7] = [
@@ -423,7 +570,10 @@ pub fn markdown_reference() -> std::string::String {
     for t in PUBLISHED {
         out.push_str(&format!("### `{}`\n\n{}\n\n", t.name, t.description));
         if !t.partition_by.is_empty() {
-            out.push_str(&format!("Partitioned by `{}`.\n\n", t.partition_by.join("`, `")));
+            out.push_str(&format!(
+                "Partitioned by `{}`.\n\n",
+                t.partition_by.join("`, `")
+            ));
         }
         out.push_str("| column | type | null | comment |\n|---|---|---|---|\n");
         for c in t.columns {
@@ -448,7 +598,12 @@ mod tests {
     fn every_column_has_a_comment_and_scd2_tables_end_with_history_columns() {
         for t in PUBLISHED.iter().copied().chain([&LEVERANSE]) {
             for c in t.columns {
-                assert!(!c.name.is_empty() && !c.comment.is_empty(), "{}.{}", t.name, c.name);
+                assert!(
+                    !c.name.is_empty() && !c.comment.is_empty(),
+                    "{}.{}",
+                    t.name,
+                    c.name
+                );
             }
             if t.kind == Kind::Scd2 {
                 assert!(t.column(t.key).is_some());

@@ -89,7 +89,11 @@ pub fn store_for(url: &Url) -> Result<Arc<DynObjectStore>> {
                 .with_url(url.as_str())
                 .build()?,
         ),
-        other => return Err(Error::Usage(format!("unsupported storage scheme `{other}`"))),
+        other => {
+            return Err(Error::Usage(format!(
+                "unsupported storage scheme `{other}`"
+            )))
+        }
     };
     stores.insert(key, store.clone());
     Ok(store)
@@ -175,7 +179,12 @@ mod tests {
     fn locations() {
         let u = resolve_location("../lake", Path::new("/a/pipelines")).unwrap();
         assert_eq!(u.as_str(), "file:///a/lake/");
-        assert_eq!(resolve_location("s3://b/x", Path::new(".")).unwrap().as_str(), "s3://b/x");
+        assert_eq!(
+            resolve_location("s3://b/x", Path::new("."))
+                .unwrap()
+                .as_str(),
+            "s3://b/x"
+        );
         assert!(resolve_location("ftp://b/x", Path::new(".")).is_err());
     }
 

@@ -12,9 +12,7 @@ pub mod vigo_csv;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::{
-    Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
-};
+use arrow::array::{Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
 use chrono::{DateTime, Utc};
 use deltalake::protocol::SaveMode;
 use sha2::{Digest, Sha256};
@@ -81,7 +79,8 @@ async fn known_hashes(ctx: &RunContext, table: &str) -> Result<HashSet<String>> 
     if !crate::delta::has_table(&session, table) {
         return Ok(HashSet::new());
     }
-    let batches = crate::delta::query(&session, &format!("SELECT DISTINCT sha256 FROM {table}")).await?;
+    let batches =
+        crate::delta::query(&session, &format!("SELECT DISTINCT sha256 FROM {table}")).await?;
     let mut out = HashSet::new();
     for b in &batches {
         let col = crate::delta::strings(b, "sha256")?;
@@ -90,7 +89,11 @@ async fn known_hashes(ctx: &RunContext, table: &str) -> Result<HashSet<String>> 
     Ok(out)
 }
 
-async fn ingest_source(ctx: &RunContext, source: &SourceConfig, m: &mut IngestMetrics) -> Result<()> {
+async fn ingest_source(
+    ctx: &RunContext,
+    source: &SourceConfig,
+    m: &mut IngestMetrics,
+) -> Result<()> {
     let table = raw_table(&source.name);
     let root = ctx.pipeline.source_location(source)?;
     let files = crate::storage::list_files(&root, &source.include).await?;

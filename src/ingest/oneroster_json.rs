@@ -63,7 +63,11 @@ impl InputFormat for OneRosterJson {
                 });
             }
         }
-        if records.is_empty() && !envelope.keys().any(|k| ENTITIES.iter().any(|(p, s)| k == p || k == s)) {
+        if records.is_empty()
+            && !envelope
+                .keys()
+                .any(|k| ENTITIES.iter().any(|(p, s)| k == p || k == s))
+        {
             return Err(Error::input(
                 file,
                 None,
@@ -83,7 +87,11 @@ fn json_error(file: &str, e: serde_json::Error) -> Error {
         file: file.to_string(),
         line: Some(e.line() as u64),
         field: None,
-        message: format!("invalid JSON (column {}): {}", e.column(), e.classify_message()),
+        message: format!(
+            "invalid JSON (column {}): {}",
+            e.column(),
+            e.classify_message()
+        ),
     }
 }
 
@@ -114,16 +122,26 @@ mod tests {
         let p = OneRosterJson.parse("users.json", text).unwrap();
         assert_eq!(p.records.len(), 3);
         assert_eq!(p.records.iter().filter(|r| r.entitet == "users").count(), 2);
-        assert_eq!(p.newest_modified.unwrap().to_rfc3339(), "2026-01-12T08:00:00+00:00");
-        let single = OneRosterJson.parse("u.json", r#"{"user":{"sourcedId":"u1"}}"#).unwrap();
+        assert_eq!(
+            p.newest_modified.unwrap().to_rfc3339(),
+            "2026-01-12T08:00:00+00:00"
+        );
+        let single = OneRosterJson
+            .parse("u.json", r#"{"user":{"sourcedId":"u1"}}"#)
+            .unwrap();
         assert_eq!(single.records[0].entitet, "users");
     }
 
     #[test]
     fn errors_name_file_and_line() {
-        let err = OneRosterJson.parse("users.json", "{\n\"users\": [\n{,}]}").unwrap_err();
+        let err = OneRosterJson
+            .parse("users.json", "{\n\"users\": [\n{,}]}")
+            .unwrap_err();
         assert!(err.to_string().starts_with("users.json, line 3"), "{err}");
         let err = OneRosterJson.parse("x.json", r#"{"foo": 1}"#).unwrap_err();
-        assert!(err.to_string().contains("not a OneRoster envelope"), "{err}");
+        assert!(
+            err.to_string().contains("not a OneRoster envelope"),
+            "{err}"
+        );
     }
 }

@@ -63,11 +63,17 @@ pub fn split_line(line: &str) -> Vec<String> {
 
 impl InputFormat for VigoCsv {
     fn parse(&self, file: &str, text: &str) -> Result<ParsedFile> {
-        let mut lines = text.split('\n').enumerate().filter(|(_, l)| !l.trim().is_empty());
+        let mut lines = text
+            .split('\n')
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty());
         let Some((header_idx, header_line)) = lines.next() else {
             return Err(Error::input(file, None, "the file is empty"));
         };
-        let header: Vec<String> = split_line(header_line).iter().map(|h| canonical_header(h)).collect();
+        let header: Vec<String> = split_line(header_line)
+            .iter()
+            .map(|h| canonical_header(h))
+            .collect();
         for required in ["skolenummer", "klasse", "fodselsnummer", "elev_namn"] {
             if !header.iter().any(|h| h == required) {
                 return Err(Error::Input {
@@ -145,7 +151,8 @@ mod tests {
         assert_eq!(canonical_header("Fødselsnummer"), "fodselsnummer");
         assert_eq!(canonical_header("Elev namn"), "elev_namn");
         assert_eq!(split_line(r#"a;"b;c";"d""e";"#), ["a", "b;c", "d\"e", ""]);
-        let text = "Kommunenummer;Skolenummer;Fylkesnummer;Klasse;Fødselsnummer;Elev_namn;Merknad\n\
+        let text =
+            "Kommunenummer;Skolenummer;Fylkesnummer;Klasse;Fødselsnummer;Elev_namn;Merknad\n\
                     4621;46505;46;10A;\"010110 12345\";Kari Nordmann;x;\n\n\
                     4621;46505;46;10A;2011012345;Ola Nordmann;\n";
         let p = VigoCsv.parse("elevliste_46505_20261101.csv", text).unwrap();
@@ -159,7 +166,13 @@ mod tests {
 
     #[test]
     fn missing_column_is_named() {
-        let err = VigoCsv.parse("l.csv", "skolenummer;klasse;elev_namn\n").unwrap_err().to_string();
-        assert!(err.contains("l.csv, line 1, field `fodselsnummer`"), "{err}");
+        let err = VigoCsv
+            .parse("l.csv", "skolenummer;klasse;elev_namn\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("l.csv, line 1, field `fodselsnummer`"),
+            "{err}"
+        );
     }
 }

@@ -12,8 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
-    UInt32Array,
+    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
 };
 use arrow::compute::take_record_batch;
 use deltalake::datafusion::prelude::SessionContext;
@@ -47,7 +46,11 @@ struct StagedTable {
     rows: HashMap<SnapshotKey, Vec<u32>>,
 }
 
-async fn read_staged(ctx: &RunContext, t: &Table, done: &HashSet<SnapshotKey>) -> Result<StagedTable> {
+async fn read_staged(
+    ctx: &RunContext,
+    t: &Table,
+    done: &HashSet<SnapshotKey>,
+) -> Result<StagedTable> {
     let stage = stage_table(t);
     let schema = stage.arrow_schema();
     let session = crate::delta::session(&ctx.pipeline, &[stage.name]).await?;
@@ -120,17 +123,31 @@ impl Identity {
         Ok(id)
     }
 
-    fn resolve(&mut self, kommune: &str, kildesystem: &str, system_id: Option<&str>, fnr: Option<&str>, source_key: &str) -> String {
+    fn resolve(
+        &mut self,
+        kommune: &str,
+        kildesystem: &str,
+        system_id: Option<&str>,
+        fnr: Option<&str>,
+        source_key: &str,
+    ) -> String {
         let found = system_id
-            .and_then(|s| self.by_system.get(&(kildesystem.to_string(), s.to_string())))
+            .and_then(|s| {
+                self.by_system
+                    .get(&(kildesystem.to_string(), s.to_string()))
+            })
             .or_else(|| fnr.and_then(|f| self.by_fnr.get(f)))
             .cloned();
         let id = found.unwrap_or_else(|| {
-            Uuid::new_v5(&NAMESPACE, format!("elev|{kommune}|{kildesystem}|{source_key}").as_bytes())
-                .to_string()
+            Uuid::new_v5(
+                &NAMESPACE,
+                format!("elev|{kommune}|{kildesystem}|{source_key}").as_bytes(),
+            )
+            .to_string()
         });
         if let Some(s) = system_id {
-            self.by_system.insert((kildesystem.to_string(), s.to_string()), id.clone());
+            self.by_system
+                .insert((kildesystem.to_string(), s.to_string()), id.clone());
         }
         if let Some(f) = fnr {
             self.by_fnr.insert(f.to_string(), id.clone());
@@ -161,7 +178,14 @@ async fn load_current(ctx: &SessionContext, t: &Table, engine: &mut Scd2) -> Res
         let s = crate::delta::strings(&b, "s")?;
         let p = crate::delta::strings(&b, "p")?;
         for i in 0..b.num_rows() {
-            engine.load_current(k.value(i).to_string(), h.value(i).to_string(), v.value(i), opt(&ks, i), opt(&s, i), opt(&p, i));
+            engine.load_current(
+                k.value(i).to_string(),
+                h.value(i).to_string(),
+                v.value(i),
+                opt(&ks, i),
+                opt(&s, i),
+                opt(&p, i),
+            );
         }
     }
     Ok(())
@@ -186,7 +210,11 @@ struct TableRun {
 
 impl TableRun {
     fn new(table: &'static Table) -> Self {
-        TableRun { table, engine: Scd2::default(), batches: Vec::new() }
+        TableRun {
+            table,
+            engine: Scd2::default(),
+            batches: Vec::new(),
+        }
     }
 
     /// Applies a prepared snapshot batch; returns keys closed for absence.
@@ -217,7 +245,11 @@ impl TableRun {
             t.columns
                 .iter()
                 .map(|c| arrow::datatypes::Field::new(c.name, c.ty.arrow(), true))
-                .chain([arrow::datatypes::Field::new("_op", arrow::datatypes::DataType::Utf8, false)])
+                .chain([arrow::datatypes::Field::new(
+                    "_op",
+                    arrow::datatypes::DataType::Utf8,
+                    false,
+                )])
                 .collect::<Vec<_>>(),
         ));
         let mut parts = Vec::new();
@@ -235,25 +267,29 @@ impl TableRun {
                 cols.push(match c.name {
                     schema::VALID_FROM => ts(inserts.iter().map(|i| Some(i.valid_from))),
                     schema::VALID_TO => ts(inserts.iter().map(|i| i.valid_to)),
-                    schema::IS_CURRENT => Arc::new(BooleanArray::from(inserts.iter().map(|i| i.valid_to.is_none()).collect::<Vec<_>>())),
+                    schema::IS_CURRENT => Arc::new(BooleanArray::from(
+                        inserts
+                            .iter()
+                            .map(|i| i.valid_to.is_none())
+                            .collect::<Vec<_>>(),
+                    )),
                     schema::TRANSACTION_TIME => ts((0..n).map(|_| Some(transaction_time))),
-                    schema::ROW_HASH => Arc::new(StringArray::from(inserts.iter().map(|i| i.hash.as_str()).collect::<Vec<_>>())),
-                    name => rows
-                        .column_by_name(name)
-                        .cloned()
-                        .ok_or_else(|| Error::Other(format!("internal: staged rows lack {name}")))?,
+                    schema::ROW_HASH => Arc::new(StringArray::from(
+                        inserts.iter().map(|i| i.hash.as_str()).collect::<Vec<_>>(),
+                    )),
+                    name => rows.column_by_name(name).cloned().ok_or_else(|| {
+                        Error::Other(format!("internal: staged rows lack {name}"))
+                    })?,
                 });
             }
             cols.push(Arc::new(StringArray::from(vec!["insert"; n])));
-            parts.push(crate::delta::conform(&RecordBatch::try_new(schema.clone(), cols.clone()).or_else(|_| {
-                // Cast staged columns to the table's types first.
-                let casted = cols
-                    .iter()
-                    .zip(schema.fields())
-                    .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                RecordBatch::try_new(schema.clone(), casted)
-            })?, &schema)?);
+            // Staged columns are nullable and may differ in type (e.g. from polars): cast.
+            let cols = cols
+                .iter()
+                .zip(schema.fields())
+                .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            parts.push(RecordBatch::try_new(schema.clone(), cols)?);
         }
         // Closes of stored versions: only key, valid_from and valid_to matter.
         let closes = &self.engine.closes;
@@ -263,7 +299,9 @@ impl TableRun {
                 .fields()
                 .iter()
                 .map(|f| match f.name().as_str() {
-                    n if n == t.key => Arc::new(StringArray::from(closes.iter().map(|c| c.key.as_str()).collect::<Vec<_>>())) as ArrayRef,
+                    n if n == t.key => Arc::new(StringArray::from(
+                        closes.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
+                    )) as ArrayRef,
                     schema::VALID_FROM => ts(closes.iter().map(|c| Some(c.valid_from))),
                     schema::VALID_TO => ts(closes.iter().map(|c| Some(c.valid_to))),
                     "_op" => Arc::new(StringArray::from(vec!["close"; n])),
@@ -280,15 +318,24 @@ impl TableRun {
         let mut current: HashSet<&str> = HashSet::new();
         for i in self.engine.live_inserts() {
             if i.valid_to.is_some_and(|to| to <= i.valid_from) {
-                return Err(Error::Other(format!("SCD2 invariant broken in {}: empty interval for key {}", self.table.name, i.key)));
+                return Err(Error::Other(format!(
+                    "SCD2 invariant broken in {}: empty interval for key {}",
+                    self.table.name, i.key
+                )));
             }
             if i.valid_to.is_none() && !current.insert(&i.key) {
-                return Err(Error::Other(format!("SCD2 invariant broken in {}: two current versions of key {}", self.table.name, i.key)));
+                return Err(Error::Other(format!(
+                    "SCD2 invariant broken in {}: two current versions of key {}",
+                    self.table.name, i.key
+                )));
             }
         }
         for c in &self.engine.closes {
             if c.valid_to <= c.valid_from {
-                return Err(Error::Other(format!("SCD2 invariant broken in {}: empty interval for key {}", self.table.name, c.key)));
+                return Err(Error::Other(format!(
+                    "SCD2 invariant broken in {}: empty interval for key {}",
+                    self.table.name, c.key
+                )));
             }
         }
         Ok(())
@@ -360,7 +407,11 @@ pub async fn run(ctx: &RunContext) -> Result<PublishOutcome> {
     snapshots.sort_by(|a, b| (a.2, &a.0, &a.1).cmp(&(b.2, &b.0, &b.1)));
     out.snapshots = snapshots.len();
 
-    let session = crate::delta::session(&ctx.pipeline, &["elev", "elevforhold", "skole", "elevliste_vgs"]).await?;
+    let session = crate::delta::session(
+        &ctx.pipeline,
+        &["elev", "elevforhold", "skole", "elevliste_vgs"],
+    )
+    .await?;
     let mut identity = Identity::load(&session).await?;
     let mut elev = TableRun::new(&schema::ELEV);
     let mut ef = TableRun::new(&schema::ELEVFORHOLD);
@@ -378,7 +429,15 @@ pub async fn run(ctx: &RunContext) -> Result<PublishOutcome> {
         };
         // skole
         let b = staged_skole.snapshot(key)?;
-        skole.apply(b, *as_of, if omfang.is_some() { Scope::None } else { scope() })?;
+        skole.apply(
+            b,
+            *as_of,
+            if omfang.is_some() {
+                Scope::None
+            } else {
+                scope()
+            },
+        )?;
 
         // elev: resolve ids
         let b = staged_elev.snapshot(key)?;
@@ -389,7 +448,13 @@ pub async fn run(ctx: &RunContext) -> Result<PublishOutcome> {
         let ids: Vec<String> = (0..b.num_rows())
             .map(|i| {
                 let source_key = opt(&src, i).unwrap_or_default();
-                let id = identity.resolve(&kommune, kildesystem, opt(&sys, i).as_deref(), opt(&fnr, i).as_deref(), &source_key);
+                let id = identity.resolve(
+                    &kommune,
+                    kildesystem,
+                    opt(&sys, i).as_deref(),
+                    opt(&fnr, i).as_deref(),
+                    &source_key,
+                );
                 id_of_source_key.insert(source_key, id.clone());
                 id
             })
@@ -397,7 +462,15 @@ pub async fn run(ctx: &RunContext) -> Result<PublishOutcome> {
         let b = replace_column(&b, "id", Arc::new(StringArray::from(ids)))?;
         // Per-school lists do not cover a pupil's other schools: pupils are closed below, when
         // they have no open elevforhold left.
-        elev.apply(b, *as_of, if omfang.is_some() { Scope::None } else { scope() })?;
+        elev.apply(
+            b,
+            *as_of,
+            if omfang.is_some() {
+                Scope::None
+            } else {
+                scope()
+            },
+        )?;
 
         // elevforhold: elev_id from the source key, id from (elev_id, skolenummer)
         let b = staged_ef.snapshot(key)?;
@@ -411,7 +484,13 @@ pub async fn run(ctx: &RunContext) -> Result<PublishOutcome> {
                 continue;
             };
             keep.push(i as u32);
-            ef_ids.push(Uuid::new_v5(&NAMESPACE, format!("elevforhold|{kildesystem}|{elev_id}|{}", skolenr.value(i)).as_bytes()).to_string());
+            ef_ids.push(
+                Uuid::new_v5(
+                    &NAMESPACE,
+                    format!("elevforhold|{kildesystem}|{elev_id}|{}", skolenr.value(i)).as_bytes(),
+                )
+                .to_string(),
+            );
             elev_ids.push(elev_id);
         }
         let b = take_record_batch(&b, &UInt32Array::from(keep))?;
@@ -445,9 +524,15 @@ pub async fn run(ctx: &RunContext) -> Result<PublishOutcome> {
         run.check()?;
     }
     for run in [&skole, &elev, &ef] {
-        out.inserted.insert(run.table.name, run.engine.live_inserts().count());
-        let closed_new = run.engine.live_inserts().filter(|i| i.valid_to.is_some()).count();
-        out.closed.insert(run.table.name, run.engine.closes.len() + closed_new);
+        out.inserted
+            .insert(run.table.name, run.engine.live_inserts().count());
+        let closed_new = run
+            .engine
+            .live_inserts()
+            .filter(|i| i.valid_to.is_some())
+            .count();
+        out.closed
+            .insert(run.table.name, run.engine.closes.len() + closed_new);
         if let Some(v) = run.commit(ctx, transaction_time).await? {
             out.versions.insert(run.table.name.to_string(), v);
             changed = true;
@@ -484,14 +569,29 @@ async fn write_leveranse(ctx: &RunContext, snapshots: &[SnapshotKey]) -> Result<
     let batch = RecordBatch::try_new(
         t.arrow_schema(),
         vec![
-            Arc::new(StringArray::from(snapshots.iter().map(|s| s.0.as_str()).collect::<Vec<_>>())),
-            Arc::new(StringArray::from(snapshots.iter().map(|s| s.1.as_deref()).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(
+                snapshots.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                snapshots.iter().map(|s| s.1.as_deref()).collect::<Vec<_>>(),
+            )),
             ts(snapshots.iter().map(|s| Some(s.2))),
-            Arc::new(StringArray::from(vec![ctx.run_id.as_str(); snapshots.len()])),
+            Arc::new(StringArray::from(vec![
+                ctx.run_id.as_str();
+                snapshots.len()
+            ])),
             ts(snapshots.iter().map(|_| Some(now))),
         ],
     )?;
-    crate::delta::write(&ctx.pipeline, t, vec![batch], SaveMode::Append, &ctx.run_id, "publish").await?;
+    crate::delta::write(
+        &ctx.pipeline,
+        t,
+        vec![batch],
+        SaveMode::Append,
+        &ctx.run_id,
+        "publish",
+    )
+    .await?;
     Ok(())
 }
 
@@ -509,7 +609,9 @@ pub const ELEVLISTE_SQL: &str = "SELECT \
 
 async fn write_elevliste(ctx: &RunContext) -> Result<(usize, Option<i64>)> {
     let session = crate::delta::session(&ctx.pipeline, &["elev", "elevforhold", "skole"]).await?;
-    if !crate::delta::has_table(&session, "elev") || !crate::delta::has_table(&session, "elevforhold") {
+    if !crate::delta::has_table(&session, "elev")
+        || !crate::delta::has_table(&session, "elevforhold")
+    {
         return Ok((0, None));
     }
     let sql = if crate::delta::has_table(&session, "skole") {
@@ -536,7 +638,15 @@ async fn write_elevliste(ctx: &RunContext) -> Result<(usize, Option<i64>)> {
     if out.is_empty() {
         out.push(RecordBatch::new_empty(schema.clone()));
     }
-    let v = crate::delta::write(&ctx.pipeline, t, out, SaveMode::Overwrite, &ctx.run_id, "publish").await?;
+    let v = crate::delta::write(
+        &ctx.pipeline,
+        t,
+        out,
+        SaveMode::Overwrite,
+        &ctx.run_id,
+        "publish",
+    )
+    .await?;
     Ok((rows, v))
 }
 
@@ -548,18 +658,36 @@ async fn publish_metrics(ctx: &RunContext) -> Result<Vec<Metric>> {
         if !crate::delta::has_table(&session, t) {
             continue;
         }
-        let b = crate::delta::query(&session, &format!("SELECT count(*) AS n, sum(CASE WHEN is_current THEN 1 ELSE 0 END) AS c FROM {t}")).await?;
+        let b = crate::delta::query(
+            &session,
+            &format!(
+                "SELECT count(*) AS n, sum(CASE WHEN is_current THEN 1 ELSE 0 END) AS c FROM {t}"
+            ),
+        )
+        .await?;
         if let Some(b) = b.first() {
             let n = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Float64)?;
             let c = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Float64)?;
-            let n = n.as_any().downcast_ref::<arrow::array::Float64Array>().map(|a| a.value(0)).unwrap_or(0.0);
-            let c = c.as_any().downcast_ref::<arrow::array::Float64Array>().map(|a| if a.is_null(0) { 0.0 } else { a.value(0) }).unwrap_or(0.0);
+            let n = n
+                .as_any()
+                .downcast_ref::<arrow::array::Float64Array>()
+                .map(|a| a.value(0))
+                .unwrap_or(0.0);
+            let c = c
+                .as_any()
+                .downcast_ref::<arrow::array::Float64Array>()
+                .map(|a| if a.is_null(0) { 0.0 } else { a.value(0) })
+                .unwrap_or(0.0);
             m.push(Metric::value(t, "rader_totalt", None, n));
             m.push(Metric::value(t, "rader_gjeldande", None, c));
         }
     }
     if crate::delta::has_table(&session, "elevforhold") {
-        let batches = crate::delta::query(&session, "SELECT skolenummer, klasse, trinn FROM elevforhold WHERE is_current").await?;
+        let batches = crate::delta::query(
+            &session,
+            "SELECT skolenummer, klasse, trinn FROM elevforhold WHERE is_current",
+        )
+        .await?;
         let mut s = Vec::new();
         let mut k = Vec::new();
         let mut tr = Vec::new();
@@ -567,7 +695,11 @@ async fn publish_metrics(ctx: &RunContext) -> Result<Vec<Metric>> {
             let sk = crate::delta::strings(b, "skolenummer")?;
             let kl = crate::delta::strings(b, "klasse")?;
             let t = arrow::compute::cast(b.column(2), &arrow::datatypes::DataType::Int32)?;
-            let t = t.as_any().downcast_ref::<arrow::array::Int32Array>().cloned().unwrap_or_else(|| arrow::array::Int32Array::new_null(b.num_rows()));
+            let t = t
+                .as_any()
+                .downcast_ref::<arrow::array::Int32Array>()
+                .cloned()
+                .unwrap_or_else(|| arrow::array::Int32Array::new_null(b.num_rows()));
             for i in 0..b.num_rows() {
                 s.push(opt(&sk, i));
                 k.push(opt(&kl, i));

@@ -141,7 +141,13 @@ impl Scd2 {
 
     /// Applies one full snapshot taken at `as_of`. Rows of `batch` (an index into the caller's
     /// prepared batches) are given in order; `scope` says which absent keys it closes.
-    pub fn apply(&mut self, batch: usize, as_of: i64, rows: Vec<SnapshotRow<'_>>, scope: Scope<'_>) {
+    pub fn apply(
+        &mut self,
+        batch: usize,
+        as_of: i64,
+        rows: Vec<SnapshotRow<'_>>,
+        scope: Scope<'_>,
+    ) {
         let mut present = std::collections::HashSet::with_capacity(rows.len());
         for (row, r) in rows.into_iter().enumerate() {
             present.insert(r.key.to_string());
@@ -165,7 +171,6 @@ impl Scd2 {
                 Some(cur) if cur.valid_from == as_of => {
                     if let Origin::New(i) = cur.origin {
                         // Same as-of twice in one run (two files of one day): the later wins.
-                        let i = i;
                         self.inserts[i] = new_version(r.hash.clone());
                         if let Some(c) = self.state.get_mut(r.key) {
                             c.hash = r.hash;
@@ -278,17 +283,36 @@ mod tests {
         let mut s = Scd2::default();
         s.load_current("a".into(), "h1".into(), 10, Some("s".into()), None, None);
         s.load_current("b".into(), "h1".into(), 10, Some("s".into()), None, None);
-        s.load_current("other".into(), "h1".into(), 10, Some("t".into()), None, None);
-        s.apply(0, 20, vec![row("a", "h2"), row("b", "h1"), row("c", "h1")], Scope::Source("s"));
+        s.load_current(
+            "other".into(),
+            "h1".into(),
+            10,
+            Some("t".into()),
+            None,
+            None,
+        );
+        s.apply(
+            0,
+            20,
+            vec![row("a", "h2"), row("b", "h1"), row("c", "h1")],
+            Scope::Source("s"),
+        );
         s.apply(1, 30, vec![row("b", "h1")], Scope::Source("s"));
-        let closes: Vec<_> = s.closes.iter().map(|c| (c.key.as_str(), c.valid_from, c.valid_to)).collect();
+        let closes: Vec<_> = s
+            .closes
+            .iter()
+            .map(|c| (c.key.as_str(), c.valid_from, c.valid_to))
+            .collect();
         assert_eq!(closes, [("a", 10, 20)]);
         let ins: Vec<_> = s
             .live_inserts()
             .map(|i| (i.key.as_str(), i.valid_from, i.valid_to))
             .collect();
         assert_eq!(ins, [("a", 20, Some(30)), ("c", 20, Some(30))]);
-        assert!(s.state.contains_key("other"), "another source's keys stay open");
+        assert!(
+            s.state.contains_key("other"),
+            "another source's keys stay open"
+        );
     }
 
     #[test]

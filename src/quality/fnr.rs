@@ -116,7 +116,14 @@ pub fn classify(raw: &str, today: NaiveDate) -> Result<FnrInfo, FnrError> {
     let day_off = if (4..=7).contains(&d[0]) { 40 } else { 0 };
     let m = 10 * d[2] + d[3];
     let (month_off, kind) = match m {
-        1..=12 => (0, if day_off > 0 { FnrKind::DNummer } else { FnrKind::Fnr }),
+        1..=12 => (
+            0,
+            if day_off > 0 {
+                FnrKind::DNummer
+            } else {
+                FnrKind::Fnr
+            },
+        ),
         41..=52 => (40, FnrKind::HNummer),
         66..=77 => (65, FnrKind::SyntPop),
         81..=92 => (80, FnrKind::Tenor),
@@ -217,9 +224,18 @@ mod tests {
 
     #[test]
     fn formats_and_lost_zero() {
-        assert_eq!(classify("2013299997", today()), Err(FnrError::LeadingZeroLost));
-        assert_eq!(classify("0201329999", today()), Err(FnrError::LeadingZeroLost));
-        assert_eq!(classify("020132 99997", today()).map(|i| i.kind), Ok(FnrKind::Fnr));
+        assert_eq!(
+            classify("2013299997", today()),
+            Err(FnrError::LeadingZeroLost)
+        );
+        assert_eq!(
+            classify("0201329999", today()),
+            Err(FnrError::LeadingZeroLost)
+        );
+        assert_eq!(
+            classify("020132 99997", today()).map(|i| i.kind),
+            Ok(FnrKind::Fnr)
+        );
         assert_eq!(classify("abc", today()), Err(FnrError::Format));
         assert_eq!(classify("", today()), Err(FnrError::Format));
     }

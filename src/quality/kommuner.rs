@@ -20,7 +20,13 @@ fn table() -> &'static HashMap<&'static str, Kommune> {
                 let nr = f.next()?;
                 let navn = f.next()?;
                 let fylke = f.next()?;
-                Some((nr, Kommune { navn, fylkesnummer: fylke }))
+                Some((
+                    nr,
+                    Kommune {
+                        navn,
+                        fylkesnummer: fylke,
+                    },
+                ))
             })
             .collect()
     })

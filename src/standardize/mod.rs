@@ -124,7 +124,9 @@ pub async fn published(ctx: &RunContext) -> Result<HashSet<SnapshotKey>> {
     if !crate::delta::has_table(&session, "leveranse") {
         return Ok(out);
     }
-    for b in crate::delta::query(&session, "SELECT kildesystem, omfang, as_of FROM leveranse").await? {
+    for b in
+        crate::delta::query(&session, "SELECT kildesystem, omfang, as_of FROM leveranse").await?
+    {
         let k = crate::delta::strings(&b, "kildesystem")?;
         let o = crate::delta::strings(&b, "omfang")?;
         let t = crate::delta::micros(&b, "as_of")?;
@@ -159,7 +161,8 @@ async fn pending_snapshots(ctx: &RunContext) -> Result<Vec<Snapshot>> {
             let kjelde = crate::delta::strings(&b, "kjelde")?;
             let entitet = crate::delta::strings(&b, "entitet")?;
             let rad = arrow::compute::cast(
-                b.column_by_name("rad").ok_or_else(|| crate::error::Error::Other("raw lacks rad".into()))?,
+                b.column_by_name("rad")
+                    .ok_or_else(|| crate::error::Error::Other("raw lacks rad".into()))?,
                 &arrow::datatypes::DataType::Int64,
             )?;
             let rad = rad
@@ -200,12 +203,22 @@ async fn pending_snapshots(ctx: &RunContext) -> Result<Vec<Snapshot>> {
 fn check_fnr(c: &mut Checker, e: &mut ElevRow, today: NaiveDate) -> bool {
     let Some(raw) = e.fodselsnummer.clone() else {
         if e.fnr_required {
-            let sev = c.report(&e.r, rules::PAKREVD_FELT, Some("fodselsnummer"), None,
-                "Fødselsnummer manglar: eleven kan ikkje sendast til fylket utan det");
+            let sev = c.report(
+                &e.r,
+                rules::PAKREVD_FELT,
+                Some("fodselsnummer"),
+                None,
+                "Fødselsnummer manglar: eleven kan ikkje sendast til fylket utan det",
+            );
             return sev != Severity::Drop;
         }
-        c.report(&e.r, rules::FNR_MANGLAR, Some("fodselsnummer"), None,
-            "Eleven manglar fødselsnummer i kjeldesystemet");
+        c.report(
+            &e.r,
+            rules::FNR_MANGLAR,
+            Some("fodselsnummer"),
+            None,
+            "Eleven manglar fødselsnummer i kjeldesystemet",
+        );
         return true;
     };
     let norm = fnr::normalize(&raw);
@@ -221,8 +234,13 @@ fn check_fnr(c: &mut Checker, e: &mut ElevRow, today: NaiveDate) -> bool {
                 result = Ok(info);
             }
             _ => {
-                let sev = c.report(&e.r, rules::FNR_MANGLAR_NULL, Some("fodselsnummer"),
-                    Some(fnr::mask(&norm)), fnr::FnrError::LeadingZeroLost.message());
+                let sev = c.report(
+                    &e.r,
+                    rules::FNR_MANGLAR_NULL,
+                    Some("fodselsnummer"),
+                    Some(fnr::mask(&norm)),
+                    fnr::FnrError::LeadingZeroLost.message(),
+                );
                 return sev != Severity::Drop;
             }
         }
@@ -244,36 +262,67 @@ fn check_fnr(c: &mut Checker, e: &mut ElevRow, today: NaiveDate) -> bool {
             true
         }
         Err(err) => {
-            let sev = c.report(&e.r, rules::FNR_UGYLDIG, Some("fodselsnummer"),
-                Some(fnr::mask(&norm)), err.message());
+            let sev = c.report(
+                &e.r,
+                rules::FNR_UGYLDIG,
+                Some("fodselsnummer"),
+                Some(fnr::mask(&norm)),
+                err.message(),
+            );
             sev != Severity::Drop
         }
     }
 }
 
 /// Applies the rules to one snapshot's rows, dropping what must not be published.
-fn validate(c: &mut Checker, rows: Staged, known_schools: &HashSet<String>, today: NaiveDate) -> Staged {
+fn validate(
+    c: &mut Checker,
+    rows: Staged,
+    known_schools: &HashSet<String>,
+    today: NaiveDate,
+) -> Staged {
     let mut out = Staged::default();
     for s in rows.skole {
         if let Some(o) = &s.organisasjonsnummer {
             if !fnr::valid_orgnr(o) {
-                let sev = c.report(&s.r, rules::ORGNR_UGYLDIG, Some("organisasjonsnummer"), Some(o.clone()),
-                    "Organisasjonsnummeret har feil kontrollsiffer");
-                if sev == Severity::Drop { continue; }
+                let sev = c.report(
+                    &s.r,
+                    rules::ORGNR_UGYLDIG,
+                    Some("organisasjonsnummer"),
+                    Some(o.clone()),
+                    "Organisasjonsnummeret har feil kontrollsiffer",
+                );
+                if sev == Severity::Drop {
+                    continue;
+                }
             }
         }
         if let Some(k) = &s.kommunenummer {
             if !kommuner::is_kommune(k) {
-                let sev = c.report(&s.r, rules::KOMMUNENUMMER_UKJENT, Some("kommunenummer"), Some(k.clone()),
-                    "Kommunenummeret finst ikkje i kommunelista for 2024");
-                if sev == Severity::Drop { continue; }
+                let sev = c.report(
+                    &s.r,
+                    rules::KOMMUNENUMMER_UKJENT,
+                    Some("kommunenummer"),
+                    Some(k.clone()),
+                    "Kommunenummeret finst ikkje i kommunelista for 2024",
+                );
+                if sev == Severity::Drop {
+                    continue;
+                }
             }
         }
         if let Some(f) = &s.fylkesnummer {
             if !kommuner::is_fylke(f) {
-                let sev = c.report(&s.r, rules::FYLKESNUMMER_UKJENT, Some("fylkesnummer"), Some(f.clone()),
-                    "Fylkesnummeret finst ikkje i fylkeslista for 2024");
-                if sev == Severity::Drop { continue; }
+                let sev = c.report(
+                    &s.r,
+                    rules::FYLKESNUMMER_UKJENT,
+                    Some("fylkesnummer"),
+                    Some(f.clone()),
+                    "Fylkesnummeret finst ikkje i fylkeslista for 2024",
+                );
+                if sev == Severity::Drop {
+                    continue;
+                }
             }
         }
         out.skole.push(s);
@@ -291,7 +340,11 @@ fn validate(c: &mut Checker, rows: Staged, known_schools: &HashSet<String>, toda
         .iter()
         .filter_map(|e| {
             let k = e.kilde_nokkel.as_deref()?;
-            Some(if e.fnr_required { fnr::normalize(k) } else { k.to_string() })
+            Some(if e.fnr_required {
+                fnr::normalize(k)
+            } else {
+                k.to_string()
+            })
         })
         .collect();
     let mut kept_keys = HashSet::new();
@@ -302,13 +355,23 @@ fn validate(c: &mut Checker, rows: Staged, known_schools: &HashSet<String>, toda
     for mut e in rows.elev {
         let mut keep = true;
         if e.fornavn.is_none() || e.etternavn.is_none() {
-            let sev = c.report(&e.r, rules::PAKREVD_FELT, Some("elev_namn"), None,
-                "Eleven manglar fornamn eller etternamn");
+            let sev = c.report(
+                &e.r,
+                rules::PAKREVD_FELT,
+                Some("elev_namn"),
+                None,
+                "Eleven manglar fornamn eller etternamn",
+            );
             keep &= sev != Severity::Drop;
         }
         if e.kilde_nokkel.is_none() && !e.fnr_required {
-            let sev = c.report(&e.r, rules::PAKREVD_FELT, Some("system_id"), None,
-                "Eleven manglar ID i kjeldesystemet");
+            let sev = c.report(
+                &e.r,
+                rules::PAKREVD_FELT,
+                Some("system_id"),
+                None,
+                "Eleven manglar ID i kjeldesystemet",
+            );
             keep &= sev != Severity::Drop;
         }
         keep &= check_fnr(c, &mut e, today);
@@ -318,8 +381,13 @@ fn validate(c: &mut Checker, rows: Staged, known_schools: &HashSet<String>, toda
         }
         if let Some(k) = &e.kommunenummer {
             if !kommuner::is_kommune(k) {
-                let sev = c.report(&e.r, rules::KOMMUNENUMMER_UKJENT, Some("kommunenummer"), Some(k.clone()),
-                    "Kommunenummeret finst ikkje i kommunelista for 2024");
+                let sev = c.report(
+                    &e.r,
+                    rules::KOMMUNENUMMER_UKJENT,
+                    Some("kommunenummer"),
+                    Some(k.clone()),
+                    "Kommunenummeret finst ikkje i kommunelista for 2024",
+                );
                 keep &= sev != Severity::Drop;
             }
         }
@@ -328,23 +396,39 @@ fn validate(c: &mut Checker, rows: Staged, known_schools: &HashSet<String>, toda
             continue;
         }
         let key = e.kilde_nokkel.clone().unwrap_or_default();
-        let dup_fnr = e.fodselsnummer.as_ref().is_some_and(|f| !seen_fnr.insert(f.clone()));
+        let dup_fnr = e
+            .fodselsnummer
+            .as_ref()
+            .is_some_and(|f| !seen_fnr.insert(f.clone()));
         if !kept_keys.insert(key) || dup_fnr {
             let verdi = e.fodselsnummer.as_deref().map(fnr::mask);
-            c.report(&e.r, rules::DUPLIKAT, Some("fodselsnummer"), verdi,
-                "Eleven står fleire gonger i same leveranse; berre den første er teken med");
+            c.report(
+                &e.r,
+                rules::DUPLIKAT,
+                Some("fodselsnummer"),
+                verdi,
+                "Eleven står fleire gonger i same leveranse; berre den første er teken med",
+            );
             dropped_records.insert((e.r.kjelde.clone(), e.r.rad));
             continue;
         }
         out.elev.push(e);
     }
-    let elev_keys: HashSet<String> = out.elev.iter().filter_map(|e| e.kilde_nokkel.clone()).collect();
+    let elev_keys: HashSet<String> = out
+        .elev
+        .iter()
+        .filter_map(|e| e.kilde_nokkel.clone())
+        .collect();
     let mut ef_keys = HashSet::new();
     for mut ef in rows.elevforhold {
         if dropped_records.contains(&(ef.r.kjelde.clone(), ef.r.rad)) {
             continue;
         }
-        if ef.elev_kilde_nokkel.as_ref().is_some_and(|k| k.len() == 10 && c.repair_leading_zero) {
+        if ef
+            .elev_kilde_nokkel
+            .as_ref()
+            .is_some_and(|k| k.len() == 10 && c.repair_leading_zero)
+        {
             // Follow the repaired number of a Vigo pupil.
             let repaired = format!("0{}", ef.elev_kilde_nokkel.as_deref().unwrap_or_default());
             if elev_keys.contains(&repaired) {
@@ -352,33 +436,78 @@ fn validate(c: &mut Checker, rows: Staged, known_schools: &HashSet<String>, toda
             }
         }
         if let Some(k) = &ef.elev_kilde_nokkel {
-            ef.elev_kilde_nokkel = Some(if ef.r.system_id.is_none() { fnr::normalize(k) } else { k.clone() });
+            ef.elev_kilde_nokkel = Some(if ef.r.system_id.is_none() {
+                fnr::normalize(k)
+            } else {
+                k.clone()
+            });
         }
-        let Some(elev) = ef.elev_kilde_nokkel.clone().filter(|k| elev_keys.contains(k)) else {
+        let Some(elev) = ef
+            .elev_kilde_nokkel
+            .clone()
+            .filter(|k| elev_keys.contains(k))
+        else {
             // Pupils dropped above are already reported; only unknown references are new.
-            if !ef.elev_kilde_nokkel.as_ref().is_some_and(|k| delivered.contains(k)) {
-                c.report(&ef.r, rules::UKJENT_ELEV, Some("user"), None,
-                    "Elevforholdet viser til ein elev som ikkje er med i leveransen");
+            if !ef
+                .elev_kilde_nokkel
+                .as_ref()
+                .is_some_and(|k| delivered.contains(k))
+            {
+                c.report(
+                    &ef.r,
+                    rules::UKJENT_ELEV,
+                    Some("user"),
+                    None,
+                    "Elevforholdet viser til ein elev som ikkje er med i leveransen",
+                );
             }
             continue;
         };
         let Some(skole) = ef.skolenummer.clone() else {
-            c.report(&ef.r, rules::PAKREVD_FELT, Some("skolenummer"), None, "Skulenummer manglar");
+            c.report(
+                &ef.r,
+                rules::PAKREVD_FELT,
+                Some("skolenummer"),
+                None,
+                "Skulenummer manglar",
+            );
             continue;
         };
         if !schools.contains(&skole) {
-            let sev = c.report(&ef.r, rules::UKJENT_SKOLE, Some("skolenummer"), Some(skole.clone()),
-                "Skulen finst ikkje i leveransen eller i skuleregisteret til kommunen");
-            if sev == Severity::Drop { continue; }
+            let sev = c.report(
+                &ef.r,
+                rules::UKJENT_SKOLE,
+                Some("skolenummer"),
+                Some(skole.clone()),
+                "Skulen finst ikkje i leveransen eller i skuleregisteret til kommunen",
+            );
+            if sev == Severity::Drop {
+                continue;
+            }
         }
         if !ef.trinn.is_some_and(|t| (1..=10).contains(&t)) {
-            let sev = c.report(&ef.r, rules::TRINN_UGYLDIG, Some("trinn"),
-                ef.trinn.map(|t| t.to_string()), "Trinnet må vere mellom 1 og 10");
-            if sev == Severity::Drop { continue; }
+            let sev = c.report(
+                &ef.r,
+                rules::TRINN_UGYLDIG,
+                Some("trinn"),
+                ef.trinn.map(|t| t.to_string()),
+                "Trinnet må vere mellom 1 og 10",
+            );
+            if sev == Severity::Drop {
+                continue;
+            }
         }
         if ef.klasse.is_none() {
-            let sev = c.report(&ef.r, rules::PAKREVD_FELT, Some("klasse"), None, "Klasse manglar");
-            if sev == Severity::Drop { continue; }
+            let sev = c.report(
+                &ef.r,
+                rules::PAKREVD_FELT,
+                Some("klasse"),
+                None,
+                "Klasse manglar",
+            );
+            if sev == Severity::Drop {
+                continue;
+            }
         }
         if !ef_keys.insert((elev, skole)) {
             c.report(&ef.r, rules::DUPLIKAT, Some("klasse"), None,
@@ -396,19 +525,38 @@ fn date_days(d: Option<NaiveDate>) -> Option<i32> {
 
 fn snapshot_columns<T>(rows: &[(&Snapshot, T)]) -> Vec<Column> {
     vec![
-        Column::new("stg_kildesystem".into(), rows.iter().map(|(s, _)| s.kildesystem.as_str()).collect::<Vec<_>>()),
-        Column::new("stg_omfang".into(), rows.iter().map(|(s, _)| s.omfang.as_deref()).collect::<Vec<_>>()),
-        Column::new("stg_as_of".into(), rows.iter().map(|(s, _)| s.as_of).collect::<Vec<_>>()),
+        Column::new(
+            "stg_kildesystem".into(),
+            rows.iter()
+                .map(|(s, _)| s.kildesystem.as_str())
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "stg_omfang".into(),
+            rows.iter()
+                .map(|(s, _)| s.omfang.as_deref())
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "stg_as_of".into(),
+            rows.iter().map(|(s, _)| s.as_of).collect::<Vec<_>>(),
+        ),
     ]
 }
 
 fn str_col<T>(name: &str, rows: &[(&Snapshot, T)], f: impl Fn(&T) -> Option<&str>) -> Column {
-    Column::new(name.into(), rows.iter().map(|(_, r)| f(r)).collect::<Vec<_>>())
+    Column::new(
+        name.into(),
+        rows.iter().map(|(_, r)| f(r)).collect::<Vec<_>>(),
+    )
 }
 
 fn elev_frame(rows: &[(&Snapshot, ElevRow)]) -> Result<DataFrame> {
     let mut cols = vec![
-        Column::new("id".into(), rows.iter().map(|_| None::<&str>).collect::<Vec<_>>()),
+        Column::new(
+            "id".into(),
+            rows.iter().map(|_| None::<&str>).collect::<Vec<_>>(),
+        ),
         str_col("system_id", rows, |e| e.system_id.as_deref()),
         str_col("kildesystem", rows, |e| Some(e.r.kildesystem.as_str())),
         str_col("fodselsnummer", rows, |e| e.fodselsnummer.as_deref()),
@@ -417,42 +565,77 @@ fn elev_frame(rows: &[(&Snapshot, ElevRow)]) -> Result<DataFrame> {
         str_col("fornavn", rows, |e| e.fornavn.as_deref()),
         str_col("mellomnavn", rows, |e| e.mellomnavn.as_deref()),
         str_col("etternavn", rows, |e| e.etternavn.as_deref()),
-        Column::new("fodselsdato".into(), rows.iter().map(|(_, e)| date_days(e.fodselsdato)).collect::<Vec<_>>()),
+        Column::new(
+            "fodselsdato".into(),
+            rows.iter()
+                .map(|(_, e)| date_days(e.fodselsdato))
+                .collect::<Vec<_>>(),
+        ),
         str_col("kjonn", rows, |e| e.kjonn.as_deref()),
         str_col("epostadresse", rows, |e| e.epostadresse.as_deref()),
-        str_col("mobiltelefonnummer", rows, |e| e.mobiltelefonnummer.as_deref()),
+        str_col("mobiltelefonnummer", rows, |e| {
+            e.mobiltelefonnummer.as_deref()
+        }),
         str_col("bostedsadresse", rows, |e| e.bostedsadresse.as_deref()),
         str_col("postnummer", rows, |e| e.postnummer.as_deref()),
         str_col("poststed", rows, |e| e.poststed.as_deref()),
     ];
     cols.extend(snapshot_columns(rows));
-    cols.push(str_col("stg_kilde_nokkel", rows, |e| e.kilde_nokkel.as_deref()));
+    cols.push(str_col("stg_kilde_nokkel", rows, |e| {
+        e.kilde_nokkel.as_deref()
+    }));
     Ok(DataFrame::new_infer_height(cols)?)
 }
 
 fn elevforhold_frame(rows: &[(&Snapshot, EfRow)]) -> Result<DataFrame> {
     let mut cols = vec![
-        Column::new("id".into(), rows.iter().map(|_| None::<&str>).collect::<Vec<_>>()),
-        Column::new("elev_id".into(), rows.iter().map(|_| None::<&str>).collect::<Vec<_>>()),
+        Column::new(
+            "id".into(),
+            rows.iter().map(|_| None::<&str>).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "elev_id".into(),
+            rows.iter().map(|_| None::<&str>).collect::<Vec<_>>(),
+        ),
         str_col("system_id", rows, |e| e.system_id.as_deref()),
         str_col("kildesystem", rows, |e| Some(e.r.kildesystem.as_str())),
         str_col("skolenummer", rows, |e| e.skolenummer.as_deref()),
         str_col("klasse", rows, |e| e.klasse.as_deref()),
-        Column::new("trinn".into(), rows.iter().map(|(_, e)| e.trinn).collect::<Vec<_>>()),
+        Column::new(
+            "trinn".into(),
+            rows.iter().map(|(_, e)| e.trinn).collect::<Vec<_>>(),
+        ),
         str_col("skolear", rows, |e| e.skolear.as_deref()),
-        Column::new("hovedskole".into(), rows.iter().map(|(_, e)| e.hovedskole).collect::<Vec<_>>()),
-        Column::new("startdato".into(), rows.iter().map(|(_, e)| date_days(e.startdato)).collect::<Vec<_>>()),
-        Column::new("sluttdato".into(), rows.iter().map(|(_, e)| date_days(e.sluttdato)).collect::<Vec<_>>()),
+        Column::new(
+            "hovedskole".into(),
+            rows.iter().map(|(_, e)| e.hovedskole).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "startdato".into(),
+            rows.iter()
+                .map(|(_, e)| date_days(e.startdato))
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "sluttdato".into(),
+            rows.iter()
+                .map(|(_, e)| date_days(e.sluttdato))
+                .collect::<Vec<_>>(),
+        ),
     ];
     cols.extend(snapshot_columns(rows));
-    cols.push(str_col("stg_kilde_nokkel", rows, |e| e.elev_kilde_nokkel.as_deref()));
+    cols.push(str_col("stg_kilde_nokkel", rows, |e| {
+        e.elev_kilde_nokkel.as_deref()
+    }));
     Ok(DataFrame::new_infer_height(cols)?)
 }
 
 fn skole_frame(rows: &[(&Snapshot, SkoleRow)]) -> Result<DataFrame> {
     let mut cols = vec![
         str_col("skolenummer", rows, |s| Some(s.skolenummer.as_str())),
-        str_col("organisasjonsnummer", rows, |s| s.organisasjonsnummer.as_deref()),
+        str_col("organisasjonsnummer", rows, |s| {
+            s.organisasjonsnummer.as_deref()
+        }),
         str_col("navn", rows, |s| s.navn.as_deref()),
         str_col("kommunenummer", rows, |s| s.kommunenummer.as_deref()),
         str_col("fylkesnummer", rows, |s| s.fylkesnummer.as_deref()),
@@ -460,7 +643,10 @@ fn skole_frame(rows: &[(&Snapshot, SkoleRow)]) -> Result<DataFrame> {
         str_col("kildesystem", rows, |s| Some(s.r.kildesystem.as_str())),
     ];
     cols.extend(snapshot_columns(rows));
-    cols.push(Column::new("stg_kilde_nokkel".into(), rows.iter().map(|_| None::<&str>).collect::<Vec<_>>()));
+    cols.push(Column::new(
+        "stg_kilde_nokkel".into(),
+        rows.iter().map(|_| None::<&str>).collect::<Vec<_>>(),
+    ));
     Ok(DataFrame::new_infer_height(cols)?)
 }
 
@@ -469,8 +655,15 @@ async fn known_schools(ctx: &RunContext) -> Result<HashSet<String>> {
     let session = crate::delta::session(&ctx.pipeline, &["skole"]).await?;
     let mut out = HashSet::new();
     if crate::delta::has_table(&session, "skole") {
-        for b in crate::delta::query(&session, "SELECT skolenummer FROM skole WHERE is_current").await? {
-            out.extend(crate::delta::strings(&b, "skolenummer")?.iter().flatten().map(str::to_string));
+        for b in
+            crate::delta::query(&session, "SELECT skolenummer FROM skole WHERE is_current").await?
+        {
+            out.extend(
+                crate::delta::strings(&b, "skolenummer")?
+                    .iter()
+                    .flatten()
+                    .map(str::to_string),
+            );
         }
     }
     Ok(out)
@@ -495,7 +688,9 @@ pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
     for snap in &snaps {
         let mut staged = Staged::default();
         match snap.format {
-            Format::OnerosterJson => oneroster::flatten(snap, ctx.pipeline.kommunenummer(), &mut staged),
+            Format::OnerosterJson => {
+                oneroster::flatten(snap, ctx.pipeline.kommunenummer(), &mut staged)
+            }
             Format::VigoCsv => vigo::flatten(snap, &mut staged),
         }
         *outcome.rows_in.entry("elev").or_default() += staged.elev.len();
@@ -541,7 +736,15 @@ pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
         } else {
             crate::delta::from_polars(df, &stage.arrow_schema())?
         };
-        crate::delta::write(&ctx.pipeline, &stage, batches, SaveMode::Overwrite, &ctx.run_id, "standardize").await?;
+        crate::delta::write(
+            &ctx.pipeline,
+            &stage,
+            batches,
+            SaveMode::Overwrite,
+            &ctx.run_id,
+            "standardize",
+        )
+        .await?;
     }
     Ok(outcome)
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::{ElevRow, EfRow, SkoleRow, Snapshot, Staged};
+use super::{EfRow, ElevRow, SkoleRow, Snapshot, Staged};
 use crate::quality::RecordRef;
 
 fn s(v: &Value, key: &str) -> Option<String> {
@@ -44,7 +44,11 @@ fn is_student(v: &Value) -> bool {
     }
     v.get("roles")
         .and_then(Value::as_array)
-        .is_some_and(|roles| roles.iter().any(|r| s(r, "role").as_deref() == Some("student")))
+        .is_some_and(|roles| {
+            roles
+                .iter()
+                .any(|r| s(r, "role").as_deref() == Some("student"))
+        })
 }
 
 /// Leading digits of a class name: `10A` → 10.
@@ -114,13 +118,14 @@ pub fn flatten(snap: &Snapshot, kommunenummer: &str, out: &mut Staged) {
         }
     }
 
-    let reference = |rec: &super::RawRec, system_id: Option<String>, school: Option<String>| RecordRef {
-        kildesystem: snap.kildesystem.clone(),
-        kjelde: rec.kjelde.clone(),
-        rad: rec.rad,
-        skolenummer: school,
-        system_id,
-    };
+    let reference =
+        |rec: &super::RawRec, system_id: Option<String>, school: Option<String>| RecordRef {
+            kildesystem: snap.kildesystem.clone(),
+            kjelde: rec.kjelde.clone(),
+            rad: rec.rad,
+            skolenummer: school,
+            system_id,
+        };
 
     // Schools: org sourcedId → skolenummer.
     let mut school_of_org = HashMap::new();
@@ -128,7 +133,9 @@ pub fn flatten(snap: &Snapshot, kommunenummer: &str, out: &mut Staged) {
         if is_deleted(v) || s(v, "type").is_some_and(|t| t != "school") {
             continue;
         }
-        let Some(id) = s(v, "sourcedId") else { continue };
+        let Some(id) = s(v, "sourcedId") else {
+            continue;
+        };
         let skolenummer = meta(v, "skolenummer")
             .or_else(|| meta(v, "vigoSkolenummer"))
             .unwrap_or_else(|| id.clone());
@@ -158,7 +165,7 @@ pub fn flatten(snap: &Snapshot, kommunenummer: &str, out: &mut Staged) {
                 ids.iter()
                     .find(|i| s(i, "type").is_some_and(|t| t.eq_ignore_ascii_case("feide")))
             })
-            .and_then(|i| identifier(i));
+            .and_then(identifier);
         if let Some(id) = &system_id {
             students.insert(id.clone());
         }
@@ -187,7 +194,9 @@ pub fn flatten(snap: &Snapshot, kommunenummer: &str, out: &mut Staged) {
         if is_deleted(v) || s(v, "role").is_some_and(|r| r != "student") {
             continue;
         }
-        let Some(user) = guid(v, "user") else { continue };
+        let Some(user) = guid(v, "user") else {
+            continue;
+        };
         let class = guid(v, "class").and_then(|c| classes.get(&c));
         if class.is_some_and(|c| !c.homeroom) {
             continue;

@@ -4,7 +4,7 @@
 use chrono::{Datelike, TimeZone, Utc};
 use serde_json::Value;
 
-use super::{ElevRow, EfRow, SkoleRow, Snapshot, Staged};
+use super::{EfRow, ElevRow, SkoleRow, Snapshot, Staged};
 use crate::quality::RecordRef;
 
 fn field(v: &Value, key: &str) -> Option<String> {
@@ -36,8 +36,15 @@ pub fn split_name(full: &str) -> (Option<String>, Option<String>, Option<String>
 
 /// School year of a date: from August it is the year that starts, e.g. 20262027.
 pub fn skolear_for(as_of_micros: i64) -> String {
-    let t = Utc.timestamp_micros(as_of_micros).single().unwrap_or_default();
-    let start = if t.month() >= 8 { t.year() } else { t.year() - 1 };
+    let t = Utc
+        .timestamp_micros(as_of_micros)
+        .single()
+        .unwrap_or_default();
+    let start = if t.month() >= 8 {
+        t.year()
+    } else {
+        t.year() - 1
+    };
     format!("{}{}", start, start + 1)
 }
 
@@ -51,8 +58,11 @@ pub fn flatten(snap: &Snapshot, out: &mut Staged) {
         let fnr = digits(field(&v, "fodselsnummer"));
         let skolenummer = digits(field(&v, "skolenummer")).or_else(|| snap.omfang.clone());
         let kommune = digits(field(&v, "kommunenummer"));
-        let fylke = digits(field(&v, "fylkesnummer"))
-            .or_else(|| kommune.as_ref().and_then(|k| k.get(..2).map(str::to_string)));
+        let fylke = digits(field(&v, "fylkesnummer")).or_else(|| {
+            kommune
+                .as_ref()
+                .and_then(|k| k.get(..2).map(str::to_string))
+        });
         let klasse = field(&v, "klasse");
         let (fornavn, mellomnavn, etternavn) =
             split_name(&field(&v, "elev_namn").unwrap_or_default());
@@ -119,11 +129,24 @@ mod tests {
     fn names_and_school_year() {
         assert_eq!(
             split_name("Kari Anne Berit Nordmann"),
-            (Some("Kari".into()), Some("Anne Berit".into()), Some("Nordmann".into()))
+            (
+                Some("Kari".into()),
+                Some("Anne Berit".into()),
+                Some("Nordmann".into())
+            )
         );
-        assert_eq!(split_name(" Ola  Nordmann "), (Some("Ola".into()), None, Some("Nordmann".into())));
-        let nov = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap().timestamp_micros();
-        let mar = Utc.with_ymd_and_hms(2027, 3, 1, 0, 0, 0).unwrap().timestamp_micros();
+        assert_eq!(
+            split_name(" Ola  Nordmann "),
+            (Some("Ola".into()), None, Some("Nordmann".into()))
+        );
+        let nov = Utc
+            .with_ymd_and_hms(2026, 11, 1, 0, 0, 0)
+            .unwrap()
+            .timestamp_micros();
+        let mar = Utc
+            .with_ymd_and_hms(2027, 3, 1, 0, 0, 0)
+            .unwrap()
+            .timestamp_micros();
         assert_eq!(skolear_for(nov), "20262027");
         assert_eq!(skolear_for(mar), "20262027");
     }

@@ -14,17 +14,33 @@ fn personal_data() -> Vec<String> {
     for dir in ["sample_data/bergen/vigilo", "sample_data/voss/vigo"] {
         for f in std::fs::read_dir(repo().join(dir)).unwrap() {
             let bytes = std::fs::read(f.unwrap().path()).unwrap();
-            let text: String = bytes.iter().map(|&b| if b.is_ascii() { b as char } else { ' ' }).collect();
+            let text: String = bytes
+                .iter()
+                .map(|&b| if b.is_ascii() { b as char } else { ' ' })
+                .collect();
             for tok in text.split(|c: char| !c.is_ascii_alphanumeric() && c != ' ') {
                 let digits: String = tok.chars().filter(|c| !c.is_whitespace()).collect();
-                if (digits.len() == 10 || digits.len() == 11) && digits.bytes().all(|b| b.is_ascii_digit()) {
+                if (digits.len() == 10 || digits.len() == 11)
+                    && digits.bytes().all(|b| b.is_ascii_digit())
+                {
                     out.push(digits);
                 }
             }
         }
     }
     // Family names from the generator (ASCII ones, to match in any encoding).
-    for n in ["Fjellheim", "Nordbo", "Strandvik", "Haugland", "Myrvang", "Skogrand", "Kvamsdal", "Bergslien", "Tveitane", "Hammersvoll"] {
+    for n in [
+        "Fjellheim",
+        "Nordbo",
+        "Strandvik",
+        "Haugland",
+        "Myrvang",
+        "Skogrand",
+        "Kvamsdal",
+        "Bergslien",
+        "Tveitane",
+        "Hammersvoll",
+    ] {
         out.push(n.to_string());
     }
     out
@@ -37,23 +53,43 @@ fn runs_log_json_and_text_without_personal_data() {
     let dir = tempdir();
     for (pipeline, format) in [("bergen.toml", "json"), ("voss.toml", "text")] {
         let out = elevflyt()
-            .args(["run", repo().join("pipelines").join(pipeline).to_str().unwrap()])
-            .args(["--warehouse", &warehouse(&dir), "--log-format", format, "--log-level", "trace"])
+            .args([
+                "run",
+                repo().join("pipelines").join(pipeline).to_str().unwrap(),
+            ])
+            .args([
+                "--warehouse",
+                &warehouse(&dir),
+                "--log-format",
+                format,
+                "--log-level",
+                "trace",
+            ])
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{pipeline}: {stderr}");
         if format == "json" {
-            let elevflyt_lines: Vec<_> = stderr.lines().filter(|l| l.contains("elevflyt")).collect();
+            let elevflyt_lines: Vec<_> =
+                stderr.lines().filter(|l| l.contains("elevflyt")).collect();
             assert!(!elevflyt_lines.is_empty());
             for l in elevflyt_lines {
-                serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+                serde_json::from_str::<serde_json::Value>(l)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
             }
         }
         for p in &pii {
-            assert!(!stderr.contains(p.as_str()), "{pipeline}: log shows personal data {}…", &p[..4]);
-            assert!(!stdout.contains(p.as_str()), "{pipeline}: output shows personal data {}…", &p[..4]);
+            assert!(
+                !stderr.contains(p.as_str()),
+                "{pipeline}: log shows personal data {}…",
+                &p[..4]
+            );
+            assert!(
+                !stdout.contains(p.as_str()),
+                "{pipeline}: output shows personal data {}…",
+                &p[..4]
+            );
         }
     }
 }
@@ -63,27 +99,72 @@ fn exit_codes_and_configuration_errors() {
     let dir = tempdir();
     // Unknown key → 2, naming the key.
     let bad = pipeline_file(dir.path(), "bad.toml", "[pipeline]\nname = \"x\"\nkommunenummer = \"4601\"\nwarehouse = \"w\"\ncatalog = \"c\"\nschema = \"s\"\nkatalog = \"c\"\n\n[[source]]\nname = \"a\"\nformat = \"vigo-csv\"\nlocation = \"x\"\n");
-    let out = elevflyt().args(["run", bad.to_str().unwrap()]).output().unwrap();
+    let out = elevflyt()
+        .args(["run", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("katalog"));
     // Unknown format → 2.
-    let body = std::fs::read_to_string(&bad).unwrap().replace("katalog = \"c\"\n", "").replace("vigo-csv", "excel");
+    let body = std::fs::read_to_string(&bad)
+        .unwrap()
+        .replace("katalog = \"c\"\n", "")
+        .replace("vigo-csv", "excel");
     let bad = pipeline_file(dir.path(), "bad2.toml", &body);
-    let out = elevflyt().args(["run", bad.to_str().unwrap()]).output().unwrap();
+    let out = elevflyt()
+        .args(["run", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("excel"));
     // Missing file and bad usage → 2.
-    assert_eq!(elevflyt().args(["run", "nope.toml"]).output().unwrap().status.code(), Some(2));
-    assert_eq!(elevflyt().args(["frobnicate"]).output().unwrap().status.code(), Some(2));
+    assert_eq!(
+        elevflyt()
+            .args(["run", "nope.toml"])
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        elevflyt()
+            .args(["frobnicate"])
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(2)
+    );
     let p = repo().join("pipelines/bergen.toml");
-    let out = elevflyt().args(["run", p.to_str().unwrap(), "--as-of", "15.01.2026", "--warehouse", &warehouse(&dir)]).output().unwrap();
+    let out = elevflyt()
+        .args([
+            "run",
+            p.to_str().unwrap(),
+            "--as-of",
+            "15.01.2026",
+            "--warehouse",
+            &warehouse(&dir),
+        ])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     // A fail rule → 1.
-    let body = std::fs::read_to_string(repo().join("pipelines/voss.toml")).unwrap()
-        .replace("../sample_data", "{repo}/sample_data") + "fnr_ugyldig = \"fail\"\n";
+    let body = std::fs::read_to_string(repo().join("pipelines/voss.toml"))
+        .unwrap()
+        .replace("../sample_data", "{repo}/sample_data")
+        + "fnr_ugyldig = \"fail\"\n";
     let f = pipeline_file(dir.path(), "voss.toml", &body);
-    let out = elevflyt().args(["run", f.to_str().unwrap(), "--warehouse", &warehouse(&dir)]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = elevflyt()
+        .args(["run", f.to_str().unwrap(), "--warehouse", &warehouse(&dir)])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -91,13 +172,23 @@ fn a_broken_file_names_file_and_line_and_writes_nothing() {
     let dir = tempdir();
     let src = dir.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("users-2026-01-15.json"), "{\"users\": [\n{\"sourcedId\": \"a\"},\n{\"sourcedId\" \"b\"}\n]}").unwrap();
+    std::fs::write(
+        src.join("users-2026-01-15.json"),
+        "{\"users\": [\n{\"sourcedId\": \"a\"},\n{\"sourcedId\" \"b\"}\n]}",
+    )
+    .unwrap();
     let f = pipeline_file(dir.path(), "p.toml", "[pipeline]\nname = \"x\"\nkommunenummer = \"4601\"\nwarehouse = \"lake\"\ncatalog = \"c\"\nschema = \"s\"\n\n[[source]]\nname = \"vigilo\"\nformat = \"oneroster-json\"\nlocation = \"src\"\n");
-    let out = elevflyt().args(["run", f.to_str().unwrap()]).output().unwrap();
+    let out = elevflyt()
+        .args(["run", f.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("users-2026-01-15.json, line 3"), "{stderr}");
-    assert!(!dir.path().join("lake/c/s/raw_vigilo").exists(), "no raw table was written");
+    assert!(
+        !dir.path().join("lake/c/s/raw_vigilo").exists(),
+        "no raw table was written"
+    );
 }
 
 #[test]
@@ -117,14 +208,40 @@ fn sql_prints_csv_and_json() {
     let dir = tempdir();
     let p = repo().join("pipelines/voss.toml");
     let w = warehouse(&dir);
-    assert!(elevflyt().args(["run", p.to_str().unwrap(), "--warehouse", &w]).output().unwrap().status.success());
+    assert!(elevflyt()
+        .args(["run", p.to_str().unwrap(), "--warehouse", &w])
+        .output()
+        .unwrap()
+        .status
+        .success());
     let out = elevflyt()
-        .args(["sql", p.to_str().unwrap(), "SELECT skolenummer, count(*) AS n FROM elevliste_vgs GROUP BY skolenummer ORDER BY 1", "--format", "csv", "--warehouse", &w])
-        .output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "skolenummer,n\n46520,24\n46521,18\n");
+        .args([
+            "sql",
+            p.to_str().unwrap(),
+            "SELECT skolenummer, count(*) AS n FROM elevliste_vgs GROUP BY skolenummer ORDER BY 1",
+            "--format",
+            "csv",
+            "--warehouse",
+            &w,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "skolenummer,n\n46520,24\n46521,18\n"
+    );
     let out = elevflyt()
-        .args(["sql", p.to_str().unwrap(), "SELECT count(*) AS n FROM elev", "--format", "json", "--warehouse", &w])
-        .output().unwrap();
+        .args([
+            "sql",
+            p.to_str().unwrap(),
+            "SELECT count(*) AS n FROM elev",
+            "--format",
+            "json",
+            "--warehouse",
+            &w,
+        ])
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["n"], 43);
 }

@@ -27,7 +27,10 @@ pub async fn run(p: &Pipeline, stage: Stage) -> elevflyt::Result<Summary> {
 }
 
 pub async fn sql(p: &Pipeline, query: &str) -> Vec<RecordBatch> {
-    let mut names: Vec<String> = elevflyt::schema::PUBLISHED.iter().map(|t| t.name.to_string()).collect();
+    let mut names: Vec<String> = elevflyt::schema::PUBLISHED
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
     names.extend(p.file.sources.iter().map(|s| format!("raw_{}", s.name)));
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let session = elevflyt::delta::session(p, &refs).await.unwrap();
@@ -46,8 +49,15 @@ pub async fn rows(p: &Pipeline, query: &str) -> Vec<Vec<String>> {
             out.push(
                 cols.iter()
                     .map(|c| {
-                        let s = c.as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
-                        if arrow::array::Array::is_null(s, r) { String::new() } else { s.value(r).to_string() }
+                        let s = c
+                            .as_any()
+                            .downcast_ref::<arrow::array::StringArray>()
+                            .unwrap();
+                        if arrow::array::Array::is_null(s, r) {
+                            String::new()
+                        } else {
+                            s.value(r).to_string()
+                        }
                     })
                     .collect(),
             );
@@ -64,7 +74,10 @@ pub async fn count(p: &Pipeline, query: &str) -> i64 {
 pub async fn versions(p: &Pipeline, tables: &[&str]) -> Vec<(String, Option<u64>)> {
     let mut out = Vec::new();
     for t in tables {
-        let v = elevflyt::delta::try_open(&p.table_url(t)).await.unwrap().and_then(|t| t.version());
+        let v = elevflyt::delta::try_open(&p.table_url(t))
+            .await
+            .unwrap()
+            .and_then(|t| t.version());
         out.push((t.to_string(), v));
     }
     out

@@ -46,14 +46,22 @@ allow_synthetic_fnr = true
     assert_eq!(runs.len(), 2);
     assert_eq!(runs[1][0], "fail");
     assert!(runs[1][1].contains("fnr_ugyldig"));
-    let failed_run = rows(&p2, "SELECT run_id FROM kjoring WHERE status = 'fail'").await[0][0].clone();
+    let failed_run =
+        rows(&p2, "SELECT run_id FROM kjoring WHERE status = 'fail'").await[0][0].clone();
     assert_eq!(count(&p2, &format!("SELECT count(*) FROM avvik WHERE run_id = '{failed_run}' AND regel = 'fnr_ugyldig' AND alvorsgrad = 'fail'")).await, 1);
     assert_eq!(count(&p2, &format!("SELECT count(*) FROM kvalitet WHERE run_id = '{failed_run}' AND regel_eller_metrikk = 'fnr_ugyldig' AND status = 'fail'")).await, 1);
 
     // With the rule back to its default the next run publishes the waiting snapshot.
-    let p3 = pipeline_file(dir.path(), "b.toml", &day1.replace("INCLUDE", r#", "*-2026-02-05.json""#));
+    let p3 = pipeline_file(
+        dir.path(),
+        "b.toml",
+        &day1.replace("INCLUDE", r#", "*-2026-02-05.json""#),
+    );
     let p3 = elevflyt::config::Pipeline::load(&p3, None).unwrap();
     let s = run(&p3, Stage::All).await.unwrap();
     assert_eq!(s.snapshots_published, 1);
-    assert_eq!(count(&p3, "SELECT count(*) FROM elev WHERE system_id = 'V-NY'").await, 1);
+    assert_eq!(
+        count(&p3, "SELECT count(*) FROM elev WHERE system_id = 'V-NY'").await,
+        1
+    );
 }

@@ -1,8 +1,9 @@
 //! Integration tests: one binary, a module per story.
 
-mod common;
 mod bergen;
-mod voss;
-mod failing;
 mod cli;
+mod common;
 mod docs;
+mod failing;
+mod oneroster;
+mod voss;
