@@ -31,19 +31,8 @@ pub async fn exists(url: &Url) -> Result<bool> {
     use futures::StreamExt;
     use object_store::ObjectStore;
     let store = crate::storage::store_for(url)?;
-    let log = url
-        .join(&format!(
-            "{}/_delta_log/",
-            url.path_segments()
-                .and_then(|mut s| s.next_back())
-                .unwrap_or("")
-        ))
-        .unwrap_or_else(|_| url.clone());
-    let log = if url.path().ends_with('/') {
-        url.join("_delta_log/").unwrap_or(log)
-    } else {
-        log
-    };
+    let mut log = url.clone();
+    log.set_path(&format!("{}/_delta_log/", url.path().trim_end_matches('/')));
     if url.scheme() == "file" && !url.to_file_path().map(|p| p.exists()).unwrap_or(false) {
         return Ok(false);
     }
@@ -108,9 +97,7 @@ pub async fn open_or_create(p: &Pipeline, t: &Table) -> Result<DeltaTable> {
     match created {
         Ok(t) => Ok(t),
         // Another run created it between our check and our create: open theirs.
-        Err(_) => try_open(&url)
-            .await?
-            .ok_or_else(|| Error::Other(format!("could not create table {url}"))),
+        Err(e) => try_open(&url).await?.ok_or(e.into()),
     }
 }
 

@@ -114,10 +114,12 @@ async fn ingest_source(
     let mut seen_now = HashSet::new();
 
     m.files_seen += files.len();
+    let progress = progress_bar(files.len() as u64, &source.name);
     if files.is_empty() {
         warn!(source = %source.name, location = %root, "no files found at the source location");
     }
     for f in &files {
+        progress.inc(1);
         let bytes = crate::storage::read_file(&root, f).await?;
         let digest = hex::encode(Sha256::digest(&bytes));
         if known.contains(&digest) || !seen_now.insert(digest.clone()) {
@@ -148,6 +150,7 @@ async fn ingest_source(
         m.bytes += f.size;
         m.files_read.push(format!("{}/{}", source.name, f.name));
     }
+    progress.finish_and_clear();
     let batch = RecordBatch::try_new(
         table.arrow_schema(),
         vec![
@@ -179,4 +182,20 @@ async fn ingest_source(
         m.raw_versions.push((table.name.to_string(), v));
     }
     Ok(())
+}
+
+/// A progress bar on an interactive terminal only (hidden in logs, pipes and CI).
+fn progress_bar(len: u64, source: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} files")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(format!("ingest {source}"));
+    bar
 }

@@ -150,8 +150,35 @@ async fn pending_snapshots(ctx: &RunContext) -> Result<Vec<Snapshot>> {
         if !crate::delta::has_table(&session, table.name) {
             continue;
         }
+        // First the snapshot keys only, then the records of the pending as-of times: history
+        // already published is never read again (files are skipped by their as_of statistics).
+        let mut pending_times = std::collections::BTreeSet::new();
+        let keys_sql = format!(
+            "SELECT DISTINCT kildesystem, omfang, as_of FROM {}",
+            table.name
+        );
+        for b in crate::delta::query(&session, &keys_sql).await? {
+            let k = crate::delta::strings(&b, "kildesystem")?;
+            let o = crate::delta::strings(&b, "omfang")?;
+            let t = crate::delta::micros(&b, "as_of")?;
+            for i in 0..b.num_rows() {
+                let omfang = (!o.is_null(i)).then(|| o.value(i).to_string());
+                if !done.contains(&(k.value(i).to_string(), omfang, t.value(i))) {
+                    pending_times.insert(t.value(i));
+                }
+            }
+        }
+        if pending_times.is_empty() {
+            continue;
+        }
+        let times = pending_times
+            .iter()
+            .map(|t| format!("to_timestamp_micros({t})"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let sql = format!(
-            "SELECT kildesystem, omfang, as_of, kjelde, entitet, rad, post FROM {} ORDER BY as_of, kjelde, rad",
+            "SELECT kildesystem, omfang, as_of, kjelde, entitet, rad, post FROM {} \
+             WHERE as_of IN ({times}) ORDER BY as_of, kjelde, rad",
             table.name
         );
         for b in crate::delta::query(&session, &sql).await? {
