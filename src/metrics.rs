@@ -50,7 +50,7 @@ pub fn standardize_metrics(
     let mut m = Vec::new();
     for (t, df) in frames {
         let rows_in = o.rows_in.get(t.name).copied().unwrap_or(0) as f64;
-        let rows_out = df.height() as f64;
+        let rows_out = o.rows_out.get(t.name).copied().unwrap_or(0) as f64;
         m.push(Metric::value(t.name, "rader_inn", None, rows_in));
         m.push(Metric::value(t.name, "rader_ut", None, rows_out));
         m.push(Metric::value(

@@ -407,6 +407,22 @@ pub const ELEVLISTE_VGS: Table = Table {
     ],
 };
 
+pub const ELEV_ID: Table = Table {
+    name: "elev_id",
+    description: "Identitetskart: kva kildesystem-ID og fødselsnummer kvar stabile elev-ID er sett med, og når.",
+    kind: Kind::Overwrite,
+    key: "",
+    partition_by: &[],
+    columns: &[
+        col("id", String, false, "Stabil global elev-ID (elev.id)"),
+        col("kildesystem", String, false, "Kildesystem"),
+        col("system_id", String, true, "Kildesystemets ID for eleven"),
+        col("fodselsnummer", String, true, "Fødselsnummer (PII krev maskering ved bruk)"),
+        col("first_seen", Timestamp, false, "As-of for første øyeblikksbilete med denne identiteten"),
+        col("last_seen", Timestamp, false, "As-of for siste øyeblikksbilete med denne identiteten"),
+    ],
+};
+
 /// Which snapshots have gone through which stage (internal bookkeeping that makes stages
 /// resumable).
 pub const LEVERANSE: Table = Table {
@@ -431,6 +447,25 @@ pub const LEVERANSE: Table = Table {
         ),
         col("run_id", String, false, "Køyringa som publiserte"),
         col("publisert", Timestamp, false, "Når det vart publisert"),
+    ],
+};
+
+/// The snapshots staged by the last standardize (some may have no rows).
+pub const STAGE_SNAPSHOTS: Table = Table {
+    name: "stg_leveranse",
+    description: "Intern: øyeblikksbileta som siste standardize gjorde klare for publisering.",
+    kind: Kind::Overwrite,
+    key: "",
+    partition_by: &[],
+    columns: &[
+        col(
+            "stg_kildesystem",
+            String,
+            false,
+            "Kildesystem for øyeblikksbiletet",
+        ),
+        col("stg_omfang", String, true, "Omfang for øyeblikksbiletet"),
+        col("stg_as_of", Timestamp, false, "As-of for øyeblikksbiletet"),
     ],
 };
 
@@ -503,10 +538,11 @@ pub const STAGE_EXTRA: &[Column] = &[
     ),
 ];
 
-pub const PUBLISHED: [&Table; 7] = [
+pub const PUBLISHED: &[&Table] = &[
     &ELEV,
     &ELEVFORHOLD,
     &SKOLE,
+    &ELEV_ID,
     &AVVIK,
     &KVALITET,
     &KJORING,

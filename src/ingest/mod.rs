@@ -9,7 +9,7 @@ pub mod oneroster_json;
 pub mod text;
 pub mod vigo_csv;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
@@ -22,6 +22,9 @@ use crate::config::{Format, SourceConfig};
 use crate::error::Result;
 use crate::run::RunContext;
 use crate::schema::raw_table;
+
+/// Entity of the marker record each file gets (record number 0).
+pub const FILE_MARKER: &str = "_fil";
 
 /// One record of a source file, as delivered.
 #[derive(Debug, Clone)]
@@ -74,19 +77,40 @@ pub async fn run(ctx: &RunContext) -> Result<IngestMetrics> {
     Ok(m)
 }
 
-async fn known_hashes(ctx: &RunContext, table: &str) -> Result<HashSet<String>> {
+/// The files already in raw: sha256 → the as-of times it was loaded for.
+async fn known_files(ctx: &RunContext, table: &str) -> Result<HashMap<String, HashSet<i64>>> {
     let session = crate::delta::session(&ctx.pipeline, &[table]).await?;
+    let mut out: HashMap<String, HashSet<i64>> = HashMap::new();
     if !crate::delta::has_table(&session, table) {
-        return Ok(HashSet::new());
+        return Ok(out);
     }
-    let batches =
-        crate::delta::query(&session, &format!("SELECT DISTINCT sha256 FROM {table}")).await?;
-    let mut out = HashSet::new();
-    for b in &batches {
-        let col = crate::delta::strings(b, "sha256")?;
-        out.extend(col.iter().flatten().map(str::to_string));
+    let sql = format!("SELECT DISTINCT sha256, as_of FROM {table}");
+    for b in &crate::delta::query(&session, &sql).await? {
+        let sha = crate::delta::strings(b, "sha256")?;
+        let t = crate::delta::micros(b, "as_of")?;
+        for i in 0..b.num_rows() {
+            out.entry(sha.value(i).to_string())
+                .or_default()
+                .insert(t.value(i));
+        }
     }
     Ok(out)
+}
+
+/// Whether a file was already ingested. The same bytes under a later date are a new snapshot
+/// (an unchanged export still says "everyone is still here" at that date, which matters when an
+/// older export arrives late); without a date in the name or on the command line, the same bytes
+/// are the same file.
+fn already_ingested(
+    known: &HashMap<String, HashSet<i64>>,
+    sha: &str,
+    cheap_as_of: Option<i64>,
+) -> bool {
+    match (known.get(sha), cheap_as_of) {
+        (None, _) => false,
+        (Some(times), Some(t)) => times.contains(&t),
+        (Some(_), None) => true,
+    }
 }
 
 async fn ingest_source(
@@ -97,7 +121,7 @@ async fn ingest_source(
     let table = raw_table(&source.name);
     let root = ctx.pipeline.source_location(source)?;
     let files = crate::storage::list_files(&root, &source.include).await?;
-    let known = known_hashes(ctx, table.name).await?;
+    let mut known = known_files(ctx, table.name).await?;
     let format = format_impl(source.format);
     let now = ctx.started.timestamp_micros();
 
@@ -111,7 +135,6 @@ async fn ingest_source(
     let mut rad = Int64Builder::new();
     let mut post = StringBuilder::new();
     let mut lastet = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-    let mut seen_now = HashSet::new();
 
     m.files_seen += files.len();
     let progress = progress_bar(files.len() as u64, &source.name);
@@ -122,19 +145,29 @@ async fn ingest_source(
         progress.inc(1);
         let bytes = crate::storage::read_file(&root, f).await?;
         let digest = hex::encode(Sha256::digest(&bytes));
-        if known.contains(&digest) || !seen_now.insert(digest.clone()) {
+        let cheap_as_of = ctx.as_of_override.or_else(|| asof::from_file_name(&f.name));
+        if already_ingested(&known, &digest, cheap_as_of.map(|t| t.timestamp_micros())) {
             m.files_skipped += 1;
             continue;
         }
         let (text, _) = text::decode(&f.name, &bytes)?;
         let parsed = format.parse(&f.name, &text)?;
-        let t = ctx
-            .as_of_override
-            .or_else(|| asof::from_file_name(&f.name))
+        let t = cheap_as_of
             .or(parsed.newest_modified)
             .unwrap_or(f.last_modified);
+        known
+            .entry(digest.clone())
+            .or_default()
+            .insert(t.timestamp_micros());
         info!(source = %source.name, file = %f.name, records = parsed.records.len(), as_of = %t, "read file");
-        for r in &parsed.records {
+        // Every file leaves a marker record, so that a file without records (a school list with
+        // no pupils) still makes a snapshot.
+        let marker = Record {
+            entitet: FILE_MARKER,
+            rad: 0,
+            post: "{}".to_string(),
+        };
+        for r in std::iter::once(&marker).chain(&parsed.records) {
             run_id.append_value(&ctx.run_id);
             kildesystem.append_value(&source.name);
             kjelde.append_value(&f.name);

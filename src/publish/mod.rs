@@ -6,6 +6,7 @@
 //! fødselsnummer already known → its id; else a UUID v5 of kommunenummer, kildesystem and the
 //! source key, so rebuilding from raw gives the same ids.
 
+pub mod identity;
 pub mod scd2;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -25,10 +26,8 @@ use crate::metrics::Metric;
 use crate::run::RunContext;
 use crate::schema::{self, Table};
 use crate::standardize::{stage_table, SnapshotKey};
+use identity::{Identity, NAMESPACE};
 use scd2::{Scd2, Scope, SnapshotRow};
-
-/// Namespace for elevflyt's deterministic ids.
-const NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b4e_9a7d_4c1e_8b3a_5d2e_7f90_1a44);
 
 #[derive(Debug, Default)]
 pub struct PublishOutcome {
@@ -46,11 +45,7 @@ struct StagedTable {
     rows: HashMap<SnapshotKey, Vec<u32>>,
 }
 
-async fn read_staged(
-    ctx: &RunContext,
-    t: &Table,
-    done: &HashSet<SnapshotKey>,
-) -> Result<StagedTable> {
+async fn read_staged(ctx: &RunContext, t: &Table) -> Result<StagedTable> {
     let stage = stage_table(t);
     let schema = stage.arrow_schema();
     let session = crate::delta::session(&ctx.pipeline, &[stage.name]).await?;
@@ -74,11 +69,28 @@ async fn read_staged(
             (!o.is_null(i)).then(|| o.value(i).to_string()),
             t.value(i),
         );
-        if !done.contains(&key) {
-            rows.entry(key).or_default().push(i as u32);
-        }
+        rows.entry(key).or_default().push(i as u32);
     }
     Ok(StagedTable { batch, rows })
+}
+
+/// The snapshots the last standardize staged.
+async fn staged_snapshots(ctx: &RunContext) -> Result<HashSet<SnapshotKey>> {
+    let t = &schema::STAGE_SNAPSHOTS;
+    let session = crate::delta::session(&ctx.pipeline, &[t.name]).await?;
+    let mut out = HashSet::new();
+    if !crate::delta::has_table(&session, t.name) {
+        return Ok(out);
+    }
+    for b in crate::delta::query(&session, &format!("SELECT * FROM {}", t.name)).await? {
+        let k = crate::delta::strings(&b, "stg_kildesystem")?;
+        let o = crate::delta::strings(&b, "stg_omfang")?;
+        let a = crate::delta::micros(&b, "stg_as_of")?;
+        for i in 0..b.num_rows() {
+            out.insert((k.value(i).to_string(), opt(&o, i), a.value(i)));
+        }
+    }
+    Ok(out)
 }
 
 impl StagedTable {
@@ -92,72 +104,14 @@ fn opt(a: &StringArray, i: usize) -> Option<String> {
     (!a.is_null(i)).then(|| a.value(i).to_string())
 }
 
-/// Known identities: (kildesystem, system_id) → id and fødselsnummer → id.
-#[derive(Default)]
-struct Identity {
-    by_system: HashMap<(String, String), String>,
-    by_fnr: HashMap<String, String>,
-}
-
-impl Identity {
-    async fn load(ctx: &SessionContext) -> Result<Identity> {
-        let mut id = Identity::default();
-        if !crate::delta::has_table(ctx, "elev") {
-            return Ok(id);
-        }
-        let sql = "SELECT DISTINCT id, kildesystem, system_id, fodselsnummer, valid_from FROM elev ORDER BY valid_from";
-        for b in crate::delta::query(ctx, sql).await? {
-            let ids = crate::delta::strings(&b, "id")?;
-            let k = crate::delta::strings(&b, "kildesystem")?;
-            let s = crate::delta::strings(&b, "system_id")?;
-            let f = crate::delta::strings(&b, "fodselsnummer")?;
-            for i in 0..b.num_rows() {
-                if let (Some(k), Some(s)) = (opt(&k, i), opt(&s, i)) {
-                    id.by_system.insert((k, s), ids.value(i).to_string());
-                }
-                if let Some(f) = opt(&f, i) {
-                    id.by_fnr.insert(f, ids.value(i).to_string());
-                }
-            }
-        }
-        Ok(id)
-    }
-
-    fn resolve(
-        &mut self,
-        kommune: &str,
-        kildesystem: &str,
-        system_id: Option<&str>,
-        fnr: Option<&str>,
-        source_key: &str,
-    ) -> String {
-        let found = system_id
-            .and_then(|s| {
-                self.by_system
-                    .get(&(kildesystem.to_string(), s.to_string()))
-            })
-            .or_else(|| fnr.and_then(|f| self.by_fnr.get(f)))
-            .cloned();
-        let id = found.unwrap_or_else(|| {
-            Uuid::new_v5(
-                &NAMESPACE,
-                format!("elev|{kommune}|{kildesystem}|{source_key}").as_bytes(),
-            )
-            .to_string()
-        });
-        if let Some(s) = system_id {
-            self.by_system
-                .insert((kildesystem.to_string(), s.to_string()), id.clone());
-        }
-        if let Some(f) = fnr {
-            self.by_fnr.insert(f.to_string(), id.clone());
-        }
-        id
-    }
-}
-
-/// Loads the current rows (key, hash, valid_from, scope) of an SCD2 table.
-async fn load_current(ctx: &SessionContext, t: &Table, engine: &mut Scd2) -> Result<()> {
+/// Loads the current rows (key, hash, valid_from, scope) of an SCD2 table, except those of
+/// sources whose history is rebuilt in this run.
+async fn load_current(
+    ctx: &SessionContext,
+    t: &Table,
+    engine: &mut Scd2,
+    rebuilt: &HashSet<String>,
+) -> Result<()> {
     if !crate::delta::has_table(ctx, t.name) {
         return Ok(());
     }
@@ -166,9 +120,10 @@ async fn load_current(ctx: &SessionContext, t: &Table, engine: &mut Scd2) -> Res
         _ => ("NULL", "NULL"),
     };
     let sql = format!(
-        "SELECT {key} AS k, rad_hash, valid_from, kildesystem, {school} AS s, {parent} AS p FROM {name} WHERE is_current",
+        "SELECT {key} AS k, rad_hash, valid_from, kildesystem, {school} AS s, {parent} AS p FROM {name} WHERE is_current{skip}",
         key = t.key,
-        name = t.name
+        name = t.name,
+        skip = not_in_sources(rebuilt),
     );
     for b in crate::delta::query(ctx, &sql).await? {
         let k = crate::delta::strings(&b, "k")?;
@@ -191,6 +146,60 @@ async fn load_current(ctx: &SessionContext, t: &Table, engine: &mut Scd2) -> Res
     Ok(())
 }
 
+/// ` AND kildesystem NOT IN (...)` for a set of source names (validated lower-case identifiers).
+fn not_in_sources(sources: &HashSet<String>) -> String {
+    if sources.is_empty() {
+        return String::new();
+    }
+    let list = sources
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(" AND (kildesystem IS NULL OR kildesystem NOT IN ({list}))")
+}
+
+/// Sources whose pending snapshots do not simply follow the stored history: a late snapshot
+/// (older than history already stored for the source), or a publish that was interrupted after
+/// some tables were committed. Their history is rebuilt from all their snapshots, in as-of order.
+pub async fn rebuild_sources(ctx: &RunContext, pending: &[SnapshotKey]) -> Result<HashSet<String>> {
+    let mut oldest: HashMap<&str, i64> = HashMap::new();
+    for (k, _, t) in pending {
+        let e = oldest.entry(k.as_str()).or_insert(*t);
+        *e = (*e).min(*t);
+    }
+    let session = crate::delta::session(&ctx.pipeline, &["elev", "elevforhold", "skole"]).await?;
+    let mut newest: HashMap<String, i64> = HashMap::new();
+    for t in ["elev", "elevforhold", "skole"] {
+        if !crate::delta::has_table(&session, t) {
+            continue;
+        }
+        let sql = format!(
+            "SELECT kildesystem, max(greatest(valid_from, coalesce(valid_to, valid_from))) AS t FROM {t} GROUP BY kildesystem"
+        );
+        for b in crate::delta::query(&session, &sql).await? {
+            let k = crate::delta::strings(&b, "kildesystem")?;
+            let m = crate::delta::micros(&b, "t")?;
+            for i in 0..b.num_rows() {
+                if let Some(k) = opt(&k, i) {
+                    let e = newest.entry(k).or_insert(i64::MIN);
+                    *e = (*e).max(m.value(i));
+                }
+            }
+        }
+    }
+    // Snapshots that changed nothing leave no trace in the history: count the published ones.
+    for (k, _, t) in crate::standardize::published(ctx).await? {
+        let e = newest.entry(k).or_insert(i64::MIN);
+        *e = (*e).max(t);
+    }
+    Ok(oldest
+        .into_iter()
+        .filter(|(k, t)| newest.get(*k).is_some_and(|n| t <= n))
+        .map(|(k, _)| k.to_string())
+        .collect())
+}
+
 fn replace_column(batch: &RecordBatch, name: &str, values: ArrayRef) -> Result<RecordBatch> {
     let idx = batch
         .schema()
@@ -201,19 +210,46 @@ fn replace_column(batch: &RecordBatch, name: &str, values: ArrayRef) -> Result<R
     Ok(RecordBatch::try_new(batch.schema(), cols)?)
 }
 
+/// What the MERGE does with one source row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    /// Insert a new version.
+    Insert,
+    /// Rewrite a stored version with the same key and valid_from (rebuilt history).
+    Replace,
+}
+
+/// A stored version of a rebuilt source.
+struct StoredVersion {
+    key: String,
+    valid_from: i64,
+    valid_to: Option<i64>,
+    hash: String,
+}
+
 /// Per-table engine plus the prepared (id-filled) snapshot batches it refers to.
 struct TableRun {
     table: &'static Table,
     engine: Scd2,
     batches: Vec<RecordBatch>,
+    /// Sources whose history is rebuilt in this run.
+    rebuilt: HashSet<String>,
+    /// Operation per live insert (index into `engine.inserts`); inserts not listed are unchanged
+    /// versions of a rebuilt source and are not written.
+    ops: HashMap<usize, Op>,
+    /// Stored versions (key, valid_from) of rebuilt sources that no longer exist.
+    deletes: Vec<(String, i64)>,
 }
 
 impl TableRun {
-    fn new(table: &'static Table) -> Self {
+    fn new(table: &'static Table, rebuilt: &HashSet<String>) -> Self {
         TableRun {
             table,
             engine: Scd2::default(),
             batches: Vec::new(),
+            rebuilt: rebuilt.clone(),
+            ops: HashMap::new(),
+            deletes: Vec::new(),
         }
     }
 
@@ -238,7 +274,85 @@ impl TableRun {
         Ok(std::mem::take(&mut self.engine.last_absent))
     }
 
-    /// The MERGE source: closes (`_op = 'close'`) and new versions (`_op = 'insert'`).
+    /// Decides what to write. Versions of ordinary sources are inserted. For rebuilt sources the
+    /// new history is compared with the stored one: identical versions are kept as they are
+    /// (with their transaction_time), changed ones replaced, vanished ones deleted.
+    async fn reconcile(&mut self, session: &SessionContext) -> Result<()> {
+        let mut stored: HashMap<(String, i64), StoredVersion> = HashMap::new();
+        if !self.rebuilt.is_empty() && crate::delta::has_table(session, self.table.name) {
+            let list = self
+                .rebuilt
+                .iter()
+                .map(|s| format!("'{s}'"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT {k} AS k, valid_from, valid_to, rad_hash FROM {t} WHERE kildesystem IN ({list})",
+                k = self.table.key,
+                t = self.table.name
+            );
+            for b in crate::delta::query(session, &sql).await? {
+                let k = crate::delta::strings(&b, "k")?;
+                let f = crate::delta::micros(&b, "valid_from")?;
+                let to = crate::delta::micros(&b, "valid_to")?;
+                let h = crate::delta::strings(&b, "rad_hash")?;
+                for i in 0..b.num_rows() {
+                    let v = StoredVersion {
+                        key: k.value(i).to_string(),
+                        valid_from: f.value(i),
+                        valid_to: (!to.is_null(i)).then(|| to.value(i)),
+                        hash: h.value(i).to_string(),
+                    };
+                    stored.insert((v.key.clone(), v.valid_from), v);
+                }
+            }
+        }
+        self.ops.clear();
+        for (idx, ins) in self.engine.inserts.iter().enumerate() {
+            if ins.removed {
+                continue;
+            }
+            let rebuilt = ins
+                .kildesystem
+                .as_ref()
+                .is_some_and(|k| self.rebuilt.contains(k));
+            if !rebuilt {
+                self.ops.insert(idx, Op::Insert);
+                continue;
+            }
+            match stored.remove(&(ins.key.clone(), ins.valid_from)) {
+                Some(v) if v.valid_to == ins.valid_to && v.hash == ins.hash => {}
+                Some(_) => {
+                    self.ops.insert(idx, Op::Replace);
+                }
+                None => {
+                    self.ops.insert(idx, Op::Insert);
+                }
+            }
+        }
+        self.deletes = stored
+            .into_values()
+            .map(|v| (v.key, v.valid_from))
+            .collect();
+        Ok(())
+    }
+
+    fn has_changes(&self) -> bool {
+        !self.engine.closes.is_empty() || !self.ops.is_empty() || !self.deletes.is_empty()
+    }
+
+    /// Number of versions this run closes (stored ones and new ones that end within the run).
+    fn closed(&self) -> usize {
+        self.engine.closes.len()
+            + self
+                .ops
+                .keys()
+                .filter(|i| self.engine.inserts[**i].valid_to.is_some())
+                .count()
+    }
+
+    /// The MERGE source: `_op` is `close` (end a stored version), `insert`, `replace` or
+    /// `delete`.
     fn merge_source(&self, transaction_time: i64) -> Result<RecordBatch> {
         let t = self.table;
         let schema = Arc::new(arrow::datatypes::Schema::new(
@@ -254,35 +368,57 @@ impl TableRun {
         ));
         let mut parts = Vec::new();
         // New versions, taken from the prepared batches.
-        let mut by_batch: BTreeMap<usize, Vec<&scd2::Insert>> = BTreeMap::new();
-        for ins in self.engine.live_inserts() {
-            by_batch.entry(ins.batch).or_default().push(ins);
+        let mut by_batch: BTreeMap<usize, Vec<(&scd2::Insert, Op)>> = BTreeMap::new();
+        let mut ops: Vec<_> = self.ops.iter().collect();
+        ops.sort_by_key(|(i, _)| **i);
+        for (idx, op) in ops {
+            let ins = &self.engine.inserts[*idx];
+            by_batch.entry(ins.batch).or_default().push((ins, *op));
         }
         for (b, inserts) in by_batch {
-            let idx = UInt32Array::from(inserts.iter().map(|i| i.row as u32).collect::<Vec<_>>());
+            let idx = UInt32Array::from(
+                inserts
+                    .iter()
+                    .map(|(i, _)| i.row as u32)
+                    .collect::<Vec<_>>(),
+            );
             let rows = take_record_batch(&self.batches[b], &idx)?;
             let n = inserts.len();
             let mut cols: Vec<ArrayRef> = Vec::new();
             for c in t.columns {
                 cols.push(match c.name {
-                    schema::VALID_FROM => ts(inserts.iter().map(|i| Some(i.valid_from))),
-                    schema::VALID_TO => ts(inserts.iter().map(|i| i.valid_to)),
+                    schema::VALID_FROM => ts(inserts.iter().map(|(i, _)| Some(i.valid_from))),
+                    schema::VALID_TO => ts(inserts.iter().map(|(i, _)| i.valid_to)),
                     schema::IS_CURRENT => Arc::new(BooleanArray::from(
                         inserts
                             .iter()
-                            .map(|i| i.valid_to.is_none())
+                            .map(|(i, _)| i.valid_to.is_none())
                             .collect::<Vec<_>>(),
                     )),
                     schema::TRANSACTION_TIME => ts((0..n).map(|_| Some(transaction_time))),
                     schema::ROW_HASH => Arc::new(StringArray::from(
-                        inserts.iter().map(|i| i.hash.as_str()).collect::<Vec<_>>(),
+                        inserts
+                            .iter()
+                            .map(|(i, _)| i.hash.as_str())
+                            .collect::<Vec<_>>(),
                     )),
                     name => rows.column_by_name(name).cloned().ok_or_else(|| {
                         Error::Other(format!("internal: staged rows lack {name}"))
                     })?,
                 });
             }
-            cols.push(Arc::new(StringArray::from(vec!["insert"; n])));
+            cols.push(Arc::new(StringArray::from(
+                inserts
+                    .iter()
+                    .map(|(_, op)| {
+                        if *op == Op::Replace {
+                            "replace"
+                        } else {
+                            "insert"
+                        }
+                    })
+                    .collect::<Vec<_>>(),
+            )));
             // Staged columns are nullable and may differ in type (e.g. from polars): cast.
             let cols = cols
                 .iter()
@@ -291,20 +427,32 @@ impl TableRun {
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             parts.push(RecordBatch::try_new(schema.clone(), cols)?);
         }
-        // Closes of stored versions: only key, valid_from and valid_to matter.
-        let closes = &self.engine.closes;
-        if !closes.is_empty() {
-            let n = closes.len();
+        // Closes and deletes of stored versions: only key, valid_from (and valid_to) matter.
+        let keyed: Vec<(&str, i64, Option<i64>, &str)> = self
+            .engine
+            .closes
+            .iter()
+            .map(|c| (c.key.as_str(), c.valid_from, Some(c.valid_to), "close"))
+            .chain(
+                self.deletes
+                    .iter()
+                    .map(|(k, f)| (k.as_str(), *f, None, "delete")),
+            )
+            .collect();
+        if !keyed.is_empty() {
+            let n = keyed.len();
             let cols: Vec<ArrayRef> = schema
                 .fields()
                 .iter()
                 .map(|f| match f.name().as_str() {
-                    n if n == t.key => Arc::new(StringArray::from(
-                        closes.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
+                    name if name == t.key => Arc::new(StringArray::from(
+                        keyed.iter().map(|c| c.0).collect::<Vec<_>>(),
                     )) as ArrayRef,
-                    schema::VALID_FROM => ts(closes.iter().map(|c| Some(c.valid_from))),
-                    schema::VALID_TO => ts(closes.iter().map(|c| Some(c.valid_to))),
-                    "_op" => Arc::new(StringArray::from(vec!["close"; n])),
+                    schema::VALID_FROM => ts(keyed.iter().map(|c| Some(c.1))),
+                    schema::VALID_TO => ts(keyed.iter().map(|c| c.2)),
+                    "_op" => Arc::new(StringArray::from(
+                        keyed.iter().map(|c| c.3).collect::<Vec<_>>(),
+                    )),
                     _ => arrow::array::new_null_array(f.data_type(), n),
                 })
                 .collect();
@@ -313,47 +461,27 @@ impl TableRun {
         Ok(arrow::compute::concat_batches(&schema, &parts)?)
     }
 
-    /// Checks the SCD2 invariants on what this run will write; a violation names the key.
+    /// Checks the SCD2 invariants on what this run will write; a violation names the key and
+    /// stops the run before anything is committed.
     fn check(&self) -> Result<()> {
-        let mut current: HashSet<&str> = HashSet::new();
-        for i in self.engine.live_inserts() {
-            if i.valid_to.is_some_and(|to| to <= i.valid_from) {
-                return Err(Error::Other(format!(
-                    "SCD2 invariant broken in {}: empty interval for key {}",
-                    self.table.name, i.key
-                )));
-            }
-            if i.valid_to.is_none() && !current.insert(&i.key) {
-                return Err(Error::Other(format!(
-                    "SCD2 invariant broken in {}: two current versions of key {}",
-                    self.table.name, i.key
-                )));
-            }
+        match self.engine.violation() {
+            Some(v) => Err(Error::Other(format!(
+                "SCD2 invariant broken in {}: {v}; nothing was committed",
+                self.table.name
+            ))),
+            None => Ok(()),
         }
-        for c in &self.engine.closes {
-            if c.valid_to <= c.valid_from {
-                return Err(Error::Other(format!(
-                    "SCD2 invariant broken in {}: empty interval for key {}",
-                    self.table.name, c.key
-                )));
-            }
-        }
-        Ok(())
     }
 
     async fn commit(&self, ctx: &RunContext, transaction_time: i64) -> Result<Option<i64>> {
-        if !self.engine.has_changes() || ctx.dry_run {
+        if !self.has_changes() || ctx.dry_run {
             return Ok(None);
         }
-        self.check()?;
         let t = self.table;
         let source = self.merge_source(transaction_time)?;
         let table = crate::delta::open_or_create(&ctx.pipeline, t).await?;
         let df = SessionContext::new().read_batch(source)?;
-        let predicate = format!(
-            "t.{k} = s.{k} AND t.valid_from = s.valid_from AND t.is_current = true",
-            k = t.key
-        );
+        let predicate = format!("t.{k} = s.{k} AND t.valid_from = s.valid_from", k = t.key);
         let cols: Vec<&str> = t.columns.iter().map(|c| c.name).collect();
         let (table, metrics) = table
             .merge(df, predicate)
@@ -364,6 +492,14 @@ impl TableRun {
                     .update("valid_to", "s.valid_to")
                     .update("is_current", "false")
             })?
+            .when_matched_update(|mut u| {
+                u = u.predicate("s._op = 'replace'");
+                for c in &cols {
+                    u = u.update(*c, format!("s.{c}"));
+                }
+                u
+            })?
+            .when_matched_delete(|d| d.predicate("s._op = 'delete'"))?
             .when_not_matched_insert(|mut i| {
                 i = i.predicate("s._op = 'insert'");
                 for c in &cols {
@@ -372,16 +508,31 @@ impl TableRun {
                 i
             })?
             .with_commit_properties(crate::delta::commit_props(&ctx.run_id, "publish"))
-            .await?;
+            .await
+            .map_err(|e| concurrent_hint(t.name, e))?;
         info!(
             table = t.name,
             inserted = metrics.num_target_rows_inserted,
-            closed = metrics.num_target_rows_updated,
+            updated = metrics.num_target_rows_updated,
+            deleted = metrics.num_target_rows_deleted,
             files_added = metrics.num_target_files_added,
             ms = metrics.execution_time_ms,
             "merged"
         );
         Ok(table.version().map(|v| v as i64))
+    }
+}
+
+/// A commit conflict means another run wrote the same table at the same time.
+fn concurrent_hint(table: &str, e: deltalake::DeltaTableError) -> Error {
+    let text = e.to_string();
+    if text.contains("onflict") || text.contains("oncurrent") || text.contains("already exists") {
+        Error::Other(format!(
+            "another run committed to `{table}` at the same time, so this run stopped before writing it; \
+             run again (it continues where the other left off): {text}"
+        ))
+    } else {
+        e.into()
     }
 }
 
@@ -392,33 +543,43 @@ fn ts(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
 pub async fn run(ctx: &RunContext) -> Result<PublishOutcome> {
     let mut out = PublishOutcome::default();
     let done = crate::standardize::published(ctx).await?;
-    let staged_elev = read_staged(ctx, &schema::ELEV, &done).await?;
-    let staged_ef = read_staged(ctx, &schema::ELEVFORHOLD, &done).await?;
-    let staged_skole = read_staged(ctx, &schema::SKOLE, &done).await?;
-    let mut snapshots: Vec<SnapshotKey> = staged_elev
-        .rows
-        .keys()
-        .chain(staged_ef.rows.keys())
-        .chain(staged_skole.rows.keys())
+    let staged_elev = read_staged(ctx, &schema::ELEV).await?;
+    let staged_ef = read_staged(ctx, &schema::ELEVFORHOLD).await?;
+    let staged_skole = read_staged(ctx, &schema::SKOLE).await?;
+    let staged = staged_snapshots(ctx).await?;
+    let pending: Vec<SnapshotKey> = staged
+        .iter()
+        .filter(|k| !done.contains(*k))
         .cloned()
-        .collect::<HashSet<_>>()
+        .collect();
+    let rebuilt = rebuild_sources(ctx, &pending).await?;
+    // Snapshots to apply: the pending ones, and every staged one of a rebuilt source.
+    let mut snapshots: Vec<SnapshotKey> = staged
         .into_iter()
+        .filter(|k| !done.contains(k) || rebuilt.contains(&k.0))
         .collect();
     snapshots.sort_by(|a, b| (a.2, &a.0, &a.1).cmp(&(b.2, &b.0, &b.1)));
-    out.snapshots = snapshots.len();
+    out.snapshots = pending.len();
+    if pending.is_empty() {
+        info!("no new snapshots to publish");
+        return Ok(out);
+    }
+    if !rebuilt.is_empty() {
+        info!(sources = ?rebuilt, "rebuilding history from every snapshot, in as-of order");
+    }
 
     let session = crate::delta::session(
         &ctx.pipeline,
-        &["elev", "elevforhold", "skole", "elevliste_vgs"],
+        &["elev", "elevforhold", "skole", "elevliste_vgs", "elev_id"],
     )
     .await?;
     let mut identity = Identity::load(&session).await?;
-    let mut elev = TableRun::new(&schema::ELEV);
-    let mut ef = TableRun::new(&schema::ELEVFORHOLD);
-    let mut skole = TableRun::new(&schema::SKOLE);
-    load_current(&session, &schema::ELEV, &mut elev.engine).await?;
-    load_current(&session, &schema::ELEVFORHOLD, &mut ef.engine).await?;
-    load_current(&session, &schema::SKOLE, &mut skole.engine).await?;
+    let mut elev = TableRun::new(&schema::ELEV, &rebuilt);
+    let mut ef = TableRun::new(&schema::ELEVFORHOLD, &rebuilt);
+    let mut skole = TableRun::new(&schema::SKOLE, &rebuilt);
+    load_current(&session, &schema::ELEV, &mut elev.engine, &rebuilt).await?;
+    load_current(&session, &schema::ELEVFORHOLD, &mut ef.engine, &rebuilt).await?;
+    load_current(&session, &schema::SKOLE, &mut skole.engine, &rebuilt).await?;
     let kommune = ctx.pipeline.kommunenummer().to_string();
 
     for key in &snapshots {
@@ -427,7 +588,6 @@ pub async fn run(ctx: &RunContext) -> Result<PublishOutcome> {
             Some(s) => Scope::School(kildesystem, s),
             None => Scope::Source(kildesystem),
         };
-        // skole
         let b = staged_skole.snapshot(key)?;
         skole.apply(
             b,
@@ -454,6 +614,7 @@ pub async fn run(ctx: &RunContext) -> Result<PublishOutcome> {
                     opt(&sys, i).as_deref(),
                     opt(&fnr, i).as_deref(),
                     &source_key,
+                    *as_of,
                 );
                 id_of_source_key.insert(source_key, id.clone());
                 id
@@ -518,21 +679,31 @@ pub async fn run(ctx: &RunContext) -> Result<PublishOutcome> {
         }
     }
 
-    let transaction_time = chrono::Utc::now().timestamp_micros();
-    let mut changed = false;
+    // Invariants first, for every table: a violation stops the run before any commit.
     for run in [&skole, &elev, &ef] {
         run.check()?;
     }
+    let known_ids = identity.ids();
+    if let Some(orphan) = ef.engine.live_inserts().find(|i| {
+        let b = &ef.batches[i.batch];
+        crate::delta::strings(b, "elev_id")
+            .map(|a| !known_ids.contains(a.value(i.row)))
+            .unwrap_or(true)
+    }) {
+        return Err(Error::Other(format!(
+            "SCD2 invariant broken in elevforhold: key {} points to no elev; nothing was committed",
+            orphan.key
+        )));
+    }
+    for run in [&mut skole, &mut elev, &mut ef] {
+        run.reconcile(&session).await?;
+    }
+
+    let transaction_time = chrono::Utc::now().timestamp_micros();
+    let mut changed = false;
     for run in [&skole, &elev, &ef] {
-        out.inserted
-            .insert(run.table.name, run.engine.live_inserts().count());
-        let closed_new = run
-            .engine
-            .live_inserts()
-            .filter(|i| i.valid_to.is_some())
-            .count();
-        out.closed
-            .insert(run.table.name, run.engine.closes.len() + closed_new);
+        out.inserted.insert(run.table.name, run.ops.len());
+        out.closed.insert(run.table.name, run.closed());
         if let Some(v) = run.commit(ctx, transaction_time).await? {
             out.versions.insert(run.table.name.to_string(), v);
             changed = true;
@@ -541,9 +712,12 @@ pub async fn run(ctx: &RunContext) -> Result<PublishOutcome> {
     if ctx.dry_run {
         return Ok(out);
     }
-    write_leveranse(ctx, &snapshots).await?;
+    if let Some(v) = identity.write(ctx).await? {
+        out.versions.insert("elev_id".into(), v);
+    }
+    write_leveranse(ctx, &pending).await?;
     let elevliste_exists = crate::delta::has_table(&session, "elevliste_vgs");
-    if changed || (!elevliste_exists && !snapshots.is_empty()) {
+    if changed || !elevliste_exists {
         let (rows, version) = write_elevliste(ctx).await?;
         out.elevliste_rows = rows;
         if let Some(v) = version {

@@ -41,6 +41,7 @@ pub struct Insert {
     pub batch: usize,
     pub row: usize,
     pub key: String,
+    pub kildesystem: Option<String>,
     pub hash: String,
     pub valid_from: i64,
     pub valid_to: Option<i64>,
@@ -151,10 +152,12 @@ impl Scd2 {
         let mut present = std::collections::HashSet::with_capacity(rows.len());
         for (row, r) in rows.into_iter().enumerate() {
             present.insert(r.key.to_string());
+            let kildesystem = r.kildesystem.clone();
             let new_version = |hash: String| Insert {
                 batch,
                 row,
                 key: r.key.to_string(),
+                kildesystem: kildesystem.clone(),
                 hash,
                 valid_from: as_of,
                 valid_to: None,
@@ -227,6 +230,51 @@ impl Scd2 {
 
     pub fn has_changes(&self) -> bool {
         !self.closes.is_empty() || self.live_inserts().next().is_some()
+    }
+
+    /// Checks the SCD2 invariants on every key this run touches: the versions of a key (stored
+    /// ones being closed, new ones) have non-empty, non-overlapping intervals and at most one is
+    /// open. Untouched keys keep their stored, already checked history. Returns the first
+    /// violation, naming the key.
+    pub fn violation(&self) -> Option<String> {
+        let mut per_key: HashMap<&str, Vec<(i64, Option<i64>)>> = HashMap::new();
+        for c in &self.closes {
+            per_key
+                .entry(&c.key)
+                .or_default()
+                .push((c.valid_from, Some(c.valid_to)));
+        }
+        for i in self.live_inserts() {
+            per_key
+                .entry(&i.key)
+                .or_default()
+                .push((i.valid_from, i.valid_to));
+        }
+        for (key, mut versions) in per_key {
+            if let Some(cur) = self.state.get(key) {
+                if matches!(cur.origin, Origin::Stored) {
+                    versions.push((cur.valid_from, None));
+                }
+            }
+            versions.sort();
+            let open = versions.iter().filter(|v| v.1.is_none()).count();
+            if open > 1 {
+                return Some(format!("key {key} would have {open} current versions"));
+            }
+            for w in versions.windows(2) {
+                match w[0].1 {
+                    None => {
+                        return Some(format!("key {key}: an open version is followed by another"))
+                    }
+                    Some(to) if to > w[1].0 => return Some(format!("key {key}: versions overlap")),
+                    _ => {}
+                }
+            }
+            if let Some(v) = versions.iter().find(|v| v.1.is_some_and(|to| to <= v.0)) {
+                return Some(format!("key {key}: empty interval starting {}", v.0));
+            }
+        }
+        None
     }
 }
 

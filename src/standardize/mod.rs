@@ -34,6 +34,8 @@ pub struct RawRec {
 /// All records of one source that share a scope and an as-of time.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
+    /// Already published; staged again only because its source's history is rebuilt.
+    pub published: bool,
     pub kildesystem: String,
     pub format: Format,
     pub omfang: Option<String>,
@@ -140,52 +142,75 @@ pub async fn published(ctx: &RunContext) -> Result<HashSet<SnapshotKey>> {
 
 use arrow::array::Array;
 
-/// Reads the raw records of every snapshot that is not yet published, ordered by as-of.
+/// Reads the raw records of every snapshot that is not yet published, ordered by as-of — and of
+/// every snapshot of a source whose history publish must rebuild (a late snapshot, or an
+/// interrupted publish). Published history is otherwise never read again: files are skipped by
+/// their `as_of` statistics.
 async fn pending_snapshots(ctx: &RunContext) -> Result<Vec<Snapshot>> {
     let done = published(ctx).await?;
-    let mut snaps: BTreeMap<(i64, String, Option<String>), Snapshot> = BTreeMap::new();
+    // Snapshot keys per source, from the key columns only.
+    let mut keys_per_source: Vec<(&crate::config::SourceConfig, Vec<SnapshotKey>)> = Vec::new();
     for source in &ctx.pipeline.file.sources {
         let table = raw_table(&source.name);
         let session = crate::delta::session(&ctx.pipeline, &[table.name]).await?;
         if !crate::delta::has_table(&session, table.name) {
             continue;
         }
-        // First the snapshot keys only, then the records of the pending as-of times: history
-        // already published is never read again (files are skipped by their as_of statistics).
-        let mut pending_times = std::collections::BTreeSet::new();
-        let keys_sql = format!(
+        let sql = format!(
             "SELECT DISTINCT kildesystem, omfang, as_of FROM {}",
             table.name
         );
-        for b in crate::delta::query(&session, &keys_sql).await? {
+        let mut keys = Vec::new();
+        for b in crate::delta::query(&session, &sql).await? {
             let k = crate::delta::strings(&b, "kildesystem")?;
             let o = crate::delta::strings(&b, "omfang")?;
             let t = crate::delta::micros(&b, "as_of")?;
             for i in 0..b.num_rows() {
                 let omfang = (!o.is_null(i)).then(|| o.value(i).to_string());
-                if !done.contains(&(k.value(i).to_string(), omfang, t.value(i))) {
-                    pending_times.insert(t.value(i));
-                }
+                keys.push((k.value(i).to_string(), omfang, t.value(i)));
             }
         }
-        if pending_times.is_empty() {
+        keys_per_source.push((source, keys));
+    }
+    let pending: Vec<SnapshotKey> = keys_per_source
+        .iter()
+        .flat_map(|(_, keys)| keys.iter().filter(|k| !done.contains(*k)).cloned())
+        .collect();
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rebuilt = crate::publish::rebuild_sources(ctx, &pending).await?;
+
+    let mut snaps: BTreeMap<(i64, String, Option<String>), Snapshot> = BTreeMap::new();
+    for (source, keys) in keys_per_source {
+        let times: std::collections::BTreeSet<i64> = keys
+            .iter()
+            .filter(|k| rebuilt.contains(&k.0) || !done.contains(*k))
+            .map(|k| k.2)
+            .collect();
+        if times.is_empty() {
             continue;
         }
-        let times = pending_times
+        let table = raw_table(&source.name);
+        let session = crate::delta::session(&ctx.pipeline, &[table.name]).await?;
+        let times = times
             .iter()
             .map(|t| format!("to_timestamp_micros({t})"))
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!(
-            "SELECT kildesystem, omfang, as_of, kjelde, entitet, rad, post FROM {} \
+            "SELECT kildesystem, omfang, as_of, kjelde, sha256, entitet, rad, post FROM {} \
              WHERE as_of IN ({times}) ORDER BY as_of, kjelde, rad",
             table.name
         );
+        // A file ingested twice by two runs at once is read once.
+        let mut seen = HashSet::new();
         for b in crate::delta::query(&session, &sql).await? {
             let k = crate::delta::strings(&b, "kildesystem")?;
             let o = crate::delta::strings(&b, "omfang")?;
             let t = crate::delta::micros(&b, "as_of")?;
             let kjelde = crate::delta::strings(&b, "kjelde")?;
+            let sha = crate::delta::strings(&b, "sha256")?;
             let entitet = crate::delta::strings(&b, "entitet")?;
             let rad = arrow::compute::cast(
                 b.column_by_name("rad")
@@ -198,14 +223,22 @@ async fn pending_snapshots(ctx: &RunContext) -> Result<Vec<Snapshot>> {
                 .ok_or_else(|| crate::error::Error::Other("raw rad is not an integer".into()))?;
             let post = crate::delta::strings(&b, "post")?;
             for i in 0..b.num_rows() {
+                if !seen.insert((
+                    kjelde.value(i).to_string(),
+                    sha.value(i).to_string(),
+                    rad.value(i),
+                )) {
+                    continue;
+                }
                 let omfang = (!o.is_null(i)).then(|| o.value(i).to_string());
                 let key = (k.value(i).to_string(), omfang.clone(), t.value(i));
-                if done.contains(&key) {
+                if done.contains(&key) && !rebuilt.contains(&key.0) {
                     continue;
                 }
                 snaps
                     .entry((t.value(i), key.0.clone(), omfang.clone()))
                     .or_insert_with(|| Snapshot {
+                        published: done.contains(&key),
                         kildesystem: key.0.clone(),
                         format: source.format,
                         omfang,
@@ -699,7 +732,7 @@ async fn known_schools(ctx: &RunContext) -> Result<HashSet<String>> {
 pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
     let snaps = pending_snapshots(ctx).await?;
     let mut outcome = StandardizeOutcome {
-        snapshots: snaps.len(),
+        snapshots: snaps.iter().filter(|s| !s.published).count(),
         ..Default::default()
     };
     if snaps.is_empty() {
@@ -720,10 +753,23 @@ pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
             }
             Format::VigoCsv => vigo::flatten(snap, &mut staged),
         }
-        *outcome.rows_in.entry("elev").or_default() += staged.elev.len();
-        *outcome.rows_in.entry("elevforhold").or_default() += staged.elevforhold.len();
-        *outcome.rows_in.entry("skole").or_default() += staged.skole.len();
-        let valid = validate(&mut checker, staged, &known, today);
+        // Deviations and metrics are about new snapshots only; a rebuilt source's published
+        // snapshots were reported when they arrived.
+        let mut scratch = Checker::new(&ctx.pipeline.file.quality);
+        let c = if snap.published {
+            &mut scratch
+        } else {
+            *outcome.rows_in.entry("elev").or_default() += staged.elev.len();
+            *outcome.rows_in.entry("elevforhold").or_default() += staged.elevforhold.len();
+            *outcome.rows_in.entry("skole").or_default() += staged.skole.len();
+            &mut checker
+        };
+        let valid = validate(c, staged, &known, today);
+        if !snap.published {
+            *outcome.rows_out.entry("elev").or_default() += valid.elev.len();
+            *outcome.rows_out.entry("elevforhold").or_default() += valid.elevforhold.len();
+            *outcome.rows_out.entry("skole").or_default() += valid.skole.len();
+        }
         info!(
             source = %snap.kildesystem,
             scope = snap.omfang.as_deref().unwrap_or("-"),
@@ -744,9 +790,6 @@ pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
         (&schema::ELEVFORHOLD, elevforhold_frame(&elevforhold)?),
         (&schema::SKOLE, skole_frame(&skole)?),
     ];
-    for (t, df) in &frames {
-        outcome.rows_out.insert(t.name, df.height());
-    }
     outcome.metrics = crate::metrics::standardize_metrics(&outcome, &checker, &frames)?;
     if !outcome.failures.is_empty() {
         warn!(failures = ?outcome.failures, "fail rules broken: nothing will be published");
@@ -756,6 +799,40 @@ pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
     }
     outcome.avvik_version = crate::metrics::write_avvik(ctx, &checker.avvik).await?;
     let failed = !outcome.failures.is_empty();
+    // The snapshot list: a snapshot may have no rows at all (a school list with no pupils).
+    let keys: Vec<&Snapshot> = if failed {
+        Vec::new()
+    } else {
+        snaps.iter().collect()
+    };
+    let batch = arrow::array::RecordBatch::try_new(
+        schema::STAGE_SNAPSHOTS.arrow_schema(),
+        vec![
+            std::sync::Arc::new(arrow::array::StringArray::from(
+                keys.iter()
+                    .map(|s| s.kildesystem.as_str())
+                    .collect::<Vec<_>>(),
+            )),
+            std::sync::Arc::new(arrow::array::StringArray::from(
+                keys.iter().map(|s| s.omfang.as_deref()).collect::<Vec<_>>(),
+            )),
+            std::sync::Arc::new(
+                arrow::array::TimestampMicrosecondArray::from(
+                    keys.iter().map(|s| s.as_of).collect::<Vec<_>>(),
+                )
+                .with_timezone("UTC"),
+            ),
+        ],
+    )?;
+    crate::delta::write(
+        &ctx.pipeline,
+        &schema::STAGE_SNAPSHOTS,
+        vec![batch],
+        SaveMode::Overwrite,
+        &ctx.run_id,
+        "standardize",
+    )
+    .await?;
     for (t, df) in frames.iter_mut() {
         let stage = stage_table(t);
         let batches = if failed {

@@ -32,6 +32,7 @@ pub async fn sql(p: &Pipeline, query: &str) -> Vec<RecordBatch> {
         .map(|t| t.name.to_string())
         .collect();
     names.extend(p.file.sources.iter().map(|s| format!("raw_{}", s.name)));
+    names.push("leveranse".into());
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let session = elevflyt::delta::session(p, &refs).await.unwrap();
     elevflyt::delta::query(&session, query).await.unwrap()

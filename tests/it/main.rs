@@ -5,5 +5,7 @@ mod cli;
 mod common;
 mod docs;
 mod failing;
+mod fixtures;
 mod oneroster;
+mod scenarios;
 mod voss;
