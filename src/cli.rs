@@ -51,6 +51,14 @@ pub enum Command {
     /// Query the tables with SQL (DataFusion dialect). Every table of the pipeline is registered
     /// under its name: elev, elevforhold, skole, avvik, kvalitet, kjoring, elevliste_vgs, raw_<source>.
     Sql(SqlArgs),
+    /// Delta versions of a table: time, operation, run id and operation metrics (newest first).
+    History(TableArgs),
+    /// Rows inserted, updated and deleted between two versions (Change Data Feed).
+    Changes(ChangesArgs),
+    /// Check the SCD2 invariants over the stored tables; exit 1 when one is broken.
+    Check(PipelineArgs),
+    /// Compact small files (optimize), remove files no longer needed (vacuum) and checkpoint.
+    Maintain(MaintainArgs),
     /// List the quality rules with their default severity and what they check.
     Rules,
     /// Print the table reference (Markdown) generated from the schema definitions.
@@ -75,6 +83,56 @@ pub struct StageArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct PipelineArgs {
+    /// The pipeline file (TOML).
+    pub pipeline: PathBuf,
+    /// Warehouse root to use instead of the pipeline file's.
+    #[arg(long)]
+    pub warehouse: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct TableArgs {
+    /// The pipeline file (TOML).
+    pub pipeline: PathBuf,
+    /// Table name, e.g. elev.
+    pub table: String,
+    /// Warehouse root to use instead of the pipeline file's.
+    #[arg(long)]
+    pub warehouse: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+}
+
+#[derive(Args, Debug)]
+pub struct ChangesArgs {
+    #[command(flatten)]
+    pub table: TableArgs,
+    /// First version (inclusive).
+    #[arg(long)]
+    pub from: i64,
+    /// Last version (inclusive); default the latest.
+    #[arg(long)]
+    pub to: Option<i64>,
+}
+
+#[derive(Args, Debug)]
+pub struct MaintainArgs {
+    /// The pipeline file (TOML).
+    pub pipeline: PathBuf,
+    /// Warehouse root to use instead of the pipeline file's.
+    #[arg(long)]
+    pub warehouse: Option<String>,
+    /// Keep files needed by versions newer than this many hours (time travel window).
+    #[arg(long, default_value_t = 168)]
+    pub retention_hours: u32,
+    /// Allow a retention under 168 hours (readers of older versions may fail).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct SqlArgs {
     /// The pipeline file (TOML).
     pub pipeline: PathBuf,
@@ -86,6 +144,12 @@ pub struct SqlArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
+    /// Read every table as of this Delta version (transaction time); tables without it are left out.
+    #[arg(long, conflicts_with = "timestamp")]
+    pub version: Option<i64>,
+    /// Read every table as of this commit time (transaction time), e.g. 2026-02-01T12:00:00Z.
+    #[arg(long)]
+    pub timestamp: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -158,6 +222,32 @@ async fn dispatch(cmd: Command) -> Result<()> {
         Command::Standardize(a) => (a, Stage::Standardize),
         Command::Publish(a) => (a, Stage::Publish),
         Command::Sql(a) => return sql(a).await,
+        Command::History(a) => {
+            let p = Pipeline::load(&a.pipeline, a.warehouse.as_deref())?;
+            return print_batches(&crate::ops::history(&p, &a.table).await?, a.format);
+        }
+        Command::Changes(a) => {
+            let p = Pipeline::load(&a.table.pipeline, a.table.warehouse.as_deref())?;
+            let batches = crate::ops::changes(&p, &a.table.table, a.from, a.to).await?;
+            return print_batches(&batches, a.table.format);
+        }
+        Command::Check(a) => return check(a).await,
+        Command::Maintain(a) => {
+            if a.retention_hours < 168 && !a.force {
+                return Err(Error::Usage(format!(
+                    "--retention-hours {} is under 168 (7 days): readers of older versions may fail; add --force to do it anyway",
+                    a.retention_hours
+                )));
+            }
+            let p = Pipeline::load(&a.pipeline, a.warehouse.as_deref())?;
+            let done =
+                crate::ops::maintain(&p, chrono::Duration::hours(a.retention_hours as i64)).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&done).unwrap_or_default()
+            );
+            return Ok(());
+        }
         Command::Rules => {
             print_rules();
             return Ok(());
@@ -195,22 +285,31 @@ fn print_rules() {
 
 async fn sql(a: SqlArgs) -> Result<()> {
     let pipeline = Pipeline::load(&a.pipeline, a.warehouse.as_deref())?;
-    let mut names: Vec<String> = crate::schema::PUBLISHED
-        .iter()
-        .map(|t| t.name.to_string())
-        .collect();
-    names.extend(
-        pipeline
-            .file
-            .sources
-            .iter()
-            .map(|s| format!("raw_{}", s.name)),
-    );
-    names.push("leveranse".into());
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let session = crate::delta::session(&pipeline, &refs).await?;
+    let timestamp = match &a.timestamp {
+        Some(t) => Some(crate::ingest::asof::parse_time(t).ok_or_else(|| {
+            Error::Usage(format!("--timestamp: cannot read `{t}` as a date or time"))
+        })?),
+        None => None,
+    };
+    let session = crate::ops::session_at(&pipeline, a.version, timestamp).await?;
     let batches = crate::delta::query(&session, &a.query).await?;
     print_batches(&batches, a.format)
+}
+
+async fn check(a: PipelineArgs) -> Result<()> {
+    let p = Pipeline::load(&a.pipeline, a.warehouse.as_deref())?;
+    let violations = crate::ops::check(&p).await?;
+    if violations.is_empty() {
+        println!("ok: elev, elevforhold and skole keep every SCD2 invariant");
+        return Ok(());
+    }
+    for v in &violations {
+        println!("{}: {} broken for key {}", v.table, v.invariant, v.key);
+    }
+    Err(Error::Other(format!(
+        "{} SCD2 invariant violation(s)",
+        violations.len()
+    )))
 }
 
 pub fn print_batches(batches: &[arrow::array::RecordBatch], format: OutputFormat) -> Result<()> {

@@ -10,6 +10,7 @@ pub mod delta;
 pub mod error;
 pub mod ingest;
 pub mod metrics;
+pub mod ops;
 pub mod publish;
 pub mod quality;
 pub mod run;

@@ -7,5 +7,6 @@ mod docs;
 mod failing;
 mod fixtures;
 mod oneroster;
+mod ops;
 mod scenarios;
 mod voss;

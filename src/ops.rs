@@ -1,0 +1,270 @@
+//! Operating the tables: history, Change Data Feed, invariant checks, maintenance (optimize,
+//! vacuum, checkpoint) and time travel. Not here: writing data (the stages).
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use chrono::{DateTime, Utc};
+use deltalake::datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
+
+use crate::config::Pipeline;
+use crate::error::{Error, Result};
+
+/// Every table name a pipeline can have, for registering in SQL sessions.
+pub fn table_names(p: &Pipeline) -> Vec<String> {
+    let mut names: Vec<String> = crate::schema::PUBLISHED
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    names.extend(p.file.sources.iter().map(|s| format!("raw_{}", s.name)));
+    names.push(crate::schema::LEVERANSE.name.into());
+    names
+}
+
+async fn open_existing(p: &Pipeline, table: &str) -> Result<deltalake::DeltaTable> {
+    crate::delta::try_open(&p.table_url(table))
+        .await?
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "table `{table}` does not exist (yet) in {}",
+                p.table_url(table)
+            ))
+        })
+}
+
+/// A session with every table of the pipeline as of a Delta version or a commit time
+/// (transaction time). With a version, tables that do not have it are left out; with a time,
+/// tables created later are left out.
+pub async fn session_at(
+    p: &Pipeline,
+    version: Option<i64>,
+    timestamp: Option<DateTime<Utc>>,
+) -> Result<SessionContext> {
+    let names = table_names(p);
+    if version.is_none() && timestamp.is_none() {
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        return crate::delta::session(p, &refs).await;
+    }
+    let ctx = SessionContext::new();
+    for name in &names {
+        let url = p.table_url(name);
+        if !crate::delta::exists(&url).await? {
+            continue;
+        }
+        match crate::delta::open_at(&url, version, timestamp).await {
+            // Before its first commit a table did not exist.
+            Ok(t) if timestamp.is_some_and(|ts| commit_time(&t).is_some_and(|c| c > ts)) => {}
+            Ok(t) => crate::delta::register(&ctx, name, &t).await?,
+            Err(e) => {
+                tracing::debug!(table = %name, error = %e, "not registered at that version/time")
+            }
+        }
+    }
+    Ok(ctx)
+}
+
+/// Commit time of the loaded version of a table.
+fn commit_time(t: &deltalake::DeltaTable) -> Option<DateTime<Utc>> {
+    let v = t.version()?;
+    let ts = t.snapshot().ok()?.version_timestamp(v)?;
+    DateTime::from_timestamp_millis(ts)
+}
+
+/// One row per Delta version, newest first: time, operation, run id and metrics.
+pub async fn history(p: &Pipeline, table: &str) -> Result<Vec<RecordBatch>> {
+    let t = open_existing(p, table).await?;
+    let latest = t.version().unwrap_or(0) as i64;
+    let infos: Vec<_> = t.history(None).try_collect().await?;
+    let mut version = Vec::new();
+    let mut time = Vec::new();
+    let mut op = Vec::new();
+    let mut run = Vec::new();
+    let mut stage = Vec::new();
+    let mut metrics = Vec::new();
+    for (i, c) in infos.iter().enumerate() {
+        version.push(
+            c.read_version
+                .map(|v| v as i64 + 1)
+                .unwrap_or(latest - i as i64),
+        );
+        time.push(
+            c.timestamp
+                .and_then(DateTime::from_timestamp_millis)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        );
+        op.push(c.operation.clone());
+        let info = |k: &str| c.info.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        run.push(info("elevflyt_run_id"));
+        stage.push(info("elevflyt_stage"));
+        metrics.push(c.info.get("operationMetrics").map(|m| m.to_string()));
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("version", DataType::Int64, false),
+        Field::new("timestamp", DataType::Utf8, true),
+        Field::new("operation", DataType::Utf8, true),
+        Field::new("run_id", DataType::Utf8, true),
+        Field::new("stage", DataType::Utf8, true),
+        Field::new("operation_metrics", DataType::Utf8, true),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(version)),
+        Arc::new(StringArray::from(time)),
+        Arc::new(StringArray::from(op)),
+        Arc::new(StringArray::from(run)),
+        Arc::new(StringArray::from(stage)),
+        Arc::new(StringArray::from(metrics)),
+    ];
+    Ok(vec![RecordBatch::try_new(schema, cols)?])
+}
+
+/// The Change Data Feed between two versions (inclusive): every column plus `_change_type`
+/// (insert, update_preimage, update_postimage, delete), `_commit_version`, `_commit_timestamp`.
+pub async fn changes(
+    p: &Pipeline,
+    table: &str,
+    from: i64,
+    to: Option<i64>,
+) -> Result<Vec<RecordBatch>> {
+    let t = open_existing(p, table).await?;
+    if from < 0 || to.is_some_and(|to| to < from) {
+        return Err(Error::Usage(format!(
+            "--from {from} --to {to:?}: not a range of versions"
+        )));
+    }
+    let mut cdf = t.clone().scan_cdf().with_starting_version(from as u64);
+    if let Some(to) = to {
+        cdf = cdf.with_ending_version(to as u64);
+    }
+    let ctx = SessionContext::new();
+    t.update_datafusion_session(&ctx.state())?;
+    let plan = cdf.build(&ctx.state(), None).await?;
+    let batches = deltalake::datafusion::physical_plan::collect(plan, ctx.task_ctx()).await?;
+    // Sorted for reading: by version, then change type, then the row.
+    let tmp = SessionContext::new();
+    if batches.is_empty() {
+        return Ok(batches);
+    }
+    tmp.register_batch(
+        "cdf",
+        arrow::compute::concat_batches(&batches[0].schema(), &batches)?,
+    )?;
+    crate::delta::query(
+        &tmp,
+        "SELECT * FROM cdf ORDER BY _commit_version, _change_type",
+    )
+    .await
+}
+
+/// A violated invariant.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Violation {
+    pub table: String,
+    pub invariant: String,
+    pub key: String,
+}
+
+/// Checks the SCD2 invariants over the stored tables (DESIGN §3): at most one current row per
+/// key, no overlapping intervals, valid_from < valid_to, is_current = (valid_to IS NULL), and
+/// every elevforhold points to an elev.
+pub async fn check(p: &Pipeline) -> Result<Vec<Violation>> {
+    check_session(&crate::delta::session(p, &["elev", "elevforhold", "skole"]).await?).await
+}
+
+pub async fn check_session(ctx: &SessionContext) -> Result<Vec<Violation>> {
+    let mut out = Vec::new();
+    for (t, k) in [
+        ("elev", "id"),
+        ("elevforhold", "id"),
+        ("skole", "skolenummer"),
+    ] {
+        if !crate::delta::has_table(ctx, t) {
+            continue;
+        }
+        let checks = [
+            ("at most one current row per key",
+             format!("SELECT {k} AS k FROM {t} WHERE is_current GROUP BY {k} HAVING count(*) > 1")),
+            ("valid_from < valid_to",
+             format!("SELECT {k} AS k FROM {t} WHERE valid_to IS NOT NULL AND valid_to <= valid_from")),
+            ("is_current = (valid_to IS NULL)",
+             format!("SELECT {k} AS k FROM {t} WHERE is_current <> (valid_to IS NULL)")),
+            ("intervals do not overlap",
+             format!("SELECT DISTINCT a.{k} AS k FROM {t} a JOIN {t} b ON a.{k} = b.{k} \
+                      AND a.valid_from < b.valid_from AND (a.valid_to IS NULL OR a.valid_to > b.valid_from)")),
+            ("one version per key and valid_from",
+             format!("SELECT {k} AS k FROM {t} GROUP BY {k}, valid_from HAVING count(*) > 1")),
+        ];
+        for (name, sql) in checks {
+            for b in crate::delta::query(ctx, &format!("{sql} LIMIT 100")).await? {
+                let keys = crate::delta::strings(&b, "k")?;
+                out.extend(keys.iter().flatten().map(|key| Violation {
+                    table: t.into(),
+                    invariant: name.into(),
+                    key: key.into(),
+                }));
+            }
+        }
+    }
+    if crate::delta::has_table(ctx, "elevforhold") && crate::delta::has_table(ctx, "elev") {
+        let sql = "SELECT DISTINCT ef.id AS k FROM elevforhold ef LEFT JOIN (SELECT DISTINCT id FROM elev) e \
+                   ON e.id = ef.elev_id WHERE e.id IS NULL LIMIT 100";
+        for b in crate::delta::query(ctx, sql).await? {
+            out.extend(
+                crate::delta::strings(&b, "k")?
+                    .iter()
+                    .flatten()
+                    .map(|key| Violation {
+                        table: "elevforhold".into(),
+                        invariant: "elev_id points to an elev".into(),
+                        key: key.into(),
+                    }),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// What maintenance did to one table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Maintained {
+    pub table: String,
+    pub files_compacted: u64,
+    pub files_written: u64,
+    pub files_vacuumed: usize,
+    pub version: i64,
+}
+
+/// Compacts small files, removes files no version within `retention` needs, and writes a
+/// checkpoint, for every table of the pipeline.
+pub async fn maintain(p: &Pipeline, retention: chrono::Duration) -> Result<Vec<Maintained>> {
+    let mut out = Vec::new();
+    for name in table_names(p).iter().chain(
+        ["stg_elev", "stg_elevforhold", "stg_skole", "stg_leveranse"]
+            .map(String::from)
+            .iter(),
+    ) {
+        let Some(t) = crate::delta::try_open(&p.table_url(name)).await? else {
+            continue;
+        };
+        let (t, opt) = t
+            .optimize()
+            .with_type(deltalake::operations::optimize::OptimizeType::Compact)
+            .with_commit_properties(crate::delta::commit_props("maintain", "maintain"))
+            .await?;
+        let (t, vac) = t
+            .vacuum()
+            .with_retention_period(retention)
+            .with_enforce_retention_duration(false)
+            .await?;
+        deltalake::checkpoints::create_checkpoint(&t, None).await?;
+        out.push(Maintained {
+            table: name.clone(),
+            files_compacted: opt.num_files_removed,
+            files_written: opt.num_files_added,
+            files_vacuumed: vac.files_deleted.len(),
+            version: t.version().map(|v| v as i64).unwrap_or(0),
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,206 @@
+//! Operating the tables: time travel, history, Change Data Feed, check, maintain.
+
+use std::process::Command;
+
+use crate::common::{count, rows};
+use crate::fixtures::{oneroster, p, pipeline, tenor};
+use crate::scenarios::{elev, load};
+
+fn elevflyt(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_elevflyt"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn time_travel_history_changes_check_and_maintain() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let pl = pipeline(dir.path(), &[("vigilo", "oneroster-json", &src)], "");
+    let file = pl.path.to_str().unwrap().to_string();
+    let (a, b) = (tenor(50, false), tenor(51, false));
+    oneroster(
+        &src,
+        "2026-01-10",
+        &[
+            p("a", &a, "Før", "46591", "5A"),
+            p("b", &b, "Blir", "46591", "5A"),
+        ],
+    );
+    load(&pl).await;
+    oneroster(&src, "2026-02-10", &[p("a", &a, "Etter", "46591", "5A")]);
+    load(&pl).await;
+
+    // Transaction time: version 1 of elev is the first load; valid time: the list on a date.
+    let v1 = elevflyt(&[
+        "sql",
+        &file,
+        "SELECT etternavn FROM elev ORDER BY etternavn",
+        "--version",
+        "1",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(stdout(&v1), "etternavn\nBlir\nFør\n");
+    let on_date = "SELECT etternavn FROM elev WHERE valid_from <= TIMESTAMP '2026-01-20T00:00:00Z' \
+                   AND (valid_to IS NULL OR valid_to > TIMESTAMP '2026-01-20T00:00:00Z') ORDER BY etternavn";
+    assert_eq!(
+        stdout(&elevflyt(&["sql", &file, on_date, "--format", "csv"])),
+        "etternavn\nBlir\nFør\n"
+    );
+    let before = elevflyt(&[
+        "sql",
+        &file,
+        "SELECT 1 FROM elev",
+        "--timestamp",
+        "2001-01-01",
+    ]);
+    assert_eq!(before.status.code(), Some(1), "elev did not exist in 2001");
+
+    // History: versions with the run ids recorded in kjoring.
+    let h = elevflyt(&["history", &file, "elev", "--format", "json"]);
+    let h: serde_json::Value = serde_json::from_slice(&h.stdout).unwrap();
+    let ops: Vec<(i64, &str)> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["version"].as_i64().unwrap(),
+                r["operation"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ops, [(2, "MERGE"), (1, "MERGE"), (0, "CREATE TABLE")]);
+    let runs = rows(&pl, "SELECT run_id FROM kjoring ORDER BY started").await;
+    assert_eq!(h[0]["run_id"].as_str().unwrap(), runs[1][0]);
+    assert!(h[0]["operation_metrics"]
+        .as_str()
+        .unwrap()
+        .contains("num_target_rows_inserted"));
+
+    // Change Data Feed of version 2: a's name change (close + new version), b's leaving.
+    let c = elevflyt(&["changes", &file, "elev", "--from", "2", "--format", "json"]);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let c: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
+    let mut kinds: Vec<(String, String)> = c
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["etternavn"].as_str().unwrap().to_string(),
+                r["_change_type"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            ("Blir".into(), "update_postimage".into()),
+            ("Blir".into(), "update_preimage".into()),
+            ("Etter".into(), "insert".into()),
+            ("Før".into(), "update_postimage".into()),
+            ("Før".into(), "update_preimage".into()),
+        ]
+    );
+
+    // check passes; a duplicate current row breaks it, naming the key.
+    let ok = elevflyt(&["check", &file]);
+    assert!(ok.status.success(), "{}", stdout(&ok));
+    // maintain: compacts, checkpoints, and the data stays the same.
+    let history_before = elev(&pl).await;
+    for date in ["2026-03-10", "2026-04-10"] {
+        oneroster(&src, date, &[p("a", &a, date, "46591", "5A")]);
+        load(&pl).await;
+    }
+    let expected = elev(&pl).await;
+    assert_eq!(expected.len(), history_before.len() + 2);
+    let m = elevflyt(&["maintain", &file, "--retention-hours", "0", "--force"]);
+    assert!(m.status.success(), "{}", String::from_utf8_lossy(&m.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&m.stdout).unwrap();
+    let of = |name: &str| {
+        m.as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == name)
+            .unwrap()
+            .clone()
+    };
+    // kvalitet got one small file per run: compacted into one. MERGE rewrote elev's files: the
+    // old ones are vacuumed.
+    assert_eq!(of("kvalitet")["files_compacted"], 4, "{}", of("kvalitet"));
+    assert_eq!(of("kvalitet")["files_written"], 1);
+    assert!(
+        of("elev")["files_vacuumed"].as_u64().unwrap() >= 2,
+        "{}",
+        of("elev")
+    );
+    assert_eq!(
+        count(&pl, "SELECT count(DISTINCT run_id) FROM kvalitet").await,
+        4
+    );
+    let log = dir.path().join("lake/c/s/elev/_delta_log");
+    assert!(std::fs::read_dir(&log).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains("checkpoint")));
+    assert_eq!(elev(&pl).await, expected);
+    assert_eq!(
+        elevflyt(&["maintain", &file, "--retention-hours", "1"])
+            .status
+            .code(),
+        Some(2)
+    );
+
+    // Break an invariant behind elevflyt's back: check names the key.
+    let t = elevflyt::delta::try_open(&pl.table_url("elev"))
+        .await
+        .unwrap()
+        .unwrap();
+    let current = elevflyt::delta::query(
+        &{
+            let ctx = deltalake::datafusion::prelude::SessionContext::new();
+            elevflyt::delta::register(&ctx, "elev", &t).await.unwrap();
+            ctx
+        },
+        "SELECT * FROM elev WHERE is_current AND system_id = 'a'",
+    )
+    .await
+    .unwrap();
+    let mut dup =
+        elevflyt::delta::conform(&current[0], &elevflyt::schema::ELEV.arrow_schema()).unwrap();
+    let vf =
+        arrow::array::TimestampMicrosecondArray::from(vec![1_000_000_i64]).with_timezone("UTC");
+    let idx = dup.schema().index_of("valid_from").unwrap();
+    let mut cols = dup.columns().to_vec();
+    cols[idx] = std::sync::Arc::new(vf);
+    dup = arrow::array::RecordBatch::try_new(dup.schema(), cols).unwrap();
+    t.write(vec![dup]).await.unwrap();
+    let bad = elevflyt(&["check", &file]);
+    assert_eq!(bad.status.code(), Some(1));
+    let id = rows(&pl, "SELECT DISTINCT id FROM elev WHERE system_id = 'a'").await[0][0].clone();
+    assert!(
+        stdout(&bad).contains(&format!(
+            "at most one current row per key broken for key {id}"
+        )),
+        "{}",
+        stdout(&bad)
+    );
+    assert!(stdout(&bad).contains("intervals do not overlap"));
+    assert_eq!(
+        count(
+            &pl,
+            "SELECT count(*) FROM elev WHERE is_current AND system_id = 'a'"
+        )
+        .await,
+        2
+    );
+}
