@@ -8,5 +8,6 @@ mod failing;
 mod fixtures;
 mod oneroster;
 mod ops;
+mod property;
 mod scenarios;
 mod voss;
