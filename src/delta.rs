@@ -139,7 +139,6 @@ pub async fn write(
     run_id: &str,
     stage: &str,
 ) -> Result<Option<i64>> {
-    let table = open_or_create(p, t).await?;
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     if rows == 0 && mode == SaveMode::Append {
         return Ok(None);
@@ -149,12 +148,77 @@ pub async fn write(
         .iter()
         .map(|b| conform(b, &schema))
         .collect::<Result<Vec<_>>>()?;
-    let table = table
+    // Appends and whole-table overwrites do not depend on what they read, so a commit that lost
+    // a race with another run is simply made again on top of the winner.
+    let mut attempt = 0;
+    loop {
+        let table = open_or_create(p, t).await?;
+        let result = table
+            .write(batches.clone())
+            .with_save_mode(mode)
+            .with_commit_properties(commit_props(run_id, stage))
+            .await;
+        match result {
+            Ok(table) => return Ok(table.version().map(|v| v as i64)),
+            Err(e) if attempt < 5 && is_conflict(&e) => {
+                attempt += 1;
+                tracing::warn!(
+                    table = t.name,
+                    attempt,
+                    "another run committed at the same time; writing again"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Appends rows under a claim on the table (a Delta application transaction named after it), so
+/// that of two runs appending at once one commits and the other gets `Error::Conflict` and can
+/// decide again what to append.
+pub async fn write_claimed(
+    p: &Pipeline,
+    t: &Table,
+    batches: Vec<RecordBatch>,
+    run_id: &str,
+    stage: &str,
+) -> Result<Option<i64>> {
+    let schema = t.arrow_schema();
+    let batches = batches
+        .iter()
+        .map(|b| conform(b, &schema))
+        .collect::<Result<Vec<_>>>()?;
+    let table = open_or_create(p, t).await?;
+    let claim = deltalake::kernel::Transaction::new(
+        format!("elevflyt-{}", t.name),
+        table.version().map(|v| v as i64 + 1).unwrap_or(0),
+    );
+    let result = table
         .write(batches)
-        .with_save_mode(mode)
-        .with_commit_properties(commit_props(run_id, stage))
-        .await?;
-    Ok(table.version().map(|v| v as i64))
+        .with_save_mode(SaveMode::Append)
+        .with_commit_properties(commit_props(run_id, stage).with_application_transaction(claim))
+        .await;
+    match result {
+        Ok(table) => Ok(table.version().map(|v| v as i64)),
+        Err(e) if is_conflict(&e) => Err(Error::Conflict(t.name.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether an error is a lost commit race with another writer.
+pub fn is_conflict(e: &deltalake::DeltaTableError) -> bool {
+    let text = e.to_string();
+    matches!(e, deltalake::DeltaTableError::VersionAlreadyExists(_))
+        || [
+            "Transaction failed",
+            "onflict",
+            "oncurrent",
+            "already exists",
+            "Metadata changed",
+        ]
+        .iter()
+        .any(|needle| text.contains(needle))
 }
 
 /// A DataFusion session with the given tables of the pipeline registered under their names.

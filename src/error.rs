@@ -42,6 +42,10 @@ pub enum Error {
     #[error("sql: {0}")]
     DataFusion(#[from] deltalake::datafusion::error::DataFusionError),
 
+    /// Another run committed to this table at the same time.
+    #[error("another run committed to `{0}` at the same time; run again")]
+    Conflict(String),
+
     #[error("{0}")]
     Other(String),
 }

@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use arrow::array::{Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
 use chrono::{DateTime, Utc};
-use deltalake::protocol::SaveMode;
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
@@ -113,7 +112,38 @@ fn already_ingested(
     }
 }
 
+/// Ingests one source. Two runs ingesting at once must not both append the same file: the raw
+/// commit claims the source (a Delta application transaction), the loser finds the winner's
+/// files already there and tries again with what is left.
 async fn ingest_source(
+    ctx: &RunContext,
+    source: &SourceConfig,
+    m: &mut IngestMetrics,
+) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        let mut this = IngestMetrics::default();
+        match ingest_source_once(ctx, source, &mut this).await {
+            Err(crate::error::Error::Conflict(table)) if attempt < 5 => {
+                attempt += 1;
+                warn!(table = %table, attempt, "another run ingested at the same time; reading the source again");
+                tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+            }
+            Err(e) => return Err(e),
+            Ok(()) => {
+                m.files_seen += this.files_seen;
+                m.files_read.extend(this.files_read);
+                m.files_skipped += this.files_skipped;
+                m.records += this.records;
+                m.bytes += this.bytes;
+                m.raw_versions.extend(this.raw_versions);
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn ingest_source_once(
     ctx: &RunContext,
     source: &SourceConfig,
     m: &mut IngestMetrics,
@@ -202,18 +232,13 @@ async fn ingest_source(
     if batch.num_rows() == 0 || ctx.dry_run {
         return Ok(());
     }
-    if let Some(v) = crate::delta::write(
-        &ctx.pipeline,
-        &table,
-        vec![batch],
-        SaveMode::Append,
-        &ctx.run_id,
-        "ingest",
-    )
-    .await?
+    if let Some(v) =
+        crate::delta::write_claimed(&ctx.pipeline, &table, vec![batch], &ctx.run_id, "ingest")
+            .await?
     {
         m.raw_versions.push((table.name.to_string(), v));
     }
+    crate::run::crash_point("after-raw");
     Ok(())
 }
 

@@ -74,13 +74,38 @@ async fn read_staged(ctx: &RunContext, t: &Table) -> Result<StagedTable> {
     Ok(StagedTable { batch, rows })
 }
 
-/// The snapshots the last standardize staged.
+/// The run id in the newest commit of a table.
+async fn last_run_id(ctx: &RunContext, table: &str) -> Result<Option<String>> {
+    use futures::TryStreamExt;
+    let Some(t) = crate::delta::try_open(&ctx.pipeline.table_url(table)).await? else {
+        return Ok(None);
+    };
+    let infos: Vec<_> = t.history(Some(1)).try_collect().await?;
+    Ok(infos
+        .first()
+        .and_then(|c| c.info.get("elevflyt_run_id"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string))
+}
+
+/// The snapshots the last standardize staged, once it is sure that standardize finished: every
+/// staging table carries the run id of the same standardize.
 async fn staged_snapshots(ctx: &RunContext) -> Result<HashSet<SnapshotKey>> {
     let t = &schema::STAGE_SNAPSHOTS;
     let session = crate::delta::session(&ctx.pipeline, &[t.name]).await?;
     let mut out = HashSet::new();
     if !crate::delta::has_table(&session, t.name) {
         return Ok(out);
+    }
+    let run = last_run_id(ctx, t.name).await?;
+    for table in [&schema::ELEV, &schema::ELEVFORHOLD, &schema::SKOLE] {
+        if last_run_id(ctx, &table.stage_name()).await? != run {
+            return Err(Error::Other(
+                "the staging tables come from different standardize runs (a standardize was interrupted, \
+                 or another run standardized at the same time); run `elevflyt standardize` (or `run`) again"
+                    .into(),
+            ));
+        }
     }
     for b in crate::delta::query(&session, &format!("SELECT * FROM {}", t.name)).await? {
         let k = crate::delta::strings(&b, "stg_kildesystem")?;
@@ -526,7 +551,7 @@ impl TableRun {
 /// A commit conflict means another run wrote the same table at the same time.
 fn concurrent_hint(table: &str, e: deltalake::DeltaTableError) -> Error {
     let text = e.to_string();
-    if text.contains("onflict") || text.contains("oncurrent") || text.contains("already exists") {
+    if crate::delta::is_conflict(&e) {
         Error::Other(format!(
             "another run committed to `{table}` at the same time, so this run stopped before writing it; \
              run again (it continues where the other left off): {text}"
@@ -562,6 +587,14 @@ pub async fn run(ctx: &RunContext) -> Result<PublishOutcome> {
     out.snapshots = pending.len();
     if pending.is_empty() {
         info!("no new snapshots to publish");
+        // A run stopped between its merges and the county list: finish the list.
+        if !ctx.dry_run && elevliste_stale(ctx).await? {
+            let (rows, version) = write_elevliste(ctx).await?;
+            out.elevliste_rows = rows;
+            if let Some(v) = version {
+                out.versions.insert("elevliste_vgs".into(), v);
+            }
+        }
         return Ok(out);
     }
     if !rebuilt.is_empty() {
@@ -708,6 +741,7 @@ pub async fn run(ctx: &RunContext) -> Result<PublishOutcome> {
             out.versions.insert(run.table.name.to_string(), v);
             changed = true;
         }
+        crate::run::crash_point(&format!("after-merge-{}", run.table.name));
     }
     if ctx.dry_run {
         return Ok(out);
@@ -715,15 +749,17 @@ pub async fn run(ctx: &RunContext) -> Result<PublishOutcome> {
     if let Some(v) = identity.write(ctx).await? {
         out.versions.insert("elev_id".into(), v);
     }
+    crate::run::crash_point("after-elev-id");
     write_leveranse(ctx, &pending).await?;
-    let elevliste_exists = crate::delta::has_table(&session, "elevliste_vgs");
-    if changed || !elevliste_exists {
+    crate::run::crash_point("after-leveranse");
+    if changed || elevliste_stale(ctx).await? {
         let (rows, version) = write_elevliste(ctx).await?;
         out.elevliste_rows = rows;
         if let Some(v) = version {
             out.versions.insert("elevliste_vgs".into(), v);
         }
     }
+    crate::run::crash_point("after-elevliste");
     out.metrics = publish_metrics(ctx).await?;
     Ok(out)
 }
@@ -767,6 +803,30 @@ async fn write_leveranse(ctx: &RunContext, snapshots: &[SnapshotKey]) -> Result<
     )
     .await?;
     Ok(())
+}
+
+/// Whether `elevliste_vgs` is missing or older than the newest commit of the tables it is made of.
+async fn elevliste_stale(ctx: &RunContext) -> Result<bool> {
+    let mut newest_source = None;
+    for t in ["elev", "elevforhold", "skole"] {
+        if let Some(table) = crate::delta::try_open(&ctx.pipeline.table_url(t)).await? {
+            newest_source = newest_source.max(last_commit_time(&table));
+        }
+    }
+    let Some(newest_source) = newest_source else {
+        return Ok(false);
+    };
+    Ok(
+        match crate::delta::try_open(&ctx.pipeline.table_url("elevliste_vgs")).await? {
+            None => true,
+            Some(list) => last_commit_time(&list).is_none_or(|t| t < newest_source),
+        },
+    )
+}
+
+fn last_commit_time(t: &deltalake::DeltaTable) -> Option<i64> {
+    let v = t.version()?;
+    t.snapshot().ok()?.version_timestamp(v)
 }
 
 /// Current 10th graders, from the current rows of the three SCD2 tables.

@@ -798,8 +798,29 @@ pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
         return Ok(outcome);
     }
     outcome.avvik_version = crate::metrics::write_avvik(ctx, &checker.avvik).await?;
+    crate::run::crash_point("after-avvik");
     let failed = !outcome.failures.is_empty();
-    // The snapshot list: a snapshot may have no rows at all (a school list with no pupils).
+    for (t, df) in frames.iter_mut() {
+        let stage = stage_table(t);
+        let batches = if failed {
+            vec![arrow::array::RecordBatch::new_empty(stage.arrow_schema())]
+        } else {
+            crate::delta::from_polars(df, &stage.arrow_schema())?
+        };
+        crate::delta::write(
+            &ctx.pipeline,
+            &stage,
+            batches,
+            SaveMode::Overwrite,
+            &ctx.run_id,
+            "standardize",
+        )
+        .await?;
+    }
+    crate::run::crash_point("after-stage");
+    // The snapshot list, written last: publish takes staging as complete only when every
+    // staging table was written by the same standardize run. A snapshot may have no rows at all
+    // (a school list with no pupils).
     let keys: Vec<&Snapshot> = if failed {
         Vec::new()
     } else {
@@ -833,23 +854,6 @@ pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
         "standardize",
     )
     .await?;
-    for (t, df) in frames.iter_mut() {
-        let stage = stage_table(t);
-        let batches = if failed {
-            vec![arrow::array::RecordBatch::new_empty(stage.arrow_schema())]
-        } else {
-            crate::delta::from_polars(df, &stage.arrow_schema())?
-        };
-        crate::delta::write(
-            &ctx.pipeline,
-            &stage,
-            batches,
-            SaveMode::Overwrite,
-            &ctx.run_id,
-            "standardize",
-        )
-        .await?;
-    }
     Ok(outcome)
 }
 

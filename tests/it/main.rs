@@ -3,6 +3,7 @@
 mod bergen;
 mod cli;
 mod common;
+mod crash;
 mod docs;
 mod failing;
 mod fixtures;

@@ -42,7 +42,10 @@ impl File {
                 oneroster(dir, date, pupils);
             }
             File::Vigo(school, date, rows) => {
-                let rows: Vec<(&str, &str, &str)> = rows.iter().map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str())).collect();
+                let rows: Vec<(&str, &str, &str)> = rows
+                    .iter()
+                    .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
+                    .collect();
                 vigo(dir, school, date, &rows);
             }
         }
@@ -93,8 +96,16 @@ fn vigo_files(rng: &mut Rng) -> Vec<File> {
 
 async fn case(seed: u64, vigo_format: bool) {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let files = if vigo_format { vigo_files(&mut rng) } else { oneroster_files(&mut rng) };
-    let (format, name) = if vigo_format { ("vigo-csv", "vigo") } else { ("oneroster-json", "vigilo") };
+    let files = if vigo_format {
+        vigo_files(&mut rng)
+    } else {
+        oneroster_files(&mut rng)
+    };
+    let (format, name) = if vigo_format {
+        ("vigo-csv", "vigo")
+    } else {
+        ("oneroster-json", "vigilo")
+    };
 
     // Reference: one run per file, in as-of order (files are generated in date order).
     let a = tempfile::tempdir().unwrap();
@@ -121,15 +132,25 @@ async fn case(seed: u64, vigo_format: bool) {
     assert_eq!(elev(&pb).await, elev(&pa).await, "elev differs: {ctx}");
     assert_eq!(ef(&pb).await, ef(&pa).await, "elevforhold differs: {ctx}");
     let ids = "SELECT DISTINCT id, coalesce(system_id, fodselsnummer) FROM elev ORDER BY 1, 2";
-    assert_eq!(crate::common::rows(&pb, ids).await, crate::common::rows(&pa, ids).await, "ids differ: {ctx}");
-    assert!(elevflyt::ops::check(&pb).await.unwrap().is_empty(), "invariants: {ctx}");
+    assert_eq!(
+        crate::common::rows(&pb, ids).await,
+        crate::common::rows(&pa, ids).await,
+        "ids differ: {ctx}"
+    );
+    assert!(
+        elevflyt::ops::check(&pb).await.unwrap().is_empty(),
+        "invariants: {ctx}"
+    );
 }
 
 fn seeds(offset: u64) -> Vec<u64> {
     if let Ok(s) = std::env::var("ELEVFLYT_PROPTEST_SEED") {
         return vec![s.parse().unwrap()];
     }
-    let n: u64 = std::env::var("ELEVFLYT_PROPTEST_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
+    let n: u64 = std::env::var("ELEVFLYT_PROPTEST_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
     (0..n).map(|i| offset * 1000 + i).collect()
 }
 

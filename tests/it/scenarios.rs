@@ -87,7 +87,7 @@ async fn leaves_and_returns_with_the_same_id() {
     oneroster(&src, "2026-01-10", &[a.clone(), b.clone()]);
     load(&pl).await;
     let before = ids(&pl).await;
-    oneroster(&src, "2026-02-10", &[b.clone()]);
+    oneroster(&src, "2026-02-10", std::slice::from_ref(&b));
     load(&pl).await;
     oneroster(&src, "2026-03-10", &[a.clone(), b.clone()]);
     load(&pl).await;
