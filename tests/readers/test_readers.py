@@ -112,3 +112,35 @@ def test_duckdb_reads_tables_and_comments(lake):
     t = tables(lake, "bergen_kommune")
     types = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM delta_scan('{t('elev')}'))").fetchall())
     assert types["valid_from"].startswith("TIMESTAMP") and types["fodselsdato"] == "DATE"
+
+
+def test_deltalake_reads_the_change_data_feed_elevflyt_prints(tmp_path):
+    """Bergen loaded in two runs (one snapshot each): the Change Data Feed of the SCD2 tables, read
+    by Python deltalake, equals `elevflyt changes`, updates included."""
+    body = (REPO / "pipelines" / "bergen.toml").read_text()
+    body = body.replace('"../sample_data', f'"{REPO}/sample_data').replace('"../lakehouse"', f'"{tmp_path}/lake"')
+    pipeline = tmp_path / "bergen.toml"
+    for include in ['["*-2026-01-15.json"]', '["*.json"]']:
+        pipeline.write_text(body.replace('["*.json"]', include))
+        subprocess.run([BIN, "run", str(pipeline)], check=True, capture_output=True)
+    for table in ["elev", "elevforhold"]:
+        path = str(tmp_path / "lake" / "bergen_kommune" / "grunnskole" / table)
+        cdf = DeltaTable(path).load_cdf(starting_version=0).read_all()
+        theirs = sorted(zip(cdf.column("id").to_pylist(), cdf.column("_change_type").to_pylist(),
+                            cdf.column("_commit_version").to_pylist()))
+        out = subprocess.run([BIN, "changes", str(pipeline), table, "--from", "0", "--format", "json"],
+                             check=True, capture_output=True, text=True)
+        ours = sorted((r["id"], r["_change_type"], r["_commit_version"]) for r in json.loads(out.stdout))
+        kinds = sorted(set(t for _, t, _ in theirs))
+        print(f"deltalake CDF bergen_kommune.{table}: {len(theirs)} changes ({', '.join(kinds)})")
+        assert theirs == ours
+        assert kinds == ["insert", "update_postimage", "update_preimage"]
+
+
+def test_elev_id_is_readable(lake):
+    ids = pl.read_delta(tables(lake, "bergen_kommune")("elev_id"))
+    elev = pl.read_delta(tables(lake, "bergen_kommune")("elev"))
+    assert set(ids["id"].to_list()) == set(elev["id"].to_list())
+    # The D-number pupil: one id, two numbers.
+    dnr = ids.filter(pl.col("system_id") == "V-DNR")
+    assert dnr.height == 2 and dnr["id"].n_unique() == 1
