@@ -10,7 +10,7 @@ VENV := .venv
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN := $(TARGET_DIR)/debug/elevflyt
 
-.PHONY: all build run test test-rust test-readers venv docs fmt lint clean
+.PHONY: all build run test test-rust test-readers venv interop docs fmt lint clean
 
 all: build
 
@@ -39,6 +39,24 @@ venv: $(VENV)/.installed
 test-readers: build venv
 	ELEVFLYT_BIN=$(abspath $(BIN)) $(VENV)/bin/python -m pytest -q -s tests/readers
 
+# Apache Spark + delta-spark (the reference implementation) reads every table and must see what
+# elevflyt returns. Needs Java 17 and Maven (Maven Central) for the delta-spark jars.
+SPARK_VENV := .venv-spark
+DELTA_JARS := interop/target/jars
+
+$(SPARK_VENV)/.installed: interop/requirements.txt
+	$(PYTHON) -m venv $(SPARK_VENV)
+	$(SPARK_VENV)/bin/pip install --quiet --disable-pip-version-check -r interop/requirements.txt
+	touch $@
+
+$(DELTA_JARS)/.resolved: interop/pom.xml
+	cd interop && mvn --batch-mode --quiet dependency:copy-dependencies -DincludeScope=runtime \
+	  -DincludeArtifactIds=delta-spark_2.13,delta-storage -DoutputDirectory=target/jars
+	touch $@
+
+interop: build $(SPARK_VENV)/.installed $(DELTA_JARS)/.resolved
+	ELEVFLYT_BIN=$(abspath $(BIN)) DELTA_JARS=$(abspath $(DELTA_JARS)) $(SPARK_VENV)/bin/python -m pytest -q -s interop
+
 # Regenerate the table reference in README.md from the schema definitions in src/schema.rs.
 docs: build
 	$(BIN) schema-docs > .tables.md
@@ -53,4 +71,4 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 clean:
-	rm -rf lakehouse $(VENV)
+	rm -rf lakehouse $(VENV) $(SPARK_VENV) interop/target
