@@ -27,14 +27,7 @@ pub async fn run(p: &Pipeline, stage: Stage) -> elevflyt::Result<Summary> {
 }
 
 pub async fn sql(p: &Pipeline, query: &str) -> Vec<RecordBatch> {
-    let mut names: Vec<String> = elevflyt::schema::PUBLISHED
-        .iter()
-        .map(|t| t.name.to_string())
-        .collect();
-    names.extend(p.file.sources.iter().map(|s| format!("raw_{}", s.name)));
-    names.push("leveranse".into());
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let session = elevflyt::delta::session(p, &refs).await.unwrap();
+    let session = elevflyt::ops::session_at(p, None, None).await.unwrap();
     elevflyt::delta::query(&session, query).await.unwrap()
 }
 
