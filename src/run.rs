@@ -165,8 +165,10 @@ async fn run_stages(
         ));
         metrics.push(Metric::value("raw", "rader_inn", None, m.records as f64));
     }
+    let mut staged = None;
     if matches!(stage, Stage::All | Stage::Standardize) {
-        let o = crate::standardize::run(ctx).await?;
+        let mut o = crate::standardize::run(ctx).await?;
+        staged = o.staged.take();
         summary.snapshots_standardized = o.snapshots;
         summary.avvik = o.avvik;
         if let Some(v) = o.avvik_version {
@@ -192,7 +194,7 @@ async fn run_stages(
         }
     }
     if matches!(stage, Stage::All | Stage::Publish) {
-        let o = crate::publish::run(ctx).await?;
+        let o = crate::publish::run(ctx, staged).await?;
         summary.snapshots_published = o.snapshots;
         summary.inserted = json!(o.inserted);
         summary.closed = json!(o.closed);

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metric;
 use crate::run::RunContext;
 use crate::schema::{self, Table};
-use crate::standardize::{stage_table, SnapshotKey};
+use crate::standardize::{stage_table, SnapshotKey, StagedData};
 use identity::{Identity, NAMESPACE};
 use scd2::{Scd2, Scope, SnapshotRow};
 
@@ -45,33 +45,46 @@ struct StagedTable {
     rows: HashMap<SnapshotKey, Vec<u32>>,
 }
 
-async fn read_staged(ctx: &RunContext, t: &Table) -> Result<StagedTable> {
+async fn read_staged(ctx: &RunContext, t: &Table) -> Result<Vec<RecordBatch>> {
     let stage = stage_table(t);
-    let schema = stage.arrow_schema();
     let session = crate::delta::session(&ctx.pipeline, &[stage.name]).await?;
-    let batches = if crate::delta::has_table(&session, stage.name) {
-        crate::delta::query(&session, &format!("SELECT * FROM {}", stage.name))
-            .await?
+    if !crate::delta::has_table(&session, stage.name) {
+        return Ok(Vec::new());
+    }
+    crate::delta::query(&session, &format!("SELECT * FROM {}", stage.name)).await
+}
+
+impl StagedTable {
+    fn new(t: &Table, batches: &[RecordBatch]) -> Result<StagedTable> {
+        let schema = stage_table(t).arrow_schema();
+        let batches = batches
             .iter()
             .map(|b| crate::delta::conform(b, &schema))
-            .collect::<Result<Vec<_>>>()?
-    } else {
-        Vec::new()
-    };
-    let batch = crate::delta::concat(&schema, &batches)?;
-    let k = crate::delta::strings(&batch, "stg_kildesystem")?;
-    let o = crate::delta::strings(&batch, "stg_omfang")?;
-    let t = crate::delta::micros(&batch, "stg_as_of")?;
-    let mut rows: HashMap<SnapshotKey, Vec<u32>> = HashMap::new();
-    for i in 0..batch.num_rows() {
-        let key = (
-            k.value(i).to_string(),
-            (!o.is_null(i)).then(|| o.value(i).to_string()),
-            t.value(i),
-        );
-        rows.entry(key).or_default().push(i as u32);
+            .collect::<Result<Vec<_>>>()?;
+        let batch = crate::delta::concat(&schema, &batches)?;
+        let k = crate::delta::strings(&batch, "stg_kildesystem")?;
+        let o = crate::delta::strings(&batch, "stg_omfang")?;
+        let t = crate::delta::micros(&batch, "stg_as_of")?;
+        let mut rows: HashMap<SnapshotKey, Vec<u32>> = HashMap::new();
+        for i in 0..batch.num_rows() {
+            let key = (k.value(i).to_string(), opt(&o, i), t.value(i));
+            rows.entry(key).or_default().push(i as u32);
+        }
+        Ok(StagedTable { batch, rows })
     }
-    Ok(StagedTable { batch, rows })
+}
+
+/// The staged snapshots: handed over by `run`, or read from the staging tables.
+async fn staged_data(ctx: &RunContext, given: Option<StagedData>) -> Result<StagedData> {
+    if let Some(s) = given {
+        return Ok(s);
+    }
+    Ok(StagedData {
+        snapshots: staged_snapshots(ctx).await?,
+        elev: read_staged(ctx, &schema::ELEV).await?,
+        elevforhold: read_staged(ctx, &schema::ELEVFORHOLD).await?,
+        skole: read_staged(ctx, &schema::SKOLE).await?,
+    })
 }
 
 /// The run id in the newest commit of a table.
@@ -565,13 +578,16 @@ fn ts(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
     Arc::new(TimestampMicrosecondArray::from(values.collect::<Vec<_>>()).with_timezone("UTC"))
 }
 
-pub async fn run(ctx: &RunContext) -> Result<PublishOutcome> {
+/// Publishes the staged snapshots: `staged` from a standardize in the same run, or `None` to
+/// read the staging tables (a separate `elevflyt publish`).
+pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<PublishOutcome> {
     let mut out = PublishOutcome::default();
     let done = crate::standardize::published(ctx).await?;
-    let staged_elev = read_staged(ctx, &schema::ELEV).await?;
-    let staged_ef = read_staged(ctx, &schema::ELEVFORHOLD).await?;
-    let staged_skole = read_staged(ctx, &schema::SKOLE).await?;
-    let staged = staged_snapshots(ctx).await?;
+    let data = staged_data(ctx, staged).await?;
+    let staged_elev = StagedTable::new(&schema::ELEV, &data.elev)?;
+    let staged_ef = StagedTable::new(&schema::ELEVFORHOLD, &data.elevforhold)?;
+    let staged_skole = StagedTable::new(&schema::SKOLE, &data.skole)?;
+    let staged = data.snapshots;
     let pending: Vec<SnapshotKey> = staged
         .iter()
         .filter(|k| !done.contains(*k))

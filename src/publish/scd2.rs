@@ -364,6 +364,43 @@ mod tests {
     }
 
     #[test]
+    fn violations_name_the_key() {
+        let mut s = Scd2::default();
+        s.load_current("a".into(), "h1".into(), 10, Some("s".into()), None, None);
+        s.apply(0, 20, vec![row("a", "h2")], Scope::Source("s"));
+        assert_eq!(s.violation(), None);
+        // A new version that would overlap the stored current one (as a wrongly placed late
+        // snapshot would) is caught before anything is written.
+        s.inserts.push(Insert {
+            batch: 0,
+            row: 0,
+            key: "a".into(),
+            kildesystem: Some("s".into()),
+            hash: "h3".into(),
+            valid_from: 15,
+            valid_to: Some(25),
+            removed: false,
+        });
+        assert_eq!(s.violation().as_deref(), Some("key a: versions overlap"));
+        let mut s = Scd2::default();
+        s.load_current("b".into(), "h1".into(), 10, Some("s".into()), None, None);
+        s.inserts.push(Insert {
+            batch: 0,
+            row: 0,
+            key: "b".into(),
+            kildesystem: Some("s".into()),
+            hash: "h2".into(),
+            valid_from: 20,
+            valid_to: None,
+            removed: false,
+        });
+        assert_eq!(
+            s.violation().as_deref(),
+            Some("key b would have 2 current versions")
+        );
+    }
+
+    #[test]
     fn unchanged_snapshot_changes_nothing() {
         let mut s = Scd2::default();
         s.load_current("a".into(), "h1".into(), 10, Some("s".into()), None, None);

@@ -110,6 +110,9 @@ pub struct Staged {
 /// What standardize did.
 #[derive(Debug, Default)]
 pub struct StandardizeOutcome {
+    /// What was staged, handed straight to publish by `run` (so that a concurrent run's
+    /// staging cannot mix with this one's).
+    pub staged: Option<StagedData>,
     pub snapshots: usize,
     pub rows_in: BTreeMap<&'static str, usize>,
     pub rows_out: BTreeMap<&'static str, usize>,
@@ -117,6 +120,16 @@ pub struct StandardizeOutcome {
     pub avvik_version: Option<i64>,
     pub failures: Vec<(&'static str, u64)>,
     pub metrics: Vec<Metric>,
+}
+
+/// Standardized snapshots for publish: the snapshot keys and the rows of elev, elevforhold and
+/// skole (in the staging tables' schema).
+#[derive(Debug, Default, Clone)]
+pub struct StagedData {
+    pub snapshots: HashSet<SnapshotKey>,
+    pub elev: Vec<arrow::array::RecordBatch>,
+    pub elevforhold: Vec<arrow::array::RecordBatch>,
+    pub skole: Vec<arrow::array::RecordBatch>,
 }
 
 /// Snapshots already published, from `leveranse`.
@@ -737,6 +750,7 @@ pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
     };
     if snaps.is_empty() {
         info!("no new snapshots to standardize");
+        outcome.staged = Some(StagedData::default());
         return Ok(outcome);
     }
     let known = known_schools(ctx).await?;
@@ -800,6 +814,14 @@ pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
     outcome.avvik_version = crate::metrics::write_avvik(ctx, &checker.avvik).await?;
     crate::run::crash_point("after-avvik");
     let failed = !outcome.failures.is_empty();
+    let mut staged = StagedData {
+        snapshots: if failed {
+            HashSet::new()
+        } else {
+            snaps.iter().map(Snapshot::key).collect()
+        },
+        ..Default::default()
+    };
     for (t, df) in frames.iter_mut() {
         let stage = stage_table(t);
         let batches = if failed {
@@ -807,6 +829,11 @@ pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
         } else {
             crate::delta::from_polars(df, &stage.arrow_schema())?
         };
+        match t.name {
+            "elev" => staged.elev = batches.clone(),
+            "elevforhold" => staged.elevforhold = batches.clone(),
+            _ => staged.skole = batches.clone(),
+        }
         crate::delta::write(
             &ctx.pipeline,
             &stage,
@@ -854,6 +881,7 @@ pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
         "standardize",
     )
     .await?;
+    outcome.staged = Some(staged);
     Ok(outcome)
 }
 
