@@ -181,6 +181,7 @@ pub async fn write_claimed(
     p: &Pipeline,
     t: &Table,
     batches: Vec<RecordBatch>,
+    read_version: u64,
     run_id: &str,
     stage: &str,
 ) -> Result<Option<i64>> {
@@ -189,7 +190,9 @@ pub async fn write_claimed(
         .iter()
         .map(|b| conform(b, &schema))
         .collect::<Result<Vec<_>>>()?;
-    let table = open_or_create(p, t).await?;
+    let mut table = open_or_create(p, t).await?;
+    // Commit on top of the version the caller decided from (0: the table did not exist).
+    table.load_version(read_version).await?;
     let claim = deltalake::kernel::Transaction::new(
         format!("elevflyt-{}", t.name),
         table.version().map(|v| v as i64 + 1).unwrap_or(0),

@@ -77,14 +77,16 @@ pub async fn run(ctx: &RunContext) -> Result<IngestMetrics> {
 }
 
 /// The files already in raw: sha256 → the as-of times it was loaded for.
-async fn known_files(ctx: &RunContext, table: &str) -> Result<HashMap<String, HashSet<i64>>> {
-    let session = crate::delta::session(&ctx.pipeline, &[table]).await?;
+async fn known_files(
+    table: Option<&deltalake::DeltaTable>,
+) -> Result<HashMap<String, HashSet<i64>>> {
     let mut out: HashMap<String, HashSet<i64>> = HashMap::new();
-    if !crate::delta::has_table(&session, table) {
+    let Some(table) = table else {
         return Ok(out);
-    }
-    let sql = format!("SELECT DISTINCT sha256, as_of FROM {table}");
-    for b in &crate::delta::query(&session, &sql).await? {
+    };
+    let session = deltalake::datafusion::prelude::SessionContext::new();
+    crate::delta::register(&session, "raw", table).await?;
+    for b in &crate::delta::query(&session, "SELECT DISTINCT sha256, as_of FROM raw").await? {
         let sha = crate::delta::strings(b, "sha256")?;
         let t = crate::delta::micros(b, "as_of")?;
         for i in 0..b.num_rows() {
@@ -151,7 +153,11 @@ async fn ingest_source_once(
     let table = raw_table(&source.name);
     let root = ctx.pipeline.source_location(source)?;
     let files = crate::storage::list_files(&root, &source.include).await?;
-    let mut known = known_files(ctx, table.name).await?;
+    // The append below is committed on top of exactly the version read here, so that a run
+    // that appended in between makes it conflict instead of duplicating files.
+    let existing = crate::delta::try_open(&ctx.pipeline.table_url(table.name)).await?;
+    let read_version = existing.as_ref().and_then(|t| t.version()).unwrap_or(0);
+    let mut known = known_files(existing.as_ref()).await?;
     let format = format_impl(source.format);
     let now = ctx.started.timestamp_micros();
 
@@ -232,9 +238,15 @@ async fn ingest_source_once(
     if batch.num_rows() == 0 || ctx.dry_run {
         return Ok(());
     }
-    if let Some(v) =
-        crate::delta::write_claimed(&ctx.pipeline, &table, vec![batch], &ctx.run_id, "ingest")
-            .await?
+    if let Some(v) = crate::delta::write_claimed(
+        &ctx.pipeline,
+        &table,
+        vec![batch],
+        read_version,
+        &ctx.run_id,
+        "ingest",
+    )
+    .await?
     {
         m.raw_versions.push((table.name.to_string(), v));
     }

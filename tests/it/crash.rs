@@ -143,13 +143,11 @@ async fn killed_at_random_moments_the_next_run_finishes_the_work() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_runs_at_once_never_duplicate_or_lose_a_version() {
     let expected = reference().await;
-    for round in 0..3 {
+    for (round, delay) in [0u64, 20, 80, 200, 500].into_iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
         let w = warehouse(&dir);
         let a = bergen_run(&w).spawn().unwrap();
-        if round > 0 {
-            std::thread::sleep(Duration::from_millis(150 * round));
-        }
+        std::thread::sleep(Duration::from_millis(delay));
         let b = bergen_run(&w).spawn().unwrap();
         let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
         assert!(
