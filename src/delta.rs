@@ -95,10 +95,21 @@ pub async fn open_or_create(p: &Pipeline, t: &Table) -> Result<DeltaTable> {
         .with_save_mode(SaveMode::Ignore)
         .await;
     match created {
-        Ok(t) => Ok(t),
+        Ok(t) => {
+            crate::run::crash_point(&format!("after-create-{}", t_name(&url)));
+            Ok(t)
+        }
         // Another run created it between our check and our create: open theirs.
         Err(e) => try_open(&url).await?.ok_or(e.into()),
     }
+}
+
+fn t_name(url: &Url) -> &str {
+    url.path()
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or("")
 }
 
 /// Commit properties carrying the run id (visible in `DESCRIBE HISTORY` / `history()`).
@@ -228,6 +239,7 @@ pub fn is_conflict(e: &deltalake::DeltaTableError) -> bool {
 /// Tables that do not exist yet are left out.
 pub async fn session(p: &Pipeline, tables: &[&str]) -> Result<SessionContext> {
     let ctx = SessionContext::new();
+    crate::sqlfn::register(&ctx);
     for name in tables {
         if let Some(t) = try_open(&p.table_url(name)).await? {
             register(&ctx, name, &t).await?;

@@ -15,6 +15,7 @@ pub mod publish;
 pub mod quality;
 pub mod run;
 pub mod schema;
+pub mod sqlfn;
 pub mod standardize;
 pub mod storage;
 

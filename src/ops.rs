@@ -48,6 +48,7 @@ pub async fn session_at(
         return crate::delta::session(p, &refs).await;
     }
     let ctx = SessionContext::new();
+    crate::sqlfn::register(&ctx);
     for name in &names {
         let url = p.table_url(name);
         if !crate::delta::exists(&url).await? {

@@ -33,7 +33,8 @@ impl RunContext {
 
 /// Test hook for crash-safety tests: when `ELEVFLYT_CRASH_AT` names this point, the process
 /// aborts here, as if killed. Points: after-raw, after-avvik, after-stage, after-merge-skole,
-/// after-merge-elev, after-merge-elevforhold, after-elev-id, after-leveranse, after-elevliste.
+/// after-merge-elev, after-merge-elevforhold, after-elev-id, after-leveranse, after-elevliste,
+/// and after-create-<table> (a table created, nothing written to it yet).
 pub fn crash_point(name: &str) {
     if std::env::var("ELEVFLYT_CRASH_AT").is_ok_and(|p| p == name) {
         eprintln!("ELEVFLYT_CRASH_AT={name}: aborting");

@@ -40,9 +40,13 @@ fn opt(a: &StringArray, i: usize) -> Option<String> {
 
 impl Identity {
     /// Loads `elev_id`, or on a first run after an upgrade, the identities in `elev`.
-    pub async fn load(ctx: &SessionContext) -> Result<Identity> {
+    pub async fn load(p: &crate::config::Pipeline, ctx: &SessionContext) -> Result<Identity> {
         let mut id = Identity::default();
-        let sql = if crate::delta::has_table(ctx, "elev_id") {
+        // Version 0 is the empty table a killed run created before writing the map.
+        let written = crate::delta::try_open(&p.table_url("elev_id"))
+            .await?
+            .is_some_and(|t| t.version().unwrap_or(0) > 0);
+        let sql = if written && crate::delta::has_table(ctx, "elev_id") {
             "SELECT id, kildesystem, system_id, fodselsnummer, first_seen, last_seen FROM elev_id"
         } else if crate::delta::has_table(ctx, "elev") {
             id.changed = true;

@@ -622,7 +622,7 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
         &["elev", "elevforhold", "skole", "elevliste_vgs", "elev_id"],
     )
     .await?;
-    let mut identity = Identity::load(&session).await?;
+    let mut identity = Identity::load(&ctx.pipeline, &session).await?;
     let mut elev = TableRun::new(&schema::ELEV, &rebuilt);
     let mut ef = TableRun::new(&schema::ELEVFORHOLD, &rebuilt);
     let mut skole = TableRun::new(&schema::SKOLE, &rebuilt);
@@ -835,7 +835,11 @@ async fn elevliste_stale(ctx: &RunContext) -> Result<bool> {
     Ok(
         match crate::delta::try_open(&ctx.pipeline.table_url("elevliste_vgs")).await? {
             None => true,
-            Some(list) => last_commit_time(&list).is_none_or(|t| t < newest_source),
+            // Version 0 is the empty table a killed run created before writing the list.
+            Some(list) => {
+                list.version() == Some(0)
+                    || last_commit_time(&list).is_none_or(|t| t < newest_source)
+            }
         },
     )
 }
