@@ -10,7 +10,7 @@ VENV := .venv
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN := $(TARGET_DIR)/debug/elevflyt
 
-.PHONY: all build run test test-rust test-readers venv interop docs fmt lint clean
+.PHONY: all build run test test-rust test-readers venv chromium interop docs fmt lint clean
 
 all: build
 
@@ -36,7 +36,11 @@ $(VENV)/.installed: tests/readers/requirements.txt
 
 venv: $(VENV)/.installed
 
-test-readers: build venv
+# Headless Chromium renders the HTML report in the reader tests (Debian package).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test-readers: build venv chromium
 	ELEVFLYT_BIN=$(abspath $(BIN)) $(VENV)/bin/python -m pytest -q -s tests/readers
 
 # Apache Spark + delta-spark (the reference implementation) reads every table and must see what

@@ -59,6 +59,9 @@ pub enum Command {
     Check(PipelineArgs),
     /// Compact small files (optimize), remove files no longer needed (vacuum) and checkpoint.
     Maintain(MaintainArgs),
+    /// The operator report: pupils per class, invalid fødselsnummer, when data was last loaded,
+    /// open deviations per school, the last runs (and why one failed) and quality over time.
+    Report(ReportArgs),
     /// List the quality rules with their default severity and what they check.
     Rules,
     /// Print the table reference (Markdown) generated from the schema definitions.
@@ -80,6 +83,28 @@ pub struct StageArgs {
     /// ingest only see data that an earlier run has ingested.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// The pipeline file (TOML).
+    pub pipeline: PathBuf,
+    /// Warehouse root to use instead of the pipeline file's.
+    #[arg(long)]
+    pub warehouse: Option<String>,
+    /// text for a terminal, json for machines, html for one self-contained page with charts.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+    /// Write to this file instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
+    Html,
 }
 
 #[derive(Args, Debug)]
@@ -232,6 +257,24 @@ async fn dispatch(cmd: Command) -> Result<()> {
             return print_batches(&batches, a.table.format);
         }
         Command::Check(a) => return check(a).await,
+        Command::Report(a) => {
+            let p = Pipeline::load(&a.pipeline, a.warehouse.as_deref())?;
+            let r = crate::report::build(&p).await?;
+            let body = match a.format {
+                ReportFormat::Text => crate::report::text(&r),
+                ReportFormat::Json => {
+                    serde_json::to_string_pretty(&r).map_err(|e| Error::Other(e.to_string()))?
+                        + "\n"
+                }
+                ReportFormat::Html => crate::report::html(&r),
+            };
+            match a.out {
+                Some(path) => std::fs::write(&path, body)
+                    .map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))?,
+                None => print!("{body}"),
+            }
+            return Ok(());
+        }
         Command::Maintain(a) => {
             if a.retention_hours < 168 && !a.force {
                 return Err(Error::Usage(format!(

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod ops;
 pub mod publish;
 pub mod quality;
+pub mod report;
 pub mod run;
 pub mod schema;
 pub mod sqlfn;

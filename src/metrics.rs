@@ -10,7 +10,7 @@ use deltalake::protocol::SaveMode;
 use polars::prelude::*;
 
 use crate::error::Result;
-use crate::quality::{Avvik, Checker, Severity};
+use crate::quality::{Checker, Severity};
 use crate::run::RunContext;
 use crate::schema;
 use crate::standardize::StandardizeOutcome;
@@ -170,63 +170,6 @@ pub fn pupils_per_class(ef: &DataFrame) -> Result<Vec<Metric>> {
         ));
     }
     Ok(m)
-}
-
-pub async fn write_avvik(ctx: &RunContext, avvik: &[Avvik]) -> Result<Option<i64>> {
-    let t = &schema::AVVIK;
-    let mut run_id = StringBuilder::new();
-    let mut oppdaga = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-    let mut kildesystem = StringBuilder::new();
-    let mut kjelde = StringBuilder::new();
-    let mut rad = Int64Builder::new();
-    let mut skolenummer = StringBuilder::new();
-    let mut system_id = StringBuilder::new();
-    let mut regel = StringBuilder::new();
-    let mut alvorsgrad = StringBuilder::new();
-    let mut felt = StringBuilder::new();
-    let mut verdi = StringBuilder::new();
-    let mut melding = StringBuilder::new();
-    let now = ctx.started.timestamp_micros();
-    for a in avvik {
-        run_id.append_value(&ctx.run_id);
-        oppdaga.append_value(now);
-        kildesystem.append_value(&a.record.kildesystem);
-        kjelde.append_value(&a.record.kjelde);
-        rad.append_value(a.record.rad);
-        skolenummer.append_option(a.record.skolenummer.as_deref());
-        system_id.append_option(a.record.system_id.as_deref());
-        regel.append_value(a.regel);
-        alvorsgrad.append_value(a.alvorsgrad.as_str());
-        felt.append_option(a.felt);
-        verdi.append_option(a.verdi.as_deref());
-        melding.append_value(&a.melding);
-    }
-    let batch = RecordBatch::try_new(
-        t.arrow_schema(),
-        vec![
-            Arc::new(run_id.finish()),
-            Arc::new(oppdaga.finish()),
-            Arc::new(kildesystem.finish()),
-            Arc::new(kjelde.finish()),
-            Arc::new(rad.finish()),
-            Arc::new(skolenummer.finish()),
-            Arc::new(system_id.finish()),
-            Arc::new(regel.finish()),
-            Arc::new(alvorsgrad.finish()),
-            Arc::new(felt.finish()),
-            Arc::new(verdi.finish()),
-            Arc::new(melding.finish()),
-        ],
-    )?;
-    crate::delta::write(
-        &ctx.pipeline,
-        t,
-        vec![batch],
-        SaveMode::Append,
-        &ctx.run_id,
-        "standardize",
-    )
-    .await
 }
 
 pub async fn write_kvalitet(ctx: &RunContext, metrics: &[Metric]) -> Result<Option<i64>> {

@@ -321,6 +321,10 @@ pub const AVVIK: Table = Table {
             "Maskert verdi (aldri fullt fødselsnummer eller namn)",
         ),
         col("melding", String, false, "Melding til skulen"),
+        col("omfang", String, true, "Omfang for leveransen: skulenummer for filer per skule, elles NULL"),
+        col("as_of", Timestamp, true, "Tidspunktet leveransen med avviket gjeld for"),
+        col("lost", Timestamp, true, "Når avviket vart retta: ein seinare leveranse frå same kjelde og omfang utan det (NULL = ope)"),
+        col("lost_av", String, true, "Køyringa som fann at avviket var retta"),
     ],
 };
 

@@ -1,6 +1,7 @@
 //! Data quality: identifier validation, code lists, the rule catalogue and the deviation (`avvik`)
 //! collector. Not here: where rules are applied (standardize) or how metrics are stored (publish).
 
+pub mod avvik;
 pub mod fnr;
 pub mod kommuner;
 pub mod rules;
@@ -58,6 +59,9 @@ pub struct RecordRef {
 #[derive(Debug, Clone)]
 pub struct Avvik {
     pub record: RecordRef,
+    /// The snapshot the record belongs to: (omfang, as_of).
+    pub omfang: Option<String>,
+    pub as_of: i64,
     pub regel: &'static str,
     pub alvorsgrad: Severity,
     pub felt: Option<&'static str>,
@@ -72,6 +76,8 @@ pub struct Checker {
     pub repair_leading_zero: bool,
     severities: BTreeMap<&'static str, Severity>,
     pub avvik: Vec<Avvik>,
+    /// The snapshot being checked: (omfang, as_of), stamped on each deviation.
+    pub snapshot: (Option<String>, i64),
     /// Rule → number of records that broke it.
     pub failed: BTreeMap<&'static str, u64>,
 }
@@ -87,6 +93,7 @@ impl Checker {
             repair_leading_zero: cfg.repair_leading_zero,
             severities,
             avvik: Vec::new(),
+            snapshot: (None, 0),
             failed: BTreeMap::new(),
         }
     }
@@ -108,6 +115,8 @@ impl Checker {
         *self.failed.entry(regel).or_default() += 1;
         self.avvik.push(Avvik {
             record: record.clone(),
+            omfang: self.snapshot.0.clone(),
+            as_of: self.snapshot.1,
             regel,
             alvorsgrad,
             felt,

@@ -778,6 +778,7 @@ pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
             *outcome.rows_in.entry("skole").or_default() += staged.skole.len();
             &mut checker
         };
+        c.snapshot = (snap.omfang.clone(), snap.as_of);
         let valid = validate(c, staged, &known, today);
         if !snap.published {
             *outcome.rows_out.entry("elev").or_default() += valid.elev.len();
@@ -811,7 +812,13 @@ pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
     if ctx.dry_run {
         return Ok(outcome);
     }
-    outcome.avvik_version = crate::metrics::write_avvik(ctx, &checker.avvik).await?;
+    let new_snapshots: Vec<SnapshotKey> = snaps
+        .iter()
+        .filter(|s| !s.published)
+        .map(Snapshot::key)
+        .collect();
+    outcome.avvik_version =
+        crate::quality::avvik::write(ctx, &checker.avvik, &new_snapshots).await?;
     crate::run::crash_point("after-avvik");
     let failed = !outcome.failures.is_empty();
     let mut staged = StagedData {

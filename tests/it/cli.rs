@@ -91,6 +91,49 @@ fn runs_log_json_and_text_without_personal_data() {
                 &p[..4]
             );
         }
+        // The report in every format, and the avvik, kvalitet and kjoring tables, carry none either.
+        let file = repo().join("pipelines").join(pipeline);
+        let mut texts = Vec::new();
+        for format in ["text", "json", "html"] {
+            let out = elevflyt()
+                .args([
+                    "report",
+                    file.to_str().unwrap(),
+                    "--warehouse",
+                    &warehouse(&dir),
+                    "--format",
+                    format,
+                ])
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            texts.push(String::from_utf8_lossy(&out.stdout).to_string());
+        }
+        for table in ["avvik", "kvalitet", "kjoring"] {
+            let out = elevflyt()
+                .args([
+                    "sql",
+                    file.to_str().unwrap(),
+                    &format!("SELECT * FROM {table}"),
+                    "--format",
+                    "csv",
+                    "--warehouse",
+                    &warehouse(&dir),
+                ])
+                .output()
+                .unwrap();
+            texts.push(String::from_utf8_lossy(&out.stdout).to_string());
+        }
+        assert!(texts[1].contains("elever_per_klasse"));
+        for text in &texts {
+            for p in &pii {
+                assert!(
+                    !text.contains(p.as_str()),
+                    "{pipeline}: report or table shows personal data {}…",
+                    &p[..4]
+                );
+            }
+        }
     }
 }
 

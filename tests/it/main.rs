@@ -10,5 +10,6 @@ mod fixtures;
 mod oneroster;
 mod ops;
 mod property;
+mod quality;
 mod scenarios;
 mod voss;

@@ -1,0 +1,144 @@
+//! Deviations as the schools' to-do list, and the operator report.
+
+use std::process::Command;
+
+use crate::common::{count, rows, sample, warehouse};
+
+fn elevflyt(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_elevflyt"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deviations_a_later_list_fixes_are_resolved() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = sample("voss.toml", &warehouse(&dir));
+    crate::scenarios::load(&p).await;
+    // 46520's list of 1 November had three faults; its list of 15 November fixed them all.
+    let run = rows(&p, "SELECT run_id FROM kjoring").await[0][0].clone();
+    let got = rows(
+        &p,
+        "SELECT regel, substr(CAST(as_of AS VARCHAR), 1, 10), lost_av FROM avvik ORDER BY rad",
+    )
+    .await;
+    assert_eq!(
+        got,
+        [
+            ["fnr_reparert", "2026-11-01", run.as_str()],
+            ["fnr_ugyldig", "2026-11-01", run.as_str()],
+            ["duplikat", "2026-11-01", run.as_str()],
+        ]
+    );
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM avvik WHERE lost IS NULL").await,
+        0
+    );
+
+    // Bergen: the bad control digit is in both snapshots, so it is not resolved (the report
+    // shows it once, with its newest report).
+    let b = sample("bergen.toml", &warehouse(&dir));
+    crate::scenarios::load(&b).await;
+    let open = rows(&b, "SELECT system_id, substr(CAST(as_of AS VARCHAR), 1, 10) AS t FROM avvik WHERE lost IS NULL ORDER BY t").await;
+    assert_eq!(
+        open,
+        [["V-UGYLDIG", "2026-01-15"], ["V-UGYLDIG", "2026-02-05"]]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_report_answers_the_three_questions_and_says_why_a_run_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = warehouse(&dir);
+    let bergen = crate::common::repo().join("pipelines/bergen.toml");
+    let file = bergen.to_str().unwrap();
+    assert!(elevflyt(&["run", file, "--warehouse", &w]).status.success());
+    let out = elevflyt(&["report", file, "--warehouse", &w, "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let per_class = r["elever_per_klasse"].as_array().unwrap();
+    assert_eq!(per_class.len(), 30);
+    assert_eq!(per_class[0]["skolenummer"], "46550");
+    assert_eq!(per_class[0]["klasse"], "10A");
+    assert_eq!(per_class[0]["antall"], 11);
+    assert_eq!(
+        per_class
+            .iter()
+            .map(|c| c["antall"].as_i64().unwrap())
+            .sum::<i64>(),
+        299
+    );
+    assert_eq!(r["ugyldige_fodselsnummer"], 1);
+    assert!(r["sist_lastet"].as_str().unwrap().starts_with("20"));
+    assert_eq!(r["apne_avvik_per_skole"][0]["antall"], 1);
+
+    // A failing run: the report (text) says why.
+    let p = sample("bergen.toml", &w);
+    let body = std::fs::read_to_string(&bergen)
+        .unwrap()
+        .replace("../sample_data", "{repo}/sample_data")
+        + "fnr_ugyldig = \"fail\"\n";
+    let failing = crate::common::pipeline_file(dir.path(), "bergen-fail.toml", &body);
+    // The same warehouse, with a new snapshot so that standardize has something to check.
+    let extra = dir.path().join("extra");
+    std::fs::create_dir_all(&extra).unwrap();
+    for f in std::fs::read_dir(crate::common::repo().join("sample_data/bergen/vigilo")).unwrap() {
+        let f = f.unwrap().path();
+        let name = f
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace("2026-02-05", "2026-03-05");
+        if name.contains("2026-03-05") {
+            std::fs::copy(&f, extra.join(name)).unwrap();
+        }
+    }
+    let body = std::fs::read_to_string(&failing).unwrap().replace(
+        &format!(
+            "{}/sample_data/bergen/vigilo",
+            crate::common::repo().display()
+        ),
+        extra.to_str().unwrap(),
+    );
+    std::fs::write(&failing, body).unwrap();
+    let out = elevflyt(&["run", failing.to_str().unwrap(), "--warehouse", &w]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = elevflyt(&["report", file, "--warehouse", &w]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("Siste køyring: fail"), "{text}");
+    assert!(
+        text.contains("Kvifor: fail-reglar broten: fnr_ugyldig"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Elevar per klasse:") && text.contains("46550        10A"),
+        "{text}"
+    );
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM kjoring WHERE status = 'fail'").await,
+        1
+    );
+
+    // HTML: one file, no network loads, inline SVG charts.
+    let html = dir.path().join("r.html");
+    assert!(elevflyt(&[
+        "report",
+        file,
+        "--warehouse",
+        &w,
+        "--format",
+        "html",
+        "--out",
+        html.to_str().unwrap()
+    ])
+    .status
+    .success());
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.starts_with("<!doctype html>") && page.matches("<svg").count() == 4);
+    assert!(!page.contains("http://") && !page.contains("https://") && !page.contains("<script"));
+}
