@@ -311,19 +311,27 @@ async fn dispatch(cmd: Command) -> Result<()> {
 
 fn print_rules() {
     println!(
-        "{:<22} {:<6} {:<12} explanation",
-        "rule", "default", "table"
+        "{:<22} {:<7} {:<8} {:<12} explanation",
+        "rule", "default", "terskel", "table"
     );
     for r in crate::quality::rules::RULES {
+        let threshold = r
+            .threshold
+            .map(|t| format!("{:.0} %", t * 100.0))
+            .unwrap_or_else(|| "-".into());
         println!(
-            "{:<22} {:<6}  {:<12} {}",
+            "{:<22} {:<7} {:<8} {:<12} {}",
             r.name,
             r.default.as_str(),
+            threshold,
             r.table,
             r.explanation
         );
     }
-    println!("\nOverride a severity in the pipeline file: [quality] <rule> = \"warn\" | \"drop\" | \"fail\"");
+    println!(
+        "\nOverride in the pipeline file: [quality] <rule> = \"warn\" | \"drop\" | \"fail\", \
+         or for a rule with a threshold: <rule> = {{ alvorsgrad = \"fail\", terskel = 0.05 }}"
+    );
 }
 
 async fn sql(a: SqlArgs) -> Result<()> {

@@ -80,7 +80,8 @@ pub struct QualityConfig {
     /// Repair a 10-digit fødselsnummer by adding the lost leading zero, when the result is valid.
     #[serde(default)]
     pub repair_leading_zero: bool,
-    /// Rule severity overrides: `rule_name = "warn" | "drop" | "fail"`.
+    /// Rule overrides: `rule_name = "warn" | "drop" | "fail"`, or for rules with a threshold
+    /// `rule_name = { alvorsgrad = "fail", terskel = 0.05 }`.
     #[serde(flatten)]
     pub overrides: BTreeMap<String, toml::Value>,
 }
@@ -88,10 +89,16 @@ pub struct QualityConfig {
 impl QualityConfig {
     /// The severity configured for a rule, if overridden.
     pub fn severity_override(&self, rule: &str) -> Option<Severity> {
-        self.overrides
-            .get(rule)
-            .and_then(|v| v.as_str())
+        let v = self.overrides.get(rule)?;
+        v.as_str()
+            .or_else(|| v.get("alvorsgrad").and_then(|a| a.as_str()))
             .and_then(|s| s.parse().ok())
+    }
+
+    /// The threshold configured for a rule, if any.
+    pub fn threshold_override(&self, rule: &str) -> Option<f64> {
+        let t = self.overrides.get(rule)?.get("terskel")?;
+        t.as_float().or_else(|| t.as_integer().map(|i| i as f64))
     }
 }
 
@@ -234,13 +241,33 @@ impl PipelineFile {
                     "[quality] unknown key `{name}` (not a rule; see `elevflyt rules`)"
                 ));
             }
-            if value
-                .as_str()
-                .and_then(|s| s.parse::<Severity>().ok())
-                .is_none()
-            {
+            let Some(rule) = crate::quality::rules::find(name) else {
+                continue;
+            };
+            let severity_ok =
+                |v: &toml::Value| v.as_str().is_some_and(|s| s.parse::<Severity>().is_ok());
+            let share_ok = |v: &toml::Value| {
+                v.as_float()
+                    .or_else(|| v.as_integer().map(|i| i as f64))
+                    .is_some_and(|f| (0.0..=1.0).contains(&f))
+            };
+            let ok = match value {
+                toml::Value::String(_) => severity_ok(value),
+                toml::Value::Table(t) if rule.threshold.is_some() => {
+                    t.keys().all(|k| k == "alvorsgrad" || k == "terskel")
+                        && t.get("alvorsgrad").is_none_or(severity_ok)
+                        && t.get("terskel").is_none_or(share_ok)
+                }
+                _ => false,
+            };
+            if !ok {
+                let table_form = if rule.threshold.is_some() {
+                    " or { alvorsgrad = \"...\", terskel = 0.0-1.0 }"
+                } else {
+                    ""
+                };
                 return Err(format!(
-                    "[quality] {name} must be \"warn\", \"drop\" or \"fail\", got {value}"
+                    "[quality] {name} must be \"warn\", \"drop\" or \"fail\"{table_form}, got {value}"
                 ));
             }
         }

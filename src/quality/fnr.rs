@@ -270,3 +270,85 @@ mod tests {
         assert!(!valid_orgnr("12345678"));
     }
 }
+
+/// Feide name (`eduPersonPrincipalName`): `uid@realm`, the realm a domain, stored in lower case.
+pub fn valid_feidenavn(s: &str) -> bool {
+    let Some((uid, realm)) = s.split_once('@') else {
+        return false;
+    };
+    !uid.is_empty()
+        && uid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && valid_domain(realm)
+        && s == s.to_lowercase()
+}
+
+fn valid_domain(d: &str) -> bool {
+    let labels: Vec<&str> = d.split('.').collect();
+    labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+        && labels
+            .last()
+            .is_some_and(|tld| tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic()))
+}
+
+/// A plain e-mail address: one `@`, a local part without spaces, a domain.
+pub fn valid_epost(s: &str) -> bool {
+    match s.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !local.contains(char::is_whitespace)
+                && !local.contains('@')
+                && !domain.contains('@')
+                && valid_domain(&domain.to_lowercase())
+        }
+        None => false,
+    }
+}
+
+/// A Norwegian mobile number: 8 digits starting with 4 or 9, optionally with +47/0047 and spaces.
+pub fn valid_mobil(s: &str) -> bool {
+    let d: String = s
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .collect();
+    let d = d
+        .strip_prefix("+47")
+        .or_else(|| d.strip_prefix("0047"))
+        .unwrap_or(&d);
+    d.len() == 8 && d.bytes().all(|b| b.is_ascii_digit()) && matches!(d.as_bytes()[0], b'4' | b'9')
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn contact_formats_table() {
+        let cases: &[(&str, bool, bool, bool)] = &[
+            // value, feidenavn, epost, mobil
+            ("olanor123@skotthyll.kommune.no", true, true, false),
+            ("OlaNor@skotthyll.kommune.no", false, true, false),
+            ("ola nor@bergen.kommune.no", false, false, false),
+            ("ola@localhost", false, false, false),
+            ("@bergen.kommune.no", false, false, false),
+            ("ola@@bergen.no", false, false, false),
+            ("98765432", false, false, true),
+            ("+47 987 65 432", false, false, true),
+            ("0047 41234567", false, false, true),
+            ("22334455", false, false, false),
+            ("9876543", false, false, false),
+        ];
+        for (v, feide, epost, mobil) in cases {
+            assert_eq!(valid_feidenavn(v), *feide, "feidenavn {v}");
+            assert_eq!(valid_epost(v), *epost, "epost {v}");
+            assert_eq!(valid_mobil(v), *mobil, "mobil {v}");
+        }
+    }
+}

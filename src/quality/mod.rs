@@ -75,6 +75,7 @@ pub struct Checker {
     pub allow_synthetic_fnr: bool,
     pub repair_leading_zero: bool,
     severities: BTreeMap<&'static str, Severity>,
+    thresholds: BTreeMap<&'static str, Option<f64>>,
     pub avvik: Vec<Avvik>,
     /// The snapshot being checked: (omfang, as_of), stamped on each deviation.
     pub snapshot: (Option<String>, i64),
@@ -88,14 +89,36 @@ impl Checker {
             .iter()
             .map(|r| (r.name, cfg.severity_override(r.name).unwrap_or(r.default)))
             .collect();
+        let thresholds = rules::RULES
+            .iter()
+            .map(|r| (r.name, cfg.threshold_override(r.name).or(r.threshold)))
+            .collect();
         Checker {
             allow_synthetic_fnr: cfg.allow_synthetic_fnr,
             repair_leading_zero: cfg.repair_leading_zero,
             severities,
+            thresholds,
             avvik: Vec::new(),
             snapshot: (None, 0),
             failed: BTreeMap::new(),
         }
+    }
+
+    /// Threshold of a rule (configured, else its default).
+    pub fn threshold(&self, rule: &str) -> Option<f64> {
+        self.thresholds.get(rule).copied().flatten()
+    }
+
+    /// Records so far with an invalid fødselsnummer (any of the fnr rules).
+    pub fn invalid_fnr(&self) -> u64 {
+        [
+            rules::FNR_UGYLDIG,
+            rules::FNR_MANGLAR_NULL,
+            rules::FNR_SYNTETISK,
+        ]
+        .iter()
+        .map(|r| self.failed.get(r).copied().unwrap_or(0))
+        .sum()
     }
 
     pub fn severity(&self, rule: &str) -> Severity {

@@ -7,6 +7,8 @@ use super::Severity;
 pub struct Rule {
     pub name: &'static str,
     pub default: Severity,
+    /// Default threshold, for rules about shares (e.g. 0.05 = 5 %).
+    pub threshold: Option<f64>,
     pub table: &'static str,
     pub explanation: &'static str,
 }
@@ -20,6 +22,7 @@ const fn rule(
     Rule {
         name,
         default,
+        threshold: None,
         table,
         explanation,
     }
@@ -38,6 +41,10 @@ pub const ORGNR_UGYLDIG: &str = "orgnr_ugyldig";
 pub const DUPLIKAT: &str = "duplikat";
 pub const UKJENT_SKOLE: &str = "ukjent_skole";
 pub const UKJENT_ELEV: &str = "ukjent_elev";
+pub const FEIDENAVN_UGYLDIG: &str = "feidenavn_ugyldig";
+pub const FNR_UGYLDIG_ANDEL: &str = "fnr_ugyldig_andel";
+pub const EPOST_UGYLDIG: &str = "epost_ugyldig";
+pub const MOBIL_UGYLDIG: &str = "mobil_ugyldig";
 
 pub const RULES: &[Rule] = &[
     rule(FNR_UGYLDIG, Severity::Drop, "elev",
@@ -66,6 +73,17 @@ pub const RULES: &[Rule] = &[
         "Elevforholdet viser til ein skule som ikkje finst i leveransen eller i skule-tabellen."),
     rule(UKJENT_ELEV, Severity::Drop, "elevforhold",
         "Elevforholdet viser til ein elev som ikkje finst (eller vart forkasta) i leveransen."),
+    Rule {
+        threshold: Some(0.05),
+        ..rule(FNR_UGYLDIG_ANDEL, Severity::Warn, "elev",
+            "Delen elevar ved ein skule med ugyldig fødselsnummer er over terskelen (standard 5 %); set alvorsgrad \"fail\" for å stoppe køyringa.")
+    },
+    rule(FEIDENAVN_UGYLDIG, Severity::Warn, "elev",
+        "Feidenamnet er ikkje på forma brukar@domene (med små bokstavar)."),
+    rule(EPOST_UGYLDIG, Severity::Warn, "elev",
+        "E-postadressa er ikkje ei gyldig adresse."),
+    rule(MOBIL_UGYLDIG, Severity::Warn, "elev",
+        "Mobilnummeret er ikkje eit norsk mobilnummer (8 siffer som byrjar på 4 eller 9)."),
 ];
 
 pub fn find(name: &str) -> Option<&'static Rule> {

@@ -408,6 +408,18 @@ fn validate(
         .collect();
 
     // Keys of every delivered pupil, kept or not: references to dropped pupils are not new news.
+    // The school of each pupil (from the snapshot's elevforhold), for per-school thresholds.
+    let school_of: std::collections::HashMap<String, String> = rows
+        .elevforhold
+        .iter()
+        .filter_map(|ef| Some((ef.elev_kilde_nokkel.clone()?, ef.skolenummer.clone()?)))
+        .collect();
+    let mut per_school: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let kildesystem = rows
+        .elev
+        .first()
+        .map(|e| e.r.kildesystem.clone())
+        .unwrap_or_default();
     let delivered: HashSet<String> = rows
         .elev
         .iter()
@@ -447,7 +459,20 @@ fn validate(
             );
             keep &= sev != Severity::Drop;
         }
+        let invalid_before = c.invalid_fnr();
         keep &= check_fnr(c, &mut e, today);
+        let school =
+            e.r.skolenummer
+                .clone()
+                .or_else(|| {
+                    e.kilde_nokkel
+                        .as_ref()
+                        .and_then(|k| school_of.get(k).cloned())
+                })
+                .unwrap_or_else(|| "-".into());
+        let tally = per_school.entry(school).or_insert((0, 0));
+        tally.0 += 1;
+        tally.1 += (c.invalid_fnr() > invalid_before) as u64;
         if e.fnr_required {
             // The Vigo list is keyed by the (normalised, possibly repaired) fødselsnummer.
             e.kilde_nokkel = e.fodselsnummer.clone();
@@ -461,6 +486,37 @@ fn validate(
                     Some(k.clone()),
                     "Kommunenummeret finst ikkje i kommunelista for 2024",
                 );
+                keep &= sev != Severity::Drop;
+            }
+        }
+        // Contact fields: the value itself is personal data, so only the field is reported.
+        type Check = fn(&str) -> bool;
+        let contact: [(&'static str, &'static str, Option<&String>, Check, &str); 3] = [
+            (
+                rules::FEIDENAVN_UGYLDIG,
+                "feidenavn",
+                e.feidenavn.as_ref(),
+                fnr::valid_feidenavn,
+                "Feidenamnet er ikkje på forma brukar@domene",
+            ),
+            (
+                rules::EPOST_UGYLDIG,
+                "epostadresse",
+                e.epostadresse.as_ref(),
+                fnr::valid_epost,
+                "E-postadressa er ikkje gyldig",
+            ),
+            (
+                rules::MOBIL_UGYLDIG,
+                "mobiltelefonnummer",
+                e.mobiltelefonnummer.as_ref(),
+                fnr::valid_mobil,
+                "Mobilnummeret er ikkje eit norsk mobilnummer (8 siffer, byrjar på 4 eller 9)",
+            ),
+        ];
+        for (rule, field, value, ok, message) in contact {
+            if value.is_some_and(|v| !ok(v)) {
+                let sev = c.report(&e.r, rule, Some(field), None, message);
                 keep &= sev != Severity::Drop;
             }
         }
@@ -486,6 +542,22 @@ fn validate(
             continue;
         }
         out.elev.push(e);
+    }
+    // Share of invalid fødselsnummer per school above the threshold.
+    let threshold = c.threshold(rules::FNR_UGYLDIG_ANDEL).unwrap_or(0.05);
+    for (school, (n, bad)) in &per_school {
+        let share = *bad as f64 / (*n).max(1) as f64;
+        if *bad > 0 && share > threshold {
+            let r = RecordRef {
+                kildesystem: kildesystem.clone(),
+                kjelde: String::new(),
+                rad: 0,
+                skolenummer: (school != "-").then(|| school.clone()),
+                system_id: None,
+            };
+            c.report(&r, rules::FNR_UGYLDIG_ANDEL, Some("fodselsnummer"), Some(format!("{:.1} %", share * 100.0)),
+                format!("{bad} av {n} elevar ved skulen har ugyldig fødselsnummer (over {:.0} %) — sjekk eksporten frå skulesystemet", threshold * 100.0));
+        }
     }
     let elev_keys: HashSet<String> = out
         .elev

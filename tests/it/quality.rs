@@ -142,3 +142,61 @@ async fn the_report_answers_the_three_questions_and_says_why_a_run_failed() {
     assert!(page.starts_with("<!doctype html>") && page.matches("<svg").count() == 4);
     assert!(!page.contains("http://") && !page.contains("https://") && !page.contains("<script"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_share_threshold_per_school_can_fail_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = warehouse(&dir);
+    let body = std::fs::read_to_string(crate::common::repo().join("pipelines/voss.toml"))
+        .unwrap()
+        .replace("../sample_data", "{repo}/sample_data");
+    // Default 5 %: one bad number among 25 lines at 46520 (4 %) is below it.
+    let p = crate::common::pipeline_file(dir.path(), "default.toml", &body);
+    let p = elevflyt::config::Pipeline::load(&p, Some(&w)).unwrap();
+    crate::scenarios::load(&p).await;
+    assert_eq!(
+        count(
+            &p,
+            "SELECT count(*) FROM avvik WHERE regel = 'fnr_ugyldig_andel'"
+        )
+        .await,
+        0
+    );
+    // 2 % as a fail rule: the run fails and says which school, with the share, not the numbers.
+    let dir2 = tempfile::tempdir().unwrap();
+    let strict = body + "fnr_ugyldig_andel = { alvorsgrad = \"fail\", terskel = 0.02 }\n";
+    let f = crate::common::pipeline_file(dir2.path(), "strict.toml", &strict);
+    let out = elevflyt(&["run", f.to_str().unwrap(), "--warehouse", &warehouse(&dir2)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fnr_ugyldig_andel"));
+    let p2 = elevflyt::config::Pipeline::load(&f, Some(&warehouse(&dir2))).unwrap();
+    let got = rows(
+        &p2,
+        "SELECT skolenummer, alvorsgrad, verdi FROM avvik WHERE regel = 'fnr_ugyldig_andel'",
+    )
+    .await;
+    assert_eq!(got, [["46520", "fail", "4.0 %"]]);
+    // The table form is only for rules with a threshold, and the share must be 0–1.
+    for bad in [
+        "duplikat = { alvorsgrad = \"fail\" }",
+        "fnr_ugyldig_andel = { terskel = 5 }",
+        "fnr_ugyldig_andel = { nivaa = 1 }",
+    ] {
+        let f = crate::common::pipeline_file(
+            dir2.path(),
+            "bad.toml",
+            &format!("{}{bad}\n", body_without_quality_tail(&strict)),
+        );
+        let out = elevflyt(&["run", f.to_str().unwrap(), "--warehouse", &warehouse(&dir2)]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+    }
+    let rules = String::from_utf8_lossy(&elevflyt(&["rules"]).stdout).to_string();
+    assert!(rules.contains("fnr_ugyldig_andel") && rules.contains("5 %"));
+}
+
+fn body_without_quality_tail(s: &str) -> String {
+    s.lines()
+        .filter(|l| !l.starts_with("fnr_ugyldig_andel"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
