@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::metrics::Metric;
+use crate::quality::rules;
 use crate::run::RunContext;
 use crate::schema::{self, Table};
 use crate::standardize::{stage_table, SnapshotKey, StagedData};
@@ -627,6 +628,7 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
     let mut ef = TableRun::new(&schema::ELEVFORHOLD, &rebuilt);
     let mut skole = TableRun::new(&schema::SKOLE, &rebuilt);
     load_current(&session, &schema::ELEV, &mut elev.engine, &rebuilt).await?;
+    let stored_current = current_count(&session, "elev").await?;
     load_current(&session, &schema::ELEVFORHOLD, &mut ef.engine, &rebuilt).await?;
     load_current(&session, &schema::SKOLE, &mut skole.engine, &rebuilt).await?;
     let kommune = ctx.pipeline.kommunenummer().to_string();
@@ -748,6 +750,43 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
         run.reconcile(&session).await?;
     }
 
+    // Row-count change of current pupils against what is stored: a sudden drop is more often a
+    // broken export than pupils leaving.
+    let before = stored_current;
+    let after = elev.engine.state.len();
+    if before > 0 {
+        let change = after as f64 / before as f64 - 1.0;
+        let limit = checker_threshold(ctx, rules::RADENDRING);
+        let sev = checker_severity(ctx, rules::RADENDRING);
+        let alarm = change.abs() > limit;
+        out.metrics.push(Metric {
+            tabell: "elev".into(),
+            regel_eller_metrikk: rules::RADENDRING.into(),
+            kolonne: Some(format!("{before} → {after}")),
+            verdi: Some(change),
+            bestatt: Some(!alarm as i64),
+            feila: Some(alarm as i64),
+            status: if alarm {
+                sev.as_str().into()
+            } else {
+                "ok".into()
+            },
+        });
+        if alarm {
+            tracing::warn!(
+                before,
+                after,
+                change = format!("{:+.1} %", change * 100.0),
+                "the number of current pupils changed more than the threshold"
+            );
+            if sev == crate::quality::Severity::Fail {
+                return Err(Error::RuleFailed(format!(
+                    "fail-regel broten: {} (gjeldande elevar {before} → {after}, {:+.1} %, terskel {:.0} %); ingen datatabell er endra",
+                    rules::RADENDRING, change * 100.0, limit * 100.0
+                )));
+            }
+        }
+    }
     let transaction_time = chrono::Utc::now().timestamp_micros();
     let mut changed = false;
     for run in [&skole, &elev, &ef] {
@@ -776,7 +815,7 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
         }
     }
     crate::run::crash_point("after-elevliste");
-    out.metrics = publish_metrics(ctx).await?;
+    out.metrics.extend(publish_metrics(ctx).await?);
     Ok(out)
 }
 
@@ -905,6 +944,40 @@ async fn write_elevliste(ctx: &RunContext) -> Result<(usize, Option<i64>)> {
 }
 
 /// Metrics over the published current state: rows per table, pupils per class and trinn.
+fn checker_threshold(ctx: &RunContext, rule: &str) -> f64 {
+    ctx.pipeline
+        .file
+        .quality
+        .threshold_override(rule)
+        .or(rules::find(rule).and_then(|r| r.threshold))
+        .unwrap_or(0.0)
+}
+
+fn checker_severity(ctx: &RunContext, rule: &str) -> crate::quality::Severity {
+    ctx.pipeline
+        .file
+        .quality
+        .severity_override(rule)
+        .or(rules::find(rule).map(|r| r.default))
+        .unwrap_or(crate::quality::Severity::Warn)
+}
+
+async fn current_count(session: &SessionContext, table: &str) -> Result<usize> {
+    if !crate::delta::has_table(session, table) {
+        return Ok(0);
+    }
+    let b = crate::delta::query(
+        session,
+        &format!("SELECT count(*) AS n FROM {table} WHERE is_current"),
+    )
+    .await?;
+    let n = arrow::compute::cast(b[0].column(0), &arrow::datatypes::DataType::Int64)?;
+    Ok(n.as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .map(|a| a.value(0) as usize)
+        .unwrap_or(0))
+}
+
 async fn publish_metrics(ctx: &RunContext) -> Result<Vec<Metric>> {
     let session = crate::delta::session(&ctx.pipeline, &["elev", "elevforhold", "skole"]).await?;
     let mut m = Vec::new();
@@ -934,6 +1007,49 @@ async fn publish_metrics(ctx: &RunContext) -> Result<Vec<Metric>> {
                 .unwrap_or(0.0);
             m.push(Metric::value(t, "rader_totalt", None, n));
             m.push(Metric::value(t, "rader_gjeldande", None, c));
+            let key = if t == "skole" { "skolenummer" } else { "id" };
+            let dup = crate::delta::query(
+                &session,
+                &format!("SELECT count(*) - count(DISTINCT {key}) AS d FROM {t} WHERE is_current"),
+            )
+            .await?;
+            let d = arrow::compute::cast(dup[0].column(0), &arrow::datatypes::DataType::Int64)?;
+            let d = d
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .map(|a| a.value(0))
+                .unwrap_or(0);
+            m.push(Metric {
+                tabell: t.into(),
+                regel_eller_metrikk: "unik_nokkel".into(),
+                kolonne: Some(key.into()),
+                verdi: Some(if c > 0.0 { (c - d as f64) / c } else { 1.0 }),
+                bestatt: Some(c as i64 - d),
+                feila: Some(d),
+                status: if d == 0 { "ok".into() } else { "fail".into() },
+            });
+        }
+    }
+    // Freshness: age of the newest published snapshot per source.
+    let lev = crate::delta::session(&ctx.pipeline, &["leveranse"]).await?;
+    if crate::delta::has_table(&lev, "leveranse") {
+        for b in crate::delta::query(
+            &lev,
+            "SELECT kildesystem, max(as_of) AS t FROM leveranse GROUP BY kildesystem",
+        )
+        .await?
+        {
+            let k = crate::delta::strings(&b, "kildesystem")?;
+            let t = crate::delta::micros(&b, "t")?;
+            for i in 0..b.num_rows() {
+                let days = (ctx.started.timestamp_micros() - t.value(i)) as f64 / 86_400e6;
+                m.push(Metric::value(
+                    "leveranse",
+                    "ferskleik_dagar",
+                    Some(k.value(i).to_string()),
+                    days,
+                ));
+            }
         }
     }
     if crate::delta::has_table(&session, "elevforhold") {

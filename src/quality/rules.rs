@@ -43,6 +43,7 @@ pub const UKJENT_SKOLE: &str = "ukjent_skole";
 pub const UKJENT_ELEV: &str = "ukjent_elev";
 pub const FEIDENAVN_UGYLDIG: &str = "feidenavn_ugyldig";
 pub const FNR_UGYLDIG_ANDEL: &str = "fnr_ugyldig_andel";
+pub const RADENDRING: &str = "radendring";
 pub const EPOST_UGYLDIG: &str = "epost_ugyldig";
 pub const MOBIL_UGYLDIG: &str = "mobil_ugyldig";
 
@@ -77,6 +78,11 @@ pub const RULES: &[Rule] = &[
         threshold: Some(0.05),
         ..rule(FNR_UGYLDIG_ANDEL, Severity::Warn, "elev",
             "Delen elevar ved ein skule med ugyldig fødselsnummer er over terskelen (standard 5 %); set alvorsgrad \"fail\" for å stoppe køyringa.")
+    },
+    Rule {
+        threshold: Some(0.2),
+        ..rule(RADENDRING, Severity::Warn, "elev",
+            "Talet på gjeldande elevar endrar seg meir enn terskelen (standard 20 %) frå førre køyring: ofte ein øydelagd eksport.")
     },
     rule(FEIDENAVN_UGYLDIG, Severity::Warn, "elev",
         "Feidenamnet er ikkje på forma brukar@domene (med små bokstavar)."),

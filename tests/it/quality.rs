@@ -200,3 +200,66 @@ fn body_without_quality_tail(s: &str) -> String {
         .map(|l| format!("{l}\n"))
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sudden_drop_in_pupils_is_flagged_or_stops_the_run() {
+    use crate::fixtures::{oneroster, p as pupil, pipeline, tenor};
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let all: Vec<_> = (0..10)
+        .map(|i| {
+            pupil(
+                &format!("u{i}"),
+                &tenor(300 + i, false),
+                "Fall",
+                "46591",
+                "5A",
+            )
+        })
+        .collect();
+    oneroster(&src, "2026-01-10", &all);
+    let warn = pipeline(dir.path(), &[("vigilo", "oneroster-json", &src)], "");
+    crate::scenarios::load(&warn).await;
+    oneroster(&src, "2026-02-10", &all[..5]);
+    crate::scenarios::load(&warn).await;
+    let got = rows(&warn, "SELECT kolonne, CAST(verdi AS VARCHAR), status FROM kvalitet WHERE regel_eller_metrikk = 'radendring'").await;
+    assert_eq!(got, [["10 → 5", "-0.5", "warn"]]);
+    assert_eq!(
+        count(&warn, "SELECT count(*) FROM elev WHERE is_current").await,
+        5
+    );
+    // Freshness and key uniqueness are measured too.
+    assert_eq!(count(&warn, "SELECT count(*) FROM kvalitet WHERE regel_eller_metrikk = 'unik_nokkel' AND status = 'ok'").await, 6);
+    assert!(count(&warn, "SELECT CAST(max(verdi) AS BIGINT) FROM kvalitet WHERE regel_eller_metrikk = 'ferskleik_dagar'").await > 200);
+
+    // As a fail rule the same drop changes no data table.
+    let dir2 = tempfile::tempdir().unwrap();
+    let src2 = dir2.path().join("src");
+    oneroster(&src2, "2026-01-10", &all);
+    let strict = pipeline(
+        dir2.path(),
+        &[("vigilo", "oneroster-json", &src2)],
+        "radendring = { alvorsgrad = \"fail\", terskel = 0.3 }",
+    );
+    crate::scenarios::load(&strict).await;
+    let before = crate::common::versions(&strict, &["elev", "elevforhold", "elevliste_vgs"]).await;
+    oneroster(&src2, "2026-02-10", &all[..5]);
+    let err = elevflyt::run::execute(
+        &elevflyt::run::RunContext::new(strict.clone()),
+        elevflyt::run::Stage::All,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, elevflyt::Error::RuleFailed(_)) && err.to_string().contains("radendring"),
+        "{err}"
+    );
+    assert_eq!(
+        crate::common::versions(&strict, &["elev", "elevforhold", "elevliste_vgs"]).await,
+        before
+    );
+    assert_eq!(
+        rows(&strict, "SELECT status FROM kjoring ORDER BY started").await,
+        [["ok"], ["fail"]]
+    );
+}
