@@ -125,7 +125,8 @@ pub fn standardize_metrics(
     Ok(m)
 }
 
-/// Pupils per (skolenummer, klasse) and per trinn among the given elevforhold rows, with polars.
+/// Pupils per (skolenummer, klasse), per school and per trinn among the given elevforhold rows,
+/// with polars.
 pub fn pupils_per_class(ef: &DataFrame) -> Result<Vec<Metric>> {
     let mut m = Vec::new();
     if ef.height() == 0 {
@@ -151,6 +152,24 @@ pub fn pupils_per_class(ef: &DataFrame) -> Result<Vec<Metric>> {
                 s.get(i).unwrap_or("-"),
                 k.get(i).unwrap_or("-")
             )),
+            n.get(i).unwrap_or(0) as f64,
+        ));
+    }
+    let per_school = ef
+        .clone()
+        .lazy()
+        .group_by([col("skolenummer")])
+        .agg([len().alias("antall")])
+        .sort(["skolenummer"], Default::default())
+        .collect()?;
+    let s = per_school.column("skolenummer")?.str()?.clone();
+    let n = per_school.column("antall")?.cast(&DataType::Int64)?;
+    let n = n.i64()?;
+    for i in 0..per_school.height() {
+        m.push(Metric::value(
+            "elevforhold",
+            "elevar_per_skule",
+            s.get(i).map(str::to_string),
             n.get(i).unwrap_or(0) as f64,
         ));
     }

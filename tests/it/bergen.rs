@@ -161,6 +161,10 @@ async fn history_tells_the_story_and_a_rerun_changes_nothing() {
         .await
             >= 30
     );
+    assert_eq!(
+        rows(&p, "SELECT kolonne, CAST(verdi AS BIGINT) FROM kvalitet WHERE regel_eller_metrikk = 'elevar_per_skule' ORDER BY 1").await,
+        [["46550", "101"], ["46551", "102"], ["46552", "96"]]
+    );
     assert_eq!(count(&p, "SELECT CAST(verdi AS BIGINT) FROM kvalitet WHERE regel_eller_metrikk = 'ugyldige_fodselsnummer'").await, 2);
 
     // A second run over the same files: nothing read, no new version of any data table.

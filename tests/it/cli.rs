@@ -50,8 +50,14 @@ fn personal_data() -> Vec<String> {
 fn runs_log_json_and_text_without_personal_data() {
     let pii = personal_data();
     assert!(pii.len() > 300, "found {} identifiers", pii.len());
-    let dir = tempdir();
-    for (pipeline, format) in [("bergen.toml", "json"), ("voss.toml", "text")] {
+    for (pipeline, format) in [
+        ("bergen.toml", "json"),
+        ("voss.toml", "text"),
+        ("bergen.toml", "text"),
+        ("voss.toml", "json"),
+    ] {
+        // A fresh warehouse for each, so that every combination really processes the files.
+        let dir = tempdir();
         let out = elevflyt()
             .args([
                 "run",
