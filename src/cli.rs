@@ -62,6 +62,8 @@ pub enum Command {
     /// The operator report: pupils per class, invalid fødselsnummer, when data was last loaded,
     /// open deviations per school, the last runs (and why one failed) and quality over time.
     Report(ReportArgs),
+    /// Write synthetic exports (Tenor numbers, invented names) at any scale, deterministic by seed.
+    Generate(GenerateArgs),
     /// List the quality rules with their default severity and what they check.
     Rules,
     /// Print the table reference (Markdown) generated from the schema definitions.
@@ -83,6 +85,38 @@ pub struct StageArgs {
     /// ingest only see data that an earlier run has ingested.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Kommunenummer, or `alle` for every kommune in the 2024 list (a national set).
+    #[arg(long, default_value = "4601")]
+    pub kommune: String,
+    /// Number of pupils in the first snapshot.
+    #[arg(long, default_value_t = 1000)]
+    pub pupils: u64,
+    /// Number of snapshots.
+    #[arg(long, default_value_t = 1)]
+    pub snapshots: u32,
+    /// Share of pupils changed between snapshots (moves, name changes, leavers, newcomers,
+    /// D-number → fødselsnummer).
+    #[arg(long, default_value_t = 0.01)]
+    pub churn: f64,
+    /// oneroster-json or vigo-csv.
+    #[arg(long, default_value = "oneroster-json")]
+    pub format: String,
+    /// Seed: the same seed gives the same files.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Date of the first snapshot.
+    #[arg(long, default_value = "2026-01-15")]
+    pub start: String,
+    /// Days between snapshots.
+    #[arg(long, default_value_t = 1)]
+    pub interval_days: i64,
+    /// Folder to write into.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -257,6 +291,7 @@ async fn dispatch(cmd: Command) -> Result<()> {
             return print_batches(&batches, a.table.format);
         }
         Command::Check(a) => return check(a).await,
+        Command::Generate(a) => return generate(a),
         Command::Report(a) => {
             let p = Pipeline::load(&a.pipeline, a.warehouse.as_deref())?;
             let r = crate::report::build(&p).await?;
@@ -345,6 +380,53 @@ async fn sql(a: SqlArgs) -> Result<()> {
     let session = crate::ops::session_at(&pipeline, a.version, timestamp).await?;
     let batches = crate::delta::query(&session, &a.query).await?;
     print_batches(&batches, a.format)
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let kommuner = if a.kommune == "alle" {
+        crate::quality::kommuner::all()
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    } else if crate::quality::kommuner::is_kommune(&a.kommune) {
+        vec![a.kommune.clone()]
+    } else {
+        return Err(Error::Usage(format!(
+            "--kommune `{}` is not in the 2024 list (or `alle`)",
+            a.kommune
+        )));
+    };
+    let format: crate::config::Format = serde_json::from_value(serde_json::json!(a.format))
+        .map_err(|_| {
+            Error::Usage(format!(
+                "--format `{}`: use oneroster-json or vigo-csv",
+                a.format
+            ))
+        })?;
+    if !(0.0..=1.0).contains(&a.churn) {
+        return Err(Error::Usage("--churn is a share between 0 and 1".into()));
+    }
+    let start = chrono::NaiveDate::parse_from_str(&a.start, "%Y-%m-%d")
+        .map_err(|_| Error::Usage(format!("--start `{}`: use YYYY-MM-DD", a.start)))?;
+    let spec = crate::generate::Spec {
+        kommuner,
+        pupils: a.pupils,
+        snapshots: a.snapshots,
+        churn: a.churn,
+        seed: a.seed,
+        start,
+        interval_days: a.interval_days,
+        format,
+    };
+    let t = std::time::Instant::now();
+    let files = crate::generate::generate(&spec, &a.out)?;
+    eprintln!(
+        "wrote {} files to {} in {:.1} s",
+        files.len(),
+        a.out.display(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 async fn check(a: PipelineArgs) -> Result<()> {

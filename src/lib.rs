@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod delta;
 pub mod error;
+pub mod generate;
 pub mod ingest;
 pub mod metrics;
 pub mod ops;

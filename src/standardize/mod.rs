@@ -438,6 +438,13 @@ fn validate(
     // both) goes with it, already reported.
     let mut dropped_records = HashSet::new();
     for mut e in rows.elev {
+        // A pupil's deviations go to the school the pupil is enrolled at.
+        if e.r.skolenummer.is_none() {
+            e.r.skolenummer = e
+                .kilde_nokkel
+                .as_ref()
+                .and_then(|k| school_of.get(k).cloned());
+        }
         let mut keep = true;
         if e.fornavn.is_none() || e.etternavn.is_none() {
             let sev = c.report(

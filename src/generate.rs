@@ -1,0 +1,478 @@
+//! `elevflyt generate`: synthetic exports at any scale, deterministic by seed — Tenor-style
+//! fødselsnummer (month + 80) with valid control digits, invented names, about 300 pupils per
+//! school, and churn between snapshots (moves, name changes, leavers, newcomers, D-number →
+//! fødselsnummer). Never real people.
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use chrono::{Duration, NaiveDate};
+
+use crate::error::{Error, Result};
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Kommunenummer, or every kommune in the 2024 list.
+    pub kommuner: Vec<String>,
+    pub pupils: u64,
+    pub snapshots: u32,
+    pub churn: f64,
+    pub seed: u64,
+    pub start: NaiveDate,
+    pub interval_days: i64,
+    pub format: crate::config::Format,
+}
+
+/// A small deterministic generator (splitmix64).
+struct Rng(u64, std::collections::HashSet<String>);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15, Default::default())
+    }
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+}
+
+const FORNAVN: &[&str] = &[
+    "Ingrid",
+    "Ola",
+    "Kari",
+    "Sindre",
+    "Åse",
+    "Bjørn",
+    "Solveig",
+    "Eirik",
+    "Marte",
+    "Håkon",
+    "Sigrid",
+    "Torbjørn",
+    "Ragnhild",
+    "Øystein",
+    "Liv",
+    "Jørgen",
+    "Tuva",
+    "Even",
+    "Maja",
+    "Aksel",
+    "Hedda",
+    "Vetle",
+    "Ylva",
+    "Brage",
+    "Frøya",
+    "Tiril",
+    "Sølve",
+    "Embla",
+    "Odin",
+    "Nora",
+];
+const ETTERNAVN: &[&str] = &[
+    "Fjellheim",
+    "Nordbø",
+    "Strandvik",
+    "Brekkestø",
+    "Lysefjord",
+    "Haugland",
+    "Myrvang",
+    "Skogrand",
+    "Sætervik",
+    "Øvrebø",
+    "Kvamsdal",
+    "Lindås",
+    "Tveitane",
+    "Rølvåg",
+    "Bjørkedal",
+    "Solheimsvik",
+    "Grønås",
+    "Hammersvoll",
+    "Åsvang",
+    "Bergslien",
+];
+
+/// A synthetic Tenor number (month + 80) for a birth date; `dnr` adds 40 to the day.
+fn tenor_fnr(rng: &mut Rng, year: i32, month: u32, day: u32, dnr: bool) -> String {
+    const W1: [u32; 9] = [3, 7, 6, 1, 8, 9, 4, 5, 2];
+    const W2: [u32; 10] = [5, 4, 3, 2, 7, 6, 5, 4, 3, 2];
+    loop {
+        let individ = 500 + rng.below(500) as u32;
+        let s = format!(
+            "{:02}{:02}{:02}{:03}",
+            day + if dnr { 40 } else { 0 },
+            month + 80,
+            year % 100,
+            individ
+        );
+        let d: Vec<u32> = s.bytes().map(|b| (b - b'0') as u32).collect();
+        let k1 = (11 - W1.iter().zip(&d).map(|(w, x)| w * x).sum::<u32>() % 11) % 11;
+        if k1 == 10 {
+            continue;
+        }
+        let k2 = (11
+            - W2.iter()
+                .zip(d.iter().chain([&k1]))
+                .map(|(w, x)| w * x)
+                .sum::<u32>()
+                % 11)
+            % 11;
+        if k2 == 10 {
+            continue;
+        }
+        let fnr = format!("{s}{k1}{k2}");
+        // Every number once: two pupils never share one.
+        if rng.1.insert(fnr.clone()) {
+            return fnr;
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Pupil {
+    sid: String,
+    fnr: String,
+    dnr_birth: Option<(i32, u32, u32)>,
+    given: &'static str,
+    family: &'static str,
+    school: usize,
+    grade: u32,
+    class: char,
+}
+
+struct School {
+    kommune: String,
+    skolenummer: String,
+    orgnr: String,
+    name: String,
+}
+
+fn orgnr(n: u64) -> String {
+    const W: [u64; 8] = [3, 2, 7, 6, 5, 4, 3, 2];
+    let mut base = 310_000_000 / 10 + n * 7;
+    loop {
+        let digits: Vec<u64> = format!("{base:08}")
+            .bytes()
+            .map(|b| (b - b'0') as u64)
+            .collect();
+        let k = (11 - W.iter().zip(&digits).map(|(w, x)| w * x).sum::<u64>() % 11) % 11;
+        if k < 10 {
+            return format!("{base:08}{k}");
+        }
+        base += 1;
+    }
+}
+
+fn schools(spec: &Spec) -> Vec<School> {
+    let per_school = 300;
+    let n_schools = spec.pupils.div_ceil(per_school).max(1) as usize;
+    let mut per_fylke: std::collections::HashMap<String, u32> = Default::default();
+    (0..n_schools)
+        .map(|i| {
+            let kommune = spec.kommuner[i % spec.kommuner.len()].clone();
+            let fylke = kommune[..2].to_string();
+            let seq = per_fylke.entry(fylke.clone()).or_insert(500);
+            let nr = *seq;
+            *seq += 1;
+            let skolenummer = if nr <= 799 {
+                format!("{fylke}{nr:03}")
+            } else {
+                format!("{fylke}{:03}", nr % 1000)
+            };
+            School {
+                kommune,
+                skolenummer,
+                orgnr: orgnr(i as u64),
+                name: format!("{} skule", ETTERNAVN[i % ETTERNAVN.len()]),
+            }
+        })
+        .collect()
+}
+
+fn new_pupil(rng: &mut Rng, i: u64, n_schools: usize, year_end: i32) -> Pupil {
+    let grade = 1 + rng.below(10) as u32;
+    let year = year_end - 6 - grade as i32;
+    let (month, day) = (1 + rng.below(12) as u32, 1 + rng.below(28) as u32);
+    let dnr = rng.chance(0.02);
+    Pupil {
+        sid: format!("P{i:07}"),
+        fnr: tenor_fnr(rng, year, month, day, dnr),
+        dnr_birth: dnr.then_some((year, month, day)),
+        given: FORNAVN[rng.below(FORNAVN.len() as u64) as usize],
+        family: ETTERNAVN[rng.below(ETTERNAVN.len() as u64) as usize],
+        school: rng.below(n_schools as u64) as usize,
+        grade,
+        class: if rng.chance(0.5) { 'A' } else { 'B' },
+    }
+}
+
+/// Applies churn to a snapshot's pupils: moves, name changes, leavers, newcomers, D → fnr.
+fn churn(
+    rng: &mut Rng,
+    pupils: &mut Vec<Pupil>,
+    rate: f64,
+    next_id: &mut u64,
+    n_schools: usize,
+    year_end: i32,
+) {
+    let n = pupils.len();
+    let changes = (n as f64 * rate).round() as usize;
+    for _ in 0..changes {
+        if pupils.is_empty() {
+            break;
+        }
+        let k = rng.below(pupils.len() as u64) as usize;
+        match rng.below(5) {
+            0 => pupils[k].school = rng.below(n_schools as u64) as usize,
+            1 => pupils[k].family = ETTERNAVN[rng.below(ETTERNAVN.len() as u64) as usize],
+            2 => {
+                pupils.swap_remove(k);
+            }
+            3 => {
+                pupils.push(new_pupil(rng, *next_id, n_schools, year_end));
+                *next_id += 1;
+            }
+            _ => {
+                if let Some((y, m, d)) = pupils[k].dnr_birth.take() {
+                    pupils[k].fnr = tenor_fnr(rng, y, m, d, false);
+                } else {
+                    pupils[k].class = if pupils[k].class == 'A' { 'B' } else { 'A' };
+                }
+            }
+        }
+    }
+}
+
+/// Writes the exports; returns the files written.
+pub fn generate(spec: &Spec, out: &Path) -> Result<Vec<String>> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| Error::Usage(format!("cannot create {}: {e}", out.display())))?;
+    let mut rng = Rng::new(spec.seed);
+    let schools = schools(spec);
+    let year_end = if chrono::Datelike::month(&spec.start) >= 8 {
+        chrono::Datelike::year(&spec.start) + 1
+    } else {
+        chrono::Datelike::year(&spec.start)
+    };
+    let mut pupils: Vec<Pupil> = (0..spec.pupils)
+        .map(|i| new_pupil(&mut rng, i, schools.len(), year_end))
+        .collect();
+    let mut next_id = spec.pupils;
+    let mut files = Vec::new();
+    for k in 0..spec.snapshots {
+        if k > 0 {
+            churn(
+                &mut rng,
+                &mut pupils,
+                spec.churn,
+                &mut next_id,
+                schools.len(),
+                year_end,
+            );
+        }
+        let date = spec.start + Duration::days(spec.interval_days * k as i64);
+        match spec.format {
+            crate::config::Format::OnerosterJson => {
+                files.extend(write_oneroster(out, date, year_end, &schools, &pupils)?)
+            }
+            crate::config::Format::VigoCsv => {
+                files.extend(write_vigo(out, date, &schools, &pupils)?)
+            }
+        }
+    }
+    Ok(files)
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::Other(format!("cannot write {}: {e}", path.display()))
+}
+
+fn write_oneroster(
+    out: &Path,
+    date: NaiveDate,
+    year_end: i32,
+    schools: &[School],
+    pupils: &[Pupil],
+) -> Result<Vec<String>> {
+    let d = date.format("%Y-%m-%d").to_string();
+    let modified = format!(
+        "{}T00:00:00Z",
+        (date - Duration::days(1)).format("%Y-%m-%d")
+    );
+    let mut names = Vec::new();
+    let mut open = |name: &str| -> Result<(BufWriter<std::fs::File>, std::path::PathBuf)> {
+        let path = out.join(format!("{name}-{d}.json"));
+        names.push(path.display().to_string());
+        let f = std::fs::File::create(&path).map_err(io(&path))?;
+        Ok((BufWriter::with_capacity(1 << 20, f), path))
+    };
+    let (mut w, p) = open("orgs")?;
+    write!(w, "{{\"orgs\": [").map_err(io(&p))?;
+    for (i, s) in schools.iter().enumerate() {
+        write!(
+            w,
+            "{}\n{{\"sourcedId\":\"org-{}\",\"status\":\"active\",\"dateLastModified\":\"{modified}\",\"name\":\"{}\",\"type\":\"school\",\"identifier\":\"{}\",\"metadata\":{{\"skolenummer\":\"{}\",\"kommunenummer\":\"{}\"}}}}",
+            if i > 0 { "," } else { "" }, s.skolenummer, s.name, s.orgnr, s.skolenummer, s.kommune
+        ).map_err(io(&p))?;
+    }
+    writeln!(w, "]}}").map_err(io(&p))?;
+    w.flush().map_err(io(&p))?;
+
+    let (mut w, p) = open("academicSessions")?;
+    writeln!(w, "{{\"academicSessions\": [{{\"sourcedId\":\"as-{year_end}\",\"status\":\"active\",\"title\":\"{}/{year_end}\",\"type\":\"schoolYear\",\"schoolYear\":\"{year_end}\"}}]}}", year_end - 1).map_err(io(&p))?;
+    w.flush().map_err(io(&p))?;
+
+    let (mut w, p) = open("classes")?;
+    write!(w, "{{\"classes\": [").map_err(io(&p))?;
+    let mut first = true;
+    for s in schools {
+        for g in 1..=10 {
+            for c in ['A', 'B'] {
+                write!(
+                    w,
+                    "{}\n{{\"sourcedId\":\"cls-{sn}-{g}{c}\",\"status\":\"active\",\"title\":\"{g}{c}\",\"classType\":\"homeroom\",\"grades\":[\"{g:02}\"],\"school\":{{\"sourcedId\":\"org-{sn}\"}},\"terms\":[{{\"sourcedId\":\"as-{year_end}\"}}]}}",
+                    if first { "" } else { "," },
+                    sn = s.skolenummer
+                ).map_err(io(&p))?;
+                first = false;
+            }
+        }
+    }
+    writeln!(w, "]}}").map_err(io(&p))?;
+    w.flush().map_err(io(&p))?;
+
+    let (mut w, p) = open("users")?;
+    write!(w, "{{\"users\": [").map_err(io(&p))?;
+    for (i, u) in pupils.iter().enumerate() {
+        let sn = &schools[u.school].skolenummer;
+        write!(
+            w,
+            "{}\n{{\"sourcedId\":\"{sid}\",\"status\":\"active\",\"dateLastModified\":\"{modified}\",\"enabledUser\":true,\"role\":\"student\",\"username\":\"{lsid}\",\"userIds\":[{{\"type\":\"Feide\",\"identifier\":\"{lsid}@k{k}.kommune.no\"}}],\"givenName\":\"{}\",\"familyName\":\"{}\",\"identifier\":\"{}\",\"orgs\":[{{\"sourcedId\":\"org-{sn}\"}}]}}",
+            if i > 0 { "," } else { "" },
+            u.given, u.family, u.fnr,
+            sid = u.sid, lsid = u.sid.to_lowercase(), k = schools[u.school].kommune
+        ).map_err(io(&p))?;
+    }
+    writeln!(w, "]}}").map_err(io(&p))?;
+    w.flush().map_err(io(&p))?;
+
+    let (mut w, p) = open("enrollments")?;
+    write!(w, "{{\"enrollments\": [").map_err(io(&p))?;
+    for (i, u) in pupils.iter().enumerate() {
+        let sn = &schools[u.school].skolenummer;
+        write!(
+            w,
+            "{}\n{{\"sourcedId\":\"enr-{sid}-{sn}\",\"status\":\"active\",\"dateLastModified\":\"{modified}\",\"user\":{{\"sourcedId\":\"{sid}\"}},\"class\":{{\"sourcedId\":\"cls-{sn}-{}{}\"}},\"school\":{{\"sourcedId\":\"org-{sn}\"}},\"role\":\"student\"}}",
+            if i > 0 { "," } else { "" },
+            u.grade, u.class, sid = u.sid
+        ).map_err(io(&p))?;
+    }
+    writeln!(w, "]}}").map_err(io(&p))?;
+    w.flush().map_err(io(&p))?;
+    Ok(names)
+}
+
+fn write_vigo(
+    out: &Path,
+    date: NaiveDate,
+    schools: &[School],
+    pupils: &[Pupil],
+) -> Result<Vec<String>> {
+    let d = date.format("%Y%m%d").to_string();
+    let mut by_school: Vec<Vec<&Pupil>> = vec![Vec::new(); schools.len()];
+    for p in pupils.iter().filter(|p| p.grade == 10) {
+        by_school[p.school].push(p);
+    }
+    let mut names = Vec::new();
+    for (s, list) in schools.iter().zip(by_school) {
+        let path = out.join(format!("elevliste_{}_{d}.csv", s.skolenummer));
+        let mut text = String::from(
+            "kommunenummer;skolenummer;fylkesnummer;klasse;fødselsnummer;elev_namn\r\n",
+        );
+        for p in list {
+            text.push_str(&format!(
+                "{};{};{};10{};{};{} {}\r\n",
+                s.kommune,
+                s.skolenummer,
+                &s.kommune[..2],
+                p.class,
+                p.fnr,
+                p.given,
+                p.family
+            ));
+        }
+        let (bytes, _, _) = encoding_rs::WINDOWS_1252.encode(&text);
+        std::fs::write(&path, bytes).map_err(io(&path))?;
+        names.push(path.display().to_string());
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(format: crate::config::Format) -> Spec {
+        Spec {
+            kommuner: vec!["4601".into()],
+            pupils: 700,
+            snapshots: 2,
+            churn: 0.05,
+            seed: 7,
+            start: NaiveDate::from_ymd_opt(2026, 1, 15).unwrap(),
+            interval_days: 1,
+            format,
+        }
+    }
+
+    #[test]
+    fn deterministic_valid_numbers_and_churn() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let files = generate(&spec(crate::config::Format::OnerosterJson), a.path()).unwrap();
+        generate(&spec(crate::config::Format::OnerosterJson), b.path()).unwrap();
+        assert_eq!(files.len(), 10);
+        let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+        assert_eq!(
+            read(a.path(), "users-2026-01-15.json"),
+            read(b.path(), "users-2026-01-15.json"),
+            "same seed, same data"
+        );
+        let today = NaiveDate::from_ymd_opt(2026, 11, 26).unwrap();
+        let users: serde_json::Value =
+            serde_json::from_str(&read(a.path(), "users-2026-01-15.json")).unwrap();
+        let users = users["users"].as_array().unwrap();
+        assert_eq!(users.len(), 700);
+        let distinct: std::collections::HashSet<_> = users
+            .iter()
+            .map(|u| u["identifier"].as_str().unwrap())
+            .collect();
+        assert_eq!(distinct.len(), 700, "every pupil has a number of their own");
+        for u in users {
+            let fnr = u["identifier"].as_str().unwrap();
+            let info = crate::quality::fnr::classify(fnr, today).unwrap();
+            assert_eq!(
+                info.kind,
+                crate::quality::fnr::FnrKind::Tenor,
+                "{}",
+                crate::quality::fnr::mask(fnr)
+            );
+        }
+        assert_ne!(
+            read(a.path(), "users-2026-01-15.json"),
+            read(a.path(), "users-2026-01-16.json"),
+            "churn changed something"
+        );
+        let vigo = generate(&spec(crate::config::Format::VigoCsv), a.path()).unwrap();
+        assert_eq!(vigo.len(), 2 * 3, "3 schools of ~300 pupils, 2 snapshots");
+    }
+}
