@@ -10,7 +10,7 @@ VENV := .venv
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN := $(TARGET_DIR)/debug/elevflyt
 
-.PHONY: all build run test test-rust test-readers venv chromium interop docs fmt lint clean
+.PHONY: all build run test test-rust test-readers venv chromium interop bench docs fmt lint clean
 
 all: build
 
@@ -60,6 +60,15 @@ $(DELTA_JARS)/.resolved: interop/pom.xml
 
 interop: build $(SPARK_VENV)/.installed $(DELTA_JARS)/.resolved
 	ELEVFLYT_BIN=$(abspath $(BIN)) DELTA_JARS=$(abspath $(DELTA_JARS)) $(SPARK_VENV)/bin/python -m pytest -q -s interop
+
+# Performance: a release build against a Python polars + deltalake SCD2 on the same generated
+# data (100k and 1M pupils, cached in bench/data). BENCH_SIZES overrides the sizes.
+RELEASE_DIR := $(or $(CARGO_TARGET_DIR),target)
+BENCH_SIZES ?= 100000 1000000
+
+bench: venv
+	$(CARGO) build --locked --release
+	$(VENV)/bin/python bench/bench.py $(RELEASE_DIR)/release/elevflyt $(abspath $(VENV))/bin/python $(BENCH_SIZES)
 
 # Regenerate the table reference in README.md from the schema definitions in src/schema.rs.
 docs: build
