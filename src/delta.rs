@@ -312,18 +312,6 @@ pub fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch
     Ok(arrow::compute::concat_batches(schema, batches)?)
 }
 
-/// Downcasts a column to a concrete array type, with a useful error.
-pub fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<T>())
-        .ok_or_else(|| {
-            Error::Other(format!(
-                "internal: column `{name}` missing or of wrong type"
-            ))
-        })
-}
-
 /// A string column as `StringArray`, whatever string encoding the reader produced
 /// (Utf8, LargeUtf8 or Utf8View).
 pub fn strings(batch: &RecordBatch, name: &str) -> Result<arrow::array::StringArray> {

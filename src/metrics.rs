@@ -10,7 +10,7 @@ use deltalake::protocol::SaveMode;
 use polars::prelude::*;
 
 use crate::error::Result;
-use crate::quality::{Checker, Severity};
+use crate::quality::Checker;
 use crate::run::RunContext;
 use crate::schema;
 use crate::standardize::StandardizeOutcome;
@@ -291,9 +291,4 @@ pub async fn write_kjoring(ctx: &RunContext, log: &RunLog) -> Result<Option<i64>
         "kjoring",
     )
     .await
-}
-
-/// Status word for a severity in `kvalitet`.
-pub fn status_of(sev: Severity) -> &'static str {
-    sev.as_str()
 }
