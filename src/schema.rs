@@ -141,20 +141,13 @@ macro_rules! scd2_columns {
     };
 }
 
-macro_rules! table_columns {
-    ($($c:expr),* $(,)?) => {{
-        const BUSINESS: &[Column] = &[$($c),*];
-        BUSINESS
-    }};
-}
-
 const ELEV_COLUMNS: &[Column] = &{
-    let b = table_columns![
+    let b: &[Column] = &[
         col(
             "id",
             String,
             false,
-            "Stabil global elev-ID, tåler endring i fødselsnummer"
+            "Stabil global elev-ID, tåler endring i fødselsnummer",
         ),
         col("system_id", String, true, "Kildesystemets ID for eleven"),
         col("kildesystem", String, true, "Navn/kode for kildesystem"),
@@ -162,14 +155,14 @@ const ELEV_COLUMNS: &[Column] = &{
             "fodselsnummer",
             String,
             true,
-            "Fødselsnummer (PII krev maskering ved bruk)"
+            "Fødselsnummer (PII krev maskering ved bruk)",
         ),
         col("feidenavn", String, true, "Feide-brukaridentitet"),
         col(
             "kommunenummer",
             String,
             true,
-            "Kommunenummer ved gyldighetstidspunktet"
+            "Kommunenummer ved gyldighetstidspunktet",
         ),
         col("fornavn", String, true, "Fornamn"),
         col("mellomnavn", String, true, "Mellomnamn"),
@@ -178,13 +171,13 @@ const ELEV_COLUMNS: &[Column] = &{
             "fodselsdato",
             Date,
             true,
-            "Fødselsdato (avleidd frå fødselsnummeret når kjelda ikkje leverer han)"
+            "Fødselsdato (avleidd frå fødselsnummeret når kjelda ikkje leverer han)",
         ),
         col(
             "kjonn",
             String,
             true,
-            "Kjønn, FINT-kode: 0 uvisst, 1 mann, 2 kvinne, 9 gjelder ikkje"
+            "Kjønn, FINT-kode: 0 uvisst, 1 mann, 2 kvinne, 9 gjelder ikkje",
         ),
         col("epostadresse", String, true, "E-postadresse"),
         col("mobiltelefonnummer", String, true, "Mobiltelefonnummer"),
@@ -196,19 +189,19 @@ const ELEV_COLUMNS: &[Column] = &{
 };
 
 const ELEVFORHOLD_COLUMNS: &[Column] = &{
-    let b = table_columns![
+    let b: &[Column] = &[
         col(
             "id",
             String,
             false,
-            "Stabil ID for elevforholdet (elev ved skule)"
+            "Stabil ID for elevforholdet (elev ved skule)",
         ),
         col("elev_id", String, false, "Elev-ID (elev.id)"),
         col(
             "system_id",
             String,
             true,
-            "Kildesystemets ID for elevforholdet"
+            "Kildesystemets ID for elevforholdet",
         ),
         col("kildesystem", String, true, "Navn/kode for kildesystem"),
         col("skolenummer", String, false, "Skulenummer (Vigo)"),
@@ -219,7 +212,7 @@ const ELEVFORHOLD_COLUMNS: &[Column] = &{
             "hovedskole",
             Boolean,
             true,
-            "Sann når dette er hovudskulen til eleven"
+            "Sann når dette er hovudskulen til eleven",
         ),
         col("startdato", Date, true, "Startdato for elevforholdet"),
         col("sluttdato", Date, true, "Sluttdato for elevforholdet"),
@@ -228,13 +221,13 @@ const ELEVFORHOLD_COLUMNS: &[Column] = &{
 };
 
 const SKOLE_COLUMNS: &[Column] = &{
-    let b = table_columns![
+    let b: &[Column] = &[
         col("skolenummer", String, false, "Skulenummer (Vigo, 5 siffer)"),
         col(
             "organisasjonsnummer",
             String,
             true,
-            "Organisasjonsnummer (underenhet i Einingsregisteret)"
+            "Organisasjonsnummer (underenhet i Einingsregisteret)",
         ),
         col("navn", String, true, "Namn på skulen"),
         col("kommunenummer", String, true, "Kommunenummer"),
