@@ -325,6 +325,43 @@ pub fn strings(batch: &RecordBatch, name: &str) -> Result<arrow::array::StringAr
         .ok_or_else(|| Error::Other(format!("internal: column `{name}` is not text")))
 }
 
+/// A text column read without copying, whichever string layout the reader produced
+/// (DataFusion reads Parquet strings as views).
+#[derive(Debug, Clone)]
+pub enum TextCol {
+    Utf8(arrow::array::StringArray),
+    View(arrow::array::StringViewArray),
+}
+
+impl TextCol {
+    pub fn value(&self, i: usize) -> &str {
+        match self {
+            TextCol::Utf8(a) => a.value(i),
+            TextCol::View(a) => a.value(i),
+        }
+    }
+
+    pub fn opt(&self, i: usize) -> Option<&str> {
+        use arrow::array::Array;
+        let null = match self {
+            TextCol::Utf8(a) => a.is_null(i),
+            TextCol::View(a) => a.is_null(i),
+        };
+        (!null).then(|| self.value(i))
+    }
+}
+
+/// A text column of `batch` without copying it (other types are cast to text).
+pub fn text(batch: &RecordBatch, name: &str) -> Result<TextCol> {
+    let c = batch
+        .column_by_name(name)
+        .ok_or_else(|| Error::Other(format!("internal: column `{name}` missing")))?;
+    if let Some(v) = c.as_any().downcast_ref::<arrow::array::StringViewArray>() {
+        return Ok(TextCol::View(v.clone()));
+    }
+    Ok(TextCol::Utf8(strings(batch, name)?))
+}
+
 /// A timestamp column as microseconds since the epoch (UTC).
 pub fn micros(batch: &RecordBatch, name: &str) -> Result<arrow::array::TimestampMicrosecondArray> {
     let c = batch

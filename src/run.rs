@@ -42,6 +42,33 @@ pub fn crash_point(name: &str) {
     }
 }
 
+/// Times the steps of a stage: each `step` logs (at debug) how long it took since the last one.
+/// `ELEVFLYT_LOG=elevflyt=debug` or `--log-level debug` shows where a run spends its time.
+pub struct Steps {
+    stage: &'static str,
+    last: std::time::Instant,
+}
+
+impl Steps {
+    pub fn new(stage: &'static str) -> Self {
+        Steps {
+            stage,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    pub fn step(&mut self, name: &str) {
+        let now = std::time::Instant::now();
+        tracing::debug!(
+            stage = self.stage,
+            step = name,
+            ms = (now - self.last).as_millis() as u64,
+            "step"
+        );
+        self.last = now;
+    }
+}
+
 pub fn fmt_micros(t: i64) -> String {
     Utc.timestamp_micros(t)
         .single()
@@ -84,6 +111,8 @@ pub struct Summary {
     pub delta_versions: serde_json::Value,
     pub elevliste_rows: usize,
     pub failed_rules: Vec<(String, u64)>,
+    /// Wall time per stage in seconds (`bookkeeping`: kvalitet and kjoring).
+    pub stage_seconds: std::collections::BTreeMap<&'static str, f64>,
 }
 
 /// Runs one stage or all of them. A broken `fail` rule returns `Error::RuleFailed` after the
@@ -96,6 +125,7 @@ pub async fn execute(ctx: &RunContext, stage: Stage) -> Result<Summary> {
     let mut metrics: Vec<Metric> = Vec::new();
     let mut versions = serde_json::Map::new();
     let result = run_stages(ctx, stage, &mut summary, &mut metrics, &mut versions).await;
+    let bookkeeping = std::time::Instant::now();
     let (status, melding) = match &result {
         Ok(()) => ("ok", None),
         Err(Error::RuleFailed(m)) => ("fail", Some(m.clone())),
@@ -133,7 +163,14 @@ pub async fn execute(ctx: &RunContext, stage: Stage) -> Result<Summary> {
         }
     }
     summary.delta_versions = serde_json::Value::Object(versions);
+    summary
+        .stage_seconds
+        .insert("bookkeeping", seconds(bookkeeping));
     result.map(|_| summary)
+}
+
+fn seconds(since: std::time::Instant) -> f64 {
+    (since.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
 }
 
 async fn run_stages(
@@ -145,7 +182,9 @@ async fn run_stages(
 ) -> Result<()> {
     info!(pipeline = ctx.pipeline.name(), run_id = %ctx.run_id, stage = stage.name(), dry_run = ctx.dry_run, "starting");
     if matches!(stage, Stage::All | Stage::Ingest) {
+        let t = std::time::Instant::now();
         let m = crate::ingest::run(ctx).await?;
+        summary.stage_seconds.insert("ingest", seconds(t));
         summary.files_read = m.files_read.clone();
         summary.files_skipped = m.files_skipped;
         summary.raw_records = m.records;
@@ -168,7 +207,9 @@ async fn run_stages(
     }
     let mut staged = None;
     if matches!(stage, Stage::All | Stage::Standardize) {
+        let t = std::time::Instant::now();
         let mut o = crate::standardize::run(ctx).await?;
+        summary.stage_seconds.insert("standardize", seconds(t));
         staged = o.staged.take();
         summary.snapshots_standardized = o.snapshots;
         summary.avvik = o.avvik;
@@ -195,7 +236,9 @@ async fn run_stages(
         }
     }
     if matches!(stage, Stage::All | Stage::Publish) {
+        let t = std::time::Instant::now();
         let o = crate::publish::run(ctx, staged).await?;
+        summary.stage_seconds.insert("publish", seconds(t));
         summary.snapshots_published = o.snapshots;
         summary.inserted = json!(o.inserted);
         summary.closed = json!(o.closed);

@@ -27,17 +27,17 @@ pub const FILE_MARKER: &str = "_fil";
 
 /// One record of a source file, as delivered.
 #[derive(Debug, Clone)]
-pub struct Record {
+pub struct Record<'a> {
     pub entitet: &'static str,
     /// Record number in the file: the line for CSV, the element (from 1) for JSON.
     pub rad: i64,
-    /// The record as a JSON object.
-    pub post: String,
+    /// The record as a JSON object (borrowed from the file's text when it is JSON already).
+    pub post: std::borrow::Cow<'a, str>,
 }
 
 #[derive(Debug, Default)]
-pub struct ParsedFile {
-    pub records: Vec<Record>,
+pub struct ParsedFile<'a> {
+    pub records: Vec<Record<'a>>,
     /// Newest `dateLastModified` in the file, when the format has one.
     pub newest_modified: Option<DateTime<Utc>>,
     /// Scope for deletions: the school for per-school files.
@@ -46,7 +46,9 @@ pub struct ParsedFile {
 
 /// An input format: turns the text of one file into records. One module per format.
 pub trait InputFormat {
-    fn parse(&self, file: &str, text: &str) -> Result<ParsedFile>;
+    /// `need_modified`: whether the file's as-of time must come from its records (no date in
+    /// the name nor on the command line), so the format must find the newest modification.
+    fn parse<'a>(&self, file: &str, text: &'a str, need_modified: bool) -> Result<ParsedFile<'a>>;
 }
 
 pub fn format_impl(f: Format) -> &'static dyn InputFormat {
@@ -187,7 +189,7 @@ async fn ingest_source_once(
             continue;
         }
         let (text, _) = text::decode(&f.name, &bytes)?;
-        let parsed = format.parse(&f.name, &text)?;
+        let parsed = format.parse(&f.name, &text, cheap_as_of.is_none())?;
         let t = cheap_as_of
             .or(parsed.newest_modified)
             .unwrap_or(f.last_modified);
@@ -201,7 +203,7 @@ async fn ingest_source_once(
         let marker = Record {
             entitet: FILE_MARKER,
             rad: 0,
-            post: "{}".to_string(),
+            post: "{}".into(),
         };
         for r in std::iter::once(&marker).chain(&parsed.records) {
             run_id.append_value(&ctx.run_id);
@@ -238,6 +240,7 @@ async fn ingest_source_once(
     if batch.num_rows() == 0 || ctx.dry_run {
         return Ok(());
     }
+    tracing::debug!(records = batch.num_rows(), "writing raw");
     if let Some(v) = crate::delta::write_claimed(
         &ctx.pipeline,
         &table,
@@ -250,6 +253,7 @@ async fn ingest_source_once(
     {
         m.raw_versions.push((table.name.to_string(), v));
     }
+    tracing::debug!("raw written");
     crate::run::crash_point("after-raw");
     Ok(())
 }

@@ -31,12 +31,20 @@ struct Stamp<'a> {
 }
 
 impl InputFormat for OneRosterJson {
-    fn parse(&self, file: &str, text: &str) -> Result<ParsedFile> {
-        let envelope: BTreeMap<String, Box<RawValue>> =
-            serde_json::from_str(text).map_err(|e| json_error(file, e))?;
+    fn parse<'a>(&self, file: &str, text: &'a str, need_modified: bool) -> Result<ParsedFile<'a>> {
+        // Members borrow from the text: records are sliced out of it, not copied.
+        let envelope: Vec<(std::borrow::Cow<'a, str>, &'a RawValue)> =
+            serde_json::from_str::<Envelope<'a>>(text)
+                .map_err(|e| json_error(file, e))?
+                .0;
         let mut records = Vec::new();
         let mut newest: Option<chrono::DateTime<chrono::Utc>> = None;
+        // As in a JSON object read into a map: a repeated key counts once, with its last value.
+        let mut by_key: BTreeMap<&str, &'a RawValue> = BTreeMap::new();
         for (key, value) in &envelope {
+            by_key.insert(key, value);
+        }
+        for (key, value) in &by_key {
             let Some(entity) = ENTITIES
                 .iter()
                 .find(|(plural, single)| key == plural || key == single)
@@ -44,27 +52,38 @@ impl InputFormat for OneRosterJson {
             else {
                 continue;
             };
-            let items: Vec<&RawValue> = if value.get().trim_start().starts_with('[') {
+            let items: Vec<&'a RawValue> = if value.get().trim_start().starts_with('[') {
                 serde_json::from_str(value.get()).map_err(|e| json_error(file, e))?
             } else {
-                vec![value.as_ref()]
+                vec![*value]
             };
+            records.reserve(items.len());
             for item in items {
-                let stamp: Stamp = serde_json::from_str(item.get()).map_err(|_| {
-                    Error::input(file, None, format!("`{key}` must hold JSON objects"))
-                })?;
-                if let Some(t) = stamp.date_last_modified.and_then(super::asof::parse_time) {
-                    newest = Some(newest.map_or(t, |n| n.max(t)));
+                let raw = item.get();
+                if !raw.starts_with('{') {
+                    return Err(Error::input(
+                        file,
+                        None,
+                        format!("`{key}` must hold JSON objects"),
+                    ));
+                }
+                if need_modified {
+                    let stamp: Stamp = serde_json::from_str(raw).map_err(|_| {
+                        Error::input(file, None, format!("`{key}` must hold JSON objects"))
+                    })?;
+                    if let Some(t) = stamp.date_last_modified.and_then(super::asof::parse_time) {
+                        newest = Some(newest.map_or(t, |n| n.max(t)));
+                    }
                 }
                 records.push(Record {
                     entitet: entity,
                     rad: records.len() as i64 + 1,
-                    post: item.get().to_string(),
+                    post: std::borrow::Cow::Borrowed(raw),
                 });
             }
         }
         if records.is_empty()
-            && !envelope
+            && !by_key
                 .keys()
                 .any(|k| ENTITIES.iter().any(|(p, s)| k == p || k == s))
         {
@@ -79,6 +98,54 @@ impl InputFormat for OneRosterJson {
             newest_modified: newest,
             omfang: None,
         })
+    }
+}
+
+/// The top-level object of a file: its members, values unparsed and borrowed.
+struct Envelope<'a>(Vec<(std::borrow::Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Envelope<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Envelope<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Envelope<'de>, A::Error> {
+                let mut members = Vec::new();
+                while let Some(k) = map.next_key::<Key<'de>>()? {
+                    members.push((k.0, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(Envelope(members))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// An object key, borrowed unless it has escapes.
+struct Key<'a>(std::borrow::Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -119,7 +186,7 @@ mod tests {
         let text = r#"{"users":[{"sourcedId":"u1","dateLastModified":"2026-01-10T08:00:00Z"},
             {"sourcedId":"u2","dateLastModified":"2026-01-12T08:00:00Z","extra":1}],
             "orgs":[{"sourcedId":"o1"}], "statusInfoSet": []}"#;
-        let p = OneRosterJson.parse("users.json", text).unwrap();
+        let p = OneRosterJson.parse("users.json", text, true).unwrap();
         assert_eq!(p.records.len(), 3);
         assert_eq!(p.records.iter().filter(|r| r.entitet == "users").count(), 2);
         assert_eq!(
@@ -127,7 +194,7 @@ mod tests {
             "2026-01-12T08:00:00+00:00"
         );
         let single = OneRosterJson
-            .parse("u.json", r#"{"user":{"sourcedId":"u1"}}"#)
+            .parse("u.json", r#"{"user":{"sourcedId":"u1"}}"#, true)
             .unwrap();
         assert_eq!(single.records[0].entitet, "users");
     }
@@ -135,10 +202,12 @@ mod tests {
     #[test]
     fn errors_name_file_and_line() {
         let err = OneRosterJson
-            .parse("users.json", "{\n\"users\": [\n{,}]}")
+            .parse("users.json", "{\n\"users\": [\n{,}]}", true)
             .unwrap_err();
         assert!(err.to_string().starts_with("users.json, line 3"), "{err}");
-        let err = OneRosterJson.parse("x.json", r#"{"foo": 1}"#).unwrap_err();
+        let err = OneRosterJson
+            .parse("x.json", r#"{"foo": 1}"#, true)
+            .unwrap_err();
         assert!(
             err.to_string().contains("not a OneRoster envelope"),
             "{err}"

@@ -62,7 +62,7 @@ pub fn split_line(line: &str) -> Vec<String> {
 }
 
 impl InputFormat for VigoCsv {
-    fn parse(&self, file: &str, text: &str) -> Result<ParsedFile> {
+    fn parse<'a>(&self, file: &str, text: &'a str, _need_modified: bool) -> Result<ParsedFile<'a>> {
         let mut lines = text
             .split('\n')
             .enumerate()
@@ -109,7 +109,7 @@ impl InputFormat for VigoCsv {
             records.push(Record {
                 entitet: "elevliste",
                 rad: idx as i64 + 1,
-                post: Value::Object(obj).to_string(),
+                post: Value::Object(obj).to_string().into(),
             });
         }
         let omfang = school_from_name(file).or_else(|| {
@@ -155,7 +155,9 @@ mod tests {
             "Kommunenummer;Skolenummer;Fylkesnummer;Klasse;Fødselsnummer;Elev_namn;Merknad\n\
                     4621;46505;46;10A;\"010110 12345\";Kari Nordmann;x;\n\n\
                     4621;46505;46;10A;2011012345;Ola Nordmann;\n";
-        let p = VigoCsv.parse("elevliste_46505_20261101.csv", text).unwrap();
+        let p = VigoCsv
+            .parse("elevliste_46505_20261101.csv", text, false)
+            .unwrap();
         assert_eq!(p.omfang.as_deref(), Some("46505"));
         assert_eq!(p.records.len(), 2);
         assert_eq!(p.records[1].rad, 4, "line numbers count empty lines");
@@ -167,7 +169,7 @@ mod tests {
     #[test]
     fn missing_column_is_named() {
         let err = VigoCsv
-            .parse("l.csv", "skolenummer;klasse;elev_namn\n")
+            .parse("l.csv", "skolenummer;klasse;elev_namn\n", false)
             .unwrap_err()
             .to_string();
         assert!(

@@ -6,12 +6,12 @@
 //! replaced by a fødselsnummer (same system_id), a move between schools, a move between source
 //! systems (same fødselsnummer) and a pupil who leaves and comes back.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, StringArray, TimestampMicrosecondArray};
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::protocol::SaveMode;
+use rustc_hash::FxHashMap;
 use uuid::Uuid;
 
 use crate::error::Result;
@@ -21,21 +21,40 @@ use crate::schema;
 /// Namespace for elevflyt's deterministic ids.
 pub const NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b4e_9a7d_4c1e_8b3a_5d2e_7f90_1a44);
 
-/// One identity fact: this id was seen with this source key and number.
-type Fact = (String, String, Option<String>, Option<String>);
+/// What is known of an id: seen in this source, with this system id and number, first and last
+/// at these as-of times.
+struct Fact {
+    kildesystem: Arc<str>,
+    system_id: Option<Box<str>>,
+    fodselsnummer: Option<Box<str>>,
+    first_seen: i64,
+    last_seen: i64,
+}
 
 #[derive(Default)]
 pub struct Identity {
-    by_system: HashMap<(String, String), String>,
-    by_fnr: HashMap<String, String>,
-    /// (id, kildesystem, system_id, fodselsnummer) → (first seen, last seen).
-    facts: BTreeMap<Fact, (i64, i64)>,
+    /// kildesystem → system_id → id.
+    by_system: FxHashMap<Arc<str>, FxHashMap<Box<str>, Arc<str>>>,
+    by_fnr: FxHashMap<Box<str>, Arc<str>>,
+    /// id → its facts (usually one).
+    facts: FxHashMap<Arc<str>, Vec<Fact>>,
     changed: bool,
 }
 
-fn opt(a: &StringArray, i: usize) -> Option<String> {
+fn opt(a: &StringArray, i: usize) -> Option<&str> {
     use arrow::array::Array;
-    (!a.is_null(i)).then(|| a.value(i).to_string())
+    (!a.is_null(i)).then(|| a.value(i))
+}
+
+/// Points `key` at `id` in a lookup map.
+fn point(map: &mut FxHashMap<Box<str>, Arc<str>>, key: &str, id: &Arc<str>) {
+    match map.get_mut(key) {
+        Some(v) if **v == **id => {}
+        Some(v) => *v = id.clone(),
+        None => {
+            map.insert(key.into(), id.clone());
+        }
+    }
 }
 
 impl Identity {
@@ -63,25 +82,67 @@ impl Identity {
             let first = crate::delta::micros(&b, "first_seen")?;
             let last = crate::delta::micros(&b, "last_seen")?;
             for i in 0..b.num_rows() {
-                let fact = (
-                    ids.value(i).to_string(),
-                    k.value(i).to_string(),
+                let ident: Arc<str> = Arc::from(ids.value(i));
+                id.see(
+                    &ident,
+                    k.value(i),
                     opt(&s, i),
                     opt(&f, i),
+                    (first.value(i), last.value(i)),
                 );
-                id.remember(&fact);
-                id.facts.insert(fact, (first.value(i), last.value(i)));
             }
         }
         Ok(id)
     }
 
-    fn remember(&mut self, (id, k, s, f): &Fact) {
-        if let Some(s) = s {
-            self.by_system.insert((k.clone(), s.clone()), id.clone());
+    /// Records that `id` was seen with these identifiers during `seen` (first, last); the
+    /// lookups then lead to `id`. Returns whether this was news.
+    fn see(
+        &mut self,
+        id: &Arc<str>,
+        kildesystem: &str,
+        system_id: Option<&str>,
+        fnr: Option<&str>,
+        seen: (i64, i64),
+    ) -> bool {
+        let source = match self.by_system.get_key_value(kildesystem) {
+            Some((k, _)) => k.clone(),
+            None => {
+                let k: Arc<str> = Arc::from(kildesystem);
+                self.by_system.insert(k.clone(), FxHashMap::default());
+                k
+            }
+        };
+        if let Some(s) = system_id {
+            if let Some(ids) = self.by_system.get_mut(kildesystem) {
+                point(ids, s, id);
+            }
         }
-        if let Some(f) = f {
-            self.by_fnr.insert(f.clone(), id.clone());
+        if let Some(f) = fnr {
+            point(&mut self.by_fnr, f, id);
+        }
+        let facts = self.facts.entry(id.clone()).or_default();
+        match facts.iter_mut().find(|f| {
+            *f.kildesystem == *kildesystem
+                && f.system_id.as_deref() == system_id
+                && f.fodselsnummer.as_deref() == fnr
+        }) {
+            Some(f) => {
+                let widened = seen.0 < f.first_seen || seen.1 > f.last_seen;
+                f.first_seen = f.first_seen.min(seen.0);
+                f.last_seen = f.last_seen.max(seen.1);
+                widened
+            }
+            None => {
+                facts.push(Fact {
+                    kildesystem: source,
+                    system_id: system_id.map(Into::into),
+                    fodselsnummer: fnr.map(Into::into),
+                    first_seen: seen.0,
+                    last_seen: seen.1,
+                });
+                true
+            }
         }
     }
 
@@ -94,43 +155,29 @@ impl Identity {
         fnr: Option<&str>,
         source_key: &str,
         as_of: i64,
-    ) -> String {
+    ) -> Arc<str> {
         let found = system_id
-            .and_then(|s| {
-                self.by_system
-                    .get(&(kildesystem.to_string(), s.to_string()))
-            })
+            .and_then(|s| self.by_system.get(kildesystem)?.get(s))
             .or_else(|| fnr.and_then(|f| self.by_fnr.get(f)))
             .cloned();
         let id = found.unwrap_or_else(|| {
-            Uuid::new_v5(
-                &NAMESPACE,
-                format!("elev|{kommune}|{kildesystem}|{source_key}").as_bytes(),
+            Arc::from(
+                Uuid::new_v5(
+                    &NAMESPACE,
+                    format!("elev|{kommune}|{kildesystem}|{source_key}").as_bytes(),
+                )
+                .to_string(),
             )
-            .to_string()
         });
-        let fact = (
-            id.clone(),
-            kildesystem.to_string(),
-            system_id.map(str::to_string),
-            fnr.map(str::to_string),
-        );
-        self.remember(&fact);
-        let seen = self.facts.entry(fact).or_insert_with(|| {
-            self.changed = true;
-            (as_of, as_of)
-        });
-        if as_of < seen.0 || as_of > seen.1 {
-            seen.0 = seen.0.min(as_of);
-            seen.1 = seen.1.max(as_of);
+        if self.see(&id, kildesystem, system_id, fnr, (as_of, as_of)) {
             self.changed = true;
         }
         id
     }
 
-    /// Every id known.
-    pub fn ids(&self) -> std::collections::HashSet<&str> {
-        self.facts.keys().map(|f| f.0.as_str()).collect()
+    /// Whether `id` is a known pupil id.
+    pub fn knows(&self, id: &str) -> bool {
+        self.facts.contains_key(id)
     }
 
     /// Rewrites `elev_id` when something new was learnt. Returns the new version.
@@ -139,26 +186,41 @@ impl Identity {
             return Ok(None);
         }
         let t = &schema::ELEV_ID;
-        let col = |f: fn(&Fact) -> Option<&str>| {
-            Arc::new(StringArray::from(
-                self.facts.keys().map(f).collect::<Vec<_>>(),
-            )) as arrow::array::ArrayRef
-        };
-        let ts = |f: fn(&(i64, i64)) -> i64| {
+        // Sorted by id, then source, system id and number, as analysts would list them.
+        let mut rows: Vec<(&Arc<str>, &Fact)> = self
+            .facts
+            .iter()
+            .flat_map(|(id, facts)| facts.iter().map(move |f| (id, f)))
+            .collect();
+        rows.sort_by(|a, b| {
+            (a.0, &a.1.kildesystem, &a.1.system_id, &a.1.fodselsnummer).cmp(&(
+                b.0,
+                &b.1.kildesystem,
+                &b.1.system_id,
+                &b.1.fodselsnummer,
+            ))
+        });
+        fn col<'a>(
+            rows: &[(&'a Arc<str>, &'a Fact)],
+            f: impl Fn(&(&'a Arc<str>, &'a Fact)) -> Option<&'a str>,
+        ) -> arrow::array::ArrayRef {
+            Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+        }
+        let ts = |f: fn(&Fact) -> i64| {
             Arc::new(
-                TimestampMicrosecondArray::from(self.facts.values().map(f).collect::<Vec<_>>())
+                TimestampMicrosecondArray::from(rows.iter().map(|r| f(r.1)).collect::<Vec<_>>())
                     .with_timezone("UTC"),
             ) as arrow::array::ArrayRef
         };
         let batch = RecordBatch::try_new(
             t.arrow_schema(),
             vec![
-                col(|f| Some(f.0.as_str())),
-                col(|f| Some(f.1.as_str())),
-                col(|f| f.2.as_deref()),
-                col(|f| f.3.as_deref()),
-                ts(|s| s.0),
-                ts(|s| s.1),
+                col(&rows, |r| Some(&**r.0)),
+                col(&rows, |r| Some(&*r.1.kildesystem)),
+                col(&rows, |r| r.1.system_id.as_deref()),
+                col(&rows, |r| r.1.fodselsnummer.as_deref()),
+                ts(|f| f.first_seen),
+                ts(|f| f.last_seen),
             ],
         )?;
         crate::delta::write(

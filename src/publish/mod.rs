@@ -140,7 +140,11 @@ impl StagedTable {
 }
 
 fn opt(a: &StringArray, i: usize) -> Option<String> {
-    (!a.is_null(i)).then(|| a.value(i).to_string())
+    opt_str(a, i).map(str::to_string)
+}
+
+fn opt_str(a: &StringArray, i: usize) -> Option<&str> {
+    (!a.is_null(i)).then(|| a.value(i))
 }
 
 /// Loads the current rows (key, hash, valid_from, scope) of an SCD2 table, except those of
@@ -173,12 +177,12 @@ async fn load_current(
         let p = crate::delta::strings(&b, "p")?;
         for i in 0..b.num_rows() {
             engine.load_current(
-                k.value(i).to_string(),
-                h.value(i).to_string(),
+                k.value(i),
+                scd2::parse_hash(h.value(i)),
                 v.value(i),
-                opt(&ks, i),
-                opt(&s, i),
-                opt(&p, i),
+                opt_str(&ks, i),
+                opt_str(&s, i),
+                opt_str(&p, i),
             );
         }
     }
@@ -263,7 +267,7 @@ struct StoredVersion {
     key: String,
     valid_from: i64,
     valid_to: Option<i64>,
-    hash: String,
+    hash: scd2::RowHash,
 }
 
 /// Per-table engine plus the prepared (id-filled) snapshot batches it refers to.
@@ -273,11 +277,13 @@ struct TableRun {
     batches: Vec<RecordBatch>,
     /// Sources whose history is rebuilt in this run.
     rebuilt: HashSet<String>,
-    /// Operation per live insert (index into `engine.inserts`); inserts not listed are unchanged
-    /// versions of a rebuilt source and are not written.
-    ops: HashMap<usize, Op>,
+    /// Operation per live insert (index into `engine.inserts`, ascending); inserts not listed
+    /// are unchanged versions of a rebuilt source and are not written.
+    ops: Vec<(usize, Op)>,
     /// Stored versions (key, valid_from) of rebuilt sources that no longer exist.
     deletes: Vec<(String, i64)>,
+    /// The table version the current rows were read from (0: no table yet).
+    read_version: u64,
 }
 
 impl TableRun {
@@ -287,28 +293,29 @@ impl TableRun {
             engine: Scd2::default(),
             batches: Vec::new(),
             rebuilt: rebuilt.clone(),
-            ops: HashMap::new(),
+            ops: Vec::new(),
             deletes: Vec::new(),
+            read_version: 0,
         }
     }
 
     /// Applies a prepared snapshot batch; returns keys closed for absence.
-    fn apply(&mut self, batch: RecordBatch, as_of: i64, scope: Scope<'_>) -> Result<Vec<String>> {
+    fn apply(&mut self, batch: RecordBatch, as_of: i64, scope: Scope<'_>) -> Result<Vec<Arc<str>>> {
         let hashes = scd2::row_hashes(self.table, &batch)?;
         let keys = crate::delta::strings(&batch, self.table.key)?;
         let ks = crate::delta::strings(&batch, "kildesystem")?;
         let school = crate::delta::strings(&batch, "skolenummer").ok();
         let parent = crate::delta::strings(&batch, "elev_id").ok();
-        let rows = (0..batch.num_rows())
+        let rows: Vec<SnapshotRow> = (0..batch.num_rows())
             .map(|i| SnapshotRow {
                 key: keys.value(i),
-                hash: hashes[i].clone(),
-                kildesystem: opt(&ks, i),
-                skolenummer: school.as_ref().and_then(|s| opt(s, i)),
-                parent: parent.as_ref().and_then(|p| opt(p, i)),
+                hash: hashes[i],
+                kildesystem: opt_str(&ks, i),
+                skolenummer: school.as_ref().and_then(|s| opt_str(s, i)),
+                parent: parent.as_ref().and_then(|p| opt_str(p, i)),
             })
             .collect();
-        self.engine.apply(self.batches.len(), as_of, rows, scope);
+        self.engine.apply(self.batches.len(), as_of, &rows, scope);
         self.batches.push(batch);
         Ok(std::mem::take(&mut self.engine.last_absent))
     }
@@ -340,7 +347,7 @@ impl TableRun {
                         key: k.value(i).to_string(),
                         valid_from: f.value(i),
                         valid_to: (!to.is_null(i)).then(|| to.value(i)),
-                        hash: h.value(i).to_string(),
+                        hash: scd2::parse_hash(h.value(i)),
                     };
                     stored.insert((v.key.clone(), v.valid_from), v);
                 }
@@ -354,19 +361,15 @@ impl TableRun {
             let rebuilt = ins
                 .kildesystem
                 .as_ref()
-                .is_some_and(|k| self.rebuilt.contains(k));
+                .is_some_and(|k| self.rebuilt.contains(&**k));
             if !rebuilt {
-                self.ops.insert(idx, Op::Insert);
+                self.ops.push((idx, Op::Insert));
                 continue;
             }
-            match stored.remove(&(ins.key.clone(), ins.valid_from)) {
+            match stored.remove(&(ins.key.to_string(), ins.valid_from)) {
                 Some(v) if v.valid_to == ins.valid_to && v.hash == ins.hash => {}
-                Some(_) => {
-                    self.ops.insert(idx, Op::Replace);
-                }
-                None => {
-                    self.ops.insert(idx, Op::Insert);
-                }
+                Some(_) => self.ops.push((idx, Op::Replace)),
+                None => self.ops.push((idx, Op::Insert)),
             }
         }
         self.deletes = stored
@@ -385,8 +388,8 @@ impl TableRun {
         self.engine.closes.len()
             + self
                 .ops
-                .keys()
-                .filter(|i| self.engine.inserts[**i].valid_to.is_some())
+                .iter()
+                .filter(|(i, _)| self.engine.inserts[*i].valid_to.is_some())
                 .count()
     }
 
@@ -408,9 +411,7 @@ impl TableRun {
         let mut parts = Vec::new();
         // New versions, taken from the prepared batches.
         let mut by_batch: BTreeMap<usize, Vec<(&scd2::Insert, Op)>> = BTreeMap::new();
-        let mut ops: Vec<_> = self.ops.iter().collect();
-        ops.sort_by_key(|(i, _)| **i);
-        for (idx, op) in ops {
+        for (idx, op) in &self.ops {
             let ins = &self.engine.inserts[*idx];
             by_batch.entry(ins.batch).or_default().push((ins, *op));
         }
@@ -438,7 +439,7 @@ impl TableRun {
                     schema::ROW_HASH => Arc::new(StringArray::from(
                         inserts
                             .iter()
-                            .map(|(i, _)| i.hash.as_str())
+                            .map(|(i, _)| scd2::hash_hex(i.hash))
                             .collect::<Vec<_>>(),
                     )),
                     name => rows.column_by_name(name).cloned().ok_or_else(|| {
@@ -471,7 +472,7 @@ impl TableRun {
             .engine
             .closes
             .iter()
-            .map(|c| (c.key.as_str(), c.valid_from, Some(c.valid_to), "close"))
+            .map(|c| (&*c.key, c.valid_from, Some(c.valid_to), "close"))
             .chain(
                 self.deletes
                     .iter()
@@ -518,6 +519,36 @@ impl TableRun {
         }
         let t = self.table;
         let source = self.merge_source(transaction_time)?;
+        if self.engine.closes.is_empty()
+            && self.deletes.is_empty()
+            && self.ops.iter().all(|(_, op)| *op == Op::Insert)
+        {
+            // Only new versions (a first load, or new keys): nothing stored changes, so the rows
+            // are appended — on top of the version the current rows were read from, so that a
+            // run that committed in between makes this one stop instead of adding its versions
+            // twice.
+            let rows = source.num_rows();
+            let mut source = source;
+            source.remove_column(source.num_columns() - 1);
+            let version = crate::delta::write_claimed(
+                &ctx.pipeline,
+                t,
+                vec![source],
+                self.read_version,
+                &ctx.run_id,
+                "publish",
+            )
+            .await
+            .map_err(|e| match e {
+                Error::Conflict(table) => Error::Other(format!(
+                    "another run committed to `{table}` at the same time, so this run stopped before writing it; \
+                     run again (it continues where the other left off)"
+                )),
+                e => e,
+            })?;
+            info!(table = t.name, inserted = rows, "appended new versions");
+            return Ok(version);
+        }
         let table = crate::delta::open_or_create(&ctx.pipeline, t).await?;
         let df = SessionContext::new().read_batch(source)?;
         let predicate = format!("t.{k} = s.{k} AND t.valid_from = s.valid_from", k = t.key);
@@ -583,8 +614,10 @@ fn ts(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
 /// read the staging tables (a separate `elevflyt publish`).
 pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<PublishOutcome> {
     let mut out = PublishOutcome::default();
+    let mut steps = crate::run::Steps::new("publish");
     let done = crate::standardize::published(ctx).await?;
     let data = staged_data(ctx, staged).await?;
+    steps.step("staged data");
     let staged_elev = StagedTable::new(&schema::ELEV, &data.elev)?;
     let staged_ef = StagedTable::new(&schema::ELEVFORHOLD, &data.elevforhold)?;
     let staged_skole = StagedTable::new(&schema::SKOLE, &data.skole)?;
@@ -594,7 +627,9 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
         .filter(|k| !done.contains(*k))
         .cloned()
         .collect();
+    steps.step("index staged rows");
     let rebuilt = rebuild_sources(ctx, &pending).await?;
+    steps.step("rebuild check");
     // Snapshots to apply: the pending ones, and every staged one of a rebuilt source.
     let mut snapshots: Vec<SnapshotKey> = staged
         .into_iter()
@@ -618,6 +653,16 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
         info!(sources = ?rebuilt, "rebuilding history from every snapshot, in as-of order");
     }
 
+    // The versions read below are at least these: a commit on top of them conflicts with any
+    // run that committed since.
+    let mut read_versions = HashMap::new();
+    for t in ["elev", "elevforhold", "skole"] {
+        let v = crate::delta::try_open(&ctx.pipeline.table_url(t))
+            .await?
+            .and_then(|t| t.version())
+            .unwrap_or(0);
+        read_versions.insert(t, v);
+    }
     let session = crate::delta::session(
         &ctx.pipeline,
         &["elev", "elevforhold", "skole", "elevliste_vgs", "elev_id"],
@@ -627,11 +672,15 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
     let mut elev = TableRun::new(&schema::ELEV, &rebuilt);
     let mut ef = TableRun::new(&schema::ELEVFORHOLD, &rebuilt);
     let mut skole = TableRun::new(&schema::SKOLE, &rebuilt);
+    for run in [&mut elev, &mut ef, &mut skole] {
+        run.read_version = read_versions[run.table.name];
+    }
     load_current(&session, &schema::ELEV, &mut elev.engine, &rebuilt).await?;
     let stored_current = current_count(&session, "elev").await?;
     load_current(&session, &schema::ELEVFORHOLD, &mut ef.engine, &rebuilt).await?;
     load_current(&session, &schema::SKOLE, &mut skole.engine, &rebuilt).await?;
     let kommune = ctx.pipeline.kommunenummer().to_string();
+    steps.step("load identity and current rows");
 
     for key in &snapshots {
         let (kildesystem, omfang, as_of) = key;
@@ -651,27 +700,27 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
         )?;
 
         // elev: resolve ids
-        let b = staged_elev.snapshot(key)?;
-        let sys = crate::delta::strings(&b, "system_id")?;
-        let fnr = crate::delta::strings(&b, "fodselsnummer")?;
-        let src = crate::delta::strings(&b, "stg_kilde_nokkel")?;
-        let mut id_of_source_key = HashMap::new();
-        let ids: Vec<String> = (0..b.num_rows())
-            .map(|i| {
-                let source_key = opt(&src, i).unwrap_or_default();
-                let id = identity.resolve(
-                    &kommune,
-                    kildesystem,
-                    opt(&sys, i).as_deref(),
-                    opt(&fnr, i).as_deref(),
-                    &source_key,
-                    *as_of,
-                );
-                id_of_source_key.insert(source_key, id.clone());
-                id
-            })
-            .collect();
-        let b = replace_column(&b, "id", Arc::new(StringArray::from(ids)))?;
+        let staged = staged_elev.snapshot(key)?;
+        let sys = crate::delta::strings(&staged, "system_id")?;
+        let fnr = crate::delta::strings(&staged, "fodselsnummer")?;
+        let src = crate::delta::strings(&staged, "stg_kilde_nokkel")?;
+        let mut id_of_source_key: rustc_hash::FxHashMap<&str, Arc<str>> =
+            rustc_hash::FxHashMap::default();
+        let mut ids = arrow::array::StringBuilder::new();
+        for i in 0..staged.num_rows() {
+            let source_key = opt_str(&src, i).unwrap_or_default();
+            let id = identity.resolve(
+                &kommune,
+                kildesystem,
+                opt_str(&sys, i),
+                opt_str(&fnr, i),
+                source_key,
+                *as_of,
+            );
+            ids.append_value(&*id);
+            id_of_source_key.insert(source_key, id);
+        }
+        let b = replace_column(&staged, "id", Arc::new(ids.finish()))?;
         // Per-school lists do not cover a pupil's other schools: pupils are closed below, when
         // they have no open elevforhold left.
         elev.apply(
@@ -689,25 +738,33 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
         let src = crate::delta::strings(&b, "stg_kilde_nokkel")?;
         let skolenr = crate::delta::strings(&b, "skolenummer")?;
         let mut keep = Vec::new();
-        let mut elev_ids = Vec::new();
-        let mut ef_ids = Vec::new();
+        let mut elev_ids = arrow::array::StringBuilder::new();
+        let mut ef_ids = arrow::array::StringBuilder::new();
+        let mut name = String::new();
         for i in 0..b.num_rows() {
-            let Some(elev_id) = opt(&src, i).and_then(|k| id_of_source_key.get(&k).cloned()) else {
+            let Some(elev_id) = opt_str(&src, i).and_then(|k| id_of_source_key.get(k)) else {
                 continue;
             };
             keep.push(i as u32);
-            ef_ids.push(
-                Uuid::new_v5(
-                    &NAMESPACE,
-                    format!("elevforhold|{kildesystem}|{elev_id}|{}", skolenr.value(i)).as_bytes(),
-                )
-                .to_string(),
+            name.clear();
+            {
+                use std::fmt::Write;
+                let _ = write!(
+                    name,
+                    "elevforhold|{kildesystem}|{elev_id}|{}",
+                    skolenr.value(i)
+                );
+            }
+            ef_ids.append_value(
+                Uuid::new_v5(&NAMESPACE, name.as_bytes())
+                    .hyphenated()
+                    .encode_lower(&mut Uuid::encode_buffer()),
             );
-            elev_ids.push(elev_id);
+            elev_ids.append_value(&**elev_id);
         }
         let b = take_record_batch(&b, &UInt32Array::from(keep))?;
-        let b = replace_column(&b, "elev_id", Arc::new(StringArray::from(elev_ids)))?;
-        let b = replace_column(&b, "id", Arc::new(StringArray::from(ef_ids)))?;
+        let b = replace_column(&b, "elev_id", Arc::new(elev_ids.finish()))?;
+        let b = replace_column(&b, "id", Arc::new(ef_ids.finish()))?;
         let closed_ef = ef.apply(b, *as_of, scope())?;
         if omfang.is_some() {
             // A pupil who left this school and has no other open elevforhold in this source
@@ -730,15 +787,15 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
         }
     }
 
+    steps.step("scd2 apply");
     // Invariants first, for every table: a violation stops the run before any commit.
     for run in [&skole, &elev, &ef] {
         run.check()?;
     }
-    let known_ids = identity.ids();
     if let Some(orphan) = ef.engine.live_inserts().find(|i| {
         let b = &ef.batches[i.batch];
         crate::delta::strings(b, "elev_id")
-            .map(|a| !known_ids.contains(a.value(i.row)))
+            .map(|a| !identity.knows(a.value(i.row)))
             .unwrap_or(true)
     }) {
         return Err(Error::Other(format!(
@@ -750,6 +807,7 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
         run.reconcile(&session).await?;
     }
 
+    steps.step("check and reconcile");
     // Row-count change of current pupils against what is stored: a sudden drop is more often a
     // broken export than pupils leaving.
     let before = stored_current;
@@ -796,6 +854,7 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
             out.versions.insert(run.table.name.to_string(), v);
             changed = true;
         }
+        steps.step(run.table.name);
         crate::run::crash_point(&format!("after-merge-{}", run.table.name));
     }
     if ctx.dry_run {
@@ -804,8 +863,10 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
     if let Some(v) = identity.write(ctx).await? {
         out.versions.insert("elev_id".into(), v);
     }
+    steps.step("elev_id");
     crate::run::crash_point("after-elev-id");
     write_leveranse(ctx, &pending).await?;
+    steps.step("leveranse");
     crate::run::crash_point("after-leveranse");
     if changed || elevliste_stale(ctx).await? {
         let (rows, version) = write_elevliste(ctx).await?;
@@ -814,15 +875,17 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
             out.versions.insert("elevliste_vgs".into(), v);
         }
     }
+    steps.step("elevliste_vgs");
     crate::run::crash_point("after-elevliste");
     out.metrics.extend(publish_metrics(ctx).await?);
+    steps.step("metrics");
     Ok(out)
 }
 
 /// The elev of a closed elevforhold: the engine removed it from the state, so look in the
 /// closes (stored rows) — their parent is read back from the batches or the stored state.
 fn ef_parent(ef: &TableRun, key: &str) -> Option<String> {
-    ef.engine.parents_of_closed.get(key).cloned()
+    ef.engine.parents_of_closed.get(key).map(|p| p.to_string())
 }
 
 async fn write_leveranse(ctx: &RunContext, snapshots: &[SnapshotKey]) -> Result<()> {

@@ -5,25 +5,40 @@
 //!
 //! Not here: reading or writing Delta (publish/mod.rs), identity resolution (publish/identity.rs).
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
+use rustc_hash::{FxHashMap, FxHashSet};
 use tracing::warn;
 
 use crate::error::Result;
 use crate::schema::Table;
 
+/// xxh3-128 of a row's tracked columns; stored as 32 hex digits in `rad_hash`.
+pub type RowHash = u128;
+
+/// The stored text form of a row hash.
+pub fn hash_hex(h: RowHash) -> String {
+    format!("{h:032x}")
+}
+
+/// A stored `rad_hash`; an unreadable one never equals a computed hash, so the row gets a new
+/// version rather than being silently kept.
+pub fn parse_hash(text: &str) -> RowHash {
+    u128::from_str_radix(text, 16).unwrap_or(u128::MAX)
+}
+
 /// A current version of a key.
 #[derive(Debug, Clone)]
 pub struct Current {
-    pub hash: String,
+    pub hash: RowHash,
     pub valid_from: i64,
     /// Scope attributes, used for deletions.
-    pub kildesystem: Option<String>,
-    pub skolenummer: Option<String>,
-    pub parent: Option<String>,
+    pub kildesystem: Option<Arc<str>>,
+    pub skolenummer: Option<Arc<str>>,
+    pub parent: Option<Arc<str>>,
     origin: Origin,
 }
 
@@ -40,9 +55,9 @@ enum Origin {
 pub struct Insert {
     pub batch: usize,
     pub row: usize,
-    pub key: String,
-    pub kildesystem: Option<String>,
-    pub hash: String,
+    pub key: Arc<str>,
+    pub kildesystem: Option<Arc<str>>,
+    pub hash: RowHash,
     pub valid_from: i64,
     pub valid_to: Option<i64>,
     pub removed: bool,
@@ -51,7 +66,7 @@ pub struct Insert {
 /// A stored current version this run closes.
 #[derive(Debug, Clone)]
 pub struct Close {
-    pub key: String,
+    pub key: Arc<str>,
     pub valid_from: i64,
     pub valid_to: i64,
 }
@@ -80,58 +95,68 @@ impl Scope<'_> {
 
 #[derive(Debug, Default)]
 pub struct Scd2 {
-    pub state: HashMap<String, Current>,
+    pub state: FxHashMap<Arc<str>, Current>,
     pub closes: Vec<Close>,
     pub inserts: Vec<Insert>,
     /// Keys closed because they were absent from a snapshot, per snapshot call.
-    pub last_absent: Vec<String>,
+    pub last_absent: Vec<Arc<str>>,
     /// Parent key (e.g. elev_id of an elevforhold) of every key closed in this run.
-    pub parents_of_closed: HashMap<String, String>,
+    pub parents_of_closed: FxHashMap<Arc<str>, Arc<str>>,
     pub late_rows_skipped: usize,
+    /// Source systems and school numbers repeat on every row: one copy of each.
+    interned: FxHashSet<Arc<str>>,
 }
 
 /// A row of a snapshot, ready to apply.
 pub struct SnapshotRow<'a> {
     pub key: &'a str,
-    pub hash: String,
-    pub kildesystem: Option<String>,
-    pub skolenummer: Option<String>,
-    pub parent: Option<String>,
+    pub hash: RowHash,
+    pub kildesystem: Option<&'a str>,
+    pub skolenummer: Option<&'a str>,
+    pub parent: Option<&'a str>,
 }
 
 impl Scd2 {
+    fn intern(&mut self, s: Option<&str>) -> Option<Arc<str>> {
+        let s = s?;
+        if let Some(a) = self.interned.get(s) {
+            return Some(a.clone());
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.interned.insert(a.clone());
+        Some(a)
+    }
+
     pub fn load_current(
         &mut self,
-        key: String,
-        hash: String,
+        key: &str,
+        hash: RowHash,
         valid_from: i64,
-        kildesystem: Option<String>,
-        skolenummer: Option<String>,
-        parent: Option<String>,
+        kildesystem: Option<&str>,
+        skolenummer: Option<&str>,
+        parent: Option<&str>,
     ) {
-        self.state.insert(
-            key,
-            Current {
-                hash,
-                valid_from,
-                kildesystem,
-                skolenummer,
-                parent,
-                origin: Origin::Stored,
-            },
-        );
+        let current = Current {
+            hash,
+            valid_from,
+            kildesystem: self.intern(kildesystem),
+            skolenummer: self.intern(skolenummer),
+            parent: parent.map(Arc::from),
+            origin: Origin::Stored,
+        };
+        self.state.insert(Arc::from(key), current);
     }
 
     fn close(&mut self, key: &str, at: i64) {
-        let Some(cur) = self.state.remove(key) else {
+        let Some((key, cur)) = self.state.remove_entry(key) else {
             return;
         };
         if let Some(p) = &cur.parent {
-            self.parents_of_closed.insert(key.to_string(), p.clone());
+            self.parents_of_closed.insert(key.clone(), p.clone());
         }
         match cur.origin {
             Origin::Stored => self.closes.push(Close {
-                key: key.to_string(),
+                key,
                 valid_from: cur.valid_from,
                 valid_to: at,
             }),
@@ -142,28 +167,12 @@ impl Scd2 {
 
     /// Applies one full snapshot taken at `as_of`. Rows of `batch` (an index into the caller's
     /// prepared batches) are given in order; `scope` says which absent keys it closes.
-    pub fn apply(
-        &mut self,
-        batch: usize,
-        as_of: i64,
-        rows: Vec<SnapshotRow<'_>>,
-        scope: Scope<'_>,
-    ) {
-        let mut present = std::collections::HashSet::with_capacity(rows.len());
-        for (row, r) in rows.into_iter().enumerate() {
-            present.insert(r.key.to_string());
-            let kildesystem = r.kildesystem.clone();
-            let new_version = |hash: String| Insert {
-                batch,
-                row,
-                key: r.key.to_string(),
-                kildesystem: kildesystem.clone(),
-                hash,
-                valid_from: as_of,
-                valid_to: None,
-                removed: false,
-            };
-            match self.state.get(r.key) {
+    pub fn apply(&mut self, batch: usize, as_of: i64, rows: &[SnapshotRow<'_>], scope: Scope<'_>) {
+        let mut present: FxHashSet<&str> = FxHashSet::default();
+        present.reserve(rows.len());
+        for (row, r) in rows.iter().enumerate() {
+            present.insert(r.key);
+            match self.state.get_mut(r.key) {
                 Some(cur) if cur.hash == r.hash => continue,
                 Some(cur) if cur.valid_from > as_of => {
                     // Placing older snapshots inside history is not supported yet: keep the
@@ -174,10 +183,15 @@ impl Scd2 {
                 Some(cur) if cur.valid_from == as_of => {
                     if let Origin::New(i) = cur.origin {
                         // Same as-of twice in one run (two files of one day): the later wins.
-                        self.inserts[i] = new_version(r.hash.clone());
-                        if let Some(c) = self.state.get_mut(r.key) {
-                            c.hash = r.hash;
-                        }
+                        cur.hash = r.hash;
+                        let kildesystem = self.intern(r.kildesystem);
+                        let ins = &mut self.inserts[i];
+                        ins.batch = batch;
+                        ins.row = row;
+                        ins.hash = r.hash;
+                        ins.valid_to = None;
+                        ins.removed = false;
+                        ins.kildesystem = kildesystem;
                     } else {
                         self.late_rows_skipped += 1;
                     }
@@ -186,23 +200,32 @@ impl Scd2 {
                 Some(_) => self.close(r.key, as_of),
                 None => {}
             }
-            self.inserts.push(new_version(r.hash.clone()));
-            self.state.insert(
-                r.key.to_string(),
-                Current {
-                    hash: r.hash,
-                    valid_from: as_of,
-                    kildesystem: r.kildesystem,
-                    skolenummer: r.skolenummer,
-                    parent: r.parent,
-                    origin: Origin::New(self.inserts.len() - 1),
-                },
-            );
+            let key: Arc<str> = Arc::from(r.key);
+            let kildesystem = self.intern(r.kildesystem);
+            self.inserts.push(Insert {
+                batch,
+                row,
+                key: key.clone(),
+                kildesystem: kildesystem.clone(),
+                hash: r.hash,
+                valid_from: as_of,
+                valid_to: None,
+                removed: false,
+            });
+            let current = Current {
+                hash: r.hash,
+                valid_from: as_of,
+                kildesystem,
+                skolenummer: self.intern(r.skolenummer),
+                parent: r.parent.map(Arc::from),
+                origin: Origin::New(self.inserts.len() - 1),
+            };
+            self.state.insert(key, current);
         }
-        let absent: Vec<String> = self
+        let absent: Vec<Arc<str>> = self
             .state
             .iter()
-            .filter(|(k, c)| scope.covers(c) && !present.contains(*k) && c.valid_from < as_of)
+            .filter(|(k, c)| scope.covers(c) && !present.contains(&***k) && c.valid_from < as_of)
             .map(|(k, _)| k.clone())
             .collect();
         for k in &absent {
@@ -237,7 +260,7 @@ impl Scd2 {
     /// open. Untouched keys keep their stored, already checked history. Returns the first
     /// violation, naming the key.
     pub fn violation(&self) -> Option<String> {
-        let mut per_key: HashMap<&str, Vec<(i64, Option<i64>)>> = HashMap::new();
+        let mut per_key: FxHashMap<&str, Vec<(i64, Option<i64>)>> = FxHashMap::default();
         for c in &self.closes {
             per_key
                 .entry(&c.key)
@@ -280,7 +303,7 @@ impl Scd2 {
 
 /// Hashes of the tracked columns of every row of `batch` (xxh3-128 over a canonical text form,
 /// stable across runs and versions).
-pub fn row_hashes(table: &Table, batch: &RecordBatch) -> Result<Vec<String>> {
+pub fn row_hashes(table: &Table, batch: &RecordBatch) -> Result<Vec<RowHash>> {
     let cols: Vec<StringArray> = table
         .tracked_columns()
         .map(|c| -> Result<StringArray> {
@@ -307,7 +330,7 @@ pub fn row_hashes(table: &Table, batch: &RecordBatch) -> Result<Vec<String>> {
                 }
                 buf.push(0x1f);
             }
-            format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&buf))
+            xxhash_rust::xxh3::xxh3_128(&buf)
         })
         .collect())
 }
@@ -316,11 +339,11 @@ pub fn row_hashes(table: &Table, batch: &RecordBatch) -> Result<Vec<String>> {
 mod tests {
     use super::*;
 
-    fn row(key: &str, hash: &str) -> SnapshotRow<'static> {
+    fn row(key: &'static str, hash: RowHash) -> SnapshotRow<'static> {
         SnapshotRow {
-            key: Box::leak(key.to_string().into_boxed_str()),
-            hash: hash.into(),
-            kildesystem: Some("s".into()),
+            key,
+            hash,
+            kildesystem: Some("s"),
             skolenummer: None,
             parent: None,
         }
@@ -329,32 +352,25 @@ mod tests {
     #[test]
     fn change_delete_and_unchanged() {
         let mut s = Scd2::default();
-        s.load_current("a".into(), "h1".into(), 10, Some("s".into()), None, None);
-        s.load_current("b".into(), "h1".into(), 10, Some("s".into()), None, None);
-        s.load_current(
-            "other".into(),
-            "h1".into(),
-            10,
-            Some("t".into()),
-            None,
-            None,
-        );
+        s.load_current("a", 1, 10, Some("s"), None, None);
+        s.load_current("b", 1, 10, Some("s"), None, None);
+        s.load_current("other", 1, 10, Some("t"), None, None);
         s.apply(
             0,
             20,
-            vec![row("a", "h2"), row("b", "h1"), row("c", "h1")],
+            &[row("a", 2), row("b", 1), row("c", 1)],
             Scope::Source("s"),
         );
-        s.apply(1, 30, vec![row("b", "h1")], Scope::Source("s"));
+        s.apply(1, 30, &[row("b", 1)], Scope::Source("s"));
         let closes: Vec<_> = s
             .closes
             .iter()
-            .map(|c| (c.key.as_str(), c.valid_from, c.valid_to))
+            .map(|c| (&*c.key, c.valid_from, c.valid_to))
             .collect();
         assert_eq!(closes, [("a", 10, 20)]);
         let ins: Vec<_> = s
             .live_inserts()
-            .map(|i| (i.key.as_str(), i.valid_from, i.valid_to))
+            .map(|i| (&*i.key, i.valid_from, i.valid_to))
             .collect();
         assert_eq!(ins, [("a", 20, Some(30)), ("c", 20, Some(30))]);
         assert!(
@@ -366,30 +382,30 @@ mod tests {
     #[test]
     fn violations_name_the_key() {
         let mut s = Scd2::default();
-        s.load_current("a".into(), "h1".into(), 10, Some("s".into()), None, None);
-        s.apply(0, 20, vec![row("a", "h2")], Scope::Source("s"));
+        s.load_current("a", 1, 10, Some("s"), None, None);
+        s.apply(0, 20, &[row("a", 2)], Scope::Source("s"));
         assert_eq!(s.violation(), None);
         // A new version that would overlap the stored current one (as a wrongly placed late
         // snapshot would) is caught before anything is written.
         s.inserts.push(Insert {
             batch: 0,
             row: 0,
-            key: "a".into(),
-            kildesystem: Some("s".into()),
-            hash: "h3".into(),
+            key: Arc::from("a"),
+            kildesystem: Some(Arc::from("s")),
+            hash: 3,
             valid_from: 15,
             valid_to: Some(25),
             removed: false,
         });
         assert_eq!(s.violation().as_deref(), Some("key a: versions overlap"));
         let mut s = Scd2::default();
-        s.load_current("b".into(), "h1".into(), 10, Some("s".into()), None, None);
+        s.load_current("b", 1, 10, Some("s"), None, None);
         s.inserts.push(Insert {
             batch: 0,
             row: 0,
-            key: "b".into(),
-            kildesystem: Some("s".into()),
-            hash: "h2".into(),
+            key: Arc::from("b"),
+            kildesystem: Some(Arc::from("s")),
+            hash: 2,
             valid_from: 20,
             valid_to: None,
             removed: false,
@@ -403,8 +419,8 @@ mod tests {
     #[test]
     fn unchanged_snapshot_changes_nothing() {
         let mut s = Scd2::default();
-        s.load_current("a".into(), "h1".into(), 10, Some("s".into()), None, None);
-        s.apply(0, 20, vec![row("a", "h1")], Scope::Source("s"));
+        s.load_current("a", 1, 10, Some("s"), None, None);
+        s.apply(0, 20, &[row("a", 1)], Scope::Source("s"));
         assert!(!s.has_changes());
     }
 }

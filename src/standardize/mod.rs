@@ -8,7 +8,9 @@
 pub mod oneroster;
 pub mod vigo;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use chrono::NaiveDate;
 use deltalake::protocol::SaveMode;
@@ -22,13 +24,22 @@ use crate::quality::{fnr, kommuner, rules, Checker, RecordRef, Severity};
 use crate::run::RunContext;
 use crate::schema::{self, raw_table};
 
-/// A raw record of a snapshot.
-#[derive(Debug, Clone)]
-pub struct RawRec {
-    pub kjelde: String,
-    pub entitet: String,
+/// A raw record of a snapshot, borrowed from the raw table's columns.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRec<'a> {
+    pub kjelde: &'a str,
+    pub entitet: &'a str,
     pub rad: i64,
-    pub post: String,
+    pub post: &'a str,
+}
+
+/// The columns of one batch read from a raw table.
+#[derive(Debug, Clone)]
+struct RawColumns {
+    kjelde: crate::delta::TextCol,
+    entitet: crate::delta::TextCol,
+    rad: arrow::array::Int64Array,
+    post: crate::delta::TextCol,
 }
 
 /// All records of one source that share a scope and an as-of time.
@@ -41,7 +52,26 @@ pub struct Snapshot {
     pub omfang: Option<String>,
     /// Microseconds since the epoch, UTC.
     pub as_of: i64,
-    pub records: Vec<RawRec>,
+    /// The raw batches the records are in (shared by the snapshots read together).
+    columns: std::sync::Arc<Vec<RawColumns>>,
+    /// (batch, row) of each record, in file and record order.
+    rows: Vec<(u32, u32)>,
+}
+
+impl Snapshot {
+    /// The records, in file and record order.
+    pub fn records(&self) -> impl Iterator<Item = RawRec<'_>> {
+        self.rows.iter().map(|&(b, r)| {
+            let c = &self.columns[b as usize];
+            let r = r as usize;
+            RawRec {
+                kjelde: c.kjelde.value(r),
+                entitet: c.entitet.value(r),
+                rad: c.rad.value(r),
+                post: c.post.value(r),
+            }
+        })
+    }
 }
 
 pub type SnapshotKey = (String, Option<String>, i64);
@@ -213,18 +243,21 @@ async fn pending_snapshots(ctx: &RunContext) -> Result<Vec<Snapshot>> {
             .join(", ");
         let sql = format!(
             "SELECT kildesystem, omfang, as_of, kjelde, sha256, entitet, rad, post FROM {} \
-             WHERE as_of IN ({times}) ORDER BY as_of, kjelde, rad",
+             WHERE as_of IN ({times})",
             table.name
         );
-        // A file ingested twice by two runs at once is read once.
-        let mut seen = HashSet::new();
-        for b in crate::delta::query(&session, &sql).await? {
-            let k = crate::delta::strings(&b, "kildesystem")?;
-            let o = crate::delta::strings(&b, "omfang")?;
-            let t = crate::delta::micros(&b, "as_of")?;
-            let kjelde = crate::delta::strings(&b, "kjelde")?;
-            let sha = crate::delta::strings(&b, "sha256")?;
-            let entitet = crate::delta::strings(&b, "entitet")?;
+        let batches = crate::delta::query(&session, &sql).await?;
+        let mut columns = Vec::with_capacity(batches.len());
+        // Records are ordered by file name and record number below; a file ingested twice by
+        // two runs at once is read once. Files are numbered by (name, sha256).
+        let mut files: HashMap<(String, String), u32> = HashMap::new();
+        let mut entries: Vec<(SnapshotKey, u32, i64, u32, u32)> = Vec::new();
+        for (bi, b) in batches.iter().enumerate() {
+            let k = crate::delta::text(b, "kildesystem")?;
+            let o = crate::delta::text(b, "omfang")?;
+            let t = crate::delta::micros(b, "as_of")?;
+            let kjelde = crate::delta::text(b, "kjelde")?;
+            let sha = crate::delta::text(b, "sha256")?;
             let rad = arrow::compute::cast(
                 b.column_by_name("rad")
                     .ok_or_else(|| crate::error::Error::Other("raw lacks rad".into()))?,
@@ -233,39 +266,81 @@ async fn pending_snapshots(ctx: &RunContext) -> Result<Vec<Snapshot>> {
             let rad = rad
                 .as_any()
                 .downcast_ref::<arrow::array::Int64Array>()
-                .ok_or_else(|| crate::error::Error::Other("raw rad is not an integer".into()))?;
-            let post = crate::delta::strings(&b, "post")?;
+                .ok_or_else(|| crate::error::Error::Other("raw rad is not an integer".into()))?
+                .clone();
+            // Rows of one file come together: the key and file are looked up once per run of
+            // rows from the same file.
+            let mut last: Option<(SnapshotKey, u32, usize)> = None;
             for i in 0..b.num_rows() {
-                if !seen.insert((
-                    kjelde.value(i).to_string(),
-                    sha.value(i).to_string(),
-                    rad.value(i),
-                )) {
+                let same = last.as_ref().is_some_and(|(_, _, p)| {
+                    t.value(i) == t.value(*p)
+                        && kjelde.value(i) == kjelde.value(*p)
+                        && sha.value(i) == sha.value(*p)
+                        && k.value(i) == k.value(*p)
+                        && o.opt(i) == o.opt(*p)
+                });
+                if same {
+                    if let Some(l) = last.as_mut() {
+                        l.2 = i;
+                    }
+                } else {
+                    let key = (
+                        k.value(i).to_string(),
+                        o.opt(i).map(str::to_string),
+                        t.value(i),
+                    );
+                    let n = files.len() as u32;
+                    let f = *files
+                        .entry((kjelde.value(i).to_string(), sha.value(i).to_string()))
+                        .or_insert(n);
+                    last = Some((key, f, i));
+                }
+                let Some((key, f, _)) = &last else { continue };
+                if done.contains(key) && !rebuilt.contains(&key.0) {
                     continue;
                 }
-                let omfang = (!o.is_null(i)).then(|| o.value(i).to_string());
-                let key = (k.value(i).to_string(), omfang.clone(), t.value(i));
-                if done.contains(&key) && !rebuilt.contains(&key.0) {
-                    continue;
-                }
-                snaps
-                    .entry((t.value(i), key.0.clone(), omfang.clone()))
-                    .or_insert_with(|| Snapshot {
-                        published: done.contains(&key),
-                        kildesystem: key.0.clone(),
-                        format: source.format,
-                        omfang,
-                        as_of: t.value(i),
-                        records: Vec::new(),
-                    })
-                    .records
-                    .push(RawRec {
-                        kjelde: kjelde.value(i).to_string(),
-                        entitet: entitet.value(i).to_string(),
-                        rad: rad.value(i),
-                        post: post.value(i).to_string(),
-                    });
+                entries.push((key.clone(), *f, rad.value(i), bi as u32, i as u32));
             }
+            columns.push(RawColumns {
+                kjelde,
+                entitet: crate::delta::text(b, "entitet")?,
+                rad,
+                post: crate::delta::text(b, "post")?,
+            });
+        }
+        // File order: by name (then sha256, for two versions of one name).
+        let mut names: Vec<(&(String, String), &u32)> = files.iter().collect();
+        names.sort();
+        let mut rank = vec![0u32; files.len()];
+        for (r, (_, f)) in names.iter().enumerate() {
+            rank[**f as usize] = r as u32;
+        }
+        entries.sort_unstable_by(|a, b| {
+            (a.0 .2, &a.0 .0, &a.0 .1, rank[a.1 as usize], a.2).cmp(&(
+                b.0 .2,
+                &b.0 .0,
+                &b.0 .1,
+                rank[b.1 as usize],
+                b.2,
+            ))
+        });
+        // Two copies of one file (same name and sha256) give the same (file, record) twice.
+        entries.dedup_by(|a, b| a.1 == b.1 && a.2 == b.2 && a.0 == b.0);
+        let columns = std::sync::Arc::new(columns);
+        for (key, _, _, bi, i) in entries {
+            snaps
+                .entry((key.2, key.0.clone(), key.1.clone()))
+                .or_insert_with(|| Snapshot {
+                    published: done.contains(&key),
+                    kildesystem: key.0.clone(),
+                    format: source.format,
+                    omfang: key.1.clone(),
+                    as_of: key.2,
+                    columns: columns.clone(),
+                    rows: Vec::new(),
+                })
+                .rows
+                .push((bi, i));
         }
     }
     Ok(snaps.into_values().collect())
@@ -409,41 +484,43 @@ fn validate(
 
     // Keys of every delivered pupil, kept or not: references to dropped pupils are not new news.
     // The school of each pupil (from the snapshot's elevforhold), for per-school thresholds.
-    let school_of: std::collections::HashMap<String, String> = rows
+    let school_of: FxHashMap<&str, &str> = rows
         .elevforhold
         .iter()
-        .filter_map(|ef| Some((ef.elev_kilde_nokkel.clone()?, ef.skolenummer.clone()?)))
+        .filter_map(|ef| Some((ef.elev_kilde_nokkel.as_deref()?, ef.skolenummer.as_deref()?)))
         .collect();
-    let mut per_school: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut per_school: FxHashMap<String, (u64, u64)> = FxHashMap::default();
     let kildesystem = rows
         .elev
         .first()
         .map(|e| e.r.kildesystem.clone())
         .unwrap_or_default();
-    let delivered: HashSet<String> = rows
+    // Sets of keys hold 128-bit hashes of them (no copy of a million strings; a collision is
+    // as likely as guessing a random UUID twice).
+    let delivered: FxHashSet<u128> = rows
         .elev
         .iter()
         .filter_map(|e| {
             let k = e.kilde_nokkel.as_deref()?;
             Some(if e.fnr_required {
-                fnr::normalize(k)
+                key_hash(&fnr::normalize(k))
             } else {
-                k.to_string()
+                key_hash(k)
             })
         })
         .collect();
-    let mut kept_keys = HashSet::new();
-    let mut seen_fnr = HashSet::new();
+    let mut kept_keys = FxHashSet::default();
+    let mut seen_fnr = FxHashSet::default();
     // Records whose pupil was dropped: an elevforhold from the same record (Vigo lines carry
-    // both) goes with it, already reported.
-    let mut dropped_records = HashSet::new();
+    // both) goes with it, already reported. File → record numbers.
+    let mut dropped_records: FxHashMap<String, HashSet<i64>> = FxHashMap::default();
     for mut e in rows.elev {
         // A pupil's deviations go to the school the pupil is enrolled at.
         if e.r.skolenummer.is_none() {
             e.r.skolenummer = e
                 .kilde_nokkel
-                .as_ref()
-                .and_then(|k| school_of.get(k).cloned());
+                .as_deref()
+                .and_then(|k| school_of.get(k).map(|s| s.to_string()));
         }
         let mut keep = true;
         if e.fornavn.is_none() || e.etternavn.is_none() {
@@ -470,16 +547,23 @@ fn validate(
         keep &= check_fnr(c, &mut e, today);
         let school =
             e.r.skolenummer
-                .clone()
+                .as_deref()
                 .or_else(|| {
                     e.kilde_nokkel
-                        .as_ref()
-                        .and_then(|k| school_of.get(k).cloned())
+                        .as_deref()
+                        .and_then(|k| school_of.get(k).copied())
                 })
-                .unwrap_or_else(|| "-".into());
-        let tally = per_school.entry(school).or_insert((0, 0));
-        tally.0 += 1;
-        tally.1 += (c.invalid_fnr() > invalid_before) as u64;
+                .unwrap_or("-");
+        let invalid = (c.invalid_fnr() > invalid_before) as u64;
+        match per_school.get_mut(school) {
+            Some(tally) => {
+                tally.0 += 1;
+                tally.1 += invalid;
+            }
+            None => {
+                per_school.insert(school.to_string(), (1, invalid));
+            }
+        }
         if e.fnr_required {
             // The Vigo list is keyed by the (normalised, possibly repaired) fødselsnummer.
             e.kilde_nokkel = e.fodselsnummer.clone();
@@ -528,14 +612,17 @@ fn validate(
             }
         }
         if !keep {
-            dropped_records.insert((e.r.kjelde.clone(), e.r.rad));
+            dropped_records
+                .entry(e.r.kjelde.clone())
+                .or_default()
+                .insert(e.r.rad);
             continue;
         }
-        let key = e.kilde_nokkel.clone().unwrap_or_default();
+        let key = key_hash(e.kilde_nokkel.as_deref().unwrap_or_default());
         let dup_fnr = e
             .fodselsnummer
-            .as_ref()
-            .is_some_and(|f| !seen_fnr.insert(f.clone()));
+            .as_deref()
+            .is_some_and(|f| !seen_fnr.insert(key_hash(f)));
         if !kept_keys.insert(key) || dup_fnr {
             let verdi = e.fodselsnummer.as_deref().map(fnr::mask);
             c.report(
@@ -545,13 +632,18 @@ fn validate(
                 verdi,
                 "Eleven står fleire gonger i same leveranse; berre den første er teken med",
             );
-            dropped_records.insert((e.r.kjelde.clone(), e.r.rad));
+            dropped_records
+                .entry(e.r.kjelde.clone())
+                .or_default()
+                .insert(e.r.rad);
             continue;
         }
         out.elev.push(e);
     }
     // Share of invalid fødselsnummer per school above the threshold.
     let threshold = c.threshold(rules::FNR_UGYLDIG_ANDEL).unwrap_or(0.05);
+    let mut per_school: Vec<(String, (u64, u64))> = per_school.into_iter().collect();
+    per_school.sort();
     for (school, (n, bad)) in &per_school {
         let share = *bad as f64 / (*n).max(1) as f64;
         if *bad > 0 && share > threshold {
@@ -566,14 +658,17 @@ fn validate(
                 format!("{bad} av {n} elevar ved skulen har ugyldig fødselsnummer (over {:.0} %) — sjekk eksporten frå skulesystemet", threshold * 100.0));
         }
     }
-    let elev_keys: HashSet<String> = out
+    let elev_keys: FxHashSet<&str> = out
         .elev
         .iter()
-        .filter_map(|e| e.kilde_nokkel.clone())
+        .filter_map(|e| e.kilde_nokkel.as_deref())
         .collect();
-    let mut ef_keys = HashSet::new();
+    let mut ef_keys = FxHashSet::default();
     for mut ef in rows.elevforhold {
-        if dropped_records.contains(&(ef.r.kjelde.clone(), ef.r.rad)) {
+        if dropped_records
+            .get(ef.r.kjelde.as_str())
+            .is_some_and(|rads| rads.contains(&ef.r.rad))
+        {
             continue;
         }
         if ef
@@ -583,27 +678,25 @@ fn validate(
         {
             // Follow the repaired number of a Vigo pupil.
             let repaired = format!("0{}", ef.elev_kilde_nokkel.as_deref().unwrap_or_default());
-            if elev_keys.contains(&repaired) {
+            if elev_keys.contains(repaired.as_str()) {
                 ef.elev_kilde_nokkel = Some(repaired);
             }
         }
-        if let Some(k) = &ef.elev_kilde_nokkel {
-            ef.elev_kilde_nokkel = Some(if ef.r.system_id.is_none() {
-                fnr::normalize(k)
-            } else {
-                k.clone()
-            });
+        if ef.r.system_id.is_none() {
+            if let Some(k) = &ef.elev_kilde_nokkel {
+                ef.elev_kilde_nokkel = Some(fnr::normalize(k));
+            }
         }
         let Some(elev) = ef
             .elev_kilde_nokkel
-            .clone()
+            .as_deref()
             .filter(|k| elev_keys.contains(k))
         else {
             // Pupils dropped above are already reported; only unknown references are new.
             if !ef
                 .elev_kilde_nokkel
-                .as_ref()
-                .is_some_and(|k| delivered.contains(k))
+                .as_deref()
+                .is_some_and(|k| delivered.contains(&key_hash(k)))
             {
                 c.report(
                     &ef.r,
@@ -615,7 +708,7 @@ fn validate(
             }
             continue;
         };
-        let Some(skole) = ef.skolenummer.clone() else {
+        let Some(skole) = ef.skolenummer.as_deref() else {
             c.report(
                 &ef.r,
                 rules::PAKREVD_FELT,
@@ -625,12 +718,12 @@ fn validate(
             );
             continue;
         };
-        if !schools.contains(&skole) {
+        if !schools.contains(skole) {
             let sev = c.report(
                 &ef.r,
                 rules::UKJENT_SKOLE,
                 Some("skolenummer"),
-                Some(skole.clone()),
+                Some(skole.to_string()),
                 "Skulen finst ikkje i leveransen eller i skuleregisteret til kommunen",
             );
             if sev == Severity::Drop {
@@ -661,7 +754,7 @@ fn validate(
                 continue;
             }
         }
-        if !ef_keys.insert((elev, skole)) {
+        if !ef_keys.insert(pair_hash(elev, skole)) {
             c.report(&ef.r, rules::DUPLIKAT, Some("klasse"), None,
                 "Eleven har fleire elevforhold ved same skule i same leveranse; berre det første er teke med");
             continue;
@@ -669,6 +762,19 @@ fn validate(
         out.elevforhold.push(ef);
     }
     out
+}
+
+/// 128-bit hash of a key, for sets of keys.
+fn key_hash(k: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(k.as_bytes())
+}
+
+fn pair_hash(a: &str, b: &str) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(a.as_bytes());
+    h.update(&[0x1f]);
+    h.update(b.as_bytes());
+    h.digest128()
 }
 
 fn date_days(d: Option<NaiveDate>) -> Option<i32> {
@@ -822,7 +928,9 @@ async fn known_schools(ctx: &RunContext) -> Result<HashSet<String>> {
 }
 
 pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
+    let mut steps = crate::run::Steps::new("standardize");
     let snaps = pending_snapshots(ctx).await?;
+    steps.step("read pending snapshots from raw");
     let mut outcome = StandardizeOutcome {
         snapshots: snaps.iter().filter(|s| !s.published).count(),
         ..Default::default()
@@ -839,6 +947,7 @@ pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
     let mut elevforhold = Vec::new();
     let mut skole = Vec::new();
     for snap in &snaps {
+        steps.step("start snapshot");
         let mut staged = Staged::default();
         match snap.format {
             Format::OnerosterJson => {
@@ -858,7 +967,9 @@ pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
             &mut checker
         };
         c.snapshot = (snap.omfang.clone(), snap.as_of);
+        steps.step("flatten");
         let valid = validate(c, staged, &known, today);
+        steps.step("validate");
         if !snap.published {
             *outcome.rows_out.entry("elev").or_default() += valid.elev.len();
             *outcome.rows_out.entry("elevforhold").or_default() += valid.elevforhold.len();
@@ -884,7 +995,9 @@ pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
         (&schema::ELEVFORHOLD, elevforhold_frame(&elevforhold)?),
         (&schema::SKOLE, skole_frame(&skole)?),
     ];
+    steps.step("frames");
     outcome.metrics = crate::metrics::standardize_metrics(&outcome, &checker, &frames)?;
+    steps.step("metrics");
     if !outcome.failures.is_empty() {
         warn!(failures = ?outcome.failures, "fail rules broken: nothing will be published");
     }
@@ -898,6 +1011,7 @@ pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
         .collect();
     outcome.avvik_version =
         crate::quality::avvik::write(ctx, &checker.avvik, &new_snapshots).await?;
+    steps.step("write avvik");
     crate::run::crash_point("after-avvik");
     let failed = !outcome.failures.is_empty();
     let mut staged = StagedData {
@@ -930,6 +1044,7 @@ pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
         )
         .await?;
     }
+    steps.step("write staging");
     crate::run::crash_point("after-stage");
     // The snapshot list, written last: publish takes staging as complete only when every
     // staging table was written by the same standardize run. A snapshot may have no rows at all

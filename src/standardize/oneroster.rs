@@ -4,51 +4,128 @@
 //! Real exports are messy: `identfier` is read as `identifier`, optional fields may be missing,
 //! extra fields are ignored; 1.1 (`role`, `orgs`) and 1.2 (`roles`, `primaryOrg`) shapes both work.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
-use serde_json::Value;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 use super::{EfRow, ElevRow, SkoleRow, Snapshot, Staged};
 use crate::quality::RecordRef;
 
-fn s(v: &Value, key: &str) -> Option<String> {
-    match v.get(key)? {
-        Value::String(x) if !x.trim().is_empty() => Some(x.trim().to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
+/// One JSON object whose members stay unparsed until asked for: a record is scanned once and
+/// only the fields standardize uses are decoded (no tree of values per record). As with
+/// `serde_json::Value`, a repeated key keeps its last value.
+struct Obj<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
-fn guid(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(|g| s(g, "sourcedId"))
+impl<'de> serde::Deserialize<'de> for Obj<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Obj<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Obj<'de>, A::Error> {
+                let mut members = Vec::with_capacity(16);
+                while let Some(Key(k)) = map.next_key()? {
+                    members.push((k, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(Obj(members))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
-fn identifier(v: &Value) -> Option<String> {
-    s(v, "identifier").or_else(|| s(v, "identfier"))
+impl<'a> Obj<'a> {
+    /// The object in `text`, or `None` when it is not an object.
+    fn parse(text: &'a str) -> Option<Obj<'a>> {
+        serde_json::from_str(text).ok()
+    }
+
+    fn raw(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// A text field: a non-blank string (trimmed) or a number (as written); else `None`.
+    fn s(&self, key: &str) -> Option<String> {
+        text(self.raw(key)?)
+    }
+
+    fn obj(&self, key: &str) -> Option<Obj<'a>> {
+        Obj::parse(self.raw(key)?.get())
+    }
+
+    /// The elements of an array field (none when the field is missing or not an array).
+    fn arr(&self, key: &str) -> Vec<&'a RawValue> {
+        self.raw(key)
+            .and_then(|r| serde_json::from_str(r.get()).ok())
+            .unwrap_or_default()
+    }
 }
 
-fn meta(v: &Value, key: &str) -> Option<String> {
-    v.get("metadata").and_then(|m| s(m, key))
+/// A JSON string or number as text: strings trimmed (blank → `None`), numbers as written.
+fn text(raw: &RawValue) -> Option<String> {
+    let t = raw.get();
+    let value: Cow<str> = match t.as_bytes().first()? {
+        // A JSON string without escapes is its own content between the quotes.
+        b'"' if !t.contains('\\') => Cow::Borrowed(&t[1..t.len() - 1]),
+        b'"' => Cow::Owned(serde_json::from_str::<String>(t).ok()?),
+        b'-' | b'0'..=b'9' => Cow::Borrowed(t),
+        _ => return None,
+    };
+    let trimmed = value.trim();
+    (!trimmed.is_empty()).then(|| trimmed.to_string())
 }
 
-fn is_deleted(v: &Value) -> bool {
+fn guid(v: &Obj, key: &str) -> Option<String> {
+    v.obj(key).and_then(|g| g.s("sourcedId"))
+}
+
+fn identifier(v: &Obj) -> Option<String> {
+    v.s("identifier").or_else(|| v.s("identfier"))
+}
+
+fn meta(v: &Obj, key: &str) -> Option<String> {
+    v.obj("metadata").and_then(|m| m.s(key))
+}
+
+fn is_deleted(v: &Obj) -> bool {
     matches!(
-        s(v, "status").as_deref(),
+        v.s("status").as_deref(),
         Some("tobedeleted") | Some("inactive")
     )
 }
 
-fn is_student(v: &Value) -> bool {
-    if s(v, "role").as_deref() == Some("student") {
+fn is_student(v: &Obj) -> bool {
+    if v.s("role").as_deref() == Some("student") {
         return true;
     }
-    v.get("roles")
-        .and_then(Value::as_array)
-        .is_some_and(|roles| {
-            roles
-                .iter()
-                .any(|r| s(r, "role").as_deref() == Some("student"))
-        })
+    v.arr("roles")
+        .iter()
+        .any(|r| Obj::parse(r.get()).is_some_and(|r| r.s("role").as_deref() == Some("student")))
 }
 
 /// Leading digits of a class name: `10A` → 10.
@@ -71,25 +148,21 @@ pub fn flatten(snap: &Snapshot, kommunenummer: &str, out: &mut Staged) {
     let mut classes = HashMap::new();
     let mut sessions: HashMap<String, String> = HashMap::new();
     let mut enrollments = Vec::new();
-    for rec in &snap.records {
-        let Ok(v) = serde_json::from_str::<Value>(&rec.post) else {
+    for rec in snap.records() {
+        let Some(v) = Obj::parse(&rec.post) else {
             continue;
         };
-        match rec.entitet.as_str() {
+        match rec.entitet {
             "users" => users.push((rec, v)),
             "orgs" => orgs.push((rec, v)),
             "classes" => {
-                if let Some(id) = s(&v, "sourcedId") {
-                    let name = s(&v, "title").or_else(|| s(&v, "classCode"));
+                if let Some(id) = v.s("sourcedId") {
+                    let name = v.s("title").or_else(|| v.s("classCode"));
                     let grade = v
-                        .get("grades")
-                        .and_then(Value::as_array)
-                        .and_then(|g| g.first())
-                        .and_then(|g| match g {
-                            Value::String(x) => x.trim().parse().ok(),
-                            Value::Number(n) => n.as_i64().map(|n| n as i32),
-                            _ => None,
-                        });
+                        .arr("grades")
+                        .first()
+                        .and_then(|g| text(g))
+                        .and_then(|g| g.parse().ok());
                     classes.insert(
                         id,
                         Class {
@@ -97,17 +170,17 @@ pub fn flatten(snap: &Snapshot, kommunenummer: &str, out: &mut Staged) {
                             name,
                             school: guid(&v, "school"),
                             term: v
-                                .get("terms")
-                                .and_then(Value::as_array)
-                                .and_then(|t| t.first())
-                                .and_then(|t| s(t, "sourcedId")),
-                            homeroom: s(&v, "classType").is_none_or(|t| t == "homeroom"),
+                                .arr("terms")
+                                .first()
+                                .and_then(|t| Obj::parse(t.get()))
+                                .and_then(|t| t.s("sourcedId")),
+                            homeroom: v.s("classType").is_none_or(|t| t == "homeroom"),
                         },
                     );
                 }
             }
             "academicSessions" => {
-                if let (Some(id), Some(y)) = (s(&v, "sourcedId"), s(&v, "schoolYear")) {
+                if let (Some(id), Some(y)) = (v.s("sourcedId"), v.s("schoolYear")) {
                     if let Ok(y) = y.parse::<i32>() {
                         sessions.insert(id, format!("{}{}", y - 1, y));
                     }
@@ -119,9 +192,9 @@ pub fn flatten(snap: &Snapshot, kommunenummer: &str, out: &mut Staged) {
     }
 
     let reference =
-        |rec: &super::RawRec, system_id: Option<String>, school: Option<String>| RecordRef {
+        |rec: &super::RawRec<'_>, system_id: Option<String>, school: Option<String>| RecordRef {
             kildesystem: snap.kildesystem.clone(),
-            kjelde: rec.kjelde.clone(),
+            kjelde: rec.kjelde.to_string(),
             rad: rec.rad,
             skolenummer: school,
             system_id,
@@ -130,10 +203,10 @@ pub fn flatten(snap: &Snapshot, kommunenummer: &str, out: &mut Staged) {
     // Schools: org sourcedId → skolenummer.
     let mut school_of_org = HashMap::new();
     for (rec, v) in &orgs {
-        if is_deleted(v) || s(v, "type").is_some_and(|t| t != "school") {
+        if is_deleted(v) || v.s("type").is_some_and(|t| t != "school") {
             continue;
         }
-        let Some(id) = s(v, "sourcedId") else {
+        let Some(id) = v.s("sourcedId") else {
             continue;
         };
         let skolenummer = meta(v, "skolenummer")
@@ -145,7 +218,7 @@ pub fn flatten(snap: &Snapshot, kommunenummer: &str, out: &mut Staged) {
             r: reference(rec, Some(id), Some(skolenummer.clone())),
             skolenummer,
             organisasjonsnummer: identifier(v),
-            navn: s(v, "name"),
+            navn: v.s("name"),
             fylkesnummer: meta(v, "fylkesnummer").or_else(|| kommune.get(..2).map(str::to_string)),
             kommunenummer: Some(kommune),
             eierform: meta(v, "eierform").or(Some("kommunal".into())),
@@ -157,15 +230,13 @@ pub fn flatten(snap: &Snapshot, kommunenummer: &str, out: &mut Staged) {
         if !is_student(v) || is_deleted(v) {
             continue;
         }
-        let system_id = s(v, "sourcedId");
+        let system_id = v.s("sourcedId");
         let feide = v
-            .get("userIds")
-            .and_then(Value::as_array)
-            .and_then(|ids| {
-                ids.iter()
-                    .find(|i| s(i, "type").is_some_and(|t| t.eq_ignore_ascii_case("feide")))
-            })
-            .and_then(identifier);
+            .arr("userIds")
+            .iter()
+            .filter_map(|i| Obj::parse(i.get()))
+            .find(|i| i.s("type").is_some_and(|t| t.eq_ignore_ascii_case("feide")))
+            .and_then(|i| identifier(&i));
         if let Some(id) = &system_id {
             students.insert(id.clone());
         }
@@ -176,13 +247,13 @@ pub fn flatten(snap: &Snapshot, kommunenummer: &str, out: &mut Staged) {
             fodselsnummer: identifier(v),
             feidenavn: feide.map(|f| f.to_lowercase()),
             kommunenummer: Some(kommunenummer.to_string()),
-            fornavn: s(v, "givenName"),
-            mellomnavn: s(v, "middleName"),
-            etternavn: s(v, "familyName"),
+            fornavn: v.s("givenName"),
+            mellomnavn: v.s("middleName"),
+            etternavn: v.s("familyName"),
             fodselsdato: None,
             kjonn: None,
-            epostadresse: s(v, "email"),
-            mobiltelefonnummer: s(v, "sms").or_else(|| s(v, "phone")),
+            epostadresse: v.s("email"),
+            mobiltelefonnummer: v.s("sms").or_else(|| v.s("phone")),
             bostedsadresse: meta(v, "bostedsadresse"),
             postnummer: meta(v, "postnummer"),
             poststed: meta(v, "poststed"),
@@ -191,7 +262,7 @@ pub fn flatten(snap: &Snapshot, kommunenummer: &str, out: &mut Staged) {
     }
 
     for (rec, v) in &enrollments {
-        if is_deleted(v) || s(v, "role").is_some_and(|r| r != "student") {
+        if is_deleted(v) || v.s("role").is_some_and(|r| r != "student") {
             continue;
         }
         let Some(user) = guid(v, "user") else {
@@ -206,9 +277,9 @@ pub fn flatten(snap: &Snapshot, kommunenummer: &str, out: &mut Staged) {
             .as_ref()
             .map(|o| school_of_org.get(o).cloned().unwrap_or_else(|| o.clone()));
         out.elevforhold.push(EfRow {
-            r: reference(rec, s(v, "sourcedId"), skolenummer.clone()),
+            r: reference(rec, v.s("sourcedId"), skolenummer.clone()),
             elev_kilde_nokkel: Some(user),
-            system_id: s(v, "sourcedId"),
+            system_id: v.s("sourcedId"),
             skolenummer,
             klasse: class.and_then(|c| c.name.clone()),
             trinn: class.and_then(|c| c.trinn),
@@ -216,8 +287,8 @@ pub fn flatten(snap: &Snapshot, kommunenummer: &str, out: &mut Staged) {
                 .and_then(|c| c.term.as_ref())
                 .and_then(|t| sessions.get(t).cloned()),
             hovedskole: Some(true),
-            startdato: s(v, "beginDate").and_then(|d| d.parse().ok()),
-            sluttdato: s(v, "endDate").and_then(|d| d.parse().ok()),
+            startdato: v.s("beginDate").and_then(|d| d.parse().ok()),
+            sluttdato: v.s("endDate").and_then(|d| d.parse().ok()),
         });
     }
 }

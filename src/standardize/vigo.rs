@@ -51,7 +51,7 @@ pub fn skolear_for(as_of_micros: i64) -> String {
 pub fn flatten(snap: &Snapshot, out: &mut Staged) {
     let skolear = skolear_for(snap.as_of);
     let mut school: Option<SkoleRow> = None;
-    for rec in snap.records.iter().filter(|r| r.entitet == "elevliste") {
+    for rec in snap.records().filter(|r| r.entitet == "elevliste") {
         let Ok(v) = serde_json::from_str::<Value>(&rec.post) else {
             continue;
         };
@@ -68,7 +68,7 @@ pub fn flatten(snap: &Snapshot, out: &mut Staged) {
             split_name(&field(&v, "elev_namn").unwrap_or_default());
         let r = RecordRef {
             kildesystem: snap.kildesystem.clone(),
-            kjelde: rec.kjelde.clone(),
+            kjelde: rec.kjelde.to_string(),
             rad: rec.rad,
             skolenummer: skolenummer.clone(),
             system_id: None,

@@ -76,7 +76,7 @@ async fn time_travel_history_changes_check_and_maintain() {
             )
         })
         .collect();
-    assert_eq!(ops, [(2, "MERGE"), (1, "MERGE"), (0, "CREATE TABLE")]);
+    assert_eq!(ops, [(2, "MERGE"), (1, "WRITE"), (0, "CREATE TABLE")]);
     let runs = rows(&pl, "SELECT run_id FROM kjoring ORDER BY started").await;
     assert_eq!(h[0]["run_id"].as_str().unwrap(), runs[1][0]);
     assert!(h[0]["operation_metrics"]
