@@ -12,7 +12,7 @@ pub mod vigo_csv;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
+use arrow::array::{Int64Builder, RecordBatch, StringBuilder};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
@@ -45,7 +45,7 @@ pub struct ParsedFile<'a> {
 }
 
 /// An input format: turns the text of one file into records. One module per format.
-pub trait InputFormat {
+pub trait InputFormat: Sync {
     /// `need_modified`: whether the file's as-of time must come from its records (no date in
     /// the name nor on the command line), so the format must find the newest modification.
     fn parse<'a>(&self, file: &str, text: &'a str, need_modified: bool) -> Result<ParsedFile<'a>>;
@@ -163,22 +163,13 @@ async fn ingest_source_once(
     let format = format_impl(source.format);
     let now = ctx.started.timestamp_micros();
 
-    let mut run_id = StringBuilder::new();
-    let mut kildesystem = StringBuilder::new();
-    let mut kjelde = StringBuilder::new();
-    let mut sha = StringBuilder::new();
-    let mut as_of = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-    let mut omfang = StringBuilder::new();
-    let mut entitet = StringBuilder::new();
-    let mut rad = Int64Builder::new();
-    let mut post = StringBuilder::new();
-    let mut lastet = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-
     m.files_seen += files.len();
     let progress = progress_bar(files.len() as u64, &source.name);
     if files.is_empty() {
         warn!(source = %source.name, location = %root, "no files found at the source location");
     }
+    // Read every new file, then parse them on all cores; the raw rows are committed at once.
+    let mut new_files = Vec::new();
     for f in &files {
         progress.inc(1);
         let bytes = crate::storage::read_file(&root, f).await?;
@@ -188,55 +179,53 @@ async fn ingest_source_once(
             m.files_skipped += 1;
             continue;
         }
-        let (text, _) = text::decode(&f.name, &bytes)?;
+        new_files.push((f, bytes, digest, cheap_as_of));
+    }
+    progress.finish_and_clear();
+    let parse = |(f, bytes, digest, cheap_as_of): &(
+        &crate::storage::SourceFile,
+        bytes::Bytes,
+        String,
+        Option<DateTime<Utc>>,
+    )|
+     -> Result<(RecordBatch, usize, DateTime<Utc>)> {
+        let (text, _) = text::decode(&f.name, bytes)?;
         let parsed = format.parse(&f.name, &text, cheap_as_of.is_none())?;
         let t = cheap_as_of
             .or(parsed.newest_modified)
             .unwrap_or(f.last_modified);
+        let batch = file_batch(
+            &table,
+            &ctx.run_id,
+            &source.name,
+            &f.name,
+            digest,
+            t.timestamp_micros(),
+            now,
+            &parsed,
+        )?;
+        Ok((batch, parsed.records.len(), t))
+    };
+    let parsed = parallel_map(&new_files, parse);
+    let mut batches = Vec::new();
+    for ((f, _, digest, cheap_as_of), result) in new_files.iter().zip(parsed) {
+        // The same file twice in one listing is read once.
+        if already_ingested(&known, digest, cheap_as_of.map(|t| t.timestamp_micros())) {
+            m.files_skipped += 1;
+            continue;
+        }
+        let (batch, records, t) = result?;
         known
             .entry(digest.clone())
             .or_default()
             .insert(t.timestamp_micros());
-        info!(source = %source.name, file = %f.name, records = parsed.records.len(), as_of = %t, "read file");
-        // Every file leaves a marker record, so that a file without records (a school list with
-        // no pupils) still makes a snapshot.
-        let marker = Record {
-            entitet: FILE_MARKER,
-            rad: 0,
-            post: "{}".into(),
-        };
-        for r in std::iter::once(&marker).chain(&parsed.records) {
-            run_id.append_value(&ctx.run_id);
-            kildesystem.append_value(&source.name);
-            kjelde.append_value(&f.name);
-            sha.append_value(&digest);
-            as_of.append_value(t.timestamp_micros());
-            omfang.append_option(parsed.omfang.as_deref());
-            entitet.append_value(r.entitet);
-            rad.append_value(r.rad);
-            post.append_value(&r.post);
-            lastet.append_value(now);
-        }
-        m.records += parsed.records.len();
+        info!(source = %source.name, file = %f.name, records, as_of = %t, "read file");
+        m.records += records;
         m.bytes += f.size;
         m.files_read.push(format!("{}/{}", source.name, f.name));
+        batches.push(batch);
     }
-    progress.finish_and_clear();
-    let batch = RecordBatch::try_new(
-        table.arrow_schema(),
-        vec![
-            Arc::new(run_id.finish()),
-            Arc::new(kildesystem.finish()),
-            Arc::new(kjelde.finish()),
-            Arc::new(sha.finish()),
-            Arc::new(as_of.finish()),
-            Arc::new(omfang.finish()),
-            Arc::new(entitet.finish()),
-            Arc::new(rad.finish()),
-            Arc::new(post.finish()),
-            Arc::new(lastet.finish()),
-        ],
-    )?;
+    let batch = crate::delta::concat(&table.arrow_schema(), &batches)?;
     if batch.num_rows() == 0 || ctx.dry_run {
         return Ok(());
     }
@@ -256,6 +245,98 @@ async fn ingest_source_once(
     tracing::debug!("raw written");
     crate::run::crash_point("after-raw");
     Ok(())
+}
+
+/// The raw rows of one file: a marker record (so that a file without records, a school list
+/// with no pupils, still makes a snapshot), then its records.
+#[allow(clippy::too_many_arguments)]
+fn file_batch(
+    table: &crate::schema::Table,
+    run: &str,
+    source: &str,
+    file: &str,
+    digest: &str,
+    as_of_micros: i64,
+    now: i64,
+    parsed: &ParsedFile<'_>,
+) -> Result<RecordBatch> {
+    let n = parsed.records.len() + 1;
+    let post_bytes: usize = parsed.records.iter().map(|r| r.post.len()).sum::<usize>() + 2;
+    let repeat = |v: &str| {
+        let mut b = StringBuilder::with_capacity(n, n * v.len());
+        for _ in 0..n {
+            b.append_value(v);
+        }
+        Arc::new(b.finish()) as arrow::array::ArrayRef
+    };
+    let time = |v: i64| {
+        Arc::new(arrow::array::TimestampMicrosecondArray::from(vec![v; n]).with_timezone("UTC"))
+            as arrow::array::ArrayRef
+    };
+    let marker = Record {
+        entitet: FILE_MARKER,
+        rad: 0,
+        post: "{}".into(),
+    };
+    let records = || std::iter::once(&marker).chain(&parsed.records);
+    let mut omfang = StringBuilder::new();
+    let mut entitet = StringBuilder::with_capacity(n, n * 8);
+    let mut rad = Int64Builder::with_capacity(n);
+    let mut post = StringBuilder::with_capacity(n, post_bytes);
+    for r in records() {
+        omfang.append_option(parsed.omfang.as_deref());
+        entitet.append_value(r.entitet);
+        rad.append_value(r.rad);
+        post.append_value(&r.post);
+    }
+    Ok(RecordBatch::try_new(
+        table.arrow_schema(),
+        vec![
+            repeat(run),
+            repeat(source),
+            repeat(file),
+            repeat(digest),
+            time(as_of_micros),
+            Arc::new(omfang.finish()),
+            Arc::new(entitet.finish()),
+            Arc::new(rad.finish()),
+            Arc::new(post.finish()),
+            time(now),
+        ],
+    )?)
+}
+
+/// `f` over `items` on every core (at most one thread per item), results in order.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(items.len());
+    if threads <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut out: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        done.push((i, f(item)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
 }
 
 /// A progress bar on an interactive terminal only (hidden in logs, pipes and CI).

@@ -192,7 +192,7 @@ impl Identity {
             .iter()
             .flat_map(|(id, facts)| facts.iter().map(move |f| (id, f)))
             .collect();
-        rows.sort_by(|a, b| {
+        rows.sort_unstable_by(|a, b| {
             (a.0, &a.1.kildesystem, &a.1.system_id, &a.1.fodselsnummer).cmp(&(
                 b.0,
                 &b.1.kildesystem,

@@ -134,8 +134,17 @@ async fn staged_snapshots(ctx: &RunContext) -> Result<HashSet<SnapshotKey>> {
 
 impl StagedTable {
     fn snapshot(&self, key: &SnapshotKey) -> Result<RecordBatch> {
-        let idx = UInt32Array::from(self.rows.get(key).cloned().unwrap_or_default());
-        Ok(take_record_batch(&self.batch, &idx)?)
+        let rows = self.rows.get(key).map(Vec::as_slice).unwrap_or_default();
+        // One snapshot with every row (the usual run): the batch as it is, not a copy.
+        if rows.len() == self.batch.num_rows()
+            && rows.iter().enumerate().all(|(i, r)| i as u32 == *r)
+        {
+            return Ok(self.batch.clone());
+        }
+        Ok(take_record_batch(
+            &self.batch,
+            &UInt32Array::from(rows.to_vec()),
+        )?)
     }
 }
 

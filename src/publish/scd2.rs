@@ -170,6 +170,12 @@ impl Scd2 {
     pub fn apply(&mut self, batch: usize, as_of: i64, rows: &[SnapshotRow<'_>], scope: Scope<'_>) {
         let mut present: FxHashSet<&str> = FxHashSet::default();
         present.reserve(rows.len());
+        // Grow once, not by doubling (each doubling touches fresh memory).
+        if self.state.is_empty() {
+            self.inserts.reserve(rows.len());
+        }
+        self.state
+            .reserve(rows.len().saturating_sub(self.state.len()));
         for (row, r) in rows.iter().enumerate() {
             present.insert(r.key);
             match self.state.get_mut(r.key) {
@@ -260,24 +266,53 @@ impl Scd2 {
     /// open. Untouched keys keep their stored, already checked history. Returns the first
     /// violation, naming the key.
     pub fn violation(&self) -> Option<String> {
-        let mut per_key: FxHashMap<&str, Vec<(i64, Option<i64>)>> = FxHashMap::default();
-        for c in &self.closes {
-            per_key
-                .entry(&c.key)
-                .or_default()
-                .push((c.valid_from, Some(c.valid_to)));
+        type Version = (i64, Option<i64>);
+        // Most keys have one version: a list only for those with more.
+        enum Versions {
+            One(Version),
+            Many(Vec<Version>),
         }
-        for i in self.live_inserts() {
-            per_key
-                .entry(&i.key)
-                .or_default()
-                .push((i.valid_from, i.valid_to));
-        }
-        for (key, mut versions) in per_key {
-            if let Some(cur) = self.state.get(key) {
-                if matches!(cur.origin, Origin::Stored) {
-                    versions.push((cur.valid_from, None));
+        let mut per_key: FxHashMap<&str, Versions> = FxHashMap::default();
+        per_key.reserve(self.closes.len() + self.inserts.len());
+        let versions = self
+            .closes
+            .iter()
+            .map(|c| (&*c.key, (c.valid_from, Some(c.valid_to))))
+            .chain(
+                self.live_inserts()
+                    .map(|i| (&*i.key, (i.valid_from, i.valid_to))),
+            );
+        for (key, v) in versions {
+            match per_key.get_mut(key) {
+                None => {
+                    per_key.insert(key, Versions::One(v));
                 }
+                Some(Versions::Many(list)) => list.push(v),
+                Some(one) => {
+                    if let Versions::One(first) = one {
+                        *one = Versions::Many(vec![*first, v]);
+                    }
+                }
+            }
+        }
+        for (key, versions) in per_key {
+            let stored = self
+                .state
+                .get(key)
+                .filter(|cur| matches!(cur.origin, Origin::Stored));
+            let mut versions = match versions {
+                // One version and no stored current one: only its interval can be wrong.
+                Versions::One((from, to)) if stored.is_none() => {
+                    if to.is_some_and(|to| to <= from) {
+                        return Some(format!("key {key}: empty interval starting {from}"));
+                    }
+                    continue;
+                }
+                Versions::One(v) => vec![v],
+                Versions::Many(list) => list,
+            };
+            if let Some(cur) = stored {
+                versions.push((cur.valid_from, None));
             }
             versions.sort();
             let open = versions.iter().filter(|v| v.1.is_none()).count();

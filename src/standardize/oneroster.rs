@@ -148,12 +148,24 @@ pub fn flatten(snap: &Snapshot, kommunenummer: &str, out: &mut Staged) {
     let mut classes = HashMap::new();
     let mut sessions: HashMap<String, String> = HashMap::new();
     let mut enrollments = Vec::new();
+    // Pupils and enrollments (most of the records) are parsed one at a time further down, once
+    // the classes, schools and terms they refer to are known.
     for rec in snap.records() {
-        let Some(v) = Obj::parse(&rec.post) else {
+        match rec.entitet {
+            "users" => {
+                users.push(rec);
+                continue;
+            }
+            "enrollments" => {
+                enrollments.push(rec);
+                continue;
+            }
+            _ => {}
+        }
+        let Some(v) = Obj::parse(rec.post) else {
             continue;
         };
         match rec.entitet {
-            "users" => users.push((rec, v)),
             "orgs" => orgs.push((rec, v)),
             "classes" => {
                 if let Some(id) = v.s("sourcedId") {
@@ -186,7 +198,6 @@ pub fn flatten(snap: &Snapshot, kommunenummer: &str, out: &mut Staged) {
                     }
                 }
             }
-            "enrollments" => enrollments.push((rec, v)),
             _ => {}
         }
     }
@@ -226,7 +237,12 @@ pub fn flatten(snap: &Snapshot, kommunenummer: &str, out: &mut Staged) {
     }
 
     let mut students = std::collections::HashSet::new();
-    for (rec, v) in &users {
+    out.elev.reserve(users.len());
+    for rec in &users {
+        let Some(v) = Obj::parse(rec.post) else {
+            continue;
+        };
+        let v = &v;
         if !is_student(v) || is_deleted(v) {
             continue;
         }
@@ -261,7 +277,12 @@ pub fn flatten(snap: &Snapshot, kommunenummer: &str, out: &mut Staged) {
         });
     }
 
-    for (rec, v) in &enrollments {
+    out.elevforhold.reserve(enrollments.len());
+    for rec in &enrollments {
+        let Some(v) = Obj::parse(rec.post) else {
+            continue;
+        };
+        let v = &v;
         if is_deleted(v) || v.s("role").is_some_and(|r| r != "student") {
             continue;
         }
