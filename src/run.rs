@@ -43,7 +43,7 @@ pub fn crash_point(name: &str) {
 }
 
 /// Times the steps of a stage: each `step` logs (at debug) how long it took since the last one.
-/// `ELEVFLYT_LOG=elevflyt=debug` or `--log-level debug` shows where a run spends its time.
+/// `--log-level debug` (or `RUST_LOG=elevflyt=debug`) shows where a run spends its time.
 pub struct Steps {
     stage: &'static str,
     last: std::time::Instant,

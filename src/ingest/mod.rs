@@ -225,15 +225,15 @@ async fn ingest_source_once(
         m.files_read.push(format!("{}/{}", source.name, f.name));
         batches.push(batch);
     }
-    let batch = crate::delta::concat(&table.arrow_schema(), &batches)?;
-    if batch.num_rows() == 0 || ctx.dry_run {
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    if rows == 0 || ctx.dry_run {
         return Ok(());
     }
-    tracing::debug!(records = batch.num_rows(), "writing raw");
+    tracing::debug!(records = rows, "writing raw");
     if let Some(v) = crate::delta::write_claimed(
         &ctx.pipeline,
         &table,
-        vec![batch],
+        batches,
         read_version,
         &ctx.run_id,
         "ingest",

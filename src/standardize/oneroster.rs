@@ -313,3 +313,30 @@ pub fn flatten(snap: &Snapshot, kommunenummer: &str, out: &mut Staged) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lazy_object_reads_fields_like_a_json_value() {
+        let rec = r#"{"givenName":"  Kari ","familyName":"Nord\u00f8y \"K\"","grade":10,
+            "blank":" ","flag":true,"nested":{"sourcedId":"o1"},"list":[{"type":"Feide"}],
+            "status":"active","status":"tobedeleted","identfier":"02013299997"}"#;
+        let v = Obj::parse(rec).unwrap();
+        assert_eq!(v.s("givenName").as_deref(), Some("Kari"));
+        assert_eq!(v.s("familyName").as_deref(), Some("Nordøy \"K\""));
+        assert_eq!(v.s("grade").as_deref(), Some("10"));
+        assert_eq!(v.s("blank"), None);
+        assert_eq!(v.s("flag"), None);
+        assert_eq!(v.s("nested"), None);
+        assert_eq!(v.s("missing"), None);
+        assert_eq!(guid(&v, "nested").as_deref(), Some("o1"));
+        assert_eq!(v.arr("list").len(), 1);
+        assert!(v.arr("nested").is_empty());
+        // A repeated key keeps its last value, as serde_json::Value does.
+        assert!(is_deleted(&v));
+        assert_eq!(identifier(&v).as_deref(), Some("02013299997"));
+        assert!(Obj::parse("[1, 2]").is_none());
+    }
+}

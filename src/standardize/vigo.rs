@@ -52,7 +52,7 @@ pub fn flatten(snap: &Snapshot, out: &mut Staged) {
     let skolear = skolear_for(snap.as_of);
     let mut school: Option<SkoleRow> = None;
     for rec in snap.records().filter(|r| r.entitet == "elevliste") {
-        let Ok(v) = serde_json::from_str::<Value>(&rec.post) else {
+        let Ok(v) = serde_json::from_str::<Value>(rec.post) else {
             continue;
         };
         let fnr = digits(field(&v, "fodselsnummer"));
