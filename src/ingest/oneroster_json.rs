@@ -101,8 +101,9 @@ impl InputFormat for OneRosterJson {
     }
 }
 
-/// The top-level object of a file: its members, values unparsed and borrowed.
-struct Envelope<'a>(Vec<(std::borrow::Cow<'a, str>, &'a RawValue)>);
+/// A JSON object's members in order, values unparsed and borrowed from the text: the top-level
+/// object of a file here, each record in standardize.
+pub(crate) struct Envelope<'a>(pub(crate) Vec<(std::borrow::Cow<'a, str>, &'a RawValue)>);
 
 impl<'de> Deserialize<'de> for Envelope<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
@@ -116,7 +117,7 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
                 self,
                 mut map: A,
             ) -> std::result::Result<Envelope<'de>, A::Error> {
-                let mut members = Vec::new();
+                let mut members = Vec::with_capacity(16);
                 while let Some(k) = map.next_key::<Key<'de>>()? {
                     members.push((k.0, map.next_value::<&'de RawValue>()?));
                 }

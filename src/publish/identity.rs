@@ -41,11 +41,6 @@ pub struct Identity {
     changed: bool,
 }
 
-fn opt(a: &StringArray, i: usize) -> Option<&str> {
-    use arrow::array::Array;
-    (!a.is_null(i)).then(|| a.value(i))
-}
-
 /// Points `key` at `id` in a lookup map.
 fn point(map: &mut FxHashMap<Box<str>, Arc<str>>, key: &str, id: &Arc<str>) {
     match map.get_mut(key) {
@@ -86,8 +81,8 @@ impl Identity {
                 id.see(
                     &ident,
                     k.value(i),
-                    opt(&s, i),
-                    opt(&f, i),
+                    super::opt_str(&s, i),
+                    super::opt_str(&f, i),
                     (first.value(i), last.value(i)),
                 );
             }

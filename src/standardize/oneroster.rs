@@ -7,10 +7,10 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::{EfRow, ElevRow, SkoleRow, Snapshot, Staged};
+use crate::ingest::oneroster_json::Envelope;
 use crate::quality::RecordRef;
 
 /// One JSON object whose members stay unparsed until asked for: a record is scanned once and
@@ -18,51 +18,12 @@ use crate::quality::RecordRef;
 /// `serde_json::Value`, a repeated key keeps its last value.
 struct Obj<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> serde::Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_string())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Obj<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Obj<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Obj<'de>, A::Error> {
-                let mut members = Vec::with_capacity(16);
-                while let Some(Key(k)) = map.next_key()? {
-                    members.push((k, map.next_value::<&'de RawValue>()?));
-                }
-                Ok(Obj(members))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
 impl<'a> Obj<'a> {
     /// The object in `text`, or `None` when it is not an object.
     fn parse(text: &'a str) -> Option<Obj<'a>> {
-        serde_json::from_str(text).ok()
+        serde_json::from_str::<Envelope<'a>>(text)
+            .ok()
+            .map(|e| Obj(e.0))
     }
 
     fn raw(&self, key: &str) -> Option<&'a RawValue> {
