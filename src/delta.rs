@@ -3,7 +3,6 @@
 //! Interface. Not here: SCD2 logic (publish/scd2.rs).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch};
 use arrow::compute::cast;
@@ -185,6 +184,21 @@ pub async fn write(
     }
 }
 
+/// Parquet settings: snappy, as delta-rs writes by default. A record as delivered (raw `post`)
+/// is unique text that nobody filters on: no dictionary attempt and no min/max statistics.
+fn writer_properties(t: &Table) -> parquet::file::properties::WriterProperties {
+    use parquet::file::properties::{EnabledStatistics, WriterProperties};
+    use parquet::schema::types::ColumnPath;
+    let mut b = WriterProperties::builder().set_compression(parquet::basic::Compression::SNAPPY);
+    if t.kind == crate::schema::Kind::Append && t.columns.iter().any(|c| c.name == "post") {
+        let post = ColumnPath::from("post");
+        b = b
+            .set_column_dictionary_enabled(post.clone(), false)
+            .set_column_statistics_enabled(post, EnabledStatistics::None);
+    }
+    b.build()
+}
+
 /// Appends rows under a claim on the table (a Delta application transaction named after it), so
 /// that of two runs appending at once one commits and the other gets `Error::Conflict` and can
 /// decide again what to append.
@@ -210,6 +224,7 @@ pub async fn write_claimed(
     );
     let result = table
         .write(batches)
+        .with_writer_properties(writer_properties(t))
         .with_save_mode(SaveMode::Append)
         .with_commit_properties(commit_props(run_id, stage).with_application_transaction(claim))
         .await;
@@ -263,43 +278,6 @@ pub async fn query(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> 
 /// Whether a table exists in the session.
 pub fn has_table(ctx: &SessionContext, name: &str) -> bool {
     ctx.table_exist(name).unwrap_or(false)
-}
-
-/// Moves a polars DataFrame into arrow-rs record batches through the Arrow C Data Interface
-/// (no row-by-row copy), then conforms it to `schema`.
-pub fn from_polars(
-    df: &mut polars::prelude::DataFrame,
-    schema: &SchemaRef,
-) -> Result<Vec<RecordBatch>> {
-    use polars::prelude::CompatLevel;
-    df.rechunk_mut();
-    let mut out = Vec::new();
-    for chunk in df.iter_chunks(CompatLevel::oldest(), false) {
-        let pl_schema = chunk.schema().clone();
-        let mut fields = Vec::new();
-        let mut arrays: Vec<ArrayRef> = Vec::new();
-        for ((_, field), array) in pl_schema.iter().zip(chunk.into_arrays()) {
-            let c_array = polars_arrow::ffi::export_array_to_c(array);
-            let c_schema = polars_arrow::ffi::export_field_to_c(field);
-            // SAFETY: both sides implement the Arrow C Data Interface; the structs are #[repr(C)]
-            // with the same layout, and ownership of the buffers moves with the struct.
-            let data = unsafe {
-                let c_array: arrow::ffi::FFI_ArrowArray = std::mem::transmute(c_array);
-                let c_schema: arrow::ffi::FFI_ArrowSchema = std::mem::transmute(c_schema);
-                arrow::ffi::from_ffi(c_array, &c_schema)?
-            };
-            let array = arrow::array::make_array(data);
-            fields.push(arrow::datatypes::Field::new(
-                field.name.as_str(),
-                array.data_type().clone(),
-                true,
-            ));
-            arrays.push(array);
-        }
-        let batch = RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), arrays)?;
-        out.push(conform(&batch, schema)?);
-    }
-    Ok(out)
 }
 
 /// Total rows in a set of batches.

@@ -12,6 +12,7 @@ pub mod generate;
 pub mod ingest;
 pub mod metrics;
 pub mod ops;
+pub mod par;
 pub mod publish;
 pub mod quality;
 pub mod report;

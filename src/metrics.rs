@@ -45,10 +45,11 @@ impl Metric {
 pub fn standardize_metrics(
     o: &StandardizeOutcome,
     checker: &Checker,
-    frames: &[(&schema::Table, DataFrame); 3],
+    staged: &[(&schema::Table, Vec<RecordBatch>); 3],
 ) -> Result<Vec<Metric>> {
     let mut m = Vec::new();
-    for (t, df) in frames {
+    for (t, batches) in staged {
+        let height = crate::delta::row_count(batches);
         let rows_in = o.rows_in.get(t.name).copied().unwrap_or(0) as f64;
         let rows_out = o.rows_out.get(t.name).copied().unwrap_or(0) as f64;
         m.push(Metric::value(t.name, "rader_inn", None, rows_in));
@@ -59,20 +60,23 @@ pub fn standardize_metrics(
             None,
             rows_in - rows_out,
         ));
-        if df.height() > 0 {
+        if height > 0 {
             for c in t.business_columns() {
-                if let Ok(col) = df.column(c.name) {
-                    let filled = df.height() - col.null_count();
-                    m.push(Metric {
-                        tabell: t.name.into(),
-                        regel_eller_metrikk: "kompletthet".into(),
-                        kolonne: Some(c.name.into()),
-                        verdi: Some(filled as f64 / df.height() as f64),
-                        bestatt: Some(filled as i64),
-                        feila: Some(col.null_count() as i64),
-                        status: "ok".into(),
-                    });
-                }
+                let nulls: usize = batches
+                    .iter()
+                    .filter_map(|b| b.column_by_name(c.name))
+                    .map(|a| a.null_count())
+                    .sum();
+                let filled = height - nulls;
+                m.push(Metric {
+                    tabell: t.name.into(),
+                    regel_eller_metrikk: "kompletthet".into(),
+                    kolonne: Some(c.name.into()),
+                    verdi: Some(filled as f64 / height as f64),
+                    bestatt: Some(filled as i64),
+                    feila: Some(nulls as i64),
+                    status: "ok".into(),
+                });
             }
         }
     }

@@ -181,9 +181,12 @@ async fn run_stages(
     versions: &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
     info!(pipeline = ctx.pipeline.name(), run_id = %ctx.run_id, stage = stage.name(), dry_run = ctx.dry_run, "starting");
+    // The raw rows this run committed, handed to standardize instead of being read back.
+    let mut committed = std::collections::HashMap::new();
     if matches!(stage, Stage::All | Stage::Ingest) {
         let t = std::time::Instant::now();
-        let m = crate::ingest::run(ctx).await?;
+        let mut m = crate::ingest::run(ctx).await?;
+        committed = std::mem::take(&mut m.committed);
         summary.stage_seconds.insert("ingest", seconds(t));
         summary.files_read = m.files_read.clone();
         summary.files_skipped = m.files_skipped;
@@ -208,7 +211,14 @@ async fn run_stages(
     let mut staged = None;
     if matches!(stage, Stage::All | Stage::Standardize) {
         let t = std::time::Instant::now();
-        let mut o = crate::standardize::run(ctx).await?;
+        // `run` hands the staged rows to publish in memory; the staging tables are the hand-off
+        // between `standardize` and `publish` run on their own.
+        let mut o = crate::standardize::run(
+            ctx,
+            stage == Stage::Standardize,
+            std::mem::take(&mut committed),
+        )
+        .await?;
         summary.stage_seconds.insert("standardize", seconds(t));
         staged = o.staged.take();
         summary.snapshots_standardized = o.snapshots;

@@ -67,6 +67,9 @@ pub struct IngestMetrics {
     pub records: usize,
     pub bytes: u64,
     pub raw_versions: Vec<(String, i64)>,
+    /// The raw rows committed, per source (handed to standardize by `run`).
+    #[serde(skip)]
+    pub committed: HashMap<String, Vec<RecordBatch>>,
 }
 
 /// Ingests every source of the pipeline.
@@ -141,6 +144,7 @@ async fn ingest_source(
                 m.records += this.records;
                 m.bytes += this.bytes;
                 m.raw_versions.extend(this.raw_versions);
+                m.committed.extend(this.committed);
                 return Ok(());
             }
         }
@@ -152,6 +156,7 @@ async fn ingest_source_once(
     source: &SourceConfig,
     m: &mut IngestMetrics,
 ) -> Result<()> {
+    let mut steps = crate::run::Steps::new("ingest");
     let table = raw_table(&source.name);
     let root = ctx.pipeline.source_location(source)?;
     let files = crate::storage::list_files(&root, &source.include).await?;
@@ -160,6 +165,7 @@ async fn ingest_source_once(
     let existing = crate::delta::try_open(&ctx.pipeline.table_url(table.name)).await?;
     let read_version = existing.as_ref().and_then(|t| t.version()).unwrap_or(0);
     let mut known = known_files(existing.as_ref()).await?;
+    steps.step("list files and read what raw has");
     let format = format_impl(source.format);
     let now = ctx.started.timestamp_micros();
 
@@ -169,19 +175,28 @@ async fn ingest_source_once(
         warn!(source = %source.name, location = %root, "no files found at the source location");
     }
     // Read every new file, then parse them on all cores; the raw rows are committed at once.
+    // Files are read and hashed a few at a time, on all cores; the bytes of a file already
+    // ingested are dropped right away.
     let mut new_files = Vec::new();
-    for f in &files {
-        progress.inc(1);
-        let bytes = crate::storage::read_file(&root, f).await?;
-        let digest = hex::encode(Sha256::digest(&bytes));
-        let cheap_as_of = ctx.as_of_override.or_else(|| asof::from_file_name(&f.name));
-        if already_ingested(&known, &digest, cheap_as_of.map(|t| t.timestamp_micros())) {
-            m.files_skipped += 1;
-            continue;
+    let root = &root;
+    for chunk in files.chunks(crate::par::cores()) {
+        let reads = futures::future::try_join_all(chunk.iter().map(|f| async move {
+            Ok::<_, crate::error::Error>((f, crate::storage::read_file(root, f).await?))
+        }))
+        .await?;
+        let digests = crate::par::map(&reads, |(_, bytes)| hex::encode(Sha256::digest(bytes)));
+        for ((f, bytes), digest) in reads.into_iter().zip(digests) {
+            progress.inc(1);
+            let cheap_as_of = ctx.as_of_override.or_else(|| asof::from_file_name(&f.name));
+            if already_ingested(&known, &digest, cheap_as_of.map(|t| t.timestamp_micros())) {
+                m.files_skipped += 1;
+                continue;
+            }
+            new_files.push((f, bytes, digest, cheap_as_of));
         }
-        new_files.push((f, bytes, digest, cheap_as_of));
     }
     progress.finish_and_clear();
+    steps.step("read and hash files");
     let parse = |(f, bytes, digest, cheap_as_of): &(
         &crate::storage::SourceFile,
         bytes::Bytes,
@@ -206,7 +221,8 @@ async fn ingest_source_once(
         )?;
         Ok((batch, parsed.records.len(), t))
     };
-    let parsed = parallel_map(&new_files, parse);
+    let parsed = crate::par::map(&new_files, parse);
+    steps.step("parse files");
     let mut batches = Vec::new();
     for ((f, _, digest, cheap_as_of), result) in new_files.iter().zip(parsed) {
         // The same file twice in one listing is read once.
@@ -229,11 +245,10 @@ async fn ingest_source_once(
     if rows == 0 || ctx.dry_run {
         return Ok(());
     }
-    tracing::debug!(records = rows, "writing raw");
     if let Some(v) = crate::delta::write_claimed(
         &ctx.pipeline,
         &table,
-        batches,
+        batches.clone(),
         read_version,
         &ctx.run_id,
         "ingest",
@@ -242,7 +257,8 @@ async fn ingest_source_once(
     {
         m.raw_versions.push((table.name.to_string(), v));
     }
-    tracing::debug!("raw written");
+    m.committed.insert(source.name.clone(), batches);
+    steps.step("write raw");
     crate::run::crash_point("after-raw");
     Ok(())
 }
@@ -304,39 +320,6 @@ fn file_batch(
             time(now),
         ],
     )?)
-}
-
-/// `f` over `items` on every core (at most one thread per item), results in order.
-fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(items.len());
-    if threads <= 1 {
-        return items.iter().map(&f).collect();
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut out: Vec<(usize, R)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(item) = items.get(i) else { break };
-                        done.push((i, f(item)));
-                    }
-                    done
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap_or_default())
-            .collect()
-    });
-    out.sort_by_key(|(i, _)| *i);
-    out.into_iter().map(|(_, r)| r).collect()
 }
 
 /// A progress bar on an interactive terminal only (hidden in logs, pipes and CI).

@@ -32,16 +32,16 @@ struct Stamp<'a> {
 
 impl InputFormat for OneRosterJson {
     fn parse<'a>(&self, file: &str, text: &'a str, need_modified: bool) -> Result<ParsedFile<'a>> {
-        // Members borrow from the text: records are sliced out of it, not copied.
-        let envelope: Vec<(std::borrow::Cow<'a, str>, &'a RawValue)> =
-            serde_json::from_str::<Envelope<'a>>(text)
-                .map_err(|e| json_error(file, e))?
-                .0;
+        // Members borrow from the text: records are sliced out of it, not copied. Arrays are
+        // split into their elements while the file is read (one pass over the text).
+        let members = serde_json::from_str::<Members<'a>>(text)
+            .map_err(|e| json_error(file, e))?
+            .0;
         let mut records = Vec::new();
         let mut newest: Option<chrono::DateTime<chrono::Utc>> = None;
         // As in a JSON object read into a map: a repeated key counts once, with its last value.
-        let mut by_key: BTreeMap<&str, &'a RawValue> = BTreeMap::new();
-        for (key, value) in &envelope {
+        let mut by_key: BTreeMap<&str, &Member<'a>> = BTreeMap::new();
+        for (key, value) in &members {
             by_key.insert(key, value);
         }
         for (key, value) in &by_key {
@@ -52,10 +52,21 @@ impl InputFormat for OneRosterJson {
             else {
                 continue;
             };
-            let items: Vec<&'a RawValue> = if value.get().trim_start().starts_with('[') {
-                serde_json::from_str(value.get()).map_err(|e| json_error(file, e))?
-            } else {
-                vec![*value]
+            let single: Vec<&'a RawValue>;
+            let items: &[&'a RawValue] = match value {
+                Member::Items(items) => items,
+                // A single-object envelope (`{"user": {...}}`): small, read again for its text.
+                Member::Object => {
+                    single = single_object(file, text, key)?.into_iter().collect();
+                    &single
+                }
+                Member::Scalar => {
+                    return Err(Error::input(
+                        file,
+                        None,
+                        format!("`{key}` must hold JSON objects"),
+                    ))
+                }
             };
             records.reserve(items.len());
             for item in items {
@@ -99,6 +110,105 @@ impl InputFormat for OneRosterJson {
             omfang: None,
         })
     }
+}
+
+/// The members of a file's top-level object, arrays split into their (unparsed) elements.
+struct Members<'a>(Vec<(std::borrow::Cow<'a, str>, Member<'a>)>);
+
+/// A member's value as far as ingest cares.
+enum Member<'a> {
+    Items(Vec<&'a RawValue>),
+    Object,
+    Scalar,
+}
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Members<'de>, A::Error> {
+                let mut members = Vec::new();
+                while let Some(k) = map.next_key::<Key<'de>>()? {
+                    members.push((k.0, map.next_value_seed(MemberSeed)?));
+                }
+                Ok(Members(members))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+struct MemberSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for MemberSeed {
+    type Value = Member<'de>;
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Member<'de>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Member<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Member<'de>, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<&'de RawValue>()? {
+                    items.push(item);
+                }
+                Ok(Member::Items(items))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Member<'de>, A::Error> {
+                use serde::de::IgnoredAny;
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Member::Object)
+            }
+            fn visit_bool<E>(self, _: bool) -> std::result::Result<Member<'de>, E> {
+                Ok(Member::Scalar)
+            }
+            fn visit_i64<E>(self, _: i64) -> std::result::Result<Member<'de>, E> {
+                Ok(Member::Scalar)
+            }
+            fn visit_u64<E>(self, _: u64) -> std::result::Result<Member<'de>, E> {
+                Ok(Member::Scalar)
+            }
+            fn visit_f64<E>(self, _: f64) -> std::result::Result<Member<'de>, E> {
+                Ok(Member::Scalar)
+            }
+            fn visit_str<E>(self, _: &str) -> std::result::Result<Member<'de>, E> {
+                Ok(Member::Scalar)
+            }
+            fn visit_unit<E>(self) -> std::result::Result<Member<'de>, E> {
+                Ok(Member::Scalar)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The text of the (last) object under `key` in a file's top-level object.
+fn single_object<'a>(file: &str, text: &'a str, key: &str) -> Result<Option<&'a RawValue>> {
+    Ok(serde_json::from_str::<Envelope<'a>>(text)
+        .map_err(|e| json_error(file, e))?
+        .0
+        .into_iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v))
 }
 
 /// A JSON object's members in order, values unparsed and borrowed from the text: the top-level

@@ -69,23 +69,34 @@ impl Identity {
         } else {
             return Ok(id);
         };
-        for b in crate::delta::query(ctx, &format!("{sql} ORDER BY first_seen")).await? {
-            let ids = crate::delta::strings(&b, "id")?;
-            let k = crate::delta::strings(&b, "kildesystem")?;
-            let s = crate::delta::strings(&b, "system_id")?;
-            let f = crate::delta::strings(&b, "fodselsnummer")?;
-            let first = crate::delta::micros(&b, "first_seen")?;
-            let last = crate::delta::micros(&b, "last_seen")?;
-            for i in 0..b.num_rows() {
-                let ident: Arc<str> = Arc::from(ids.value(i));
-                id.see(
-                    &ident,
-                    k.value(i),
-                    super::opt_str(&s, i),
-                    super::opt_str(&f, i),
-                    (first.value(i), last.value(i)),
-                );
-            }
+        // Applied in order of first sighting (a later id takes over a shared number), sorted
+        // here on (first_seen, position) rather than by the query.
+        let batches = crate::delta::query(ctx, sql).await?;
+        let mut columns = Vec::with_capacity(batches.len());
+        let mut order: Vec<(i64, u32, u32)> = Vec::new();
+        for (bi, b) in batches.iter().enumerate() {
+            let first = crate::delta::micros(b, "first_seen")?;
+            order.extend((0..b.num_rows()).map(|i| (first.value(i), bi as u32, i as u32)));
+            columns.push((
+                crate::delta::strings(b, "id")?,
+                crate::delta::strings(b, "kildesystem")?,
+                crate::delta::strings(b, "system_id")?,
+                crate::delta::strings(b, "fodselsnummer")?,
+                first,
+                crate::delta::micros(b, "last_seen")?,
+            ));
+        }
+        order.sort_unstable();
+        for (_, bi, i) in order {
+            let (ids, k, s, f, first, last) = &columns[bi as usize];
+            let i = i as usize;
+            id.see(
+                &Arc::from(ids.value(i)),
+                k.value(i),
+                super::opt_str(s, i),
+                super::opt_str(f, i),
+                (first.value(i), last.value(i)),
+            );
         }
         Ok(id)
     }

@@ -404,7 +404,7 @@ impl TableRun {
 
     /// The MERGE source: `_op` is `close` (end a stored version), `insert`, `replace` or
     /// `delete`.
-    fn merge_source(&self, transaction_time: i64) -> Result<RecordBatch> {
+    fn merge_source(&self, transaction_time: i64) -> Result<Vec<RecordBatch>> {
         let t = self.table;
         let schema = Arc::new(arrow::datatypes::Schema::new(
             t.columns
@@ -425,13 +425,16 @@ impl TableRun {
             by_batch.entry(ins.batch).or_default().push((ins, *op));
         }
         for (b, inserts) in by_batch {
-            let idx = UInt32Array::from(
-                inserts
-                    .iter()
-                    .map(|(i, _)| i.row as u32)
-                    .collect::<Vec<_>>(),
-            );
-            let rows = take_record_batch(&self.batches[b], &idx)?;
+            let batch = &self.batches[b];
+            // Every row of the batch, in order (a first load): no copy.
+            let whole = inserts.len() == batch.num_rows()
+                && inserts.iter().enumerate().all(|(n, (i, _))| i.row == n);
+            let rows = if whole {
+                batch.clone()
+            } else {
+                let idx = UInt32Array::from_iter_values(inserts.iter().map(|(i, _)| i.row as u32));
+                take_record_batch(batch, &idx)?
+            };
             let n = inserts.len();
             let mut cols: Vec<ArrayRef> = Vec::new();
             for c in t.columns {
@@ -445,12 +448,15 @@ impl TableRun {
                             .collect::<Vec<_>>(),
                     )),
                     schema::TRANSACTION_TIME => ts((0..n).map(|_| Some(transaction_time))),
-                    schema::ROW_HASH => Arc::new(StringArray::from(
-                        inserts
-                            .iter()
-                            .map(|(i, _)| scd2::hash_hex(i.hash))
-                            .collect::<Vec<_>>(),
-                    )),
+                    schema::ROW_HASH => {
+                        let mut hashes = arrow::array::StringBuilder::with_capacity(n, n * 32);
+                        for (i, _) in &inserts {
+                            scd2::write_hex(&mut hashes, i.hash)
+                                .map_err(|e| Error::Other(format!("internal: {e}")))?;
+                            hashes.append_value("");
+                        }
+                        Arc::new(hashes.finish())
+                    }
                     name => rows.column_by_name(name).cloned().ok_or_else(|| {
                         Error::Other(format!("internal: staged rows lack {name}"))
                     })?,
@@ -507,7 +513,7 @@ impl TableRun {
                 .collect();
             parts.push(RecordBatch::try_new(schema.clone(), cols)?);
         }
-        Ok(arrow::compute::concat_batches(&schema, &parts)?)
+        Ok(parts)
     }
 
     /// Checks the SCD2 invariants on what this run will write; a violation names the key and
@@ -522,27 +528,51 @@ impl TableRun {
         }
     }
 
-    async fn commit(&self, ctx: &RunContext, transaction_time: i64) -> Result<Option<i64>> {
+    /// What to commit: the rows to append or the MERGE source. `None` when nothing changes.
+    fn prepare(&self, ctx: &RunContext, transaction_time: i64) -> Result<Option<Commit>> {
         if !self.has_changes() || ctx.dry_run {
             return Ok(None);
         }
-        let t = self.table;
-        let source = self.merge_source(transaction_time)?;
-        if self.engine.closes.is_empty()
+        let mut source = self.merge_source(transaction_time)?;
+        // Only new versions (a first load, or new keys): nothing stored changes, so the rows are
+        // appended.
+        let append = self.engine.closes.is_empty()
             && self.deletes.is_empty()
-            && self.ops.iter().all(|(_, op)| *op == Op::Insert)
-        {
-            // Only new versions (a first load, or new keys): nothing stored changes, so the rows
-            // are appended — on top of the version the current rows were read from, so that a
-            // run that committed in between makes this one stop instead of adding its versions
-            // twice.
-            let rows = source.num_rows();
-            let mut source = source;
-            source.remove_column(source.num_columns() - 1);
+            && self.ops.iter().all(|(_, op)| *op == Op::Insert);
+        if append {
+            for part in source.iter_mut() {
+                part.remove_column(part.num_columns() - 1);
+            }
+        }
+        Ok(Some(Commit {
+            table: self.table,
+            source,
+            append,
+            read_version: self.read_version,
+        }))
+    }
+}
+
+/// One table's commit, prepared: it owns what it writes, so that tables commit at the same time.
+struct Commit {
+    table: &'static Table,
+    source: Vec<RecordBatch>,
+    append: bool,
+    /// The table version the current rows were read from.
+    read_version: u64,
+}
+
+impl Commit {
+    async fn run(self, ctx: RunContext) -> Result<Option<i64>> {
+        let t = self.table;
+        if self.append {
+            // On top of the version the current rows were read from, so that a run that
+            // committed in between makes this one stop instead of adding its versions twice.
+            let rows = crate::delta::row_count(&self.source);
             let version = crate::delta::write_claimed(
                 &ctx.pipeline,
                 t,
-                vec![source],
+                self.source,
                 self.read_version,
                 &ctx.run_id,
                 "publish",
@@ -559,7 +589,7 @@ impl TableRun {
             return Ok(version);
         }
         let table = crate::delta::open_or_create(&ctx.pipeline, t).await?;
-        let df = SessionContext::new().read_batch(source)?;
+        let df = SessionContext::new().read_batches(self.source)?;
         let predicate = format!("t.{k} = s.{k} AND t.valid_from = s.valid_from", k = t.key);
         let cols: Vec<&str> = t.columns.iter().map(|c| c.name).collect();
         let (table, metrics) = table
@@ -677,7 +707,9 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
         &["elev", "elevforhold", "skole", "elevliste_vgs", "elev_id"],
     )
     .await?;
+    steps.step("read versions and session");
     let mut identity = Identity::load(&ctx.pipeline, &session).await?;
+    steps.step("load identity");
     let mut elev = TableRun::new(&schema::ELEV, &rebuilt);
     let mut ef = TableRun::new(&schema::ELEVFORHOLD, &rebuilt);
     let mut skole = TableRun::new(&schema::SKOLE, &rebuilt);
@@ -686,10 +718,11 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
     }
     load_current(&session, &schema::ELEV, &mut elev.engine, &rebuilt).await?;
     let stored_current = current_count(&session, "elev").await?;
+    steps.step("load current elev");
     load_current(&session, &schema::ELEVFORHOLD, &mut ef.engine, &rebuilt).await?;
     load_current(&session, &schema::SKOLE, &mut skole.engine, &rebuilt).await?;
     let kommune = ctx.pipeline.kommunenummer().to_string();
-    steps.step("load identity and current rows");
+    steps.step("load current elevforhold and skole");
 
     for key in &snapshots {
         let (kildesystem, omfang, as_of) = key;
@@ -730,6 +763,7 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
             id_of_source_key.insert(source_key, id);
         }
         let b = replace_column(&staged, "id", Arc::new(ids.finish()))?;
+        steps.step("elev ids");
         // Per-school lists do not cover a pupil's other schools: pupils are closed below, when
         // they have no open elevforhold left.
         elev.apply(
@@ -743,37 +777,42 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
         )?;
 
         // elevforhold: elev_id from the source key, id from (elev_id, skolenummer)
+        steps.step("elev versions");
         let b = staged_ef.snapshot(key)?;
         let src = crate::delta::strings(&b, "stg_kilde_nokkel")?;
         let skolenr = crate::delta::strings(&b, "skolenummer")?;
-        let mut keep = Vec::new();
-        let mut elev_ids = arrow::array::StringBuilder::new();
-        let mut ef_ids = arrow::array::StringBuilder::new();
-        let mut name = String::new();
-        for i in 0..b.num_rows() {
-            let Some(elev_id) = opt_str(&src, i).and_then(|k| id_of_source_key.get(k)) else {
-                continue;
-            };
-            keep.push(i as u32);
-            name.clear();
-            {
-                use std::fmt::Write;
-                let _ = write!(
-                    name,
-                    "elevforhold|{kildesystem}|{elev_id}|{}",
-                    skolenr.value(i)
-                );
-            }
-            ef_ids.append_value(
-                Uuid::new_v5(&NAMESPACE, name.as_bytes())
-                    .hyphenated()
-                    .encode_lower(&mut Uuid::encode_buffer()),
-            );
-            elev_ids.append_value(&**elev_id);
+        // Rows whose pupil is known, with its id and the elevforhold's own id (UUID v5 hashing
+        // on every core).
+        let found: Vec<(u32, &Arc<str>, Uuid)> = crate::par::chunks(b.num_rows(), |rows| {
+            let mut name = String::new();
+            rows.filter_map(|i| {
+                let elev_id = opt_str(&src, i).and_then(|k| id_of_source_key.get(k))?;
+                name.clear();
+                {
+                    use std::fmt::Write;
+                    let _ = write!(
+                        name,
+                        "elevforhold|{kildesystem}|{elev_id}|{}",
+                        skolenr.value(i)
+                    );
+                }
+                Some((i as u32, elev_id, Uuid::new_v5(&NAMESPACE, name.as_bytes())))
+            })
+            .collect()
+        });
+        let n = found.len();
+        let keep = UInt32Array::from_iter_values(found.iter().map(|f| f.0));
+        let mut elev_ids = arrow::array::StringBuilder::with_capacity(n, n * 36);
+        let mut ef_ids = arrow::array::StringBuilder::with_capacity(n, n * 36);
+        let mut buf = Uuid::encode_buffer();
+        for (_, elev_id, id) in &found {
+            elev_ids.append_value(&***elev_id);
+            ef_ids.append_value(id.hyphenated().encode_lower(&mut buf));
         }
-        let b = take_record_batch(&b, &UInt32Array::from(keep))?;
+        let b = take_record_batch(&b, &keep)?;
         let b = replace_column(&b, "elev_id", Arc::new(elev_ids.finish()))?;
         let b = replace_column(&b, "id", Arc::new(ef_ids.finish()))?;
+        steps.step("elevforhold ids");
         let closed_ef = ef.apply(b, *as_of, scope())?;
         if omfang.is_some() {
             // A pupil who left this school and has no other open elevforhold in this source
@@ -796,17 +835,21 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
         }
     }
 
-    steps.step("scd2 apply");
+    steps.step("elevforhold versions");
     // Invariants first, for every table: a violation stops the run before any commit.
     for run in [&skole, &elev, &ef] {
         run.check()?;
     }
-    if let Some(orphan) = ef.engine.live_inserts().find(|i| {
-        let b = &ef.batches[i.batch];
-        crate::delta::strings(b, "elev_id")
-            .map(|a| !identity.knows(a.value(i.row)))
-            .unwrap_or(true)
-    }) {
+    let parents = ef
+        .batches
+        .iter()
+        .map(|b| crate::delta::strings(b, "elev_id"))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(orphan) = ef
+        .engine
+        .live_inserts()
+        .find(|i| !identity.knows(parents[i.batch].value(i.row)))
+    {
         return Err(Error::Other(format!(
             "SCD2 invariant broken in elevforhold: key {} points to no elev; nothing was committed",
             orphan.key
@@ -856,19 +899,62 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
     }
     let transaction_time = chrono::Utc::now().timestamp_micros();
     let mut changed = false;
-    for run in [&skole, &elev, &ef] {
+    // skole first; then elev and elevforhold at the same time (separate tables, and a publish
+    // interrupted between them is finished by the next run either way).
+    let skole_version = match skole.prepare(ctx, transaction_time)? {
+        Some(c) => c.run(ctx.clone()).await?,
+        None => None,
+    };
+    steps.step("skole");
+    crate::run::crash_point("after-merge-skole");
+    let (elev_version, ef_version) = {
+        let (elev_commit, ef_commit) = std::thread::scope(|scope| {
+            let e = scope.spawn(|| elev.prepare(ctx, transaction_time));
+            let f = ef.prepare(ctx, transaction_time);
+            (e.join(), f)
+        });
+        let elev_commit =
+            elev_commit.map_err(|_| Error::Other("internal: preparing elev".into()))??;
+        let ef_commit = ef_commit?;
+        steps.step("prepare elev and elevforhold");
+        let elev_task = elev_commit.map(|c| tokio::spawn(c.run(ctx.clone())));
+        let ef_version = match ef_commit {
+            Some(c) => c.run(ctx.clone()).await,
+            None => Ok(None),
+        };
+        // Both are awaited before an error is returned: nothing is left writing.
+        let elev_version = match elev_task {
+            Some(task) => task
+                .await
+                .map_err(|e| Error::Other(format!("internal: elev commit: {e}")))?,
+            None => Ok(None),
+        };
+        (elev_version?, ef_version?)
+    };
+    steps.step("elev and elevforhold");
+    for (run, version) in [
+        (&skole, skole_version),
+        (&elev, elev_version),
+        (&ef, ef_version),
+    ] {
         out.inserted.insert(run.table.name, run.ops.len());
         out.closed.insert(run.table.name, run.closed());
-        if let Some(v) = run.commit(ctx, transaction_time).await? {
+        if let Some(v) = version {
             out.versions.insert(run.table.name.to_string(), v);
             changed = true;
         }
-        steps.step(run.table.name);
-        crate::run::crash_point(&format!("after-merge-{}", run.table.name));
+        if run.table.name != "skole" {
+            crate::run::crash_point(&format!("after-merge-{}", run.table.name));
+        }
     }
     if ctx.dry_run {
         return Ok(out);
     }
+    // The table metrics only read what is committed: computed meanwhile, on the other core.
+    let metrics = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { publish_metrics(&ctx).await }
+    });
     if let Some(v) = identity.write(ctx).await? {
         out.versions.insert("elev_id".into(), v);
     }
@@ -886,7 +972,10 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
     }
     steps.step("elevliste_vgs");
     crate::run::crash_point("after-elevliste");
-    out.metrics.extend(publish_metrics(ctx).await?);
+    let metrics = metrics
+        .await
+        .map_err(|e| Error::Other(format!("internal: table metrics: {e}")))??;
+    out.metrics.extend(metrics);
     steps.step("metrics");
     Ok(out)
 }

@@ -19,9 +19,9 @@ use crate::schema::Table;
 /// xxh3-128 of a row's tracked columns; stored as 32 hex digits in `rad_hash`.
 pub type RowHash = u128;
 
-/// The stored text form of a row hash.
-pub fn hash_hex(h: RowHash) -> String {
-    format!("{h:032x}")
+/// Writes the stored text form of a row hash: 32 hex digits.
+pub fn write_hex(out: &mut impl std::fmt::Write, h: RowHash) -> std::fmt::Result {
+    write!(out, "{h:032x}")
 }
 
 /// A stored `rad_hash`; an unreadable one never equals a computed hash, so the row gets a new
@@ -105,6 +105,7 @@ pub struct Scd2 {
     pub late_rows_skipped: usize,
     /// Source systems and school numbers repeat on every row: one copy of each.
     interned: FxHashSet<Arc<str>>,
+    recent: [Option<Arc<str>>; 2],
 }
 
 /// A row of a snapshot, ready to apply.
@@ -119,11 +120,20 @@ pub struct SnapshotRow<'a> {
 impl Scd2 {
     fn intern(&mut self, s: Option<&str>) -> Option<Arc<str>> {
         let s = s?;
-        if let Some(a) = self.interned.get(s) {
-            return Some(a.clone());
+        // Rows come grouped (one source, pupils school by school), and a row interns its source
+        // and then its school: try the two previous ones first.
+        if let Some(hit) = self.recent.iter().flatten().find(|r| ***r == *s) {
+            return Some(hit.clone());
         }
-        let a: Arc<str> = Arc::from(s);
-        self.interned.insert(a.clone());
+        let a = match self.interned.get(s) {
+            Some(a) => a.clone(),
+            None => {
+                let a: Arc<str> = Arc::from(s);
+                self.interned.insert(a.clone());
+                a
+            }
+        };
+        self.recent = [Some(a.clone()), self.recent[0].take()];
         Some(a)
     }
 

@@ -1,6 +1,8 @@
 //! Norwegian identity numbers: fødselsnummer family validation and classification, masking,
 //! birth date and legacy gender; organisasjonsnummer. Facts: shared/reference/identifiers.md.
 
+use std::borrow::Cow;
+
 use chrono::NaiveDate;
 
 /// What kind of identity number an 11-digit string is.
@@ -73,11 +75,15 @@ pub struct FnrInfo {
     pub kjonn: Option<&'static str>,
 }
 
-/// Strips the separators people type into numbers (spaces, `-`, `.`).
-pub fn normalize(raw: &str) -> String {
-    raw.chars()
-        .filter(|c| !c.is_whitespace() && *c != '-' && *c != '.')
-        .collect()
+/// Strips the separators people type into numbers (spaces, `-`, `.`); borrows when there are
+/// none.
+pub fn normalize(raw: &str) -> Cow<'_, str> {
+    let sep = |c: char| c.is_whitespace() || c == '-' || c == '.';
+    if raw.contains(sep) {
+        Cow::Owned(raw.chars().filter(|c| !sep(*c)).collect())
+    } else {
+        Cow::Borrowed(raw)
+    }
 }
 
 /// Validates and classifies an identity number. `today` bounds birth dates.
@@ -92,7 +98,10 @@ pub fn classify(raw: &str, today: NaiveDate) -> Result<FnrInfo, FnrError> {
     if s.len() != 11 {
         return Err(FnrError::Format);
     }
-    let d: Vec<u32> = s.bytes().map(|b| (b - b'0') as u32).collect();
+    let mut d = [0u32; 11];
+    for (x, b) in d.iter_mut().zip(s.bytes()) {
+        *x = (b - b'0') as u32;
+    }
     const W1: [u32; 10] = [3, 7, 6, 1, 8, 9, 4, 5, 2, 1];
     const W2: [u32; 11] = [5, 4, 3, 2, 7, 6, 5, 4, 3, 2, 1];
     let r1 = W1.iter().zip(&d).map(|(w, x)| w * x).sum::<u32>() % 11;
@@ -281,7 +290,10 @@ pub fn valid_feidenavn(s: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
         && valid_domain(realm)
-        && s == s.to_lowercase()
+        && s.chars().all(|c| {
+            let mut lower = c.to_lowercase();
+            lower.next() == Some(c) && lower.next().is_none()
+        })
 }
 
 fn valid_domain(d: &str) -> bool {
@@ -306,7 +318,11 @@ pub fn valid_epost(s: &str) -> bool {
                 && !local.contains(char::is_whitespace)
                 && !local.contains('@')
                 && !domain.contains('@')
-                && valid_domain(&domain.to_lowercase())
+                && if domain.is_ascii() {
+                    valid_domain(domain)
+                } else {
+                    valid_domain(&domain.to_lowercase())
+                }
         }
         None => false,
     }
@@ -314,10 +330,12 @@ pub fn valid_epost(s: &str) -> bool {
 
 /// A Norwegian mobile number: 8 digits starting with 4 or 9, optionally with +47/0047 and spaces.
 pub fn valid_mobil(s: &str) -> bool {
-    let d: String = s
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != '-')
-        .collect();
+    let sep = |c: char| c.is_whitespace() || c == '-';
+    let d: Cow<str> = if s.contains(sep) {
+        Cow::Owned(s.chars().filter(|c| !sep(*c)).collect())
+    } else {
+        Cow::Borrowed(s)
+    };
     let d = d
         .strip_prefix("+47")
         .or_else(|| d.strip_prefix("0047"))

@@ -6,6 +6,7 @@ pub mod fnr;
 pub mod kommuner;
 pub mod rules;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
@@ -53,6 +54,28 @@ pub struct RecordRef {
     pub rad: i64,
     pub skolenummer: Option<String>,
     pub system_id: Option<String>,
+}
+
+/// Where a row came from, borrowed from its raw record while the row is checked.
+#[derive(Debug, Clone)]
+pub struct Origin<'a> {
+    pub kildesystem: &'a str,
+    pub kjelde: &'a str,
+    pub rad: i64,
+    pub skolenummer: Option<Cow<'a, str>>,
+    pub system_id: Option<Cow<'a, str>>,
+}
+
+impl Origin<'_> {
+    fn to_record(&self) -> RecordRef {
+        RecordRef {
+            kildesystem: self.kildesystem.to_string(),
+            kjelde: self.kjelde.to_string(),
+            rad: self.rad,
+            skolenummer: self.skolenummer.as_deref().map(str::to_string),
+            system_id: self.system_id.as_deref().map(str::to_string),
+        }
+    }
 }
 
 /// One deviation: a rule broken by one record. `verdi` is already masked.
@@ -128,7 +151,7 @@ impl Checker {
     /// Records a deviation and returns its severity, so the caller can drop the record.
     pub fn report(
         &mut self,
-        record: &RecordRef,
+        record: &Origin<'_>,
         regel: &'static str,
         felt: Option<&'static str>,
         verdi: Option<String>,
@@ -137,7 +160,7 @@ impl Checker {
         let alvorsgrad = self.severity(regel);
         *self.failed.entry(regel).or_default() += 1;
         self.avvik.push(Avvik {
-            record: record.clone(),
+            record: record.to_record(),
             omfang: self.snapshot.0.clone(),
             as_of: self.snapshot.1,
             regel,

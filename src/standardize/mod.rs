@@ -1,26 +1,33 @@
 //! Standardize: turns the raw records of every snapshot not yet published into FINT rows for
 //! `elev`, `elevforhold` and `skole` (staging tables `stg_*`), derives fields (birth date and
 //! legacy gender from the fødselsnummer, split names), validates every row (DESIGN §6) and writes
-//! the deviations to `avvik`. polars holds the staged columns and computes the metrics.
+//! the deviations to `avvik`. Rows are built borrowing the raw records' text and go straight into
+//! Arrow columns.
 //!
 //! Not here: ids and history (publish), parsing files (ingest).
 
 pub mod oneroster;
 pub mod vigo;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use arrow::array::{
+    ArrayRef, BooleanArray, Date32Array, Int32Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, SchemaRef};
 use chrono::NaiveDate;
 use deltalake::protocol::SaveMode;
-use polars::prelude::*;
+use std::sync::Arc;
 use tracing::{info, warn};
 
 use crate::config::Format;
 use crate::error::Result;
 use crate::metrics::Metric;
-use crate::quality::{fnr, kommuner, rules, Checker, RecordRef, Severity};
+use crate::quality::{fnr, kommuner, rules, Checker, Origin, Severity};
 use crate::run::RunContext;
 use crate::schema::{self, raw_table};
 
@@ -82,59 +89,70 @@ impl Snapshot {
     }
 }
 
+/// A text field of a staged row: borrowed from the raw record when it can be.
+pub type Text<'a> = Option<Cow<'a, str>>;
+
 #[derive(Debug, Clone)]
-pub struct ElevRow {
-    pub r: RecordRef,
-    pub kilde_nokkel: Option<String>,
-    pub system_id: Option<String>,
-    pub fodselsnummer: Option<String>,
-    pub feidenavn: Option<String>,
-    pub kommunenummer: Option<String>,
-    pub fornavn: Option<String>,
-    pub mellomnavn: Option<String>,
-    pub etternavn: Option<String>,
+pub struct ElevRow<'a> {
+    pub r: Origin<'a>,
+    pub kilde_nokkel: Text<'a>,
+    pub system_id: Text<'a>,
+    pub fodselsnummer: Text<'a>,
+    pub feidenavn: Text<'a>,
+    pub kommunenummer: Text<'a>,
+    pub fornavn: Text<'a>,
+    pub mellomnavn: Text<'a>,
+    pub etternavn: Text<'a>,
     pub fodselsdato: Option<NaiveDate>,
-    pub kjonn: Option<String>,
-    pub epostadresse: Option<String>,
-    pub mobiltelefonnummer: Option<String>,
-    pub bostedsadresse: Option<String>,
-    pub postnummer: Option<String>,
-    pub poststed: Option<String>,
+    pub kjonn: Text<'a>,
+    pub epostadresse: Text<'a>,
+    pub mobiltelefonnummer: Text<'a>,
+    pub bostedsadresse: Text<'a>,
+    pub postnummer: Text<'a>,
+    pub poststed: Text<'a>,
     /// Whether the source must deliver a fødselsnummer (the Vigo list identifies pupils by it).
     pub fnr_required: bool,
 }
 
 #[derive(Debug, Clone)]
-pub struct EfRow {
-    pub r: RecordRef,
-    pub elev_kilde_nokkel: Option<String>,
-    pub system_id: Option<String>,
-    pub skolenummer: Option<String>,
-    pub klasse: Option<String>,
+pub struct EfRow<'a> {
+    pub r: Origin<'a>,
+    pub elev_kilde_nokkel: Text<'a>,
+    pub system_id: Text<'a>,
+    pub skolenummer: Text<'a>,
+    pub klasse: Text<'a>,
     pub trinn: Option<i32>,
-    pub skolear: Option<String>,
+    pub skolear: Text<'a>,
     pub hovedskole: Option<bool>,
     pub startdato: Option<NaiveDate>,
     pub sluttdato: Option<NaiveDate>,
 }
 
 #[derive(Debug, Clone)]
-pub struct SkoleRow {
-    pub r: RecordRef,
-    pub skolenummer: String,
-    pub organisasjonsnummer: Option<String>,
-    pub navn: Option<String>,
-    pub kommunenummer: Option<String>,
-    pub fylkesnummer: Option<String>,
-    pub eierform: Option<String>,
+pub struct SkoleRow<'a> {
+    pub r: Origin<'a>,
+    pub skolenummer: Cow<'a, str>,
+    pub organisasjonsnummer: Text<'a>,
+    pub navn: Text<'a>,
+    pub kommunenummer: Text<'a>,
+    pub fylkesnummer: Text<'a>,
+    pub eierform: Text<'a>,
 }
 
-/// Rows of one snapshot, before and after validation.
+/// Rows of one snapshot, validated in place.
 #[derive(Debug, Default)]
-pub struct Staged {
-    pub elev: Vec<ElevRow>,
-    pub elevforhold: Vec<EfRow>,
-    pub skole: Vec<SkoleRow>,
+pub struct Staged<'a> {
+    pub elev: Vec<ElevRow<'a>>,
+    pub elevforhold: Vec<EfRow<'a>>,
+    pub skole: Vec<SkoleRow<'a>>,
+}
+
+/// A number with the separators people type stripped, borrowed when it has none.
+fn normalized(v: Cow<'_, str>) -> Cow<'_, str> {
+    match v {
+        Cow::Borrowed(s) => fnr::normalize(s),
+        Cow::Owned(s) => Cow::Owned(fnr::normalize(&s).into_owned()),
+    }
 }
 
 /// What standardize did.
@@ -188,11 +206,17 @@ use arrow::array::Array;
 /// Reads the raw records of every snapshot that is not yet published, ordered by as-of — and of
 /// every snapshot of a source whose history publish must rebuild (a late snapshot, or an
 /// interrupted publish). Published history is otherwise never read again: files are skipped by
-/// their `as_of` statistics.
-async fn pending_snapshots(ctx: &RunContext) -> Result<Vec<Snapshot>> {
+/// their `as_of` statistics. `fresh` are the raw rows this run's ingest just committed, per
+/// source: they are used as they are instead of being read back.
+async fn pending_snapshots(
+    ctx: &RunContext,
+    fresh: &HashMap<String, Vec<RecordBatch>>,
+) -> Result<Vec<Snapshot>> {
     let done = published(ctx).await?;
-    // Snapshot keys per source, from the key columns only.
-    let mut keys_per_source: Vec<(&crate::config::SourceConfig, Vec<SnapshotKey>)> = Vec::new();
+    // Snapshot keys per source, from the key columns only, and the as-of times with rows that
+    // this run did not ingest (those must be read from raw).
+    type Keys = (Vec<SnapshotKey>, std::collections::BTreeSet<i64>);
+    let mut keys_per_source: Vec<(&crate::config::SourceConfig, Keys)> = Vec::new();
     for source in &ctx.pipeline.file.sources {
         let table = raw_table(&source.name);
         let session = crate::delta::session(&ctx.pipeline, &[table.name]).await?;
@@ -200,24 +224,33 @@ async fn pending_snapshots(ctx: &RunContext) -> Result<Vec<Snapshot>> {
             continue;
         }
         let sql = format!(
-            "SELECT DISTINCT kildesystem, omfang, as_of FROM {}",
-            table.name
+            "SELECT DISTINCT kildesystem, omfang, as_of, run_id = '{}' AS fresh FROM {}",
+            ctx.run_id, table.name
         );
-        let mut keys = Vec::new();
+        let fresh_rows = fresh.get(&source.name).is_some_and(|b| !b.is_empty());
+        let mut keys = HashSet::new();
+        let mut stored = std::collections::BTreeSet::new();
         for b in crate::delta::query(&session, &sql).await? {
             let k = crate::delta::strings(&b, "kildesystem")?;
             let o = crate::delta::strings(&b, "omfang")?;
             let t = crate::delta::micros(&b, "as_of")?;
+            let fresh = b
+                .column_by_name("fresh")
+                .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
+                .ok_or_else(|| crate::error::Error::Other("internal: raw keys".into()))?;
             for i in 0..b.num_rows() {
                 let omfang = (!o.is_null(i)).then(|| o.value(i).to_string());
-                keys.push((k.value(i).to_string(), omfang, t.value(i)));
+                keys.insert((k.value(i).to_string(), omfang, t.value(i)));
+                if !fresh.value(i) || !fresh_rows {
+                    stored.insert(t.value(i));
+                }
             }
         }
-        keys_per_source.push((source, keys));
+        keys_per_source.push((source, (keys.into_iter().collect(), stored)));
     }
     let pending: Vec<SnapshotKey> = keys_per_source
         .iter()
-        .flat_map(|(_, keys)| keys.iter().filter(|k| !done.contains(*k)).cloned())
+        .flat_map(|(_, (keys, _))| keys.iter().filter(|k| !done.contains(*k)).cloned())
         .collect();
     if pending.is_empty() {
         return Ok(Vec::new());
@@ -225,7 +258,7 @@ async fn pending_snapshots(ctx: &RunContext) -> Result<Vec<Snapshot>> {
     let rebuilt = crate::publish::rebuild_sources(ctx, &pending).await?;
 
     let mut snaps: BTreeMap<(i64, String, Option<String>), Snapshot> = BTreeMap::new();
-    for (source, keys) in keys_per_source {
+    for (source, (keys, stored)) in keys_per_source {
         let times: std::collections::BTreeSet<i64> = keys
             .iter()
             .filter(|k| rebuilt.contains(&k.0) || !done.contains(*k))
@@ -234,19 +267,24 @@ async fn pending_snapshots(ctx: &RunContext) -> Result<Vec<Snapshot>> {
         if times.is_empty() {
             continue;
         }
-        let table = raw_table(&source.name);
-        let session = crate::delta::session(&ctx.pipeline, &[table.name]).await?;
-        let times = times
-            .iter()
+        // This run's rows as ingested, plus what earlier runs stored for the same times.
+        let mut batches = fresh.get(&source.name).cloned().unwrap_or_default();
+        let stored: Vec<String> = times
+            .intersection(&stored)
             .map(|t| format!("to_timestamp_micros({t})"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "SELECT kildesystem, omfang, as_of, kjelde, sha256, entitet, rad, post FROM {} \
-             WHERE as_of IN ({times})",
-            table.name
-        );
-        let batches = crate::delta::query(&session, &sql).await?;
+            .collect();
+        if !stored.is_empty() {
+            let table = raw_table(&source.name);
+            let session = crate::delta::session(&ctx.pipeline, &[table.name]).await?;
+            let sql = format!(
+                "SELECT kildesystem, omfang, as_of, kjelde, sha256, entitet, rad, post FROM {} \
+                 WHERE as_of IN ({}) AND run_id <> '{}'",
+                table.name,
+                stored.join(", "),
+                ctx.run_id
+            );
+            batches.extend(crate::delta::query(&session, &sql).await?);
+        }
         let mut columns = Vec::with_capacity(batches.len());
         // Records are ordered by file name and record number below; a file ingested twice by
         // two runs at once is read once. Files are numbered by (name, sha256).
@@ -348,8 +386,8 @@ async fn pending_snapshots(ctx: &RunContext) -> Result<Vec<Snapshot>> {
 
 /// Validates a pupil's fødselsnummer; fills birth date and legacy gender. Returns false when the
 /// row must be dropped.
-fn check_fnr(c: &mut Checker, e: &mut ElevRow, today: NaiveDate) -> bool {
-    let Some(raw) = e.fodselsnummer.clone() else {
+fn check_fnr(c: &mut Checker, e: &mut ElevRow<'_>, today: NaiveDate) -> bool {
+    let Some(raw) = e.fodselsnummer.take() else {
         if e.fnr_required {
             let sev = c.report(
                 &e.r,
@@ -369,8 +407,7 @@ fn check_fnr(c: &mut Checker, e: &mut ElevRow, today: NaiveDate) -> bool {
         );
         return true;
     };
-    let norm = fnr::normalize(&raw);
-    e.fodselsnummer = Some(norm.clone());
+    let norm = normalized(raw);
     let mut result = fnr::classify(&norm, today);
     if result == Err(fnr::FnrError::LeadingZeroLost) {
         let repaired = format!("0{norm}");
@@ -378,7 +415,7 @@ fn check_fnr(c: &mut Checker, e: &mut ElevRow, today: NaiveDate) -> bool {
             Ok(info) if c.repair_leading_zero => {
                 c.report(&e.r, rules::FNR_REPARERT, Some("fodselsnummer"), Some(fnr::mask(&norm)),
                     "Fødselsnummeret mangla første siffer (0) og er reparert — rett det i skulesystemet");
-                e.fodselsnummer = Some(repaired);
+                e.fodselsnummer = Some(Cow::Owned(repaired));
                 result = Ok(info);
             }
             _ => {
@@ -389,59 +426,70 @@ fn check_fnr(c: &mut Checker, e: &mut ElevRow, today: NaiveDate) -> bool {
                     Some(fnr::mask(&norm)),
                     fnr::FnrError::LeadingZeroLost.message(),
                 );
+                e.fodselsnummer = Some(norm);
                 return sev != Severity::Drop;
             }
         }
     }
-    match result {
+    let masked = || fnr::mask(&norm);
+    let keep = match result {
         Ok(info) => {
             if info.kind.is_synthetic() && !c.allow_synthetic_fnr {
                 let sev = c.report(&e.r, rules::FNR_SYNTETISK, Some("fodselsnummer"),
-                    Some(fnr::mask(&norm)),
+                    Some(masked()),
                     format!("Fødselsnummeret er eit syntetisk testnummer ({}) og kan ikkje brukast i produksjon", info.kind.code()));
-                return sev != Severity::Drop;
+                sev != Severity::Drop
+            } else {
+                if e.fodselsdato.is_none() {
+                    e.fodselsdato = info.birth_date;
+                }
+                if e.kjonn.is_none() {
+                    e.kjonn = Some(Cow::Borrowed(info.kjonn.unwrap_or("0")));
+                }
+                true
             }
-            if e.fodselsdato.is_none() {
-                e.fodselsdato = info.birth_date;
-            }
-            if e.kjonn.is_none() {
-                e.kjonn = Some(info.kjonn.unwrap_or("0").to_string());
-            }
-            true
         }
         Err(err) => {
             let sev = c.report(
                 &e.r,
                 rules::FNR_UGYLDIG,
                 Some("fodselsnummer"),
-                Some(fnr::mask(&norm)),
+                Some(masked()),
                 err.message(),
             );
             sev != Severity::Drop
         }
+    };
+    if e.fodselsnummer.is_none() {
+        e.fodselsnummer = Some(norm);
     }
+    keep
 }
 
-/// Applies the rules to one snapshot's rows, dropping what must not be published.
+/// Applies the rules to one snapshot's rows, in place: what must not be published is removed.
 fn validate(
     c: &mut Checker,
-    rows: Staged,
+    rows: &mut Staged<'_>,
     known_schools: &HashSet<String>,
     today: NaiveDate,
-) -> Staged {
-    let mut out = Staged::default();
-    for s in rows.skole {
+) {
+    let Staged {
+        elev,
+        elevforhold,
+        skole,
+    } = rows;
+    skole.retain(|s| {
         if let Some(o) = &s.organisasjonsnummer {
             if !fnr::valid_orgnr(o) {
                 let sev = c.report(
                     &s.r,
                     rules::ORGNR_UGYLDIG,
                     Some("organisasjonsnummer"),
-                    Some(o.clone()),
+                    Some(o.to_string()),
                     "Organisasjonsnummeret har feil kontrollsiffer",
                 );
                 if sev == Severity::Drop {
-                    continue;
+                    return false;
                 }
             }
         }
@@ -451,11 +499,11 @@ fn validate(
                     &s.r,
                     rules::KOMMUNENUMMER_UKJENT,
                     Some("kommunenummer"),
-                    Some(k.clone()),
+                    Some(k.to_string()),
                     "Kommunenummeret finst ikkje i kommunelista for 2024",
                 );
                 if sev == Severity::Drop {
-                    continue;
+                    return false;
                 }
             }
         }
@@ -465,40 +513,37 @@ fn validate(
                     &s.r,
                     rules::FYLKESNUMMER_UKJENT,
                     Some("fylkesnummer"),
-                    Some(f.clone()),
+                    Some(f.to_string()),
                     "Fylkesnummeret finst ikkje i fylkeslista for 2024",
                 );
                 if sev == Severity::Drop {
-                    continue;
+                    return false;
                 }
             }
         }
-        out.skole.push(s);
-    }
-    let schools: HashSet<String> = out
-        .skole
+        true
+    });
+    let schools: FxHashSet<&str> = skole
         .iter()
-        .map(|s| s.skolenummer.clone())
-        .chain(known_schools.iter().cloned())
+        .map(|s| s.skolenummer.as_ref())
+        .chain(known_schools.iter().map(String::as_str))
         .collect();
 
     // Keys of every delivered pupil, kept or not: references to dropped pupils are not new news.
     // The school of each pupil (from the snapshot's elevforhold), for per-school thresholds.
-    let school_of: FxHashMap<&str, &str> = rows
-        .elevforhold
-        .iter()
-        .filter_map(|ef| Some((ef.elev_kilde_nokkel.as_deref()?, ef.skolenummer.as_deref()?)))
-        .collect();
+    // Keyed by 128-bit hashes, as the sets below: a lookup does not touch the key's text again.
+    let mut school_of: FxHashMap<u128, &Cow<'_, str>> = FxHashMap::default();
+    school_of.reserve(elevforhold.len());
+    for ef in elevforhold.iter() {
+        if let (Some(k), Some(s)) = (ef.elev_kilde_nokkel.as_deref(), ef.skolenummer.as_ref()) {
+            school_of.insert(key_hash(k), s);
+        }
+    }
     let mut per_school: FxHashMap<String, (u64, u64)> = FxHashMap::default();
-    let kildesystem = rows
-        .elev
-        .first()
-        .map(|e| e.r.kildesystem.clone())
-        .unwrap_or_default();
+    let kildesystem = elev.first().map(|e| e.r.kildesystem).unwrap_or_default();
     // Sets of keys hold 128-bit hashes of them (no copy of a million strings; a collision is
     // as likely as guessing a random UUID twice).
-    let delivered: FxHashSet<u128> = rows
-        .elev
+    let delivered: FxHashSet<u128> = elev
         .iter()
         .filter_map(|e| {
             let k = e.kilde_nokkel.as_deref()?;
@@ -510,17 +555,19 @@ fn validate(
         })
         .collect();
     let mut kept_keys = FxHashSet::default();
+    kept_keys.reserve(elev.len());
     let mut seen_fnr = FxHashSet::default();
+    seen_fnr.reserve(elev.len());
     // Records whose pupil was dropped: an elevforhold from the same record (Vigo lines carry
     // both) goes with it, already reported. File → record numbers.
-    let mut dropped_records: FxHashMap<String, HashSet<i64>> = FxHashMap::default();
-    for mut e in rows.elev {
+    let mut dropped_records: FxHashMap<&str, FxHashSet<i64>> = FxHashMap::default();
+    elev.retain_mut(|e| {
         // A pupil's deviations go to the school the pupil is enrolled at.
         if e.r.skolenummer.is_none() {
             e.r.skolenummer = e
                 .kilde_nokkel
                 .as_deref()
-                .and_then(|k| school_of.get(k).map(|s| s.to_string()));
+                .and_then(|k| school_of.get(&key_hash(k)).map(|s| (*s).clone()));
         }
         let mut keep = true;
         if e.fornavn.is_none() || e.etternavn.is_none() {
@@ -544,16 +591,8 @@ fn validate(
             keep &= sev != Severity::Drop;
         }
         let invalid_before = c.invalid_fnr();
-        keep &= check_fnr(c, &mut e, today);
-        let school =
-            e.r.skolenummer
-                .as_deref()
-                .or_else(|| {
-                    e.kilde_nokkel
-                        .as_deref()
-                        .and_then(|k| school_of.get(k).copied())
-                })
-                .unwrap_or("-");
+        keep &= check_fnr(c, e, today);
+        let school = e.r.skolenummer.as_deref().unwrap_or("-");
         let invalid = (c.invalid_fnr() > invalid_before) as u64;
         match per_school.get_mut(school) {
             Some(tally) => {
@@ -574,7 +613,7 @@ fn validate(
                     &e.r,
                     rules::KOMMUNENUMMER_UKJENT,
                     Some("kommunenummer"),
-                    Some(k.clone()),
+                    Some(k.to_string()),
                     "Kommunenummeret finst ikkje i kommunelista for 2024",
                 );
                 keep &= sev != Severity::Drop;
@@ -582,25 +621,25 @@ fn validate(
         }
         // Contact fields: the value itself is personal data, so only the field is reported.
         type Check = fn(&str) -> bool;
-        let contact: [(&'static str, &'static str, Option<&String>, Check, &str); 3] = [
+        let contact: [(&'static str, &'static str, Option<&str>, Check, &str); 3] = [
             (
                 rules::FEIDENAVN_UGYLDIG,
                 "feidenavn",
-                e.feidenavn.as_ref(),
+                e.feidenavn.as_deref(),
                 fnr::valid_feidenavn,
                 "Feidenamnet er ikkje på forma brukar@domene",
             ),
             (
                 rules::EPOST_UGYLDIG,
                 "epostadresse",
-                e.epostadresse.as_ref(),
+                e.epostadresse.as_deref(),
                 fnr::valid_epost,
                 "E-postadressa er ikkje gyldig",
             ),
             (
                 rules::MOBIL_UGYLDIG,
                 "mobiltelefonnummer",
-                e.mobiltelefonnummer.as_ref(),
+                e.mobiltelefonnummer.as_deref(),
                 fnr::valid_mobil,
                 "Mobilnummeret er ikkje eit norsk mobilnummer (8 siffer, byrjar på 4 eller 9)",
             ),
@@ -613,10 +652,10 @@ fn validate(
         }
         if !keep {
             dropped_records
-                .entry(e.r.kjelde.clone())
+                .entry(e.r.kjelde)
                 .or_default()
                 .insert(e.r.rad);
-            continue;
+            return false;
         }
         let key = key_hash(e.kilde_nokkel.as_deref().unwrap_or_default());
         let dup_fnr = e
@@ -633,13 +672,13 @@ fn validate(
                 "Eleven står fleire gonger i same leveranse; berre den første er teken med",
             );
             dropped_records
-                .entry(e.r.kjelde.clone())
+                .entry(e.r.kjelde)
                 .or_default()
                 .insert(e.r.rad);
-            continue;
+            return false;
         }
-        out.elev.push(e);
-    }
+        true
+    });
     // Share of invalid fødselsnummer per school above the threshold.
     let threshold = c.threshold(rules::FNR_UGYLDIG_ANDEL).unwrap_or(0.05);
     let mut per_school: Vec<(String, (u64, u64))> = per_school.into_iter().collect();
@@ -647,50 +686,46 @@ fn validate(
     for (school, (n, bad)) in &per_school {
         let share = *bad as f64 / (*n).max(1) as f64;
         if *bad > 0 && share > threshold {
-            let r = RecordRef {
-                kildesystem: kildesystem.clone(),
-                kjelde: String::new(),
+            let r = Origin {
+                kildesystem,
+                kjelde: "",
                 rad: 0,
-                skolenummer: (school != "-").then(|| school.clone()),
+                skolenummer: (school != "-").then_some(Cow::Borrowed(school.as_str())),
                 system_id: None,
             };
             c.report(&r, rules::FNR_UGYLDIG_ANDEL, Some("fodselsnummer"), Some(format!("{:.1} %", share * 100.0)),
                 format!("{bad} av {n} elevar ved skulen har ugyldig fødselsnummer (over {:.0} %) — sjekk eksporten frå skulesystemet", threshold * 100.0));
         }
     }
-    let elev_keys: FxHashSet<&str> = out
-        .elev
+    let elev_keys: FxHashSet<u128> = elev
         .iter()
-        .filter_map(|e| e.kilde_nokkel.as_deref())
+        .filter_map(|e| e.kilde_nokkel.as_deref().map(key_hash))
         .collect();
     let mut ef_keys = FxHashSet::default();
-    for mut ef in rows.elevforhold {
+    ef_keys.reserve(elevforhold.len());
+    elevforhold.retain_mut(|ef| {
         if dropped_records
-            .get(ef.r.kjelde.as_str())
+            .get(ef.r.kjelde)
             .is_some_and(|rads| rads.contains(&ef.r.rad))
         {
-            continue;
+            return false;
         }
-        if ef
-            .elev_kilde_nokkel
-            .as_ref()
-            .is_some_and(|k| k.len() == 10 && c.repair_leading_zero)
-        {
-            // Follow the repaired number of a Vigo pupil.
-            let repaired = format!("0{}", ef.elev_kilde_nokkel.as_deref().unwrap_or_default());
-            if elev_keys.contains(repaired.as_str()) {
-                ef.elev_kilde_nokkel = Some(repaired);
+        if let Some(k) = ef.elev_kilde_nokkel.as_deref() {
+            if k.len() == 10 && c.repair_leading_zero {
+                // Follow the repaired number of a Vigo pupil.
+                let repaired = format!("0{k}");
+                if elev_keys.contains(&key_hash(&repaired)) {
+                    ef.elev_kilde_nokkel = Some(Cow::Owned(repaired));
+                }
             }
         }
         if ef.r.system_id.is_none() {
-            if let Some(k) = &ef.elev_kilde_nokkel {
-                ef.elev_kilde_nokkel = Some(fnr::normalize(k));
-            }
+            ef.elev_kilde_nokkel = ef.elev_kilde_nokkel.take().map(normalized);
         }
         let Some(elev) = ef
             .elev_kilde_nokkel
             .as_deref()
-            .filter(|k| elev_keys.contains(k))
+            .filter(|k| elev_keys.contains(&key_hash(k)))
         else {
             // Pupils dropped above are already reported; only unknown references are new.
             if !ef
@@ -706,7 +741,7 @@ fn validate(
                     "Elevforholdet viser til ein elev som ikkje er med i leveransen",
                 );
             }
-            continue;
+            return false;
         };
         let Some(skole) = ef.skolenummer.as_deref() else {
             c.report(
@@ -716,7 +751,7 @@ fn validate(
                 None,
                 "Skulenummer manglar",
             );
-            continue;
+            return false;
         };
         if !schools.contains(skole) {
             let sev = c.report(
@@ -727,7 +762,7 @@ fn validate(
                 "Skulen finst ikkje i leveransen eller i skuleregisteret til kommunen",
             );
             if sev == Severity::Drop {
-                continue;
+                return false;
             }
         }
         if !ef.trinn.is_some_and(|t| (1..=10).contains(&t)) {
@@ -739,7 +774,7 @@ fn validate(
                 "Trinnet må vere mellom 1 og 10",
             );
             if sev == Severity::Drop {
-                continue;
+                return false;
             }
         }
         if ef.klasse.is_none() {
@@ -751,17 +786,16 @@ fn validate(
                 "Klasse manglar",
             );
             if sev == Severity::Drop {
-                continue;
+                return false;
             }
         }
         if !ef_keys.insert(pair_hash(elev, skole)) {
             c.report(&ef.r, rules::DUPLIKAT, Some("klasse"), None,
                 "Eleven har fleire elevforhold ved same skule i same leveranse; berre det første er teke med");
-            continue;
+            return false;
         }
-        out.elevforhold.push(ef);
-    }
-    out
+        true
+    });
 }
 
 /// 128-bit hash of a key, for sets of keys.
@@ -781,131 +815,108 @@ fn date_days(d: Option<NaiveDate>) -> Option<i32> {
     d.map(|d| (d - NaiveDate::default()).num_days() as i32)
 }
 
-fn snapshot_columns<T>(rows: &[(&Snapshot, T)]) -> Vec<Column> {
-    vec![
-        Column::new(
-            "stg_kildesystem".into(),
-            rows.iter()
-                .map(|(s, _)| s.kildesystem.as_str())
-                .collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "stg_omfang".into(),
-            rows.iter()
-                .map(|(s, _)| s.omfang.as_deref())
-                .collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "stg_as_of".into(),
-            rows.iter().map(|(s, _)| s.as_of).collect::<Vec<_>>(),
-        ),
-    ]
+/// One snapshot's validated rows as a batch in a staging table's schema. `column` gives the
+/// values of each column by name (`None` for a column it does not know); the snapshot columns
+/// are filled here.
+fn stage_batch(
+    schema: &SchemaRef,
+    snap: &Snapshot,
+    rows: usize,
+    column: impl Fn(&str) -> Option<ArrayRef>,
+) -> Result<RecordBatch> {
+    let mut arrays = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        let array: ArrayRef = match f.name().as_str() {
+            "stg_kildesystem" => Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                snap.kildesystem.as_str(),
+                rows,
+            ))),
+            "stg_omfang" => Arc::new(StringArray::from_iter(std::iter::repeat_n(
+                snap.omfang.as_deref(),
+                rows,
+            ))),
+            "stg_as_of" => Arc::new(
+                TimestampMicrosecondArray::from(vec![snap.as_of; rows]).with_timezone("UTC"),
+            ),
+            // Assigned by publish.
+            "id" | "elev_id" => arrow::array::new_null_array(f.data_type(), rows),
+            name => column(name).ok_or_else(|| {
+                crate::error::Error::Other(format!("no staged values for column `{name}`"))
+            })?,
+        };
+        arrays.push(array);
+    }
+    Ok(RecordBatch::try_new(schema.clone(), arrays)?)
 }
 
-fn str_col<T>(name: &str, rows: &[(&Snapshot, T)], f: impl Fn(&T) -> Option<&str>) -> Column {
-    Column::new(
-        name.into(),
-        rows.iter().map(|(_, r)| f(r)).collect::<Vec<_>>(),
-    )
+fn texts<'r, T>(rows: &'r [T], f: impl Fn(&'r T) -> Option<&'r str>) -> Option<ArrayRef> {
+    Some(Arc::new(StringArray::from_iter(rows.iter().map(f))))
 }
 
-fn elev_frame(rows: &[(&Snapshot, ElevRow)]) -> Result<DataFrame> {
-    let mut cols = vec![
-        Column::new(
-            "id".into(),
-            rows.iter().map(|_| None::<&str>).collect::<Vec<_>>(),
-        ),
-        str_col("system_id", rows, |e| e.system_id.as_deref()),
-        str_col("kildesystem", rows, |e| Some(e.r.kildesystem.as_str())),
-        str_col("fodselsnummer", rows, |e| e.fodselsnummer.as_deref()),
-        str_col("feidenavn", rows, |e| e.feidenavn.as_deref()),
-        str_col("kommunenummer", rows, |e| e.kommunenummer.as_deref()),
-        str_col("fornavn", rows, |e| e.fornavn.as_deref()),
-        str_col("mellomnavn", rows, |e| e.mellomnavn.as_deref()),
-        str_col("etternavn", rows, |e| e.etternavn.as_deref()),
-        Column::new(
-            "fodselsdato".into(),
-            rows.iter()
-                .map(|(_, e)| date_days(e.fodselsdato))
-                .collect::<Vec<_>>(),
-        ),
-        str_col("kjonn", rows, |e| e.kjonn.as_deref()),
-        str_col("epostadresse", rows, |e| e.epostadresse.as_deref()),
-        str_col("mobiltelefonnummer", rows, |e| {
-            e.mobiltelefonnummer.as_deref()
-        }),
-        str_col("bostedsadresse", rows, |e| e.bostedsadresse.as_deref()),
-        str_col("postnummer", rows, |e| e.postnummer.as_deref()),
-        str_col("poststed", rows, |e| e.poststed.as_deref()),
-    ];
-    cols.extend(snapshot_columns(rows));
-    cols.push(str_col("stg_kilde_nokkel", rows, |e| {
-        e.kilde_nokkel.as_deref()
-    }));
-    Ok(DataFrame::new_infer_height(cols)?)
+fn dates<T>(rows: &[T], f: impl Fn(&T) -> Option<NaiveDate>) -> Option<ArrayRef> {
+    Some(Arc::new(Date32Array::from_iter(
+        rows.iter().map(|r| date_days(f(r))),
+    )))
 }
 
-fn elevforhold_frame(rows: &[(&Snapshot, EfRow)]) -> Result<DataFrame> {
-    let mut cols = vec![
-        Column::new(
-            "id".into(),
-            rows.iter().map(|_| None::<&str>).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "elev_id".into(),
-            rows.iter().map(|_| None::<&str>).collect::<Vec<_>>(),
-        ),
-        str_col("system_id", rows, |e| e.system_id.as_deref()),
-        str_col("kildesystem", rows, |e| Some(e.r.kildesystem.as_str())),
-        str_col("skolenummer", rows, |e| e.skolenummer.as_deref()),
-        str_col("klasse", rows, |e| e.klasse.as_deref()),
-        Column::new(
-            "trinn".into(),
-            rows.iter().map(|(_, e)| e.trinn).collect::<Vec<_>>(),
-        ),
-        str_col("skolear", rows, |e| e.skolear.as_deref()),
-        Column::new(
-            "hovedskole".into(),
-            rows.iter().map(|(_, e)| e.hovedskole).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "startdato".into(),
-            rows.iter()
-                .map(|(_, e)| date_days(e.startdato))
-                .collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "sluttdato".into(),
-            rows.iter()
-                .map(|(_, e)| date_days(e.sluttdato))
-                .collect::<Vec<_>>(),
-        ),
-    ];
-    cols.extend(snapshot_columns(rows));
-    cols.push(str_col("stg_kilde_nokkel", rows, |e| {
-        e.elev_kilde_nokkel.as_deref()
-    }));
-    Ok(DataFrame::new_infer_height(cols)?)
+fn elev_batch(schema: &SchemaRef, snap: &Snapshot, rows: &[ElevRow<'_>]) -> Result<RecordBatch> {
+    stage_batch(schema, snap, rows.len(), |name| match name {
+        "system_id" => texts(rows, |e| e.system_id.as_deref()),
+        "kildesystem" => texts(rows, |e| Some(e.r.kildesystem)),
+        "fodselsnummer" => texts(rows, |e| e.fodselsnummer.as_deref()),
+        "feidenavn" => texts(rows, |e| e.feidenavn.as_deref()),
+        "kommunenummer" => texts(rows, |e| e.kommunenummer.as_deref()),
+        "fornavn" => texts(rows, |e| e.fornavn.as_deref()),
+        "mellomnavn" => texts(rows, |e| e.mellomnavn.as_deref()),
+        "etternavn" => texts(rows, |e| e.etternavn.as_deref()),
+        "fodselsdato" => dates(rows, |e| e.fodselsdato),
+        "kjonn" => texts(rows, |e| e.kjonn.as_deref()),
+        "epostadresse" => texts(rows, |e| e.epostadresse.as_deref()),
+        "mobiltelefonnummer" => texts(rows, |e| e.mobiltelefonnummer.as_deref()),
+        "bostedsadresse" => texts(rows, |e| e.bostedsadresse.as_deref()),
+        "postnummer" => texts(rows, |e| e.postnummer.as_deref()),
+        "poststed" => texts(rows, |e| e.poststed.as_deref()),
+        "stg_kilde_nokkel" => texts(rows, |e| e.kilde_nokkel.as_deref()),
+        _ => None,
+    })
 }
 
-fn skole_frame(rows: &[(&Snapshot, SkoleRow)]) -> Result<DataFrame> {
-    let mut cols = vec![
-        str_col("skolenummer", rows, |s| Some(s.skolenummer.as_str())),
-        str_col("organisasjonsnummer", rows, |s| {
-            s.organisasjonsnummer.as_deref()
-        }),
-        str_col("navn", rows, |s| s.navn.as_deref()),
-        str_col("kommunenummer", rows, |s| s.kommunenummer.as_deref()),
-        str_col("fylkesnummer", rows, |s| s.fylkesnummer.as_deref()),
-        str_col("eierform", rows, |s| s.eierform.as_deref()),
-        str_col("kildesystem", rows, |s| Some(s.r.kildesystem.as_str())),
-    ];
-    cols.extend(snapshot_columns(rows));
-    cols.push(Column::new(
-        "stg_kilde_nokkel".into(),
-        rows.iter().map(|_| None::<&str>).collect::<Vec<_>>(),
-    ));
-    Ok(DataFrame::new_infer_height(cols)?)
+fn elevforhold_batch(
+    schema: &SchemaRef,
+    snap: &Snapshot,
+    rows: &[EfRow<'_>],
+) -> Result<RecordBatch> {
+    stage_batch(schema, snap, rows.len(), |name| match name {
+        "system_id" => texts(rows, |e| e.system_id.as_deref()),
+        "kildesystem" => texts(rows, |e| Some(e.r.kildesystem)),
+        "skolenummer" => texts(rows, |e| e.skolenummer.as_deref()),
+        "klasse" => texts(rows, |e| e.klasse.as_deref()),
+        "trinn" => Some(Arc::new(Int32Array::from_iter(
+            rows.iter().map(|e| e.trinn),
+        ))),
+        "skolear" => texts(rows, |e| e.skolear.as_deref()),
+        "hovedskole" => Some(Arc::new(BooleanArray::from_iter(
+            rows.iter().map(|e| e.hovedskole),
+        ))),
+        "startdato" => dates(rows, |e| e.startdato),
+        "sluttdato" => dates(rows, |e| e.sluttdato),
+        "stg_kilde_nokkel" => texts(rows, |e| e.elev_kilde_nokkel.as_deref()),
+        _ => None,
+    })
+}
+
+fn skole_batch(schema: &SchemaRef, snap: &Snapshot, rows: &[SkoleRow<'_>]) -> Result<RecordBatch> {
+    stage_batch(schema, snap, rows.len(), |name| match name {
+        "skolenummer" => texts(rows, |s| Some(s.skolenummer.as_ref())),
+        "organisasjonsnummer" => texts(rows, |s| s.organisasjonsnummer.as_deref()),
+        "navn" => texts(rows, |s| s.navn.as_deref()),
+        "kommunenummer" => texts(rows, |s| s.kommunenummer.as_deref()),
+        "fylkesnummer" => texts(rows, |s| s.fylkesnummer.as_deref()),
+        "eierform" => texts(rows, |s| s.eierform.as_deref()),
+        "kildesystem" => texts(rows, |s| Some(s.r.kildesystem)),
+        "stg_kilde_nokkel" => Some(arrow::array::new_null_array(&DataType::Utf8, rows.len())),
+        _ => None,
+    })
 }
 
 /// Current school numbers from the `skole` table (for references to schools not in a snapshot).
@@ -927,9 +938,16 @@ async fn known_schools(ctx: &RunContext) -> Result<HashSet<String>> {
     Ok(out)
 }
 
-pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
+/// Standardizes every pending snapshot. The staged rows are returned; with `write_staging` they
+/// are also written to the staging tables (`stg_*`) for a `publish` of its own.
+pub async fn run(
+    ctx: &RunContext,
+    write_staging: bool,
+    fresh: HashMap<String, Vec<RecordBatch>>,
+) -> Result<StandardizeOutcome> {
     let mut steps = crate::run::Steps::new("standardize");
-    let snaps = pending_snapshots(ctx).await?;
+    let snaps = pending_snapshots(ctx, &fresh).await?;
+    drop(fresh);
     steps.step("read pending snapshots from raw");
     let mut outcome = StandardizeOutcome {
         snapshots: snaps.iter().filter(|s| !s.published).count(),
@@ -943,9 +961,10 @@ pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
     let known = known_schools(ctx).await?;
     let mut checker = Checker::new(&ctx.pipeline.file.quality);
     let today = ctx.started.date_naive();
-    let mut elev = Vec::new();
-    let mut elevforhold = Vec::new();
-    let mut skole = Vec::new();
+    let schemas = [&schema::ELEV, &schema::ELEVFORHOLD, &schema::SKOLE]
+        .map(|t| stage_table(t).arrow_schema());
+    // Per table, one batch per snapshot.
+    let mut batches: [Vec<RecordBatch>; 3] = Default::default();
     for snap in &snaps {
         steps.step("start snapshot");
         let mut staged = Staged::default();
@@ -968,35 +987,43 @@ pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
         };
         c.snapshot = (snap.omfang.clone(), snap.as_of);
         steps.step("flatten");
-        let valid = validate(c, staged, &known, today);
+        validate(c, &mut staged, &known, today);
         steps.step("validate");
         if !snap.published {
-            *outcome.rows_out.entry("elev").or_default() += valid.elev.len();
-            *outcome.rows_out.entry("elevforhold").or_default() += valid.elevforhold.len();
-            *outcome.rows_out.entry("skole").or_default() += valid.skole.len();
+            *outcome.rows_out.entry("elev").or_default() += staged.elev.len();
+            *outcome.rows_out.entry("elevforhold").or_default() += staged.elevforhold.len();
+            *outcome.rows_out.entry("skole").or_default() += staged.skole.len();
         }
         info!(
             source = %snap.kildesystem,
             scope = snap.omfang.as_deref().unwrap_or("-"),
             as_of = %crate::run::fmt_micros(snap.as_of),
-            elev = valid.elev.len(),
-            elevforhold = valid.elevforhold.len(),
-            skole = valid.skole.len(),
+            elev = staged.elev.len(),
+            elevforhold = staged.elevforhold.len(),
+            skole = staged.skole.len(),
             "standardized snapshot"
         );
-        elev.extend(valid.elev.into_iter().map(|r| (snap, r)));
-        elevforhold.extend(valid.elevforhold.into_iter().map(|r| (snap, r)));
-        skole.extend(valid.skole.into_iter().map(|r| (snap, r)));
+        // The two large tables are built at the same time, on two cores.
+        let (elev, ef) = std::thread::scope(|scope| {
+            let elev = scope.spawn(|| elev_batch(&schemas[0], snap, &staged.elev));
+            let ef = elevforhold_batch(&schemas[1], snap, &staged.elevforhold);
+            (elev.join(), ef)
+        });
+        let elev = elev.map_err(|_| crate::error::Error::Other("internal: elev batch".into()))?;
+        batches[0].push(elev?);
+        batches[1].push(ef?);
+        batches[2].push(skole_batch(&schemas[2], snap, &staged.skole)?);
+        steps.step("batches");
     }
     outcome.failures = checker.failures();
     outcome.avvik = checker.avvik.len();
-    let mut frames = [
-        (&schema::ELEV, elev_frame(&elev)?),
-        (&schema::ELEVFORHOLD, elevforhold_frame(&elevforhold)?),
-        (&schema::SKOLE, skole_frame(&skole)?),
+    let [elev, elevforhold, skole] = batches;
+    let tables = [
+        (&schema::ELEV, elev),
+        (&schema::ELEVFORHOLD, elevforhold),
+        (&schema::SKOLE, skole),
     ];
-    steps.step("frames");
-    outcome.metrics = crate::metrics::standardize_metrics(&outcome, &checker, &frames)?;
+    outcome.metrics = crate::metrics::standardize_metrics(&outcome, &checker, &tables)?;
     steps.step("metrics");
     if !outcome.failures.is_empty() {
         warn!(failures = ?outcome.failures, "fail rules broken: nothing will be published");
@@ -1022,54 +1049,63 @@ pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
         },
         ..Default::default()
     };
-    for (t, df) in frames.iter_mut() {
-        let stage = stage_table(t);
+    for ((t, batches), schema) in tables.into_iter().zip(&schemas) {
         let batches = if failed {
-            vec![arrow::array::RecordBatch::new_empty(stage.arrow_schema())]
+            vec![RecordBatch::new_empty(schema.clone())]
         } else {
-            crate::delta::from_polars(df, &stage.arrow_schema())?
+            batches
         };
         match t.name {
-            "elev" => staged.elev = batches.clone(),
-            "elevforhold" => staged.elevforhold = batches.clone(),
-            _ => staged.skole = batches.clone(),
+            "elev" => staged.elev = batches,
+            "elevforhold" => staged.elevforhold = batches,
+            _ => staged.skole = batches,
         }
+    }
+    if write_staging {
+        let snapshots: Vec<&Snapshot> = if failed {
+            Vec::new()
+        } else {
+            snaps.iter().collect()
+        };
+        write_stage(ctx, &staged, &snapshots).await?;
+        steps.step("write staging");
+    }
+    crate::run::crash_point("after-stage");
+    outcome.staged = Some(staged);
+    Ok(outcome)
+}
+
+/// Writes the staging tables: the rows, then the snapshot list — publish takes staging as
+/// complete only when every staging table was written by the same standardize run. A snapshot
+/// may have no rows at all (a school list with no pupils).
+async fn write_stage(ctx: &RunContext, staged: &StagedData, snapshots: &[&Snapshot]) -> Result<()> {
+    for (t, batches) in [
+        (&schema::ELEV, &staged.elev),
+        (&schema::ELEVFORHOLD, &staged.elevforhold),
+        (&schema::SKOLE, &staged.skole),
+    ] {
         crate::delta::write(
             &ctx.pipeline,
-            &stage,
-            batches,
+            &stage_table(t),
+            batches.clone(),
             SaveMode::Overwrite,
             &ctx.run_id,
             "standardize",
         )
         .await?;
     }
-    steps.step("write staging");
-    crate::run::crash_point("after-stage");
-    // The snapshot list, written last: publish takes staging as complete only when every
-    // staging table was written by the same standardize run. A snapshot may have no rows at all
-    // (a school list with no pupils).
-    let keys: Vec<&Snapshot> = if failed {
-        Vec::new()
-    } else {
-        snaps.iter().collect()
-    };
-    let batch = arrow::array::RecordBatch::try_new(
+    let batch = RecordBatch::try_new(
         schema::STAGE_SNAPSHOTS.arrow_schema(),
         vec![
-            std::sync::Arc::new(arrow::array::StringArray::from(
-                keys.iter()
-                    .map(|s| s.kildesystem.as_str())
-                    .collect::<Vec<_>>(),
+            Arc::new(StringArray::from_iter_values(
+                snapshots.iter().map(|s| s.kildesystem.as_str()),
             )),
-            std::sync::Arc::new(arrow::array::StringArray::from(
-                keys.iter().map(|s| s.omfang.as_deref()).collect::<Vec<_>>(),
+            Arc::new(StringArray::from_iter(
+                snapshots.iter().map(|s| s.omfang.as_deref()),
             )),
-            std::sync::Arc::new(
-                arrow::array::TimestampMicrosecondArray::from(
-                    keys.iter().map(|s| s.as_of).collect::<Vec<_>>(),
-                )
-                .with_timezone("UTC"),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(snapshots.iter().map(|s| s.as_of))
+                    .with_timezone("UTC"),
             ),
         ],
     )?;
@@ -1082,8 +1118,7 @@ pub async fn run(ctx: &RunContext) -> Result<StandardizeOutcome> {
         "standardize",
     )
     .await?;
-    outcome.staged = Some(staged);
-    Ok(outcome)
+    Ok(())
 }
 
 /// The staging table of an SCD2 table.

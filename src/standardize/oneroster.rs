@@ -9,9 +9,9 @@ use std::collections::HashMap;
 
 use serde_json::value::RawValue;
 
-use super::{EfRow, ElevRow, SkoleRow, Snapshot, Staged};
+use super::{EfRow, ElevRow, RawRec, SkoleRow, Snapshot, Staged, Text};
 use crate::ingest::oneroster_json::Envelope;
-use crate::quality::RecordRef;
+use crate::quality::Origin;
 
 /// One JSON object whose members stay unparsed until asked for: a record is scanned once and
 /// only the fields standardize uses are decoded (no tree of values per record). As with
@@ -31,7 +31,7 @@ impl<'a> Obj<'a> {
     }
 
     /// A text field: a non-blank string (trimmed) or a number (as written); else `None`.
-    fn s(&self, key: &str) -> Option<String> {
+    fn s(&self, key: &str) -> Text<'a> {
         text(self.raw(key)?)
     }
 
@@ -48,28 +48,43 @@ impl<'a> Obj<'a> {
 }
 
 /// A JSON string or number as text: strings trimmed (blank → `None`), numbers as written.
-fn text(raw: &RawValue) -> Option<String> {
+/// Borrowed from the record unless the string has escapes.
+fn text(raw: &RawValue) -> Text<'_> {
     let t = raw.get();
-    let value: Cow<str> = match t.as_bytes().first()? {
+    match t.as_bytes().first()? {
         // A JSON string without escapes is its own content between the quotes.
-        b'"' if !t.contains('\\') => Cow::Borrowed(&t[1..t.len() - 1]),
-        b'"' => Cow::Owned(serde_json::from_str::<String>(t).ok()?),
-        b'-' | b'0'..=b'9' => Cow::Borrowed(t),
-        _ => return None,
-    };
-    let trimmed = value.trim();
-    (!trimmed.is_empty()).then(|| trimmed.to_string())
+        b'"' if !t.contains('\\') => {
+            let trimmed = t[1..t.len() - 1].trim();
+            (!trimmed.is_empty()).then_some(Cow::Borrowed(trimmed))
+        }
+        b'"' => {
+            let value = serde_json::from_str::<String>(t).ok()?;
+            let trimmed = value.trim();
+            (!trimmed.is_empty()).then(|| Cow::Owned(trimmed.to_string()))
+        }
+        b'-' | b'0'..=b'9' => Some(Cow::Borrowed(t)),
+        _ => None,
+    }
 }
 
-fn guid(v: &Obj, key: &str) -> Option<String> {
+/// Lower case, borrowed when the text already is.
+fn lowercase(v: Cow<'_, str>) -> Cow<'_, str> {
+    if v.is_ascii() && !v.bytes().any(|b| b.is_ascii_uppercase()) {
+        v
+    } else {
+        Cow::Owned(v.to_lowercase())
+    }
+}
+
+fn guid<'a>(v: &Obj<'a>, key: &str) -> Text<'a> {
     v.obj(key).and_then(|g| g.s("sourcedId"))
 }
 
-fn identifier(v: &Obj) -> Option<String> {
+fn identifier<'a>(v: &Obj<'a>) -> Text<'a> {
     v.s("identifier").or_else(|| v.s("identfier"))
 }
 
-fn meta(v: &Obj, key: &str) -> Option<String> {
+fn meta<'a>(v: &Obj<'a>, key: &str) -> Text<'a> {
     v.obj("metadata").and_then(|m| m.s(key))
 }
 
@@ -95,19 +110,19 @@ pub fn trinn_from_name(name: &str) -> Option<i32> {
     d.parse().ok()
 }
 
-struct Class {
-    name: Option<String>,
+struct Class<'a> {
+    name: Text<'a>,
     trinn: Option<i32>,
-    school: Option<String>,
-    term: Option<String>,
+    school: Text<'a>,
+    term: Text<'a>,
     homeroom: bool,
 }
 
-pub fn flatten(snap: &Snapshot, kommunenummer: &str, out: &mut Staged) {
+pub fn flatten<'a>(snap: &'a Snapshot, kommunenummer: &'a str, out: &mut Staged<'a>) {
     let mut users = Vec::new();
     let mut orgs = Vec::new();
     let mut classes = HashMap::new();
-    let mut sessions: HashMap<String, String> = HashMap::new();
+    let mut sessions: HashMap<Cow<str>, String> = HashMap::new();
     let mut enrollments = Vec::new();
     // Pupils and enrollments (most of the records) are parsed one at a time further down, once
     // the classes, schools and terms they refer to are known.
@@ -163,14 +178,13 @@ pub fn flatten(snap: &Snapshot, kommunenummer: &str, out: &mut Staged) {
         }
     }
 
-    let reference =
-        |rec: &super::RawRec<'_>, system_id: Option<String>, school: Option<String>| RecordRef {
-            kildesystem: snap.kildesystem.clone(),
-            kjelde: rec.kjelde.to_string(),
-            rad: rec.rad,
-            skolenummer: school,
-            system_id,
-        };
+    let reference = |rec: &RawRec<'a>, system_id: Text<'a>, school: Text<'a>| Origin {
+        kildesystem: &snap.kildesystem,
+        kjelde: rec.kjelde,
+        rad: rec.rad,
+        skolenummer: school,
+        system_id,
+    };
 
     // Schools: org sourcedId → skolenummer.
     let mut school_of_org = HashMap::new();
@@ -184,95 +198,99 @@ pub fn flatten(snap: &Snapshot, kommunenummer: &str, out: &mut Staged) {
         let skolenummer = meta(v, "skolenummer")
             .or_else(|| meta(v, "vigoSkolenummer"))
             .unwrap_or_else(|| id.clone());
-        let kommune = meta(v, "kommunenummer").unwrap_or_else(|| kommunenummer.to_string());
+        let kommune = meta(v, "kommunenummer").unwrap_or(Cow::Borrowed(kommunenummer));
         school_of_org.insert(id.clone(), skolenummer.clone());
         out.skole.push(SkoleRow {
             r: reference(rec, Some(id), Some(skolenummer.clone())),
             skolenummer,
             organisasjonsnummer: identifier(v),
             navn: v.s("name"),
-            fylkesnummer: meta(v, "fylkesnummer").or_else(|| kommune.get(..2).map(str::to_string)),
+            fylkesnummer: meta(v, "fylkesnummer")
+                .or_else(|| kommune.get(..2).map(|f| Cow::Owned(f.to_string()))),
             kommunenummer: Some(kommune),
             eierform: meta(v, "eierform").or(Some("kommunal".into())),
         });
     }
 
-    let mut students = std::collections::HashSet::new();
-    out.elev.reserve(users.len());
-    for rec in &users {
-        let Some(v) = Obj::parse(rec.post) else {
-            continue;
-        };
-        let v = &v;
-        if !is_student(v) || is_deleted(v) {
-            continue;
-        }
-        let system_id = v.s("sourcedId");
-        let feide = v
-            .arr("userIds")
-            .iter()
-            .filter_map(|i| Obj::parse(i.get()))
-            .find(|i| i.s("type").is_some_and(|t| t.eq_ignore_ascii_case("feide")))
-            .and_then(|i| identifier(&i));
-        if let Some(id) = &system_id {
-            students.insert(id.clone());
-        }
-        out.elev.push(ElevRow {
-            r: reference(rec, system_id.clone(), None),
-            kilde_nokkel: system_id.clone(),
-            system_id,
-            fodselsnummer: identifier(v),
-            feidenavn: feide.map(|f| f.to_lowercase()),
-            kommunenummer: Some(kommunenummer.to_string()),
-            fornavn: v.s("givenName"),
-            mellomnavn: v.s("middleName"),
-            etternavn: v.s("familyName"),
-            fodselsdato: None,
-            kjonn: None,
-            epostadresse: v.s("email"),
-            mobiltelefonnummer: v.s("sms").or_else(|| v.s("phone")),
-            bostedsadresse: meta(v, "bostedsadresse"),
-            postnummer: meta(v, "postnummer"),
-            poststed: meta(v, "poststed"),
-            fnr_required: false,
+    // Pupils and enrollments are parsed at the same time, on two cores.
+    let Staged {
+        elev, elevforhold, ..
+    } = out;
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            elev.reserve(users.len());
+            for rec in &users {
+                let Some(v) = Obj::parse(rec.post) else {
+                    continue;
+                };
+                let v = &v;
+                if !is_student(v) || is_deleted(v) {
+                    continue;
+                }
+                let system_id = v.s("sourcedId");
+                let feide = v
+                    .arr("userIds")
+                    .iter()
+                    .filter_map(|i| Obj::parse(i.get()))
+                    .find(|i| i.s("type").is_some_and(|t| t.eq_ignore_ascii_case("feide")))
+                    .and_then(|i| identifier(&i));
+                elev.push(ElevRow {
+                    r: reference(rec, system_id.clone(), None),
+                    kilde_nokkel: system_id.clone(),
+                    system_id,
+                    fodselsnummer: identifier(v),
+                    feidenavn: feide.map(lowercase),
+                    kommunenummer: Some(Cow::Borrowed(kommunenummer)),
+                    fornavn: v.s("givenName"),
+                    mellomnavn: v.s("middleName"),
+                    etternavn: v.s("familyName"),
+                    fodselsdato: None,
+                    kjonn: None,
+                    epostadresse: v.s("email"),
+                    mobiltelefonnummer: v.s("sms").or_else(|| v.s("phone")),
+                    bostedsadresse: meta(v, "bostedsadresse"),
+                    postnummer: meta(v, "postnummer"),
+                    poststed: meta(v, "poststed"),
+                    fnr_required: false,
+                });
+            }
         });
-    }
-
-    out.elevforhold.reserve(enrollments.len());
-    for rec in &enrollments {
-        let Some(v) = Obj::parse(rec.post) else {
-            continue;
-        };
-        let v = &v;
-        if is_deleted(v) || v.s("role").is_some_and(|r| r != "student") {
-            continue;
+        elevforhold.reserve(enrollments.len());
+        for rec in &enrollments {
+            let Some(v) = Obj::parse(rec.post) else {
+                continue;
+            };
+            let v = &v;
+            if is_deleted(v) || v.s("role").is_some_and(|r| r != "student") {
+                continue;
+            }
+            let Some(user) = guid(v, "user") else {
+                continue;
+            };
+            let class = guid(v, "class").and_then(|c| classes.get(&c));
+            if class.is_some_and(|c| !c.homeroom) {
+                continue;
+            }
+            let org = guid(v, "school").or_else(|| class.and_then(|c| c.school.clone()));
+            let skolenummer = org
+                .as_ref()
+                .map(|o| school_of_org.get(o).cloned().unwrap_or_else(|| o.clone()));
+            elevforhold.push(EfRow {
+                r: reference(rec, v.s("sourcedId"), skolenummer.clone()),
+                elev_kilde_nokkel: Some(user),
+                system_id: v.s("sourcedId"),
+                skolenummer,
+                klasse: class.and_then(|c| c.name.clone()),
+                trinn: class.and_then(|c| c.trinn),
+                skolear: class
+                    .and_then(|c| c.term.as_ref())
+                    .and_then(|t| sessions.get(t).map(|y| Cow::Owned(y.clone()))),
+                hovedskole: Some(true),
+                startdato: v.s("beginDate").and_then(|d| d.parse().ok()),
+                sluttdato: v.s("endDate").and_then(|d| d.parse().ok()),
+            });
         }
-        let Some(user) = guid(v, "user") else {
-            continue;
-        };
-        let class = guid(v, "class").and_then(|c| classes.get(&c));
-        if class.is_some_and(|c| !c.homeroom) {
-            continue;
-        }
-        let org = guid(v, "school").or_else(|| class.and_then(|c| c.school.clone()));
-        let skolenummer = org
-            .as_ref()
-            .map(|o| school_of_org.get(o).cloned().unwrap_or_else(|| o.clone()));
-        out.elevforhold.push(EfRow {
-            r: reference(rec, v.s("sourcedId"), skolenummer.clone()),
-            elev_kilde_nokkel: Some(user),
-            system_id: v.s("sourcedId"),
-            skolenummer,
-            klasse: class.and_then(|c| c.name.clone()),
-            trinn: class.and_then(|c| c.trinn),
-            skolear: class
-                .and_then(|c| c.term.as_ref())
-                .and_then(|t| sessions.get(t).cloned()),
-            hovedskole: Some(true),
-            startdato: v.s("beginDate").and_then(|d| d.parse().ok()),
-            sluttdato: v.s("endDate").and_then(|d| d.parse().ok()),
-        });
-    }
+    });
 }
 
 #[cfg(test)]

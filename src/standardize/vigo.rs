@@ -4,32 +4,35 @@
 use chrono::{Datelike, TimeZone, Utc};
 use serde_json::Value;
 
-use super::{EfRow, ElevRow, SkoleRow, Snapshot, Staged};
-use crate::quality::RecordRef;
+use std::borrow::Cow;
 
-fn field(v: &Value, key: &str) -> Option<String> {
+use super::{EfRow, ElevRow, SkoleRow, Snapshot, Staged, Text};
+use crate::quality::Origin;
+
+fn field<'a>(v: &Value, key: &str) -> Text<'a> {
     v.get(key)
         .and_then(Value::as_str)
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(str::to_string)
+        .map(|s| Cow::Owned(s.to_string()))
 }
 
 /// Digits only: spreadsheets put spaces inside numbers.
-fn digits(s: Option<String>) -> Option<String> {
-    s.map(|s| s.chars().filter(|c| !c.is_whitespace()).collect())
+fn digits(s: Text<'_>) -> Text<'_> {
+    s.map(|s| Cow::Owned(s.chars().filter(|c| !c.is_whitespace()).collect()))
 }
 
 /// "fornavn [mellomnavn …] etternavn" → (fornavn, mellomnavn, etternavn).
-pub fn split_name(full: &str) -> (Option<String>, Option<String>, Option<String>) {
+pub fn split_name<'a>(full: &str) -> (Text<'a>, Text<'a>, Text<'a>) {
     let parts: Vec<&str> = full.split_whitespace().collect();
+    let owned = |s: &str| Some(Cow::Owned(s.to_string()));
     match parts.len() {
         0 => (None, None, None),
-        1 => (Some(parts[0].into()), None, None),
+        1 => (owned(parts[0]), None, None),
         n => (
-            Some(parts[0].into()),
-            (n > 2).then(|| parts[1..n - 1].join(" ")),
-            Some(parts[n - 1].into()),
+            owned(parts[0]),
+            (n > 2).then(|| Cow::Owned(parts[1..n - 1].join(" "))),
+            owned(parts[n - 1]),
         ),
     }
 }
@@ -48,7 +51,7 @@ pub fn skolear_for(as_of_micros: i64) -> String {
     format!("{}{}", start, start + 1)
 }
 
-pub fn flatten(snap: &Snapshot, out: &mut Staged) {
+pub fn flatten<'a>(snap: &'a Snapshot, out: &mut Staged<'a>) {
     let skolear = skolear_for(snap.as_of);
     let mut school: Option<SkoleRow> = None;
     for rec in snap.records().filter(|r| r.entitet == "elevliste") {
@@ -56,19 +59,20 @@ pub fn flatten(snap: &Snapshot, out: &mut Staged) {
             continue;
         };
         let fnr = digits(field(&v, "fodselsnummer"));
-        let skolenummer = digits(field(&v, "skolenummer")).or_else(|| snap.omfang.clone());
+        let skolenummer =
+            digits(field(&v, "skolenummer")).or_else(|| snap.omfang.as_deref().map(Cow::Borrowed));
         let kommune = digits(field(&v, "kommunenummer"));
         let fylke = digits(field(&v, "fylkesnummer")).or_else(|| {
             kommune
                 .as_ref()
-                .and_then(|k| k.get(..2).map(str::to_string))
+                .and_then(|k| k.get(..2).map(|f| Cow::Owned(f.to_string())))
         });
         let klasse = field(&v, "klasse");
         let (fornavn, mellomnavn, etternavn) =
             split_name(&field(&v, "elev_namn").unwrap_or_default());
-        let r = RecordRef {
-            kildesystem: snap.kildesystem.clone(),
-            kjelde: rec.kjelde.to_string(),
+        let r = Origin {
+            kildesystem: &snap.kildesystem,
+            kjelde: rec.kjelde,
             rad: rec.rad,
             skolenummer: skolenummer.clone(),
             system_id: None,
@@ -112,7 +116,7 @@ pub fn flatten(snap: &Snapshot, out: &mut Staged) {
             skolenummer,
             trinn: Some(10),
             klasse,
-            skolear: Some(skolear.clone()),
+            skolear: Some(Cow::Owned(skolear.clone())),
             hovedskole: Some(true),
             startdato: None,
             sluttdato: None,

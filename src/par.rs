@@ -1,0 +1,67 @@
+//! Work spread over the machine's cores with scoped threads (no pool: the stages hand large,
+//! independent pieces of work to at most a few threads).
+
+use std::ops::Range;
+
+/// Number of cores to use.
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// `f` over `items` on every core (at most one thread per item), results in order.
+pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = cores().min(items.len());
+    if threads <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut out: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        done.push((i, f(item)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            // A worker's panic is a bug: it goes on in the caller rather than losing results.
+            .flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// `f` over consecutive ranges of `0..n`, one per core, concatenated in order. For per-row work
+/// on large columns.
+pub fn chunks<R: Send>(n: usize, f: impl Fn(Range<usize>) -> Vec<R> + Sync) -> Vec<R> {
+    let parts = cores().min(n.div_ceil(50_000)).max(1);
+    let size = n.div_ceil(parts);
+    let ranges: Vec<Range<usize>> = (0..parts)
+        .map(|p| p * size..((p + 1) * size).min(n))
+        .collect();
+    map(&ranges, |r| f(r.clone()))
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chunks_cover_every_index_in_order() {
+        for n in [0, 1, 49_999, 50_001, 123_457] {
+            let v = super::chunks(n, |r| r.collect());
+            assert_eq!(v, (0..n).collect::<Vec<_>>());
+        }
+    }
+}
