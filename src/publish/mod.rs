@@ -708,21 +708,42 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
     )
     .await?;
     steps.step("read versions and session");
-    let mut identity = Identity::load(&ctx.pipeline, &session).await?;
-    steps.step("load identity");
     let mut elev = TableRun::new(&schema::ELEV, &rebuilt);
     let mut ef = TableRun::new(&schema::ELEVFORHOLD, &rebuilt);
     let mut skole = TableRun::new(&schema::SKOLE, &rebuilt);
     for run in [&mut elev, &mut ef, &mut skole] {
         run.read_version = read_versions[run.table.name];
     }
-    load_current(&session, &schema::ELEV, &mut elev.engine, &rebuilt).await?;
-    let stored_current = current_count(&session, "elev").await?;
-    steps.step("load current elev");
-    load_current(&session, &schema::ELEVFORHOLD, &mut ef.engine, &rebuilt).await?;
-    load_current(&session, &schema::SKOLE, &mut skole.engine, &rebuilt).await?;
+    // The identity map and the current elevforhold are loaded on other tasks (other cores)
+    // while the current elev rows load here.
+    let identity_task = tokio::spawn({
+        let (pipeline, session) = (ctx.pipeline.clone(), session.clone());
+        async move { Identity::load(&pipeline, &session).await }
+    });
+    let ef_task = tokio::spawn({
+        let (session, rebuilt) = (session.clone(), rebuilt.clone());
+        let mut engine = std::mem::take(&mut ef.engine);
+        async move {
+            load_current(&session, &schema::ELEVFORHOLD, &mut engine, &rebuilt)
+                .await
+                .map(|()| engine)
+        }
+    });
+    let loaded = async {
+        load_current(&session, &schema::ELEV, &mut elev.engine, &rebuilt).await?;
+        load_current(&session, &schema::SKOLE, &mut skole.engine, &rebuilt).await?;
+        current_count(&session, "elev").await
+    }
+    .await;
+    // Every task is awaited before an error is returned.
+    let joined = |e: tokio::task::JoinError| Error::Other(format!("internal: loading: {e}"));
+    let identity = identity_task.await.map_err(joined);
+    let ef_engine = ef_task.await.map_err(joined);
+    let stored_current = loaded?;
+    let mut identity = identity??;
+    ef.engine = ef_engine??;
     let kommune = ctx.pipeline.kommunenummer().to_string();
-    steps.step("load current elevforhold and skole");
+    steps.step("load identity and current rows");
 
     for key in &snapshots {
         let (kildesystem, omfang, as_of) = key;
