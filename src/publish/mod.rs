@@ -134,18 +134,29 @@ async fn staged_snapshots(ctx: &RunContext) -> Result<HashSet<SnapshotKey>> {
 
 impl StagedTable {
     fn snapshot(&self, key: &SnapshotKey) -> Result<RecordBatch> {
-        let rows = self.rows.get(key).map(Vec::as_slice).unwrap_or_default();
-        // One snapshot with every row (the usual run): the batch as it is, not a copy.
-        if rows.len() == self.batch.num_rows()
-            && rows.iter().enumerate().all(|(i, r)| i as u32 == *r)
-        {
-            return Ok(self.batch.clone());
-        }
-        Ok(take_record_batch(
+        rows_of(
             &self.batch,
-            &UInt32Array::from(rows.to_vec()),
-        )?)
+            self.rows.get(key).map(Vec::as_slice).unwrap_or_default(),
+        )
     }
+}
+
+/// The given rows of a batch, in that order; the batch itself (not a copy) when they are all
+/// of its rows in order, as in a run with one snapshot or a first load.
+fn rows_of(batch: &RecordBatch, rows: &[u32]) -> Result<RecordBatch> {
+    if rows.len() == batch.num_rows() && rows.iter().enumerate().all(|(i, r)| i as u32 == *r) {
+        return Ok(batch.clone());
+    }
+    Ok(take_record_batch(
+        batch,
+        &UInt32Array::from_iter_values(rows.iter().copied()),
+    )?)
+}
+
+/// The result of a spawned task; a task that panicked or was cancelled is an internal error.
+async fn joined<T>(task: tokio::task::JoinHandle<Result<T>>, what: &str) -> Result<T> {
+    task.await
+        .map_err(|e| Error::Other(format!("internal: {what}: {e}")))?
 }
 
 fn opt(a: &StringArray, i: usize) -> Option<String> {
@@ -425,16 +436,8 @@ impl TableRun {
             by_batch.entry(ins.batch).or_default().push((ins, *op));
         }
         for (b, inserts) in by_batch {
-            let batch = &self.batches[b];
-            // Every row of the batch, in order (a first load): no copy.
-            let whole = inserts.len() == batch.num_rows()
-                && inserts.iter().enumerate().all(|(n, (i, _))| i.row == n);
-            let rows = if whole {
-                batch.clone()
-            } else {
-                let idx = UInt32Array::from_iter_values(inserts.iter().map(|(i, _)| i.row as u32));
-                take_record_batch(batch, &idx)?
-            };
+            let idx: Vec<u32> = inserts.iter().map(|(i, _)| i.row as u32).collect();
+            let rows = rows_of(&self.batches[b], &idx)?;
             let n = inserts.len();
             let mut cols: Vec<ArrayRef> = Vec::new();
             for c in t.columns {
@@ -736,12 +739,11 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
     }
     .await;
     // Every task is awaited before an error is returned.
-    let joined = |e: tokio::task::JoinError| Error::Other(format!("internal: loading: {e}"));
-    let identity = identity_task.await.map_err(joined);
-    let ef_engine = ef_task.await.map_err(joined);
+    let identity = joined(identity_task, "loading the identity map").await;
+    let ef_engine = joined(ef_task, "loading elevforhold").await;
     let stored_current = loaded?;
-    let mut identity = identity??;
-    ef.engine = ef_engine??;
+    let mut identity = identity?;
+    ef.engine = ef_engine?;
     let kommune = ctx.pipeline.kommunenummer().to_string();
     steps.step("load identity and current rows");
 
@@ -822,7 +824,7 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
             .collect()
         });
         let n = found.len();
-        let keep = UInt32Array::from_iter_values(found.iter().map(|f| f.0));
+        let keep: Vec<u32> = found.iter().map(|f| f.0).collect();
         let mut elev_ids = arrow::array::StringBuilder::with_capacity(n, n * 36);
         let mut ef_ids = arrow::array::StringBuilder::with_capacity(n, n * 36);
         let mut buf = Uuid::encode_buffer();
@@ -830,7 +832,7 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
             elev_ids.append_value(&***elev_id);
             ef_ids.append_value(id.hyphenated().encode_lower(&mut buf));
         }
-        let b = take_record_batch(&b, &keep)?;
+        let b = rows_of(&b, &keep)?;
         let b = replace_column(&b, "elev_id", Arc::new(elev_ids.finish()))?;
         let b = replace_column(&b, "id", Arc::new(ef_ids.finish()))?;
         steps.step("elevforhold ids");
@@ -929,14 +931,11 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
     steps.step("skole");
     crate::run::crash_point("after-merge-skole");
     let (elev_version, ef_version) = {
-        let (elev_commit, ef_commit) = std::thread::scope(|scope| {
-            let e = scope.spawn(|| elev.prepare(ctx, transaction_time));
-            let f = ef.prepare(ctx, transaction_time);
-            (e.join(), f)
-        });
-        let elev_commit =
-            elev_commit.map_err(|_| Error::Other("internal: preparing elev".into()))??;
-        let ef_commit = ef_commit?;
+        let (elev_commit, ef_commit) = crate::par::both(
+            || elev.prepare(ctx, transaction_time),
+            || ef.prepare(ctx, transaction_time),
+        );
+        let (elev_commit, ef_commit) = (elev_commit?, ef_commit?);
         steps.step("prepare elev and elevforhold");
         let elev_task = elev_commit.map(|c| tokio::spawn(c.run(ctx.clone())));
         let ef_version = match ef_commit {
@@ -945,9 +944,7 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
         };
         // Both are awaited before an error is returned: nothing is left writing.
         let elev_version = match elev_task {
-            Some(task) => task
-                .await
-                .map_err(|e| Error::Other(format!("internal: elev commit: {e}")))?,
+            Some(task) => joined(task, "elev commit").await,
             None => Ok(None),
         };
         (elev_version?, ef_version?)
@@ -993,10 +990,7 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
     }
     steps.step("elevliste_vgs");
     crate::run::crash_point("after-elevliste");
-    let metrics = metrics
-        .await
-        .map_err(|e| Error::Other(format!("internal: table metrics: {e}")))??;
-    out.metrics.extend(metrics);
+    out.metrics.extend(joined(metrics, "table metrics").await?);
     steps.step("metrics");
     Ok(out)
 }

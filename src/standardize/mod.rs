@@ -11,6 +11,7 @@ pub mod vigo;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -21,7 +22,6 @@ use arrow::array::{
 use arrow::datatypes::{DataType, SchemaRef};
 use chrono::NaiveDate;
 use deltalake::protocol::SaveMode;
-use std::sync::Arc;
 use tracing::{info, warn};
 
 use crate::config::Format;
@@ -60,7 +60,7 @@ pub struct Snapshot {
     /// Microseconds since the epoch, UTC.
     pub as_of: i64,
     /// The raw batches the records are in (shared by the snapshots read together).
-    columns: std::sync::Arc<Vec<RawColumns>>,
+    columns: Arc<Vec<RawColumns>>,
     /// (batch, row) of each record, in file and record order.
     rows: Vec<(u32, u32)>,
 }
@@ -364,7 +364,7 @@ async fn pending_snapshots(
         });
         // Two copies of one file (same name and sha256) give the same (file, record) twice.
         entries.dedup_by(|a, b| a.1 == b.1 && a.2 == b.2 && a.0 == b.0);
-        let columns = std::sync::Arc::new(columns);
+        let columns = Arc::new(columns);
         for (key, _, _, bi, i) in entries {
             snaps
                 .entry((key.2, key.0.clone(), key.1.clone()))
@@ -1004,12 +1004,10 @@ pub async fn run(
             "standardized snapshot"
         );
         // The two large tables are built at the same time, on two cores.
-        let (elev, ef) = std::thread::scope(|scope| {
-            let elev = scope.spawn(|| elev_batch(&schemas[0], snap, &staged.elev));
-            let ef = elevforhold_batch(&schemas[1], snap, &staged.elevforhold);
-            (elev.join(), ef)
-        });
-        let elev = elev.map_err(|_| crate::error::Error::Other("internal: elev batch".into()))?;
+        let (elev, ef) = crate::par::both(
+            || elev_batch(&schemas[0], snap, &staged.elev),
+            || elevforhold_batch(&schemas[1], snap, &staged.elevforhold),
+        );
         batches[0].push(elev?);
         batches[1].push(ef?);
         batches[2].push(skole_batch(&schemas[2], snap, &staged.skole)?);

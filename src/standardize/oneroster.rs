@@ -216,8 +216,8 @@ pub fn flatten<'a>(snap: &'a Snapshot, kommunenummer: &'a str, out: &mut Staged<
     let Staged {
         elev, elevforhold, ..
     } = out;
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
+    crate::par::both(
+        || {
             elev.reserve(users.len());
             for rec in &users {
                 let Some(v) = Obj::parse(rec.post) else {
@@ -254,43 +254,45 @@ pub fn flatten<'a>(snap: &'a Snapshot, kommunenummer: &'a str, out: &mut Staged<
                     fnr_required: false,
                 });
             }
-        });
-        elevforhold.reserve(enrollments.len());
-        for rec in &enrollments {
-            let Some(v) = Obj::parse(rec.post) else {
-                continue;
-            };
-            let v = &v;
-            if is_deleted(v) || v.s("role").is_some_and(|r| r != "student") {
-                continue;
+        },
+        || {
+            elevforhold.reserve(enrollments.len());
+            for rec in &enrollments {
+                let Some(v) = Obj::parse(rec.post) else {
+                    continue;
+                };
+                let v = &v;
+                if is_deleted(v) || v.s("role").is_some_and(|r| r != "student") {
+                    continue;
+                }
+                let Some(user) = guid(v, "user") else {
+                    continue;
+                };
+                let class = guid(v, "class").and_then(|c| classes.get(&c));
+                if class.is_some_and(|c| !c.homeroom) {
+                    continue;
+                }
+                let org = guid(v, "school").or_else(|| class.and_then(|c| c.school.clone()));
+                let skolenummer = org
+                    .as_ref()
+                    .map(|o| school_of_org.get(o).cloned().unwrap_or_else(|| o.clone()));
+                elevforhold.push(EfRow {
+                    r: reference(rec, v.s("sourcedId"), skolenummer.clone()),
+                    elev_kilde_nokkel: Some(user),
+                    system_id: v.s("sourcedId"),
+                    skolenummer,
+                    klasse: class.and_then(|c| c.name.clone()),
+                    trinn: class.and_then(|c| c.trinn),
+                    skolear: class
+                        .and_then(|c| c.term.as_ref())
+                        .and_then(|t| sessions.get(t).map(|y| Cow::Owned(y.clone()))),
+                    hovedskole: Some(true),
+                    startdato: v.s("beginDate").and_then(|d| d.parse().ok()),
+                    sluttdato: v.s("endDate").and_then(|d| d.parse().ok()),
+                });
             }
-            let Some(user) = guid(v, "user") else {
-                continue;
-            };
-            let class = guid(v, "class").and_then(|c| classes.get(&c));
-            if class.is_some_and(|c| !c.homeroom) {
-                continue;
-            }
-            let org = guid(v, "school").or_else(|| class.and_then(|c| c.school.clone()));
-            let skolenummer = org
-                .as_ref()
-                .map(|o| school_of_org.get(o).cloned().unwrap_or_else(|| o.clone()));
-            elevforhold.push(EfRow {
-                r: reference(rec, v.s("sourcedId"), skolenummer.clone()),
-                elev_kilde_nokkel: Some(user),
-                system_id: v.s("sourcedId"),
-                skolenummer,
-                klasse: class.and_then(|c| c.name.clone()),
-                trinn: class.and_then(|c| c.trinn),
-                skolear: class
-                    .and_then(|c| c.term.as_ref())
-                    .and_then(|t| sessions.get(t).map(|y| Cow::Owned(y.clone()))),
-                hovedskole: Some(true),
-                startdato: v.s("beginDate").and_then(|d| d.parse().ok()),
-                sluttdato: v.s("endDate").and_then(|d| d.parse().ok()),
-            });
-        }
-    });
+        },
+    );
 }
 
 #[cfg(test)]
