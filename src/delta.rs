@@ -113,14 +113,19 @@ fn t_name(url: &Url) -> &str {
 
 /// Commit properties carrying the run id (visible in `DESCRIBE HISTORY` / `history()`).
 pub fn commit_props(run_id: &str, stage: &str) -> CommitProperties {
-    CommitProperties::default().with_metadata([
+    CommitProperties::default().with_metadata(commit_metadata(run_id, stage))
+}
+
+/// The commit metadata of `commit_props`, for commits that add their own.
+pub fn commit_metadata(run_id: &str, stage: &str) -> Vec<(String, serde_json::Value)> {
+    vec![
         ("elevflyt_run_id".to_string(), serde_json::json!(run_id)),
         ("elevflyt_stage".to_string(), serde_json::json!(stage)),
         (
             "elevflyt_version".to_string(),
             serde_json::json!(env!("CARGO_PKG_VERSION")),
         ),
-    ])
+    ]
 }
 
 /// Casts `batch` to the table's schema (e.g. LargeUtf8 from polars to Utf8) and sets the
@@ -159,29 +164,125 @@ pub async fn write(
         .map(|b| conform(b, &schema))
         .collect::<Result<Vec<_>>>()?;
     // Appends and whole-table overwrites do not depend on what they read, so a commit that lost
-    // a race with another run is simply made again on top of the winner.
+    // a race with another run is simply made again on top of the winner. The files are written
+    // once; only the commit is made again.
+    let mut table = open_or_create(p, t).await?;
+    let adds = write_files(&table, t, batches).await?;
     let mut attempt = 0;
     loop {
-        let table = open_or_create(p, t).await?;
-        let result = table
-            .write(batches.clone())
-            .with_save_mode(mode)
-            .with_commit_properties(commit_props(run_id, stage))
-            .await;
-        match result {
-            Ok(table) => return Ok(table.version().map(|v| v as i64)),
+        match commit_files(&table, adds.clone(), mode, commit_props(run_id, stage)).await {
+            Ok(v) => return Ok(Some(v)),
             Err(e) if attempt < 5 && is_conflict(&e) => {
                 attempt += 1;
                 tracing::warn!(
                     table = t.name,
                     attempt,
-                    "another run committed at the same time; writing again"
+                    "another run committed at the same time; committing again"
                 );
                 tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+                table.update_state().await?;
             }
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Rows per Parquet file below which a write is not split over cores.
+const ROWS_PER_PART: usize = 100_000;
+
+/// Writes rows as Parquet files of the table, on all cores (one file per core for a large
+/// write: delta-rs encodes one write on one core), without committing them. Returns their
+/// `add` actions.
+pub async fn write_files(
+    table: &DeltaTable,
+    t: &Table,
+    batches: Vec<RecordBatch>,
+) -> Result<Vec<deltalake::kernel::Action>> {
+    use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+    // No empty files.
+    let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+    let rows = row_count(&batches);
+    if rows == 0 {
+        return Ok(Vec::new());
+    }
+    let parts = crate::par::cores().min(rows / ROWS_PER_PART).max(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    for part in split_rows(batches, parts) {
+        let mut writer =
+            RecordBatchWriter::for_table(table)?.with_writer_properties(writer_properties(t));
+        tasks.spawn(async move {
+            for b in part {
+                writer.write(b).await?;
+            }
+            writer.flush().await
+        });
+    }
+    let mut adds = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let part = done.map_err(|e| Error::Other(format!("internal: Parquet writer: {e}")))??;
+        adds.extend(part.into_iter().map(deltalake::kernel::Action::Add));
+    }
+    Ok(adds)
+}
+
+/// `batches` as `parts` runs of about equal row counts (slices, not copies), in order.
+fn split_rows(batches: Vec<RecordBatch>, parts: usize) -> Vec<Vec<RecordBatch>> {
+    let size = row_count(&batches).div_ceil(parts.max(1)).max(1);
+    let mut out: Vec<Vec<RecordBatch>> = vec![Vec::new()];
+    let mut filled = 0;
+    for b in batches {
+        let mut offset = 0;
+        while offset < b.num_rows() {
+            if filled == size {
+                out.push(Vec::new());
+                filled = 0;
+            }
+            let n = (size - filled).min(b.num_rows() - offset);
+            if let Some(last) = out.last_mut() {
+                last.push(b.slice(offset, n));
+            }
+            offset += n;
+            filled += n;
+        }
+    }
+    out
+}
+
+/// Commits written files on top of the loaded version of `table`: an append, or an overwrite
+/// that removes every file of that version.
+async fn commit_files(
+    table: &DeltaTable,
+    mut actions: Vec<deltalake::kernel::Action>,
+    mode: SaveMode,
+    props: CommitProperties,
+) -> std::result::Result<i64, deltalake::DeltaTableError> {
+    use deltalake::kernel::transaction::CommitBuilder;
+    use deltalake::protocol::DeltaOperation;
+    use futures::TryStreamExt;
+    let snapshot = table.snapshot()?;
+    if mode == SaveMode::Overwrite {
+        let files: Vec<_> = snapshot
+            .snapshot()
+            .file_views(&table.log_store(), None)
+            .try_collect()
+            .await?;
+        actions.extend(
+            files
+                .iter()
+                .map(|f| deltalake::kernel::Action::Remove(f.remove_action(true))),
+        );
+    }
+    let partition_by: Vec<String> = snapshot.metadata().partition_columns().to_vec();
+    let operation = DeltaOperation::Write {
+        mode,
+        partition_by: (!partition_by.is_empty()).then_some(partition_by),
+        predicate: None,
+    };
+    let done = CommitBuilder::from(props)
+        .with_actions(actions)
+        .build(Some(snapshot), table.log_store(), operation)
+        .await?;
+    Ok(done.version() as i64)
 }
 
 /// Parquet settings: snappy, as delta-rs writes by default. A record as delivered (raw `post`)
@@ -222,14 +323,10 @@ pub async fn write_claimed(
         format!("elevflyt-{}", t.name),
         table.version().map(|v| v as i64 + 1).unwrap_or(0),
     );
-    let result = table
-        .write(batches)
-        .with_writer_properties(writer_properties(t))
-        .with_save_mode(SaveMode::Append)
-        .with_commit_properties(commit_props(run_id, stage).with_application_transaction(claim))
-        .await;
-    match result {
-        Ok(table) => Ok(table.version().map(|v| v as i64)),
+    let adds = write_files(&table, t, batches).await?;
+    let props = commit_props(run_id, stage).with_application_transaction(claim);
+    match commit_files(&table, adds, SaveMode::Append, props).await {
+        Ok(v) => Ok(Some(v)),
         Err(e) if is_conflict(&e) => Err(Error::Conflict(t.name.to_string())),
         Err(e) => Err(e.into()),
     }
@@ -356,4 +453,41 @@ pub fn micros(batch: &RecordBatch, name: &str) -> Result<arrow::array::Timestamp
         .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
         .cloned()
         .ok_or_else(|| Error::Other(format!("internal: column `{name}` is not a timestamp")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Array, Int64Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn split_rows_keeps_every_row_in_order() {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let batch = |r: std::ops::Range<i64>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from_iter_values(r))],
+            )
+            .unwrap()
+        };
+        for parts in 1..5 {
+            let input = vec![batch(0..7), batch(7..8), batch(8..20)];
+            let out = super::split_rows(input, parts);
+            assert_eq!(out.len(), parts.min(20));
+            let sizes: Vec<usize> = out.iter().map(|p| super::row_count(p)).collect();
+            let size = 20usize.div_ceil(parts);
+            assert!(sizes.iter().all(|s| *s <= size), "{sizes:?}");
+            let all: Vec<i64> = out
+                .iter()
+                .flatten()
+                .flat_map(|b| {
+                    let a = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                    (0..a.len()).map(|i| a.value(i)).collect::<Vec<_>>()
+                })
+                .collect();
+            assert_eq!(all, (0..20).collect::<Vec<_>>());
+        }
+    }
 }

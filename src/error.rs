@@ -36,6 +36,9 @@ pub enum Error {
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
 
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+
     #[error("polars: {0}")]
     Polars(#[from] polars::prelude::PolarsError),
 

@@ -41,6 +41,15 @@ pub struct Identity {
     changed: bool,
 }
 
+/// The first 16 bytes of `s` (zero-padded) as a big-endian number: `a < b` as numbers implies
+/// `a < b` as text.
+fn text_prefix(s: &str) -> u128 {
+    let mut b = [0u8; 16];
+    let n = s.len().min(16);
+    b[..n].copy_from_slice(&s.as_bytes()[..n]);
+    u128::from_be_bytes(b)
+}
+
 /// Points `key` at `id` in a lookup map.
 fn point(map: &mut FxHashMap<Box<str>, Arc<str>>, key: &str, id: &Arc<str>) {
     match map.get_mut(key) {
@@ -87,6 +96,8 @@ impl Identity {
             ));
         }
         order.sort_unstable();
+        id.facts.reserve(order.len());
+        id.by_fnr.reserve(order.len());
         for (_, bi, i) in order {
             let (ids, k, s, f, first, last) = &columns[bi as usize];
             let i = i as usize;
@@ -152,29 +163,33 @@ impl Identity {
         }
     }
 
-    /// The id of a pupil seen at `as_of` in a snapshot of `kildesystem`.
+    /// The id a pupil gets when nothing known leads to one: a UUID v5 of kommunenummer,
+    /// kildesystem and the source key.
+    pub fn new_id(kommune: &str, kildesystem: &str, source_key: &str) -> Arc<str> {
+        let name = format!("elev|{kommune}|{kildesystem}|{source_key}");
+        let mut buf = Uuid::encode_buffer();
+        Arc::from(
+            &*Uuid::new_v5(&NAMESPACE, name.as_bytes())
+                .hyphenated()
+                .encode_lower(&mut buf),
+        )
+    }
+
+    /// The id of a pupil seen at `as_of` in a snapshot of `kildesystem`; `new_id` when nothing
+    /// known leads to one (computed beforehand, on all cores, by the caller).
     pub fn resolve(
         &mut self,
-        kommune: &str,
         kildesystem: &str,
         system_id: Option<&str>,
         fnr: Option<&str>,
-        source_key: &str,
+        new_id: &Arc<str>,
         as_of: i64,
     ) -> Arc<str> {
-        let found = system_id
+        let id = system_id
             .and_then(|s| self.by_system.get(kildesystem)?.get(s))
             .or_else(|| fnr.and_then(|f| self.by_fnr.get(f)))
-            .cloned();
-        let id = found.unwrap_or_else(|| {
-            Arc::from(
-                Uuid::new_v5(
-                    &NAMESPACE,
-                    format!("elev|{kommune}|{kildesystem}|{source_key}").as_bytes(),
-                )
-                .to_string(),
-            )
-        });
+            .unwrap_or(new_id)
+            .clone();
         if self.see(&id, kildesystem, system_id, fnr, (as_of, as_of)) {
             self.changed = true;
         }
@@ -193,19 +208,24 @@ impl Identity {
         }
         let t = &schema::ELEV_ID;
         // Sorted by id, then source, system id and number, as analysts would list them.
-        let mut rows: Vec<(&Arc<str>, &Fact)> = self
+        // The first 16 bytes of the id as a number order rows as the text does; the rest is
+        // compared only on a tie (one id with several facts).
+        let mut keyed: Vec<(u128, (&Arc<str>, &Fact))> = self
             .facts
             .iter()
-            .flat_map(|(id, facts)| facts.iter().map(move |f| (id, f)))
+            .flat_map(|(id, facts)| facts.iter().map(move |f| (text_prefix(id), (id, f))))
             .collect();
-        rows.sort_unstable_by(|a, b| {
-            (a.0, &a.1.kildesystem, &a.1.system_id, &a.1.fodselsnummer).cmp(&(
-                b.0,
-                &b.1.kildesystem,
-                &b.1.system_id,
-                &b.1.fodselsnummer,
-            ))
+        keyed.sort_unstable_by(|(pa, a), (pb, b)| {
+            pa.cmp(pb).then_with(|| {
+                (a.0, &a.1.kildesystem, &a.1.system_id, &a.1.fodselsnummer).cmp(&(
+                    b.0,
+                    &b.1.kildesystem,
+                    &b.1.system_id,
+                    &b.1.fodselsnummer,
+                ))
+            })
         });
+        let rows: Vec<(&Arc<str>, &Fact)> = keyed.into_iter().map(|(_, r)| r).collect();
         fn col<'a>(
             rows: &[(&'a Arc<str>, &'a Fact)],
             f: impl Fn(&(&'a Arc<str>, &'a Fact)) -> Option<&'a str>,
@@ -238,5 +258,39 @@ impl Identity {
             "publish",
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::text_prefix;
+
+    #[test]
+    fn text_prefix_orders_as_the_text() {
+        let mut words = vec![
+            "",
+            "a",
+            "ab",
+            "a\0",
+            "b",
+            "0f",
+            "0e",
+            "ffffffff-ffff-ff",
+            "ffffffff-ffff-ff0",
+            "00000000-0000-0000-0000-000000000001",
+            "00000000-0000-0000-0000-000000000000",
+            "Z",
+        ];
+        for a in &words {
+            for b in &words {
+                if text_prefix(a) < text_prefix(b) {
+                    assert!(a < b, "{a:?} < {b:?}");
+                }
+            }
+        }
+        words.sort_by_key(|w| text_prefix(w));
+        assert!(words
+            .windows(2)
+            .all(|w| text_prefix(w[0]) <= text_prefix(w[1])));
     }
 }

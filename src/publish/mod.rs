@@ -7,6 +7,7 @@
 //! source key, so rebuilding from raw gives the same ids.
 
 pub mod identity;
+mod rewrite;
 pub mod scd2;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -195,6 +196,7 @@ async fn load_current(
         let ks = crate::delta::strings(&b, "kildesystem")?;
         let s = crate::delta::strings(&b, "s")?;
         let p = crate::delta::strings(&b, "p")?;
+        engine.state.reserve(b.num_rows());
         for i in 0..b.num_rows() {
             engine.load_current(
                 k.value(i),
@@ -547,10 +549,15 @@ impl TableRun {
                 part.remove_column(part.num_columns() - 1);
             }
         }
+        // Stored versions are only closed (no rebuilt history to replace or delete): the files
+        // with current rows are rewritten without a MERGE join.
+        let close_only =
+            self.deletes.is_empty() && self.ops.iter().all(|(_, op)| *op == Op::Insert);
         Ok(Some(Commit {
             table: self.table,
             source,
             append,
+            close_only,
             read_version: self.read_version,
         }))
     }
@@ -561,6 +568,8 @@ struct Commit {
     table: &'static Table,
     source: Vec<RecordBatch>,
     append: bool,
+    /// Whether stored versions are only closed, none replaced or deleted.
+    close_only: bool,
     /// The table version the current rows were read from.
     read_version: u64,
 }
@@ -590,6 +599,12 @@ impl Commit {
             })?;
             info!(table = t.name, inserted = rows, "appended new versions");
             return Ok(version);
+        }
+        if self.close_only {
+            let changes = close_and_insert(t, &self.source)?;
+            if let Some(v) = rewrite::commit(&ctx, t, self.read_version, changes).await? {
+                return Ok(Some(v));
+            }
         }
         let table = crate::delta::open_or_create(&ctx.pipeline, t).await?;
         let df = SessionContext::new().read_batches(self.source)?;
@@ -633,6 +648,38 @@ impl Commit {
         );
         Ok(table.version().map(|v| v as i64))
     }
+}
+
+/// The MERGE source as stored versions to close and new versions to insert.
+fn close_and_insert(t: &Table, source: &[RecordBatch]) -> Result<rewrite::Changes> {
+    let mut changes = rewrite::Changes {
+        closes: Vec::new(),
+        inserts: Vec::new(),
+    };
+    for part in source {
+        let op = crate::delta::strings(part, "_op")?;
+        if part.num_rows() > 0 && op.value(0) == "insert" {
+            let mut part = part.clone();
+            part.remove_column(part.num_columns() - 1);
+            changes.inserts.push(part);
+            continue;
+        }
+        let keys = crate::delta::strings(part, t.key)?;
+        let from = crate::delta::micros(part, schema::VALID_FROM)?;
+        let to = crate::delta::micros(part, schema::VALID_TO)?;
+        for i in 0..part.num_rows() {
+            if op.value(i) != "close" {
+                return Err(Error::Other(format!(
+                    "internal: `{}` in a close-only commit",
+                    op.value(i)
+                )));
+            }
+            changes
+                .closes
+                .push((keys.value(i).to_string(), from.value(i), to.value(i)));
+        }
+    }
+    Ok(changes)
 }
 
 /// A commit conflict means another run wrote the same table at the same time.
@@ -772,14 +819,20 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
         let mut id_of_source_key: rustc_hash::FxHashMap<&str, Arc<str>> =
             rustc_hash::FxHashMap::default();
         let mut ids = arrow::array::StringBuilder::new();
-        for i in 0..staged.num_rows() {
+        // The ids of pupils not met before, hashed on every core.
+        let new_ids: Vec<Arc<str>> = crate::par::chunks(staged.num_rows(), |rows| {
+            rows.map(|i| {
+                Identity::new_id(&kommune, kildesystem, opt_str(&src, i).unwrap_or_default())
+            })
+            .collect()
+        });
+        for (i, new_id) in new_ids.iter().enumerate() {
             let source_key = opt_str(&src, i).unwrap_or_default();
             let id = identity.resolve(
-                &kommune,
                 kildesystem,
                 opt_str(&sys, i),
                 opt_str(&fnr, i),
-                source_key,
+                new_id,
                 *as_of,
             );
             ids.append_value(&*id);

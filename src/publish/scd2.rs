@@ -40,6 +40,8 @@ pub struct Current {
     pub skolenummer: Option<Arc<str>>,
     pub parent: Option<Arc<str>>,
     origin: Origin,
+    /// The last snapshot (number of `apply` calls) that had this key.
+    seen: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -81,14 +83,23 @@ pub enum Scope<'a> {
     None,
 }
 
-impl Scope<'_> {
+/// A scope with its values interned: covering is a pointer comparison per key.
+enum Interned {
+    Source(Option<Arc<str>>),
+    School(Option<Arc<str>>, Option<Arc<str>>),
+    None,
+}
+
+fn same(a: &Option<Arc<str>>, b: &Option<Arc<str>>) -> bool {
+    matches!((a, b), (Some(a), Some(b)) if Arc::ptr_eq(a, b))
+}
+
+impl Interned {
     fn covers(&self, c: &Current) -> bool {
         match self {
-            Scope::Source(k) => c.kildesystem.as_deref() == Some(*k),
-            Scope::School(k, s) => {
-                c.kildesystem.as_deref() == Some(*k) && c.skolenummer.as_deref() == Some(*s)
-            }
-            Scope::None => false,
+            Interned::Source(k) => same(&c.kildesystem, k),
+            Interned::School(k, s) => same(&c.kildesystem, k) && same(&c.skolenummer, s),
+            Interned::None => false,
         }
     }
 }
@@ -106,6 +117,8 @@ pub struct Scd2 {
     /// Source systems and school numbers repeat on every row: one copy of each.
     interned: FxHashSet<Arc<str>>,
     recent: [Option<Arc<str>>; 2],
+    /// Snapshots applied so far.
+    snapshots: u32,
 }
 
 /// A row of a snapshot, ready to apply.
@@ -153,6 +166,7 @@ impl Scd2 {
             skolenummer: self.intern(skolenummer),
             parent: parent.map(Arc::from),
             origin: Origin::Stored,
+            seen: 0,
         };
         self.state.insert(Arc::from(key), current);
     }
@@ -178,8 +192,14 @@ impl Scd2 {
     /// Applies one full snapshot taken at `as_of`. Rows of `batch` (an index into the caller's
     /// prepared batches) are given in order; `scope` says which absent keys it closes.
     pub fn apply(&mut self, batch: usize, as_of: i64, rows: &[SnapshotRow<'_>], scope: Scope<'_>) {
-        let mut present: FxHashSet<&str> = FxHashSet::default();
-        present.reserve(rows.len());
+        // Keys present in this snapshot are marked with its number (no set of present keys).
+        self.snapshots += 1;
+        let snapshot = self.snapshots;
+        let scope = match scope {
+            Scope::Source(k) => Interned::Source(self.intern(Some(k))),
+            Scope::School(k, s) => Interned::School(self.intern(Some(k)), self.intern(Some(s))),
+            Scope::None => Interned::None,
+        };
         // Grow once, not by doubling (each doubling touches fresh memory).
         if self.state.is_empty() {
             self.inserts.reserve(rows.len());
@@ -187,16 +207,20 @@ impl Scd2 {
         self.state
             .reserve(rows.len().saturating_sub(self.state.len()));
         for (row, r) in rows.iter().enumerate() {
-            present.insert(r.key);
             match self.state.get_mut(r.key) {
-                Some(cur) if cur.hash == r.hash => continue,
+                Some(cur) if cur.hash == r.hash => {
+                    cur.seen = snapshot;
+                    continue;
+                }
                 Some(cur) if cur.valid_from > as_of => {
                     // Placing older snapshots inside history is not supported yet: keep the
                     // newer state rather than corrupt it.
+                    cur.seen = snapshot;
                     self.late_rows_skipped += 1;
                     continue;
                 }
                 Some(cur) if cur.valid_from == as_of => {
+                    cur.seen = snapshot;
                     if let Origin::New(i) = cur.origin {
                         // Same as-of twice in one run (two files of one day): the later wins.
                         cur.hash = r.hash;
@@ -235,13 +259,14 @@ impl Scd2 {
                 skolenummer: self.intern(r.skolenummer),
                 parent: r.parent.map(Arc::from),
                 origin: Origin::New(self.inserts.len() - 1),
+                seen: snapshot,
             };
             self.state.insert(key, current);
         }
         let absent: Vec<Arc<str>> = self
             .state
             .iter()
-            .filter(|(k, c)| scope.covers(c) && !present.contains(&***k) && c.valid_from < as_of)
+            .filter(|(_, c)| c.seen != snapshot && c.valid_from < as_of && scope.covers(c))
             .map(|(k, _)| k.clone())
             .collect();
         for k in &absent {
@@ -277,19 +302,42 @@ impl Scd2 {
     /// violation, naming the key.
     pub fn violation(&self) -> Option<String> {
         type Version = (i64, Option<i64>);
+        // A key with one new, open version that is its current row (every key of a first load)
+        // can only break the rules by an empty interval. The others — keys with a stored version
+        // being closed, with several versions in this run, or any other state — are checked
+        // version by version below.
+        let mut involved: FxHashSet<&str> = FxHashSet::default();
+        involved.extend(self.closes.iter().map(|c| &*c.key));
+        for (idx, ins) in self.inserts.iter().enumerate() {
+            if ins.removed {
+                continue;
+            }
+            let alone = ins.valid_to.is_none()
+                && matches!(
+                    self.state.get(&*ins.key).map(|c| c.origin),
+                    Some(Origin::New(i)) if i == idx
+                );
+            if !alone {
+                involved.insert(&ins.key);
+            }
+        }
+        if involved.is_empty() {
+            return None;
+        }
         // Most keys have one version: a list only for those with more.
         enum Versions {
             One(Version),
             Many(Vec<Version>),
         }
         let mut per_key: FxHashMap<&str, Versions> = FxHashMap::default();
-        per_key.reserve(self.closes.len() + self.inserts.len());
+        per_key.reserve(involved.len());
         let versions = self
             .closes
             .iter()
             .map(|c| (&*c.key, (c.valid_from, Some(c.valid_to))))
             .chain(
                 self.live_inserts()
+                    .filter(|i| involved.contains(&*i.key))
                     .map(|i| (&*i.key, (i.valid_from, i.valid_to))),
             );
         for (key, v) in versions {
@@ -384,6 +432,20 @@ pub fn row_hashes(table: &Table, batch: &RecordBatch) -> Result<Vec<RowHash>> {
 mod tests {
     use super::*;
 
+    /// A version inserted by hand, as a bug elsewhere could produce it.
+    fn insert(key: &str, hash: RowHash, valid_from: i64, valid_to: Option<i64>) -> Insert {
+        Insert {
+            batch: 0,
+            row: 0,
+            key: Arc::from(key),
+            kildesystem: Some(Arc::from("s")),
+            hash,
+            valid_from,
+            valid_to,
+            removed: false,
+        }
+    }
+
     fn row(key: &'static str, hash: RowHash) -> SnapshotRow<'static> {
         SnapshotRow {
             key,
@@ -432,32 +494,28 @@ mod tests {
         assert_eq!(s.violation(), None);
         // A new version that would overlap the stored current one (as a wrongly placed late
         // snapshot would) is caught before anything is written.
-        s.inserts.push(Insert {
-            batch: 0,
-            row: 0,
-            key: Arc::from("a"),
-            kildesystem: Some(Arc::from("s")),
-            hash: 3,
-            valid_from: 15,
-            valid_to: Some(25),
-            removed: false,
-        });
+        s.inserts.push(insert("a", 3, 15, Some(25)));
         assert_eq!(s.violation().as_deref(), Some("key a: versions overlap"));
         let mut s = Scd2::default();
         s.load_current("b", 1, 10, Some("s"), None, None);
-        s.inserts.push(Insert {
-            batch: 0,
-            row: 0,
-            key: Arc::from("b"),
-            kildesystem: Some(Arc::from("s")),
-            hash: 2,
-            valid_from: 20,
-            valid_to: None,
-            removed: false,
-        });
+        s.inserts.push(insert("b", 2, 20, None));
         assert_eq!(
             s.violation().as_deref(),
             Some("key b would have 2 current versions")
+        );
+    }
+
+    #[test]
+    fn a_second_open_version_of_a_new_key_is_caught() {
+        let mut s = Scd2::default();
+        s.apply(0, 20, &[row("c", 1), row("d", 1)], Scope::Source("s"));
+        assert_eq!(s.violation(), None);
+        // Two open versions of a key that was never closed: not the key's current row, so it
+        // is checked version by version.
+        s.inserts.push(insert("c", 2, 25, None));
+        assert_eq!(
+            s.violation().as_deref(),
+            Some("key c would have 2 current versions")
         );
     }
 

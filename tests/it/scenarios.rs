@@ -507,3 +507,90 @@ async fn an_interrupted_publish_is_finished_by_the_next_run() {
     load(&pl).await;
     assert_eq!((elev(&pl).await, ef(&pl).await), expected);
 }
+
+/// Each data file of `table` has either current rows only or closed versions only, as the
+/// daily commit keeps them; and the newest commit's operation metrics.
+async fn file_layout(pl: &Pipeline, table: &str) -> (Vec<(i64, i64)>, serde_json::Value) {
+    use futures::TryStreamExt;
+    let t = elevflyt::delta::try_open(&pl.table_url(table))
+        .await
+        .unwrap()
+        .unwrap();
+    let files: Vec<_> = t
+        .snapshot()
+        .unwrap()
+        .snapshot()
+        .file_views(&t.log_store(), None)
+        .try_collect()
+        .await
+        .unwrap();
+    let layout = files
+        .iter()
+        .map(|f| {
+            let s: serde_json::Value = serde_json::from_str(&f.stats().unwrap()).unwrap();
+            (
+                s["numRecords"].as_i64().unwrap(),
+                s["nullCount"]["valid_to"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let last: Vec<_> = t.history(Some(1)).try_collect().await.unwrap();
+    (layout, last[0].info["operationMetrics"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daily_run_rewrites_only_the_files_with_current_rows() {
+    let (dir, src) = setup();
+    let pl = or_pipeline(dir.path(), &src);
+    let (a, b, c) = (tenor(1, false), tenor(2, false), tenor(3, false));
+    for (date, names) in [
+        ("2026-01-10", ["Aa", "Bb", "Cc"]),
+        ("2026-01-11", ["Ab", "Bb", "Cc"]),
+        ("2026-01-12", ["Ab", "Bc", "Cc"]),
+    ] {
+        oneroster(
+            &src,
+            date,
+            &[
+                p("a", &a, names[0], "46591", "5A"),
+                p("b", &b, names[1], "46591", "5A"),
+                p("c", &c, names[2], "46591", "5A"),
+            ],
+        );
+        load(&pl).await;
+    }
+    assert_eq!(
+        elev(&pl).await,
+        t(&[
+            &["a", "Aa", "2026-01-10", "2026-01-11"],
+            &["a", "Ab", "2026-01-11", ""],
+            &["b", "Bb", "2026-01-10", "2026-01-12"],
+            &["b", "Bc", "2026-01-12", ""],
+            &["c", "Cc", "2026-01-10", ""],
+        ])
+    );
+    let (layout, metrics) = file_layout(&pl, "elev").await;
+    // valid_to is null on current rows: a file is all current (nulls = rows) or all history.
+    assert!(
+        layout.iter().all(|(rows, open)| *open == 0 || open == rows),
+        "files mix current and closed rows: {layout:?}"
+    );
+    assert_eq!(
+        layout.iter().map(|(_, open)| open).sum::<i64>(),
+        3,
+        "three current rows"
+    );
+    assert_eq!(
+        layout.iter().map(|(rows, open)| rows - open).sum::<i64>(),
+        2,
+        "two closed versions"
+    );
+    // Day 3 read the file with the current rows, not the one with day 2's closed version.
+    assert_eq!(metrics["num_target_rows_updated"], 1, "{metrics}");
+    assert_eq!(metrics["num_target_rows_inserted"], 1, "{metrics}");
+    assert_eq!(metrics["num_target_files_scanned"], 1, "{metrics}");
+    assert_eq!(
+        metrics["num_target_files_skipped_during_scan"], 1,
+        "{metrics}"
+    );
+}
