@@ -81,6 +81,10 @@ pub async fn open_or_create(p: &Pipeline, t: &Table) -> Result<DeltaTable> {
     }
     let table = builder(&url)?.build()?;
     let mut config: HashMap<String, Option<String>> = HashMap::new();
+    // A checkpoint every 10 commits (Delta's default is 100): every run opens its tables, and
+    // without a checkpoint opening replays every commit since the last one, which grows with
+    // each daily run.
+    config.insert("delta.checkpointInterval".into(), Some("10".into()));
     if t.kind == Kind::Scd2 {
         config.insert("delta.enableChangeDataFeed".into(), Some("true".into()));
     }

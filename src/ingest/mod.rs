@@ -91,7 +91,13 @@ async fn known_files(
     };
     let session = deltalake::datafusion::prelude::SessionContext::new();
     crate::delta::register(&session, "raw", table).await?;
-    for b in &crate::delta::query(&session, "SELECT DISTINCT sha256, as_of FROM raw").await? {
+    // Every file has one marker row (see `file_batch`): the files are read from those rows only.
+    for b in &crate::delta::query(
+        &session,
+        &format!("SELECT DISTINCT sha256, as_of FROM raw WHERE entitet = '{FILE_MARKER}'"),
+    )
+    .await?
+    {
         let sha = crate::delta::strings(b, "sha256")?;
         let t = crate::delta::micros(b, "as_of")?;
         for i in 0..b.num_rows() {

@@ -175,25 +175,30 @@ impl Identity {
         )
     }
 
-    /// The id of a pupil seen at `as_of` in a snapshot of `kildesystem`; `new_id` when nothing
-    /// known leads to one (computed beforehand, on all cores, by the caller).
+    /// The id of a pupil seen at `as_of` in a snapshot of `kildesystem`; `new_id()` when nothing
+    /// known leads to one.
     pub fn resolve(
         &mut self,
         kildesystem: &str,
         system_id: Option<&str>,
         fnr: Option<&str>,
-        new_id: &Arc<str>,
+        new_id: impl FnOnce() -> Arc<str>,
         as_of: i64,
     ) -> Arc<str> {
         let id = system_id
             .and_then(|s| self.by_system.get(kildesystem)?.get(s))
             .or_else(|| fnr.and_then(|f| self.by_fnr.get(f)))
-            .unwrap_or(new_id)
-            .clone();
+            .cloned()
+            .unwrap_or_else(new_id);
         if self.see(&id, kildesystem, system_id, fnr, (as_of, as_of)) {
             self.changed = true;
         }
         id
+    }
+
+    /// Whether no pupil is known yet (a first load).
+    pub fn is_empty(&self) -> bool {
+        self.facts.is_empty()
     }
 
     /// Whether `id` is a known pupil id.

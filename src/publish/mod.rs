@@ -816,23 +816,31 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
         let sys = crate::delta::strings(&staged, "system_id")?;
         let fnr = crate::delta::strings(&staged, "fodselsnummer")?;
         let src = crate::delta::strings(&staged, "stg_kilde_nokkel")?;
+        let n = staged.num_rows();
         let mut id_of_source_key: rustc_hash::FxHashMap<&str, Arc<str>> =
             rustc_hash::FxHashMap::default();
-        let mut ids = arrow::array::StringBuilder::new();
-        // The ids of pupils not met before, hashed on every core.
-        let new_ids: Vec<Arc<str>> = crate::par::chunks(staged.num_rows(), |rows| {
-            rows.map(|i| {
-                Identity::new_id(&kommune, kildesystem, opt_str(&src, i).unwrap_or_default())
+        id_of_source_key.reserve(n);
+        let mut ids = arrow::array::StringBuilder::with_capacity(n, n * 36);
+        // The ids of pupils not met before: on a first load (every pupil is new) hashed
+        // beforehand on every core, otherwise only for the few that are new.
+        let new_ids: Option<Vec<Arc<str>>> = identity.is_empty().then(|| {
+            crate::par::chunks(n, |rows| {
+                rows.map(|i| {
+                    Identity::new_id(&kommune, kildesystem, opt_str(&src, i).unwrap_or_default())
+                })
+                .collect()
             })
-            .collect()
         });
-        for (i, new_id) in new_ids.iter().enumerate() {
+        for i in 0..n {
             let source_key = opt_str(&src, i).unwrap_or_default();
             let id = identity.resolve(
                 kildesystem,
                 opt_str(&sys, i),
                 opt_str(&fnr, i),
-                new_id,
+                || match &new_ids {
+                    Some(ids) => ids[i].clone(),
+                    None => Identity::new_id(&kommune, kildesystem, source_key),
+                },
                 *as_of,
             );
             ids.append_value(&*id);

@@ -223,9 +223,10 @@ async fn pending_snapshots(
         if !crate::delta::has_table(&session, table.name) {
             continue;
         }
+        // One marker row per ingested file carries its keys: the other rows are not looked at.
         let sql = format!(
-            "SELECT DISTINCT kildesystem, omfang, as_of, run_id = '{}' AS fresh FROM {}",
-            ctx.run_id, table.name
+            "SELECT DISTINCT kildesystem, omfang, as_of, run_id = '{}' AS fresh FROM {} WHERE entitet = '{}'",
+            ctx.run_id, table.name, crate::ingest::FILE_MARKER
         );
         let fresh_rows = fresh.get(&source.name).is_some_and(|b| !b.is_empty());
         let mut keys = HashSet::new();
