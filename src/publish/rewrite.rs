@@ -77,29 +77,10 @@ pub async fn commit(
         .iter()
         .map(|(k, from, to)| (k.as_str(), (*from, *to)))
         .collect();
-    let store = table.object_store();
-    // Files are fetched and decoded on every core; each decides its own rows.
-    let mut reads = tokio::task::JoinSet::new();
-    for (i, f) in stored.iter().enumerate() {
-        let (store, path, schema) = (store.clone(), f.path.clone(), schema.clone());
-        reads.spawn(async move {
-            let bytes = store.get(&path).await?.bytes().await?;
-            let batches = tokio::task::spawn_blocking(move || read_parquet(bytes, &schema))
-                .await
-                .map_err(|e| Error::Other(format!("internal: reading a file: {e}")))??;
-            Ok::<_, Error>((i, batches))
-        });
-    }
-    let mut files: Vec<Option<Vec<RecordBatch>>> = vec![None; stored.len()];
-    while let Some(done) = reads.join_next().await {
-        let (i, batches) =
-            done.map_err(|e| Error::Other(format!("internal: reading a file: {e}")))??;
-        files[i] = Some(batches);
-    }
+    let files = read_files(&table, &stored, &schema).await?;
     let mut out = Rewritten::default();
     let mut removes = Vec::new();
     for (f, batches) in stored.into_iter().zip(files) {
-        let batches = batches.unwrap_or_default();
         if split_file(t, &batches, &closes, &mut out)? {
             removes.push(Action::Remove(f.remove));
         }
@@ -137,19 +118,19 @@ pub async fn commit(
     ];
     actions.push(change_data(&table, &schema, &changes).await?);
     // The operation metrics a MERGE records, so that `history` reads the same either way.
-    let metrics = serde_json::json!({
-        "num_source_rows": closes.len() + inserted,
-        "num_target_rows_inserted": inserted,
-        "num_target_rows_updated": out.closed,
-        "num_target_rows_deleted": 0,
-        "num_target_rows_copied": written - inserted - out.closed,
-        "num_output_rows": written,
-        "num_target_files_scanned": files_scanned,
-        "num_target_files_skipped_during_scan": files_skipped,
-        "num_target_files_added": files_added,
-        "num_target_files_removed": files_removed,
-        "execution_time_ms": started.elapsed().as_millis() as u64,
-    });
+    let metrics = MergeMetrics {
+        source_rows: closes.len() + inserted,
+        inserted,
+        updated: out.closed,
+        copied: written - inserted - out.closed,
+        written,
+        files_scanned,
+        files_skipped,
+        files_added,
+        files_removed,
+        ms: started.elapsed().as_millis() as u64,
+    }
+    .json();
     let mut metadata = crate::delta::commit_metadata(&ctx.run_id, "publish");
     metadata.push(("operationMetrics".into(), metrics));
     metadata.push(("readVersion".into(), serde_json::json!(read_version)));
@@ -171,6 +152,65 @@ pub async fn commit(
         "closed and inserted versions"
     );
     Ok(Some(version))
+}
+
+/// What a delta-rs MERGE reports in `operationMetrics`.
+struct MergeMetrics {
+    source_rows: usize,
+    inserted: usize,
+    updated: usize,
+    copied: usize,
+    written: usize,
+    files_scanned: usize,
+    files_skipped: usize,
+    files_added: usize,
+    files_removed: usize,
+    ms: u64,
+}
+
+impl MergeMetrics {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "num_source_rows": self.source_rows,
+            "num_target_rows_inserted": self.inserted,
+            "num_target_rows_updated": self.updated,
+            "num_target_rows_deleted": 0,
+            "num_target_rows_copied": self.copied,
+            "num_output_rows": self.written,
+            "num_target_files_scanned": self.files_scanned,
+            "num_target_files_skipped_during_scan": self.files_skipped,
+            "num_target_files_added": self.files_added,
+            "num_target_files_removed": self.files_removed,
+            "execution_time_ms": self.ms,
+        })
+    }
+}
+
+/// The rows of the given files, fetched and decoded on every core, in the files' order.
+async fn read_files(
+    table: &DeltaTable,
+    stored: &[Stored],
+    schema: &SchemaRef,
+) -> Result<Vec<Vec<RecordBatch>>> {
+    let store = table.object_store();
+    let mut reads = tokio::task::JoinSet::new();
+    for (i, f) in stored.iter().enumerate() {
+        let (store, path, schema) = (store.clone(), f.path.clone(), schema.clone());
+        reads.spawn(async move {
+            let bytes = store.get(&path).await?.bytes().await?;
+            let batches = tokio::task::spawn_blocking(move || read_parquet(bytes, &schema))
+                .await
+                .map_err(|e| Error::Other(format!("internal: reading a file: {e}")))??;
+            Ok::<_, Error>((i, batches))
+        });
+    }
+    let mut files: Vec<Vec<RecordBatch>> = vec![Vec::new(); stored.len()];
+    while let Some(done) = reads.join_next().await {
+        let (i, batches) =
+            done.map_err(|e| Error::Other(format!("internal: reading a file: {e}")))??;
+        files[i] = batches;
+    }
+    Ok(files)
 }
 
 /// The files of the loaded version that may hold current rows (their statistics do not say
