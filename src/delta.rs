@@ -252,6 +252,25 @@ fn split_rows(batches: Vec<RecordBatch>, parts: usize) -> Vec<Vec<RecordBatch>> 
     out
 }
 
+/// The data files of the loaded version of `table`.
+pub async fn file_views(
+    table: &DeltaTable,
+) -> std::result::Result<Vec<deltalake::kernel::LogicalFileView>, deltalake::DeltaTableError> {
+    use futures::TryStreamExt;
+    table
+        .snapshot()?
+        .snapshot()
+        .file_views(&table.log_store(), None)
+        .try_collect()
+        .await
+}
+
+/// The claim a commit on top of `read_version` makes on a table: of two runs that read the same
+/// version, one commits and the other gets a conflict.
+pub fn claim(t: &Table, read_version: u64) -> deltalake::kernel::Transaction {
+    deltalake::kernel::Transaction::new(format!("elevflyt-{}", t.name), read_version as i64 + 1)
+}
+
 /// Commits written files on top of the loaded version of `table`: an append, or an overwrite
 /// that removes every file of that version.
 async fn commit_files(
@@ -262,16 +281,11 @@ async fn commit_files(
 ) -> std::result::Result<i64, deltalake::DeltaTableError> {
     use deltalake::kernel::transaction::CommitBuilder;
     use deltalake::protocol::DeltaOperation;
-    use futures::TryStreamExt;
     let snapshot = table.snapshot()?;
     if mode == SaveMode::Overwrite {
-        let files: Vec<_> = snapshot
-            .snapshot()
-            .file_views(&table.log_store(), None)
-            .try_collect()
-            .await?;
         actions.extend(
-            files
+            file_views(table)
+                .await?
                 .iter()
                 .map(|f| deltalake::kernel::Action::Remove(f.remove_action(true))),
         );
@@ -323,10 +337,7 @@ pub async fn write_claimed(
     let mut table = open_or_create(p, t).await?;
     // Commit on top of the version the caller decided from (0: the table did not exist).
     table.load_version(read_version).await?;
-    let claim = deltalake::kernel::Transaction::new(
-        format!("elevflyt-{}", t.name),
-        table.version().map(|v| v as i64 + 1).unwrap_or(0),
-    );
+    let claim = claim(t, table.version().unwrap_or(0));
     let adds = write_files(&table, t, batches).await?;
     let props = commit_props(run_id, stage).with_application_transaction(claim);
     match commit_files(&table, adds, SaveMode::Append, props).await {

@@ -19,7 +19,6 @@ use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, AddCDCFile};
 use deltalake::protocol::{DeltaOperation, MergePredicate};
 use deltalake::DeltaTable;
-use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use rustc_hash::FxHashMap;
 use tracing::info;
@@ -134,14 +133,9 @@ pub async fn commit(
     let mut metadata = crate::delta::commit_metadata(&ctx.run_id, "publish");
     metadata.push(("operationMetrics".into(), metrics));
     metadata.push(("readVersion".into(), serde_json::json!(read_version)));
-    // Claims the table: of two runs that read the same version, one commits.
-    let claim = deltalake::kernel::Transaction::new(
-        format!("elevflyt-{}", t.name),
-        read_version as i64 + 1,
-    );
     let props = CommitProperties::default()
         .with_metadata(metadata)
-        .with_application_transaction(claim);
+        .with_application_transaction(crate::delta::claim(t, read_version));
     let version = commit_actions(t, &table, actions, props).await?;
     info!(
         table = t.name,
@@ -217,15 +211,10 @@ async fn read_files(
 /// `valid_to` is never null), and how many files do not. `None` when a file has a deletion
 /// vector or the table is partitioned (the Change Data Feed file would need partition values).
 async fn files_with_current_rows(table: &DeltaTable) -> Result<Option<(Vec<Stored>, usize)>> {
-    let views: Vec<_> = table
-        .snapshot()?
-        .snapshot()
-        .file_views(&table.log_store(), None)
-        .try_collect()
-        .await?;
     if !table.snapshot()?.metadata().partition_columns().is_empty() {
         return Ok(None);
     }
+    let views = crate::delta::file_views(table).await?;
     let mut out = Vec::new();
     let mut skipped = 0;
     for f in views {
@@ -263,6 +252,7 @@ fn split_file(
     closes: &FxHashMap<&str, (i64, i64)>,
     out: &mut Rewritten,
 ) -> Result<bool> {
+    // Per batch: its `is_current` and the rows (with their new valid_to) to close.
     let mut found = Vec::with_capacity(batches.len());
     for b in batches {
         let keys = crate::delta::text(b, t.key)?;
@@ -279,17 +269,16 @@ fn split_file(
                 }
             }
         }
-        found.push(rows);
+        found.push((current, rows));
     }
-    if found.iter().all(Vec::is_empty) {
+    if found.iter().all(|(_, rows)| rows.is_empty()) {
         return Ok(false);
     }
-    for (b, rows) in batches.iter().zip(found) {
+    for (b, (current, rows)) in batches.iter().zip(found) {
         let mut closing = vec![false; b.num_rows()];
         for (i, _) in &rows {
             closing[*i as usize] = true;
         }
-        let current = bools(b, schema::IS_CURRENT)?;
         let stays_current = BooleanArray::from_iter(
             (0..b.num_rows()).map(|i| Some(current.value(i) && !closing[i])),
         );

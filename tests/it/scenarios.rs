@@ -516,14 +516,7 @@ async fn file_layout(pl: &Pipeline, table: &str) -> (Vec<(i64, i64)>, serde_json
         .await
         .unwrap()
         .unwrap();
-    let files: Vec<_> = t
-        .snapshot()
-        .unwrap()
-        .snapshot()
-        .file_views(&t.log_store(), None)
-        .try_collect()
-        .await
-        .unwrap();
+    let files = elevflyt::delta::file_views(&t).await.unwrap();
     let layout = files
         .iter()
         .map(|f| {
