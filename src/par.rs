@@ -64,6 +64,40 @@ pub fn chunks<R: Send>(n: usize, f: impl Fn(Range<usize>) -> Vec<R> + Sync) -> V
         .collect()
 }
 
+/// `f` over consecutive parts of `items`, one per core (at least 50,000 items each), given each
+/// part's first index and the part to change; results in order.
+pub fn parts_mut<T: Send, R: Send>(
+    items: &mut [T],
+    f: impl Fn(usize, &mut [T]) -> R + Sync,
+) -> Vec<R> {
+    let parts = cores().min(items.len().div_ceil(50_000)).max(1);
+    let size = items.len().div_ceil(parts).max(1);
+    if parts == 1 {
+        return vec![f(0, items)];
+    }
+    std::thread::scope(|scope| {
+        let f = &f;
+        let workers: Vec<_> = items
+            .chunks_mut(size)
+            .enumerate()
+            .map(|(p, part)| scope.spawn(move || f(p * size, part)))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
+}
+
+/// Drops `value` on a thread of its own: freeing millions of small allocations need not hold
+/// up the caller (at the end of a run, the process may exit before it is done, which is fine).
+pub fn drop_aside<T: Send + 'static>(value: T) {
+    // Without a thread to be had, the value is dropped here, with the failed spawn.
+    let _ = std::thread::Builder::new()
+        .name("drop".into())
+        .spawn(move || drop(value));
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -47,6 +47,7 @@ pub fn crash_point(name: &str) {
 pub struct Steps {
     stage: &'static str,
     last: std::time::Instant,
+    last_cpu: u64,
 }
 
 impl Steps {
@@ -54,19 +55,53 @@ impl Steps {
         Steps {
             stage,
             last: std::time::Instant::now(),
+            last_cpu: usage().0,
         }
     }
 
+    /// Logs (at debug) the wall time and the process's CPU time (all threads, user + system)
+    /// since the previous step: `cpu_ms` near `ms` means one busy core, near twice `ms` two.
     pub fn step(&mut self, name: &str) {
         let now = std::time::Instant::now();
+        let (cpu, peak_mb) = usage();
         tracing::debug!(
             stage = self.stage,
             step = name,
             ms = (now - self.last).as_millis() as u64,
+            cpu_ms = cpu.saturating_sub(self.last_cpu) / 1000,
+            rss_mb = resident_mb(),
+            peak_mb,
             "step"
         );
         self.last = now;
+        self.last_cpu = cpu;
     }
+}
+
+/// The process's resident memory now (MB; 0 where unavailable).
+fn resident_mb() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096 / (1024 * 1024))
+}
+
+/// The CPU time the process has used so far (µs) and its peak resident memory so far (MB);
+/// zeros where unavailable.
+fn usage() -> (u64, u64) {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut u) != 0 {
+            return (0, 0);
+        }
+        u
+    };
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    (
+        micros(usage.ru_utime) + micros(usage.ru_stime),
+        usage.ru_maxrss as u64 / 1024,
+    )
 }
 
 pub fn fmt_micros(t: i64) -> String {

@@ -1,6 +1,9 @@
 //! Ingest: lists each source location through `object_store`, reads each new file once, and
 //! appends its records as delivered to `raw_<source>` with lineage (file, sha256, as-of, scope).
-//! A file whose sha256 is already in `raw_<source>` is skipped, so re-running writes nothing.
+//! A file whose sha256 is already in `raw_<source>` is skipped, so re-running writes nothing; a
+//! file with the name, size and modification time of one already read is skipped without being
+//! read again (the quick check of rsync and make), so a daily run does not re-read the history
+//! left in the source location.
 //!
 //! Not here: interpreting records (standardize) or any validation beyond "can this file be read".
 
@@ -81,11 +84,33 @@ pub async fn run(ctx: &RunContext) -> Result<IngestMetrics> {
     Ok(m)
 }
 
-/// The files already in raw: sha256 → the as-of times it was loaded for.
-async fn known_files(
-    table: Option<&deltalake::DeltaTable>,
-) -> Result<HashMap<String, HashSet<i64>>> {
-    let mut out: HashMap<String, HashSet<i64>> = HashMap::new();
+/// The files already in raw.
+#[derive(Default)]
+struct Known {
+    /// sha256 → the as-of times the file was loaded for.
+    digests: HashMap<String, HashSet<i64>>,
+    /// (file, size, modified µs) → sha256, from the marker records that have them.
+    stamps: HashMap<(String, u64, i64), String>,
+}
+
+/// What a file's marker record holds besides its lineage: the file's size and modification
+/// time when it was read.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stamp {
+    bytes: u64,
+    modified_us: i64,
+}
+
+impl Known {
+    /// The sha256 of a listed file already read, by name, size and modification time.
+    fn digest_of(&self, f: &crate::storage::SourceFile) -> Option<&String> {
+        self.stamps
+            .get(&(f.name.clone(), f.size, f.last_modified.timestamp_micros()))
+    }
+}
+
+async fn known_files(table: Option<&deltalake::DeltaTable>) -> Result<Known> {
+    let mut out = Known::default();
     let Some(table) = table else {
         return Ok(out);
     };
@@ -94,16 +119,28 @@ async fn known_files(
     // Every file has one marker row (see `file_batch`): the files are read from those rows only.
     for b in &crate::delta::query(
         &session,
-        &format!("SELECT DISTINCT sha256, as_of FROM raw WHERE entitet = '{FILE_MARKER}'"),
+        &format!(
+            "SELECT DISTINCT kjelde, sha256, as_of, post FROM raw WHERE entitet = '{FILE_MARKER}'"
+        ),
     )
     .await?
     {
+        let file = crate::delta::strings(b, "kjelde")?;
         let sha = crate::delta::strings(b, "sha256")?;
         let t = crate::delta::micros(b, "as_of")?;
+        let post = crate::delta::strings(b, "post")?;
         for i in 0..b.num_rows() {
-            out.entry(sha.value(i).to_string())
+            out.digests
+                .entry(sha.value(i).to_string())
                 .or_default()
                 .insert(t.value(i));
+            // Files ingested before the stamp was recorded have `{}`: they are hashed again.
+            if let Ok(stamp) = serde_json::from_str::<Stamp>(post.value(i)) {
+                out.stamps.insert(
+                    (file.value(i).to_string(), stamp.bytes, stamp.modified_us),
+                    sha.value(i).to_string(),
+                );
+            }
         }
     }
     Ok(out)
@@ -113,12 +150,8 @@ async fn known_files(
 /// (an unchanged export still says "everyone is still here" at that date, which matters when an
 /// older export arrives late); without a date in the name or on the command line, the same bytes
 /// are the same file.
-fn already_ingested(
-    known: &HashMap<String, HashSet<i64>>,
-    sha: &str,
-    cheap_as_of: Option<i64>,
-) -> bool {
-    match (known.get(sha), cheap_as_of) {
+fn already_ingested(known: &Known, sha: &str, cheap_as_of: Option<i64>) -> bool {
+    match (known.digests.get(sha), cheap_as_of) {
         (None, _) => false,
         (Some(times), Some(t)) => times.contains(&t),
         (Some(_), None) => true,
@@ -185,15 +218,31 @@ async fn ingest_source_once(
     // ingested are dropped right away.
     let mut new_files = Vec::new();
     let root = &root;
+    let as_of_of = |f: &crate::storage::SourceFile| {
+        ctx.as_of_override.or_else(|| asof::from_file_name(&f.name))
+    };
+    // Files read before, unchanged by name, size and modification time, are not read again.
+    let (files, unchanged): (Vec<&crate::storage::SourceFile>, Vec<_>) =
+        files.iter().partition(|f| {
+            !known.digest_of(f).is_some_and(|sha| {
+                already_ingested(&known, sha, as_of_of(f).map(|t| t.timestamp_micros()))
+            })
+        });
+    m.files_skipped += unchanged.len();
+    progress.inc(unchanged.len() as u64);
+    // Largest first, so that the large files of a day are hashed at the same time rather than
+    // one of them alone, and parsed largest first.
+    let mut files = files;
+    files.sort_by_key(|f| std::cmp::Reverse(f.size));
     for chunk in files.chunks(crate::par::cores()) {
-        let reads = futures::future::try_join_all(chunk.iter().map(|f| async move {
+        let reads = futures::future::try_join_all(chunk.iter().map(|&f| async move {
             Ok::<_, crate::error::Error>((f, crate::storage::read_file(root, f).await?))
         }))
         .await?;
         let digests = crate::par::map(&reads, |(_, bytes)| hex::encode(Sha256::digest(bytes)));
         for ((f, bytes), digest) in reads.into_iter().zip(digests) {
             progress.inc(1);
-            let cheap_as_of = ctx.as_of_override.or_else(|| asof::from_file_name(&f.name));
+            let cheap_as_of = as_of_of(f);
             if already_ingested(&known, &digest, cheap_as_of.map(|t| t.timestamp_micros())) {
                 m.files_skipped += 1;
                 continue;
@@ -215,6 +264,10 @@ async fn ingest_source_once(
         let t = cheap_as_of
             .or(parsed.newest_modified)
             .unwrap_or(f.last_modified);
+        let stamp = Stamp {
+            bytes: f.size,
+            modified_us: f.last_modified.timestamp_micros(),
+        };
         let batch = file_batch(
             &table,
             &ctx.run_id,
@@ -223,6 +276,7 @@ async fn ingest_source_once(
             digest,
             t.timestamp_micros(),
             now,
+            &stamp,
             &parsed,
         )?;
         Ok((batch, parsed.records.len(), t))
@@ -230,7 +284,10 @@ async fn ingest_source_once(
     let parsed = crate::par::map(&new_files, parse);
     steps.step("parse files");
     let mut batches = Vec::new();
-    for ((f, _, digest, cheap_as_of), result) in new_files.iter().zip(parsed) {
+    // Back in the listing's order (by name) for the rows written.
+    let mut parsed: Vec<_> = new_files.iter().zip(parsed).collect();
+    parsed.sort_by(|a, b| a.0 .0.name.cmp(&b.0 .0.name));
+    for ((f, _, digest, cheap_as_of), result) in parsed {
         // The same file twice in one listing is read once.
         if already_ingested(&known, digest, cheap_as_of.map(|t| t.timestamp_micros())) {
             m.files_skipped += 1;
@@ -238,6 +295,7 @@ async fn ingest_source_once(
         }
         let (batch, records, t) = result?;
         known
+            .digests
             .entry(digest.clone())
             .or_default()
             .insert(t.timestamp_micros());
@@ -270,7 +328,8 @@ async fn ingest_source_once(
 }
 
 /// The raw rows of one file: a marker record (so that a file without records, a school list
-/// with no pupils, still makes a snapshot), then its records.
+/// with no pupils, still makes a snapshot; its post holds the file's size and modification
+/// time), then its records.
 #[allow(clippy::too_many_arguments)]
 fn file_batch(
     table: &crate::schema::Table,
@@ -280,6 +339,7 @@ fn file_batch(
     digest: &str,
     as_of_micros: i64,
     now: i64,
+    stamp: &Stamp,
     parsed: &ParsedFile<'_>,
 ) -> Result<RecordBatch> {
     let n = parsed.records.len() + 1;
@@ -298,7 +358,9 @@ fn file_batch(
     let marker = Record {
         entitet: FILE_MARKER,
         rad: 0,
-        post: "{}".into(),
+        post: serde_json::to_string(stamp)
+            .unwrap_or_else(|_| "{}".into())
+            .into(),
     };
     let records = || std::iter::once(&marker).chain(&parsed.records);
     let mut omfang = StringBuilder::new();

@@ -21,8 +21,8 @@ pub fn decode<'a>(file: &str, bytes: &'a [u8]) -> Result<(Cow<'a, str>, Encoding
         ));
     }
     let body = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(bytes);
-    if let Some(pos) = body.iter().position(|&b| b == 0) {
-        let line = body[..pos].iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+    if let Some(pos) = memchr::memchr(0, body) {
+        let line = memchr::memchr_iter(b'\n', &body[..pos]).count() as u64 + 1;
         return Err(Error::input(
             file,
             Some(line),
@@ -39,7 +39,7 @@ pub fn decode<'a>(file: &str, bytes: &'a [u8]) -> Result<(Cow<'a, str>, Encoding
             (Cow::Owned(s.into_owned()), Encoding::Windows1252)
         }
     };
-    let text = if text.contains('\r') {
+    let text = if memchr::memchr(b'\r', text.as_bytes()).is_some() {
         Cow::Owned(text.replace("\r\n", "\n").replace('\r', "\n"))
     } else {
         text

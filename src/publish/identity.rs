@@ -21,23 +21,49 @@ use crate::schema;
 /// Namespace for elevflyt's deterministic ids.
 pub const NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b4e_9a7d_4c1e_8b3a_5d2e_7f90_1a44);
 
-/// What is known of an id: seen in this source, with this system id and number, first and last
-/// at these as-of times.
+/// What is known of a pupil: seen in this source (an index into `Identity::sources`), with
+/// this system id and number, first and last at these as-of times. The texts share their
+/// allocation with the lookup maps' keys.
 struct Fact {
-    kildesystem: Arc<str>,
-    system_id: Option<Box<str>>,
-    fodselsnummer: Option<Box<str>>,
+    source: u32,
+    system_id: Option<Arc<str>>,
+    fodselsnummer: Option<Arc<str>>,
     first_seen: i64,
     last_seen: i64,
 }
 
+impl Fact {
+    fn is(&self, source: u32, system_id: Option<&str>, fnr: Option<&str>) -> bool {
+        self.source == source
+            && self.system_id.as_deref() == system_id
+            && self.fodselsnummer.as_deref() == fnr
+    }
+
+    /// Widens the interval to cover `seen`; returns whether it grew.
+    fn widen(&mut self, seen: (i64, i64)) -> bool {
+        let widened = seen.0 < self.first_seen || seen.1 > self.last_seen;
+        self.first_seen = self.first_seen.min(seen.0);
+        self.last_seen = self.last_seen.max(seen.1);
+        widened
+    }
+}
+
+/// Pupils are numbered in the order they are met; the lookups lead to a number, and what is
+/// known of pupil `n` is in vectors at `n` (no hash map keyed by the id on the hot path).
 #[derive(Default)]
 pub struct Identity {
-    /// kildesystem → system_id → id.
-    by_system: FxHashMap<Arc<str>, FxHashMap<Box<str>, Arc<str>>>,
-    by_fnr: FxHashMap<Box<str>, Arc<str>>,
-    /// id → its facts (usually one).
-    facts: FxHashMap<Arc<str>, Vec<Fact>>,
+    /// Pupil number → id.
+    ids: Vec<Arc<str>>,
+    /// Id → pupil number.
+    number: FxHashMap<Arc<str>, u32>,
+    /// Source systems seen (a handful).
+    sources: Vec<Arc<str>>,
+    /// Per source (same index as `sources`): system_id → pupil number.
+    by_system: Vec<FxHashMap<Arc<str>, u32>>,
+    by_fnr: FxHashMap<Arc<str>, u32>,
+    /// The first fact of each pupil (same index as `ids`); further facts, rare, in `more_facts`.
+    facts: Vec<Fact>,
+    more_facts: FxHashMap<u32, Vec<Fact>>,
     changed: bool,
 }
 
@@ -50,14 +76,32 @@ fn text_prefix(s: &str) -> u128 {
     u128::from_be_bytes(b)
 }
 
-/// Points `key` at `id` in a lookup map.
-fn point(map: &mut FxHashMap<Box<str>, Arc<str>>, key: &str, id: &Arc<str>) {
-    match map.get_mut(key) {
-        Some(v) if **v == **id => {}
-        Some(v) => *v = id.clone(),
-        None => {
-            map.insert(key.into(), id.clone());
+/// Points `key` at pupil `n` in a lookup map; returns the map's copy of the key.
+fn point(map: &mut FxHashMap<Arc<str>, u32>, key: &str, n: u32) -> Arc<str> {
+    match map.get_key_value(key) {
+        Some((k, &v)) if v == n => k.clone(),
+        Some((k, _)) => {
+            let k = k.clone();
+            map.insert(k.clone(), n);
+            k
         }
+        None => {
+            let k: Arc<str> = Arc::from(key);
+            map.insert(k.clone(), n);
+            k
+        }
+    }
+}
+
+/// Points `key` at pupil `n` when it does not already lead there (no copy of the key).
+fn repoint(map: &mut FxHashMap<Arc<str>, u32>, key: &str, n: u32) -> bool {
+    match map.get_mut(key) {
+        Some(v) if *v == n => true,
+        Some(v) => {
+            *v = n;
+            true
+        }
+        None => false,
     }
 }
 
@@ -96,14 +140,19 @@ impl Identity {
             ));
         }
         order.sort_unstable();
-        id.facts.reserve(order.len());
-        id.by_fnr.reserve(order.len());
+        id.reserve(order.len());
         for (_, bi, i) in order {
             let (ids, k, s, f, first, last) = &columns[bi as usize];
             let i = i as usize;
+            let text = ids.value(i);
+            let n = match id.number.get(text) {
+                Some(&n) => n,
+                None => id.add(Arc::from(text)),
+            };
+            let source = id.source(k.value(i));
             id.see(
-                &Arc::from(ids.value(i)),
-                k.value(i),
+                n,
+                source,
                 super::opt_str(s, i),
                 super::opt_str(f, i),
                 (first.value(i), last.value(i)),
@@ -112,52 +161,78 @@ impl Identity {
         Ok(id)
     }
 
-    /// Records that `id` was seen with these identifiers during `seen` (first, last); the
-    /// lookups then lead to `id`. Returns whether this was news.
+    /// Room for `n` more pupils.
+    fn reserve(&mut self, n: usize) {
+        self.ids.reserve(n);
+        self.number.reserve(n);
+        self.by_fnr.reserve(n);
+        self.facts.reserve(n);
+    }
+
+    /// The number of a source system, added when new.
+    fn source(&mut self, kildesystem: &str) -> u32 {
+        match self.sources.iter().position(|s| **s == *kildesystem) {
+            Some(i) => i as u32,
+            None => {
+                self.sources.push(Arc::from(kildesystem));
+                self.by_system.push(FxHashMap::default());
+                (self.sources.len() - 1) as u32
+            }
+        }
+    }
+
+    /// A new pupil with this id (its first fact follows in `see`).
+    fn add(&mut self, id: Arc<str>) -> u32 {
+        let n = self.ids.len() as u32;
+        self.number.insert(id.clone(), n);
+        self.ids.push(id);
+        n
+    }
+
+    /// Records that pupil `n` was seen with these identifiers during `seen` (first, last); the
+    /// lookups then lead to `n`. Returns whether this was news.
     fn see(
         &mut self,
-        id: &Arc<str>,
-        kildesystem: &str,
+        n: u32,
+        source: u32,
         system_id: Option<&str>,
         fnr: Option<&str>,
         seen: (i64, i64),
     ) -> bool {
-        let source = match self.by_system.get_key_value(kildesystem) {
-            Some((k, _)) => k.clone(),
-            None => {
-                let k: Arc<str> = Arc::from(kildesystem);
-                self.by_system.insert(k.clone(), FxHashMap::default());
-                k
+        let idx = n as usize;
+        // Most often the pupil's first (only) fact, with both keys leading here already.
+        if let Some(f) = self
+            .facts
+            .get_mut(idx)
+            .filter(|f| f.is(source, system_id, fnr))
+        {
+            let widened = f.widen(seen);
+            if let Some(s) = system_id {
+                repoint(&mut self.by_system[source as usize], s, n);
             }
+            if let Some(x) = fnr {
+                repoint(&mut self.by_fnr, x, n);
+            }
+            return widened;
+        }
+        let system_key = system_id.map(|s| point(&mut self.by_system[source as usize], s, n));
+        let fnr_key = fnr.map(|f| point(&mut self.by_fnr, f, n));
+        let fact = Fact {
+            source,
+            system_id: system_key,
+            fodselsnummer: fnr_key,
+            first_seen: seen.0,
+            last_seen: seen.1,
         };
-        if let Some(s) = system_id {
-            if let Some(ids) = self.by_system.get_mut(kildesystem) {
-                point(ids, s, id);
-            }
+        if idx == self.facts.len() {
+            self.facts.push(fact);
+            return true;
         }
-        if let Some(f) = fnr {
-            point(&mut self.by_fnr, f, id);
-        }
-        let facts = self.facts.entry(id.clone()).or_default();
-        match facts.iter_mut().find(|f| {
-            *f.kildesystem == *kildesystem
-                && f.system_id.as_deref() == system_id
-                && f.fodselsnummer.as_deref() == fnr
-        }) {
-            Some(f) => {
-                let widened = seen.0 < f.first_seen || seen.1 > f.last_seen;
-                f.first_seen = f.first_seen.min(seen.0);
-                f.last_seen = f.last_seen.max(seen.1);
-                widened
-            }
+        let more = self.more_facts.entry(n).or_default();
+        match more.iter_mut().find(|f| f.is(source, system_id, fnr)) {
+            Some(f) => f.widen(seen),
             None => {
-                facts.push(Fact {
-                    kildesystem: source,
-                    system_id: system_id.map(Into::into),
-                    fodselsnummer: fnr.map(Into::into),
-                    first_seen: seen.0,
-                    last_seen: seen.1,
-                });
+                more.push(fact);
                 true
             }
         }
@@ -175,8 +250,8 @@ impl Identity {
         )
     }
 
-    /// The id of a pupil seen at `as_of` in a snapshot of `kildesystem`; `new_id()` when nothing
-    /// known leads to one.
+    /// The number of the pupil seen at `as_of` in a snapshot of `kildesystem`; a new pupil with
+    /// id `new_id()` when nothing known leads to one.
     pub fn resolve(
         &mut self,
         kildesystem: &str,
@@ -184,26 +259,42 @@ impl Identity {
         fnr: Option<&str>,
         new_id: impl FnOnce() -> Arc<str>,
         as_of: i64,
-    ) -> Arc<str> {
-        let id = system_id
-            .and_then(|s| self.by_system.get(kildesystem)?.get(s))
+    ) -> u32 {
+        let source = self.source(kildesystem);
+        let found = system_id
+            .and_then(|s| self.by_system[source as usize].get(s))
             .or_else(|| fnr.and_then(|f| self.by_fnr.get(f)))
-            .cloned()
-            .unwrap_or_else(new_id);
-        if self.see(&id, kildesystem, system_id, fnr, (as_of, as_of)) {
+            .copied();
+        let n = match found {
+            Some(n) => n,
+            None => {
+                let id = new_id();
+                match self.number.get(&id) {
+                    // The id a source key always gets, met again under other identifiers.
+                    Some(&n) => n,
+                    None => self.add(id),
+                }
+            }
+        };
+        if self.see(n, source, system_id, fnr, (as_of, as_of)) {
             self.changed = true;
         }
-        id
+        n
+    }
+
+    /// The id of pupil `n`.
+    pub fn id(&self, n: u32) -> &str {
+        &self.ids[n as usize]
     }
 
     /// Whether no pupil is known yet (a first load).
     pub fn is_empty(&self) -> bool {
-        self.facts.is_empty()
+        self.ids.is_empty()
     }
 
     /// Whether `id` is a known pupil id.
     pub fn knows(&self, id: &str) -> bool {
-        self.facts.contains_key(id)
+        self.number.contains_key(id)
     }
 
     /// Rewrites `elev_id` when something new was learnt. Returns the new version.
@@ -215,25 +306,37 @@ impl Identity {
         // Sorted by id, then source, system id and number, as analysts would list them.
         // The first 16 bytes of the id as a number order rows as the text does; the rest is
         // compared only on a tie (one id with several facts).
-        let mut keyed: Vec<(u128, (&Arc<str>, &Fact))> = self
+        let facts = self
             .facts
             .iter()
-            .flat_map(|(id, facts)| facts.iter().map(move |f| (text_prefix(id), (id, f))))
+            .enumerate()
+            .map(|(n, f)| (n as u32, f))
+            .chain(
+                self.more_facts
+                    .iter()
+                    .flat_map(|(&n, more)| more.iter().map(move |f| (n, f))),
+            );
+        let mut keyed: Vec<(u128, (&str, &Fact))> = facts
+            .map(|(n, f)| {
+                let id = self.id(n);
+                (text_prefix(id), (id, f))
+            })
             .collect();
+        let source = |f: &Fact| -> &str { &self.sources[f.source as usize] };
         keyed.sort_unstable_by(|(pa, a), (pb, b)| {
             pa.cmp(pb).then_with(|| {
-                (a.0, &a.1.kildesystem, &a.1.system_id, &a.1.fodselsnummer).cmp(&(
+                (a.0, source(a.1), &a.1.system_id, &a.1.fodselsnummer).cmp(&(
                     b.0,
-                    &b.1.kildesystem,
+                    source(b.1),
                     &b.1.system_id,
                     &b.1.fodselsnummer,
                 ))
             })
         });
-        let rows: Vec<(&Arc<str>, &Fact)> = keyed.into_iter().map(|(_, r)| r).collect();
+        let rows: Vec<(&str, &Fact)> = keyed.into_iter().map(|(_, r)| r).collect();
         fn col<'a>(
-            rows: &[(&'a Arc<str>, &'a Fact)],
-            f: impl Fn(&(&'a Arc<str>, &'a Fact)) -> Option<&'a str>,
+            rows: &[(&'a str, &'a Fact)],
+            f: impl Fn(&(&'a str, &'a Fact)) -> Option<&'a str>,
         ) -> arrow::array::ArrayRef {
             Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
         }
@@ -246,8 +349,8 @@ impl Identity {
         let batch = RecordBatch::try_new(
             t.arrow_schema(),
             vec![
-                col(&rows, |r| Some(&**r.0)),
-                col(&rows, |r| Some(&*r.1.kildesystem)),
+                col(&rows, |r| Some(r.0)),
+                col(&rows, |r| Some(source(r.1))),
                 col(&rows, |r| r.1.system_id.as_deref()),
                 col(&rows, |r| r.1.fodselsnummer.as_deref()),
                 ts(|f| f.first_seen),

@@ -817,87 +817,63 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
         let fnr = crate::delta::strings(&staged, "fodselsnummer")?;
         let src = crate::delta::strings(&staged, "stg_kilde_nokkel")?;
         let n = staged.num_rows();
-        let mut id_of_source_key: rustc_hash::FxHashMap<&str, Arc<str>> =
+        let mut pupil_of_source_key: rustc_hash::FxHashMap<&str, u32> =
             rustc_hash::FxHashMap::default();
-        id_of_source_key.reserve(n);
+        pupil_of_source_key.reserve(n);
         let mut ids = arrow::array::StringBuilder::with_capacity(n, n * 36);
         // The ids of pupils not met before: on a first load (every pupil is new) hashed
         // beforehand on every core, otherwise only for the few that are new.
-        let new_ids: Option<Vec<Arc<str>>> = identity.is_empty().then(|| {
+        let mut new_ids: Option<Vec<Option<Arc<str>>>> = identity.is_empty().then(|| {
             crate::par::chunks(n, |rows| {
                 rows.map(|i| {
-                    Identity::new_id(&kommune, kildesystem, opt_str(&src, i).unwrap_or_default())
+                    Some(Identity::new_id(
+                        &kommune,
+                        kildesystem,
+                        opt_str(&src, i).unwrap_or_default(),
+                    ))
                 })
                 .collect()
             })
         });
         for i in 0..n {
             let source_key = opt_str(&src, i).unwrap_or_default();
-            let id = identity.resolve(
+            let pupil = identity.resolve(
                 kildesystem,
                 opt_str(&sys, i),
                 opt_str(&fnr, i),
-                || match &new_ids {
-                    Some(ids) => ids[i].clone(),
-                    None => Identity::new_id(&kommune, kildesystem, source_key),
+                || {
+                    new_ids
+                        .as_mut()
+                        .and_then(|ids| ids[i].take())
+                        .unwrap_or_else(|| Identity::new_id(&kommune, kildesystem, source_key))
                 },
                 *as_of,
             );
-            ids.append_value(&*id);
-            id_of_source_key.insert(source_key, id);
+            ids.append_value(identity.id(pupil));
+            pupil_of_source_key.insert(source_key, pupil);
         }
         let b = replace_column(&staged, "id", Arc::new(ids.finish()))?;
         steps.step("elev ids");
-        // Per-school lists do not cover a pupil's other schools: pupils are closed below, when
-        // they have no open elevforhold left.
-        elev.apply(
-            b,
-            *as_of,
-            if omfang.is_some() {
-                Scope::None
-            } else {
-                scope()
+        // elev versions on one core, elevforhold ids and versions on the other (they need the
+        // pupils' ids, not their versions). Per-school lists do not cover a pupil's other
+        // schools: pupils are closed below, when they have no open elevforhold left.
+        let elev_scope = if omfang.is_some() {
+            Scope::None
+        } else {
+            scope()
+        };
+        let ef_batch = staged_ef.snapshot(key)?;
+        let (elev_done, ef_done) = crate::par::both(
+            || elev.apply(b, *as_of, elev_scope),
+            || {
+                let identity = &identity;
+                let elev_of = |k: &str| pupil_of_source_key.get(k).map(|&n| identity.id(n));
+                let b = elevforhold_ids(&ef_batch, kildesystem, elev_of)?;
+                ef.apply(b, *as_of, scope())
             },
-        )?;
-
-        // elevforhold: elev_id from the source key, id from (elev_id, skolenummer)
-        steps.step("elev versions");
-        let b = staged_ef.snapshot(key)?;
-        let src = crate::delta::strings(&b, "stg_kilde_nokkel")?;
-        let skolenr = crate::delta::strings(&b, "skolenummer")?;
-        // Rows whose pupil is known, with its id and the elevforhold's own id (UUID v5 hashing
-        // on every core).
-        let found: Vec<(u32, &Arc<str>, Uuid)> = crate::par::chunks(b.num_rows(), |rows| {
-            let mut name = String::new();
-            rows.filter_map(|i| {
-                let elev_id = opt_str(&src, i).and_then(|k| id_of_source_key.get(k))?;
-                name.clear();
-                {
-                    use std::fmt::Write;
-                    let _ = write!(
-                        name,
-                        "elevforhold|{kildesystem}|{elev_id}|{}",
-                        skolenr.value(i)
-                    );
-                }
-                Some((i as u32, elev_id, Uuid::new_v5(&NAMESPACE, name.as_bytes())))
-            })
-            .collect()
-        });
-        let n = found.len();
-        let keep: Vec<u32> = found.iter().map(|f| f.0).collect();
-        let mut elev_ids = arrow::array::StringBuilder::with_capacity(n, n * 36);
-        let mut ef_ids = arrow::array::StringBuilder::with_capacity(n, n * 36);
-        let mut buf = Uuid::encode_buffer();
-        for (_, elev_id, id) in &found {
-            elev_ids.append_value(&***elev_id);
-            ef_ids.append_value(id.hyphenated().encode_lower(&mut buf));
-        }
-        let b = rows_of(&b, &keep)?;
-        let b = replace_column(&b, "elev_id", Arc::new(elev_ids.finish()))?;
-        let b = replace_column(&b, "id", Arc::new(ef_ids.finish()))?;
-        steps.step("elevforhold ids");
-        let closed_ef = ef.apply(b, *as_of, scope())?;
+        );
+        elev_done?;
+        let closed_ef = ef_done?;
         if omfang.is_some() {
             // A pupil who left this school and has no other open elevforhold in this source
             // has left the source.
@@ -919,26 +895,33 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
         }
     }
 
-    steps.step("elevforhold versions");
+    steps.step("elev and elevforhold versions");
     // Invariants first, for every table: a violation stops the run before any commit.
-    for run in [&skole, &elev, &ef] {
-        run.check()?;
-    }
-    let parents = ef
-        .batches
-        .iter()
-        .map(|b| crate::delta::strings(b, "elev_id"))
-        .collect::<Result<Vec<_>>>()?;
-    if let Some(orphan) = ef
-        .engine
-        .live_inserts()
-        .find(|i| !identity.knows(parents[i.batch].value(i.row)))
-    {
-        return Err(Error::Other(format!(
-            "SCD2 invariant broken in elevforhold: key {} points to no elev; nothing was committed",
-            orphan.key
-        )));
-    }
+    // elevforhold (its own and that every row points to a known pupil) beside the others.
+    let (others, ef_checked) = crate::par::both(
+        || skole.check().and_then(|()| elev.check()),
+        || -> Result<()> {
+            ef.check()?;
+            let parents = ef
+                .batches
+                .iter()
+                .map(|b| crate::delta::strings(b, "elev_id"))
+                .collect::<Result<Vec<_>>>()?;
+            match ef
+                .engine
+                .live_inserts()
+                .find(|i| !identity.knows(parents[i.batch].value(i.row)))
+            {
+                Some(orphan) => Err(Error::Other(format!(
+                    "SCD2 invariant broken in elevforhold: key {} points to no elev; nothing was committed",
+                    orphan.key
+                ))),
+                None => Ok(()),
+            }
+        },
+    );
+    others?;
+    ef_checked?;
     for run in [&mut skole, &mut elev, &mut ef] {
         run.reconcile(&session).await?;
     }
@@ -1053,7 +1036,55 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
     crate::run::crash_point("after-elevliste");
     out.metrics.extend(joined(metrics, "table metrics").await?);
     steps.step("metrics");
+    // Millions of small allocations: freed on another thread while the run finishes.
+    crate::par::drop_aside((
+        identity,
+        [elev, ef, skole],
+        [staged_elev, staged_ef],
+        [data.elev, data.elevforhold],
+    ));
     Ok(out)
+}
+
+/// A snapshot's elevforhold rows whose pupil is known, with the pupil's id (`elev_id`, from the
+/// source key) and their own (UUID v5 of kildesystem, elev_id and skolenummer, hashed on every
+/// core).
+fn elevforhold_ids<'i>(
+    b: &RecordBatch,
+    kildesystem: &str,
+    elev_of: impl Fn(&str) -> Option<&'i str> + Sync,
+) -> Result<RecordBatch> {
+    let src = crate::delta::strings(b, "stg_kilde_nokkel")?;
+    let skolenr = crate::delta::strings(b, "skolenummer")?;
+    let found: Vec<(u32, &'i str, Uuid)> = crate::par::chunks(b.num_rows(), |rows| {
+        let mut name = String::new();
+        rows.filter_map(|i| {
+            let elev_id = opt_str(&src, i).and_then(&elev_of)?;
+            name.clear();
+            {
+                use std::fmt::Write;
+                let _ = write!(
+                    name,
+                    "elevforhold|{kildesystem}|{elev_id}|{}",
+                    skolenr.value(i)
+                );
+            }
+            Some((i as u32, elev_id, Uuid::new_v5(&NAMESPACE, name.as_bytes())))
+        })
+        .collect()
+    });
+    let n = found.len();
+    let keep: Vec<u32> = found.iter().map(|f| f.0).collect();
+    let mut elev_ids = arrow::array::StringBuilder::with_capacity(n, n * 36);
+    let mut ef_ids = arrow::array::StringBuilder::with_capacity(n, n * 36);
+    let mut buf = Uuid::encode_buffer();
+    for (_, elev_id, id) in &found {
+        elev_ids.append_value(elev_id);
+        ef_ids.append_value(id.hyphenated().encode_lower(&mut buf));
+    }
+    let b = rows_of(b, &keep)?;
+    let b = replace_column(&b, "elev_id", Arc::new(elev_ids.finish()))?;
+    replace_column(&b, "id", Arc::new(ef_ids.finish()))
 }
 
 /// The elev of a closed elevforhold: the engine removed it from the state, so look in the

@@ -172,6 +172,29 @@ impl Checker {
         alvorsgrad
     }
 
+    /// A checker with the same rules and snapshot and nothing recorded yet, for checking a part
+    /// of the rows on another core; `absorb` takes its findings back.
+    pub fn fork(&self) -> Checker {
+        Checker {
+            allow_synthetic_fnr: self.allow_synthetic_fnr,
+            repair_leading_zero: self.repair_leading_zero,
+            severities: self.severities.clone(),
+            thresholds: self.thresholds.clone(),
+            avvik: Vec::new(),
+            snapshot: self.snapshot.clone(),
+            failed: BTreeMap::new(),
+        }
+    }
+
+    /// Counts what a forked checker found as found here and returns its deviations, for the
+    /// caller to put in order.
+    pub fn absorb(&mut self, other: Checker) -> Vec<Avvik> {
+        for (rule, n) in other.failed {
+            *self.failed.entry(rule).or_default() += n;
+        }
+        other.avvik
+    }
+
     /// Rules broken with severity `fail`, with counts.
     pub fn failures(&self) -> Vec<(&'static str, u64)> {
         self.failed

@@ -7,13 +7,12 @@
 //! Not here: ids and history (publish), parsing files (ingest).
 
 pub mod oneroster;
+mod validate;
 pub mod vigo;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-
-use rustc_hash::{FxHashMap, FxHashSet};
 
 use arrow::array::{
     ArrayRef, BooleanArray, Date32Array, Int32Array, RecordBatch, StringArray,
@@ -27,7 +26,7 @@ use tracing::{info, warn};
 use crate::config::Format;
 use crate::error::Result;
 use crate::metrics::Metric;
-use crate::quality::{fnr, kommuner, rules, Checker, Origin, Severity};
+use crate::quality::{fnr, Checker, Origin};
 use crate::run::RunContext;
 use crate::schema::{self, raw_table};
 
@@ -288,9 +287,11 @@ async fn pending_snapshots(
         }
         let mut columns = Vec::with_capacity(batches.len());
         // Records are ordered by file name and record number below; a file ingested twice by
-        // two runs at once is read once. Files are numbered by (name, sha256).
+        // two runs at once is read once. Snapshot keys are numbered as met, files by
+        // (name, sha256): a record's entry is numbers only.
+        let mut key_numbers: HashMap<SnapshotKey, u32> = HashMap::new();
         let mut files: HashMap<(String, String), u32> = HashMap::new();
-        let mut entries: Vec<(SnapshotKey, u32, i64, u32, u32)> = Vec::new();
+        let mut entries: Vec<(u32, u32, i64, u32, u32)> = Vec::new();
         for (bi, b) in batches.iter().enumerate() {
             let k = crate::delta::text(b, "kildesystem")?;
             let o = crate::delta::text(b, "omfang")?;
@@ -308,8 +309,9 @@ async fn pending_snapshots(
                 .ok_or_else(|| crate::error::Error::Other("raw rad is not an integer".into()))?
                 .clone();
             // Rows of one file come together: the key and file are looked up once per run of
-            // rows from the same file.
-            let mut last: Option<(SnapshotKey, u32, usize)> = None;
+            // rows from the same file. `None`: a published snapshot not rebuilt, skipped.
+            let mut last: Option<(Option<u32>, u32, usize)> = None;
+            entries.reserve(b.num_rows());
             for i in 0..b.num_rows() {
                 let same = last.as_ref().is_some_and(|(_, _, p)| {
                     t.value(i) == t.value(*p)
@@ -328,17 +330,18 @@ async fn pending_snapshots(
                         o.opt(i).map(str::to_string),
                         t.value(i),
                     );
+                    let wanted = !done.contains(&key) || rebuilt.contains(&key.0);
+                    let n = key_numbers.len() as u32;
+                    let kn = *key_numbers.entry(key).or_insert(n);
                     let n = files.len() as u32;
                     let f = *files
                         .entry((kjelde.value(i).to_string(), sha.value(i).to_string()))
                         .or_insert(n);
-                    last = Some((key, f, i));
+                    last = Some((wanted.then_some(kn), f, i));
                 }
-                let Some((key, f, _)) = &last else { continue };
-                if done.contains(key) && !rebuilt.contains(&key.0) {
-                    continue;
+                if let Some((Some(kn), f, _)) = last {
+                    entries.push((kn, f, rad.value(i), bi as u32, i as u32));
                 }
-                entries.push((key.clone(), *f, rad.value(i), bi as u32, i as u32));
             }
             columns.push(RawColumns {
                 kjelde,
@@ -347,26 +350,37 @@ async fn pending_snapshots(
                 post: crate::delta::text(b, "post")?,
             });
         }
-        // File order: by name (then sha256, for two versions of one name).
+        // Snapshots by (as-of, source, scope); files by name (then sha256, for two versions of
+        // one name); then record number. This run's rows usually are in that order already.
+        let mut keys: Vec<(SnapshotKey, u32)> = key_numbers.into_iter().collect();
+        keys.sort_by(|(a, _), (b, _)| (a.2, &a.0, &a.1).cmp(&(b.2, &b.0, &b.1)));
+        let mut key_rank = vec![0u32; keys.len()];
+        for (r, (_, n)) in keys.iter().enumerate() {
+            key_rank[*n as usize] = r as u32;
+        }
         let mut names: Vec<(&(String, String), &u32)> = files.iter().collect();
         names.sort();
         let mut rank = vec![0u32; files.len()];
         for (r, (_, f)) in names.iter().enumerate() {
             rank[**f as usize] = r as u32;
         }
-        entries.sort_unstable_by(|a, b| {
-            (a.0 .2, &a.0 .0, &a.0 .1, rank[a.1 as usize], a.2).cmp(&(
-                b.0 .2,
-                &b.0 .0,
-                &b.0 .1,
-                rank[b.1 as usize],
-                b.2,
-            ))
-        });
+        let order =
+            |e: &(u32, u32, i64, u32, u32)| (key_rank[e.0 as usize], rank[e.1 as usize], e.2);
+        if !entries.is_sorted_by_key(order) {
+            entries.sort_unstable_by_key(order);
+        }
         // Two copies of one file (same name and sha256) give the same (file, record) twice.
         entries.dedup_by(|a, b| a.1 == b.1 && a.2 == b.2 && a.0 == b.0);
+        let mut rows: Vec<Vec<(u32, u32)>> = vec![Vec::new(); keys.len()];
+        for (kn, _, _, bi, i) in entries {
+            rows[kn as usize].push((bi, i));
+        }
         let columns = Arc::new(columns);
-        for (key, _, _, bi, i) in entries {
+        for (key, kn) in keys {
+            let rows = std::mem::take(&mut rows[kn as usize]);
+            if rows.is_empty() {
+                continue;
+            }
             snaps
                 .entry((key.2, key.0.clone(), key.1.clone()))
                 .or_insert_with(|| Snapshot {
@@ -379,437 +393,10 @@ async fn pending_snapshots(
                     rows: Vec::new(),
                 })
                 .rows
-                .push((bi, i));
+                .extend(rows);
         }
     }
     Ok(snaps.into_values().collect())
-}
-
-/// Validates a pupil's fødselsnummer; fills birth date and legacy gender. Returns false when the
-/// row must be dropped.
-fn check_fnr(c: &mut Checker, e: &mut ElevRow<'_>, today: NaiveDate) -> bool {
-    let Some(raw) = e.fodselsnummer.take() else {
-        if e.fnr_required {
-            let sev = c.report(
-                &e.r,
-                rules::PAKREVD_FELT,
-                Some("fodselsnummer"),
-                None,
-                "Fødselsnummer manglar: eleven kan ikkje sendast til fylket utan det",
-            );
-            return sev != Severity::Drop;
-        }
-        c.report(
-            &e.r,
-            rules::FNR_MANGLAR,
-            Some("fodselsnummer"),
-            None,
-            "Eleven manglar fødselsnummer i kjeldesystemet",
-        );
-        return true;
-    };
-    let norm = normalized(raw);
-    let mut result = fnr::classify(&norm, today);
-    if result == Err(fnr::FnrError::LeadingZeroLost) {
-        let repaired = format!("0{norm}");
-        match fnr::classify(&repaired, today) {
-            Ok(info) if c.repair_leading_zero => {
-                c.report(&e.r, rules::FNR_REPARERT, Some("fodselsnummer"), Some(fnr::mask(&norm)),
-                    "Fødselsnummeret mangla første siffer (0) og er reparert — rett det i skulesystemet");
-                e.fodselsnummer = Some(Cow::Owned(repaired));
-                result = Ok(info);
-            }
-            _ => {
-                let sev = c.report(
-                    &e.r,
-                    rules::FNR_MANGLAR_NULL,
-                    Some("fodselsnummer"),
-                    Some(fnr::mask(&norm)),
-                    fnr::FnrError::LeadingZeroLost.message(),
-                );
-                e.fodselsnummer = Some(norm);
-                return sev != Severity::Drop;
-            }
-        }
-    }
-    let masked = || fnr::mask(&norm);
-    let keep = match result {
-        Ok(info) => {
-            if info.kind.is_synthetic() && !c.allow_synthetic_fnr {
-                let sev = c.report(&e.r, rules::FNR_SYNTETISK, Some("fodselsnummer"),
-                    Some(masked()),
-                    format!("Fødselsnummeret er eit syntetisk testnummer ({}) og kan ikkje brukast i produksjon", info.kind.code()));
-                sev != Severity::Drop
-            } else {
-                if e.fodselsdato.is_none() {
-                    e.fodselsdato = info.birth_date;
-                }
-                if e.kjonn.is_none() {
-                    e.kjonn = Some(Cow::Borrowed(info.kjonn.unwrap_or("0")));
-                }
-                true
-            }
-        }
-        Err(err) => {
-            let sev = c.report(
-                &e.r,
-                rules::FNR_UGYLDIG,
-                Some("fodselsnummer"),
-                Some(masked()),
-                err.message(),
-            );
-            sev != Severity::Drop
-        }
-    };
-    if e.fodselsnummer.is_none() {
-        e.fodselsnummer = Some(norm);
-    }
-    keep
-}
-
-/// Applies the rules to one snapshot's rows, in place: what must not be published is removed.
-fn validate(
-    c: &mut Checker,
-    rows: &mut Staged<'_>,
-    known_schools: &HashSet<String>,
-    today: NaiveDate,
-) {
-    let Staged {
-        elev,
-        elevforhold,
-        skole,
-    } = rows;
-    skole.retain(|s| {
-        if let Some(o) = &s.organisasjonsnummer {
-            if !fnr::valid_orgnr(o) {
-                let sev = c.report(
-                    &s.r,
-                    rules::ORGNR_UGYLDIG,
-                    Some("organisasjonsnummer"),
-                    Some(o.to_string()),
-                    "Organisasjonsnummeret har feil kontrollsiffer",
-                );
-                if sev == Severity::Drop {
-                    return false;
-                }
-            }
-        }
-        if let Some(k) = &s.kommunenummer {
-            if !kommuner::is_kommune(k) {
-                let sev = c.report(
-                    &s.r,
-                    rules::KOMMUNENUMMER_UKJENT,
-                    Some("kommunenummer"),
-                    Some(k.to_string()),
-                    "Kommunenummeret finst ikkje i kommunelista for 2024",
-                );
-                if sev == Severity::Drop {
-                    return false;
-                }
-            }
-        }
-        if let Some(f) = &s.fylkesnummer {
-            if !kommuner::is_fylke(f) {
-                let sev = c.report(
-                    &s.r,
-                    rules::FYLKESNUMMER_UKJENT,
-                    Some("fylkesnummer"),
-                    Some(f.to_string()),
-                    "Fylkesnummeret finst ikkje i fylkeslista for 2024",
-                );
-                if sev == Severity::Drop {
-                    return false;
-                }
-            }
-        }
-        true
-    });
-    let schools: FxHashSet<&str> = skole
-        .iter()
-        .map(|s| s.skolenummer.as_ref())
-        .chain(known_schools.iter().map(String::as_str))
-        .collect();
-
-    // Keys of every delivered pupil, kept or not: references to dropped pupils are not new news.
-    // The school of each pupil (from the snapshot's elevforhold), for per-school thresholds.
-    // Keyed by 128-bit hashes, as the sets below: a lookup does not touch the key's text again.
-    let mut school_of: FxHashMap<u128, &Cow<'_, str>> = FxHashMap::default();
-    school_of.reserve(elevforhold.len());
-    for ef in elevforhold.iter() {
-        if let (Some(k), Some(s)) = (ef.elev_kilde_nokkel.as_deref(), ef.skolenummer.as_ref()) {
-            school_of.insert(key_hash(k), s);
-        }
-    }
-    let mut per_school: FxHashMap<String, (u64, u64)> = FxHashMap::default();
-    let kildesystem = elev.first().map(|e| e.r.kildesystem).unwrap_or_default();
-    // Sets of keys hold 128-bit hashes of them (no copy of a million strings; a collision is
-    // as likely as guessing a random UUID twice).
-    let delivered: FxHashSet<u128> = elev
-        .iter()
-        .filter_map(|e| {
-            let k = e.kilde_nokkel.as_deref()?;
-            Some(if e.fnr_required {
-                key_hash(&fnr::normalize(k))
-            } else {
-                key_hash(k)
-            })
-        })
-        .collect();
-    let mut kept_keys = FxHashSet::default();
-    kept_keys.reserve(elev.len());
-    let mut seen_fnr = FxHashSet::default();
-    seen_fnr.reserve(elev.len());
-    // Records whose pupil was dropped: an elevforhold from the same record (Vigo lines carry
-    // both) goes with it, already reported. File → record numbers.
-    let mut dropped_records: FxHashMap<&str, FxHashSet<i64>> = FxHashMap::default();
-    elev.retain_mut(|e| {
-        // A pupil's deviations go to the school the pupil is enrolled at.
-        if e.r.skolenummer.is_none() {
-            e.r.skolenummer = e
-                .kilde_nokkel
-                .as_deref()
-                .and_then(|k| school_of.get(&key_hash(k)).map(|s| (*s).clone()));
-        }
-        let mut keep = true;
-        if e.fornavn.is_none() || e.etternavn.is_none() {
-            let sev = c.report(
-                &e.r,
-                rules::PAKREVD_FELT,
-                Some("elev_namn"),
-                None,
-                "Eleven manglar fornamn eller etternamn",
-            );
-            keep &= sev != Severity::Drop;
-        }
-        if e.kilde_nokkel.is_none() && !e.fnr_required {
-            let sev = c.report(
-                &e.r,
-                rules::PAKREVD_FELT,
-                Some("system_id"),
-                None,
-                "Eleven manglar ID i kjeldesystemet",
-            );
-            keep &= sev != Severity::Drop;
-        }
-        let invalid_before = c.invalid_fnr();
-        keep &= check_fnr(c, e, today);
-        let school = e.r.skolenummer.as_deref().unwrap_or("-");
-        let invalid = (c.invalid_fnr() > invalid_before) as u64;
-        match per_school.get_mut(school) {
-            Some(tally) => {
-                tally.0 += 1;
-                tally.1 += invalid;
-            }
-            None => {
-                per_school.insert(school.to_string(), (1, invalid));
-            }
-        }
-        if e.fnr_required {
-            // The Vigo list is keyed by the (normalised, possibly repaired) fødselsnummer.
-            e.kilde_nokkel = e.fodselsnummer.clone();
-        }
-        if let Some(k) = &e.kommunenummer {
-            if !kommuner::is_kommune(k) {
-                let sev = c.report(
-                    &e.r,
-                    rules::KOMMUNENUMMER_UKJENT,
-                    Some("kommunenummer"),
-                    Some(k.to_string()),
-                    "Kommunenummeret finst ikkje i kommunelista for 2024",
-                );
-                keep &= sev != Severity::Drop;
-            }
-        }
-        // Contact fields: the value itself is personal data, so only the field is reported.
-        type Check = fn(&str) -> bool;
-        let contact: [(&'static str, &'static str, Option<&str>, Check, &str); 3] = [
-            (
-                rules::FEIDENAVN_UGYLDIG,
-                "feidenavn",
-                e.feidenavn.as_deref(),
-                fnr::valid_feidenavn,
-                "Feidenamnet er ikkje på forma brukar@domene",
-            ),
-            (
-                rules::EPOST_UGYLDIG,
-                "epostadresse",
-                e.epostadresse.as_deref(),
-                fnr::valid_epost,
-                "E-postadressa er ikkje gyldig",
-            ),
-            (
-                rules::MOBIL_UGYLDIG,
-                "mobiltelefonnummer",
-                e.mobiltelefonnummer.as_deref(),
-                fnr::valid_mobil,
-                "Mobilnummeret er ikkje eit norsk mobilnummer (8 siffer, byrjar på 4 eller 9)",
-            ),
-        ];
-        for (rule, field, value, ok, message) in contact {
-            if value.is_some_and(|v| !ok(v)) {
-                let sev = c.report(&e.r, rule, Some(field), None, message);
-                keep &= sev != Severity::Drop;
-            }
-        }
-        if !keep {
-            dropped_records
-                .entry(e.r.kjelde)
-                .or_default()
-                .insert(e.r.rad);
-            return false;
-        }
-        let key = key_hash(e.kilde_nokkel.as_deref().unwrap_or_default());
-        let dup_fnr = e
-            .fodselsnummer
-            .as_deref()
-            .is_some_and(|f| !seen_fnr.insert(key_hash(f)));
-        if !kept_keys.insert(key) || dup_fnr {
-            let verdi = e.fodselsnummer.as_deref().map(fnr::mask);
-            c.report(
-                &e.r,
-                rules::DUPLIKAT,
-                Some("fodselsnummer"),
-                verdi,
-                "Eleven står fleire gonger i same leveranse; berre den første er teken med",
-            );
-            dropped_records
-                .entry(e.r.kjelde)
-                .or_default()
-                .insert(e.r.rad);
-            return false;
-        }
-        true
-    });
-    // Share of invalid fødselsnummer per school above the threshold.
-    let threshold = c.threshold(rules::FNR_UGYLDIG_ANDEL).unwrap_or(0.05);
-    let mut per_school: Vec<(String, (u64, u64))> = per_school.into_iter().collect();
-    per_school.sort();
-    for (school, (n, bad)) in &per_school {
-        let share = *bad as f64 / (*n).max(1) as f64;
-        if *bad > 0 && share > threshold {
-            let r = Origin {
-                kildesystem,
-                kjelde: "",
-                rad: 0,
-                skolenummer: (school != "-").then_some(Cow::Borrowed(school.as_str())),
-                system_id: None,
-            };
-            c.report(&r, rules::FNR_UGYLDIG_ANDEL, Some("fodselsnummer"), Some(format!("{:.1} %", share * 100.0)),
-                format!("{bad} av {n} elevar ved skulen har ugyldig fødselsnummer (over {:.0} %) — sjekk eksporten frå skulesystemet", threshold * 100.0));
-        }
-    }
-    let elev_keys: FxHashSet<u128> = elev
-        .iter()
-        .filter_map(|e| e.kilde_nokkel.as_deref().map(key_hash))
-        .collect();
-    let mut ef_keys = FxHashSet::default();
-    ef_keys.reserve(elevforhold.len());
-    elevforhold.retain_mut(|ef| {
-        if dropped_records
-            .get(ef.r.kjelde)
-            .is_some_and(|rads| rads.contains(&ef.r.rad))
-        {
-            return false;
-        }
-        if let Some(k) = ef.elev_kilde_nokkel.as_deref() {
-            if k.len() == 10 && c.repair_leading_zero {
-                // Follow the repaired number of a Vigo pupil.
-                let repaired = format!("0{k}");
-                if elev_keys.contains(&key_hash(&repaired)) {
-                    ef.elev_kilde_nokkel = Some(Cow::Owned(repaired));
-                }
-            }
-        }
-        if ef.r.system_id.is_none() {
-            ef.elev_kilde_nokkel = ef.elev_kilde_nokkel.take().map(normalized);
-        }
-        let Some(elev) = ef
-            .elev_kilde_nokkel
-            .as_deref()
-            .filter(|k| elev_keys.contains(&key_hash(k)))
-        else {
-            // Pupils dropped above are already reported; only unknown references are new.
-            if !ef
-                .elev_kilde_nokkel
-                .as_deref()
-                .is_some_and(|k| delivered.contains(&key_hash(k)))
-            {
-                c.report(
-                    &ef.r,
-                    rules::UKJENT_ELEV,
-                    Some("user"),
-                    None,
-                    "Elevforholdet viser til ein elev som ikkje er med i leveransen",
-                );
-            }
-            return false;
-        };
-        let Some(skole) = ef.skolenummer.as_deref() else {
-            c.report(
-                &ef.r,
-                rules::PAKREVD_FELT,
-                Some("skolenummer"),
-                None,
-                "Skulenummer manglar",
-            );
-            return false;
-        };
-        if !schools.contains(skole) {
-            let sev = c.report(
-                &ef.r,
-                rules::UKJENT_SKOLE,
-                Some("skolenummer"),
-                Some(skole.to_string()),
-                "Skulen finst ikkje i leveransen eller i skuleregisteret til kommunen",
-            );
-            if sev == Severity::Drop {
-                return false;
-            }
-        }
-        if !ef.trinn.is_some_and(|t| (1..=10).contains(&t)) {
-            let sev = c.report(
-                &ef.r,
-                rules::TRINN_UGYLDIG,
-                Some("trinn"),
-                ef.trinn.map(|t| t.to_string()),
-                "Trinnet må vere mellom 1 og 10",
-            );
-            if sev == Severity::Drop {
-                return false;
-            }
-        }
-        if ef.klasse.is_none() {
-            let sev = c.report(
-                &ef.r,
-                rules::PAKREVD_FELT,
-                Some("klasse"),
-                None,
-                "Klasse manglar",
-            );
-            if sev == Severity::Drop {
-                return false;
-            }
-        }
-        if !ef_keys.insert(pair_hash(elev, skole)) {
-            c.report(&ef.r, rules::DUPLIKAT, Some("klasse"), None,
-                "Eleven har fleire elevforhold ved same skule i same leveranse; berre det første er teke med");
-            return false;
-        }
-        true
-    });
-}
-
-/// 128-bit hash of a key, for sets of keys.
-fn key_hash(k: &str) -> u128 {
-    xxhash_rust::xxh3::xxh3_128(k.as_bytes())
-}
-
-fn pair_hash(a: &str, b: &str) -> u128 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(a.as_bytes());
-    h.update(&[0x1f]);
-    h.update(b.as_bytes());
-    h.digest128()
 }
 
 fn date_days(d: Option<NaiveDate>) -> Option<i32> {
@@ -988,7 +575,7 @@ pub async fn run(
         };
         c.snapshot = (snap.omfang.clone(), snap.as_of);
         steps.step("flatten");
-        validate(c, &mut staged, &known, today);
+        validate::validate(c, &mut staged, &known, today);
         steps.step("validate");
         if !snap.published {
             *outcome.rows_out.entry("elev").or_default() += staged.elev.len();

@@ -291,6 +291,48 @@ async fn a_repeated_file_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_file_unchanged_by_name_size_and_time_is_not_read_again() {
+    let (dir, src) = setup();
+    let pl = or_pipeline(dir.path(), &src);
+    let path = oneroster(
+        &src,
+        "2026-01-10",
+        &[p("a", &tenor(11, false), "Re", "46591", "5A")],
+    );
+    load(&pl).await;
+    let raw = count(&pl, "SELECT count(*) FROM raw_vigilo").await;
+    let stamp = rows(&pl, "SELECT post FROM raw_vigilo WHERE entitet = '_fil'").await;
+    let meta = std::fs::metadata(&path).unwrap();
+    assert!(
+        stamp[0][0].contains(&format!("\"bytes\":{}", meta.len())),
+        "{stamp:?}"
+    );
+    // Other bytes (not even JSON) under the same name, size and modification time are taken
+    // for the file already read, as rsync's quick check takes them: nothing is read.
+    let modified = meta.modified().unwrap();
+    let set_modified = |t| {
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap()
+    };
+    std::fs::write(&path, "x".repeat(meta.len() as usize)).unwrap();
+    set_modified(modified);
+    load(&pl).await;
+    assert_eq!(count(&pl, "SELECT count(*) FROM raw_vigilo").await, raw);
+    // Touched, it is read again: new bytes, so parsed, and refused as not JSON.
+    set_modified(modified + std::time::Duration::from_secs(60));
+    let err = execute(&RunContext::new(pl.clone()), Stage::All)
+        .await
+        .unwrap_err()
+        .to_string();
+    let name = path.file_name().unwrap().to_str().unwrap();
+    assert!(err.contains(name), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn moves_between_source_systems() {
     let (dir, src) = setup();
     let vigo_dir = dir.path().join("vigo");
