@@ -334,7 +334,7 @@ pub(super) fn validate(
     );
 
     // Each pupil on its own, on every core.
-    let (keep, parts, mut found) = check_rows(c, elev, |c, part: &mut ElevPart, i, e| {
+    let (keep, parts, found) = check_rows(c, elev, |c, part: &mut ElevPart, i, e| {
         let keep = check_elev(c, part, e, &school_of, today);
         if keep {
             let key = key_hash(e.kilde_nokkel.as_deref().unwrap_or_default());
@@ -401,10 +401,7 @@ pub(super) fn validate(
             kept[i] = keep[i];
         }
     }
-    found.extend(dup_rows.into_iter().zip(c.absorb(dups)));
-    // In row order; a row's own deviations before its duplicate (the sort is stable).
-    found.sort_by_key(|(i, _)| *i);
-    c.avvik.extend(found.into_iter().map(|(_, a)| a));
+    add_in_row_order(c, found, dup_rows, dups);
     // Records whose pupil was dropped: an elevforhold from the same record (Vigo lines carry
     // both) goes with it, already reported. File → record numbers.
     let mut dropped_records: FxHashMap<&str, FxHashSet<i64>> = FxHashMap::default();
@@ -443,7 +440,7 @@ pub(super) fn validate(
 
     // Each elevforhold on its own, on every core; then duplicates in row order.
     let repair = c.repair_leading_zero;
-    let (ef_keep, pairs, mut found) = check_rows(
+    let (ef_keep, pairs, found) = check_rows(
         c,
         elevforhold,
         |c, pairs: &mut Vec<(usize, u128)>, i, ef| {
@@ -480,12 +477,19 @@ pub(super) fn validate(
             dup_rows.push(i);
         }
     }
-    found.extend(dup_rows.into_iter().zip(c.absorb(dups)));
-    found.sort_by_key(|(i, _)| *i);
-    c.avvik.extend(found.into_iter().map(|(_, a)| a));
+    add_in_row_order(c, found, dup_rows, dups);
 
     retain_flagged(elev, &kept);
     retain_flagged(elevforhold, &ef_kept);
+}
+
+/// Adds the deviations of the row checks (`found`) and of the duplicates (`dups`, reported for
+/// `dup_rows` in that order) to `c`, in row order: a row's own deviations come before its
+/// duplicate (the sort is stable).
+fn add_in_row_order(c: &mut Checker, mut found: Found, dup_rows: Vec<usize>, dups: Checker) {
+    found.extend(dup_rows.into_iter().zip(c.absorb(dups)));
+    found.sort_by_key(|(i, _)| *i);
+    c.avvik.extend(found.into_iter().map(|(_, a)| a));
 }
 
 /// Keeps the rows whose flag is set.
@@ -600,4 +604,74 @@ fn pair_hash(a: &str, b: &str) -> u128 {
     h.update(&[0x1f]);
     h.update(b.as_bytes());
     h.digest128()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pupil(i: usize, key: &str) -> ElevRow<'static> {
+        ElevRow {
+            r: Origin {
+                kildesystem: "vigilo",
+                kjelde: "users.json",
+                rad: i as i64,
+                skolenummer: Some(Cow::Borrowed("46591")),
+                system_id: Some(Cow::Owned(key.to_string())),
+            },
+            kilde_nokkel: Some(Cow::Owned(key.to_string())),
+            system_id: Some(Cow::Owned(key.to_string())),
+            fodselsnummer: None,
+            feidenavn: None,
+            kommunenummer: None,
+            fornavn: Some(Cow::Borrowed("Kari")),
+            mellomnavn: None,
+            etternavn: Some(Cow::Borrowed("Nord")),
+            fodselsdato: None,
+            kjonn: None,
+            epostadresse: None,
+            mobiltelefonnummer: None,
+            bostedsadresse: None,
+            postnummer: None,
+            poststed: None,
+            fnr_required: false,
+        }
+    }
+
+    #[test]
+    fn rows_checked_in_parts_report_as_one_pass_in_row_order() {
+        // Enough pupils for two parts (one per core); a duplicate of a pupil in the first part
+        // sits in the second, a pupil without a surname in the middle.
+        let n = 120_000;
+        let mut staged = Staged {
+            elev: (0..n)
+                .map(|i| pupil(i, &format!("k{}", if i == 100_000 { 5 } else { i })))
+                .collect(),
+            ..Default::default()
+        };
+        staged.elev[70_000].etternavn = None;
+        let mut c = Checker::new(&crate::config::QualityConfig::default());
+        let today = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+        validate(&mut c, &mut staged, &HashSet::new(), today);
+
+        // Every pupil lacks a fødselsnummer (warn); the two others are dropped.
+        assert_eq!(staged.elev.len(), n - 2);
+        assert!(staged
+            .elev
+            .iter()
+            .all(|e| e.r.rad != 70_000 && e.r.rad != 100_000));
+        let rows: Vec<(i64, &str)> = c.avvik.iter().map(|a| (a.record.rad, a.regel)).collect();
+        assert_eq!(rows.len(), n + 2);
+        assert!(
+            rows.windows(2).all(|w| w[0].0 <= w[1].0),
+            "not in row order"
+        );
+        let of =
+            |rad: i64| -> Vec<&str> { rows.iter().filter(|r| r.0 == rad).map(|r| r.1).collect() };
+        assert_eq!(of(70_000), [rules::PAKREVD_FELT, rules::FNR_MANGLAR]);
+        assert_eq!(of(100_000), [rules::FNR_MANGLAR, rules::DUPLIKAT]);
+        assert_eq!(of(5), [rules::FNR_MANGLAR]);
+        assert_eq!(c.failed.get(rules::FNR_MANGLAR), Some(&(n as u64)));
+        assert_eq!(c.failed.get(rules::DUPLIKAT), Some(&1));
+    }
 }
