@@ -251,43 +251,33 @@ pub(super) fn validate(
         skole,
     } = rows;
     skole.retain(|s| {
-        if let Some(o) = &s.organisasjonsnummer {
-            if !fnr::valid_orgnr(o) {
-                let sev = c.report(
-                    &s.r,
-                    rules::ORGNR_UGYLDIG,
-                    Some("organisasjonsnummer"),
-                    Some(o.to_string()),
-                    "Organisasjonsnummeret har feil kontrollsiffer",
-                );
-                if sev == Severity::Drop {
-                    return false;
-                }
-            }
-        }
-        if let Some(k) = &s.kommunenummer {
-            if !kommuner::is_kommune(k) {
-                let sev = c.report(
-                    &s.r,
-                    rules::KOMMUNENUMMER_UKJENT,
-                    Some("kommunenummer"),
-                    Some(k.to_string()),
-                    "Kommunenummeret finst ikkje i kommunelista for 2024",
-                );
-                if sev == Severity::Drop {
-                    return false;
-                }
-            }
-        }
-        if let Some(f) = &s.fylkesnummer {
-            if !kommuner::is_fylke(f) {
-                let sev = c.report(
-                    &s.r,
-                    rules::FYLKESNUMMER_UKJENT,
-                    Some("fylkesnummer"),
-                    Some(f.to_string()),
-                    "Fylkesnummeret finst ikkje i fylkeslista for 2024",
-                );
+        type Check = fn(&str) -> bool;
+        let codes: [(Option<&str>, Check, &'static str, &'static str, &str); 3] = [
+            (
+                s.organisasjonsnummer.as_deref(),
+                fnr::valid_orgnr,
+                rules::ORGNR_UGYLDIG,
+                "organisasjonsnummer",
+                "Organisasjonsnummeret har feil kontrollsiffer",
+            ),
+            (
+                s.kommunenummer.as_deref(),
+                kommuner::is_kommune,
+                rules::KOMMUNENUMMER_UKJENT,
+                "kommunenummer",
+                "Kommunenummeret finst ikkje i kommunelista for 2024",
+            ),
+            (
+                s.fylkesnummer.as_deref(),
+                kommuner::is_fylke,
+                rules::FYLKESNUMMER_UKJENT,
+                "fylkesnummer",
+                "Fylkesnummeret finst ikkje i fylkeslista for 2024",
+            ),
+        ];
+        for (value, ok, rule, field, message) in codes {
+            if let Some(v) = value.filter(|v| !ok(v)) {
+                let sev = c.report(&s.r, rule, Some(field), Some(v.to_string()), message);
                 if sev == Severity::Drop {
                     return false;
                 }
