@@ -782,7 +782,12 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
     let loaded = async {
         load_current(&session, &schema::ELEV, &mut elev.engine, &rebuilt).await?;
         load_current(&session, &schema::SKOLE, &mut skole.engine, &rebuilt).await?;
-        current_count(&session, "elev").await
+        // Without rebuilt sources, the current rows just loaded are all of them.
+        if rebuilt.is_empty() {
+            Ok(elev.engine.state.len())
+        } else {
+            current_count(&session, "elev").await
+        }
     }
     .await;
     // Every task is awaited before an error is returned.
