@@ -93,18 +93,6 @@ fn point(map: &mut FxHashMap<Arc<str>, u32>, key: &str, n: u32) -> Arc<str> {
     }
 }
 
-/// Points `key` at pupil `n` when it does not already lead there (no copy of the key).
-fn repoint(map: &mut FxHashMap<Arc<str>, u32>, key: &str, n: u32) -> bool {
-    match map.get_mut(key) {
-        Some(v) if *v == n => true,
-        Some(v) => {
-            *v = n;
-            true
-        }
-        None => false,
-    }
-}
-
 impl Identity {
     /// Loads `elev_id`, or on a first run after an upgrade, the identities in `elev`.
     pub async fn load(p: &crate::config::Pipeline, ctx: &SessionContext) -> Result<Identity> {
@@ -199,24 +187,17 @@ impl Identity {
         fnr: Option<&str>,
         seen: (i64, i64),
     ) -> bool {
+        let system_key = system_id.map(|s| point(&mut self.by_system[source as usize], s, n));
+        let fnr_key = fnr.map(|f| point(&mut self.by_fnr, f, n));
+        // Most often the pupil's first (only) fact.
         let idx = n as usize;
-        // Most often the pupil's first (only) fact, with both keys leading here already.
         if let Some(f) = self
             .facts
             .get_mut(idx)
             .filter(|f| f.is(source, system_id, fnr))
         {
-            let widened = f.widen(seen);
-            if let Some(s) = system_id {
-                repoint(&mut self.by_system[source as usize], s, n);
-            }
-            if let Some(x) = fnr {
-                repoint(&mut self.by_fnr, x, n);
-            }
-            return widened;
+            return f.widen(seen);
         }
-        let system_key = system_id.map(|s| point(&mut self.by_system[source as usize], s, n));
-        let fnr_key = fnr.map(|f| point(&mut self.by_fnr, f, n));
         let fact = Fact {
             source,
             system_id: system_key,
