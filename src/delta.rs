@@ -169,12 +169,18 @@ pub async fn write(
         .collect::<Result<Vec<_>>>()?;
     // Appends and whole-table overwrites do not depend on what they read, so a commit that lost
     // a race with another run is simply made again on top of the winner. The files are written
-    // once; only the commit is made again.
+    // once; only the commit is made again. An overwrite claims the table: two overwrites from
+    // one version (say, of a table just created, with no file to remove) would otherwise both
+    // land, the second adding its rows to the first's instead of replacing them.
     let mut table = open_or_create(p, t).await?;
     let adds = write_files(&table, t, batches).await?;
     let mut attempt = 0;
     loop {
-        match commit_files(&table, adds.clone(), mode, commit_props(run_id, stage)).await {
+        let mut props = commit_props(run_id, stage);
+        if mode == SaveMode::Overwrite {
+            props = props.with_application_transaction(claim(t, table.version().unwrap_or(0)));
+        }
+        match commit_files(&table, adds.clone(), mode, props).await {
             Ok(v) => return Ok(Some(v)),
             Err(e) if attempt < 5 && is_conflict(&e) => {
                 attempt += 1;

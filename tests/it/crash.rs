@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::common::{count, rows, sample, warehouse};
 use crate::scenarios::{ef, elev};
+use deltalake::protocol::SaveMode;
 
 fn bergen_run(w: &str) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_elevflyt"));
@@ -184,5 +185,43 @@ async fn two_runs_at_once_never_duplicate_or_lose_a_version() {
                 e.len()
             );
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_overwrites_at_once_leave_one() {
+    use arrow::array::{RecordBatch, StringArray, TimestampMicrosecondArray};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let w = warehouse(&dir);
+    let p = sample("bergen.toml", &w);
+    let t = &elevflyt::schema::ELEV_ID;
+    let batch = |who: &str| {
+        let seen = || Arc::new(TimestampMicrosecondArray::from(vec![0i64; 3]).with_timezone("UTC"));
+        RecordBatch::try_new(
+            t.arrow_schema(),
+            vec![
+                Arc::new(StringArray::from(vec![who; 3])),
+                Arc::new(StringArray::from(vec!["vigilo"; 3])),
+                Arc::new(StringArray::from(vec![Some("s"); 3])),
+                Arc::new(StringArray::from(vec![None::<&str>; 3])),
+                seen(),
+                seen(),
+            ],
+        )
+        .unwrap()
+    };
+    // Two overwrites from the same version (the first round: a table just created, nothing to
+    // remove) must not both land: the one committed last replaces the other.
+    for round in 0..4 {
+        let (a, b) = tokio::join!(
+            elevflyt::delta::write(&p, t, vec![batch("a")], SaveMode::Overwrite, "a", "publish"),
+            elevflyt::delta::write(&p, t, vec![batch("b")], SaveMode::Overwrite, "b", "publish"),
+        );
+        a.unwrap();
+        b.unwrap();
+        let got = rows(&p, "SELECT id, count(*) FROM elev_id GROUP BY id").await;
+        assert_eq!(got.len(), 1, "round {round}: {got:?}");
+        assert_eq!(got[0][1], "3", "round {round}: {got:?}");
     }
 }
