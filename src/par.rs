@@ -50,11 +50,17 @@ pub fn both<A: Send, B>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> 
     })
 }
 
+/// How `n` items are split for per-row work: (parts, items per part), one part per core with
+/// at least 50,000 items each (fewer rows are not worth a thread).
+fn split(n: usize) -> (usize, usize) {
+    let parts = cores().min(n.div_ceil(50_000)).max(1);
+    (parts, n.div_ceil(parts).max(1))
+}
+
 /// `f` over consecutive ranges of `0..n`, one per core, concatenated in order. For per-row work
 /// on large columns.
 pub fn chunks<R: Send>(n: usize, f: impl Fn(Range<usize>) -> Vec<R> + Sync) -> Vec<R> {
-    let parts = cores().min(n.div_ceil(50_000)).max(1);
-    let size = n.div_ceil(parts);
+    let (parts, size) = split(n);
     let ranges: Vec<Range<usize>> = (0..parts)
         .map(|p| p * size..((p + 1) * size).min(n))
         .collect();
@@ -64,14 +70,13 @@ pub fn chunks<R: Send>(n: usize, f: impl Fn(Range<usize>) -> Vec<R> + Sync) -> V
         .collect()
 }
 
-/// `f` over consecutive parts of `items`, one per core (at least 50,000 items each), given each
-/// part's first index and the part to change; results in order.
+/// `f` over consecutive parts of `items` (split as `chunks` splits), given each part's first
+/// index and the part to change; results in order.
 pub fn parts_mut<T: Send, R: Send>(
     items: &mut [T],
     f: impl Fn(usize, &mut [T]) -> R + Sync,
 ) -> Vec<R> {
-    let parts = cores().min(items.len().div_ceil(50_000)).max(1);
-    let size = items.len().div_ceil(parts).max(1);
+    let (parts, size) = split(items.len());
     if parts == 1 {
         return vec![f(0, items)];
     }

@@ -222,7 +222,7 @@ async fn ingest_source_once(
         ctx.as_of_override.or_else(|| asof::from_file_name(&f.name))
     };
     // Files read before, unchanged by name, size and modification time, are not read again.
-    let (files, unchanged): (Vec<&crate::storage::SourceFile>, Vec<_>) =
+    let (mut files, unchanged): (Vec<&crate::storage::SourceFile>, Vec<_>) =
         files.iter().partition(|f| {
             !known.digest_of(f).is_some_and(|sha| {
                 already_ingested(&known, sha, as_of_of(f).map(|t| t.timestamp_micros()))
@@ -232,7 +232,6 @@ async fn ingest_source_once(
     progress.inc(unchanged.len() as u64);
     // Largest first, so that the large files of a day are hashed at the same time rather than
     // one of them alone, and parsed largest first.
-    let mut files = files;
     files.sort_by_key(|f| std::cmp::Reverse(f.size));
     for chunk in files.chunks(crate::par::cores()) {
         let reads = futures::future::try_join_all(chunk.iter().map(|&f| async move {
