@@ -68,7 +68,7 @@ BENCH_SIZES ?= 100000 1000000
 
 bench: venv
 	$(CARGO) build --locked --release
-	$(VENV)/bin/python bench/bench.py $(RELEASE_DIR)/release/elevflyt $(abspath $(VENV))/bin/python $(BENCH_SIZES)
+	$(VENV)/bin/python bench/bench.py $(abspath $(RELEASE_DIR))/release/elevflyt $(abspath $(VENV))/bin/python $(BENCH_SIZES)
 
 # Regenerate the table reference in README.md from the schema definitions in src/schema.rs.
 docs: build
