@@ -208,7 +208,7 @@ pub async fn write_files(
     t: &Table,
     batches: Vec<RecordBatch>,
 ) -> Result<Vec<deltalake::kernel::Action>> {
-    use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+    use deltalake::writer::DeltaWriter;
     // No empty files.
     let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
     let rows = row_count(&batches);
@@ -218,8 +218,7 @@ pub async fn write_files(
     let parts = crate::par::cores().min(rows / ROWS_PER_PART).max(1);
     let mut tasks = tokio::task::JoinSet::new();
     for part in split_rows(batches, parts) {
-        let mut writer =
-            RecordBatchWriter::for_table(table)?.with_writer_properties(writer_properties(t));
+        let mut writer = file_writer(table, t)?;
         tasks.spawn(async move {
             for b in part {
                 writer.write(b).await?;
@@ -233,6 +232,13 @@ pub async fn write_files(
         adds.extend(part.into_iter().map(deltalake::kernel::Action::Add));
     }
     Ok(adds)
+}
+
+/// A writer of one new data file of the table (Parquet encoded as rows are written; the file is
+/// put in the table's folder by `flush`, and committed by the caller).
+pub fn file_writer(table: &DeltaTable, t: &Table) -> Result<deltalake::writer::RecordBatchWriter> {
+    Ok(deltalake::writer::RecordBatchWriter::for_table(table)?
+        .with_writer_properties(writer_properties(t)))
 }
 
 /// `batches` as `parts` runs of about equal row counts (slices, not copies), in order.
@@ -311,10 +317,16 @@ async fn commit_files(
 
 /// Parquet settings: snappy, as delta-rs writes by default. A record as delivered (raw `post`)
 /// is unique text that nobody filters on: no dictionary attempt and no min/max statistics.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+
 fn writer_properties(t: &Table) -> parquet::file::properties::WriterProperties {
     use parquet::file::properties::{EnabledStatistics, WriterProperties};
     use parquet::schema::types::ColumnPath;
-    let mut b = WriterProperties::builder().set_compression(parquet::basic::Compression::SNAPPY);
+    // Row groups of 128 Ki rows: a writer holds one row group encoded before it goes to the
+    // file, so a file of a million rows is not held whole in memory while it is written.
+    let mut b = WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
     if t.kind == crate::schema::Kind::Append && t.columns.iter().any(|c| c.name == "post") {
         let post = ColumnPath::from("post");
         b = b
@@ -391,6 +403,21 @@ pub async fn register(ctx: &SessionContext, name: &str, table: &DeltaTable) -> R
 /// Runs a query and collects the result.
 pub async fn query(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
     Ok(ctx.sql(sql).await?.collect().await?)
+}
+
+/// Runs a query and hands its batches to `f` one at a time, as they are read (the result is
+/// never held whole).
+pub async fn for_each_batch(
+    ctx: &SessionContext,
+    sql: &str,
+    mut f: impl FnMut(&RecordBatch) -> Result<()>,
+) -> Result<()> {
+    use futures::StreamExt;
+    let mut stream = ctx.sql(sql).await?.execute_stream().await?;
+    while let Some(b) = stream.next().await {
+        f(&b?)?;
+    }
+    Ok(())
 }
 
 /// Whether a table exists in the session.

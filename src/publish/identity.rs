@@ -112,10 +112,13 @@ impl Identity {
         };
         // Applied in order of first sighting (a later id takes over a shared number), sorted
         // here on (first_seen, position) rather than by the query.
+        // Each batch is dropped once its columns are taken (the reader's string views are
+        // copied into plain strings: holding both would double the map's text).
         let batches = crate::delta::query(ctx, sql).await?;
         let mut columns = Vec::with_capacity(batches.len());
         let mut order: Vec<(i64, u32, u32)> = Vec::new();
-        for (bi, b) in batches.iter().enumerate() {
+        for (bi, b) in batches.into_iter().enumerate() {
+            let b = &b;
             let first = crate::delta::micros(b, "first_seen")?;
             order.extend((0..b.num_rows()).map(|i| (first.value(i), bi as u32, i as u32)));
             columns.push((

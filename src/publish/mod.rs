@@ -189,13 +189,13 @@ async fn load_current(
         name = t.name,
         skip = not_in_sources(rebuilt),
     );
-    for b in crate::delta::query(ctx, &sql).await? {
-        let k = crate::delta::strings(&b, "k")?;
-        let h = crate::delta::strings(&b, "rad_hash")?;
-        let v = crate::delta::micros(&b, "valid_from")?;
-        let ks = crate::delta::strings(&b, "kildesystem")?;
-        let s = crate::delta::strings(&b, "s")?;
-        let p = crate::delta::strings(&b, "p")?;
+    crate::delta::for_each_batch(ctx, &sql, |b| {
+        let k = crate::delta::strings(b, "k")?;
+        let h = crate::delta::strings(b, "rad_hash")?;
+        let v = crate::delta::micros(b, "valid_from")?;
+        let ks = crate::delta::strings(b, "kildesystem")?;
+        let s = crate::delta::strings(b, "s")?;
+        let p = crate::delta::strings(b, "p")?;
         engine.state.reserve(b.num_rows());
         for i in 0..b.num_rows() {
             engine.load_current(
@@ -207,8 +207,9 @@ async fn load_current(
                 opt_str(&p, i),
             );
         }
-    }
-    Ok(())
+        Ok(())
+    })
+    .await
 }
 
 /// ` AND kildesystem NOT IN (...)` for a set of source names (validated lower-case identifiers).
@@ -706,6 +707,17 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
     let mut steps = crate::run::Steps::new("publish");
     let done = crate::standardize::published(ctx).await?;
     let data = staged_data(ctx, staged).await?;
+    let mb = |b: &[RecordBatch]| {
+        b.iter()
+            .map(RecordBatch::get_array_memory_size)
+            .sum::<usize>()
+            >> 20
+    };
+    tracing::debug!(
+        elev_mb = mb(&data.elev),
+        elevforhold_mb = mb(&data.elevforhold),
+        "staged rows in memory"
+    );
     steps.step("staged data");
     let staged_elev = StagedTable::new(&schema::ELEV, &data.elev)?;
     let staged_ef = StagedTable::new(&schema::ELEVFORHOLD, &data.elevforhold)?;

@@ -5,7 +5,9 @@
 //! Data Feed files a MERGE would write.
 //!
 //! Rows that stay current are written to files of their own, closed versions to others; so the
-//! next run reads and rewrites the current rows only, however long the history grows.
+//! next run reads and rewrites the current rows only, however long the history grows. Each file
+//! is streamed: decoded a batch at a time, its current rows encoded into the new file as they
+//! come, so memory holds a file's bytes and one batch, not the file decoded.
 //!
 //! Not here: deciding what to close (scd2.rs), rebuilt history with replaced or deleted
 //! versions (a Delta MERGE in mod.rs).
@@ -18,6 +20,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, AddCDCFile};
 use deltalake::protocol::{DeltaOperation, MergePredicate};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
 use object_store::ObjectStoreExt;
 use rustc_hash::FxHashMap;
@@ -39,21 +42,34 @@ pub struct Changes {
 struct Stored {
     remove: deltalake::kernel::Remove,
     path: object_store::path::Path,
+    /// Rows in the file (from its statistics; 0 when it has none).
+    rows: i64,
 }
 
-/// What became of one stored file.
-#[derive(Default)]
+/// What became of one stored file with current rows.
 struct Rewritten {
-    /// Rows that stay current, and closed versions (old ones and those closed now).
-    current: Vec<RecordBatch>,
+    stored: Stored,
+    /// The new file: the rows that stay current (and, for one file, the new current versions).
+    writer: RecordBatchWriter,
+    current: usize,
+    /// Whether the file changes: it holds a version to close or takes new versions.
+    changed: bool,
+    closed: Closed,
+}
+
+/// The closed versions found in stored files.
+#[derive(Default)]
+struct Closed {
+    /// Closed versions: those the files held already and those closed now.
     history: Vec<RecordBatch>,
     /// The versions closed now, before and after.
     before: Vec<RecordBatch>,
     after: Vec<RecordBatch>,
-    closed: usize,
-    /// The new versions.
-    inserts: Vec<RecordBatch>,
+    count: usize,
 }
+
+/// The stored current versions to close: key → (valid_from, new valid_to).
+type Closes = FxHashMap<String, (i64, i64)>;
 
 /// Commits `changes` on top of `read_version` of the table. `Ok(None)` when the table cannot be
 /// rewritten this way (deletion vectors, partitions): the caller merges instead.
@@ -71,57 +87,102 @@ pub async fn commit(
     };
     let files_scanned = stored.len();
     let schema = t.arrow_schema();
-    let closes: FxHashMap<&str, (i64, i64)> = changes
-        .closes
-        .iter()
-        .map(|(k, from, to)| (k.as_str(), (*from, *to)))
-        .collect();
-    let files = read_files(&table, &stored, &schema).await?;
-    let mut out = Rewritten::default();
-    let mut removes = Vec::new();
-    for (f, batches) in stored.into_iter().zip(files) {
-        if split_file(t, &batches, &closes, &mut out)? {
-            removes.push(Action::Remove(f.remove));
-        }
-    }
-    if out.closed != closes.len() {
-        return Err(Error::Other(format!(
-            "{}: {} of the {} current versions to close were not found in the table (was it \
-             changed by hand?); nothing was committed",
-            t.name,
-            closes.len() - out.closed,
-            closes.len()
-        )));
-    }
+    let to_close = changes.closes.len();
+    let closes: Arc<Closes> = Arc::new(
+        changes
+            .closes
+            .into_iter()
+            .map(|(k, from, to)| (k, (from, to)))
+            .collect(),
+    );
+    // The new versions: those still open join the rows that stay current, closed ones the
+    // history.
+    let (mut new_current, mut history, mut inserts) = (Vec::new(), Vec::new(), Vec::new());
     for b in changes.inserts {
         let b = crate::delta::conform(&b, &schema)?;
         let open = crate::delta::micros(&b, schema::VALID_TO)?;
         let is_open = BooleanArray::from_iter((0..b.num_rows()).map(|i| Some(open.is_null(i))));
-        out.current.push(filter_record_batch(&b, &is_open)?);
-        out.history
-            .push(filter_record_batch(&b, &arrow::compute::not(&is_open)?)?);
-        out.inserts.push(b);
+        new_current.push(filter_record_batch(&b, &is_open)?);
+        history.push(filter_record_batch(&b, &arrow::compute::not(&is_open)?)?);
+        inserts.push(b);
     }
-    let inserted: usize = out.inserts.iter().map(RecordBatch::num_rows).sum();
+    let inserted: usize = inserts.iter().map(RecordBatch::num_rows).sum();
+
+    // Each file with current rows is read on a task of its own, batch by batch, and the rows
+    // that stay current are encoded into its new file as they are decoded: a file is never
+    // held decoded as a whole. The new current versions go into the smallest file's new file,
+    // so the number of files of current rows stays the same from day to day.
+    let mut tasks = tokio::task::JoinSet::new();
+    let smallest = (0..stored.len()).min_by_key(|&i| stored[i].rows);
+    for (i, f) in stored.into_iter().enumerate() {
+        let extra = if Some(i) == smallest {
+            std::mem::take(&mut new_current)
+        } else {
+            Vec::new()
+        };
+        let writer = crate::delta::file_writer(&table, t)?;
+        let (store, closes, schema) = (table.object_store(), closes.clone(), schema.clone());
+        tasks.spawn(async move {
+            rewrite_file(t, store, f, writer, extra, &closes, &schema)
+                .await
+                .map(|r| (i, r))
+        });
+    }
+    let mut files: Vec<Option<Rewritten>> = (0..files_scanned).map(|_| None).collect();
+    let mut failed = None;
+    while let Some(done) = tasks.join_next().await {
+        match done.map_err(|e| Error::Other(format!("internal: rewriting a file: {e}"))) {
+            Ok(Ok((i, r))) => files[i] = Some(r),
+            Ok(Err(e)) | Err(e) => failed = failed.or(Some(e)),
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let (mut removes, mut writers, mut before, mut after) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut closed, mut current) = (0, 0);
+    // An unchanged file (nothing to close, no new versions) is left as it is: its copy and
+    // the closed versions it held are dropped unwritten.
+    for r in files.into_iter().flatten().filter(|r| r.changed) {
+        closed += r.closed.count;
+        history.extend(r.closed.history);
+        before.extend(r.closed.before);
+        after.extend(r.closed.after);
+        removes.push(Action::Remove(r.stored.remove));
+        writers.push(r.writer);
+        current += r.current;
+    }
+    if closed != to_close {
+        return Err(Error::Other(format!(
+            "{}: {} of the {} current versions to close were not found in the table (was it \
+             changed by hand?); nothing was committed",
+            t.name,
+            to_close - closed,
+            to_close
+        )));
+    }
     let rows = |b: &[RecordBatch]| b.iter().map(RecordBatch::num_rows).sum::<usize>();
-    let written = rows(&out.current) + rows(&out.history);
+    let written = current + rows(&new_current) + rows(&history);
     let mut actions = removes;
     let files_removed = actions.len();
-    actions.extend(crate::delta::write_files(&table, t, out.current).await?);
-    actions.extend(crate::delta::write_files(&table, t, out.history).await?);
+    actions.extend(finish(writers).await?);
+    // No file had current rows: the new current versions get files of their own.
+    actions.extend(crate::delta::write_files(&table, t, new_current).await?);
+    actions.extend(crate::delta::write_files(&table, t, history).await?);
     let files_added = actions.len() - files_removed;
     let changes = [
-        (out.before, "update_preimage"),
-        (out.after, "update_postimage"),
-        (out.inserts, "insert"),
+        (before, "update_preimage"),
+        (after, "update_postimage"),
+        (inserts, "insert"),
     ];
     actions.push(change_data(&table, &schema, &changes).await?);
     // The operation metrics a MERGE records, so that `history` reads the same either way.
     let metrics = MergeMetrics {
-        source_rows: closes.len() + inserted,
+        source_rows: to_close + inserted,
         inserted,
-        updated: out.closed,
-        copied: written - inserted - out.closed,
+        updated: closed,
+        copied: written - inserted - closed,
         written,
         files_scanned,
         files_skipped,
@@ -140,12 +201,27 @@ pub async fn commit(
     info!(
         table = t.name,
         inserted,
-        updated = out.closed,
+        updated = closed,
         files_removed,
         files_added,
         "closed and inserted versions"
     );
     Ok(Some(version))
+}
+
+/// Finishes the new files (the last rows encoded, the files put in the table's folder), on
+/// every core; their `add` actions.
+async fn finish(writers: Vec<RecordBatchWriter>) -> Result<Vec<Action>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut w in writers {
+        tasks.spawn(async move { w.flush().await });
+    }
+    let mut adds = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let files = done.map_err(|e| Error::Other(format!("internal: Parquet writer: {e}")))??;
+        adds.extend(files.into_iter().map(Action::Add));
+    }
+    Ok(adds)
 }
 
 /// What a delta-rs MERGE reports in `operationMetrics`.
@@ -180,33 +256,6 @@ impl MergeMetrics {
     }
 }
 
-/// The rows of the given files, fetched and decoded on every core, in the files' order.
-async fn read_files(
-    table: &DeltaTable,
-    stored: &[Stored],
-    schema: &SchemaRef,
-) -> Result<Vec<Vec<RecordBatch>>> {
-    let store = table.object_store();
-    let mut reads = tokio::task::JoinSet::new();
-    for (i, f) in stored.iter().enumerate() {
-        let (store, path, schema) = (store.clone(), f.path.clone(), schema.clone());
-        reads.spawn(async move {
-            let bytes = store.get(&path).await?.bytes().await?;
-            let batches = tokio::task::spawn_blocking(move || read_parquet(bytes, &schema))
-                .await
-                .map_err(|e| Error::Other(format!("internal: reading a file: {e}")))??;
-            Ok::<_, Error>((i, batches))
-        });
-    }
-    let mut files: Vec<Vec<RecordBatch>> = vec![Vec::new(); stored.len()];
-    while let Some(done) = reads.join_next().await {
-        let (i, batches) =
-            done.map_err(|e| Error::Other(format!("internal: reading a file: {e}")))??;
-        files[i] = batches;
-    }
-    Ok(files)
-}
-
 /// The files of the loaded version that may hold current rows (their statistics do not say
 /// `valid_to` is never null), and how many files do not. `None` when a file has a deletion
 /// vector or the table is partitioned (the Change Data Feed file would need partition values).
@@ -221,9 +270,11 @@ async fn files_with_current_rows(table: &DeltaTable) -> Result<Option<(Vec<Store
         if f.deletion_vector_descriptor().is_some() {
             return Ok(None);
         }
-        let open_rows = f
+        let stats = f
             .stats()
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+        let open_rows = stats
+            .as_ref()
             .and_then(|s| s["nullCount"][schema::VALID_TO].as_i64());
         if open_rows == Some(0) {
             skipped += 1;
@@ -232,80 +283,111 @@ async fn files_with_current_rows(table: &DeltaTable) -> Result<Option<(Vec<Store
         out.push(Stored {
             remove: f.remove_action(true),
             path: f.object_store_path(),
+            rows: stats
+                .and_then(|s| s["numRecords"].as_i64())
+                .unwrap_or_default(),
         });
     }
     Ok(Some((out, skipped)))
 }
 
-fn read_parquet(bytes: bytes::Bytes, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
+/// Reads one stored file batch by batch, writing the rows that stay current to `writer` (and
+/// then `extra`, the new current versions it takes) and keeping the closed versions.
+async fn rewrite_file(
+    t: &Table,
+    store: Arc<dyn object_store::ObjectStore>,
+    stored: Stored,
+    mut writer: RecordBatchWriter,
+    extra: Vec<RecordBatch>,
+    closes: &Closes,
+    schema: &SchemaRef,
+) -> Result<Rewritten> {
+    let bytes = store.get(&stored.path).await?.bytes().await?;
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?
         .with_batch_size(64 * 1024)
         .build()?;
-    reader.map(|b| crate::delta::conform(&b?, schema)).collect()
+    let mut closed = Closed::default();
+    let mut current = 0;
+    for b in reader {
+        let b = crate::delta::conform(&b?, schema)?;
+        let stays = split_batch(t, &b, closes, &mut closed)?;
+        if stays.num_rows() > 0 {
+            current += stays.num_rows();
+            writer.write(stays).await?;
+        }
+    }
+    let changed = closed.count > 0 || extra.iter().any(|b| b.num_rows() > 0);
+    for b in extra.into_iter().filter(|b| b.num_rows() > 0) {
+        current += b.num_rows();
+        writer.write(b).await?;
+    }
+    Ok(Rewritten {
+        stored,
+        writer,
+        current,
+        changed,
+        closed,
+    })
 }
 
-/// Splits the rows of one stored file into `out`; returns whether the file changes (has a
-/// version to close). An unchanged file is left as it is.
-fn split_file(
+/// Splits one batch of a stored file: returns the rows that stay current; the rows already
+/// closed and the versions closed now (before and after) go to `out`.
+fn split_batch(
     t: &Table,
-    batches: &[RecordBatch],
-    closes: &FxHashMap<&str, (i64, i64)>,
-    out: &mut Rewritten,
-) -> Result<bool> {
-    // Per batch: its `is_current` and the rows (with their new valid_to) to close.
-    let mut found = Vec::with_capacity(batches.len());
-    for b in batches {
-        let keys = crate::delta::text(b, t.key)?;
-        let from = crate::delta::micros(b, schema::VALID_FROM)?;
-        let current = bools(b, schema::IS_CURRENT)?;
-        let mut rows: Vec<(u32, i64)> = Vec::new();
-        for i in 0..b.num_rows() {
-            if !current.value(i) {
-                continue;
-            }
-            if let Some((f, to)) = closes.get(keys.value(i)) {
-                if *f == from.value(i) {
-                    rows.push((i as u32, *to));
-                }
+    b: &RecordBatch,
+    closes: &Closes,
+    out: &mut Closed,
+) -> Result<RecordBatch> {
+    let keys = crate::delta::text(b, t.key)?;
+    let from = crate::delta::micros(b, schema::VALID_FROM)?;
+    let current = bools(b, schema::IS_CURRENT)?;
+    let mut rows: Vec<(u32, i64)> = Vec::new();
+    for i in 0..b.num_rows() {
+        if !current.value(i) {
+            continue;
+        }
+        if let Some((f, to)) = closes.get(keys.value(i)) {
+            if *f == from.value(i) {
+                rows.push((i as u32, *to));
             }
         }
-        found.push((current, rows));
     }
-    if found.iter().all(|(_, rows)| rows.is_empty()) {
-        return Ok(false);
+    if current.true_count() < b.num_rows() {
+        out.history
+            .push(filter_record_batch(b, &arrow::compute::not(&current)?)?);
     }
-    for (b, (current, rows)) in batches.iter().zip(found) {
-        let mut closing = vec![false; b.num_rows()];
-        for (i, _) in &rows {
-            closing[*i as usize] = true;
-        }
-        let stays_current = BooleanArray::from_iter(
-            (0..b.num_rows()).map(|i| Some(current.value(i) && !closing[i])),
-        );
-        let was_history =
-            BooleanArray::from_iter((0..b.num_rows()).map(|i| Some(!current.value(i))));
-        out.current.push(filter_record_batch(b, &stays_current)?);
-        out.history.push(filter_record_batch(b, &was_history)?);
-        let before = take_record_batch(
-            b,
-            &UInt32Array::from_iter_values(rows.iter().map(|(i, _)| *i)),
-        )?;
-        let n = rows.len();
-        let after = super::replace_column(
-            &super::replace_column(
-                &before,
-                schema::VALID_TO,
-                super::ts(rows.iter().map(|(_, to)| Some(*to))),
-            )?,
-            schema::IS_CURRENT,
-            Arc::new(BooleanArray::from(vec![false; n])),
-        )?;
-        out.history.push(after.clone());
-        out.before.push(before);
-        out.after.push(after);
-        out.closed += n;
+    if rows.is_empty() {
+        return Ok(if current.true_count() == b.num_rows() {
+            b.clone()
+        } else {
+            filter_record_batch(b, &current)?
+        });
     }
-    Ok(true)
+    let mut closing = vec![false; b.num_rows()];
+    for (i, _) in &rows {
+        closing[*i as usize] = true;
+    }
+    let stays_current =
+        BooleanArray::from_iter((0..b.num_rows()).map(|i| Some(current.value(i) && !closing[i])));
+    let before = take_record_batch(
+        b,
+        &UInt32Array::from_iter_values(rows.iter().map(|(i, _)| *i)),
+    )?;
+    let n = rows.len();
+    let after = super::replace_column(
+        &super::replace_column(
+            &before,
+            schema::VALID_TO,
+            super::ts(rows.iter().map(|(_, to)| Some(*to))),
+        )?,
+        schema::IS_CURRENT,
+        Arc::new(BooleanArray::from(vec![false; n])),
+    )?;
+    out.history.push(after.clone());
+    out.before.push(before);
+    out.after.push(after);
+    out.count += n;
+    Ok(filter_record_batch(b, &stays_current)?)
 }
 
 fn bools(b: &RecordBatch, name: &str) -> Result<BooleanArray> {
@@ -386,4 +468,108 @@ async fn commit_actions(
         .await
         .map_err(|e| super::concurrent_hint(t.name, e))?;
     Ok(done.version() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, TimestampMicrosecondArray};
+
+    /// A batch of `elev` with the given (key, valid_from, valid_to) rows; other columns filled
+    /// with placeholders.
+    fn elev_rows(rows: &[(&str, i64, Option<i64>)]) -> RecordBatch {
+        let schema = schema::ELEV.arrow_schema();
+        let n = rows.len();
+        let ts = |v: Vec<Option<i64>>| -> ArrayRef {
+            Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"))
+        };
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| match f.name().as_str() {
+                "id" => {
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef
+                }
+                schema::VALID_FROM => ts(rows.iter().map(|r| Some(r.1)).collect()),
+                schema::VALID_TO => ts(rows.iter().map(|r| r.2).collect()),
+                schema::IS_CURRENT => Arc::new(BooleanArray::from_iter(
+                    rows.iter().map(|r| Some(r.2.is_none())),
+                )),
+                _ if f.is_nullable() => arrow::array::new_null_array(f.data_type(), n),
+                _ if f.data_type() == &DataType::Utf8 => Arc::new(StringArray::from(vec!["x"; n])),
+                _ => {
+                    arrow::compute::cast(&arrow::array::Int64Array::from(vec![0; n]), f.data_type())
+                        .unwrap()
+                }
+            })
+            .collect();
+        RecordBatch::try_new(schema, columns).unwrap()
+    }
+
+    fn keys(b: &[RecordBatch]) -> Vec<(String, Option<i64>)> {
+        b.iter()
+            .flat_map(|b| {
+                let k = crate::delta::text(b, "id").unwrap();
+                let to = crate::delta::micros(b, schema::VALID_TO).unwrap();
+                (0..b.num_rows())
+                    .map(|i| {
+                        (
+                            k.value(i).to_string(),
+                            (!to.is_null(i)).then(|| to.value(i)),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_splits_into_rows_that_stay_current_history_and_closed_versions() {
+        let b = elev_rows(&[
+            ("a", 10, None),
+            ("b", 10, Some(20)),
+            ("b", 20, None),
+            ("c", 10, None),
+            // A version to close whose valid_from does not match stays current.
+            ("d", 15, None),
+        ]);
+        let closes: Closes = [
+            ("b".to_string(), (20, 30)),
+            ("c".to_string(), (10, 30)),
+            ("d".to_string(), (10, 30)),
+        ]
+        .into_iter()
+        .collect();
+        let mut closed = Closed::default();
+        let stays = split_batch(&schema::ELEV, &b, &closes, &mut closed).unwrap();
+        assert_eq!(keys(&[stays]), [("a".into(), None), ("d".into(), None)]);
+        assert_eq!(closed.count, 2);
+        assert_eq!(
+            keys(&closed.before),
+            [("b".into(), None), ("c".into(), None)]
+        );
+        assert_eq!(
+            keys(&closed.after),
+            [("b".into(), Some(30)), ("c".into(), Some(30))]
+        );
+        // The version closed earlier and the two closed now.
+        assert_eq!(
+            keys(&closed.history),
+            [
+                ("b".into(), Some(20)),
+                ("b".into(), Some(30)),
+                ("c".into(), Some(30))
+            ]
+        );
+        let after_current = bools(&closed.after[0], schema::IS_CURRENT).unwrap();
+        assert_eq!(after_current.true_count(), 0);
+
+        // A batch with nothing to close passes through whole.
+        let mut none = Closed::default();
+        let b = elev_rows(&[("e", 10, None), ("f", 10, None)]);
+        let stays = split_batch(&schema::ELEV, &b, &closes, &mut none).unwrap();
+        assert_eq!(stays.num_rows(), 2);
+        assert_eq!(none.count, 0);
+        assert!(none.history.is_empty() && none.before.is_empty());
+    }
 }

@@ -629,3 +629,61 @@ async fn a_daily_run_rewrites_only_the_files_with_current_rows() {
         "{metrics}"
     );
 }
+
+/// A file of current rows with nothing to close is left as it is, closed versions and all: a
+/// first load of two snapshots appends one file holding b's closed and current versions; a
+/// later pupil c gets a file of its own; when c changes, only c's file is rewritten and b's
+/// closed version is not written a second time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_with_nothing_to_close_keeps_its_closed_versions_once() {
+    let (dir, src) = setup();
+    let pl = or_pipeline(dir.path(), &src);
+    let (a, b, c) = (tenor(1, false), tenor(2, false), tenor(3, false));
+    oneroster(
+        &src,
+        "2026-01-10",
+        &[
+            p("a", &a, "Aa", "46591", "5A"),
+            p("b", &b, "Bb", "46591", "5A"),
+        ],
+    );
+    oneroster(
+        &src,
+        "2026-01-11",
+        &[
+            p("a", &a, "Aa", "46591", "5A"),
+            p("b", &b, "Bc", "46591", "5A"),
+        ],
+    );
+    load(&pl).await;
+    for (date, c_name) in [("2026-01-12", "Cc"), ("2026-01-13", "Cd")] {
+        oneroster(
+            &src,
+            date,
+            &[
+                p("a", &a, "Aa", "46591", "5A"),
+                p("b", &b, "Bc", "46591", "5A"),
+                p("c", &c, c_name, "46591", "5A"),
+            ],
+        );
+        load(&pl).await;
+    }
+    assert_eq!(
+        elev(&pl).await,
+        t(&[
+            &["a", "Aa", "2026-01-10", ""],
+            &["b", "Bb", "2026-01-10", "2026-01-11"],
+            &["b", "Bc", "2026-01-11", ""],
+            &["c", "Cc", "2026-01-12", "2026-01-13"],
+            &["c", "Cd", "2026-01-13", ""],
+        ])
+    );
+    let (layout, metrics) = file_layout(&pl, "elev").await;
+    assert_eq!(metrics["num_target_rows_updated"], 1, "{metrics}");
+    assert_eq!(metrics["num_target_files_scanned"], 2, "{metrics}");
+    assert_eq!(metrics["num_target_files_removed"], 1, "{metrics}");
+    assert!(
+        layout.contains(&(3, 2)),
+        "the first load's file (a, b closed, b) is still there: {layout:?}"
+    );
+}
