@@ -315,15 +315,16 @@ async fn commit_files(
     Ok(done.version() as i64)
 }
 
-/// Parquet settings: snappy, as delta-rs writes by default. A record as delivered (raw `post`)
-/// is unique text that nobody filters on: no dictionary attempt and no min/max statistics.
+/// Rows per Parquet row group: a writer holds one row group encoded before it goes to the
+/// file, so a file of a million rows is not held whole in memory while it is written.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 
+/// Parquet settings: snappy, as delta-rs writes by default, and row groups of `ROW_GROUP_ROWS`.
+/// A record as delivered (raw `post`) is unique text that nobody filters on: no dictionary
+/// attempt and no min/max statistics.
 fn writer_properties(t: &Table) -> parquet::file::properties::WriterProperties {
     use parquet::file::properties::{EnabledStatistics, WriterProperties};
     use parquet::schema::types::ColumnPath;
-    // Row groups of 128 Ki rows: a writer holds one row group encoded before it goes to the
-    // file, so a file of a million rows is not held whole in memory while it is written.
     let mut b = WriterProperties::builder()
         .set_compression(parquet::basic::Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));

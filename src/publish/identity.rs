@@ -111,9 +111,8 @@ impl Identity {
             return Ok(id);
         };
         // Applied in order of first sighting (a later id takes over a shared number), sorted
-        // here on (first_seen, position) rather than by the query.
-        // Each batch is dropped once its columns are taken (the reader's string views are
-        // copied into plain strings: holding both would double the map's text).
+        // here on (first_seen, position) rather than by the query. Each batch is dropped once
+        // its columns are taken (they are copies when the reader gave string views).
         let batches = crate::delta::query(ctx, sql).await?;
         let mut columns = Vec::with_capacity(batches.len());
         let mut order: Vec<(i64, u32, u32)> = Vec::new();

@@ -108,43 +108,13 @@ pub async fn commit(
     }
     let inserted: usize = inserts.iter().map(RecordBatch::num_rows).sum();
 
-    // Each file with current rows is read on a task of its own, batch by batch, and the rows
-    // that stay current are encoded into its new file as they are decoded: a file is never
-    // held decoded as a whole. The new current versions go into the smallest file's new file,
-    // so the number of files of current rows stays the same from day to day.
-    let mut tasks = tokio::task::JoinSet::new();
-    let smallest = (0..stored.len()).min_by_key(|&i| stored[i].rows);
-    for (i, f) in stored.into_iter().enumerate() {
-        let extra = if Some(i) == smallest {
-            std::mem::take(&mut new_current)
-        } else {
-            Vec::new()
-        };
-        let writer = crate::delta::file_writer(&table, t)?;
-        let (store, closes, schema) = (table.object_store(), closes.clone(), schema.clone());
-        tasks.spawn(async move {
-            rewrite_file(t, store, f, writer, extra, &closes, &schema)
-                .await
-                .map(|r| (i, r))
-        });
-    }
-    let mut files: Vec<Option<Rewritten>> = (0..files_scanned).map(|_| None).collect();
-    let mut failed = None;
-    while let Some(done) = tasks.join_next().await {
-        match done.map_err(|e| Error::Other(format!("internal: rewriting a file: {e}"))) {
-            Ok(Ok((i, r))) => files[i] = Some(r),
-            Ok(Err(e)) | Err(e) => failed = failed.or(Some(e)),
-        }
-    }
-    if let Some(e) = failed {
-        return Err(e);
-    }
+    let files = rewrite_files(&table, t, stored, &mut new_current, &closes, &schema).await?;
     let (mut removes, mut writers, mut before, mut after) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut closed, mut current) = (0, 0);
     // An unchanged file (nothing to close, no new versions) is left as it is: its copy and
     // the closed versions it held are dropped unwritten.
-    for r in files.into_iter().flatten().filter(|r| r.changed) {
+    for r in files.into_iter().filter(|r| r.changed) {
         closed += r.closed.count;
         history.extend(r.closed.history);
         before.extend(r.closed.before);
@@ -207,6 +177,50 @@ pub async fn commit(
         "closed and inserted versions"
     );
     Ok(Some(version))
+}
+
+/// Reads every file with current rows on a task of its own, batch by batch, encoding the rows
+/// that stay current into its new file as they are decoded: a file is never held decoded as a
+/// whole. The new current versions (`new_current`, taken) go into the smallest file's new file,
+/// so the number of files of current rows stays the same from day to day.
+async fn rewrite_files(
+    table: &DeltaTable,
+    t: &'static Table,
+    stored: Vec<Stored>,
+    new_current: &mut Vec<RecordBatch>,
+    closes: &Arc<Closes>,
+    schema: &SchemaRef,
+) -> Result<Vec<Rewritten>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let smallest = (0..stored.len()).min_by_key(|&i| stored[i].rows);
+    let n = stored.len();
+    for (i, f) in stored.into_iter().enumerate() {
+        let extra = if Some(i) == smallest {
+            std::mem::take(new_current)
+        } else {
+            Vec::new()
+        };
+        let writer = crate::delta::file_writer(table, t)?;
+        let (store, closes, schema) = (table.object_store(), closes.clone(), schema.clone());
+        tasks.spawn(async move {
+            rewrite_file(t, store, f, writer, extra, &closes, &schema)
+                .await
+                .map(|r| (i, r))
+        });
+    }
+    // Every task is awaited before an error is returned.
+    let mut files: Vec<Option<Rewritten>> = (0..n).map(|_| None).collect();
+    let mut failed = None;
+    while let Some(done) = tasks.join_next().await {
+        match done.map_err(|e| Error::Other(format!("internal: rewriting a file: {e}"))) {
+            Ok(Ok((i, r))) => files[i] = Some(r),
+            Ok(Err(e)) | Err(e) => failed = failed.or(Some(e)),
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(files.into_iter().flatten().collect()),
+    }
 }
 
 /// Finishes the new files (the last rows encoded, the files put in the table's folder), on
