@@ -1026,6 +1026,14 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
             crate::run::crash_point(&format!("after-merge-{}", run.table.name));
         }
     }
+    // Committed: the staged rows are no longer needed. They are a few large Arrow buffers,
+    // cheap to free (unlike the engines' and the identity map's millions of small ones, left
+    // to the end), and `elev_id` and the county list reuse the memory.
+    for run in [&mut elev, &mut ef, &mut skole] {
+        run.batches = Vec::new();
+    }
+    drop((staged_elev, staged_ef, staged_skole));
+    drop((data.elev, data.elevforhold, data.skole));
     if ctx.dry_run {
         return Ok(out);
     }
@@ -1054,12 +1062,7 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
     out.metrics.extend(joined(metrics, "table metrics").await?);
     steps.step("metrics");
     // Millions of small allocations: freed on another thread while the run finishes.
-    crate::par::drop_aside((
-        identity,
-        [elev, ef, skole],
-        [staged_elev, staged_ef],
-        [data.elev, data.elevforhold],
-    ));
+    crate::par::drop_aside((identity, [elev, ef, skole]));
     Ok(out)
 }
 
