@@ -226,6 +226,16 @@ pub async fn write_files(
             writer.flush().await
         });
     }
+    added_files(tasks).await
+}
+
+/// Writers that finish new files of a table, each on a task of its own: the `add` actions of
+/// all the files they wrote.
+pub async fn added_files(
+    mut tasks: tokio::task::JoinSet<
+        std::result::Result<Vec<deltalake::kernel::Add>, deltalake::DeltaTableError>,
+    >,
+) -> Result<Vec<deltalake::kernel::Action>> {
     let mut adds = Vec::new();
     while let Some(done) = tasks.join_next().await {
         let part = done.map_err(|e| Error::Other(format!("internal: Parquet writer: {e}")))??;

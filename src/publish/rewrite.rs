@@ -230,12 +230,7 @@ async fn finish(writers: Vec<RecordBatchWriter>) -> Result<Vec<Action>> {
     for mut w in writers {
         tasks.spawn(async move { w.flush().await });
     }
-    let mut adds = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        let files = done.map_err(|e| Error::Other(format!("internal: Parquet writer: {e}")))??;
-        adds.extend(files.into_iter().map(Action::Add));
-    }
-    Ok(adds)
+    crate::delta::added_files(tasks).await
 }
 
 /// What a delta-rs MERGE reports in `operationMetrics`.
