@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::Pipeline;
+use crate::context::RunContext;
 use crate::error::{Error, Result};
-use crate::run::{RunContext, Stage};
+use crate::run::Stage;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -64,6 +65,11 @@ pub enum Command {
     Report(ReportArgs),
     /// Write synthetic exports (Tenor numbers, invented names) at any scale, deterministic by seed.
     Generate(GenerateArgs),
+    /// Check a pipeline file without touching storage: keys, kommunenummer, formats, globs, rule
+    /// settings, and that each location is a path or URL elevflyt can open. Exit 2 when it is
+    /// not valid.
+    #[command(after_help = "Example:\n  elevflyt validate pipelines/bergen.toml")]
+    Validate(PipelineArgs),
     /// List the quality rules with their default severity and what they check.
     Rules,
     /// Print the table reference (Markdown) generated from the schema definitions.
@@ -102,7 +108,7 @@ pub struct GenerateArgs {
     /// D-number → fødselsnummer).
     #[arg(long, default_value_t = 0.01)]
     pub churn: f64,
-    /// oneroster-json or vigo-csv.
+    /// Input format to write, by name (the formats are listed below).
     #[arg(long, default_value = "oneroster-json")]
     pub format: String,
     /// Seed: the same seed gives the same files.
@@ -232,8 +238,32 @@ fn init_logging(cli: &Cli) {
 }
 
 /// Entry point; returns the process exit code.
+/// The command line with what only the running program knows: the registered input formats.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let formats: String = crate::formats::REGISTRY
+        .iter()
+        .map(|f| format!("\n  {:<16} {}", f.name(), f.description()))
+        .collect();
+    let formats = format!("Input formats (`format = \"…\"` in a [[source]]):{formats}");
+    Cli::command()
+        .after_help(formats.clone())
+        .mut_subcommand("generate", |g| g.after_help(formats.clone()))
+        .mut_subcommand("validate", |v| {
+            let help = v
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            v.after_help(format!("{help}\n\n{formats}"))
+        })
+}
+
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    use clap::FromArgMatches;
+    let cli = match command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
@@ -267,7 +297,7 @@ fn context(args: &StageArgs) -> Result<RunContext> {
     let mut ctx = RunContext::new(pipeline);
     ctx.dry_run = args.dry_run;
     if let Some(t) = &args.as_of {
-        ctx.as_of_override = Some(crate::ingest::asof::parse_time(t).ok_or_else(|| {
+        ctx.as_of_override = Some(crate::formats::asof::parse_time(t).ok_or_else(|| {
             Error::Usage(format!("--as-of: cannot read `{t}` as a date or time (use 2026-01-15 or 2026-01-15T08:00:00Z)"))
         })?);
     }
@@ -291,6 +321,7 @@ async fn dispatch(cmd: Command) -> Result<()> {
             return print_batches(&batches, a.table.format);
         }
         Command::Check(a) => return check(a).await,
+        Command::Validate(a) => return validate(a),
         Command::Generate(a) => return generate(a),
         Command::Report(a) => {
             let p = Pipeline::load(&a.pipeline, a.warehouse.as_deref())?;
@@ -372,7 +403,7 @@ fn print_rules() {
 async fn sql(a: SqlArgs) -> Result<()> {
     let pipeline = Pipeline::load(&a.pipeline, a.warehouse.as_deref())?;
     let timestamp = match &a.timestamp {
-        Some(t) => Some(crate::ingest::asof::parse_time(t).ok_or_else(|| {
+        Some(t) => Some(crate::formats::asof::parse_time(t).ok_or_else(|| {
             Error::Usage(format!("--timestamp: cannot read `{t}` as a date or time"))
         })?),
         None => None,
@@ -396,13 +427,8 @@ fn generate(a: GenerateArgs) -> Result<()> {
             a.kommune
         )));
     };
-    let format: crate::config::Format = serde_json::from_value(serde_json::json!(a.format))
-        .map_err(|_| {
-            Error::Usage(format!(
-                "--format `{}`: use oneroster-json or vigo-csv",
-                a.format
-            ))
-        })?;
+    let format =
+        crate::formats::find(&a.format).map_err(|e| Error::Usage(format!("--format: {e}")))?;
     if !(0.0..=1.0).contains(&a.churn) {
         return Err(Error::Usage("--churn is a share between 0 and 1".into()));
     }
@@ -416,15 +442,39 @@ fn generate(a: GenerateArgs) -> Result<()> {
         seed: a.seed,
         start,
         interval_days: a.interval_days,
-        format,
     };
     let t = std::time::Instant::now();
-    let files = crate::generate::generate(&spec, &a.out)?;
+    let files = crate::generate::generate(&spec, &a.out, &|out, date, population| {
+        format.write_sample(out, date, population)
+    })?;
     eprintln!(
         "wrote {} files to {} in {:.1} s",
         files.len(),
         a.out.display(),
         t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `elevflyt validate`: the checks a run makes before it opens any storage.
+fn validate(a: PipelineArgs) -> Result<()> {
+    let p = Pipeline::load(&a.pipeline, a.warehouse.as_deref())?;
+    for s in &p.file.sources {
+        p.source_location(s)?;
+    }
+    let sources: Vec<String> = p
+        .file
+        .sources
+        .iter()
+        .map(|s| format!("{} ({})", s.name, s.format))
+        .collect();
+    println!(
+        "ok: {} is valid: pipeline `{}`, kommune {}, tables under {}, sources: {}",
+        a.pipeline.display(),
+        p.name(),
+        p.kommunenummer(),
+        p.table_url("").as_str().trim_end_matches('/'),
+        sources.join(", ")
     );
     Ok(())
 }

@@ -3,12 +3,12 @@
 //! Validation here touches nothing outside the file itself, so a file can be checked without
 //! opening any storage. Credentials never live in this file.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+pub use crate::quality::QualityConfig;
 use crate::quality::Severity;
 
 /// A whole pipeline file.
@@ -39,31 +39,14 @@ pub struct PipelineSection {
     pub schema: String,
 }
 
-/// Input formats. Each is one module under `ingest/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Format {
-    OnerosterJson,
-    VigoCsv,
-}
-
-impl Format {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::OnerosterJson => "oneroster-json",
-            Format::VigoCsv => "vigo-csv",
-        }
-    }
-}
-
 /// `[[source]]`: one set of exports.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Name of the source; becomes `kildesystem` and the suffix of `raw_<name>`.
     pub name: String,
-    /// `oneroster-json` or `vigo-csv`.
-    pub format: Format,
+    /// The input format, by its registered name (`elevflyt validate` lists them).
+    pub format: String,
     /// Folder with the exports: a path (relative to the pipeline file) or a URL.
     pub location: String,
     /// File name globs to read (default: every file).
@@ -71,34 +54,10 @@ pub struct SourceConfig {
     pub include: Vec<String>,
 }
 
-/// `[quality]`: rule settings.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct QualityConfig {
-    /// Accept synthetic test numbers (Tenor month+80, NAV month+40). Test environments only.
-    #[serde(default)]
-    pub allow_synthetic_fnr: bool,
-    /// Repair a 10-digit fødselsnummer by adding the lost leading zero, when the result is valid.
-    #[serde(default)]
-    pub repair_leading_zero: bool,
-    /// Rule overrides: `rule_name = "warn" | "drop" | "fail"`, or for rules with a threshold
-    /// `rule_name = { alvorsgrad = "fail", terskel = 0.05 }`.
-    #[serde(flatten)]
-    pub overrides: BTreeMap<String, toml::Value>,
-}
-
-impl QualityConfig {
-    /// The severity configured for a rule, if overridden.
-    pub fn severity_override(&self, rule: &str) -> Option<Severity> {
-        let v = self.overrides.get(rule)?;
-        v.as_str()
-            .or_else(|| v.get("alvorsgrad").and_then(|a| a.as_str()))
-            .and_then(|s| s.parse().ok())
-    }
-
-    /// The threshold configured for a rule, if any.
-    pub fn threshold_override(&self, rule: &str) -> Option<f64> {
-        let t = self.overrides.get(rule)?.get("terskel")?;
-        t.as_float().or_else(|| t.as_integer().map(|i| i as f64))
+impl SourceConfig {
+    /// The input format this source names, from the registry (checked when the file is loaded).
+    pub fn format(&self) -> Result<&'static dyn crate::formats::Format> {
+        crate::formats::find(&self.format).map_err(Error::Usage)
     }
 }
 
@@ -227,6 +186,7 @@ impl PipelineFile {
                     s.name
                 ));
             }
+            crate::formats::find(&s.format).map_err(|e| format!("source `{}`: {e}", s.name))?;
             if !seen.insert(&s.name) {
                 return Err(format!("[[source]] name `{}` is used twice", s.name));
             }

@@ -99,7 +99,7 @@ pub async fn open_or_create(p: &Pipeline, t: &Table) -> Result<DeltaTable> {
         .await;
     match created {
         Ok(t) => {
-            crate::run::crash_point(&format!("after-create-{}", t_name(&url)));
+            crate::context::crash_point(&format!("after-create-{}", t_name(&url)));
             Ok(t)
         }
         // Another run created it between our check and our create: open theirs.
@@ -139,7 +139,7 @@ pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     for f in schema.fields() {
         let c = batch
             .column_by_name(f.name())
-            .ok_or_else(|| Error::Other(format!("internal: batch lacks column `{}`", f.name())))?;
+            .ok_or_else(|| Error::Internal(format!("batch lacks column `{}`", f.name())))?;
         cols.push(if c.data_type() == f.data_type() {
             c.clone()
         } else {
@@ -174,27 +174,18 @@ pub async fn write(
     // land, the second adding its rows to the first's instead of replacing them.
     let mut table = open_or_create(p, t).await?;
     let adds = write_files(&table, t, batches).await?;
-    let mut attempt = 0;
-    loop {
+    let version = crate::context::retry_on_conflict(t.name, is_conflict, async |attempt| {
+        if attempt > 0 {
+            table.update_state().await?;
+        }
         let mut props = commit_props(run_id, stage);
         if mode == SaveMode::Overwrite {
             props = props.with_application_transaction(claim(t, table.version().unwrap_or(0)));
         }
-        match commit_files(&table, adds.clone(), mode, props).await {
-            Ok(v) => return Ok(Some(v)),
-            Err(e) if attempt < 5 && is_conflict(&e) => {
-                attempt += 1;
-                tracing::warn!(
-                    table = t.name,
-                    attempt,
-                    "another run committed at the same time; committing again"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
-                table.update_state().await?;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+        commit_files(&table, adds.clone(), mode, props).await
+    })
+    .await?;
+    Ok(Some(version))
 }
 
 /// Rows per Parquet file below which a write is not split over cores.
@@ -238,7 +229,7 @@ pub async fn added_files(
 ) -> Result<Vec<deltalake::kernel::Action>> {
     let mut adds = Vec::new();
     while let Some(done) = tasks.join_next().await {
-        let part = done.map_err(|e| Error::Other(format!("internal: Parquet writer: {e}")))??;
+        let part = done.map_err(|e| Error::Internal(format!("Parquet writer: {e}")))??;
         adds.extend(part.into_iter().map(deltalake::kernel::Action::Add));
     }
     Ok(adds)
@@ -357,7 +348,7 @@ pub async fn write_claimed(
     read_version: u64,
     run_id: &str,
     stage: &str,
-) -> Result<Option<i64>> {
+) -> Result<(Option<i64>, usize)> {
     let schema = t.arrow_schema();
     let batches = batches
         .iter()
@@ -368,27 +359,31 @@ pub async fn write_claimed(
     table.load_version(read_version).await?;
     let claim = claim(t, table.version().unwrap_or(0));
     let adds = write_files(&table, t, batches).await?;
+    let files = adds.len();
     let props = commit_props(run_id, stage).with_application_transaction(claim);
     match commit_files(&table, adds, SaveMode::Append, props).await {
-        Ok(v) => Ok(Some(v)),
+        Ok(v) => Ok((Some(v), files)),
         Err(e) if is_conflict(&e) => Err(Error::Conflict(t.name.to_string())),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Whether an error is a lost commit race with another writer.
+/// Whether an error is a lost commit race with another writer: the version was taken, the
+/// conflict checker found a conflicting commit, or a table's first commit was already written.
 pub fn is_conflict(e: &deltalake::DeltaTableError) -> bool {
-    let text = e.to_string();
-    matches!(e, deltalake::DeltaTableError::VersionAlreadyExists(_))
-        || [
-            "Transaction failed",
-            "onflict",
-            "oncurrent",
-            "already exists",
-            "Metadata changed",
-        ]
-        .iter()
-        .any(|needle| text.contains(needle))
+    use deltalake::kernel::transaction::TransactionError as T;
+    use deltalake::DeltaTableError as E;
+    let taken = |s: &object_store::Error| matches!(s, object_store::Error::AlreadyExists { .. });
+    match e {
+        E::VersionAlreadyExists(_) => true,
+        E::ObjectStore { source } => taken(source),
+        E::Transaction { source } => match source {
+            T::VersionAlreadyExists(_) | T::CommitConflict(_) | T::MaxCommitAttempts(_) => true,
+            T::ObjectStore { source } => taken(source),
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// A DataFusion session with the given tables of the pipeline registered under their names.
@@ -451,12 +446,12 @@ pub fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch
 pub fn strings(batch: &RecordBatch, name: &str) -> Result<arrow::array::StringArray> {
     let c = batch
         .column_by_name(name)
-        .ok_or_else(|| Error::Other(format!("internal: column `{name}` missing")))?;
+        .ok_or_else(|| Error::Internal(format!("column `{name}` missing")))?;
     let c = cast(c, &arrow::datatypes::DataType::Utf8)?;
     c.as_any()
         .downcast_ref::<arrow::array::StringArray>()
         .cloned()
-        .ok_or_else(|| Error::Other(format!("internal: column `{name}` is not text")))
+        .ok_or_else(|| Error::Internal(format!("column `{name}` is not text")))
 }
 
 /// A text column read without copying, whichever string layout the reader produced
@@ -489,7 +484,7 @@ impl TextCol {
 pub fn text(batch: &RecordBatch, name: &str) -> Result<TextCol> {
     let c = batch
         .column_by_name(name)
-        .ok_or_else(|| Error::Other(format!("internal: column `{name}` missing")))?;
+        .ok_or_else(|| Error::Internal(format!("column `{name}` missing")))?;
     if let Some(v) = c.as_any().downcast_ref::<arrow::array::StringViewArray>() {
         return Ok(TextCol::View(v.clone()));
     }
@@ -500,7 +495,7 @@ pub fn text(batch: &RecordBatch, name: &str) -> Result<TextCol> {
 pub fn micros(batch: &RecordBatch, name: &str) -> Result<arrow::array::TimestampMicrosecondArray> {
     let c = batch
         .column_by_name(name)
-        .ok_or_else(|| Error::Other(format!("internal: column `{name}` missing")))?;
+        .ok_or_else(|| Error::Internal(format!("column `{name}` missing")))?;
     let c = cast(
         c,
         &arrow::datatypes::DataType::Timestamp(
@@ -511,7 +506,7 @@ pub fn micros(batch: &RecordBatch, name: &str) -> Result<arrow::array::Timestamp
     c.as_any()
         .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
         .cloned()
-        .ok_or_else(|| Error::Other(format!("internal: column `{name}` is not a timestamp")))
+        .ok_or_else(|| Error::Internal(format!("column `{name}` is not a timestamp")))
 }
 
 #[cfg(test)]

@@ -45,9 +45,33 @@ pub enum Error {
     #[error("sql: {0}")]
     DataFusion(#[from] deltalake::datafusion::error::DataFusionError),
 
-    /// Another run committed to this table at the same time.
+    /// Another run committed to this table at the same time (a lost commit race, retried
+    /// where it is safe to: see `retry`).
     #[error("another run committed to `{0}` at the same time; run again")]
     Conflict(String),
+
+    /// Another run published to this table at the same time, so this run stopped before
+    /// writing it; the next run continues where the other left off.
+    #[error(
+        "another run committed to `{0}` at the same time, so this run stopped before writing it; \
+         run again (it continues where the other left off)"
+    )]
+    ConcurrentRun(String),
+
+    /// The staging tables do not come from one standardize run.
+    #[error(
+        "the staging tables come from different standardize runs (a standardize was interrupted, \
+         or another run standardized at the same time); run `elevflyt standardize` (or `run`) again"
+    )]
+    StaleStaging,
+
+    /// Publishing would break an SCD2 invariant; nothing was committed.
+    #[error("SCD2 invariant broken in {table}: {detail}; nothing was committed")]
+    Invariant { table: String, detail: String },
+
+    /// A bug in elevflyt, not in the data: the message says what was expected.
+    #[error("internal error: {0}")]
+    Internal(String),
 
     #[error("{0}")]
     Other(String),
@@ -74,7 +98,7 @@ impl Error {
         }
     }
 
-    /// Process exit code for this error (DESIGN §8): 2 for usage/configuration, else 1.
+    /// Process exit code for this error (docs/ARCHITECTURE.md, "Errors and exit codes"): 2 for usage/configuration, else 1.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config { .. } | Error::Usage(_) => 2,

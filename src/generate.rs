@@ -3,7 +3,6 @@
 //! school, and churn between snapshots (moves, name changes, leavers, newcomers, D-number →
 //! fødselsnummer). Never real people.
 
-use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use chrono::{Duration, NaiveDate};
@@ -21,8 +20,11 @@ pub struct Spec {
     pub seed: u64,
     pub start: NaiveDate,
     pub interval_days: i64,
-    pub format: crate::config::Format,
 }
+
+/// Writes one snapshot of the population as a format's files; returns their paths (an input
+/// format's `write_sample`).
+pub type WriteSnapshot<'w> = &'w dyn Fn(&Path, NaiveDate, &Population<'_>) -> Result<Vec<String>>;
 
 /// A small deterministic generator (splitmix64).
 struct Rng(u64, std::collections::HashSet<String>);
@@ -137,23 +139,34 @@ fn tenor_fnr(rng: &mut Rng, year: i32, month: u32, day: u32, dnr: bool) -> Strin
     }
 }
 
-#[derive(Clone)]
-struct Pupil {
-    sid: String,
-    fnr: String,
-    dnr_birth: Option<(i32, u32, u32)>,
-    given: &'static str,
-    family: &'static str,
-    school: usize,
-    grade: u32,
-    class: char,
+/// One snapshot of the synthetic world, as a format's sample writer gets it.
+pub struct Population<'a> {
+    /// The calendar year the school year ends in.
+    pub year_end: i32,
+    pub schools: &'a [School],
+    pub pupils: &'a [Pupil],
 }
 
-struct School {
-    kommune: String,
-    skolenummer: String,
-    orgnr: String,
-    name: String,
+#[derive(Clone)]
+pub struct Pupil {
+    /// The school system's id (`P0000001`).
+    pub sid: String,
+    /// Tenor-style (month + 80) fødselsnummer or D-number; never a real person's.
+    pub fnr: String,
+    dnr_birth: Option<(i32, u32, u32)>,
+    pub given: &'static str,
+    pub family: &'static str,
+    /// Index into [`Population::schools`].
+    pub school: usize,
+    pub grade: u32,
+    pub class: char,
+}
+
+pub struct School {
+    pub kommune: String,
+    pub skolenummer: String,
+    pub orgnr: String,
+    pub name: String,
 }
 
 fn orgnr(n: u64) -> String {
@@ -253,7 +266,7 @@ fn churn(
 }
 
 /// Writes the exports; returns the files written.
-pub fn generate(spec: &Spec, out: &Path) -> Result<Vec<String>> {
+pub fn generate(spec: &Spec, out: &Path, write: WriteSnapshot<'_>) -> Result<Vec<String>> {
     std::fs::create_dir_all(out)
         .map_err(|e| Error::Usage(format!("cannot create {}: {e}", out.display())))?;
     let mut rng = Rng::new(spec.seed);
@@ -280,149 +293,33 @@ pub fn generate(spec: &Spec, out: &Path) -> Result<Vec<String>> {
             );
         }
         let date = spec.start + Duration::days(spec.interval_days * k as i64);
-        match spec.format {
-            crate::config::Format::OnerosterJson => {
-                files.extend(write_oneroster(out, date, year_end, &schools, &pupils)?)
-            }
-            crate::config::Format::VigoCsv => {
-                files.extend(write_vigo(out, date, &schools, &pupils)?)
-            }
-        }
+        let population = Population {
+            year_end,
+            schools: &schools,
+            pupils: &pupils,
+        };
+        files.extend(write(out, date, &population)?);
     }
     Ok(files)
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+/// The error for a file that cannot be written.
+pub fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| Error::Other(format!("cannot write {}: {e}", path.display()))
-}
-
-fn write_oneroster(
-    out: &Path,
-    date: NaiveDate,
-    year_end: i32,
-    schools: &[School],
-    pupils: &[Pupil],
-) -> Result<Vec<String>> {
-    let d = date.format("%Y-%m-%d").to_string();
-    let modified = format!(
-        "{}T00:00:00Z",
-        (date - Duration::days(1)).format("%Y-%m-%d")
-    );
-    let mut names = Vec::new();
-    let mut open = |name: &str| -> Result<(BufWriter<std::fs::File>, std::path::PathBuf)> {
-        let path = out.join(format!("{name}-{d}.json"));
-        names.push(path.display().to_string());
-        let f = std::fs::File::create(&path).map_err(io(&path))?;
-        Ok((BufWriter::with_capacity(1 << 20, f), path))
-    };
-    let (mut w, p) = open("orgs")?;
-    write!(w, "{{\"orgs\": [").map_err(io(&p))?;
-    for (i, s) in schools.iter().enumerate() {
-        write!(
-            w,
-            "{}\n{{\"sourcedId\":\"org-{}\",\"status\":\"active\",\"dateLastModified\":\"{modified}\",\"name\":\"{}\",\"type\":\"school\",\"identifier\":\"{}\",\"metadata\":{{\"skolenummer\":\"{}\",\"kommunenummer\":\"{}\"}}}}",
-            if i > 0 { "," } else { "" }, s.skolenummer, s.name, s.orgnr, s.skolenummer, s.kommune
-        ).map_err(io(&p))?;
-    }
-    writeln!(w, "]}}").map_err(io(&p))?;
-    w.flush().map_err(io(&p))?;
-
-    let (mut w, p) = open("academicSessions")?;
-    writeln!(w, "{{\"academicSessions\": [{{\"sourcedId\":\"as-{year_end}\",\"status\":\"active\",\"title\":\"{}/{year_end}\",\"type\":\"schoolYear\",\"schoolYear\":\"{year_end}\"}}]}}", year_end - 1).map_err(io(&p))?;
-    w.flush().map_err(io(&p))?;
-
-    let (mut w, p) = open("classes")?;
-    write!(w, "{{\"classes\": [").map_err(io(&p))?;
-    let mut first = true;
-    for s in schools {
-        for g in 1..=10 {
-            for c in ['A', 'B'] {
-                write!(
-                    w,
-                    "{}\n{{\"sourcedId\":\"cls-{sn}-{g}{c}\",\"status\":\"active\",\"title\":\"{g}{c}\",\"classType\":\"homeroom\",\"grades\":[\"{g:02}\"],\"school\":{{\"sourcedId\":\"org-{sn}\"}},\"terms\":[{{\"sourcedId\":\"as-{year_end}\"}}]}}",
-                    if first { "" } else { "," },
-                    sn = s.skolenummer
-                ).map_err(io(&p))?;
-                first = false;
-            }
-        }
-    }
-    writeln!(w, "]}}").map_err(io(&p))?;
-    w.flush().map_err(io(&p))?;
-
-    let (mut w, p) = open("users")?;
-    write!(w, "{{\"users\": [").map_err(io(&p))?;
-    for (i, u) in pupils.iter().enumerate() {
-        let sn = &schools[u.school].skolenummer;
-        write!(
-            w,
-            "{}\n{{\"sourcedId\":\"{sid}\",\"status\":\"active\",\"dateLastModified\":\"{modified}\",\"enabledUser\":true,\"role\":\"student\",\"username\":\"{lsid}\",\"userIds\":[{{\"type\":\"Feide\",\"identifier\":\"{lsid}@k{k}.kommune.no\"}}],\"givenName\":\"{}\",\"familyName\":\"{}\",\"identifier\":\"{}\",\"orgs\":[{{\"sourcedId\":\"org-{sn}\"}}]}}",
-            if i > 0 { "," } else { "" },
-            u.given, u.family, u.fnr,
-            sid = u.sid, lsid = u.sid.to_lowercase(), k = schools[u.school].kommune
-        ).map_err(io(&p))?;
-    }
-    writeln!(w, "]}}").map_err(io(&p))?;
-    w.flush().map_err(io(&p))?;
-
-    let (mut w, p) = open("enrollments")?;
-    write!(w, "{{\"enrollments\": [").map_err(io(&p))?;
-    for (i, u) in pupils.iter().enumerate() {
-        let sn = &schools[u.school].skolenummer;
-        write!(
-            w,
-            "{}\n{{\"sourcedId\":\"enr-{sid}-{sn}\",\"status\":\"active\",\"dateLastModified\":\"{modified}\",\"user\":{{\"sourcedId\":\"{sid}\"}},\"class\":{{\"sourcedId\":\"cls-{sn}-{}{}\"}},\"school\":{{\"sourcedId\":\"org-{sn}\"}},\"role\":\"student\"}}",
-            if i > 0 { "," } else { "" },
-            u.grade, u.class, sid = u.sid
-        ).map_err(io(&p))?;
-    }
-    writeln!(w, "]}}").map_err(io(&p))?;
-    w.flush().map_err(io(&p))?;
-    Ok(names)
-}
-
-fn write_vigo(
-    out: &Path,
-    date: NaiveDate,
-    schools: &[School],
-    pupils: &[Pupil],
-) -> Result<Vec<String>> {
-    let d = date.format("%Y%m%d").to_string();
-    let mut by_school: Vec<Vec<&Pupil>> = vec![Vec::new(); schools.len()];
-    for p in pupils.iter().filter(|p| p.grade == 10) {
-        by_school[p.school].push(p);
-    }
-    let mut names = Vec::new();
-    for (s, list) in schools.iter().zip(by_school) {
-        let path = out.join(format!("elevliste_{}_{d}.csv", s.skolenummer));
-        let mut text = String::from(
-            "kommunenummer;skolenummer;fylkesnummer;klasse;fødselsnummer;elev_namn\r\n",
-        );
-        for p in list {
-            text.push_str(&format!(
-                "{};{};{};10{};{};{} {}\r\n",
-                s.kommune,
-                s.skolenummer,
-                &s.kommune[..2],
-                p.class,
-                p.fnr,
-                p.given,
-                p.family
-            ));
-        }
-        let (bytes, _, _) = encoding_rs::WINDOWS_1252.encode(&text);
-        std::fs::write(&path, bytes).map_err(io(&path))?;
-        names.push(path.display().to_string());
-    }
-    Ok(names)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn spec(format: crate::config::Format) -> Spec {
-        Spec {
+    fn generate(spec: &(Spec, &dyn crate::formats::Format), out: &Path) -> Result<Vec<String>> {
+        super::generate(&spec.0, out, &|o, d, p| spec.1.write_sample(o, d, p))
+    }
+
+    fn spec(
+        format: &'static dyn crate::formats::Format,
+    ) -> (Spec, &'static dyn crate::formats::Format) {
+        let spec = Spec {
             kommuner: vec!["4601".into()],
             pupils: 700,
             snapshots: 2,
@@ -430,16 +327,24 @@ mod tests {
             seed: 7,
             start: NaiveDate::from_ymd_opt(2026, 1, 15).unwrap(),
             interval_days: 1,
-            format,
-        }
+        };
+        (spec, format)
     }
 
     #[test]
     fn deterministic_valid_numbers_and_churn() {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
-        let files = generate(&spec(crate::config::Format::OnerosterJson), a.path()).unwrap();
-        generate(&spec(crate::config::Format::OnerosterJson), b.path()).unwrap();
+        let files = generate(
+            &spec(&crate::formats::oneroster_json::OneRosterJson),
+            a.path(),
+        )
+        .unwrap();
+        generate(
+            &spec(&crate::formats::oneroster_json::OneRosterJson),
+            b.path(),
+        )
+        .unwrap();
         assert_eq!(files.len(), 10);
         let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
         assert_eq!(
@@ -472,7 +377,7 @@ mod tests {
             read(a.path(), "users-2026-01-16.json"),
             "churn changed something"
         );
-        let vigo = generate(&spec(crate::config::Format::VigoCsv), a.path()).unwrap();
+        let vigo = generate(&spec(&crate::formats::vigo_csv::VigoCsv), a.path()).unwrap();
         assert_eq!(vigo.len(), 2 * 3, "3 schools of ~300 pupils, 2 snapshots");
     }
 }

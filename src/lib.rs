@@ -6,10 +6,14 @@
 
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod delta;
 pub mod error;
+pub mod fint;
+pub mod formats;
 pub mod generate;
 pub mod ingest;
+pub mod ledger;
 pub mod metrics;
 pub mod ops;
 pub mod par;

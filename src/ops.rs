@@ -166,7 +166,7 @@ pub struct Violation {
     pub key: String,
 }
 
-/// Checks the SCD2 invariants over the stored tables (DESIGN §3): at most one current row per
+/// Checks the SCD2 invariants over the stored tables (docs/ARCHITECTURE.md, "History (SCD2)"): at most one current row per
 /// key, no overlapping intervals, valid_from < valid_to, is_current = (valid_to IS NULL), and
 /// every elevforhold points to an elev.
 pub async fn check(p: &Pipeline) -> Result<Vec<Violation>> {

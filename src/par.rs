@@ -113,3 +113,12 @@ mod tests {
         }
     }
 }
+
+/// The result of a spawned task; a task that panicked or was cancelled is an internal error.
+pub async fn joined<T>(
+    task: tokio::task::JoinHandle<crate::Result<T>>,
+    what: &str,
+) -> crate::Result<T> {
+    task.await
+        .map_err(|e| crate::Error::Internal(format!("{what}: {e}")))?
+}

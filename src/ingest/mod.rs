@@ -7,10 +7,7 @@
 //!
 //! Not here: interpreting records (standardize) or any validation beyond "can this file be read".
 
-pub mod asof;
-pub mod oneroster_json;
 pub mod text;
-pub mod vigo_csv;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -20,46 +17,14 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use crate::config::{Format, SourceConfig};
+use crate::config::SourceConfig;
+use crate::context::RunContext;
 use crate::error::Result;
-use crate::run::RunContext;
+use crate::formats::asof;
 use crate::schema::raw_table;
 
-/// Entity of the marker record each file gets (record number 0).
-pub const FILE_MARKER: &str = "_fil";
-
-/// One record of a source file, as delivered.
-#[derive(Debug, Clone)]
-pub struct Record<'a> {
-    pub entitet: &'static str,
-    /// Record number in the file: the line for CSV, the element (from 1) for JSON.
-    pub rad: i64,
-    /// The record as a JSON object (borrowed from the file's text when it is JSON already).
-    pub post: std::borrow::Cow<'a, str>,
-}
-
-#[derive(Debug, Default)]
-pub struct ParsedFile<'a> {
-    pub records: Vec<Record<'a>>,
-    /// Newest `dateLastModified` in the file, when the format has one.
-    pub newest_modified: Option<DateTime<Utc>>,
-    /// Scope for deletions: the school for per-school files.
-    pub omfang: Option<String>,
-}
-
-/// An input format: turns the text of one file into records. One module per format.
-pub trait InputFormat: Sync {
-    /// `need_modified`: whether the file's as-of time must come from its records (no date in
-    /// the name nor on the command line), so the format must find the newest modification.
-    fn parse<'a>(&self, file: &str, text: &'a str, need_modified: bool) -> Result<ParsedFile<'a>>;
-}
-
-pub fn format_impl(f: Format) -> &'static dyn InputFormat {
-    match f {
-        Format::OnerosterJson => &oneroster_json::OneRosterJson,
-        Format::VigoCsv => &vigo_csv::VigoCsv,
-    }
-}
+pub use crate::formats::FILE_MARKER;
+use crate::formats::{ParsedFile, Record};
 
 /// What ingest did, per source.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -166,28 +131,23 @@ async fn ingest_source(
     source: &SourceConfig,
     m: &mut IngestMetrics,
 ) -> Result<()> {
-    let mut attempt = 0;
-    loop {
+    let table = raw_table(&source.name);
+    let is_conflict = |e: &crate::error::Error| matches!(e, crate::error::Error::Conflict(_));
+    let this = crate::context::retry_on_conflict(table.name, is_conflict, async |_| {
         let mut this = IngestMetrics::default();
-        match ingest_source_once(ctx, source, &mut this).await {
-            Err(crate::error::Error::Conflict(table)) if attempt < 5 => {
-                attempt += 1;
-                warn!(table = %table, attempt, "another run ingested at the same time; reading the source again");
-                tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
-            }
-            Err(e) => return Err(e),
-            Ok(()) => {
-                m.files_seen += this.files_seen;
-                m.files_read.extend(this.files_read);
-                m.files_skipped += this.files_skipped;
-                m.records += this.records;
-                m.bytes += this.bytes;
-                m.raw_versions.extend(this.raw_versions);
-                m.committed.extend(this.committed);
-                return Ok(());
-            }
-        }
-    }
+        ingest_source_once(ctx, source, &mut this)
+            .await
+            .map(|()| this)
+    })
+    .await?;
+    m.files_seen += this.files_seen;
+    m.files_read.extend(this.files_read);
+    m.files_skipped += this.files_skipped;
+    m.records += this.records;
+    m.bytes += this.bytes;
+    m.raw_versions.extend(this.raw_versions);
+    m.committed.extend(this.committed);
+    Ok(())
 }
 
 async fn ingest_source_once(
@@ -195,7 +155,7 @@ async fn ingest_source_once(
     source: &SourceConfig,
     m: &mut IngestMetrics,
 ) -> Result<()> {
-    let mut steps = crate::run::Steps::new("ingest");
+    let mut steps = crate::context::Steps::new("ingest");
     let table = raw_table(&source.name);
     let root = ctx.pipeline.source_location(source)?;
     let files = crate::storage::list_files(&root, &source.include).await?;
@@ -205,7 +165,7 @@ async fn ingest_source_once(
     let read_version = existing.as_ref().and_then(|t| t.version()).unwrap_or(0);
     let mut known = known_files(existing.as_ref()).await?;
     steps.step("list files and read what raw has");
-    let format = format_impl(source.format);
+    let format = source.format()?;
     let now = ctx.started.timestamp_micros();
 
     m.files_seen += files.len();
@@ -308,7 +268,7 @@ async fn ingest_source_once(
     if rows == 0 || ctx.dry_run {
         return Ok(());
     }
-    if let Some(v) = crate::delta::write_claimed(
+    if let (Some(v), _) = crate::delta::write_claimed(
         &ctx.pipeline,
         &table,
         batches.clone(),
@@ -322,7 +282,7 @@ async fn ingest_source_once(
     }
     m.committed.insert(source.name.clone(), batches);
     steps.step("write raw");
-    crate::run::crash_point("after-raw");
+    crate::context::crash_point("after-raw");
     Ok(())
 }
 

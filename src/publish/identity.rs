@@ -1,4 +1,4 @@
-//! Pupil identity (DESIGN §3.1) and the `elev_id` table analysts can read.
+//! Pupil identity (docs/ARCHITECTURE.md, "Identity") and the `elev_id` table analysts can read.
 //!
 //! Resolution order: (kildesystem, system_id) already known → its id; else the fødselsnummer
 //! already known → its id; else a UUID v5 of kommunenummer, kildesystem and the source key, so
@@ -14,8 +14,8 @@ use deltalake::protocol::SaveMode;
 use rustc_hash::FxHashMap;
 use uuid::Uuid;
 
+use crate::context::RunContext;
 use crate::error::Result;
-use crate::run::RunContext;
 use crate::schema;
 
 /// Namespace for elevflyt's deterministic ids.
@@ -143,8 +143,8 @@ impl Identity {
             id.see(
                 n,
                 source,
-                super::opt_str(s, i),
-                super::opt_str(f, i),
+                super::staged::opt_str(s, i),
+                super::staged::opt_str(f, i),
                 (first.value(i), last.value(i)),
             );
         }

@@ -10,7 +10,7 @@
 //! come, so memory holds a file's bytes and one batch, not the file decoded.
 //!
 //! Not here: deciding what to close (scd2.rs), rebuilt history with replaced or deleted
-//! versions (a Delta MERGE in mod.rs).
+//! versions (a Delta MERGE in commit.rs).
 
 use std::sync::Arc;
 
@@ -26,8 +26,8 @@ use object_store::ObjectStoreExt;
 use rustc_hash::FxHashMap;
 use tracing::info;
 
+use crate::context::RunContext;
 use crate::error::{Error, Result};
-use crate::run::RunContext;
 use crate::schema::{self, Table};
 
 /// What one run changes in an SCD2 table: stored current versions to close, new versions.
@@ -78,7 +78,7 @@ pub async fn commit(
     t: &'static Table,
     read_version: u64,
     changes: Changes,
-) -> Result<Option<i64>> {
+) -> Result<Option<(Option<i64>, MergeMetrics)>> {
     let started = std::time::Instant::now();
     let mut table = crate::delta::open_or_create(&ctx.pipeline, t).await?;
     table.load_version(read_version).await?;
@@ -124,13 +124,14 @@ pub async fn commit(
         current += r.current;
     }
     if closed != to_close {
-        return Err(Error::Other(format!(
-            "{}: {} of the {} current versions to close were not found in the table (was it \
-             changed by hand?); nothing was committed",
-            t.name,
-            to_close - closed,
-            to_close
-        )));
+        return Err(Error::Invariant {
+            table: t.name.into(),
+            detail: format!(
+                "{} of the {} current versions to close were not found in the table (was it changed by hand?)",
+                to_close - closed,
+                to_close
+            ),
+        });
     }
     let rows = |b: &[RecordBatch]| b.iter().map(RecordBatch::num_rows).sum::<usize>();
     let written = current + rows(&new_current) + rows(&history);
@@ -159,10 +160,9 @@ pub async fn commit(
         files_added,
         files_removed,
         ms: started.elapsed().as_millis() as u64,
-    }
-    .json();
+    };
     let mut metadata = crate::delta::commit_metadata(&ctx.run_id, "publish");
-    metadata.push(("operationMetrics".into(), metrics));
+    metadata.push(("operationMetrics".into(), metrics.json()));
     metadata.push(("readVersion".into(), serde_json::json!(read_version)));
     let props = CommitProperties::default()
         .with_metadata(metadata)
@@ -176,7 +176,7 @@ pub async fn commit(
         files_added,
         "closed and inserted versions"
     );
-    Ok(Some(version))
+    Ok(Some((Some(version), metrics)))
 }
 
 /// Reads every file with current rows on a task of its own, batch by batch, encoding the rows
@@ -212,7 +212,7 @@ async fn rewrite_files(
     let mut files: Vec<Option<Rewritten>> = (0..n).map(|_| None).collect();
     let mut failed = None;
     while let Some(done) = tasks.join_next().await {
-        match done.map_err(|e| Error::Other(format!("internal: rewriting a file: {e}"))) {
+        match done.map_err(|e| Error::Internal(format!("rewriting a file: {e}"))) {
             Ok(Ok((i, r))) => files[i] = Some(r),
             Ok(Err(e)) | Err(e) => failed = failed.or(Some(e)),
         }
@@ -234,17 +234,17 @@ async fn finish(writers: Vec<RecordBatchWriter>) -> Result<Vec<Action>> {
 }
 
 /// What a delta-rs MERGE reports in `operationMetrics`.
-struct MergeMetrics {
-    source_rows: usize,
-    inserted: usize,
-    updated: usize,
-    copied: usize,
-    written: usize,
-    files_scanned: usize,
-    files_skipped: usize,
-    files_added: usize,
-    files_removed: usize,
-    ms: u64,
+pub struct MergeMetrics {
+    pub source_rows: usize,
+    pub inserted: usize,
+    pub updated: usize,
+    pub copied: usize,
+    pub written: usize,
+    pub files_scanned: usize,
+    pub files_skipped: usize,
+    pub files_added: usize,
+    pub files_removed: usize,
+    pub ms: u64,
 }
 
 impl MergeMetrics {
@@ -383,11 +383,11 @@ fn split_batch(
         &UInt32Array::from_iter_values(rows.iter().map(|(i, _)| *i)),
     )?;
     let n = rows.len();
-    let after = super::replace_column(
-        &super::replace_column(
+    let after = super::staged::replace_column(
+        &super::staged::replace_column(
             &before,
             schema::VALID_TO,
-            super::ts(rows.iter().map(|(_, to)| Some(*to))),
+            super::staged::ts(rows.iter().map(|(_, to)| Some(*to))),
         )?,
         schema::IS_CURRENT,
         Arc::new(BooleanArray::from(vec![false; n])),
@@ -403,7 +403,7 @@ fn bools(b: &RecordBatch, name: &str) -> Result<BooleanArray> {
     b.column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
         .cloned()
-        .ok_or_else(|| Error::Other(format!("internal: column `{name}` is not a boolean")))
+        .ok_or_else(|| Error::Internal(format!("column `{name}` is not a boolean")))
 }
 
 /// Writes the Change Data Feed file of the commit: the closed versions before and after
@@ -475,7 +475,10 @@ async fn commit_actions(
         .with_actions(actions)
         .build(Some(table.snapshot()?), table.log_store(), operation)
         .await
-        .map_err(|e| super::concurrent_hint(t.name, e))?;
+        .map_err(|e| match crate::delta::is_conflict(&e) {
+            true => Error::ConcurrentRun(t.name.to_string()),
+            false => e.into(),
+        })?;
     Ok(done.version() as i64)
 }
 

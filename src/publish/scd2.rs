@@ -415,9 +415,9 @@ pub fn row_hashes(table: &Table, batch: &RecordBatch) -> Result<Vec<RowHash>> {
     let cols: Vec<StringArray> = table
         .tracked_columns()
         .map(|c| -> Result<StringArray> {
-            let a = batch.column_by_name(c.name).ok_or_else(|| {
-                crate::error::Error::Other(format!("internal: no column {}", c.name))
-            })?;
+            let a = batch
+                .column_by_name(c.name)
+                .ok_or_else(|| crate::error::Error::Internal(format!("no column {}", c.name)))?;
             let s = cast(a, &DataType::Utf8)?;
             Ok(s.as_any()
                 .downcast_ref::<StringArray>()

@@ -1,26 +1,14 @@
-//! The deviation list as the schools' to-do list: new deviations are appended, and an open
-//! deviation that a later snapshot of the same source and scope no longer has is marked resolved
-//! (`lost`, `lost_av`) — in the same single commit.
+//! The deviation list as the schools' to-do list: which deviations are new, and which open ones
+//! a later snapshot of the same source and scope no longer has (resolved). Pure: the stage that
+//! writes `avvik` (standardize) reads the open ones and commits the result.
 
 use std::collections::HashSet;
-use std::sync::Arc;
-
-use arrow::array::{
-    Array, ArrayRef, Int64Builder, RecordBatch, StringArray, StringBuilder,
-    TimestampMicrosecondArray, TimestampMicrosecondBuilder,
-};
-use deltalake::datafusion::prelude::SessionContext;
-use deltalake::protocol::SaveMode;
 
 use super::Avvik;
-use crate::error::Result;
-use crate::run::RunContext;
-use crate::schema;
-use crate::standardize::SnapshotKey;
 
 /// What identifies "the same problem" across snapshots: school, record id, rule, field and the
 /// masked value.
-type ProblemKey = (
+pub type ProblemKey = (
     Option<String>,
     Option<String>,
     String,
@@ -29,73 +17,19 @@ type ProblemKey = (
 );
 
 /// An open deviation already stored.
-struct Open {
-    run_id: String,
-    kjelde: Option<String>,
-    rad: Option<i64>,
-    regel: String,
-    felt: Option<String>,
-    scope: (String, Option<String>),
-    as_of: i64,
-    key: ProblemKey,
+#[derive(Debug)]
+pub struct Open {
+    pub run_id: String,
+    pub kjelde: Option<String>,
+    pub rad: Option<i64>,
+    pub regel: String,
+    pub felt: Option<String>,
+    pub scope: (String, Option<String>),
+    pub as_of: i64,
+    pub key: ProblemKey,
 }
 
-fn opt(a: &StringArray, i: usize) -> Option<String> {
-    (!a.is_null(i)).then(|| a.value(i).to_string())
-}
-
-async fn open_deviations(ctx: &RunContext) -> Result<Vec<Open>> {
-    let session = crate::delta::session(&ctx.pipeline, &["avvik"]).await?;
-    let mut out = Vec::new();
-    if !crate::delta::has_table(&session, "avvik") {
-        return Ok(out);
-    }
-    let sql = "SELECT run_id, kjelde, rad, regel, felt, kildesystem, omfang, as_of, skolenummer, system_id, verdi \
-               FROM avvik WHERE lost IS NULL AND as_of IS NOT NULL";
-    for b in crate::delta::query(&session, sql).await? {
-        let s = |n: &str| crate::delta::strings(&b, n);
-        let (run, kjelde, regel, felt, k, o, skole, sys, verdi) = (
-            s("run_id")?,
-            s("kjelde")?,
-            s("regel")?,
-            s("felt")?,
-            s("kildesystem")?,
-            s("omfang")?,
-            s("skolenummer")?,
-            s("system_id")?,
-            s("verdi")?,
-        );
-        let rad = arrow::compute::cast(b.column(2), &arrow::datatypes::DataType::Int64)?;
-        let rad = rad
-            .as_any()
-            .downcast_ref::<arrow::array::Int64Array>()
-            .cloned();
-        let as_of = crate::delta::micros(&b, "as_of")?;
-        for i in 0..b.num_rows() {
-            out.push(Open {
-                run_id: run.value(i).to_string(),
-                kjelde: opt(&kjelde, i),
-                rad: rad
-                    .as_ref()
-                    .and_then(|r| (!r.is_null(i)).then(|| r.value(i))),
-                regel: regel.value(i).to_string(),
-                felt: opt(&felt, i),
-                scope: (k.value(i).to_string(), opt(&o, i)),
-                as_of: as_of.value(i),
-                key: (
-                    opt(&skole, i),
-                    opt(&sys, i),
-                    regel.value(i).to_string(),
-                    opt(&felt, i),
-                    opt(&verdi, i),
-                ),
-            });
-        }
-    }
-    Ok(out)
-}
-
-fn key_of(a: &Avvik) -> ProblemKey {
+pub fn key_of(a: &Avvik) -> ProblemKey {
     (
         a.record.skolenummer.clone(),
         a.record.system_id.clone(),
@@ -105,17 +39,25 @@ fn key_of(a: &Avvik) -> ProblemKey {
     )
 }
 
-/// Writes this run's deviations and resolves the ones the new snapshots no longer have.
-pub async fn write(
-    ctx: &RunContext,
+/// What a set of new snapshots does to the deviation list.
+#[derive(Debug, Default)]
+pub struct Resolution<'o> {
+    /// Per new deviation (by index): already resolved by a later snapshot in the same run.
+    pub new_lost: Vec<bool>,
+    /// Stored open deviations that a later snapshot of their source and scope no longer has.
+    pub resolved: Vec<&'o Open>,
+}
+
+/// Resolves deviations against the new snapshots, oldest first: a deviation (stored or new) of a
+/// source and scope is resolved by a later snapshot of the same source and scope that does not
+/// report the same problem (school, record id, rule, field, masked value).
+pub fn resolve<'o>(
     avvik: &[Avvik],
-    snapshots: &[SnapshotKey],
-) -> Result<Option<i64>> {
-    let now = ctx.started.timestamp_micros();
-    let open = open_deviations(ctx).await?;
+    open: &'o [Open],
+    snapshots: &[(String, Option<String>, i64)],
+) -> Resolution<'o> {
     let mut snapshots = snapshots.to_vec();
     snapshots.sort_by_key(|s| s.2);
-    // Resolution time per new deviation (by index) and per stored one.
     let mut new_lost: Vec<bool> = vec![false; avvik.len()];
     let mut resolved: Vec<&Open> = Vec::new();
     for (k, o, t) in &snapshots {
@@ -124,7 +66,7 @@ pub async fn write(
             .filter(|a| a.record.kildesystem == *k && a.omfang == *o && a.as_of == *t)
             .map(key_of)
             .collect();
-        for row in &open {
+        for row in open {
             if row.scope == (k.clone(), o.clone())
                 && row.as_of < *t
                 && !keys.contains(&row.key)
@@ -143,142 +85,94 @@ pub async fn write(
             }
         }
     }
+    Resolution { new_lost, resolved }
+}
 
-    let t = &schema::AVVIK;
-    let mut run_id = StringBuilder::new();
-    let mut oppdaga = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-    let mut kildesystem = StringBuilder::new();
-    let mut kjelde = StringBuilder::new();
-    let mut rad = Int64Builder::new();
-    let mut skolenummer = StringBuilder::new();
-    let mut system_id = StringBuilder::new();
-    let mut regel = StringBuilder::new();
-    let mut alvorsgrad = StringBuilder::new();
-    let mut felt = StringBuilder::new();
-    let mut verdi = StringBuilder::new();
-    let mut melding = StringBuilder::new();
-    let mut omfang = StringBuilder::new();
-    let mut as_of = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-    let mut lost = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-    let mut lost_av = StringBuilder::new();
-    for (i, a) in avvik.iter().enumerate() {
-        run_id.append_value(&ctx.run_id);
-        oppdaga.append_value(now);
-        kildesystem.append_value(&a.record.kildesystem);
-        kjelde.append_value(&a.record.kjelde);
-        rad.append_value(a.record.rad);
-        skolenummer.append_option(a.record.skolenummer.as_deref());
-        system_id.append_option(a.record.system_id.as_deref());
-        regel.append_value(a.regel);
-        alvorsgrad.append_value(a.alvorsgrad.as_str());
-        felt.append_option(a.felt);
-        verdi.append_option(a.verdi.as_deref());
-        melding.append_value(&a.melding);
-        omfang.append_option(a.omfang.as_deref());
-        as_of.append_value(a.as_of);
-        lost.append_option(new_lost[i].then_some(now));
-        lost_av.append_option(new_lost[i].then_some(ctx.run_id.as_str()));
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quality::{RecordRef, Severity};
+
+    fn avvik(
+        source: &str,
+        school: Option<&str>,
+        as_of: i64,
+        system_id: &str,
+        rule: &'static str,
+    ) -> Avvik {
+        Avvik {
+            record: RecordRef {
+                kildesystem: source.into(),
+                kjelde: "f.json".into(),
+                rad: 1,
+                skolenummer: Some("46501".into()),
+                system_id: Some(system_id.into()),
+            },
+            omfang: school.map(str::to_string),
+            as_of,
+            regel: rule,
+            alvorsgrad: Severity::Warn,
+            felt: Some("fodselsnummer"),
+            verdi: Some("058209*****".into()),
+            melding: "x".into(),
+        }
     }
-    let batch = RecordBatch::try_new(
-        t.arrow_schema(),
-        vec![
-            Arc::new(run_id.finish()),
-            Arc::new(oppdaga.finish()),
-            Arc::new(kildesystem.finish()),
-            Arc::new(kjelde.finish()),
-            Arc::new(rad.finish()),
-            Arc::new(skolenummer.finish()),
-            Arc::new(system_id.finish()),
-            Arc::new(regel.finish()),
-            Arc::new(alvorsgrad.finish()),
-            Arc::new(felt.finish()),
-            Arc::new(verdi.finish()),
-            Arc::new(melding.finish()),
-            Arc::new(omfang.finish()),
-            Arc::new(as_of.finish()),
-            Arc::new(lost.finish()),
-            Arc::new(lost_av.finish()),
-        ],
-    )?;
-    if resolved.is_empty() {
-        return crate::delta::write(
-            &ctx.pipeline,
-            t,
-            vec![batch],
-            SaveMode::Append,
-            &ctx.run_id,
-            "standardize",
-        )
-        .await;
+
+    fn stored(a: &Avvik) -> Open {
+        Open {
+            run_id: "r0".into(),
+            kjelde: Some(a.record.kjelde.clone()),
+            rad: Some(a.record.rad),
+            regel: a.regel.into(),
+            felt: a.felt.map(str::to_string),
+            scope: (a.record.kildesystem.clone(), a.omfang.clone()),
+            as_of: a.as_of,
+            key: key_of(a),
+        }
     }
-    // New rows and resolutions in one MERGE: new rows never match (new run id), resolutions
-    // match their stored row by (run_id, kjelde, rad, regel, felt).
-    let n = resolved.len();
-    let schema = Arc::new(arrow::datatypes::Schema::new(
-        t.columns
-            .iter()
-            .map(|c| arrow::datatypes::Field::new(c.name, c.ty.arrow(), true))
-            .chain([arrow::datatypes::Field::new(
-                "_op",
-                arrow::datatypes::DataType::Utf8,
-                false,
-            )])
-            .collect::<Vec<_>>(),
-    ));
-    let mut new_cols: Vec<ArrayRef> = batch.columns().to_vec();
-    new_cols.push(Arc::new(StringArray::from(vec![
-        "insert";
-        batch.num_rows()
-    ])));
-    let new_rows = RecordBatch::try_new(schema.clone(), new_cols)?;
-    let res_cols: Vec<ArrayRef> = schema
-        .fields()
-        .iter()
-        .map(|f| -> ArrayRef {
-            let strings = |v: Vec<Option<String>>| Arc::new(StringArray::from(v)) as ArrayRef;
-            match f.name().as_str() {
-                "run_id" => strings(resolved.iter().map(|r| Some(r.run_id.clone())).collect()),
-                "kjelde" => strings(resolved.iter().map(|r| r.kjelde.clone()).collect()),
-                "rad" => Arc::new(arrow::array::Int64Array::from(
-                    resolved.iter().map(|r| r.rad).collect::<Vec<_>>(),
-                )),
-                "regel" => strings(resolved.iter().map(|r| Some(r.regel.clone())).collect()),
-                "felt" => strings(resolved.iter().map(|r| r.felt.clone()).collect()),
-                "lost" => {
-                    Arc::new(TimestampMicrosecondArray::from(vec![now; n]).with_timezone("UTC"))
-                }
-                "lost_av" => strings(vec![Some(ctx.run_id.clone()); n]),
-                "_op" => strings(vec![Some("resolve".into()); n]),
-                _ => arrow::array::new_null_array(f.data_type(), n),
-            }
-        })
-        .collect();
-    let res_rows = RecordBatch::try_new(schema.clone(), res_cols)?;
-    let source = arrow::compute::concat_batches(&schema, &[new_rows, res_rows])?;
-    let table = crate::delta::open_or_create(&ctx.pipeline, t).await?;
-    let cols: Vec<&str> = t.columns.iter().map(|c| c.name).collect();
-    let (table, _) = table
-        .merge(
-            SessionContext::new().read_batch(source)?,
-            "t.run_id = s.run_id AND coalesce(t.kjelde, '') = coalesce(s.kjelde, '') \
-             AND coalesce(t.rad, -1) = coalesce(s.rad, -1) AND t.regel = s.regel \
-             AND coalesce(t.felt, '') = coalesce(s.felt, '')",
-        )
-        .with_source_alias("s")
-        .with_target_alias("t")
-        .when_matched_update(|u| {
-            u.predicate("s._op = 'resolve' AND t.lost IS NULL")
-                .update("lost", "s.lost")
-                .update("lost_av", "s.lost_av")
-        })?
-        .when_not_matched_insert(|mut i| {
-            i = i.predicate("s._op = 'insert'");
-            for c in &cols {
-                i = i.set(*c, format!("s.{c}"));
-            }
-            i
-        })?
-        .with_commit_properties(crate::delta::commit_props(&ctx.run_id, "standardize"))
-        .await?;
-    Ok(table.version().map(|v| v as i64))
+
+    #[test]
+    fn a_later_snapshot_without_the_problem_resolves_it_and_one_with_it_does_not() {
+        let open = vec![
+            stored(&avvik("vigilo", None, 1, "p1", "fnr_ugyldig")),
+            stored(&avvik("vigilo", None, 1, "p2", "fnr_ugyldig")),
+        ];
+        // Day 2 still reports p2, not p1.
+        let new = vec![avvik("vigilo", None, 2, "p2", "fnr_ugyldig")];
+        let r = resolve(&new, &open, &[("vigilo".into(), None, 2)]);
+        assert_eq!(r.resolved.len(), 1);
+        assert_eq!(r.resolved[0].key.1.as_deref(), Some("p1"));
+        assert_eq!(r.new_lost, vec![false]);
+    }
+
+    #[test]
+    fn another_source_or_school_or_an_older_snapshot_resolves_nothing() {
+        let open = vec![stored(&avvik(
+            "vigo",
+            Some("46501"),
+            5,
+            "p1",
+            "fnr_ugyldig",
+        ))];
+        for snapshot in [
+            ("vigilo".to_string(), None, 9),
+            ("vigo".to_string(), Some("46502".to_string()), 9),
+            ("vigo".to_string(), Some("46501".to_string()), 4),
+        ] {
+            let r = resolve(&[], &open, &[snapshot.clone()]);
+            assert!(r.resolved.is_empty(), "{snapshot:?}");
+        }
+    }
+
+    #[test]
+    fn a_new_deviation_gone_in_a_later_snapshot_of_the_same_run_is_born_resolved() {
+        let new = vec![
+            avvik("vigilo", None, 1, "p1", "fnr_ugyldig"),
+            avvik("vigilo", None, 2, "p2", "fnr_ugyldig"),
+        ];
+        let snapshots = [("vigilo".into(), None, 2), ("vigilo".into(), None, 1)];
+        let r = resolve(&new, &[], &snapshots);
+        assert_eq!(r.new_lost, vec![true, false]);
+        assert!(r.resolved.is_empty());
+    }
 }

@@ -5,14 +5,15 @@ pub mod avvik;
 pub mod fnr;
 pub mod kommuner;
 pub mod rules;
+mod settings;
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::QualityConfig;
+use crate::fint::Origin;
+pub use settings::QualityConfig;
 
 /// Severity of a broken rule, as Databricks expectations: keep and report, drop the record,
 /// or stop the run.
@@ -56,25 +57,14 @@ pub struct RecordRef {
     pub system_id: Option<String>,
 }
 
-/// Where a row came from, borrowed from its raw record while the row is checked.
-#[derive(Debug, Clone)]
-pub struct Origin<'a> {
-    pub kildesystem: &'a str,
-    pub kjelde: &'a str,
-    pub rad: i64,
-    pub skolenummer: Option<Cow<'a, str>>,
-    pub system_id: Option<Cow<'a, str>>,
-}
-
-impl Origin<'_> {
-    fn to_record(&self) -> RecordRef {
-        RecordRef {
-            kildesystem: self.kildesystem.to_string(),
-            kjelde: self.kjelde.to_string(),
-            rad: self.rad,
-            skolenummer: self.skolenummer.as_deref().map(str::to_string),
-            system_id: self.system_id.as_deref().map(str::to_string),
-        }
+/// The owned provenance of a row, for a deviation that outlives the raw text.
+fn record_of(o: &Origin<'_>) -> RecordRef {
+    RecordRef {
+        kildesystem: o.kildesystem.to_string(),
+        kjelde: o.kjelde.to_string(),
+        rad: o.rad,
+        skolenummer: o.skolenummer.as_deref().map(str::to_string),
+        system_id: o.system_id.as_deref().map(str::to_string),
     }
 }
 
@@ -160,7 +150,7 @@ impl Checker {
         let alvorsgrad = self.severity(regel);
         *self.failed.entry(regel).or_default() += 1;
         self.avvik.push(Avvik {
-            record: record.to_record(),
+            record: record_of(record),
             omfang: self.snapshot.0.clone(),
             as_of: self.snapshot.1,
             regel,

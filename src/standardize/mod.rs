@@ -1,14 +1,14 @@
 //! Standardize: turns the raw records of every snapshot not yet published into FINT rows for
 //! `elev`, `elevforhold` and `skole` (staging tables `stg_*`), derives fields (birth date and
-//! legacy gender from the fødselsnummer, split names), validates every row (DESIGN §6) and writes
+//! legacy gender from the fødselsnummer, split names), validates every row (docs/ARCHITECTURE.md, "Quality rules and deviations") and writes
 //! the deviations to `avvik`. Rows are built borrowing the raw records' text and go straight into
 //! Arrow columns.
 //!
 //! Not here: ids and history (publish), parsing files (ingest).
 
-pub mod oneroster;
+mod avvik;
+mod metrics;
 mod validate;
-pub mod vigo;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -20,24 +20,16 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, SchemaRef};
 use chrono::NaiveDate;
-use deltalake::protocol::SaveMode;
 use tracing::{info, warn};
 
-use crate::config::Format;
+use crate::context::RunContext;
 use crate::error::Result;
+use crate::fint::{EfRow, ElevRow, SkoleRow, Staged};
+use crate::formats::{Format, RawRec, SnapshotInput};
+use crate::ledger::{stage_table, write_stage, SnapshotKey, StagedData};
 use crate::metrics::Metric;
-use crate::quality::{fnr, Checker, Origin};
-use crate::run::RunContext;
+use crate::quality::{fnr, Checker};
 use crate::schema::{self, raw_table};
-
-/// A raw record of a snapshot, borrowed from the raw table's columns.
-#[derive(Debug, Clone, Copy)]
-pub struct RawRec<'a> {
-    pub kjelde: &'a str,
-    pub entitet: &'a str,
-    pub rad: i64,
-    pub post: &'a str,
-}
 
 /// The columns of one batch read from a raw table.
 #[derive(Debug, Clone)]
@@ -54,7 +46,7 @@ pub struct Snapshot {
     /// Already published; staged again only because its source's history is rebuilt.
     pub published: bool,
     pub kildesystem: String,
-    pub format: Format,
+    pub format: &'static dyn Format,
     pub omfang: Option<String>,
     /// Microseconds since the epoch, UTC.
     pub as_of: i64,
@@ -62,6 +54,12 @@ pub struct Snapshot {
     columns: Arc<Vec<RawColumns>>,
     /// (batch, row) of each record, in file and record order.
     rows: Vec<(u32, u32)>,
+}
+
+impl std::fmt::Debug for dyn Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl Snapshot {
@@ -80,70 +78,10 @@ impl Snapshot {
     }
 }
 
-pub type SnapshotKey = (String, Option<String>, i64);
-
 impl Snapshot {
     pub fn key(&self) -> SnapshotKey {
         (self.kildesystem.clone(), self.omfang.clone(), self.as_of)
     }
-}
-
-/// A text field of a staged row: borrowed from the raw record when it can be.
-pub type Text<'a> = Option<Cow<'a, str>>;
-
-#[derive(Debug, Clone)]
-pub struct ElevRow<'a> {
-    pub r: Origin<'a>,
-    pub kilde_nokkel: Text<'a>,
-    pub system_id: Text<'a>,
-    pub fodselsnummer: Text<'a>,
-    pub feidenavn: Text<'a>,
-    pub kommunenummer: Text<'a>,
-    pub fornavn: Text<'a>,
-    pub mellomnavn: Text<'a>,
-    pub etternavn: Text<'a>,
-    pub fodselsdato: Option<NaiveDate>,
-    pub kjonn: Text<'a>,
-    pub epostadresse: Text<'a>,
-    pub mobiltelefonnummer: Text<'a>,
-    pub bostedsadresse: Text<'a>,
-    pub postnummer: Text<'a>,
-    pub poststed: Text<'a>,
-    /// Whether the source must deliver a fødselsnummer (the Vigo list identifies pupils by it).
-    pub fnr_required: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct EfRow<'a> {
-    pub r: Origin<'a>,
-    pub elev_kilde_nokkel: Text<'a>,
-    pub system_id: Text<'a>,
-    pub skolenummer: Text<'a>,
-    pub klasse: Text<'a>,
-    pub trinn: Option<i32>,
-    pub skolear: Text<'a>,
-    pub hovedskole: Option<bool>,
-    pub startdato: Option<NaiveDate>,
-    pub sluttdato: Option<NaiveDate>,
-}
-
-#[derive(Debug, Clone)]
-pub struct SkoleRow<'a> {
-    pub r: Origin<'a>,
-    pub skolenummer: Cow<'a, str>,
-    pub organisasjonsnummer: Text<'a>,
-    pub navn: Text<'a>,
-    pub kommunenummer: Text<'a>,
-    pub fylkesnummer: Text<'a>,
-    pub eierform: Text<'a>,
-}
-
-/// Rows of one snapshot, validated in place.
-#[derive(Debug, Default)]
-pub struct Staged<'a> {
-    pub elev: Vec<ElevRow<'a>>,
-    pub elevforhold: Vec<EfRow<'a>>,
-    pub skole: Vec<SkoleRow<'a>>,
 }
 
 /// A number with the separators people type stripped, borrowed when it has none.
@@ -169,37 +107,6 @@ pub struct StandardizeOutcome {
     pub metrics: Vec<Metric>,
 }
 
-/// Standardized snapshots for publish: the snapshot keys and the rows of elev, elevforhold and
-/// skole (in the staging tables' schema).
-#[derive(Debug, Default, Clone)]
-pub struct StagedData {
-    pub snapshots: HashSet<SnapshotKey>,
-    pub elev: Vec<arrow::array::RecordBatch>,
-    pub elevforhold: Vec<arrow::array::RecordBatch>,
-    pub skole: Vec<arrow::array::RecordBatch>,
-}
-
-/// Snapshots already published, from `leveranse`.
-pub async fn published(ctx: &RunContext) -> Result<HashSet<SnapshotKey>> {
-    let session = crate::delta::session(&ctx.pipeline, &["leveranse"]).await?;
-    let mut out = HashSet::new();
-    if !crate::delta::has_table(&session, "leveranse") {
-        return Ok(out);
-    }
-    for b in
-        crate::delta::query(&session, "SELECT kildesystem, omfang, as_of FROM leveranse").await?
-    {
-        let k = crate::delta::strings(&b, "kildesystem")?;
-        let o = crate::delta::strings(&b, "omfang")?;
-        let t = crate::delta::micros(&b, "as_of")?;
-        for i in 0..b.num_rows() {
-            let omfang = (!o.is_null(i)).then(|| o.value(i).to_string());
-            out.insert((k.value(i).to_string(), omfang, t.value(i)));
-        }
-    }
-    Ok(out)
-}
-
 use arrow::array::Array;
 
 /// Reads the raw records of every snapshot that is not yet published, ordered by as-of — and of
@@ -211,7 +118,7 @@ async fn pending_snapshots(
     ctx: &RunContext,
     fresh: &HashMap<String, Vec<RecordBatch>>,
 ) -> Result<Vec<Snapshot>> {
-    let done = published(ctx).await?;
+    let done = crate::ledger::published(ctx).await?;
     // Snapshot keys per source, from the key columns only, and the as-of times with rows that
     // this run did not ingest (those must be read from raw).
     type Keys = (Vec<SnapshotKey>, std::collections::BTreeSet<i64>);
@@ -225,7 +132,7 @@ async fn pending_snapshots(
         // One marker row per ingested file carries its keys: the other rows are not looked at.
         let sql = format!(
             "SELECT DISTINCT kildesystem, omfang, as_of, run_id = '{}' AS fresh FROM {} WHERE entitet = '{}'",
-            ctx.run_id, table.name, crate::ingest::FILE_MARKER
+            ctx.run_id, table.name, crate::formats::FILE_MARKER
         );
         let fresh_rows = fresh.get(&source.name).is_some_and(|b| !b.is_empty());
         let mut keys = HashSet::new();
@@ -237,7 +144,7 @@ async fn pending_snapshots(
             let fresh = b
                 .column_by_name("fresh")
                 .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
-                .ok_or_else(|| crate::error::Error::Other("internal: raw keys".into()))?;
+                .ok_or_else(|| crate::error::Error::Internal("raw keys".into()))?;
             for i in 0..b.num_rows() {
                 let omfang = (!o.is_null(i)).then(|| o.value(i).to_string());
                 keys.insert((k.value(i).to_string(), omfang, t.value(i)));
@@ -255,10 +162,11 @@ async fn pending_snapshots(
     if pending.is_empty() {
         return Ok(Vec::new());
     }
-    let rebuilt = crate::publish::rebuild_sources(ctx, &pending).await?;
+    let rebuilt = crate::ledger::rebuild_sources(ctx, &pending).await?;
 
     let mut snaps: BTreeMap<(i64, String, Option<String>), Snapshot> = BTreeMap::new();
     for (source, (keys, stored)) in keys_per_source {
+        let format = source.format()?;
         let times: std::collections::BTreeSet<i64> = keys
             .iter()
             .filter(|k| rebuilt.contains(&k.0) || !done.contains(*k))
@@ -300,13 +208,13 @@ async fn pending_snapshots(
             let sha = crate::delta::text(b, "sha256")?;
             let rad = arrow::compute::cast(
                 b.column_by_name("rad")
-                    .ok_or_else(|| crate::error::Error::Other("raw lacks rad".into()))?,
+                    .ok_or_else(|| crate::error::Error::Internal("raw lacks rad".into()))?,
                 &arrow::datatypes::DataType::Int64,
             )?;
             let rad = rad
                 .as_any()
                 .downcast_ref::<arrow::array::Int64Array>()
-                .ok_or_else(|| crate::error::Error::Other("raw rad is not an integer".into()))?
+                .ok_or_else(|| crate::error::Error::Internal("raw rad is not an integer".into()))?
                 .clone();
             // Rows of one file come together: the key and file are looked up once per run of
             // rows from the same file. `None`: a published snapshot not rebuilt, skipped.
@@ -386,7 +294,7 @@ async fn pending_snapshots(
                 .or_insert_with(|| Snapshot {
                     published: done.contains(&key),
                     kildesystem: key.0.clone(),
-                    format: source.format,
+                    format,
                     omfang: key.1.clone(),
                     as_of: key.2,
                     columns: columns.clone(),
@@ -429,7 +337,7 @@ fn stage_batch(
             // Assigned by publish.
             "id" | "elev_id" => arrow::array::new_null_array(f.data_type(), rows),
             name => column(name).ok_or_else(|| {
-                crate::error::Error::Other(format!("no staged values for column `{name}`"))
+                crate::error::Error::Internal(format!("no staged values for column `{name}`"))
             })?,
         };
         arrays.push(array);
@@ -533,7 +441,7 @@ pub async fn run(
     write_staging: bool,
     fresh: HashMap<String, Vec<RecordBatch>>,
 ) -> Result<StandardizeOutcome> {
-    let mut steps = crate::run::Steps::new("standardize");
+    let mut steps = crate::context::Steps::new("standardize");
     let snaps = pending_snapshots(ctx, &fresh).await?;
     drop(fresh);
     steps.step("read pending snapshots from raw");
@@ -556,12 +464,14 @@ pub async fn run(
     for snap in &snaps {
         steps.step("start snapshot");
         let mut staged = Staged::default();
-        match snap.format {
-            Format::OnerosterJson => {
-                oneroster::flatten(snap, ctx.pipeline.kommunenummer(), &mut staged)
-            }
-            Format::VigoCsv => vigo::flatten(snap, &mut staged),
-        }
+        let input = SnapshotInput {
+            kildesystem: &snap.kildesystem,
+            omfang: snap.omfang.as_deref(),
+            as_of: snap.as_of,
+            kommunenummer: ctx.pipeline.kommunenummer(),
+        };
+        snap.format
+            .flatten(&input, &mut snap.records(), &mut staged);
         // Deviations and metrics are about new snapshots only; a rebuilt source's published
         // snapshots were reported when they arrived.
         let mut scratch = Checker::new(&ctx.pipeline.file.quality);
@@ -585,7 +495,7 @@ pub async fn run(
         info!(
             source = %snap.kildesystem,
             scope = snap.omfang.as_deref().unwrap_or("-"),
-            as_of = %crate::run::fmt_micros(snap.as_of),
+            as_of = %crate::context::fmt_micros(snap.as_of),
             elev = staged.elev.len(),
             elevforhold = staged.elevforhold.len(),
             skole = staged.skole.len(),
@@ -609,7 +519,7 @@ pub async fn run(
         (&schema::ELEVFORHOLD, elevforhold),
         (&schema::SKOLE, skole),
     ];
-    outcome.metrics = crate::metrics::standardize_metrics(&outcome, &checker, &tables)?;
+    outcome.metrics = metrics::standardize_metrics(&outcome, &checker, &tables)?;
     steps.step("metrics");
     if !outcome.failures.is_empty() {
         warn!(failures = ?outcome.failures, "fail rules broken: nothing will be published");
@@ -622,10 +532,9 @@ pub async fn run(
         .filter(|s| !s.published)
         .map(Snapshot::key)
         .collect();
-    outcome.avvik_version =
-        crate::quality::avvik::write(ctx, &checker.avvik, &new_snapshots).await?;
+    outcome.avvik_version = avvik::write(ctx, &checker.avvik, &new_snapshots).await?;
     steps.step("write avvik");
-    crate::run::crash_point("after-avvik");
+    crate::context::crash_point("after-avvik");
     let failed = !outcome.failures.is_empty();
     let mut staged = StagedData {
         snapshots: if failed {
@@ -648,78 +557,15 @@ pub async fn run(
         }
     }
     if write_staging {
-        let snapshots: Vec<&Snapshot> = if failed {
+        let snapshots: Vec<SnapshotKey> = if failed {
             Vec::new()
         } else {
-            snaps.iter().collect()
+            snaps.iter().map(Snapshot::key).collect()
         };
         write_stage(ctx, &staged, &snapshots).await?;
         steps.step("write staging");
     }
-    crate::run::crash_point("after-stage");
+    crate::context::crash_point("after-stage");
     outcome.staged = Some(staged);
     Ok(outcome)
-}
-
-/// Writes the staging tables: the rows, then the snapshot list — publish takes staging as
-/// complete only when every staging table was written by the same standardize run. A snapshot
-/// may have no rows at all (a school list with no pupils).
-async fn write_stage(ctx: &RunContext, staged: &StagedData, snapshots: &[&Snapshot]) -> Result<()> {
-    for (t, batches) in [
-        (&schema::ELEV, &staged.elev),
-        (&schema::ELEVFORHOLD, &staged.elevforhold),
-        (&schema::SKOLE, &staged.skole),
-    ] {
-        crate::delta::write(
-            &ctx.pipeline,
-            &stage_table(t),
-            batches.clone(),
-            SaveMode::Overwrite,
-            &ctx.run_id,
-            "standardize",
-        )
-        .await?;
-    }
-    let batch = RecordBatch::try_new(
-        schema::STAGE_SNAPSHOTS.arrow_schema(),
-        vec![
-            Arc::new(StringArray::from_iter_values(
-                snapshots.iter().map(|s| s.kildesystem.as_str()),
-            )),
-            Arc::new(StringArray::from_iter(
-                snapshots.iter().map(|s| s.omfang.as_deref()),
-            )),
-            Arc::new(
-                TimestampMicrosecondArray::from_iter_values(snapshots.iter().map(|s| s.as_of))
-                    .with_timezone("UTC"),
-            ),
-        ],
-    )?;
-    crate::delta::write(
-        &ctx.pipeline,
-        &schema::STAGE_SNAPSHOTS,
-        vec![batch],
-        SaveMode::Overwrite,
-        &ctx.run_id,
-        "standardize",
-    )
-    .await?;
-    Ok(())
-}
-
-/// The staging table of an SCD2 table.
-pub fn stage_table(t: &schema::Table) -> schema::Table {
-    let mut cols: Vec<schema::Column> = t.business_columns().copied().collect();
-    cols.extend(schema::STAGE_EXTRA.iter().copied());
-    for c in cols.iter_mut() {
-        c.nullable = true;
-    }
-    schema::Table {
-        name: Box::leak(t.stage_name().into_boxed_str()),
-        description: "Intern: standardiserte rader som ventar på publisering.",
-        kind: schema::Kind::Overwrite,
-        key: "",
-        partition_by: &[],
-        columns: Box::leak(cols.into_boxed_slice()),
-    }
 }

@@ -1,4 +1,4 @@
-//! The rules applied to one snapshot's rows (DESIGN §6): what must not be published is removed,
+//! The rules applied to one snapshot's rows (docs/ARCHITECTURE.md, "Quality rules and deviations"): what must not be published is removed,
 //! every broken rule becomes a deviation.
 //!
 //! The checks of one row (required fields, fødselsnummer, codes, contact fields) run on every
@@ -13,7 +13,8 @@ use chrono::NaiveDate;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{normalized, EfRow, ElevRow, Staged};
-use crate::quality::{fnr, kommuner, rules, Avvik, Checker, Origin, Severity};
+use crate::fint::Origin;
+use crate::quality::{fnr, kommuner, rules, Avvik, Checker, Severity};
 
 /// Validates a pupil's fødselsnummer; fills birth date and legacy gender. Returns false when the
 /// row must be dropped.

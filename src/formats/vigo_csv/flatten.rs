@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use std::borrow::Cow;
 
-use super::{EfRow, ElevRow, SkoleRow, Snapshot, Staged, Text};
-use crate::quality::Origin;
+use crate::fint::{EfRow, ElevRow, Origin, SkoleRow, Staged, Text};
+use crate::formats::{RawRec, SnapshotInput};
 
 fn field<'a>(v: &Value, key: &str) -> Text<'a> {
     v.get(key)
@@ -51,16 +51,21 @@ pub fn skolear_for(as_of_micros: i64) -> String {
     format!("{}{}", start, start + 1)
 }
 
-pub fn flatten<'a>(snap: &'a Snapshot, out: &mut Staged<'a>) {
+/// The FINT rows of one snapshot (see [`crate::formats::Format::flatten`]).
+pub fn flatten<'a>(
+    snap: &SnapshotInput<'a>,
+    records: &mut dyn Iterator<Item = RawRec<'a>>,
+    out: &mut Staged<'a>,
+) {
     let skolear = skolear_for(snap.as_of);
     let mut school: Option<SkoleRow> = None;
-    for rec in snap.records().filter(|r| r.entitet == "elevliste") {
+    for rec in records.filter(|r| r.entitet == "elevliste") {
         let Ok(v) = serde_json::from_str::<Value>(rec.post) else {
             continue;
         };
         let fnr = digits(field(&v, "fodselsnummer"));
         let skolenummer =
-            digits(field(&v, "skolenummer")).or_else(|| snap.omfang.as_deref().map(Cow::Borrowed));
+            digits(field(&v, "skolenummer")).or_else(|| snap.omfang.map(Cow::Borrowed));
         let kommune = digits(field(&v, "kommunenummer"));
         let fylke = digits(field(&v, "fylkesnummer")).or_else(|| {
             kommune
@@ -71,7 +76,7 @@ pub fn flatten<'a>(snap: &'a Snapshot, out: &mut Staged<'a>) {
         let (fornavn, mellomnavn, etternavn) =
             split_name(&field(&v, "elev_namn").unwrap_or_default());
         let r = Origin {
-            kildesystem: &snap.kildesystem,
+            kildesystem: snap.kildesystem,
             kjelde: rec.kjelde,
             rad: rec.rad,
             skolenummer: skolenummer.clone(),

@@ -8,10 +8,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{InputFormat, ParsedFile, Record};
 use crate::error::{Error, Result};
-
-pub struct OneRosterJson;
+use crate::formats::{ParsedFile, Record};
 
 /// Collection names and their single-object forms.
 const ENTITIES: &[(&str, &str)] = &[
@@ -30,86 +28,88 @@ struct Stamp<'a> {
     date_last_modified: Option<&'a str>,
 }
 
-impl InputFormat for OneRosterJson {
-    fn parse<'a>(&self, file: &str, text: &'a str, need_modified: bool) -> Result<ParsedFile<'a>> {
-        // Members borrow from the text: records are sliced out of it, not copied. Arrays are
-        // split into their elements while the file is read (one pass over the text).
-        let members = serde_json::from_str::<Members<'a>>(text)
-            .map_err(|e| json_error(file, e))?
-            .0;
-        let mut records = Vec::new();
-        let mut newest: Option<chrono::DateTime<chrono::Utc>> = None;
-        // As in a JSON object read into a map: a repeated key counts once, with its last value.
-        let mut by_key: BTreeMap<&str, &Member<'a>> = BTreeMap::new();
-        for (key, value) in &members {
-            by_key.insert(key, value);
-        }
-        for (key, value) in &by_key {
-            let Some(entity) = ENTITIES
-                .iter()
-                .find(|(plural, single)| key == plural || key == single)
-                .map(|(plural, _)| *plural)
-            else {
-                continue;
-            };
-            let single: Vec<&'a RawValue>;
-            let items: &[&'a RawValue] = match value {
-                Member::Items(items) => items,
-                // A single-object envelope (`{"user": {...}}`): small, read again for its text.
-                Member::Object => {
-                    single = single_object(file, text, key)?.into_iter().collect();
-                    &single
-                }
-                Member::Scalar => {
-                    return Err(Error::input(
-                        file,
-                        None,
-                        format!("`{key}` must hold JSON objects"),
-                    ))
-                }
-            };
-            records.reserve(items.len());
-            for item in items {
-                let raw = item.get();
-                if !raw.starts_with('{') {
-                    return Err(Error::input(
-                        file,
-                        None,
-                        format!("`{key}` must hold JSON objects"),
-                    ));
-                }
-                if need_modified {
-                    let stamp: Stamp = serde_json::from_str(raw).map_err(|_| {
-                        Error::input(file, None, format!("`{key}` must hold JSON objects"))
-                    })?;
-                    if let Some(t) = stamp.date_last_modified.and_then(super::asof::parse_time) {
-                        newest = Some(newest.map_or(t, |n| n.max(t)));
-                    }
-                }
-                records.push(Record {
-                    entitet: entity,
-                    rad: records.len() as i64 + 1,
-                    post: std::borrow::Cow::Borrowed(raw),
-                });
+/// The records of one file (see [`crate::formats::Format::parse`]).
+pub fn parse<'a>(file: &str, text: &'a str, need_modified: bool) -> Result<ParsedFile<'a>> {
+    // Members borrow from the text: records are sliced out of it, not copied. Arrays are
+    // split into their elements while the file is read (one pass over the text).
+    let members = serde_json::from_str::<Members<'a>>(text)
+        .map_err(|e| json_error(file, e))?
+        .0;
+    let mut records = Vec::new();
+    let mut newest: Option<chrono::DateTime<chrono::Utc>> = None;
+    // As in a JSON object read into a map: a repeated key counts once, with its last value.
+    let mut by_key: BTreeMap<&str, &Member<'a>> = BTreeMap::new();
+    for (key, value) in &members {
+        by_key.insert(key, value);
+    }
+    for (key, value) in &by_key {
+        let Some(entity) = ENTITIES
+            .iter()
+            .find(|(plural, single)| key == plural || key == single)
+            .map(|(plural, _)| *plural)
+        else {
+            continue;
+        };
+        let single: Vec<&'a RawValue>;
+        let items: &[&'a RawValue] = match value {
+            Member::Items(items) => items,
+            // A single-object envelope (`{"user": {...}}`): small, read again for its text.
+            Member::Object => {
+                single = single_object(file, text, key)?.into_iter().collect();
+                &single
             }
+            Member::Scalar => {
+                return Err(Error::input(
+                    file,
+                    None,
+                    format!("`{key}` must hold JSON objects"),
+                ))
+            }
+        };
+        records.reserve(items.len());
+        for item in items {
+            let raw = item.get();
+            if !raw.starts_with('{') {
+                return Err(Error::input(
+                    file,
+                    None,
+                    format!("`{key}` must hold JSON objects"),
+                ));
+            }
+            if need_modified {
+                let stamp: Stamp = serde_json::from_str(raw).map_err(|_| {
+                    Error::input(file, None, format!("`{key}` must hold JSON objects"))
+                })?;
+                if let Some(t) = stamp
+                    .date_last_modified
+                    .and_then(crate::formats::asof::parse_time)
+                {
+                    newest = Some(newest.map_or(t, |n| n.max(t)));
+                }
+            }
+            records.push(Record {
+                entitet: entity,
+                rad: records.len() as i64 + 1,
+                post: std::borrow::Cow::Borrowed(raw),
+            });
         }
-        if records.is_empty()
-            && !by_key
-                .keys()
-                .any(|k| ENTITIES.iter().any(|(p, s)| k == p || k == s))
-        {
-            return Err(Error::input(
+    }
+    if records.is_empty()
+        && !by_key
+            .keys()
+            .any(|k| ENTITIES.iter().any(|(p, s)| k == p || k == s))
+    {
+        return Err(Error::input(
                 file,
                 None,
                 "not a OneRoster envelope: expected a key such as `users`, `orgs`, `classes`, `enrollments` or `academicSessions`",
             ));
-        }
-        Ok(ParsedFile {
-            records,
-            newest_modified: newest,
-            omfang: None,
-        })
     }
+    Ok(ParsedFile {
+        records,
+        newest_modified: newest,
+        omfang: None,
+    })
 }
 
 /// The members of a file's top-level object, arrays split into their (unparsed) elements.
@@ -297,28 +297,22 @@ mod tests {
         let text = r#"{"users":[{"sourcedId":"u1","dateLastModified":"2026-01-10T08:00:00Z"},
             {"sourcedId":"u2","dateLastModified":"2026-01-12T08:00:00Z","extra":1}],
             "orgs":[{"sourcedId":"o1"}], "statusInfoSet": []}"#;
-        let p = OneRosterJson.parse("users.json", text, true).unwrap();
+        let p = parse("users.json", text, true).unwrap();
         assert_eq!(p.records.len(), 3);
         assert_eq!(p.records.iter().filter(|r| r.entitet == "users").count(), 2);
         assert_eq!(
             p.newest_modified.unwrap().to_rfc3339(),
             "2026-01-12T08:00:00+00:00"
         );
-        let single = OneRosterJson
-            .parse("u.json", r#"{"user":{"sourcedId":"u1"}}"#, true)
-            .unwrap();
+        let single = parse("u.json", r#"{"user":{"sourcedId":"u1"}}"#, true).unwrap();
         assert_eq!(single.records[0].entitet, "users");
     }
 
     #[test]
     fn errors_name_file_and_line() {
-        let err = OneRosterJson
-            .parse("users.json", "{\n\"users\": [\n{,}]}", true)
-            .unwrap_err();
+        let err = parse("users.json", "{\n\"users\": [\n{,}]}", true).unwrap_err();
         assert!(err.to_string().starts_with("users.json, line 3"), "{err}");
-        let err = OneRosterJson
-            .parse("x.json", r#"{"foo": 1}"#, true)
-            .unwrap_err();
+        let err = parse("x.json", r#"{"foo": 1}"#, true).unwrap_err();
         assert!(
             err.to_string().contains("not a OneRoster envelope"),
             "{err}"

@@ -1,4 +1,4 @@
-//! `vigo-csv`: the legacy semicolon elevliste, one file per school (DESIGN §5).
+//! `vigo-csv`: the legacy semicolon elevliste, one file per school.
 //!
 //! Header names are matched case-insensitively with `ø`/`o` and `_`/space alike; extra columns
 //! are kept. Hand-made files have empty lines, trailing semicolons, quoted fields and duplicate
@@ -6,20 +6,8 @@
 
 use serde_json::{Map, Value};
 
-use super::{InputFormat, ParsedFile, Record};
 use crate::error::{Error, Result};
-
-pub struct VigoCsv;
-
-/// The columns of the elevliste, by canonical name.
-pub const COLUMNS: &[&str] = &[
-    "kommunenummer",
-    "skolenummer",
-    "fylkesnummer",
-    "klasse",
-    "fodselsnummer",
-    "elev_namn",
-];
+use crate::formats::{ParsedFile, Record};
 
 /// Canonical form of a header name: lower case, `ø`→`o`, `æ`→`ae`, `å`→`a`, spaces → `_`.
 pub fn canonical_header(h: &str) -> String {
@@ -61,22 +49,22 @@ pub fn split_line(line: &str) -> Vec<String> {
     fields
 }
 
-impl InputFormat for VigoCsv {
-    fn parse<'a>(&self, file: &str, text: &'a str, _need_modified: bool) -> Result<ParsedFile<'a>> {
-        let mut lines = text
-            .split('\n')
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty());
-        let Some((header_idx, header_line)) = lines.next() else {
-            return Err(Error::input(file, None, "the file is empty"));
-        };
-        let header: Vec<String> = split_line(header_line)
-            .iter()
-            .map(|h| canonical_header(h))
-            .collect();
-        for required in ["skolenummer", "klasse", "fodselsnummer", "elev_namn"] {
-            if !header.iter().any(|h| h == required) {
-                return Err(Error::Input {
+/// The records of one file (see [`crate::formats::Format::parse`]).
+pub fn parse<'a>(file: &str, text: &'a str) -> Result<ParsedFile<'a>> {
+    let mut lines = text
+        .split('\n')
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
+    let Some((header_idx, header_line)) = lines.next() else {
+        return Err(Error::input(file, None, "the file is empty"));
+    };
+    let header: Vec<String> = split_line(header_line)
+        .iter()
+        .map(|h| canonical_header(h))
+        .collect();
+    for required in ["skolenummer", "klasse", "fodselsnummer", "elev_namn"] {
+        if !header.iter().any(|h| h == required) {
+            return Err(Error::Input {
                     file: file.into(),
                     line: Some(header_idx as u64 + 1),
                     field: Some(required.into()),
@@ -84,54 +72,53 @@ impl InputFormat for VigoCsv {
                         "the header has no `{required}` column (expected kommunenummer;skolenummer;fylkesnummer;klasse;fødselsnummer;elev_namn)"
                     ),
                 });
+        }
+    }
+    let mut records = Vec::new();
+    let mut school_counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for (idx, line) in lines {
+        let fields = split_line(line);
+        let mut obj = Map::new();
+        for (i, value) in fields.iter().enumerate() {
+            let name = match header.get(i) {
+                Some(h) if !h.is_empty() => h.clone(),
+                // Trailing semicolons give empty fields past the header: ignore them.
+                _ if value.trim().is_empty() => continue,
+                _ => format!("kolonne_{}", i + 1),
+            };
+            obj.insert(name, Value::String(value.trim().to_string()));
+        }
+        if let Some(Value::String(s)) = obj.get("skolenummer") {
+            let digits: String = s.chars().filter(|c| c.is_ascii_digit()).collect();
+            if !digits.is_empty() {
+                *school_counts.entry(digits).or_default() += 1;
             }
         }
-        let mut records = Vec::new();
-        let mut school_counts: std::collections::BTreeMap<String, usize> = Default::default();
-        for (idx, line) in lines {
-            let fields = split_line(line);
-            let mut obj = Map::new();
-            for (i, value) in fields.iter().enumerate() {
-                let name = match header.get(i) {
-                    Some(h) if !h.is_empty() => h.clone(),
-                    // Trailing semicolons give empty fields past the header: ignore them.
-                    _ if value.trim().is_empty() => continue,
-                    _ => format!("kolonne_{}", i + 1),
-                };
-                obj.insert(name, Value::String(value.trim().to_string()));
-            }
-            if let Some(Value::String(s)) = obj.get("skolenummer") {
-                let digits: String = s.chars().filter(|c| c.is_ascii_digit()).collect();
-                if !digits.is_empty() {
-                    *school_counts.entry(digits).or_default() += 1;
-                }
-            }
-            records.push(Record {
-                entitet: "elevliste",
-                rad: idx as i64 + 1,
-                post: Value::Object(obj).to_string().into(),
-            });
-        }
-        let omfang = school_from_name(file).or_else(|| {
-            school_counts
-                .into_iter()
-                .max_by_key(|(_, n)| *n)
-                .map(|(s, _)| s)
+        records.push(Record {
+            entitet: "elevliste",
+            rad: idx as i64 + 1,
+            post: Value::Object(obj).to_string().into(),
         });
-        if omfang.is_none() && !records.is_empty() {
-            return Err(Error::Input {
+    }
+    let omfang = school_from_name(file).or_else(|| {
+        school_counts
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(s, _)| s)
+    });
+    if omfang.is_none() && !records.is_empty() {
+        return Err(Error::Input {
                 file: file.into(),
                 line: None,
                 field: Some("skolenummer".into()),
                 message: "cannot tell which school the list is for: no skolenummer in the file name or the rows".into(),
             });
-        }
-        Ok(ParsedFile {
-            records,
-            newest_modified: None,
-            omfang,
-        })
     }
+    Ok(ParsedFile {
+        records,
+        newest_modified: None,
+        omfang,
+    })
 }
 
 /// A five-digit skolenummer standing alone in the file name (`elevliste_46505_20261101.csv`).
@@ -155,9 +142,7 @@ mod tests {
             "Kommunenummer;Skolenummer;Fylkesnummer;Klasse;Fødselsnummer;Elev_namn;Merknad\n\
                     4621;46505;46;10A;\"010110 12345\";Kari Nordmann;x;\n\n\
                     4621;46505;46;10A;2011012345;Ola Nordmann;\n";
-        let p = VigoCsv
-            .parse("elevliste_46505_20261101.csv", text, false)
-            .unwrap();
+        let p = parse("elevliste_46505_20261101.csv", text).unwrap();
         assert_eq!(p.omfang.as_deref(), Some("46505"));
         assert_eq!(p.records.len(), 2);
         assert_eq!(p.records[1].rad, 4, "line numbers count empty lines");
@@ -168,8 +153,7 @@ mod tests {
 
     #[test]
     fn missing_column_is_named() {
-        let err = VigoCsv
-            .parse("l.csv", "skolenummer;klasse;elev_namn\n", false)
+        let err = parse("l.csv", "skolenummer;klasse;elev_namn\n")
             .unwrap_err()
             .to_string();
         assert!(

@@ -9,9 +9,9 @@ use std::collections::HashMap;
 
 use serde_json::value::RawValue;
 
-use super::{EfRow, ElevRow, RawRec, SkoleRow, Snapshot, Staged, Text};
-use crate::ingest::oneroster_json::Envelope;
-use crate::quality::Origin;
+use super::parse::Envelope;
+use crate::fint::{EfRow, ElevRow, Origin, SkoleRow, Staged, Text};
+use crate::formats::{RawRec, SnapshotInput};
 
 /// One JSON object whose members stay unparsed until asked for: a record is scanned once and
 /// only the fields standardize uses are decoded (no tree of values per record). As with
@@ -118,7 +118,13 @@ struct Class<'a> {
     homeroom: bool,
 }
 
-pub fn flatten<'a>(snap: &'a Snapshot, kommunenummer: &'a str, out: &mut Staged<'a>) {
+/// The FINT rows of one snapshot (see [`crate::formats::Format::flatten`]).
+pub fn flatten<'a>(
+    snap: &SnapshotInput<'a>,
+    records: &mut dyn Iterator<Item = RawRec<'a>>,
+    out: &mut Staged<'a>,
+) {
+    let kommunenummer = snap.kommunenummer;
     let mut users = Vec::new();
     let mut orgs = Vec::new();
     let mut classes = HashMap::new();
@@ -126,7 +132,7 @@ pub fn flatten<'a>(snap: &'a Snapshot, kommunenummer: &'a str, out: &mut Staged<
     let mut enrollments = Vec::new();
     // Pupils and enrollments (most of the records) are parsed one at a time further down, once
     // the classes, schools and terms they refer to are known.
-    for rec in snap.records() {
+    for rec in records {
         match rec.entitet {
             "users" => {
                 users.push(rec);
@@ -179,7 +185,7 @@ pub fn flatten<'a>(snap: &'a Snapshot, kommunenummer: &'a str, out: &mut Staged<
     }
 
     let reference = |rec: &RawRec<'a>, system_id: Text<'a>, school: Text<'a>| Origin {
-        kildesystem: &snap.kildesystem,
+        kildesystem: snap.kildesystem,
         kjelde: rec.kjelde,
         rad: rec.rad,
         skolenummer: school,

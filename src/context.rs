@@ -1,0 +1,134 @@
+//! The run context every stage gets (run id, clock, options), and the machinery every stage
+//! shares without depending on the others: timing of steps and the crash points of the
+//! crash-safety tests. A leaf: it knows the pipeline file and nothing of the stages.
+
+use chrono::{DateTime, TimeZone, Utc};
+
+use crate::config::Pipeline;
+
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    pub pipeline: Pipeline,
+    pub run_id: String,
+    pub started: DateTime<Utc>,
+    pub as_of_override: Option<DateTime<Utc>>,
+    pub dry_run: bool,
+}
+
+impl RunContext {
+    pub fn new(pipeline: Pipeline) -> Self {
+        RunContext {
+            pipeline,
+            run_id: uuid::Uuid::new_v4().to_string(),
+            started: Utc::now(),
+            as_of_override: None,
+            dry_run: false,
+        }
+    }
+}
+
+/// Test hook for crash-safety tests: when `ELEVFLYT_CRASH_AT` names this point, the process
+/// aborts here, as if killed. Points: after-raw, after-avvik, after-stage, after-merge-skole,
+/// after-merge-elev, after-merge-elevforhold, after-elev-id, after-leveranse, after-elevliste,
+/// and after-create-<table> (a table created, nothing written to it yet).
+pub fn crash_point(name: &str) {
+    if std::env::var("ELEVFLYT_CRASH_AT").is_ok_and(|p| p == name) {
+        eprintln!("ELEVFLYT_CRASH_AT={name}: aborting");
+        std::process::abort();
+    }
+}
+
+/// Times the steps of a stage: each `step` logs (at debug) how long it took since the last one.
+/// `--log-level debug` (or `RUST_LOG=elevflyt=debug`) shows where a run spends its time.
+pub struct Steps {
+    stage: &'static str,
+    last: std::time::Instant,
+    last_cpu: u64,
+}
+
+impl Steps {
+    pub fn new(stage: &'static str) -> Self {
+        Steps {
+            stage,
+            last: std::time::Instant::now(),
+            last_cpu: usage().0,
+        }
+    }
+
+    /// Logs (at debug) the wall time and the process's CPU time (all threads, user + system)
+    /// since the previous step: `cpu_ms` near `ms` means one busy core, near twice `ms` two.
+    pub fn step(&mut self, name: &str) {
+        let now = std::time::Instant::now();
+        let (cpu, peak_mb) = usage();
+        tracing::debug!(
+            stage = self.stage,
+            step = name,
+            ms = (now - self.last).as_millis() as u64,
+            cpu_ms = cpu.saturating_sub(self.last_cpu) / 1000,
+            rss_mb = resident_mb(),
+            peak_mb,
+            "step"
+        );
+        self.last = now;
+        self.last_cpu = cpu;
+    }
+}
+
+/// The process's resident memory now (MB; 0 where unavailable).
+fn resident_mb() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096 / (1024 * 1024))
+}
+
+/// The CPU time the process has used so far (µs) and its peak resident memory so far (MB);
+/// zeros where unavailable.
+fn usage() -> (u64, u64) {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut u) != 0 {
+            return (0, 0);
+        }
+        u
+    };
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    (
+        micros(usage.ru_utime) + micros(usage.ru_stime),
+        usage.ru_maxrss as u64 / 1024,
+    )
+}
+
+pub fn fmt_micros(t: i64) -> String {
+    Utc.timestamp_micros(t)
+        .single()
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default()
+}
+
+/// Makes `attempt` again after a lost commit race with another run (`is_conflict`), up to five
+/// times with a growing pause; any other error, or a sixth conflict, is returned. `attempt` gets
+/// the number of the try (0 first) so that it can refresh what it read.
+pub async fn retry_on_conflict<T, E>(
+    what: &str,
+    is_conflict: impl Fn(&E) -> bool,
+    mut attempt: impl AsyncFnMut(u32) -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    const TRIES: u32 = 5;
+    let mut n = 0;
+    loop {
+        match attempt(n).await {
+            Err(e) if n < TRIES && is_conflict(&e) => {
+                n += 1;
+                tracing::warn!(
+                    table = what,
+                    attempt = n,
+                    "another run committed at the same time; trying again"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50 * n as u64)).await;
+            }
+            done => return done,
+        }
+    }
+}

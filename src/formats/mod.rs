@@ -1,0 +1,134 @@
+//! Input formats as components: each format is one module (a folder here) holding both of its
+//! halves — `parse` (a file's text → raw records, for ingest) and `flatten` (a snapshot's raw
+//! records → FINT rows, for standardize) — its sample-data writer and its tests, behind the one
+//! trait [`Format`]. The pipeline file's `format = "…"` is looked up in [`REGISTRY`] by name.
+//!
+//! Adding a format is one module plus one line in [`REGISTRY`] (docs/ARCHITECTURE.md, "Adding
+//! an input format"). Not here: storage, lineage and skipping files already read (ingest), or
+//! validation of the rows a format produces (standardize and quality).
+
+pub mod asof;
+pub mod oneroster_json;
+pub mod vigo_csv;
+
+use std::path::Path;
+
+use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::error::Result;
+use crate::fint::Staged;
+use crate::generate::Population;
+
+/// One input format. Implementations are unit structs registered in [`REGISTRY`].
+pub trait Format: Sync + Send {
+    /// The name the pipeline file uses (`format = "oneroster-json"`).
+    fn name(&self) -> &'static str;
+
+    /// One line for `--help` and `elevflyt validate`.
+    fn description(&self) -> &'static str;
+
+    /// Ingest: the records of one file, kept as delivered. `need_modified`: the file's as-of time
+    /// must come from its records (no date in its name nor on the command line), so the format
+    /// must find the newest modification time it carries.
+    fn parse<'a>(&self, file: &str, text: &'a str, need_modified: bool) -> Result<ParsedFile<'a>>;
+
+    /// Standardize: the FINT rows of one snapshot, from its raw records in file and record order.
+    /// Records the format cannot read are skipped here; validation reports on what is produced.
+    fn flatten<'a>(
+        &self,
+        snapshot: &SnapshotInput<'a>,
+        records: &mut dyn Iterator<Item = RawRec<'a>>,
+        out: &mut Staged<'a>,
+    );
+
+    /// `elevflyt generate`: writes one snapshot of a synthetic population as this format's
+    /// files under `out` and returns their paths.
+    fn write_sample(
+        &self,
+        out: &Path,
+        date: NaiveDate,
+        population: &Population<'_>,
+    ) -> Result<Vec<String>>;
+}
+
+/// Every format elevflyt reads, by name. One line per format.
+pub static REGISTRY: &[&dyn Format] = &[&oneroster_json::OneRosterJson, &vigo_csv::VigoCsv];
+
+/// The format of that name.
+pub fn lookup(name: &str) -> Option<&'static dyn Format> {
+    REGISTRY.iter().copied().find(|f| f.name() == name)
+}
+
+/// The registered names, for messages: `oneroster-json, vigo-csv`.
+pub fn names() -> String {
+    REGISTRY
+        .iter()
+        .map(|f| f.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The format of that name, or a message listing the ones there are.
+pub fn find(name: &str) -> std::result::Result<&'static dyn Format, String> {
+    lookup(name).ok_or_else(|| format!("unknown format `{name}` (formats: {})", names()))
+}
+
+/// Entity of the marker record each file gets (record number 0).
+pub const FILE_MARKER: &str = "_fil";
+
+/// One record of a source file, as delivered.
+#[derive(Debug, Clone)]
+pub struct Record<'a> {
+    pub entitet: &'static str,
+    /// Record number in the file: the line for CSV, the element (from 1) for JSON.
+    pub rad: i64,
+    /// The record as a JSON object (borrowed from the file's text when it is JSON already).
+    pub post: std::borrow::Cow<'a, str>,
+}
+
+/// What [`Format::parse`] makes of one file.
+#[derive(Debug, Default)]
+pub struct ParsedFile<'a> {
+    pub records: Vec<Record<'a>>,
+    /// Newest `dateLastModified` in the file, when the format has one.
+    pub newest_modified: Option<DateTime<Utc>>,
+    /// Scope for deletions: the school for per-school files.
+    pub omfang: Option<String>,
+}
+
+/// A raw record of a snapshot, borrowed from the raw table's columns.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRec<'a> {
+    pub kjelde: &'a str,
+    pub entitet: &'a str,
+    pub rad: i64,
+    pub post: &'a str,
+}
+
+/// The snapshot [`Format::flatten`] works on, besides its records.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotInput<'a> {
+    /// The source's name (`kildesystem`).
+    pub kildesystem: &'a str,
+    /// The school a per-school file covers.
+    pub omfang: Option<&'a str>,
+    /// Microseconds since the epoch, UTC.
+    pub as_of: i64,
+    /// The pipeline's kommunenummer, for records that do not name their own.
+    pub kommunenummer: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_are_found_by_their_pipeline_file_name() {
+        for f in REGISTRY {
+            assert_eq!(lookup(f.name()).map(|g| g.name()), Some(f.name()));
+        }
+        assert_eq!(names(), "oneroster-json, vigo-csv");
+        let err = find("csv").err().unwrap_or_default();
+        assert!(err.contains("`csv`") && err.contains("vigo-csv"), "{err}");
+    }
+}

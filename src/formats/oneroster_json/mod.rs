@@ -1,0 +1,53 @@
+//! `oneroster-json`: OneRoster 1.1/1.2 REST JSON envelopes as Vigilo exports them (`users`,
+//! `orgs`, `classes`, `enrollments`, `academicSessions`; single-object envelopes too).
+//!
+//! - [`parse`]: a file → its records, sliced out of the text as delivered.
+//! - [`flatten`]: a snapshot's records → `elev`, `elevforhold` and `skole` rows.
+//! - [`sample`]: the synthetic export `elevflyt generate` writes.
+
+mod flatten;
+mod parse;
+mod sample;
+
+use std::path::Path;
+
+use chrono::NaiveDate;
+
+use super::{Format, ParsedFile, RawRec, SnapshotInput};
+use crate::error::Result;
+use crate::fint::Staged;
+use crate::generate::Population;
+
+pub struct OneRosterJson;
+
+impl Format for OneRosterJson {
+    fn name(&self) -> &'static str {
+        "oneroster-json"
+    }
+
+    fn description(&self) -> &'static str {
+        "OneRoster 1.1/1.2 REST JSON envelopes (users, orgs, classes, enrollments, academicSessions), as Vigilo exports them"
+    }
+
+    fn parse<'a>(&self, file: &str, text: &'a str, need_modified: bool) -> Result<ParsedFile<'a>> {
+        parse::parse(file, text, need_modified)
+    }
+
+    fn flatten<'a>(
+        &self,
+        snapshot: &SnapshotInput<'a>,
+        records: &mut dyn Iterator<Item = RawRec<'a>>,
+        out: &mut Staged<'a>,
+    ) {
+        flatten::flatten(snapshot, records, out)
+    }
+
+    fn write_sample(
+        &self,
+        out: &Path,
+        date: NaiveDate,
+        population: &Population<'_>,
+    ) -> Result<Vec<String>> {
+        sample::write(out, date, population)
+    }
+}

@@ -1,0 +1,265 @@
+//! The snapshot ledger: which snapshots exist, which are published (`leveranse`), which sources
+//! must have their history rebuilt, and the staging tables that hand standardized snapshots from
+//! a `standardize` to a `publish` run on its own. Standardize and publish both ask it; neither
+//! asks the other (docs/ARCHITECTURE.md, "The snapshot ledger").
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use deltalake::protocol::SaveMode;
+
+use crate::context::RunContext;
+use crate::error::{Error, Result};
+use crate::schema::{self, Table};
+
+/// A snapshot: (kildesystem, omfang, as-of in µs). All records of one source that share a scope
+/// and an as-of time.
+pub type SnapshotKey = (String, Option<String>, i64);
+
+/// Standardized snapshots for publish: the snapshot keys and the rows of elev, elevforhold and
+/// skole (in the staging tables' schema).
+#[derive(Debug, Default, Clone)]
+pub struct StagedData {
+    pub snapshots: HashSet<SnapshotKey>,
+    pub elev: Vec<arrow::array::RecordBatch>,
+    pub elevforhold: Vec<arrow::array::RecordBatch>,
+    pub skole: Vec<arrow::array::RecordBatch>,
+}
+
+/// Snapshots already published, from `leveranse`.
+pub async fn published(ctx: &RunContext) -> Result<HashSet<SnapshotKey>> {
+    let session = crate::delta::session(&ctx.pipeline, &["leveranse"]).await?;
+    let mut out = HashSet::new();
+    if !crate::delta::has_table(&session, "leveranse") {
+        return Ok(out);
+    }
+    for b in
+        crate::delta::query(&session, "SELECT kildesystem, omfang, as_of FROM leveranse").await?
+    {
+        let k = crate::delta::strings(&b, "kildesystem")?;
+        let o = crate::delta::strings(&b, "omfang")?;
+        let t = crate::delta::micros(&b, "as_of")?;
+        for i in 0..b.num_rows() {
+            let omfang = (!o.is_null(i)).then(|| o.value(i).to_string());
+            out.insert((k.value(i).to_string(), omfang, t.value(i)));
+        }
+    }
+    Ok(out)
+}
+
+/// Records snapshots as published (`leveranse`): the ledger's answer to "is this snapshot
+/// published?" from then on.
+pub async fn record_published(ctx: &RunContext, snapshots: &[SnapshotKey]) -> Result<()> {
+    if snapshots.is_empty() {
+        return Ok(());
+    }
+    let t = &schema::LEVERANSE;
+    let now = chrono::Utc::now().timestamp_micros();
+    let batch = RecordBatch::try_new(
+        t.arrow_schema(),
+        vec![
+            Arc::new(StringArray::from(
+                snapshots.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                snapshots.iter().map(|s| s.1.as_deref()).collect::<Vec<_>>(),
+            )),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(snapshots.iter().map(|s| s.2))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(StringArray::from(vec![
+                ctx.run_id.as_str();
+                snapshots.len()
+            ])),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![now; snapshots.len()]).with_timezone("UTC"),
+            ),
+        ],
+    )?;
+    crate::delta::write(
+        &ctx.pipeline,
+        t,
+        vec![batch],
+        SaveMode::Append,
+        &ctx.run_id,
+        "publish",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Sources whose pending snapshots do not simply follow the stored history: a late snapshot
+/// (older than history already stored for the source), or a publish that was interrupted after
+/// some tables were committed. Their history is rebuilt from all their snapshots, in as-of order.
+pub async fn rebuild_sources(ctx: &RunContext, pending: &[SnapshotKey]) -> Result<HashSet<String>> {
+    let mut oldest: HashMap<&str, i64> = HashMap::new();
+    for (k, _, t) in pending {
+        let e = oldest.entry(k.as_str()).or_insert(*t);
+        *e = (*e).min(*t);
+    }
+    let session = crate::delta::session(&ctx.pipeline, &["elev", "elevforhold", "skole"]).await?;
+    let mut newest: HashMap<String, i64> = HashMap::new();
+    for t in ["elev", "elevforhold", "skole"] {
+        if !crate::delta::has_table(&session, t) {
+            continue;
+        }
+        let sql = format!(
+            "SELECT kildesystem, max(greatest(valid_from, coalesce(valid_to, valid_from))) AS t FROM {t} GROUP BY kildesystem"
+        );
+        for b in crate::delta::query(&session, &sql).await? {
+            let k = crate::delta::strings(&b, "kildesystem")?;
+            let m = crate::delta::micros(&b, "t")?;
+            for i in 0..b.num_rows() {
+                if let Some(k) = opt(&k, i) {
+                    let e = newest.entry(k).or_insert(i64::MIN);
+                    *e = (*e).max(m.value(i));
+                }
+            }
+        }
+    }
+    // Snapshots that changed nothing leave no trace in the history: count the published ones.
+    for (k, _, t) in published(ctx).await? {
+        let e = newest.entry(k).or_insert(i64::MIN);
+        *e = (*e).max(t);
+    }
+    Ok(oldest
+        .into_iter()
+        .filter(|(k, t)| newest.get(*k).is_some_and(|n| t <= n))
+        .map(|(k, _)| k.to_string())
+        .collect())
+}
+
+async fn read_staged(ctx: &RunContext, t: &Table) -> Result<Vec<RecordBatch>> {
+    let stage = stage_table(t);
+    let session = crate::delta::session(&ctx.pipeline, &[stage.name]).await?;
+    if !crate::delta::has_table(&session, stage.name) {
+        return Ok(Vec::new());
+    }
+    crate::delta::query(&session, &format!("SELECT * FROM {}", stage.name)).await
+}
+
+/// The staged snapshots: handed over by `run`, or read from the staging tables.
+pub async fn staged_data(ctx: &RunContext, given: Option<StagedData>) -> Result<StagedData> {
+    if let Some(s) = given {
+        return Ok(s);
+    }
+    Ok(StagedData {
+        snapshots: staged_snapshots(ctx).await?,
+        elev: read_staged(ctx, &schema::ELEV).await?,
+        elevforhold: read_staged(ctx, &schema::ELEVFORHOLD).await?,
+        skole: read_staged(ctx, &schema::SKOLE).await?,
+    })
+}
+
+/// The run id in the newest commit of a table.
+async fn last_run_id(ctx: &RunContext, table: &str) -> Result<Option<String>> {
+    use futures::TryStreamExt;
+    let Some(t) = crate::delta::try_open(&ctx.pipeline.table_url(table)).await? else {
+        return Ok(None);
+    };
+    let infos: Vec<_> = t.history(Some(1)).try_collect().await?;
+    Ok(infos
+        .first()
+        .and_then(|c| c.info.get("elevflyt_run_id"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string))
+}
+
+/// The snapshots the last standardize staged, once it is sure that standardize finished: every
+/// staging table carries the run id of the same standardize.
+async fn staged_snapshots(ctx: &RunContext) -> Result<HashSet<SnapshotKey>> {
+    let t = &schema::STAGE_SNAPSHOTS;
+    let session = crate::delta::session(&ctx.pipeline, &[t.name]).await?;
+    let mut out = HashSet::new();
+    if !crate::delta::has_table(&session, t.name) {
+        return Ok(out);
+    }
+    let run = last_run_id(ctx, t.name).await?;
+    for table in [&schema::ELEV, &schema::ELEVFORHOLD, &schema::SKOLE] {
+        if last_run_id(ctx, &table.stage_name()).await? != run {
+            return Err(Error::StaleStaging);
+        }
+    }
+    for b in crate::delta::query(&session, &format!("SELECT * FROM {}", t.name)).await? {
+        let k = crate::delta::strings(&b, "stg_kildesystem")?;
+        let o = crate::delta::strings(&b, "stg_omfang")?;
+        let a = crate::delta::micros(&b, "stg_as_of")?;
+        for i in 0..b.num_rows() {
+            out.insert((k.value(i).to_string(), opt(&o, i), a.value(i)));
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the staging tables: the rows, then the snapshot list — publish takes staging as
+/// complete only when every staging table was written by the same standardize run. A snapshot
+/// may have no rows at all (a school list with no pupils).
+pub async fn write_stage(
+    ctx: &RunContext,
+    staged: &StagedData,
+    snapshots: &[SnapshotKey],
+) -> Result<()> {
+    for (t, batches) in [
+        (&schema::ELEV, &staged.elev),
+        (&schema::ELEVFORHOLD, &staged.elevforhold),
+        (&schema::SKOLE, &staged.skole),
+    ] {
+        crate::delta::write(
+            &ctx.pipeline,
+            &stage_table(t),
+            batches.clone(),
+            SaveMode::Overwrite,
+            &ctx.run_id,
+            "standardize",
+        )
+        .await?;
+    }
+    let batch = RecordBatch::try_new(
+        schema::STAGE_SNAPSHOTS.arrow_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                snapshots.iter().map(|s| s.0.as_str()),
+            )),
+            Arc::new(StringArray::from_iter(
+                snapshots.iter().map(|s| s.1.as_deref()),
+            )),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(snapshots.iter().map(|s| s.2))
+                    .with_timezone("UTC"),
+            ),
+        ],
+    )?;
+    crate::delta::write(
+        &ctx.pipeline,
+        &schema::STAGE_SNAPSHOTS,
+        vec![batch],
+        SaveMode::Overwrite,
+        &ctx.run_id,
+        "standardize",
+    )
+    .await?;
+    Ok(())
+}
+
+/// The staging table of an SCD2 table.
+pub fn stage_table(t: &schema::Table) -> schema::Table {
+    let mut cols: Vec<schema::Column> = t.business_columns().copied().collect();
+    cols.extend(schema::STAGE_EXTRA.iter().copied());
+    for c in cols.iter_mut() {
+        c.nullable = true;
+    }
+    schema::Table {
+        name: Box::leak(t.stage_name().into_boxed_str()),
+        description: "Intern: standardiserte rader som ventar på publisering.",
+        kind: schema::Kind::Overwrite,
+        key: "",
+        partition_by: &[],
+        columns: Box::leak(cols.into_boxed_slice()),
+    }
+}
+
+fn opt(a: &StringArray, i: usize) -> Option<String> {
+    (!a.is_null(i)).then(|| a.value(i).to_string())
+}

@@ -1,0 +1,142 @@
+//! What publish reads before it applies anything: the version of each SCD2 table it decides
+//! from (a commit on top of it conflicts with any run that committed since), the identity map,
+//! and each table's current rows — loaded on other tasks at the same time.
+
+use std::collections::HashSet;
+
+use deltalake::datafusion::prelude::SessionContext;
+
+use super::apply::Tables;
+use super::identity::Identity;
+use super::metrics::current_count;
+use super::plan::TableRun;
+use super::scd2::{self, Scd2};
+use super::staged::opt_str;
+use crate::context::RunContext;
+use crate::error::Result;
+use crate::par::joined;
+use crate::schema::{self, Table};
+
+/// The stored state a publish starts from.
+pub struct Loaded {
+    pub tables: Tables,
+    pub identity: Identity,
+    /// Current pupils stored before this run (for the row-count change).
+    pub stored_current: usize,
+    pub session: SessionContext,
+}
+
+/// Loads the stored state, except the current rows of sources whose history is rebuilt.
+pub async fn load(ctx: &RunContext, rebuilt: &HashSet<String>) -> Result<Loaded> {
+    let mut tables = Tables {
+        skole: TableRun::new(&schema::SKOLE, rebuilt),
+        elev: TableRun::new(&schema::ELEV, rebuilt),
+        elevforhold: TableRun::new(&schema::ELEVFORHOLD, rebuilt),
+    };
+    // The versions read below are at least these.
+    for run in tables.all_mut() {
+        run.read_version = crate::delta::try_open(&ctx.pipeline.table_url(run.table.name))
+            .await?
+            .and_then(|t| t.version())
+            .unwrap_or(0);
+    }
+    let session = crate::delta::session(
+        &ctx.pipeline,
+        &["elev", "elevforhold", "skole", "elevliste_vgs", "elev_id"],
+    )
+    .await?;
+    // The identity map and the current elevforhold are loaded on other tasks (other cores)
+    // while the current elev rows load here.
+    let identity_task = tokio::spawn({
+        let (pipeline, session) = (ctx.pipeline.clone(), session.clone());
+        async move { Identity::load(&pipeline, &session).await }
+    });
+    let ef_task = tokio::spawn({
+        let (session, rebuilt) = (session.clone(), rebuilt.clone());
+        let mut engine = std::mem::take(&mut tables.elevforhold.engine);
+        async move {
+            load_current(&session, &schema::ELEVFORHOLD, &mut engine, &rebuilt)
+                .await
+                .map(|()| engine)
+        }
+    });
+    let loaded = async {
+        load_current(&session, &schema::ELEV, &mut tables.elev.engine, rebuilt).await?;
+        load_current(&session, &schema::SKOLE, &mut tables.skole.engine, rebuilt).await?;
+        // Without rebuilt sources, the current rows just loaded are all of them.
+        if rebuilt.is_empty() {
+            Ok(tables.elev.engine.state.len())
+        } else {
+            current_count(&session, "elev").await
+        }
+    }
+    .await;
+    // Every task is awaited before an error is returned.
+    let identity = joined(identity_task, "loading the identity map").await;
+    let ef_engine = joined(ef_task, "loading elevforhold").await;
+    let stored_current = loaded?;
+    tables.elevforhold.engine = ef_engine?;
+    Ok(Loaded {
+        tables,
+        identity: identity?,
+        stored_current,
+        session,
+    })
+}
+
+/// Loads the current rows (key, hash, valid_from, scope) of an SCD2 table, except those of
+/// sources whose history is rebuilt in this run.
+async fn load_current(
+    ctx: &SessionContext,
+    t: &Table,
+    engine: &mut Scd2,
+    rebuilt: &HashSet<String>,
+) -> Result<()> {
+    if !crate::delta::has_table(ctx, t.name) {
+        return Ok(());
+    }
+    let (school, parent) = match t.name {
+        "elevforhold" => ("skolenummer", "elev_id"),
+        _ => ("NULL", "NULL"),
+    };
+    let sql = format!(
+        "SELECT {key} AS k, rad_hash, valid_from, kildesystem, {school} AS s, {parent} AS p FROM {name} WHERE is_current{skip}",
+        key = t.key,
+        name = t.name,
+        skip = not_in_sources(rebuilt),
+    );
+    crate::delta::for_each_batch(ctx, &sql, |b| {
+        let k = crate::delta::strings(b, "k")?;
+        let h = crate::delta::strings(b, "rad_hash")?;
+        let v = crate::delta::micros(b, "valid_from")?;
+        let ks = crate::delta::strings(b, "kildesystem")?;
+        let s = crate::delta::strings(b, "s")?;
+        let p = crate::delta::strings(b, "p")?;
+        engine.state.reserve(b.num_rows());
+        for i in 0..b.num_rows() {
+            engine.load_current(
+                k.value(i),
+                scd2::parse_hash(h.value(i)),
+                v.value(i),
+                opt_str(&ks, i),
+                opt_str(&s, i),
+                opt_str(&p, i),
+            );
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// ` AND kildesystem NOT IN (...)` for a set of source names (validated lower-case identifiers).
+fn not_in_sources(sources: &HashSet<String>) -> String {
+    if sources.is_empty() {
+        return String::new();
+    }
+    let list = sources
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(" AND (kildesystem IS NULL OR kildesystem NOT IN ({list}))")
+}

@@ -1,0 +1,311 @@
+//! The plan/apply loop's state per SCD2 table: the engine that turns snapshots into versions
+//! (scd2.rs), the prepared batches its inserts point into, and what is decided before anything
+//! is committed — rebuilt history reconciled with the stored one, invariants checked, and the
+//! commit chosen (commit.rs).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray};
+use deltalake::datafusion::prelude::SessionContext;
+
+use super::commit::{Strategy, TableCommit};
+use super::scd2::{self, Scd2, Scope, SnapshotRow};
+use super::staged::{opt_str, rows_of, ts};
+use crate::context::RunContext;
+use crate::error::{Error, Result};
+use crate::schema::{self, Table};
+
+/// What the MERGE does with one source row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Insert a new version.
+    Insert,
+    /// Rewrite a stored version with the same key and valid_from (rebuilt history).
+    Replace,
+}
+
+/// A stored version of a rebuilt source.
+struct StoredVersion {
+    key: String,
+    valid_from: i64,
+    valid_to: Option<i64>,
+    hash: scd2::RowHash,
+}
+
+/// Per-table engine plus the prepared (id-filled) snapshot batches it refers to.
+pub struct TableRun {
+    pub table: &'static Table,
+    pub engine: Scd2,
+    pub batches: Vec<RecordBatch>,
+    /// Sources whose history is rebuilt in this run.
+    pub rebuilt: HashSet<String>,
+    /// Operation per live insert (index into `engine.inserts`, ascending); inserts not listed
+    /// are unchanged versions of a rebuilt source and are not written.
+    pub ops: Vec<(usize, Op)>,
+    /// Stored versions (key, valid_from) of rebuilt sources that no longer exist.
+    pub deletes: Vec<(String, i64)>,
+    /// The table version the current rows were read from (0: no table yet).
+    pub read_version: u64,
+}
+
+impl TableRun {
+    pub fn new(table: &'static Table, rebuilt: &HashSet<String>) -> Self {
+        TableRun {
+            table,
+            engine: Scd2::default(),
+            batches: Vec::new(),
+            rebuilt: rebuilt.clone(),
+            ops: Vec::new(),
+            deletes: Vec::new(),
+            read_version: 0,
+        }
+    }
+
+    /// Applies a prepared snapshot batch; returns keys closed for absence.
+    pub fn apply(
+        &mut self,
+        batch: RecordBatch,
+        as_of: i64,
+        scope: Scope<'_>,
+    ) -> Result<Vec<Arc<str>>> {
+        let hashes = scd2::row_hashes(self.table, &batch)?;
+        let keys = crate::delta::strings(&batch, self.table.key)?;
+        let ks = crate::delta::strings(&batch, "kildesystem")?;
+        let school = crate::delta::strings(&batch, "skolenummer").ok();
+        let parent = crate::delta::strings(&batch, "elev_id").ok();
+        let rows: Vec<SnapshotRow> = (0..batch.num_rows())
+            .map(|i| SnapshotRow {
+                key: keys.value(i),
+                hash: hashes[i],
+                kildesystem: opt_str(&ks, i),
+                skolenummer: school.as_ref().and_then(|s| opt_str(s, i)),
+                parent: parent.as_ref().and_then(|p| opt_str(p, i)),
+            })
+            .collect();
+        self.engine.apply(self.batches.len(), as_of, &rows, scope);
+        self.batches.push(batch);
+        Ok(std::mem::take(&mut self.engine.last_absent))
+    }
+
+    /// Decides what to write. Versions of ordinary sources are inserted. For rebuilt sources the
+    /// new history is compared with the stored one: identical versions are kept as they are
+    /// (with their transaction_time), changed ones replaced, vanished ones deleted.
+    pub async fn reconcile(&mut self, session: &SessionContext) -> Result<()> {
+        let mut stored: HashMap<(String, i64), StoredVersion> = HashMap::new();
+        if !self.rebuilt.is_empty() && crate::delta::has_table(session, self.table.name) {
+            let list = self
+                .rebuilt
+                .iter()
+                .map(|s| format!("'{s}'"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT {k} AS k, valid_from, valid_to, rad_hash FROM {t} WHERE kildesystem IN ({list})",
+                k = self.table.key,
+                t = self.table.name
+            );
+            for b in crate::delta::query(session, &sql).await? {
+                let k = crate::delta::strings(&b, "k")?;
+                let f = crate::delta::micros(&b, "valid_from")?;
+                let to = crate::delta::micros(&b, "valid_to")?;
+                let h = crate::delta::strings(&b, "rad_hash")?;
+                for i in 0..b.num_rows() {
+                    let v = StoredVersion {
+                        key: k.value(i).to_string(),
+                        valid_from: f.value(i),
+                        valid_to: (!to.is_null(i)).then(|| to.value(i)),
+                        hash: scd2::parse_hash(h.value(i)),
+                    };
+                    stored.insert((v.key.clone(), v.valid_from), v);
+                }
+            }
+        }
+        self.ops.clear();
+        for (idx, ins) in self.engine.inserts.iter().enumerate() {
+            if ins.removed {
+                continue;
+            }
+            let rebuilt = ins
+                .kildesystem
+                .as_ref()
+                .is_some_and(|k| self.rebuilt.contains(&**k));
+            if !rebuilt {
+                self.ops.push((idx, Op::Insert));
+                continue;
+            }
+            match stored.remove(&(ins.key.to_string(), ins.valid_from)) {
+                Some(v) if v.valid_to == ins.valid_to && v.hash == ins.hash => {}
+                Some(_) => self.ops.push((idx, Op::Replace)),
+                None => self.ops.push((idx, Op::Insert)),
+            }
+        }
+        self.deletes = stored
+            .into_values()
+            .map(|v| (v.key, v.valid_from))
+            .collect();
+        Ok(())
+    }
+
+    pub fn has_changes(&self) -> bool {
+        !self.engine.closes.is_empty() || !self.ops.is_empty() || !self.deletes.is_empty()
+    }
+
+    /// Number of versions this run closes (stored ones and new ones that end within the run).
+    pub fn closed(&self) -> usize {
+        self.engine.closes.len()
+            + self
+                .ops
+                .iter()
+                .filter(|(i, _)| self.engine.inserts[*i].valid_to.is_some())
+                .count()
+    }
+
+    /// The MERGE source: `_op` is `close` (end a stored version), `insert`, `replace` or
+    /// `delete`.
+    fn merge_source(&self, transaction_time: i64) -> Result<Vec<RecordBatch>> {
+        let t = self.table;
+        let schema = Arc::new(arrow::datatypes::Schema::new(
+            t.columns
+                .iter()
+                .map(|c| arrow::datatypes::Field::new(c.name, c.ty.arrow(), true))
+                .chain([arrow::datatypes::Field::new(
+                    "_op",
+                    arrow::datatypes::DataType::Utf8,
+                    false,
+                )])
+                .collect::<Vec<_>>(),
+        ));
+        let mut parts = Vec::new();
+        // New versions, taken from the prepared batches.
+        let mut by_batch: BTreeMap<usize, Vec<(&scd2::Insert, Op)>> = BTreeMap::new();
+        for (idx, op) in &self.ops {
+            let ins = &self.engine.inserts[*idx];
+            by_batch.entry(ins.batch).or_default().push((ins, *op));
+        }
+        for (b, inserts) in by_batch {
+            let idx: Vec<u32> = inserts.iter().map(|(i, _)| i.row as u32).collect();
+            let rows = rows_of(&self.batches[b], &idx)?;
+            let n = inserts.len();
+            let mut cols: Vec<ArrayRef> = Vec::new();
+            for c in t.columns {
+                cols.push(match c.name {
+                    schema::VALID_FROM => ts(inserts.iter().map(|(i, _)| Some(i.valid_from))),
+                    schema::VALID_TO => ts(inserts.iter().map(|(i, _)| i.valid_to)),
+                    schema::IS_CURRENT => Arc::new(BooleanArray::from(
+                        inserts
+                            .iter()
+                            .map(|(i, _)| i.valid_to.is_none())
+                            .collect::<Vec<_>>(),
+                    )),
+                    schema::TRANSACTION_TIME => ts((0..n).map(|_| Some(transaction_time))),
+                    schema::ROW_HASH => {
+                        let mut hashes = arrow::array::StringBuilder::with_capacity(n, n * 32);
+                        for (i, _) in &inserts {
+                            scd2::write_hex(&mut hashes, i.hash)
+                                .map_err(|e| Error::Internal(format!("{e}")))?;
+                            hashes.append_value("");
+                        }
+                        Arc::new(hashes.finish())
+                    }
+                    name => rows
+                        .column_by_name(name)
+                        .cloned()
+                        .ok_or_else(|| Error::Internal(format!("staged rows lack {name}")))?,
+                });
+            }
+            cols.push(Arc::new(StringArray::from(
+                inserts
+                    .iter()
+                    .map(|(_, op)| {
+                        if *op == Op::Replace {
+                            "replace"
+                        } else {
+                            "insert"
+                        }
+                    })
+                    .collect::<Vec<_>>(),
+            )));
+            // Staged columns are nullable and may differ in type (e.g. from polars): cast.
+            let cols = cols
+                .iter()
+                .zip(schema.fields())
+                .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            parts.push(RecordBatch::try_new(schema.clone(), cols)?);
+        }
+        // Closes and deletes of stored versions: only key, valid_from (and valid_to) matter.
+        let keyed: Vec<(&str, i64, Option<i64>, &str)> = self
+            .engine
+            .closes
+            .iter()
+            .map(|c| (&*c.key, c.valid_from, Some(c.valid_to), "close"))
+            .chain(
+                self.deletes
+                    .iter()
+                    .map(|(k, f)| (k.as_str(), *f, None, "delete")),
+            )
+            .collect();
+        if !keyed.is_empty() {
+            let n = keyed.len();
+            let cols: Vec<ArrayRef> = schema
+                .fields()
+                .iter()
+                .map(|f| match f.name().as_str() {
+                    name if name == t.key => Arc::new(StringArray::from(
+                        keyed.iter().map(|c| c.0).collect::<Vec<_>>(),
+                    )) as ArrayRef,
+                    schema::VALID_FROM => ts(keyed.iter().map(|c| Some(c.1))),
+                    schema::VALID_TO => ts(keyed.iter().map(|c| c.2)),
+                    "_op" => Arc::new(StringArray::from(
+                        keyed.iter().map(|c| c.3).collect::<Vec<_>>(),
+                    )),
+                    _ => arrow::array::new_null_array(f.data_type(), n),
+                })
+                .collect();
+            parts.push(RecordBatch::try_new(schema.clone(), cols)?);
+        }
+        Ok(parts)
+    }
+
+    /// Checks the SCD2 invariants on what this run will write; a violation names the key and
+    /// stops the run before anything is committed.
+    pub fn check(&self) -> Result<()> {
+        match self.engine.violation() {
+            Some(v) => Err(Error::Invariant {
+                table: self.table.name.into(),
+                detail: v.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// What to commit: the rows to append or the MERGE source. `None` when nothing changes.
+    pub fn prepare(&self, ctx: &RunContext, transaction_time: i64) -> Result<Option<TableCommit>> {
+        if !self.has_changes() || ctx.dry_run {
+            return Ok(None);
+        }
+        let mut source = self.merge_source(transaction_time)?;
+        let only_inserts =
+            self.deletes.is_empty() && self.ops.iter().all(|(_, op)| *op == Op::Insert);
+        let strategy = if only_inserts && self.engine.closes.is_empty() {
+            // A first load, or new keys only: nothing stored changes.
+            for part in source.iter_mut() {
+                part.remove_column(part.num_columns() - 1);
+            }
+            Strategy::Append
+        } else if only_inserts {
+            // Stored versions are only closed: no rebuilt history to replace or delete.
+            Strategy::Rewrite
+        } else {
+            Strategy::Merge
+        };
+        Ok(Some(TableCommit::new(
+            ctx.clone(),
+            self.table,
+            source,
+            strategy,
+            self.read_version,
+        )))
+    }
+}
