@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray};
 use deltalake::protocol::SaveMode;
 
 use crate::context::RunContext;
@@ -56,28 +56,24 @@ pub async fn record_published(ctx: &RunContext, snapshots: &[SnapshotKey]) -> Re
     }
     let t = &schema::LEVERANSE;
     let now = chrono::Utc::now().timestamp_micros();
-    let batch = RecordBatch::try_new(
-        t.arrow_schema(),
-        vec![
-            Arc::new(StringArray::from(
-                snapshots.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(),
-            )),
-            Arc::new(StringArray::from(
-                snapshots.iter().map(|s| s.1.as_deref()).collect::<Vec<_>>(),
-            )),
-            Arc::new(
-                TimestampMicrosecondArray::from_iter_values(snapshots.iter().map(|s| s.2))
-                    .with_timezone("UTC"),
-            ),
+    let batch = t.batch(vec![
+        ("kildesystem", snapshot_column(snapshots, 0)),
+        ("omfang", snapshot_column(snapshots, 1)),
+        ("as_of", snapshot_column(snapshots, 2)),
+        (
+            "run_id",
             Arc::new(StringArray::from(vec![
                 ctx.run_id.as_str();
                 snapshots.len()
             ])),
+        ),
+        (
+            "publisert",
             Arc::new(
                 TimestampMicrosecondArray::from(vec![now; snapshots.len()]).with_timezone("UTC"),
             ),
-        ],
-    )?;
+        ),
+    ])?;
     crate::delta::write(
         &ctx.pipeline,
         t,
@@ -99,9 +95,9 @@ pub async fn rebuild_sources(ctx: &RunContext, pending: &[SnapshotKey]) -> Resul
         let e = oldest.entry(k.as_str()).or_insert(*t);
         *e = (*e).min(*t);
     }
-    let session = crate::delta::session(&ctx.pipeline, &["elev", "elevforhold", "skole"]).await?;
+    let session = crate::delta::session(&ctx.pipeline, &schema::SCD2_NAMES).await?;
     let mut newest: HashMap<String, i64> = HashMap::new();
-    for t in ["elev", "elevforhold", "skole"] {
+    for t in schema::SCD2_NAMES {
         if !crate::delta::has_table(&session, t) {
             continue;
         }
@@ -177,7 +173,7 @@ async fn staged_snapshots(ctx: &RunContext) -> Result<HashSet<SnapshotKey>> {
         return Ok(out);
     }
     let run = last_run_id(ctx, t.name).await?;
-    for table in [&schema::ELEV, &schema::ELEVFORHOLD, &schema::SKOLE] {
+    for table in schema::SCD2_TABLES {
         if last_run_id(ctx, &table.stage_name()).await? != run {
             return Err(Error::StaleStaging);
         }
@@ -216,21 +212,11 @@ pub async fn write_stage(
         )
         .await?;
     }
-    let batch = RecordBatch::try_new(
-        schema::STAGE_SNAPSHOTS.arrow_schema(),
-        vec![
-            Arc::new(StringArray::from_iter_values(
-                snapshots.iter().map(|s| s.0.as_str()),
-            )),
-            Arc::new(StringArray::from_iter(
-                snapshots.iter().map(|s| s.1.as_deref()),
-            )),
-            Arc::new(
-                TimestampMicrosecondArray::from_iter_values(snapshots.iter().map(|s| s.2))
-                    .with_timezone("UTC"),
-            ),
-        ],
-    )?;
+    let batch = schema::STAGE_SNAPSHOTS.batch(vec![
+        ("stg_kildesystem", snapshot_column(snapshots, 0)),
+        ("stg_omfang", snapshot_column(snapshots, 1)),
+        ("stg_as_of", snapshot_column(snapshots, 2)),
+    ])?;
     crate::delta::write(
         &ctx.pipeline,
         &schema::STAGE_SNAPSHOTS,
@@ -254,9 +240,25 @@ pub fn stage_table(t: &schema::Table) -> schema::Table {
         name: Box::leak(t.stage_name().into_boxed_str()),
         description: "Intern: standardiserte rader som ventar på publisering.",
         kind: schema::Kind::Overwrite,
-        key: "",
+        key: None,
         partition_by: &[],
         columns: Box::leak(cols.into_boxed_slice()),
+    }
+}
+
+/// One part of the snapshot keys as a column: 0 kildesystem, 1 omfang, 2 as-of.
+fn snapshot_column(snapshots: &[SnapshotKey], part: usize) -> ArrayRef {
+    match part {
+        0 => Arc::new(StringArray::from_iter_values(
+            snapshots.iter().map(|s| s.0.as_str()),
+        )),
+        1 => Arc::new(StringArray::from_iter(
+            snapshots.iter().map(|s| s.1.as_deref()),
+        )),
+        _ => Arc::new(
+            TimestampMicrosecondArray::from_iter_values(snapshots.iter().map(|s| s.2))
+                .with_timezone("UTC"),
+        ),
     }
 }
 

@@ -3,15 +3,46 @@
 
 use std::sync::Arc;
 
-use arrow::array::{
-    Float64Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
-};
+use arrow::array::{Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
 use deltalake::protocol::SaveMode;
 use polars::prelude::*;
 
 use crate::context::RunContext;
 use crate::error::Result;
 use crate::schema;
+
+/// The names of the metrics in `kvalitet` (`regel_eller_metrikk`) that are not quality rules
+/// (those are `quality::rules`). One place, so a report or a test can find each by name.
+pub mod name {
+    /// raw: files read in this run.
+    pub const FILER_LESNE: &str = "filer_lesne";
+    /// raw: files skipped (already ingested, or unchanged by name, size and time).
+    pub const FILER_HOPPA_OVER: &str = "filer_hoppa_over";
+    /// rows in: raw records read, or rows a format produced for a table.
+    pub const RADER_INN: &str = "rader_inn";
+    /// rows kept after validation.
+    pub const RADER_UT: &str = "rader_ut";
+    /// rows dropped by `drop` rules.
+    pub const RADER_FORKASTA: &str = "rader_forkasta";
+    /// share of rows with a value in a column.
+    pub const KOMPLETTHET: &str = "kompletthet";
+    /// records with an invalid fødselsnummer (any fnr rule).
+    pub const UGYLDIGE_FODSELSNUMMER: &str = "ugyldige_fodselsnummer";
+    /// rows in a published table, every version.
+    pub const RADER_TOTALT: &str = "rader_totalt";
+    /// current rows in a published table.
+    pub const RADER_GJELDANDE: &str = "rader_gjeldande";
+    /// share of current rows with a unique key.
+    pub const UNIK_NOKKEL: &str = "unik_nokkel";
+    /// age in days of a source's newest published snapshot.
+    pub const FERSKLEIK_DAGAR: &str = "ferskleik_dagar";
+    /// current pupils per school and class.
+    pub const ELEVAR_PER_KLASSE: &str = "elevar_per_klasse";
+    /// current pupils per school.
+    pub const ELEVAR_PER_SKULE: &str = "elevar_per_skule";
+    /// current pupils per trinn.
+    pub const ELEVAR_PER_TRINN: &str = "elevar_per_trinn";
+}
 
 /// One row of `kvalitet`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -60,7 +91,7 @@ pub fn pupils_per_class(ef: &DataFrame) -> Result<Vec<Metric>> {
     for i in 0..per_class.height() {
         m.push(Metric::value(
             "elevforhold",
-            "elevar_per_klasse",
+            name::ELEVAR_PER_KLASSE,
             Some(format!(
                 "{}/{}",
                 s.get(i).unwrap_or("-"),
@@ -82,7 +113,7 @@ pub fn pupils_per_class(ef: &DataFrame) -> Result<Vec<Metric>> {
     for i in 0..per_school.height() {
         m.push(Metric::value(
             "elevforhold",
-            "elevar_per_skule",
+            name::ELEVAR_PER_SKULE,
             s.get(i).map(str::to_string),
             n.get(i).unwrap_or(0) as f64,
         ));
@@ -101,7 +132,7 @@ pub fn pupils_per_class(ef: &DataFrame) -> Result<Vec<Metric>> {
     for i in 0..per_trinn.height() {
         m.push(Metric::value(
             "elevforhold",
-            "elevar_per_trinn",
+            name::ELEVAR_PER_TRINN,
             t.get(i).map(|t| t.to_string()),
             n.get(i).unwrap_or(0) as f64,
         ));
@@ -132,20 +163,17 @@ pub async fn write_kvalitet(ctx: &RunContext, metrics: &[Metric]) -> Result<Opti
         feila.append_option(m.feila);
         status.append_value(&m.status);
     }
-    let batch = RecordBatch::try_new(
-        t.arrow_schema(),
-        vec![
-            Arc::new(run_id.finish()),
-            Arc::new(malt.finish()),
-            Arc::new(tabell.finish()),
-            Arc::new(regel.finish()),
-            Arc::new(kolonne.finish()),
-            Arc::new(verdi.finish()),
-            Arc::new(bestatt.finish()),
-            Arc::new(feila.finish()),
-            Arc::new(status.finish()),
-        ],
-    )?;
+    let batch = t.batch(vec![
+        ("run_id", Arc::new(run_id.finish())),
+        ("malt", Arc::new(malt.finish())),
+        ("tabell", Arc::new(tabell.finish())),
+        ("regel_eller_metrikk", Arc::new(regel.finish())),
+        ("kolonne", Arc::new(kolonne.finish())),
+        ("verdi", Arc::new(verdi.finish())),
+        ("bestatt", Arc::new(bestatt.finish())),
+        ("feila", Arc::new(feila.finish())),
+        ("status", Arc::new(status.finish())),
+    ])?;
     crate::delta::write(
         &ctx.pipeline,
         t,
@@ -178,24 +206,24 @@ pub async fn write_kjoring(ctx: &RunContext, log: &RunLog) -> Result<Option<i64>
         Arc::new(arrow::array::TimestampMicrosecondArray::from(vec![v]).with_timezone("UTC"))
             as arrow::array::ArrayRef
     };
-    let batch = RecordBatch::try_new(
-        t.arrow_schema(),
-        vec![
-            s(&ctx.run_id),
-            s(ctx.pipeline.name()),
-            s(&log.steg),
-            ts(ctx.started.timestamp_micros()),
-            ts(chrono::Utc::now().timestamp_micros()),
-            s(&log.status),
-            so(log.melding.clone()),
+    let batch = t.batch(vec![
+        ("run_id", s(&ctx.run_id)),
+        ("pipeline", s(ctx.pipeline.name())),
+        ("steg", s(&log.steg)),
+        ("started", ts(ctx.started.timestamp_micros())),
+        ("finished", ts(chrono::Utc::now().timestamp_micros())),
+        ("status", s(&log.status)),
+        ("melding", so(log.melding.clone())),
+        (
+            "input_files",
             so(Some(
                 serde_json::to_string(&log.input_files).unwrap_or_default(),
             )),
-            so(Some(log.rows_per_table.to_string())),
-            so(Some(log.delta_versions.to_string())),
-            s(env!("CARGO_PKG_VERSION")),
-        ],
-    )?;
+        ),
+        ("rows_per_table", so(Some(log.rows_per_table.to_string()))),
+        ("delta_versions", so(Some(log.delta_versions.to_string()))),
+        ("elevflyt_version", s(env!("CARGO_PKG_VERSION"))),
+    ])?;
     crate::delta::write(
         &ctx.pipeline,
         t,

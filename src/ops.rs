@@ -170,7 +170,7 @@ pub struct Violation {
 /// key, no overlapping intervals, valid_from < valid_to, is_current = (valid_to IS NULL), and
 /// every elevforhold points to an elev.
 pub async fn check(p: &Pipeline) -> Result<Vec<Violation>> {
-    check_session(&crate::delta::session(p, &["elev", "elevforhold", "skole"]).await?).await
+    check_session(&crate::delta::session(p, &crate::schema::SCD2_NAMES).await?).await
 }
 
 pub async fn check_session(ctx: &SessionContext) -> Result<Vec<Violation>> {

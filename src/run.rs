@@ -43,6 +43,8 @@ pub struct Summary {
     pub closed: serde_json::Value,
     pub delta_versions: serde_json::Value,
     pub elevliste_rows: usize,
+    /// Per SCD2 table committed: the commit strategy and its operation metrics.
+    pub commits: std::collections::BTreeMap<&'static str, crate::publish::CommitMetrics>,
     pub failed_rules: Vec<(String, u64)>,
     /// Wall time per stage in seconds (`bookkeeping`: kvalitet and kjoring).
     pub stage_seconds: std::collections::BTreeMap<&'static str, f64>,
@@ -129,17 +131,22 @@ async fn run_stages(
         }
         metrics.push(Metric::value(
             "raw",
-            "filer_lesne",
+            crate::metrics::name::FILER_LESNE,
             None,
             m.files_read.len() as f64,
         ));
         metrics.push(Metric::value(
             "raw",
-            "filer_hoppa_over",
+            crate::metrics::name::FILER_HOPPA_OVER,
             None,
             m.files_skipped as f64,
         ));
-        metrics.push(Metric::value("raw", "rader_inn", None, m.records as f64));
+        metrics.push(Metric::value(
+            "raw",
+            crate::metrics::name::RADER_INN,
+            None,
+            m.records as f64,
+        ));
     }
     let mut staged = None;
     if matches!(stage, Stage::All | Stage::Standardize) {
@@ -186,6 +193,7 @@ async fn run_stages(
         summary.inserted = json!(o.inserted);
         summary.closed = json!(o.closed);
         summary.elevliste_rows = o.elevliste_rows;
+        summary.commits = o.commits.clone();
         for (t, v) in &o.versions {
             versions.insert(t.clone(), json!(v));
         }

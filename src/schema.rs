@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::kernel::{DataType as DeltaType, PrimitiveType, StructField};
 
@@ -93,8 +94,8 @@ pub struct Table {
     pub name: &'static str,
     pub description: &'static str,
     pub kind: Kind,
-    /// Business key for SCD2 tables.
-    pub key: &'static str,
+    /// Business key: SCD2 tables have one, the others do not.
+    pub key: Option<&'static str>,
     pub partition_by: &'static [&'static str],
     pub columns: &'static [Column],
 }
@@ -261,7 +262,7 @@ pub const ELEV: Table = Table {
     name: "elev",
     description: "Elevar i grunnskulen (FINT Elev + Person), historikk som SCD type 2. Nøkkel: id.",
     kind: Kind::Scd2,
-    key: "id",
+    key: Some("id"),
     partition_by: &[],
     columns: ELEV_COLUMNS,
 };
@@ -270,7 +271,7 @@ pub const ELEVFORHOLD: Table = Table {
     name: "elevforhold",
     description: "Elevforhold: ein elev ved ein skule med klasse og trinn (FINT Elevforhold), SCD type 2. Nøkkel: id.",
     kind: Kind::Scd2,
-    key: "id",
+    key: Some("id"),
     partition_by: &[],
     columns: ELEVFORHOLD_COLUMNS,
 };
@@ -279,7 +280,7 @@ pub const SKOLE: Table = Table {
     name: "skole",
     description: "Skular (FINT Skole), SCD type 2. Nøkkel: skolenummer.",
     kind: Kind::Scd2,
-    key: "skolenummer",
+    key: Some("skolenummer"),
     partition_by: &[],
     columns: SKOLE_COLUMNS,
 };
@@ -289,7 +290,7 @@ pub const AVVIK: Table = Table {
     description:
         "Avvik funne ved validering: lista som går attende til skulane. Verdiar er maskerte.",
     kind: Kind::Append,
-    key: "",
+    key: None,
     partition_by: &[],
     columns: &[
         col("run_id", String, false, "Køyrings-ID"),
@@ -325,7 +326,7 @@ pub const KVALITET: Table = Table {
     name: "kvalitet",
     description: "Kvalitetsmålingar per køyring, tabell og sjekk.",
     kind: Kind::Append,
-    key: "",
+    key: None,
     partition_by: &[],
     columns: &[
         col("run_id", String, false, "Køyrings-ID"),
@@ -349,7 +350,7 @@ pub const KJORING: Table = Table {
     name: "kjoring",
     description: "Logg over køyringar av elevflyt.",
     kind: Kind::Append,
-    key: "",
+    key: None,
     partition_by: &[],
     columns: &[
         col("run_id", String, false, "Køyrings-ID"),
@@ -386,7 +387,7 @@ pub const ELEVLISTE_VGS: Table = Table {
     description:
         "Elevliste til fylkeskommunen: noverande elevar på 10. trinn. Partisjonert per fylke.",
     kind: Kind::Overwrite,
-    key: "",
+    key: None,
     partition_by: &["fylkesnummer"],
     columns: &[
         col("fylkesnummer", String, true, "Fylkesnummer"),
@@ -408,7 +409,7 @@ pub const ELEV_ID: Table = Table {
     name: "elev_id",
     description: "Identitetskart: kva kildesystem-ID og fødselsnummer kvar stabile elev-ID er sett med, og når.",
     kind: Kind::Overwrite,
-    key: "",
+    key: None,
     partition_by: &[],
     columns: &[
         col("id", String, false, "Stabil global elev-ID (elev.id)"),
@@ -426,7 +427,7 @@ pub const LEVERANSE: Table = Table {
     name: "leveranse",
     description: "Intern: kva for øyeblikksbilete (kjelde, omfang, as-of) som er publiserte.",
     kind: Kind::Append,
-    key: "",
+    key: None,
     partition_by: &[],
     columns: &[
         col("kildesystem", String, false, "Kildesystem"),
@@ -452,7 +453,7 @@ pub const STAGE_SNAPSHOTS: Table = Table {
     name: "stg_leveranse",
     description: "Intern: øyeblikksbileta som siste standardize gjorde klare for publisering.",
     kind: Kind::Overwrite,
-    key: "",
+    key: None,
     partition_by: &[],
     columns: &[
         col(
@@ -510,7 +511,7 @@ pub fn raw_table(source: &str) -> Table {
         name: Box::leak(format!("raw_{source}").into_boxed_str()),
         description: "Bronse: kvar post slik kjelda leverte han, med opphav (fil, sha256, as-of).",
         kind: Kind::Append,
-        key: "",
+        key: None,
         partition_by: &[],
         columns: RAW_COLUMNS,
     }
@@ -534,6 +535,12 @@ pub const STAGE_EXTRA: &[Column] = &[
         "Elevens nøkkel i kjelda (system_id eller fødselsnummer)",
     ),
 ];
+
+/// The tables that keep history (SCD type 2), in the order publish commits them.
+pub const SCD2_TABLES: [&Table; 3] = [&SKOLE, &ELEV, &ELEVFORHOLD];
+
+/// Their names, for sessions that register them.
+pub const SCD2_NAMES: [&str; 3] = [SKOLE.name, ELEV.name, ELEVFORHOLD.name];
 
 pub const PUBLISHED: &[&Table] = &[
     &ELEV,
@@ -564,7 +571,41 @@ impl Table {
     /// Columns whose change opens a new SCD2 version: all business columns but the key.
     pub fn tracked_columns(&self) -> impl Iterator<Item = &Column> {
         let key = self.key;
-        self.business_columns().filter(move |c| c.name != key)
+        self.business_columns().filter(move |c| Some(c.name) != key)
+    }
+
+    /// The business key of an SCD2 table; an error for a table that has none.
+    pub fn scd2_key(&self) -> crate::Result<&'static str> {
+        self.key
+            .ok_or_else(|| crate::Error::Internal(format!("`{}` has no business key", self.name)))
+    }
+
+    /// A batch in this table's schema from its columns given by name, in any order. A column of
+    /// the table without values, or values for a name that is not a column, is an error naming
+    /// it: columns can never shift into one another's place.
+    pub fn batch(&self, columns: Vec<(&str, ArrayRef)>) -> crate::Result<RecordBatch> {
+        let schema = self.arrow_schema();
+        let mut given: std::collections::HashMap<&str, ArrayRef> = columns.into_iter().collect();
+        let arrays = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                given.remove(f.name().as_str()).ok_or_else(|| {
+                    crate::Error::Internal(format!(
+                        "{}: no values for column `{}`",
+                        self.name,
+                        f.name()
+                    ))
+                })
+            })
+            .collect::<crate::Result<Vec<_>>>()?;
+        if let Some(extra) = given.keys().next() {
+            return Err(crate::Error::Internal(format!(
+                "{}: `{extra}` is not one of its columns",
+                self.name
+            )));
+        }
+        Ok(RecordBatch::try_new(schema, arrays)?)
     }
 
     pub fn arrow_schema(&self) -> SchemaRef {
@@ -639,14 +680,48 @@ mod tests {
                 );
             }
             if t.kind == Kind::Scd2 {
-                assert!(t.column(t.key).is_some());
+                assert!(t.column(t.scd2_key().unwrap()).is_some());
                 for name in [VALID_FROM, VALID_TO, IS_CURRENT, TRANSACTION_TIME] {
                     assert!(t.column(name).is_some(), "{} lacks {name}", t.name);
                 }
-                assert!(t.tracked_columns().all(|c| c.name != t.key));
+                assert!(t.tracked_columns().all(|c| Some(c.name) != t.key));
             }
+        }
+        for t in SCD2_TABLES {
+            assert_eq!(t.kind, Kind::Scd2, "{}", t.name);
         }
         assert_eq!(ELEV.columns.len(), 21);
         assert_eq!(ELEV.tracked_columns().count(), 15);
+    }
+
+    #[test]
+    fn batches_are_built_by_column_name_and_a_missing_or_unknown_column_is_named() {
+        use arrow::array::{StringArray, TimestampMicrosecondArray};
+        let text = |v: &str| Arc::new(StringArray::from(vec![v])) as ArrayRef;
+        let time =
+            Arc::new(TimestampMicrosecondArray::from(vec![0]).with_timezone("UTC")) as ArrayRef;
+        // Given in another order than the table's: each lands in its own column.
+        let mut cols = vec![
+            ("publisert", time.clone()),
+            ("run_id", text("r")),
+            ("as_of", time.clone()),
+            ("omfang", text("46501")),
+            ("kildesystem", text("vigo")),
+        ];
+        let b = LEVERANSE.batch(cols.clone()).unwrap();
+        let first = |name: &str| {
+            b.column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                .map(|a| a.value(0).to_string())
+        };
+        assert_eq!(first("kildesystem").as_deref(), Some("vigo"));
+        assert_eq!(first("omfang").as_deref(), Some("46501"));
+        cols.retain(|(n, _)| *n != "omfang");
+        let err = LEVERANSE.batch(cols.clone()).unwrap_err().to_string();
+        assert!(err.contains("`omfang`"), "{err}");
+        cols.push(("omfang", text("46501")));
+        cols.push(("skule", text("x")));
+        let err = LEVERANSE.batch(cols).unwrap_err().to_string();
+        assert!(err.contains("`skule`"), "{err}");
     }
 }

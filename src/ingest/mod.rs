@@ -332,23 +332,19 @@ fn file_batch(
         rad.append_value(r.rad);
         post.append_value(&r.post);
     }
-    Ok(RecordBatch::try_new(
-        table.arrow_schema(),
-        vec![
-            repeat(run),
-            repeat(source),
-            repeat(file),
-            repeat(digest),
-            time(as_of_micros),
-            Arc::new(omfang.finish()),
-            Arc::new(entitet.finish()),
-            Arc::new(rad.finish()),
-            Arc::new(post.finish()),
-            time(now),
-        ],
-    )?)
+    table.batch(vec![
+        ("run_id", repeat(run)),
+        ("kildesystem", repeat(source)),
+        ("kjelde", repeat(file)),
+        ("sha256", repeat(digest)),
+        ("as_of", time(as_of_micros)),
+        ("omfang", Arc::new(omfang.finish())),
+        ("entitet", Arc::new(entitet.finish())),
+        ("rad", Arc::new(rad.finish())),
+        ("post", Arc::new(post.finish())),
+        ("lastet", time(now)),
+    ])
 }
-
 /// A progress bar on an interactive terminal only (hidden in logs, pipes and CI).
 fn progress_bar(len: u64, source: &str) -> indicatif::ProgressBar {
     use std::io::IsTerminal;

@@ -128,7 +128,10 @@ impl TableCommit {
         let (ctx, t) = (self.ctx, self.table);
         let table = crate::delta::open_or_create(&ctx.pipeline, t).await?;
         let df = SessionContext::new().read_batches(self.source)?;
-        let predicate = format!("t.{k} = s.{k} AND t.valid_from = s.valid_from", k = t.key);
+        let predicate = format!(
+            "t.{k} = s.{k} AND t.valid_from = s.valid_from",
+            k = t.scd2_key()?
+        );
         let cols: Vec<&str> = t.columns.iter().map(|c| c.name).collect();
         let (table, m) = table
             .merge(df, predicate)
@@ -211,7 +214,7 @@ fn close_and_insert(t: &Table, source: &[RecordBatch]) -> Result<rewrite::Change
             changes.inserts.push(part);
             continue;
         }
-        let keys = crate::delta::strings(part, t.key)?;
+        let keys = crate::delta::strings(part, t.scd2_key()?)?;
         let from = crate::delta::micros(part, schema::VALID_FROM)?;
         let to = crate::delta::micros(part, schema::VALID_TO)?;
         for i in 0..part.num_rows() {

@@ -14,7 +14,7 @@ use crate::schema;
 /// Whether `elevliste_vgs` is missing or older than the newest commit of the tables it is made of.
 pub async fn is_stale(ctx: &RunContext) -> Result<bool> {
     let mut newest_source = None;
-    for t in ["elev", "elevforhold", "skole"] {
+    for t in schema::SCD2_NAMES {
         if let Some(table) = crate::delta::try_open(&ctx.pipeline.table_url(t)).await? {
             newest_source = newest_source.max(last_commit_time(&table));
         }
@@ -46,7 +46,7 @@ pub const ELEVLISTE_SQL: &str = include_str!("elevliste.sql");
 const NO_SKOLE: &str = "LEFT JOIN (SELECT NULL AS skolenummer, NULL AS fylkesnummer, NULL AS kommunenummer) s ON false";
 
 pub async fn write(ctx: &RunContext) -> Result<(usize, Option<i64>)> {
-    let session = crate::delta::session(&ctx.pipeline, &["elev", "elevforhold", "skole"]).await?;
+    let session = crate::delta::session(&ctx.pipeline, &schema::SCD2_NAMES).await?;
     if !crate::delta::has_table(&session, "elev")
         || !crate::delta::has_table(&session, "elevforhold")
     {

@@ -42,7 +42,12 @@ pub async fn load(ctx: &RunContext, rebuilt: &HashSet<String>) -> Result<Loaded>
     }
     let session = crate::delta::session(
         &ctx.pipeline,
-        &["elev", "elevforhold", "skole", "elevliste_vgs", "elev_id"],
+        &[
+            schema::SKOLE.name,
+            schema::ELEV.name,
+            schema::ELEVFORHOLD.name,
+            schema::ELEV_ID.name,
+        ],
     )
     .await?;
     // The identity map and the current elevforhold are loaded on other tasks (other cores)
@@ -101,7 +106,7 @@ async fn load_current(
     };
     let sql = format!(
         "SELECT {key} AS k, rad_hash, valid_from, kildesystem, {school} AS s, {parent} AS p FROM {name} WHERE is_current{skip}",
-        key = t.key,
+        key = t.scd2_key()?,
         name = t.name,
         skip = not_in_sources(rebuilt),
     );

@@ -9,6 +9,7 @@ use crate::context::RunContext;
 use crate::error::{Error, Result};
 use crate::metrics::Metric;
 use crate::quality::{rules, Severity};
+use crate::schema;
 
 /// The change in the number of current pupils against what is stored (rule `radendring`): a
 /// sudden drop is more often a broken export than pupils leaving. A `fail` severity above the
@@ -87,9 +88,9 @@ pub async fn current_count(session: &SessionContext, table: &str) -> Result<usiz
 /// Metrics over the published current state: rows per table, unique keys, freshness per
 /// source, pupils per class and trinn.
 pub async fn table_metrics(ctx: &RunContext) -> Result<Vec<Metric>> {
-    let session = crate::delta::session(&ctx.pipeline, &["elev", "elevforhold", "skole"]).await?;
+    let session = crate::delta::session(&ctx.pipeline, &schema::SCD2_NAMES).await?;
     let mut m = Vec::new();
-    for t in ["elev", "elevforhold", "skole"] {
+    for t in schema::SCD2_NAMES {
         if !crate::delta::has_table(&session, t) {
             continue;
         }
@@ -113,8 +114,18 @@ pub async fn table_metrics(ctx: &RunContext) -> Result<Vec<Metric>> {
                 .downcast_ref::<arrow::array::Float64Array>()
                 .map(|a| if a.is_null(0) { 0.0 } else { a.value(0) })
                 .unwrap_or(0.0);
-            m.push(Metric::value(t, "rader_totalt", None, n));
-            m.push(Metric::value(t, "rader_gjeldande", None, c));
+            m.push(Metric::value(
+                t,
+                crate::metrics::name::RADER_TOTALT,
+                None,
+                n,
+            ));
+            m.push(Metric::value(
+                t,
+                crate::metrics::name::RADER_GJELDANDE,
+                None,
+                c,
+            ));
             let key = if t == "skole" { "skolenummer" } else { "id" };
             let dup = crate::delta::query(
                 &session,
@@ -129,7 +140,7 @@ pub async fn table_metrics(ctx: &RunContext) -> Result<Vec<Metric>> {
                 .unwrap_or(0);
             m.push(Metric {
                 tabell: t.into(),
-                regel_eller_metrikk: "unik_nokkel".into(),
+                regel_eller_metrikk: crate::metrics::name::UNIK_NOKKEL.into(),
                 kolonne: Some(key.into()),
                 verdi: Some(if c > 0.0 { (c - d as f64) / c } else { 1.0 }),
                 bestatt: Some(c as i64 - d),
@@ -153,7 +164,7 @@ pub async fn table_metrics(ctx: &RunContext) -> Result<Vec<Metric>> {
                 let days = (ctx.started.timestamp_micros() - t.value(i)) as f64 / 86_400e6;
                 m.push(Metric::value(
                     "leveranse",
-                    "ferskleik_dagar",
+                    crate::metrics::name::FERSKLEIK_DAGAR,
                     Some(k.value(i).to_string()),
                     days,
                 ));

@@ -70,7 +70,7 @@ impl TableRun {
         scope: Scope<'_>,
     ) -> Result<Vec<Arc<str>>> {
         let hashes = scd2::row_hashes(self.table, &batch)?;
-        let keys = crate::delta::strings(&batch, self.table.key)?;
+        let keys = crate::delta::strings(&batch, self.table.scd2_key()?)?;
         let ks = crate::delta::strings(&batch, "kildesystem")?;
         let school = crate::delta::strings(&batch, "skolenummer").ok();
         let parent = crate::delta::strings(&batch, "elev_id").ok();
@@ -102,7 +102,7 @@ impl TableRun {
                 .join(", ");
             let sql = format!(
                 "SELECT {k} AS k, valid_from, valid_to, rad_hash FROM {t} WHERE kildesystem IN ({list})",
-                k = self.table.key,
+                k = self.table.scd2_key()?,
                 t = self.table.name
             );
             for b in crate::delta::query(session, &sql).await? {
@@ -252,7 +252,7 @@ impl TableRun {
                 .fields()
                 .iter()
                 .map(|f| match f.name().as_str() {
-                    name if name == t.key => Arc::new(StringArray::from(
+                    name if Some(name) == t.key => Arc::new(StringArray::from(
                         keyed.iter().map(|c| c.0).collect::<Vec<_>>(),
                     )) as ArrayRef,
                     schema::VALID_FROM => ts(keyed.iter().map(|c| Some(c.1))),

@@ -347,7 +347,7 @@ fn split_batch(
     closes: &Closes,
     out: &mut Closed,
 ) -> Result<RecordBatch> {
-    let keys = crate::delta::text(b, t.key)?;
+    let keys = crate::delta::text(b, t.scd2_key()?)?;
     let from = crate::delta::micros(b, schema::VALID_FROM)?;
     let current = bools(b, schema::IS_CURRENT)?;
     let mut rows: Vec<(u32, i64)> = Vec::new();
@@ -459,7 +459,7 @@ async fn commit_actions(
         predicate: None,
         merge_predicate: Some(format!(
             "t.{k} = s.{k} AND t.valid_from = s.valid_from",
-            k = t.key
+            k = t.scd2_key()?
         )),
         matched_predicates: vec![MergePredicate {
             action_type: "update".into(),

@@ -119,27 +119,24 @@ pub async fn write(
         lost.append_option(new_lost[i].then_some(now));
         lost_av.append_option(new_lost[i].then_some(ctx.run_id.as_str()));
     }
-    let batch = RecordBatch::try_new(
-        t.arrow_schema(),
-        vec![
-            Arc::new(run_id.finish()),
-            Arc::new(oppdaga.finish()),
-            Arc::new(kildesystem.finish()),
-            Arc::new(kjelde.finish()),
-            Arc::new(rad.finish()),
-            Arc::new(skolenummer.finish()),
-            Arc::new(system_id.finish()),
-            Arc::new(regel.finish()),
-            Arc::new(alvorsgrad.finish()),
-            Arc::new(felt.finish()),
-            Arc::new(verdi.finish()),
-            Arc::new(melding.finish()),
-            Arc::new(omfang.finish()),
-            Arc::new(as_of.finish()),
-            Arc::new(lost.finish()),
-            Arc::new(lost_av.finish()),
-        ],
-    )?;
+    let batch = t.batch(vec![
+        ("run_id", Arc::new(run_id.finish())),
+        ("oppdaga", Arc::new(oppdaga.finish())),
+        ("kildesystem", Arc::new(kildesystem.finish())),
+        ("kjelde", Arc::new(kjelde.finish())),
+        ("rad", Arc::new(rad.finish())),
+        ("skolenummer", Arc::new(skolenummer.finish())),
+        ("system_id", Arc::new(system_id.finish())),
+        ("regel", Arc::new(regel.finish())),
+        ("alvorsgrad", Arc::new(alvorsgrad.finish())),
+        ("felt", Arc::new(felt.finish())),
+        ("verdi", Arc::new(verdi.finish())),
+        ("melding", Arc::new(melding.finish())),
+        ("omfang", Arc::new(omfang.finish())),
+        ("as_of", Arc::new(as_of.finish())),
+        ("lost", Arc::new(lost.finish())),
+        ("lost_av", Arc::new(lost_av.finish())),
+    ])?;
     if resolved.is_empty() {
         return crate::delta::write(
             &ctx.pipeline,

@@ -20,11 +20,21 @@ pub fn standardize_metrics(
         let height = crate::delta::row_count(batches);
         let rows_in = o.rows_in.get(t.name).copied().unwrap_or(0) as f64;
         let rows_out = o.rows_out.get(t.name).copied().unwrap_or(0) as f64;
-        m.push(Metric::value(t.name, "rader_inn", None, rows_in));
-        m.push(Metric::value(t.name, "rader_ut", None, rows_out));
         m.push(Metric::value(
             t.name,
-            "rader_forkasta",
+            crate::metrics::name::RADER_INN,
+            None,
+            rows_in,
+        ));
+        m.push(Metric::value(
+            t.name,
+            crate::metrics::name::RADER_UT,
+            None,
+            rows_out,
+        ));
+        m.push(Metric::value(
+            t.name,
+            crate::metrics::name::RADER_FORKASTA,
             None,
             rows_in - rows_out,
         ));
@@ -38,7 +48,7 @@ pub fn standardize_metrics(
                 let filled = height - nulls;
                 m.push(Metric {
                     tabell: t.name.into(),
-                    regel_eller_metrikk: "kompletthet".into(),
+                    regel_eller_metrikk: crate::metrics::name::KOMPLETTHET.into(),
                     kolonne: Some(c.name.into()),
                     verdi: Some(filled as f64 / height as f64),
                     bestatt: Some(filled as i64),
@@ -80,13 +90,13 @@ pub fn standardize_metrics(
     .sum::<u64>();
     m.push(Metric::value(
         "elev",
-        "ugyldige_fodselsnummer",
+        crate::metrics::name::UGYLDIGE_FODSELSNUMMER,
         Some("fodselsnummer".into()),
         invalid_fnr as f64,
     ));
     m.push(Metric::value(
         "elev",
-        "duplikat",
+        crate::quality::rules::DUPLIKAT,
         None,
         checker
             .failed

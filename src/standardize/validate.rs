@@ -12,8 +12,8 @@ use std::collections::HashSet;
 use chrono::NaiveDate;
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::{normalized, EfRow, ElevRow, Staged};
-use crate::fint::Origin;
+use super::normalized;
+use crate::fint::{EfRow, ElevRow, Origin, SkoleRow, Staged};
 use crate::quality::{fnr, kommuner, rules, Avvik, Checker, Severity};
 
 /// Validates a pupil's fødselsnummer; fills birth date and legacy gender. Returns false when the
@@ -251,6 +251,47 @@ pub(super) fn validate(
         elevforhold,
         skole,
     } = rows;
+    check_schools(c, skole);
+    let schools: FxHashSet<&str> = skole
+        .iter()
+        .map(|s| s.skolenummer.as_ref())
+        .chain(known_schools.iter().map(String::as_str))
+        .collect();
+    let kildesystem = elev.first().map(|e| e.r.kildesystem).unwrap_or_default();
+    let (school_of, delivered) = pupil_indexes(elev, elevforhold);
+    let pupils = check_pupils(c, elev, &school_of, today);
+    drop(school_of);
+    report_invalid_fnr_share(c, kildesystem, pupils.per_school);
+    // Records whose pupil was dropped: an elevforhold from the same record (Vigo lines carry
+    // both) goes with it, already reported. File → record numbers.
+    let mut dropped_records: FxHashMap<&str, FxHashSet<i64>> = FxHashMap::default();
+    for (e, _) in elev.iter().zip(&pupils.kept).filter(|(_, k)| !**k) {
+        dropped_records
+            .entry(e.r.kjelde)
+            .or_default()
+            .insert(e.r.rad);
+    }
+    // Whether a key is a kept pupil's.
+    let elev_key: Vec<bool> = elev
+        .iter()
+        .zip(&pupils.kept)
+        .map(|(e, k)| *k && e.kilde_nokkel.is_some())
+        .collect();
+    let row_of_key = &pupils.row_of_key;
+    let is_pupil = |k: &str| row_of_key.get(&key_hash(k)).is_some_and(|&i| elev_key[i]);
+    let refs = References {
+        dropped_records: &dropped_records,
+        is_pupil: &is_pupil,
+        delivered: &delivered,
+        schools: &schools,
+    };
+    let ef_kept = check_enrolments(c, elevforhold, &refs);
+    retain_flagged(elev, &pupils.kept);
+    retain_flagged(elevforhold, &ef_kept);
+}
+
+/// The schools' codes: organisasjonsnummer, kommunenummer, fylkesnummer.
+fn check_schools(c: &mut Checker, skole: &mut Vec<SkoleRow<'_>>) {
     skole.retain(|s| {
         type Check = fn(&str) -> bool;
         let codes: [(Option<&str>, Check, &'static str, &'static str, &str); 3] = [
@@ -286,18 +327,18 @@ pub(super) fn validate(
         }
         true
     });
-    let schools: FxHashSet<&str> = skole
-        .iter()
-        .map(|s| s.skolenummer.as_ref())
-        .chain(known_schools.iter().map(String::as_str))
-        .collect();
-    let kildesystem = elev.first().map(|e| e.r.kildesystem).unwrap_or_default();
+}
 
-    // Sets of keys hold 128-bit hashes of them (no copy of a million strings; a collision is
-    // as likely as guessing a random UUID twice). At the same time: the school of each pupil
-    // (from the snapshot's elevforhold), for per-school thresholds, and the keys of every
-    // delivered pupil, kept or not (references to dropped pupils are not new news).
-    let (school_of, delivered) = crate::par::both(
+/// Sets of keys hold 128-bit hashes of them (no copy of a million strings; a collision is as
+/// likely as guessing a random UUID twice). At the same time: the school of each pupil (from the
+/// snapshot's elevforhold), for per-school thresholds, and the keys of every delivered pupil,
+/// kept or not (references to dropped pupils are not new news).
+#[allow(clippy::type_complexity)]
+fn pupil_indexes<'r, 'a>(
+    elev: &[ElevRow<'a>],
+    elevforhold: &'r [EfRow<'a>],
+) -> (FxHashMap<u128, &'r Cow<'a, str>>, FxHashSet<u128>) {
+    crate::par::both(
         || {
             let mut school_of: FxHashMap<u128, &Cow<'_, str>> = FxHashMap::default();
             school_of.reserve(elevforhold.len());
@@ -322,11 +363,29 @@ pub(super) fn validate(
                 })
                 .collect()
         },
-    );
+    )
+}
 
-    // Each pupil on its own, on every core.
+/// What the pupils' checks found.
+struct Pupils {
+    /// Per row: published.
+    kept: Vec<bool>,
+    /// Per school: pupils and invalid fødselsnummer.
+    per_school: FxHashMap<String, (u64, u64)>,
+    /// The row each kept key came from.
+    row_of_key: FxHashMap<u128, usize>,
+}
+
+/// Each pupil on its own, on every core; then duplicates: the first pupil with a key or a
+/// number is kept.
+fn check_pupils<'a>(
+    c: &mut Checker,
+    elev: &mut [ElevRow<'a>],
+    school_of: &FxHashMap<u128, &Cow<'a, str>>,
+    today: NaiveDate,
+) -> Pupils {
     let (keep, parts, found) = check_rows(c, elev, |c, part: &mut ElevPart, i, e| {
-        let keep = check_elev(c, part, e, &school_of, today);
+        let keep = check_elev(c, part, e, school_of, today);
         if keep {
             let key = key_hash(e.kilde_nokkel.as_deref().unwrap_or_default());
             part.candidates
@@ -334,7 +393,6 @@ pub(super) fn validate(
         }
         keep
     });
-    drop(school_of);
     let mut per_school: FxHashMap<String, (u64, u64)> = FxHashMap::default();
     let mut candidates = Vec::with_capacity(elev.len());
     for part in parts {
@@ -393,24 +451,19 @@ pub(super) fn validate(
         }
     }
     add_in_row_order(c, found, dup_rows, dups);
-    // Records whose pupil was dropped: an elevforhold from the same record (Vigo lines carry
-    // both) goes with it, already reported. File → record numbers.
-    let mut dropped_records: FxHashMap<&str, FxHashSet<i64>> = FxHashMap::default();
-    for (e, _) in elev.iter().zip(&kept).filter(|(_, k)| !**k) {
-        dropped_records
-            .entry(e.r.kjelde)
-            .or_default()
-            .insert(e.r.rad);
+    Pupils {
+        kept,
+        per_school,
+        row_of_key,
     }
-    // Whether a key is a kept pupil's.
-    let elev_key: Vec<bool> = elev
-        .iter()
-        .zip(&kept)
-        .map(|(e, k)| *k && e.kilde_nokkel.is_some())
-        .collect();
-    let is_pupil = |k: &str| row_of_key.get(&key_hash(k)).is_some_and(|&i| elev_key[i]);
+}
 
-    // Share of invalid fødselsnummer per school above the threshold.
+/// Share of invalid fødselsnummer per school above the threshold (rule `fnr_ugyldig_andel`).
+fn report_invalid_fnr_share(
+    c: &mut Checker,
+    kildesystem: &str,
+    per_school: FxHashMap<String, (u64, u64)>,
+) {
     let threshold = c.threshold(rules::FNR_UGYLDIG_ANDEL).unwrap_or(0.05);
     let mut per_school: Vec<(String, (u64, u64))> = per_school.into_iter().collect();
     per_school.sort();
@@ -428,8 +481,23 @@ pub(super) fn validate(
                 format!("{bad} av {n} elevar ved skulen har ugyldig fødselsnummer (over {:.0} %) — sjekk eksporten frå skulesystemet", threshold * 100.0));
         }
     }
+}
 
-    // Each elevforhold on its own, on every core; then duplicates in row order.
+/// What an elevforhold may refer to.
+struct References<'r> {
+    dropped_records: &'r FxHashMap<&'r str, FxHashSet<i64>>,
+    is_pupil: &'r (dyn Fn(&str) -> bool + Sync),
+    delivered: &'r FxHashSet<u128>,
+    schools: &'r FxHashSet<&'r str>,
+}
+
+/// Each elevforhold on its own, on every core; then duplicates in row order. Returns which rows
+/// are published.
+fn check_enrolments(
+    c: &mut Checker,
+    elevforhold: &mut [EfRow<'_>],
+    refs: &References<'_>,
+) -> Vec<bool> {
     let repair = c.repair_leading_zero;
     let (ef_keep, pairs, found) = check_rows(
         c,
@@ -438,10 +506,10 @@ pub(super) fn validate(
             let keep = check_elevforhold(
                 c,
                 ef,
-                &dropped_records,
-                &is_pupil,
-                &delivered,
-                &schools,
+                refs.dropped_records,
+                refs.is_pupil,
+                refs.delivered,
+                refs.schools,
                 repair,
             );
             if let (true, Some(elev), Some(skole)) = (
@@ -469,9 +537,7 @@ pub(super) fn validate(
         }
     }
     add_in_row_order(c, found, dup_rows, dups);
-
-    retain_flagged(elev, &kept);
-    retain_flagged(elevforhold, &ef_kept);
+    ef_kept
 }
 
 /// Adds the deviations of the row checks (`found`) and of the duplicates (`dups`, reported for
@@ -495,7 +561,7 @@ fn check_elevforhold(
     c: &mut Checker,
     ef: &mut EfRow<'_>,
     dropped_records: &FxHashMap<&str, FxHashSet<i64>>,
-    is_pupil: &(impl Fn(&str) -> bool + Sync),
+    is_pupil: &(dyn Fn(&str) -> bool + Sync),
     delivered: &FxHashSet<u128>,
     schools: &FxHashSet<&str>,
     repair: bool,
