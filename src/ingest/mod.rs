@@ -22,6 +22,7 @@ use crate::context::RunContext;
 use crate::error::Result;
 use crate::formats::asof;
 use crate::schema::raw_table;
+use crate::storage::SourceFile;
 
 pub use crate::formats::FILE_MARKER;
 use crate::formats::{ParsedFile, Record};
@@ -68,7 +69,7 @@ struct Stamp {
 
 impl Known {
     /// The sha256 of a listed file already read, by name, size and modification time.
-    fn digest_of(&self, f: &crate::storage::SourceFile) -> Option<&String> {
+    fn digest_of(&self, f: &SourceFile) -> Option<&String> {
         self.stamps
             .get(&(f.name.clone(), f.size, f.last_modified.timestamp_micros()))
     }
@@ -150,6 +151,15 @@ async fn ingest_source(
     Ok(())
 }
 
+/// A file read and hashed, not ingested before.
+struct NewFile<'f> {
+    file: &'f SourceFile,
+    bytes: bytes::Bytes,
+    digest: String,
+    /// The as-of time from `--as-of` or the file's name, when there is one.
+    cheap_as_of: Option<DateTime<Utc>>,
+}
+
 async fn ingest_source_once(
     ctx: &RunContext,
     source: &SourceConfig,
@@ -165,103 +175,38 @@ async fn ingest_source_once(
     let read_version = existing.as_ref().and_then(|t| t.version()).unwrap_or(0);
     let mut known = known_files(existing.as_ref()).await?;
     steps.step("list files and read what raw has");
-    let format = source.format()?;
-    let now = ctx.started.timestamp_micros();
-
     m.files_seen += files.len();
-    let progress = progress_bar(files.len() as u64, &source.name);
     if files.is_empty() {
         warn!(source = %source.name, location = %root, "no files found at the source location");
     }
-    // Read every new file, then parse them on all cores; the raw rows are committed at once.
-    // Files are read and hashed a few at a time, on all cores; the bytes of a file already
-    // ingested are dropped right away.
-    let mut new_files = Vec::new();
-    let root = &root;
-    let as_of_of = |f: &crate::storage::SourceFile| {
-        ctx.as_of_override.or_else(|| asof::from_file_name(&f.name))
-    };
-    // Files read before, unchanged by name, size and modification time, are not read again.
-    let (mut files, unchanged): (Vec<&crate::storage::SourceFile>, Vec<_>) =
-        files.iter().partition(|f| {
-            !known.digest_of(f).is_some_and(|sha| {
-                already_ingested(&known, sha, as_of_of(f).map(|t| t.timestamp_micros()))
-            })
-        });
-    m.files_skipped += unchanged.len();
-    progress.inc(unchanged.len() as u64);
-    // Largest first, so that the large files of a day are hashed at the same time rather than
-    // one of them alone, and parsed largest first.
-    files.sort_by_key(|f| std::cmp::Reverse(f.size));
-    for chunk in files.chunks(crate::par::cores()) {
-        let reads = futures::future::try_join_all(chunk.iter().map(|&f| async move {
-            Ok::<_, crate::error::Error>((f, crate::storage::read_file(root, f).await?))
-        }))
-        .await?;
-        let digests = crate::par::map(&reads, |(_, bytes)| hex::encode(Sha256::digest(bytes)));
-        for ((f, bytes), digest) in reads.into_iter().zip(digests) {
-            progress.inc(1);
-            let cheap_as_of = as_of_of(f);
-            if already_ingested(&known, &digest, cheap_as_of.map(|t| t.timestamp_micros())) {
-                m.files_skipped += 1;
-                continue;
-            }
-            new_files.push((f, bytes, digest, cheap_as_of));
-        }
-    }
-    progress.finish_and_clear();
+    let new_files = read_new_files(ctx, source, &root, &files, &known, m).await?;
     steps.step("read and hash files");
-    let parse = |(f, bytes, digest, cheap_as_of): &(
-        &crate::storage::SourceFile,
-        bytes::Bytes,
-        String,
-        Option<DateTime<Utc>>,
-    )|
-     -> Result<(RecordBatch, usize, DateTime<Utc>)> {
-        let (text, _) = text::decode(&f.name, bytes)?;
-        let parsed = format.parse(&f.name, &text, cheap_as_of.is_none())?;
-        let t = cheap_as_of
-            .or(parsed.newest_modified)
-            .unwrap_or(f.last_modified);
-        let stamp = Stamp {
-            bytes: f.size,
-            modified_us: f.last_modified.timestamp_micros(),
-        };
-        let batch = file_batch(
-            &table,
-            &ctx.run_id,
-            &source.name,
-            &f.name,
-            digest,
-            t.timestamp_micros(),
-            now,
-            &stamp,
-            &parsed,
-        )?;
-        Ok((batch, parsed.records.len(), t))
-    };
-    let parsed = crate::par::map(&new_files, parse);
+    // Parsed on all cores; the raw rows are committed at once.
+    let format = source.format()?;
+    let parsed = crate::par::map(&new_files, |f| parse_file(ctx, source, &table, format, f));
     steps.step("parse files");
     let mut batches = Vec::new();
     // Back in the listing's order (by name) for the rows written.
     let mut parsed: Vec<_> = new_files.iter().zip(parsed).collect();
-    parsed.sort_by(|a, b| a.0 .0.name.cmp(&b.0 .0.name));
-    for ((f, _, digest, cheap_as_of), result) in parsed {
+    parsed.sort_by(|a, b| a.0.file.name.cmp(&b.0.file.name));
+    for (f, result) in parsed {
         // The same file twice in one listing is read once.
-        if already_ingested(&known, digest, cheap_as_of.map(|t| t.timestamp_micros())) {
+        let cheap = f.cheap_as_of.map(|t| t.timestamp_micros());
+        if already_ingested(&known, &f.digest, cheap) {
             m.files_skipped += 1;
             continue;
         }
         let (batch, records, t) = result?;
         known
             .digests
-            .entry(digest.clone())
+            .entry(f.digest.clone())
             .or_default()
             .insert(t.timestamp_micros());
-        info!(source = %source.name, file = %f.name, records, as_of = %t, "read file");
+        info!(source = %source.name, file = %f.file.name, records, as_of = %t, "read file");
         m.records += records;
-        m.bytes += f.size;
-        m.files_read.push(format!("{}/{}", source.name, f.name));
+        m.bytes += f.file.size;
+        m.files_read
+            .push(format!("{}/{}", source.name, f.file.name));
         batches.push(batch);
     }
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
@@ -286,18 +231,105 @@ async fn ingest_source_once(
     Ok(())
 }
 
+/// Reads and hashes the files not ingested before, a few at a time, on all cores; the bytes of
+/// a file already ingested are dropped right away. Files read before, unchanged by name, size
+/// and modification time, are not read again.
+async fn read_new_files<'f>(
+    ctx: &RunContext,
+    source: &SourceConfig,
+    root: &url::Url,
+    files: &'f [SourceFile],
+    known: &Known,
+    m: &mut IngestMetrics,
+) -> Result<Vec<NewFile<'f>>> {
+    let progress = progress_bar(files.len() as u64, &source.name);
+    let as_of_of = |f: &SourceFile| ctx.as_of_override.or_else(|| asof::from_file_name(&f.name));
+    let (mut files, unchanged): (Vec<&SourceFile>, Vec<_>) = files.iter().partition(|f| {
+        !known.digest_of(f).is_some_and(|sha| {
+            already_ingested(known, sha, as_of_of(f).map(|t| t.timestamp_micros()))
+        })
+    });
+    m.files_skipped += unchanged.len();
+    progress.inc(unchanged.len() as u64);
+    // Largest first, so that the large files of a day are hashed at the same time rather than
+    // one of them alone, and parsed largest first.
+    files.sort_by_key(|f| std::cmp::Reverse(f.size));
+    let mut new_files = Vec::new();
+    for chunk in files.chunks(crate::par::cores()) {
+        let reads = futures::future::try_join_all(chunk.iter().map(|&f| async move {
+            Ok::<_, crate::error::Error>((f, crate::storage::read_file(root, f).await?))
+        }))
+        .await?;
+        let digests = crate::par::map(&reads, |(_, bytes)| hex::encode(Sha256::digest(bytes)));
+        for ((file, bytes), digest) in reads.into_iter().zip(digests) {
+            progress.inc(1);
+            let cheap_as_of = as_of_of(file);
+            if already_ingested(known, &digest, cheap_as_of.map(|t| t.timestamp_micros())) {
+                m.files_skipped += 1;
+                continue;
+            }
+            new_files.push(NewFile {
+                file,
+                bytes,
+                digest,
+                cheap_as_of,
+            });
+        }
+    }
+    progress.finish_and_clear();
+    Ok(new_files)
+}
+
+/// One file's raw rows, its number of records and its as-of time.
+fn parse_file(
+    ctx: &RunContext,
+    source: &SourceConfig,
+    table: &crate::schema::Table,
+    format: &dyn crate::formats::Format,
+    f: &NewFile<'_>,
+) -> Result<(RecordBatch, usize, DateTime<Utc>)> {
+    let (text, _) = text::decode(&f.file.name, &f.bytes)?;
+    let parsed = format.parse(&f.file.name, &text, f.cheap_as_of.is_none())?;
+    let t = f
+        .cheap_as_of
+        .or(parsed.newest_modified)
+        .unwrap_or(f.file.last_modified);
+    let stamp = Stamp {
+        bytes: f.file.size,
+        modified_us: f.file.last_modified.timestamp_micros(),
+    };
+    let batch = file_batch(
+        table,
+        &FileLineage {
+            run: &ctx.run_id,
+            source: &source.name,
+            file: &f.file.name,
+            digest: &f.digest,
+            as_of_micros: t.timestamp_micros(),
+            now: ctx.started.timestamp_micros(),
+        },
+        &stamp,
+        &parsed,
+    )?;
+    Ok((batch, parsed.records.len(), t))
+}
+
+/// What every raw row of a file carries.
+struct FileLineage<'a> {
+    run: &'a str,
+    source: &'a str,
+    file: &'a str,
+    digest: &'a str,
+    as_of_micros: i64,
+    now: i64,
+}
+
 /// The raw rows of one file: a marker record (so that a file without records, a school list
 /// with no pupils, still makes a snapshot; its post holds the file's size and modification
 /// time), then its records.
-#[allow(clippy::too_many_arguments)]
 fn file_batch(
     table: &crate::schema::Table,
-    run: &str,
-    source: &str,
-    file: &str,
-    digest: &str,
-    as_of_micros: i64,
-    now: i64,
+    l: &FileLineage<'_>,
     stamp: &Stamp,
     parsed: &ParsedFile<'_>,
 ) -> Result<RecordBatch> {
@@ -333,16 +365,16 @@ fn file_batch(
         post.append_value(&r.post);
     }
     table.batch(vec![
-        ("run_id", repeat(run)),
-        ("kildesystem", repeat(source)),
-        ("kjelde", repeat(file)),
-        ("sha256", repeat(digest)),
-        ("as_of", time(as_of_micros)),
+        ("run_id", repeat(l.run)),
+        ("kildesystem", repeat(l.source)),
+        ("kjelde", repeat(l.file)),
+        ("sha256", repeat(l.digest)),
+        ("as_of", time(l.as_of_micros)),
         ("omfang", Arc::new(omfang.finish())),
         ("entitet", Arc::new(entitet.finish())),
         ("rad", Arc::new(rad.finish())),
         ("post", Arc::new(post.finish())),
-        ("lastet", time(now)),
+        ("lastet", time(l.now)),
     ])
 }
 /// A progress bar on an interactive terminal only (hidden in logs, pipes and CI).

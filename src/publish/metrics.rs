@@ -91,65 +91,78 @@ pub async fn table_metrics(ctx: &RunContext) -> Result<Vec<Metric>> {
     let session = crate::delta::session(&ctx.pipeline, &schema::SCD2_NAMES).await?;
     let mut m = Vec::new();
     for t in schema::SCD2_NAMES {
-        if !crate::delta::has_table(&session, t) {
-            continue;
-        }
-        let b = crate::delta::query(
-            &session,
-            &format!(
-                "SELECT count(*) AS n, sum(CASE WHEN is_current THEN 1 ELSE 0 END) AS c FROM {t}"
-            ),
-        )
-        .await?;
-        if let Some(b) = b.first() {
-            let n = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Float64)?;
-            let c = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Float64)?;
-            let n = n
-                .as_any()
-                .downcast_ref::<arrow::array::Float64Array>()
-                .map(|a| a.value(0))
-                .unwrap_or(0.0);
-            let c = c
-                .as_any()
-                .downcast_ref::<arrow::array::Float64Array>()
-                .map(|a| if a.is_null(0) { 0.0 } else { a.value(0) })
-                .unwrap_or(0.0);
-            m.push(Metric::value(
-                t,
-                crate::metrics::name::RADER_TOTALT,
-                None,
-                n,
-            ));
-            m.push(Metric::value(
-                t,
-                crate::metrics::name::RADER_GJELDANDE,
-                None,
-                c,
-            ));
-            let key = if t == "skole" { "skolenummer" } else { "id" };
-            let dup = crate::delta::query(
-                &session,
-                &format!("SELECT count(*) - count(DISTINCT {key}) AS d FROM {t} WHERE is_current"),
-            )
-            .await?;
-            let d = arrow::compute::cast(dup[0].column(0), &arrow::datatypes::DataType::Int64)?;
-            let d = d
-                .as_any()
-                .downcast_ref::<arrow::array::Int64Array>()
-                .map(|a| a.value(0))
-                .unwrap_or(0);
-            m.push(Metric {
-                tabell: t.into(),
-                regel_eller_metrikk: crate::metrics::name::UNIK_NOKKEL.into(),
-                kolonne: Some(key.into()),
-                verdi: Some(if c > 0.0 { (c - d as f64) / c } else { 1.0 }),
-                bestatt: Some(c as i64 - d),
-                feila: Some(d),
-                status: if d == 0 { "ok".into() } else { "fail".into() },
-            });
+        if crate::delta::has_table(&session, t) {
+            m.extend(row_counts(&session, t).await?);
         }
     }
-    // Freshness: age of the newest published snapshot per source.
+    m.extend(freshness(ctx).await?);
+    if crate::delta::has_table(&session, "elevforhold") {
+        m.extend(pupils_per_class(&session).await?);
+    }
+    Ok(m)
+}
+
+/// Rows in a table, current rows, and the share of current rows with a unique key.
+async fn row_counts(session: &SessionContext, t: &str) -> Result<Vec<Metric>> {
+    let mut m = Vec::new();
+    let b = crate::delta::query(
+        &session,
+        &format!("SELECT count(*) AS n, sum(CASE WHEN is_current THEN 1 ELSE 0 END) AS c FROM {t}"),
+    )
+    .await?;
+    if let Some(b) = b.first() {
+        let n = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Float64)?;
+        let c = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Float64)?;
+        let n = n
+            .as_any()
+            .downcast_ref::<arrow::array::Float64Array>()
+            .map(|a| a.value(0))
+            .unwrap_or(0.0);
+        let c = c
+            .as_any()
+            .downcast_ref::<arrow::array::Float64Array>()
+            .map(|a| if a.is_null(0) { 0.0 } else { a.value(0) })
+            .unwrap_or(0.0);
+        m.push(Metric::value(
+            t,
+            crate::metrics::name::RADER_TOTALT,
+            None,
+            n,
+        ));
+        m.push(Metric::value(
+            t,
+            crate::metrics::name::RADER_GJELDANDE,
+            None,
+            c,
+        ));
+        let key = if t == "skole" { "skolenummer" } else { "id" };
+        let dup = crate::delta::query(
+            &session,
+            &format!("SELECT count(*) - count(DISTINCT {key}) AS d FROM {t} WHERE is_current"),
+        )
+        .await?;
+        let d = arrow::compute::cast(dup[0].column(0), &arrow::datatypes::DataType::Int64)?;
+        let d = d
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .map(|a| a.value(0))
+            .unwrap_or(0);
+        m.push(Metric {
+            tabell: t.into(),
+            regel_eller_metrikk: crate::metrics::name::UNIK_NOKKEL.into(),
+            kolonne: Some(key.into()),
+            verdi: Some(if c > 0.0 { (c - d as f64) / c } else { 1.0 }),
+            bestatt: Some(c as i64 - d),
+            feila: Some(d),
+            status: if d == 0 { "ok".into() } else { "fail".into() },
+        });
+    }
+    Ok(m)
+}
+
+/// Freshness: age of the newest published snapshot per source.
+async fn freshness(ctx: &RunContext) -> Result<Vec<Metric>> {
+    let mut m = Vec::new();
     let lev = crate::delta::session(&ctx.pipeline, &["leveranse"]).await?;
     if crate::delta::has_table(&lev, "leveranse") {
         for b in crate::delta::query(
@@ -171,37 +184,39 @@ pub async fn table_metrics(ctx: &RunContext) -> Result<Vec<Metric>> {
             }
         }
     }
-    if crate::delta::has_table(&session, "elevforhold") {
-        let batches = crate::delta::query(
-            &session,
-            "SELECT skolenummer, klasse, trinn FROM elevforhold WHERE is_current",
-        )
-        .await?;
-        let mut s = Vec::new();
-        let mut k = Vec::new();
-        let mut tr = Vec::new();
-        for b in &batches {
-            let sk = crate::delta::strings(b, "skolenummer")?;
-            let kl = crate::delta::strings(b, "klasse")?;
-            let t = arrow::compute::cast(b.column(2), &arrow::datatypes::DataType::Int32)?;
-            let t = t
-                .as_any()
-                .downcast_ref::<arrow::array::Int32Array>()
-                .cloned()
-                .unwrap_or_else(|| arrow::array::Int32Array::new_null(b.num_rows()));
-            for i in 0..b.num_rows() {
-                s.push(opt(&sk, i));
-                k.push(opt(&kl, i));
-                tr.push((!t.is_null(i)).then(|| t.value(i)));
-            }
-        }
-        use polars::prelude::{Column, DataFrame};
-        let df = DataFrame::new_infer_height(vec![
-            Column::new("skolenummer".into(), s),
-            Column::new("klasse".into(), k),
-            Column::new("trinn".into(), tr),
-        ])?;
-        m.extend(crate::metrics::pupils_per_class(&df)?);
-    }
     Ok(m)
+}
+
+/// Pupils per class, school and trinn among the current elevforhold (with polars).
+async fn pupils_per_class(session: &SessionContext) -> Result<Vec<Metric>> {
+    let batches = crate::delta::query(
+        session,
+        "SELECT skolenummer, klasse, trinn FROM elevforhold WHERE is_current",
+    )
+    .await?;
+    let mut s = Vec::new();
+    let mut k = Vec::new();
+    let mut tr = Vec::new();
+    for b in &batches {
+        let sk = crate::delta::strings(b, "skolenummer")?;
+        let kl = crate::delta::strings(b, "klasse")?;
+        let t = arrow::compute::cast(b.column(2), &arrow::datatypes::DataType::Int32)?;
+        let t = t
+            .as_any()
+            .downcast_ref::<arrow::array::Int32Array>()
+            .cloned()
+            .unwrap_or_else(|| arrow::array::Int32Array::new_null(b.num_rows()));
+        for i in 0..b.num_rows() {
+            s.push(opt(&sk, i));
+            k.push(opt(&kl, i));
+            tr.push((!t.is_null(i)).then(|| t.value(i)));
+        }
+    }
+    use polars::prelude::{Column, DataFrame};
+    let df = DataFrame::new_infer_height(vec![
+        Column::new("skolenummer".into(), s),
+        Column::new("klasse".into(), k),
+        Column::new("trinn".into(), tr),
+    ])?;
+    crate::metrics::pupils_per_class(&df)
 }

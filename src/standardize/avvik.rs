@@ -85,6 +85,25 @@ pub async fn write(
     let (new_lost, resolved) = (resolution.new_lost, resolution.resolved);
 
     let t = &schema::AVVIK;
+    let batch = new_rows(ctx, avvik, &new_lost, now)?;
+    if resolved.is_empty() {
+        return crate::delta::write(
+            &ctx.pipeline,
+            t,
+            vec![batch],
+            SaveMode::Append,
+            &ctx.run_id,
+            "standardize",
+        )
+        .await;
+    }
+    merge(ctx, batch, &resolved, now).await
+}
+
+/// This run's deviations as rows of `avvik`; those a later snapshot of the same run no longer
+/// has are resolved already.
+fn new_rows(ctx: &RunContext, avvik: &[Avvik], new_lost: &[bool], now: i64) -> Result<RecordBatch> {
+    let t = &schema::AVVIK;
     let mut run_id = StringBuilder::new();
     let mut oppdaga = TimestampMicrosecondBuilder::new().with_timezone("UTC");
     let mut kildesystem = StringBuilder::new();
@@ -137,19 +156,18 @@ pub async fn write(
         ("lost", Arc::new(lost.finish())),
         ("lost_av", Arc::new(lost_av.finish())),
     ])?;
-    if resolved.is_empty() {
-        return crate::delta::write(
-            &ctx.pipeline,
-            t,
-            vec![batch],
-            SaveMode::Append,
-            &ctx.run_id,
-            "standardize",
-        )
-        .await;
-    }
-    // New rows and resolutions in one MERGE: new rows never match (new run id), resolutions
-    // match their stored row by (run_id, kjelde, rad, regel, felt).
+    Ok(batch)
+}
+
+/// New rows and resolutions in one MERGE: new rows never match (new run id), resolutions match
+/// their stored row by (run_id, kjelde, rad, regel, felt).
+async fn merge(
+    ctx: &RunContext,
+    batch: RecordBatch,
+    resolved: &[&Open],
+    now: i64,
+) -> Result<Option<i64>> {
+    let t = &schema::AVVIK;
     let n = resolved.len();
     let schema = Arc::new(arrow::datatypes::Schema::new(
         t.columns

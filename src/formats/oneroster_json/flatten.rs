@@ -118,83 +118,115 @@ struct Class<'a> {
     homeroom: bool,
 }
 
+/// The records of one snapshot by kind; pupils and enrollments (most of the records) are
+/// parsed one at a time later, once the classes, schools and terms they refer to are known.
+struct Sorted<'a> {
+    users: Vec<RawRec<'a>>,
+    enrollments: Vec<RawRec<'a>>,
+    orgs: Vec<(RawRec<'a>, Obj<'a>)>,
+    classes: HashMap<Cow<'a, str>, Class<'a>>,
+    /// academicSession sourcedId → skoleår (`20252026`).
+    sessions: HashMap<Cow<'a, str>, String>,
+}
+
 /// The FINT rows of one snapshot (see [`crate::formats::Format::flatten`]).
 pub fn flatten<'a>(
     snap: &SnapshotInput<'a>,
     records: &mut dyn Iterator<Item = RawRec<'a>>,
     out: &mut Staged<'a>,
 ) {
-    let kommunenummer = snap.kommunenummer;
-    let mut users = Vec::new();
-    let mut orgs = Vec::new();
-    let mut classes = HashMap::new();
-    let mut sessions: HashMap<Cow<str>, String> = HashMap::new();
-    let mut enrollments = Vec::new();
-    // Pupils and enrollments (most of the records) are parsed one at a time further down, once
-    // the classes, schools and terms they refer to are known.
+    let sorted = sort(records);
+    let school_of_org = schools(snap, &sorted.orgs, &mut out.skole);
+    // Pupils and enrollments are parsed at the same time, on two cores.
+    let Staged {
+        elev, elevforhold, ..
+    } = out;
+    crate::par::both(
+        || pupils(snap, &sorted.users, elev),
+        || enrolments(snap, &sorted, &school_of_org, elevforhold),
+    );
+}
+
+fn sort<'a>(records: &mut dyn Iterator<Item = RawRec<'a>>) -> Sorted<'a> {
+    let mut s = Sorted {
+        users: Vec::new(),
+        enrollments: Vec::new(),
+        orgs: Vec::new(),
+        classes: HashMap::new(),
+        sessions: HashMap::new(),
+    };
     for rec in records {
         match rec.entitet {
-            "users" => {
-                users.push(rec);
-                continue;
-            }
-            "enrollments" => {
-                enrollments.push(rec);
-                continue;
-            }
-            _ => {}
-        }
-        let Some(v) = Obj::parse(rec.post) else {
-            continue;
-        };
-        match rec.entitet {
-            "orgs" => orgs.push((rec, v)),
-            "classes" => {
-                if let Some(id) = v.s("sourcedId") {
-                    let name = v.s("title").or_else(|| v.s("classCode"));
-                    let grade = v
-                        .arr("grades")
-                        .first()
-                        .and_then(|g| text(g))
-                        .and_then(|g| g.parse().ok());
-                    classes.insert(
-                        id,
-                        Class {
-                            trinn: grade.or_else(|| name.as_deref().and_then(trinn_from_name)),
-                            name,
-                            school: guid(&v, "school"),
-                            term: v
-                                .arr("terms")
-                                .first()
-                                .and_then(|t| Obj::parse(t.get()))
-                                .and_then(|t| t.s("sourcedId")),
-                            homeroom: v.s("classType").is_none_or(|t| t == "homeroom"),
-                        },
-                    );
-                }
-            }
-            "academicSessions" => {
-                if let (Some(id), Some(y)) = (v.s("sourcedId"), v.s("schoolYear")) {
-                    if let Ok(y) = y.parse::<i32>() {
-                        sessions.insert(id, format!("{}{}", y - 1, y));
+            "users" => s.users.push(rec),
+            "enrollments" => s.enrollments.push(rec),
+            "orgs" | "classes" | "academicSessions" => {
+                let Some(v) = Obj::parse(rec.post) else {
+                    continue;
+                };
+                match rec.entitet {
+                    "orgs" => s.orgs.push((rec, v)),
+                    "classes" => s.classes.extend(class(&v)),
+                    _ => {
+                        if let (Some(id), Some(y)) = (v.s("sourcedId"), v.s("schoolYear")) {
+                            if let Ok(y) = y.parse::<i32>() {
+                                s.sessions.insert(id, format!("{}{}", y - 1, y));
+                            }
+                        }
                     }
                 }
             }
             _ => {}
         }
     }
+    s
+}
 
-    let reference = |rec: &RawRec<'a>, system_id: Text<'a>, school: Text<'a>| Origin {
+/// A class by its sourcedId: name, trinn (from `grades`, else the name), school and term.
+fn class<'a>(v: &Obj<'a>) -> Option<(Cow<'a, str>, Class<'a>)> {
+    let id = v.s("sourcedId")?;
+    let name = v.s("title").or_else(|| v.s("classCode"));
+    let grade = v
+        .arr("grades")
+        .first()
+        .and_then(|g| text(g))
+        .and_then(|g| g.parse().ok());
+    let class = Class {
+        trinn: grade.or_else(|| name.as_deref().and_then(trinn_from_name)),
+        name,
+        school: guid(v, "school"),
+        term: v
+            .arr("terms")
+            .first()
+            .and_then(|t| Obj::parse(t.get()))
+            .and_then(|t| t.s("sourcedId")),
+        homeroom: v.s("classType").is_none_or(|t| t == "homeroom"),
+    };
+    Some((id, class))
+}
+
+fn origin<'a>(
+    snap: &SnapshotInput<'a>,
+    rec: &RawRec<'a>,
+    system_id: Text<'a>,
+    school: Text<'a>,
+) -> Origin<'a> {
+    Origin {
         kildesystem: snap.kildesystem,
         kjelde: rec.kjelde,
         rad: rec.rad,
         skolenummer: school,
         system_id,
-    };
+    }
+}
 
-    // Schools: org sourcedId → skolenummer.
+/// The schools (orgs of type `school`); returns org sourcedId → skolenummer.
+fn schools<'a>(
+    snap: &SnapshotInput<'a>,
+    orgs: &[(RawRec<'a>, Obj<'a>)],
+    skole: &mut Vec<SkoleRow<'a>>,
+) -> HashMap<Cow<'a, str>, Cow<'a, str>> {
     let mut school_of_org = HashMap::new();
-    for (rec, v) in &orgs {
+    for (rec, v) in orgs {
         if is_deleted(v) || v.s("type").is_some_and(|t| t != "school") {
             continue;
         }
@@ -204,10 +236,10 @@ pub fn flatten<'a>(
         let skolenummer = meta(v, "skolenummer")
             .or_else(|| meta(v, "vigoSkolenummer"))
             .unwrap_or_else(|| id.clone());
-        let kommune = meta(v, "kommunenummer").unwrap_or(Cow::Borrowed(kommunenummer));
+        let kommune = meta(v, "kommunenummer").unwrap_or(Cow::Borrowed(snap.kommunenummer));
         school_of_org.insert(id.clone(), skolenummer.clone());
-        out.skole.push(SkoleRow {
-            r: reference(rec, Some(id), Some(skolenummer.clone())),
+        skole.push(SkoleRow {
+            r: origin(snap, rec, Some(id), Some(skolenummer.clone())),
             skolenummer,
             organisasjonsnummer: identifier(v),
             navn: v.s("name"),
@@ -217,88 +249,91 @@ pub fn flatten<'a>(
             eierform: meta(v, "eierform").or(Some("kommunal".into())),
         });
     }
+    school_of_org
+}
 
-    // Pupils and enrollments are parsed at the same time, on two cores.
-    let Staged {
-        elev, elevforhold, ..
-    } = out;
-    crate::par::both(
-        || {
-            elev.reserve(users.len());
-            for rec in &users {
-                let Some(v) = Obj::parse(rec.post) else {
-                    continue;
-                };
-                let v = &v;
-                if !is_student(v) || is_deleted(v) {
-                    continue;
-                }
-                let system_id = v.s("sourcedId");
-                let feide = v
-                    .arr("userIds")
-                    .iter()
-                    .filter_map(|i| Obj::parse(i.get()))
-                    .find(|i| i.s("type").is_some_and(|t| t.eq_ignore_ascii_case("feide")))
-                    .and_then(|i| identifier(&i));
-                elev.push(ElevRow {
-                    r: reference(rec, system_id.clone(), None),
-                    kilde_nokkel: system_id.clone(),
-                    system_id,
-                    fodselsnummer: identifier(v),
-                    feidenavn: feide.map(lowercase),
-                    kommunenummer: Some(Cow::Borrowed(kommunenummer)),
-                    fornavn: v.s("givenName"),
-                    mellomnavn: v.s("middleName"),
-                    etternavn: v.s("familyName"),
-                    fodselsdato: None,
-                    kjonn: None,
-                    epostadresse: v.s("email"),
-                    mobiltelefonnummer: v.s("sms").or_else(|| v.s("phone")),
-                    bostedsadresse: meta(v, "bostedsadresse"),
-                    postnummer: meta(v, "postnummer"),
-                    poststed: meta(v, "poststed"),
-                    fnr_required: false,
-                });
-            }
-        },
-        || {
-            elevforhold.reserve(enrollments.len());
-            for rec in &enrollments {
-                let Some(v) = Obj::parse(rec.post) else {
-                    continue;
-                };
-                let v = &v;
-                if is_deleted(v) || v.s("role").is_some_and(|r| r != "student") {
-                    continue;
-                }
-                let Some(user) = guid(v, "user") else {
-                    continue;
-                };
-                let class = guid(v, "class").and_then(|c| classes.get(&c));
-                if class.is_some_and(|c| !c.homeroom) {
-                    continue;
-                }
-                let org = guid(v, "school").or_else(|| class.and_then(|c| c.school.clone()));
-                let skolenummer = org
-                    .as_ref()
-                    .map(|o| school_of_org.get(o).cloned().unwrap_or_else(|| o.clone()));
-                elevforhold.push(EfRow {
-                    r: reference(rec, v.s("sourcedId"), skolenummer.clone()),
-                    elev_kilde_nokkel: Some(user),
-                    system_id: v.s("sourcedId"),
-                    skolenummer,
-                    klasse: class.and_then(|c| c.name.clone()),
-                    trinn: class.and_then(|c| c.trinn),
-                    skolear: class
-                        .and_then(|c| c.term.as_ref())
-                        .and_then(|t| sessions.get(t).map(|y| Cow::Owned(y.clone()))),
-                    hovedskole: Some(true),
-                    startdato: v.s("beginDate").and_then(|d| d.parse().ok()),
-                    sluttdato: v.s("endDate").and_then(|d| d.parse().ok()),
-                });
-            }
-        },
-    );
+/// The students among the users.
+fn pupils<'a>(snap: &SnapshotInput<'a>, users: &[RawRec<'a>], elev: &mut Vec<ElevRow<'a>>) {
+    elev.reserve(users.len());
+    for rec in users {
+        let Some(v) = Obj::parse(rec.post) else {
+            continue;
+        };
+        let v = &v;
+        if !is_student(v) || is_deleted(v) {
+            continue;
+        }
+        let system_id = v.s("sourcedId");
+        let feide = v
+            .arr("userIds")
+            .iter()
+            .filter_map(|i| Obj::parse(i.get()))
+            .find(|i| i.s("type").is_some_and(|t| t.eq_ignore_ascii_case("feide")))
+            .and_then(|i| identifier(&i));
+        elev.push(ElevRow {
+            r: origin(snap, rec, system_id.clone(), None),
+            kilde_nokkel: system_id.clone(),
+            system_id,
+            fodselsnummer: identifier(v),
+            feidenavn: feide.map(lowercase),
+            kommunenummer: Some(Cow::Borrowed(snap.kommunenummer)),
+            fornavn: v.s("givenName"),
+            mellomnavn: v.s("middleName"),
+            etternavn: v.s("familyName"),
+            fodselsdato: None,
+            kjonn: None,
+            epostadresse: v.s("email"),
+            mobiltelefonnummer: v.s("sms").or_else(|| v.s("phone")),
+            bostedsadresse: meta(v, "bostedsadresse"),
+            postnummer: meta(v, "postnummer"),
+            poststed: meta(v, "poststed"),
+            fnr_required: false,
+        });
+    }
+}
+
+/// Students' enrollments in homeroom classes (scheduled classes are not elevforhold).
+fn enrolments<'a>(
+    snap: &SnapshotInput<'a>,
+    s: &Sorted<'a>,
+    school_of_org: &HashMap<Cow<'a, str>, Cow<'a, str>>,
+    elevforhold: &mut Vec<EfRow<'a>>,
+) {
+    elevforhold.reserve(s.enrollments.len());
+    for rec in &s.enrollments {
+        let Some(v) = Obj::parse(rec.post) else {
+            continue;
+        };
+        let v = &v;
+        if is_deleted(v) || v.s("role").is_some_and(|r| r != "student") {
+            continue;
+        }
+        let Some(user) = guid(v, "user") else {
+            continue;
+        };
+        let class = guid(v, "class").and_then(|c| s.classes.get(&c));
+        if class.is_some_and(|c| !c.homeroom) {
+            continue;
+        }
+        let org = guid(v, "school").or_else(|| class.and_then(|c| c.school.clone()));
+        let skolenummer = org
+            .as_ref()
+            .map(|o| school_of_org.get(o).cloned().unwrap_or_else(|| o.clone()));
+        elevforhold.push(EfRow {
+            r: origin(snap, rec, v.s("sourcedId"), skolenummer.clone()),
+            elev_kilde_nokkel: Some(user),
+            system_id: v.s("sourcedId"),
+            skolenummer,
+            klasse: class.and_then(|c| c.name.clone()),
+            trinn: class.and_then(|c| c.trinn),
+            skolear: class
+                .and_then(|c| c.term.as_ref())
+                .and_then(|t| s.sessions.get(t).map(|y| Cow::Owned(y.clone()))),
+            hovedskole: Some(true),
+            startdato: v.s("beginDate").and_then(|d| d.parse().ok()),
+            sluttdato: v.s("endDate").and_then(|d| d.parse().ok()),
+        });
+    }
 }
 
 #[cfg(test)]
