@@ -8,6 +8,8 @@
 //! validation of the rows a format produces (standardize and quality).
 
 pub mod asof;
+#[cfg(test)]
+pub mod lines;
 pub mod oneroster_json;
 pub mod vigo_csv;
 
@@ -52,7 +54,12 @@ pub trait Format: Sync + Send {
 }
 
 /// Every format elevflyt reads, by name. One line per format.
-pub static REGISTRY: &[&dyn Format] = &[&oneroster_json::OneRosterJson, &vigo_csv::VigoCsv];
+pub static REGISTRY: &[&dyn Format] = &[
+    &oneroster_json::OneRosterJson,
+    &vigo_csv::VigoCsv,
+    #[cfg(test)]
+    &lines::Lines,
+];
 
 /// The format of that name.
 pub fn lookup(name: &str) -> Option<&'static dyn Format> {
@@ -127,7 +134,7 @@ mod tests {
         for f in REGISTRY {
             assert_eq!(lookup(f.name()).map(|g| g.name()), Some(f.name()));
         }
-        assert_eq!(names(), "oneroster-json, vigo-csv");
+        assert_eq!(names(), "oneroster-json, vigo-csv, lines");
         let err = find("csv").err().unwrap_or_default();
         assert!(err.contains("`csv`") && err.contains("vigo-csv"), "{err}");
     }
