@@ -10,7 +10,7 @@ VENV := .venv
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN := $(TARGET_DIR)/debug/elevflyt
 
-.PHONY: all build run test test-rust test-readers venv chromium interop bench docs fmt lint clean
+.PHONY: all build run test test-structure test-rust test-readers venv chromium interop bench docs fmt lint clean compare
 
 all: build
 
@@ -24,7 +24,11 @@ run: build
 	@echo "Tables written under ./lakehouse. Try:"
 	@echo "  $(BIN) sql pipelines/bergen.toml \"SELECT skolenummer, klasse, count(*) AS elevar FROM elevforhold WHERE is_current GROUP BY 1, 2 ORDER BY 1, 2\""
 
-test: test-rust test-readers
+test: test-structure test-rust test-readers
+
+# The module map has no cycles (docs/ARCHITECTURE.md, "Module map"); -v prints it.
+test-structure:
+	$(PYTHON) scripts/module_cycles.py
 
 test-rust:
 	$(CARGO) test --locked --all-targets
@@ -76,6 +80,14 @@ docs: build
 	$(PYTHON) -c "import re,sys; r=open('README.md').read(); t=open('.tables.md').read(); \
 	open('README.md','w').write(re.sub(r'(<!-- tables:begin -->).*?(<!-- tables:end -->)', lambda m: m.group(1)+'\n'+t.strip()+'\n'+m.group(2), r, flags=re.S))"
 	rm -f .tables.md
+
+# What a change does to the tables: the sample pipelines run day by day with BASE (a binary
+# built from another commit) and with this build, every version of every table compared.
+compare: build venv
+	@test -n "$(BASE)" || { echo "usage: make compare BASE=/path/to/other/elevflyt"; exit 2; }
+	$(VENV)/bin/python scripts/table_fingerprint.py $(BASE) > .fingerprint-base.txt
+	$(VENV)/bin/python scripts/table_fingerprint.py $(abspath $(BIN)) > .fingerprint-this.txt
+	diff .fingerprint-base.txt .fingerprint-this.txt && echo "same table contents"
 
 fmt:
 	$(CARGO) fmt

@@ -149,6 +149,30 @@ pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
 }
 
+/// Batches cast to a table's schema.
+fn conform_all(batches: Vec<RecordBatch>, t: &Table) -> Result<Vec<RecordBatch>> {
+    let schema = t.arrow_schema();
+    batches.iter().map(|b| conform(b, &schema)).collect()
+}
+
+/// Appends one batch of a run's rows to a table (see [`write`]).
+pub async fn append(
+    ctx: &crate::context::RunContext,
+    t: &Table,
+    batch: RecordBatch,
+    stage: &str,
+) -> Result<Option<i64>> {
+    write(
+        &ctx.pipeline,
+        t,
+        vec![batch],
+        SaveMode::Append,
+        &ctx.run_id,
+        stage,
+    )
+    .await
+}
+
 /// Appends (or overwrites) rows; returns the new table version. Writes nothing for no rows.
 pub async fn write(
     p: &Pipeline,
@@ -162,11 +186,7 @@ pub async fn write(
     if rows == 0 && mode == SaveMode::Append {
         return Ok(None);
     }
-    let schema = t.arrow_schema();
-    let batches = batches
-        .iter()
-        .map(|b| conform(b, &schema))
-        .collect::<Result<Vec<_>>>()?;
+    let batches = conform_all(batches, t)?;
     // Appends and whole-table overwrites do not depend on what they read, so a commit that lost
     // a race with another run is simply made again on top of the winner. The files are written
     // once; only the commit is made again. An overwrite claims the table: two overwrites from
@@ -349,11 +369,7 @@ pub async fn write_claimed(
     run_id: &str,
     stage: &str,
 ) -> Result<(Option<i64>, usize)> {
-    let schema = t.arrow_schema();
-    let batches = batches
-        .iter()
-        .map(|b| conform(b, &schema))
-        .collect::<Result<Vec<_>>>()?;
+    let batches = conform_all(batches, t)?;
     let mut table = open_or_create(p, t).await?;
     // Commit on top of the version the caller decided from (0: the table did not exist).
     table.load_version(read_version).await?;

@@ -73,3 +73,29 @@ pub struct Staged<'a> {
     pub elevforhold: Vec<EfRow<'a>>,
     pub skole: Vec<SkoleRow<'a>>,
 }
+
+impl<'a> ElevRow<'a> {
+    /// A pupil known by where it came from only; a format fills in what its source has
+    /// (`ElevRow { fornavn, ..ElevRow::from(r) }`).
+    pub fn from(r: Origin<'a>) -> Self {
+        ElevRow {
+            r,
+            kilde_nokkel: None,
+            system_id: None,
+            fodselsnummer: None,
+            feidenavn: None,
+            kommunenummer: None,
+            fornavn: None,
+            mellomnavn: None,
+            etternavn: None,
+            fodselsdato: None,
+            kjonn: None,
+            epostadresse: None,
+            mobiltelefonnummer: None,
+            bostedsadresse: None,
+            postnummer: None,
+            poststed: None,
+            fnr_required: false,
+        }
+    }
+}

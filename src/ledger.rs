@@ -74,15 +74,7 @@ pub async fn record_published(ctx: &RunContext, snapshots: &[SnapshotKey]) -> Re
             ),
         ),
     ])?;
-    crate::delta::write(
-        &ctx.pipeline,
-        t,
-        vec![batch],
-        SaveMode::Append,
-        &ctx.run_id,
-        "publish",
-    )
-    .await?;
+    crate::delta::append(ctx, t, batch, "publish").await?;
     Ok(())
 }
 

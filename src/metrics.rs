@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use arrow::array::{Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
-use deltalake::protocol::SaveMode;
 use polars::prelude::*;
 
 use crate::context::RunContext;
@@ -77,67 +76,52 @@ pub fn pupils_per_class(ef: &DataFrame) -> Result<Vec<Metric>> {
     if ef.height() == 0 {
         return Ok(m);
     }
-    let per_class = ef
-        .clone()
-        .lazy()
-        .group_by([col("skolenummer"), col("klasse")])
-        .agg([len().alias("antall")])
-        .sort(["skolenummer", "klasse"], Default::default())
-        .collect()?;
-    let s = per_class.column("skolenummer")?.str()?.clone();
-    let k = per_class.column("klasse")?.str()?.clone();
-    let n = per_class.column("antall")?.cast(&DataType::Int64)?;
-    let n = n.i64()?;
-    for i in 0..per_class.height() {
-        m.push(Metric::value(
-            "elevforhold",
-            name::ELEVAR_PER_KLASSE,
-            Some(format!(
-                "{}/{}",
-                s.get(i).unwrap_or("-"),
-                k.get(i).unwrap_or("-")
-            )),
-            n.get(i).unwrap_or(0) as f64,
-        ));
-    }
-    let per_school = ef
-        .clone()
-        .lazy()
-        .group_by([col("skolenummer")])
-        .agg([len().alias("antall")])
-        .sort(["skolenummer"], Default::default())
-        .collect()?;
-    let s = per_school.column("skolenummer")?.str()?.clone();
-    let n = per_school.column("antall")?.cast(&DataType::Int64)?;
-    let n = n.i64()?;
-    for i in 0..per_school.height() {
-        m.push(Metric::value(
-            "elevforhold",
-            name::ELEVAR_PER_SKULE,
-            s.get(i).map(str::to_string),
-            n.get(i).unwrap_or(0) as f64,
-        ));
-    }
-    let per_trinn = ef
-        .clone()
-        .lazy()
-        .group_by([col("trinn")])
-        .agg([len().alias("antall")])
-        .sort(["trinn"], Default::default())
-        .collect()?;
-    let t = per_trinn.column("trinn")?.cast(&DataType::Int64)?;
-    let t = t.i64()?;
-    let n = per_trinn.column("antall")?.cast(&DataType::Int64)?;
-    let n = n.i64()?;
-    for i in 0..per_trinn.height() {
-        m.push(Metric::value(
-            "elevforhold",
-            name::ELEVAR_PER_TRINN,
-            t.get(i).map(|t| t.to_string()),
-            n.get(i).unwrap_or(0) as f64,
-        ));
+    for (metric, by) in [
+        (name::ELEVAR_PER_KLASSE, &["skolenummer", "klasse"][..]),
+        (name::ELEVAR_PER_SKULE, &["skolenummer"][..]),
+        (name::ELEVAR_PER_TRINN, &["trinn"][..]),
+    ] {
+        for (label, n) in counts(ef, by)? {
+            m.push(Metric::value("elevforhold", metric, label, n));
+        }
     }
     Ok(m)
+}
+
+/// Rows per group of the `by` columns, in their order. A group's label is its value (`None`
+/// when null), or its values joined by `/` with `-` for a null.
+fn counts(df: &DataFrame, by: &[&str]) -> Result<Vec<(Option<String>, f64)>> {
+    let grouped = df
+        .clone()
+        .lazy()
+        .group_by(by.iter().map(|c| col(*c)).collect::<Vec<_>>())
+        .agg([len().alias("antall")])
+        .sort(by.to_vec(), Default::default())
+        .collect()?;
+    let keys = by
+        .iter()
+        .map(|c| grouped.column(c)?.cast(&DataType::String))
+        .collect::<PolarsResult<Vec<_>>>()?;
+    let keys = keys
+        .iter()
+        .map(|k| k.str())
+        .collect::<PolarsResult<Vec<_>>>()?;
+    let n = grouped.column("antall")?.cast(&DataType::Int64)?;
+    let n = n.i64()?;
+    Ok((0..grouped.height())
+        .map(|i| {
+            let label = match keys.as_slice() {
+                [one] => one.get(i).map(str::to_string),
+                many => Some(
+                    many.iter()
+                        .map(|k| k.get(i).unwrap_or("-"))
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                ),
+            };
+            (label, n.get(i).unwrap_or(0) as f64)
+        })
+        .collect())
 }
 
 pub async fn write_kvalitet(ctx: &RunContext, metrics: &[Metric]) -> Result<Option<i64>> {
@@ -174,15 +158,7 @@ pub async fn write_kvalitet(ctx: &RunContext, metrics: &[Metric]) -> Result<Opti
         ("feila", Arc::new(feila.finish())),
         ("status", Arc::new(status.finish())),
     ])?;
-    crate::delta::write(
-        &ctx.pipeline,
-        t,
-        vec![batch],
-        SaveMode::Append,
-        &ctx.run_id,
-        "metrics",
-    )
-    .await
+    crate::delta::append(ctx, t, batch, "metrics").await
 }
 
 /// One row of `kjoring`.
@@ -224,13 +200,5 @@ pub async fn write_kjoring(ctx: &RunContext, log: &RunLog) -> Result<Option<i64>
         ("delta_versions", so(Some(log.delta_versions.to_string()))),
         ("elevflyt_version", s(env!("CARGO_PKG_VERSION"))),
     ])?;
-    crate::delta::write(
-        &ctx.pipeline,
-        t,
-        vec![batch],
-        SaveMode::Append,
-        &ctx.run_id,
-        "kjoring",
-    )
-    .await
+    crate::delta::append(ctx, t, batch, "kjoring").await
 }

@@ -574,6 +574,18 @@ impl Table {
         self.business_columns().filter(move |c| Some(c.name) != key)
     }
 
+    /// The schema of a MERGE source for this table: its columns, all nullable (a row that only
+    /// closes a version carries its key and dates), and `_op`, what to do with the row.
+    pub fn merge_source_schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.columns
+                .iter()
+                .map(|c| Field::new(c.name, c.ty.arrow(), true))
+                .chain([Field::new("_op", DataType::Utf8, false)])
+                .collect::<Vec<_>>(),
+        ))
+    }
+
     /// The business key of an SCD2 table; an error for a table that has none.
     pub fn scd2_key(&self) -> crate::Result<&'static str> {
         self.key

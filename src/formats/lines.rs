@@ -74,23 +74,13 @@ impl Format for Lines {
                 system_id: None,
             };
             out.elev.push(ElevRow {
-                r: r.clone(),
                 kilde_nokkel: field("fnr"),
-                system_id: None,
                 fodselsnummer: field("fnr"),
-                feidenavn: None,
                 kommunenummer: Some(Cow::Borrowed(snapshot.kommunenummer)),
                 fornavn: names.next().map(|s| Cow::Owned(s.to_string())),
-                mellomnavn: None,
                 etternavn: names.last().map(|s| Cow::Owned(s.to_string())),
-                fodselsdato: None,
-                kjonn: None,
-                epostadresse: None,
-                mobiltelefonnummer: None,
-                bostedsadresse: None,
-                postnummer: None,
-                poststed: None,
                 fnr_required: true,
+                ..ElevRow::from(r.clone())
             });
             let school = field("skule").unwrap_or_default();
             if !out.skole.iter().any(|s| s.skolenummer == school) {

@@ -165,17 +165,7 @@ impl TableRun {
     /// `delete`.
     fn merge_source(&self, transaction_time: i64) -> Result<Vec<RecordBatch>> {
         let t = self.table;
-        let schema = Arc::new(arrow::datatypes::Schema::new(
-            t.columns
-                .iter()
-                .map(|c| arrow::datatypes::Field::new(c.name, c.ty.arrow(), true))
-                .chain([arrow::datatypes::Field::new(
-                    "_op",
-                    arrow::datatypes::DataType::Utf8,
-                    false,
-                )])
-                .collect::<Vec<_>>(),
-        ));
+        let schema = t.merge_source_schema();
         let mut parts = Vec::new();
         // New versions, taken from the prepared batches.
         let mut by_batch: BTreeMap<usize, Vec<(&scd2::Insert, Op)>> = BTreeMap::new();

@@ -9,7 +9,6 @@ use arrow::array::{
     TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 use deltalake::datafusion::prelude::SessionContext;
-use deltalake::protocol::SaveMode;
 
 use crate::context::RunContext;
 use crate::error::Result;
@@ -87,15 +86,7 @@ pub async fn write(
     let t = &schema::AVVIK;
     let batch = new_rows(ctx, avvik, &new_lost, now)?;
     if resolved.is_empty() {
-        return crate::delta::write(
-            &ctx.pipeline,
-            t,
-            vec![batch],
-            SaveMode::Append,
-            &ctx.run_id,
-            "standardize",
-        )
-        .await;
+        return crate::delta::append(ctx, t, batch, "standardize").await;
     }
     merge(ctx, batch, &resolved, now).await
 }
@@ -169,17 +160,7 @@ async fn merge(
 ) -> Result<Option<i64>> {
     let t = &schema::AVVIK;
     let n = resolved.len();
-    let schema = Arc::new(arrow::datatypes::Schema::new(
-        t.columns
-            .iter()
-            .map(|c| arrow::datatypes::Field::new(c.name, c.ty.arrow(), true))
-            .chain([arrow::datatypes::Field::new(
-                "_op",
-                arrow::datatypes::DataType::Utf8,
-                false,
-            )])
-            .collect::<Vec<_>>(),
-    ));
+    let schema = t.merge_source_schema();
     let mut new_cols: Vec<ArrayRef> = batch.columns().to_vec();
     new_cols.push(Arc::new(StringArray::from(vec![
         "insert";

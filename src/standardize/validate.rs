@@ -669,29 +669,17 @@ mod tests {
 
     fn pupil(i: usize, key: &str) -> ElevRow<'static> {
         ElevRow {
-            r: Origin {
+            kilde_nokkel: Some(Cow::Owned(key.to_string())),
+            system_id: Some(Cow::Owned(key.to_string())),
+            fornavn: Some(Cow::Borrowed("Kari")),
+            etternavn: Some(Cow::Borrowed("Nord")),
+            ..ElevRow::from(Origin {
                 kildesystem: "vigilo",
                 kjelde: "users.json",
                 rad: i as i64,
                 skolenummer: Some(Cow::Borrowed("46591")),
                 system_id: Some(Cow::Owned(key.to_string())),
-            },
-            kilde_nokkel: Some(Cow::Owned(key.to_string())),
-            system_id: Some(Cow::Owned(key.to_string())),
-            fodselsnummer: None,
-            feidenavn: None,
-            kommunenummer: None,
-            fornavn: Some(Cow::Borrowed("Kari")),
-            mellomnavn: None,
-            etternavn: Some(Cow::Borrowed("Nord")),
-            fodselsdato: None,
-            kjonn: None,
-            epostadresse: None,
-            mobiltelefonnummer: None,
-            bostedsadresse: None,
-            postnummer: None,
-            poststed: None,
-            fnr_required: false,
+            })
         }
     }
 

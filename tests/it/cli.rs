@@ -1,12 +1,6 @@
 //! The binary: exit codes, logs (text and JSON) without personal data, configuration errors.
 
-use std::process::Command;
-
 use crate::common::*;
-
-fn elevflyt() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_elevflyt"))
-}
 
 /// Every fødselsnummer (as delivered and normalised) and name in the sample inputs.
 fn personal_data() -> Vec<String> {
@@ -58,7 +52,7 @@ fn runs_log_json_and_text_without_personal_data() {
     ] {
         // A fresh warehouse for each, so that every combination really processes the files.
         let dir = tempdir();
-        let out = elevflyt()
+        let out = elevflyt(&[])
             .args([
                 "run",
                 repo().join("pipelines").join(pipeline).to_str().unwrap(),
@@ -101,7 +95,7 @@ fn runs_log_json_and_text_without_personal_data() {
         let file = repo().join("pipelines").join(pipeline);
         let mut texts = Vec::new();
         for format in ["text", "json", "html"] {
-            let out = elevflyt()
+            let out = elevflyt(&[])
                 .args([
                     "report",
                     file.to_str().unwrap(),
@@ -116,7 +110,7 @@ fn runs_log_json_and_text_without_personal_data() {
             texts.push(String::from_utf8_lossy(&out.stdout).to_string());
         }
         for table in ["avvik", "kvalitet", "kjoring"] {
-            let out = elevflyt()
+            let out = elevflyt(&[])
                 .args([
                     "sql",
                     file.to_str().unwrap(),
@@ -148,7 +142,7 @@ fn exit_codes_and_configuration_errors() {
     let dir = tempdir();
     // Unknown key → 2, naming the key.
     let bad = pipeline_file(dir.path(), "bad.toml", "[pipeline]\nname = \"x\"\nkommunenummer = \"4601\"\nwarehouse = \"w\"\ncatalog = \"c\"\nschema = \"s\"\nkatalog = \"c\"\n\n[[source]]\nname = \"a\"\nformat = \"vigo-csv\"\nlocation = \"x\"\n");
-    let out = elevflyt()
+    let out = elevflyt(&[])
         .args(["run", bad.to_str().unwrap()])
         .output()
         .unwrap();
@@ -160,15 +154,47 @@ fn exit_codes_and_configuration_errors() {
         .replace("katalog = \"c\"\n", "")
         .replace("vigo-csv", "excel");
     let bad = pipeline_file(dir.path(), "bad2.toml", &body);
-    let out = elevflyt()
+    let out = elevflyt(&[])
         .args(["run", bad.to_str().unwrap()])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("excel"));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains("`excel`") && err.contains("oneroster-json, vigo-csv"),
+        "the error lists the registered formats: {err}"
+    );
+    // `validate` says the same without opening any storage, and passes a good file.
+    let out = elevflyt(&["validate", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`excel`"));
+    let good = repo().join("pipelines/voss.toml");
+    let out = elevflyt(&[
+        "validate",
+        good.to_str().unwrap(),
+        "--warehouse",
+        "s3://no-such-bucket/lake",
+    ])
+    .output()
+    .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.starts_with("ok:") && said.contains("vigo (vigo-csv)"),
+        "{said}"
+    );
+    // --help lists the formats from the registry.
+    let help = elevflyt(&["generate", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).to_string();
+    assert!(
+        help.contains("oneroster-json") && help.contains("vigo-csv"),
+        "{help}"
+    );
     // Missing file and bad usage → 2.
     assert_eq!(
-        elevflyt()
+        elevflyt(&[])
             .args(["run", "nope.toml"])
             .output()
             .unwrap()
@@ -177,7 +203,7 @@ fn exit_codes_and_configuration_errors() {
         Some(2)
     );
     assert_eq!(
-        elevflyt()
+        elevflyt(&[])
             .args(["frobnicate"])
             .output()
             .unwrap()
@@ -186,7 +212,7 @@ fn exit_codes_and_configuration_errors() {
         Some(2)
     );
     let p = repo().join("pipelines/bergen.toml");
-    let out = elevflyt()
+    let out = elevflyt(&[])
         .args([
             "run",
             p.to_str().unwrap(),
@@ -204,7 +230,7 @@ fn exit_codes_and_configuration_errors() {
         .replace("../sample_data", "{repo}/sample_data")
         + "fnr_ugyldig = \"fail\"\n";
     let f = pipeline_file(dir.path(), "voss.toml", &body);
-    let out = elevflyt()
+    let out = elevflyt(&[])
         .args(["run", f.to_str().unwrap(), "--warehouse", &warehouse(&dir)])
         .output()
         .unwrap();
@@ -227,7 +253,7 @@ fn a_broken_file_names_file_and_line_and_writes_nothing() {
     )
     .unwrap();
     let f = pipeline_file(dir.path(), "p.toml", "[pipeline]\nname = \"x\"\nkommunenummer = \"4601\"\nwarehouse = \"lake\"\ncatalog = \"c\"\nschema = \"s\"\n\n[[source]]\nname = \"vigilo\"\nformat = \"oneroster-json\"\nlocation = \"src\"\n");
-    let out = elevflyt()
+    let out = elevflyt(&[])
         .args(["run", f.to_str().unwrap()])
         .output()
         .unwrap();
@@ -242,12 +268,12 @@ fn a_broken_file_names_file_and_line_and_writes_nothing() {
 
 #[test]
 fn rules_and_help() {
-    let out = elevflyt().arg("rules").output().unwrap();
+    let out = elevflyt(&[]).arg("rules").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     for r in elevflyt::quality::rules::RULES {
         assert!(text.contains(r.name), "{}", r.name);
     }
-    let out = elevflyt().args(["run", "--help"]).output().unwrap();
+    let out = elevflyt(&[]).args(["run", "--help"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("--warehouse") && text.contains("--as-of") && text.contains("--dry-run"));
 }
@@ -257,13 +283,13 @@ fn sql_prints_csv_and_json() {
     let dir = tempdir();
     let p = repo().join("pipelines/voss.toml");
     let w = warehouse(&dir);
-    assert!(elevflyt()
+    assert!(elevflyt(&[])
         .args(["run", p.to_str().unwrap(), "--warehouse", &w])
         .output()
         .unwrap()
         .status
         .success());
-    let out = elevflyt()
+    let out = elevflyt(&[])
         .args([
             "sql",
             p.to_str().unwrap(),
@@ -279,7 +305,7 @@ fn sql_prints_csv_and_json() {
         String::from_utf8_lossy(&out.stdout),
         "skolenummer,n\n46520,24\n46521,18\n"
     );
-    let out = elevflyt()
+    let out = elevflyt(&[])
         .args([
             "sql",
             p.to_str().unwrap(),

@@ -6,6 +6,13 @@ use arrow::array::RecordBatch;
 use elevflyt::config::Pipeline;
 use elevflyt::run::{execute, RunContext, Stage, Summary};
 
+/// The elevflyt binary, run as a user runs it, with `args` (more may be added).
+pub fn elevflyt(args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_elevflyt"));
+    c.args(args);
+    c
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

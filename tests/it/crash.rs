@@ -10,7 +10,7 @@ use crate::scenarios::{ef, elev};
 use deltalake::protocol::SaveMode;
 
 fn bergen_run(w: &str) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_elevflyt"));
+    let mut c = crate::common::elevflyt(&[]);
     c.args([
         "run",
         crate::common::repo()

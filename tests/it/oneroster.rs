@@ -91,7 +91,7 @@ async fn tobedeleted_closes_and_1_2_users_are_read() {
 #[test]
 fn dry_run_writes_nothing() {
     let dir = tempdir();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_elevflyt"))
+    let out = crate::common::elevflyt(&[])
         .args([
             "run",
             repo().join("pipelines/voss.toml").to_str().unwrap(),

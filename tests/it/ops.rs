@@ -1,17 +1,8 @@
 //! Operating the tables: time travel, history, Change Data Feed, check, maintain.
 
-use std::process::Command;
-
-use crate::common::{count, rows};
+use crate::common::{count, elevflyt, rows};
 use crate::fixtures::{oneroster, p, pipeline, tenor};
 use crate::scenarios::{elev, load};
-
-fn elevflyt(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_elevflyt"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
@@ -45,12 +36,18 @@ async fn time_travel_history_changes_check_and_maintain() {
         "1",
         "--format",
         "csv",
-    ]);
+    ])
+    .output()
+    .unwrap();
     assert_eq!(stdout(&v1), "etternavn\nBlir\nFør\n");
     let on_date = "SELECT etternavn FROM elev WHERE valid_from <= TIMESTAMP '2026-01-20T00:00:00Z' \
                    AND (valid_to IS NULL OR valid_to > TIMESTAMP '2026-01-20T00:00:00Z') ORDER BY etternavn";
     assert_eq!(
-        stdout(&elevflyt(&["sql", &file, on_date, "--format", "csv"])),
+        stdout(
+            &elevflyt(&["sql", &file, on_date, "--format", "csv"])
+                .output()
+                .unwrap()
+        ),
         "etternavn\nBlir\nFør\n"
     );
     let before = elevflyt(&[
@@ -59,11 +56,15 @@ async fn time_travel_history_changes_check_and_maintain() {
         "SELECT 1 FROM elev",
         "--timestamp",
         "2001-01-01",
-    ]);
+    ])
+    .output()
+    .unwrap();
     assert_eq!(before.status.code(), Some(1), "elev did not exist in 2001");
 
     // History: versions with the run ids recorded in kjoring.
-    let h = elevflyt(&["history", &file, "elev", "--format", "json"]);
+    let h = elevflyt(&["history", &file, "elev", "--format", "json"])
+        .output()
+        .unwrap();
     let h: serde_json::Value = serde_json::from_slice(&h.stdout).unwrap();
     let ops: Vec<(i64, &str)> = h
         .as_array()
@@ -85,7 +86,9 @@ async fn time_travel_history_changes_check_and_maintain() {
         .contains("num_target_rows_inserted"));
 
     // Change Data Feed of version 2: a's name change (close + new version), b's leaving.
-    let c = elevflyt(&["changes", &file, "elev", "--from", "2", "--format", "json"]);
+    let c = elevflyt(&["changes", &file, "elev", "--from", "2", "--format", "json"])
+        .output()
+        .unwrap();
     assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
     let c: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
     let mut kinds: Vec<(String, String)> = c
@@ -112,7 +115,7 @@ async fn time_travel_history_changes_check_and_maintain() {
     );
 
     // check passes; a duplicate current row breaks it, naming the key.
-    let ok = elevflyt(&["check", &file]);
+    let ok = elevflyt(&["check", &file]).output().unwrap();
     assert!(ok.status.success(), "{}", stdout(&ok));
     // maintain: compacts, checkpoints, and the data stays the same.
     let history_before = elev(&pl).await;
@@ -122,7 +125,9 @@ async fn time_travel_history_changes_check_and_maintain() {
     }
     let expected = elev(&pl).await;
     assert_eq!(expected.len(), history_before.len() + 2);
-    let m = elevflyt(&["maintain", &file, "--retention-hours", "0", "--force"]);
+    let m = elevflyt(&["maintain", &file, "--retention-hours", "0", "--force"])
+        .output()
+        .unwrap();
     assert!(m.status.success(), "{}", String::from_utf8_lossy(&m.stderr));
     let m: serde_json::Value = serde_json::from_slice(&m.stdout).unwrap();
     let of = |name: &str| {
@@ -155,6 +160,8 @@ async fn time_travel_history_changes_check_and_maintain() {
     assert_eq!(elev(&pl).await, expected);
     assert_eq!(
         elevflyt(&["maintain", &file, "--retention-hours", "1"])
+            .output()
+            .unwrap()
             .status
             .code(),
         Some(2)
@@ -184,7 +191,7 @@ async fn time_travel_history_changes_check_and_maintain() {
     cols[idx] = std::sync::Arc::new(vf);
     dup = arrow::array::RecordBatch::try_new(dup.schema(), cols).unwrap();
     t.write(vec![dup]).await.unwrap();
-    let bad = elevflyt(&["check", &file]);
+    let bad = elevflyt(&["check", &file]).output().unwrap();
     assert_eq!(bad.status.code(), Some(1));
     let id = rows(&pl, "SELECT DISTINCT id FROM elev WHERE system_id = 'a'").await[0][0].clone();
     assert!(

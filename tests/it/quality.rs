@@ -1,15 +1,6 @@
 //! Deviations as the schools' to-do list, and the operator report.
 
-use std::process::Command;
-
-use crate::common::{count, rows, sample, warehouse};
-
-fn elevflyt(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_elevflyt"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use crate::common::{count, elevflyt, rows, sample, warehouse};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deviations_a_later_list_fixes_are_resolved() {
@@ -53,8 +44,14 @@ async fn the_report_answers_the_three_questions_and_says_why_a_run_failed() {
     let w = warehouse(&dir);
     let bergen = crate::common::repo().join("pipelines/bergen.toml");
     let file = bergen.to_str().unwrap();
-    assert!(elevflyt(&["run", file, "--warehouse", &w]).status.success());
-    let out = elevflyt(&["report", file, "--warehouse", &w, "--format", "json"]);
+    assert!(elevflyt(&["run", file, "--warehouse", &w])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let out = elevflyt(&["report", file, "--warehouse", &w, "--format", "json"])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -106,9 +103,13 @@ async fn the_report_answers_the_three_questions_and_says_why_a_run_failed() {
         extra.to_str().unwrap(),
     );
     std::fs::write(&failing, body).unwrap();
-    let out = elevflyt(&["run", failing.to_str().unwrap(), "--warehouse", &w]);
+    let out = elevflyt(&["run", failing.to_str().unwrap(), "--warehouse", &w])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let text = elevflyt(&["report", file, "--warehouse", &w]);
+    let text = elevflyt(&["report", file, "--warehouse", &w])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("Siste køyring: fail"), "{text}");
     assert!(
@@ -136,6 +137,8 @@ async fn the_report_answers_the_three_questions_and_says_why_a_run_failed() {
         "--out",
         html.to_str().unwrap()
     ])
+    .output()
+    .unwrap()
     .status
     .success());
     let page = std::fs::read_to_string(&html).unwrap();
@@ -166,7 +169,9 @@ async fn a_share_threshold_per_school_can_fail_the_run() {
     let dir2 = tempfile::tempdir().unwrap();
     let strict = body + "fnr_ugyldig_andel = { alvorsgrad = \"fail\", terskel = 0.02 }\n";
     let f = crate::common::pipeline_file(dir2.path(), "strict.toml", &strict);
-    let out = elevflyt(&["run", f.to_str().unwrap(), "--warehouse", &warehouse(&dir2)]);
+    let out = elevflyt(&["run", f.to_str().unwrap(), "--warehouse", &warehouse(&dir2)])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("fnr_ugyldig_andel"));
     let p2 = elevflyt::config::Pipeline::load(&f, Some(&warehouse(&dir2))).unwrap();
@@ -187,10 +192,12 @@ async fn a_share_threshold_per_school_can_fail_the_run() {
             "bad.toml",
             &format!("{}{bad}\n", body_without_quality_tail(&strict)),
         );
-        let out = elevflyt(&["run", f.to_str().unwrap(), "--warehouse", &warehouse(&dir2)]);
+        let out = elevflyt(&["run", f.to_str().unwrap(), "--warehouse", &warehouse(&dir2)])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{bad}");
     }
-    let rules = String::from_utf8_lossy(&elevflyt(&["rules"]).stdout).to_string();
+    let rules = String::from_utf8_lossy(&elevflyt(&["rules"]).output().unwrap().stdout).to_string();
     assert!(rules.contains("fnr_ugyldig_andel") && rules.contains("5 %"));
 }
 

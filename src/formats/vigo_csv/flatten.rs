@@ -96,23 +96,14 @@ pub fn flatten<'a>(
             }
         }
         out.elev.push(ElevRow {
-            r: r.clone(),
             kilde_nokkel: fnr.clone(),
-            system_id: None,
             fodselsnummer: fnr.clone(),
-            feidenavn: None,
             kommunenummer: kommune,
             fornavn,
             mellomnavn,
             etternavn,
-            fodselsdato: None,
-            kjonn: None,
-            epostadresse: None,
-            mobiltelefonnummer: None,
-            bostedsadresse: None,
-            postnummer: None,
-            poststed: None,
             fnr_required: true,
+            ..ElevRow::from(r.clone())
         });
         out.elevforhold.push(EfRow {
             r,
