@@ -103,6 +103,15 @@ pub fn drop_aside<T: Send + 'static>(value: T) {
         .spawn(move || drop(value));
 }
 
+/// The result of a spawned task; a task that panicked or was cancelled is an internal error.
+pub async fn joined<T>(
+    task: tokio::task::JoinHandle<crate::Result<T>>,
+    what: &str,
+) -> crate::Result<T> {
+    task.await
+        .map_err(|e| crate::Error::Internal(format!("{what}: {e}")))?
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -112,13 +121,4 @@ mod tests {
             assert_eq!(v, (0..n).collect::<Vec<_>>());
         }
     }
-}
-
-/// The result of a spawned task; a task that panicked or was cancelled is an internal error.
-pub async fn joined<T>(
-    task: tokio::task::JoinHandle<crate::Result<T>>,
-    what: &str,
-) -> crate::Result<T> {
-    task.await
-        .map_err(|e| crate::Error::Internal(format!("{what}: {e}")))?
 }

@@ -18,7 +18,7 @@ use arrow::array::RecordBatch;
 use deltalake::datafusion::prelude::SessionContext;
 use tracing::info;
 
-use super::rewrite;
+use super::{merge_record, rewrite};
 use crate::context::RunContext;
 use crate::error::{Error, Result};
 use crate::schema::{self, Table};
@@ -46,8 +46,8 @@ pub struct CommitMetrics {
     pub execution_ms: u64,
 }
 
-impl From<rewrite::MergeMetrics> for CommitMetrics {
-    fn from(m: rewrite::MergeMetrics) -> Self {
+impl From<merge_record::MergeMetrics> for CommitMetrics {
+    fn from(m: merge_record::MergeMetrics) -> Self {
         CommitMetrics {
             strategy: Strategy::Rewrite,
             rows_inserted: m.inserted,
@@ -170,7 +170,7 @@ impl TableCommit {
             rows_deleted: m.num_target_rows_deleted,
             files_added: m.num_target_files_added,
             files_removed: m.num_target_files_removed,
-            execution_ms: m.execution_time_ms as u64,
+            execution_ms: m.execution_time_ms,
         };
         info!(table = t.name, ?metrics, "merged");
         Ok((table.version().map(|v| v as i64), metrics))

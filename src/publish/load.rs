@@ -10,7 +10,8 @@ use super::apply::Tables;
 use super::identity::Identity;
 use super::metrics::current_count;
 use super::plan::TableRun;
-use super::scd2::{self, Scd2};
+use super::row_hash;
+use super::scd2::Scd2;
 use super::staged::opt_str;
 use crate::context::RunContext;
 use crate::error::Result;
@@ -121,7 +122,7 @@ async fn load_current(
         for i in 0..b.num_rows() {
             engine.load_current(
                 k.value(i),
-                scd2::parse_hash(h.value(i)),
+                row_hash::parse_hash(h.value(i)),
                 v.value(i),
                 opt_str(&ks, i),
                 opt_str(&s, i),

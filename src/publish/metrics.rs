@@ -106,7 +106,7 @@ pub async fn table_metrics(ctx: &RunContext) -> Result<Vec<Metric>> {
 async fn row_counts(session: &SessionContext, t: &str) -> Result<Vec<Metric>> {
     let mut m = Vec::new();
     let b = crate::delta::query(
-        &session,
+        session,
         &format!("SELECT count(*) AS n, sum(CASE WHEN is_current THEN 1 ELSE 0 END) AS c FROM {t}"),
     )
     .await?;
@@ -137,7 +137,7 @@ async fn row_counts(session: &SessionContext, t: &str) -> Result<Vec<Metric>> {
         ));
         let key = if t == "skole" { "skolenummer" } else { "id" };
         let dup = crate::delta::query(
-            &session,
+            session,
             &format!("SELECT count(*) - count(DISTINCT {key}) AS d FROM {t} WHERE is_current"),
         )
         .await?;

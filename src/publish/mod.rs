@@ -19,9 +19,11 @@ mod commit;
 mod elevliste;
 pub mod identity;
 mod load;
+mod merge_record;
 mod metrics;
 mod plan;
 mod rewrite;
+mod row_hash;
 pub mod scd2;
 mod staged;
 

@@ -10,6 +10,7 @@ use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray};
 use deltalake::datafusion::prelude::SessionContext;
 
 use super::commit::{Strategy, TableCommit};
+use super::row_hash;
 use super::scd2::{self, Scd2, Scope, SnapshotRow};
 use super::staged::{opt_str, rows_of, ts};
 use crate::context::RunContext;
@@ -30,7 +31,7 @@ struct StoredVersion {
     key: String,
     valid_from: i64,
     valid_to: Option<i64>,
-    hash: scd2::RowHash,
+    hash: row_hash::RowHash,
 }
 
 /// Per-table engine plus the prepared (id-filled) snapshot batches it refers to.
@@ -69,7 +70,7 @@ impl TableRun {
         as_of: i64,
         scope: Scope<'_>,
     ) -> Result<Vec<Arc<str>>> {
-        let hashes = scd2::row_hashes(self.table, &batch)?;
+        let hashes = row_hash::row_hashes(self.table, &batch)?;
         let keys = crate::delta::strings(&batch, self.table.scd2_key()?)?;
         let ks = crate::delta::strings(&batch, "kildesystem")?;
         let school = crate::delta::strings(&batch, "skolenummer").ok();
@@ -115,7 +116,7 @@ impl TableRun {
                         key: k.value(i).to_string(),
                         valid_from: f.value(i),
                         valid_to: (!to.is_null(i)).then(|| to.value(i)),
-                        hash: scd2::parse_hash(h.value(i)),
+                        hash: row_hash::parse_hash(h.value(i)),
                     };
                     stored.insert((v.key.clone(), v.valid_from), v);
                 }
@@ -192,7 +193,7 @@ impl TableRun {
                     schema::ROW_HASH => {
                         let mut hashes = arrow::array::StringBuilder::with_capacity(n, n * 32);
                         for (i, _) in &inserts {
-                            scd2::write_hex(&mut hashes, i.hash)
+                            row_hash::write_hex(&mut hashes, i.hash)
                                 .map_err(|e| Error::Internal(format!("{e}")))?;
                             hashes.append_value("");
                         }

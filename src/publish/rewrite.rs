@@ -14,18 +14,18 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, BooleanArray, RecordBatch, StringArray, UInt32Array};
+use arrow::array::{Array, BooleanArray, RecordBatch, UInt32Array};
 use arrow::compute::{filter_record_batch, take_record_batch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, AddCDCFile};
-use deltalake::protocol::{DeltaOperation, MergePredicate};
+use arrow::datatypes::SchemaRef;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::Action;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
 use object_store::ObjectStoreExt;
 use rustc_hash::FxHashMap;
 use tracing::info;
 
+use super::merge_record::{self, MergeMetrics};
 use crate::context::RunContext;
 use crate::error::{Error, Result};
 use crate::schema::{self, Table};
@@ -147,9 +147,9 @@ pub async fn commit(
         (after, "update_postimage"),
         (inserts, "insert"),
     ];
-    actions.push(change_data(&table, &schema, &changes).await?);
+    actions.push(merge_record::change_data(&table, &schema, &changes).await?);
     // The operation metrics a MERGE records, so that `history` reads the same either way.
-    let metrics = MergeMetrics {
+    let metrics = merge_record::MergeMetrics {
         source_rows: to_close + inserted,
         inserted,
         updated: closed,
@@ -167,7 +167,7 @@ pub async fn commit(
     let props = CommitProperties::default()
         .with_metadata(metadata)
         .with_application_transaction(crate::delta::claim(t, read_version));
-    let version = commit_actions(t, &table, actions, props).await?;
+    let version = merge_record::commit_actions(t, &table, actions, props).await?;
     info!(
         table = t.name,
         inserted,
@@ -231,38 +231,6 @@ async fn finish(writers: Vec<RecordBatchWriter>) -> Result<Vec<Action>> {
         tasks.spawn(async move { w.flush().await });
     }
     crate::delta::added_files(tasks).await
-}
-
-/// What a delta-rs MERGE reports in `operationMetrics`.
-pub struct MergeMetrics {
-    pub source_rows: usize,
-    pub inserted: usize,
-    pub updated: usize,
-    pub copied: usize,
-    pub written: usize,
-    pub files_scanned: usize,
-    pub files_skipped: usize,
-    pub files_added: usize,
-    pub files_removed: usize,
-    pub ms: u64,
-}
-
-impl MergeMetrics {
-    fn json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "num_source_rows": self.source_rows,
-            "num_target_rows_inserted": self.inserted,
-            "num_target_rows_updated": self.updated,
-            "num_target_rows_deleted": 0,
-            "num_target_rows_copied": self.copied,
-            "num_output_rows": self.written,
-            "num_target_files_scanned": self.files_scanned,
-            "num_target_files_skipped_during_scan": self.files_skipped,
-            "num_target_files_added": self.files_added,
-            "num_target_files_removed": self.files_removed,
-            "execution_time_ms": self.ms,
-        })
-    }
 }
 
 /// The files of the loaded version that may hold current rows (their statistics do not say
@@ -406,86 +374,11 @@ fn bools(b: &RecordBatch, name: &str) -> Result<BooleanArray> {
         .ok_or_else(|| Error::Internal(format!("column `{name}` is not a boolean")))
 }
 
-/// Writes the Change Data Feed file of the commit: the closed versions before and after
-/// (`update_preimage`, `update_postimage`) and the new versions (`insert`), as a MERGE does.
-async fn change_data(
-    table: &DeltaTable,
-    schema: &SchemaRef,
-    changes: &[(Vec<RecordBatch>, &str)],
-) -> Result<Action> {
-    let mut fields: Vec<Field> = schema.fields().iter().map(|f| (**f).clone()).collect();
-    fields.push(Field::new("_change_type", DataType::Utf8, true));
-    let cdc_schema = Arc::new(Schema::new(fields));
-    let mut buf = Vec::new();
-    let props = parquet::file::properties::WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::SNAPPY)
-        .build();
-    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, cdc_schema.clone(), Some(props))?;
-    for (batches, kind) in changes {
-        for b in batches.iter().filter(|b| b.num_rows() > 0) {
-            let mut cols = b.columns().to_vec();
-            cols.push(Arc::new(StringArray::from(vec![*kind; b.num_rows()])));
-            w.write(&RecordBatch::try_new(cdc_schema.clone(), cols)?)?;
-        }
-    }
-    w.close()?;
-    let path = format!(
-        "_change_data/cdc-00000-{}.c000.snappy.parquet",
-        uuid::Uuid::new_v4()
-    );
-    let size = buf.len() as i64;
-    table
-        .object_store()
-        .put(&object_store::path::Path::from(path.as_str()), buf.into())
-        .await?;
-    Ok(Action::Cdc(AddCDCFile {
-        path,
-        size,
-        partition_values: Default::default(),
-        data_change: false,
-        tags: None,
-    }))
-}
-
-/// Commits as a MERGE that read the whole table, claiming the table for this run (two runs that
-/// read the same version cannot both commit).
-async fn commit_actions(
-    t: &Table,
-    table: &DeltaTable,
-    actions: Vec<Action>,
-    props: CommitProperties,
-) -> Result<i64> {
-    let operation = DeltaOperation::Merge {
-        predicate: None,
-        merge_predicate: Some(format!(
-            "t.{k} = s.{k} AND t.valid_from = s.valid_from",
-            k = t.scd2_key()?
-        )),
-        matched_predicates: vec![MergePredicate {
-            action_type: "update".into(),
-            predicate: Some("s._op = 'close'".into()),
-        }],
-        not_matched_predicates: vec![MergePredicate {
-            action_type: "insert".into(),
-            predicate: Some("s._op = 'insert'".into()),
-        }],
-        not_matched_by_source_predicates: vec![],
-    };
-    let done = CommitBuilder::from(props)
-        .with_actions(actions)
-        .build(Some(table.snapshot()?), table.log_store(), operation)
-        .await
-        .map_err(|e| match crate::delta::is_conflict(&e) {
-            true => Error::ConcurrentRun(t.name.to_string()),
-            false => e.into(),
-        })?;
-    Ok(done.version() as i64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{ArrayRef, TimestampMicrosecondArray};
+    use arrow::array::{ArrayRef, StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::DataType;
 
     /// A batch of `elev` with the given (key, valid_from, valid_to) rows; other columns filled
     /// with placeholders.

@@ -159,7 +159,7 @@ mod tests {
             ("vigo".to_string(), Some("46502".to_string()), 9),
             ("vigo".to_string(), Some("46501".to_string()), 4),
         ] {
-            let r = resolve(&[], &open, &[snapshot.clone()]);
+            let r = resolve(&[], &open, std::slice::from_ref(&snapshot));
             assert!(r.resolved.is_empty(), "{snapshot:?}");
         }
     }

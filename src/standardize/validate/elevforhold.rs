@@ -1,0 +1,162 @@
+//! The rules about enrolments: each must point to a kept pupil of the snapshot and a known
+//! school, with trinn and klasse; a pupil enrolled twice at one school is a duplicate.
+
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::borrow::Cow;
+
+use super::{add_in_row_order, check_rows, key_hash, pair_hash};
+use crate::fint::EfRow;
+use crate::quality::{rules, Checker, Severity};
+use crate::standardize::normalized;
+
+/// What an elevforhold may refer to.
+pub(super) struct References<'r> {
+    pub dropped_records: &'r FxHashMap<&'r str, FxHashSet<i64>>,
+    pub is_pupil: &'r (dyn Fn(&str) -> bool + Sync),
+    pub delivered: &'r FxHashSet<u128>,
+    pub schools: &'r FxHashSet<&'r str>,
+}
+
+/// Each elevforhold on its own, on every core; then duplicates in row order. Returns which rows
+/// are published.
+pub(super) fn check_enrolments(
+    c: &mut Checker,
+    elevforhold: &mut [EfRow<'_>],
+    refs: &References<'_>,
+) -> Vec<bool> {
+    let repair = c.repair_leading_zero;
+    let (ef_keep, pairs, found) = check_rows(
+        c,
+        elevforhold,
+        |c, pairs: &mut Vec<(usize, u128)>, i, ef| {
+            let keep = check_elevforhold(
+                c,
+                ef,
+                refs.dropped_records,
+                refs.is_pupil,
+                refs.delivered,
+                refs.schools,
+                repair,
+            );
+            if let (true, Some(elev), Some(skole)) = (
+                keep,
+                ef.elev_kilde_nokkel.as_deref(),
+                ef.skolenummer.as_deref(),
+            ) {
+                pairs.push((i, pair_hash(elev, skole)));
+            }
+            keep
+        },
+    );
+    let mut ef_kept = vec![false; elevforhold.len()];
+    let mut dups = c.fork();
+    let mut dup_rows = Vec::new();
+    let mut ef_keys: FxHashSet<u128> = FxHashSet::default();
+    ef_keys.reserve(elevforhold.len());
+    for (i, pair) in pairs.into_iter().flatten() {
+        if ef_keys.insert(pair) {
+            ef_kept[i] = ef_keep[i];
+        } else {
+            dups.report(&elevforhold[i].r, rules::DUPLIKAT, Some("klasse"), None,
+                "Eleven har fleire elevforhold ved same skule i same leveranse; berre det første er teke med");
+            dup_rows.push(i);
+        }
+    }
+    add_in_row_order(c, found, dup_rows, dups);
+    ef_kept
+}
+
+/// The checks of one elevforhold: its pupil must be a kept pupil of the snapshot, its school
+/// known, trinn and klasse present. Returns whether the row may be kept.
+fn check_elevforhold(
+    c: &mut Checker,
+    ef: &mut EfRow<'_>,
+    dropped_records: &FxHashMap<&str, FxHashSet<i64>>,
+    is_pupil: &(dyn Fn(&str) -> bool + Sync),
+    delivered: &FxHashSet<u128>,
+    schools: &FxHashSet<&str>,
+    repair: bool,
+) -> bool {
+    if dropped_records
+        .get(ef.r.kjelde)
+        .is_some_and(|rads| rads.contains(&ef.r.rad))
+    {
+        return false;
+    }
+    if let Some(k) = ef.elev_kilde_nokkel.as_deref() {
+        if k.len() == 10 && repair {
+            // Follow the repaired number of a Vigo pupil.
+            let repaired = format!("0{k}");
+            if is_pupil(&repaired) {
+                ef.elev_kilde_nokkel = Some(Cow::Owned(repaired));
+            }
+        }
+    }
+    if ef.r.system_id.is_none() {
+        ef.elev_kilde_nokkel = ef.elev_kilde_nokkel.take().map(normalized);
+    }
+    if !ef.elev_kilde_nokkel.as_deref().is_some_and(is_pupil) {
+        // Pupils dropped above are already reported; only unknown references are new.
+        if !ef
+            .elev_kilde_nokkel
+            .as_deref()
+            .is_some_and(|k| delivered.contains(&key_hash(k)))
+        {
+            c.report(
+                &ef.r,
+                rules::UKJENT_ELEV,
+                Some("user"),
+                None,
+                "Elevforholdet viser til ein elev som ikkje er med i leveransen",
+            );
+        }
+        return false;
+    }
+    let Some(skole) = ef.skolenummer.as_deref() else {
+        c.report(
+            &ef.r,
+            rules::PAKREVD_FELT,
+            Some("skolenummer"),
+            None,
+            "Skulenummer manglar",
+        );
+        return false;
+    };
+    if !schools.contains(skole) {
+        let sev = c.report(
+            &ef.r,
+            rules::UKJENT_SKOLE,
+            Some("skolenummer"),
+            Some(skole.to_string()),
+            "Skulen finst ikkje i leveransen eller i skuleregisteret til kommunen",
+        );
+        if sev == Severity::Drop {
+            return false;
+        }
+    }
+    if !ef.trinn.is_some_and(|t| (1..=10).contains(&t)) {
+        let sev = c.report(
+            &ef.r,
+            rules::TRINN_UGYLDIG,
+            Some("trinn"),
+            ef.trinn.map(|t| t.to_string()),
+            "Trinnet må vere mellom 1 og 10",
+        );
+        if sev == Severity::Drop {
+            return false;
+        }
+    }
+    if ef.klasse.is_none() {
+        let sev = c.report(
+            &ef.r,
+            rules::PAKREVD_FELT,
+            Some("klasse"),
+            None,
+            "Klasse manglar",
+        );
+        if sev == Severity::Drop {
+            return false;
+        }
+    }
+    true
+}

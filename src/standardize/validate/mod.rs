@@ -1,0 +1,268 @@
+//! The rules applied to one snapshot's rows (docs/ARCHITECTURE.md, "Quality rules and deviations"): what must not be published is removed,
+//! every broken rule becomes a deviation.
+//!
+//! The checks of one row (required fields, fødselsnummer, codes, contact fields) run on every
+//! core, each part with a checker of its own; what needs the rows before it (duplicates, which
+//! pupils an elevforhold may point to) is decided after, in row order. The deviations are put
+//! back in row order, so the list reads as one pass over the rows would have written it.
+
+mod elev;
+mod elevforhold;
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+use chrono::NaiveDate;
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::fint::{EfRow, ElevRow, SkoleRow, Staged};
+use crate::quality::{fnr, kommuner, rules, Avvik, Checker, Severity};
+use elev::check_pupils;
+use elevforhold::{check_enrolments, References};
+
+/// Applies the rules to one snapshot's rows, in place: what must not be published is removed.
+pub(super) fn validate(
+    c: &mut Checker,
+    rows: &mut Staged<'_>,
+    known_schools: &HashSet<String>,
+    today: NaiveDate,
+) {
+    let Staged {
+        elev,
+        elevforhold,
+        skole,
+    } = rows;
+    check_schools(c, skole);
+    let schools: FxHashSet<&str> = skole
+        .iter()
+        .map(|s| s.skolenummer.as_ref())
+        .chain(known_schools.iter().map(String::as_str))
+        .collect();
+    let kildesystem = elev.first().map(|e| e.r.kildesystem).unwrap_or_default();
+    let (school_of, delivered) = pupil_indexes(elev, elevforhold);
+    let pupils = check_pupils(c, elev, &school_of, today);
+    drop(school_of);
+    elev::report_invalid_fnr_share(c, kildesystem, pupils.per_school);
+    // Records whose pupil was dropped: an elevforhold from the same record (Vigo lines carry
+    // both) goes with it, already reported. File → record numbers.
+    let mut dropped_records: FxHashMap<&str, FxHashSet<i64>> = FxHashMap::default();
+    for (e, _) in elev.iter().zip(&pupils.kept).filter(|(_, k)| !**k) {
+        dropped_records
+            .entry(e.r.kjelde)
+            .or_default()
+            .insert(e.r.rad);
+    }
+    // Whether a key is a kept pupil's.
+    let elev_key: Vec<bool> = elev
+        .iter()
+        .zip(&pupils.kept)
+        .map(|(e, k)| *k && e.kilde_nokkel.is_some())
+        .collect();
+    let row_of_key = &pupils.row_of_key;
+    let is_pupil = |k: &str| row_of_key.get(&key_hash(k)).is_some_and(|&i| elev_key[i]);
+    let refs = References {
+        dropped_records: &dropped_records,
+        is_pupil: &is_pupil,
+        delivered: &delivered,
+        schools: &schools,
+    };
+    let ef_kept = check_enrolments(c, elevforhold, &refs);
+    retain_flagged(elev, &pupils.kept);
+    retain_flagged(elevforhold, &ef_kept);
+}
+
+/// The schools' codes: organisasjonsnummer, kommunenummer, fylkesnummer.
+fn check_schools(c: &mut Checker, skole: &mut Vec<SkoleRow<'_>>) {
+    skole.retain(|s| {
+        type Check = fn(&str) -> bool;
+        let codes: [(Option<&str>, Check, &'static str, &'static str, &str); 3] = [
+            (
+                s.organisasjonsnummer.as_deref(),
+                fnr::valid_orgnr,
+                rules::ORGNR_UGYLDIG,
+                "organisasjonsnummer",
+                "Organisasjonsnummeret har feil kontrollsiffer",
+            ),
+            (
+                s.kommunenummer.as_deref(),
+                kommuner::is_kommune,
+                rules::KOMMUNENUMMER_UKJENT,
+                "kommunenummer",
+                "Kommunenummeret finst ikkje i kommunelista for 2024",
+            ),
+            (
+                s.fylkesnummer.as_deref(),
+                kommuner::is_fylke,
+                rules::FYLKESNUMMER_UKJENT,
+                "fylkesnummer",
+                "Fylkesnummeret finst ikkje i fylkeslista for 2024",
+            ),
+        ];
+        for (value, ok, rule, field, message) in codes {
+            if let Some(v) = value.filter(|v| !ok(v)) {
+                let sev = c.report(&s.r, rule, Some(field), Some(v.to_string()), message);
+                if sev == Severity::Drop {
+                    return false;
+                }
+            }
+        }
+        true
+    });
+}
+
+/// Sets of keys hold 128-bit hashes of them (no copy of a million strings; a collision is as
+/// likely as guessing a random UUID twice). At the same time: the school of each pupil (from the
+/// snapshot's elevforhold), for per-school thresholds, and the keys of every delivered pupil,
+/// kept or not (references to dropped pupils are not new news).
+#[allow(clippy::type_complexity)]
+fn pupil_indexes<'r, 'a>(
+    elev: &[ElevRow<'a>],
+    elevforhold: &'r [EfRow<'a>],
+) -> (FxHashMap<u128, &'r Cow<'a, str>>, FxHashSet<u128>) {
+    crate::par::both(
+        || {
+            let mut school_of: FxHashMap<u128, &Cow<'_, str>> = FxHashMap::default();
+            school_of.reserve(elevforhold.len());
+            for ef in elevforhold.iter() {
+                if let (Some(k), Some(s)) =
+                    (ef.elev_kilde_nokkel.as_deref(), ef.skolenummer.as_ref())
+                {
+                    school_of.insert(key_hash(k), s);
+                }
+            }
+            school_of
+        },
+        || -> FxHashSet<u128> {
+            elev.iter()
+                .filter_map(|e| {
+                    let k = e.kilde_nokkel.as_deref()?;
+                    Some(if e.fnr_required {
+                        key_hash(&fnr::normalize(k))
+                    } else {
+                        key_hash(k)
+                    })
+                })
+                .collect()
+        },
+    )
+}
+
+/// Deviations found by a part of the rows, each with the row it is about.
+type Found = Vec<(usize, Avvik)>;
+
+/// Runs `check` on every row, on every core. `check` gets a checker and a state of its own part
+/// of the rows, the row's index and the row, and says whether to keep the row. Returns the keep
+/// flags, the parts' states (in row order) and their deviations, by row.
+fn check_rows<T: Send, S: Default + Send>(
+    c: &mut Checker,
+    rows: &mut [T],
+    check: impl Fn(&mut Checker, &mut S, usize, &mut T) -> bool + Sync,
+) -> (Vec<bool>, Vec<S>, Found) {
+    let parts = crate::par::parts_mut(rows, |first, part| {
+        let mut checker = c.fork();
+        let mut state = S::default();
+        let mut keep = Vec::with_capacity(part.len());
+        let mut owner = Vec::new();
+        for (j, row) in part.iter_mut().enumerate() {
+            keep.push(check(&mut checker, &mut state, first + j, row));
+            owner.resize(checker.avvik.len(), first + j);
+        }
+        (keep, state, checker, owner)
+    });
+    let mut keep = Vec::with_capacity(rows.len());
+    let mut states = Vec::with_capacity(parts.len());
+    let mut found = Vec::new();
+    for (k, state, checker, owner) in parts {
+        keep.extend(k);
+        states.push(state);
+        found.extend(owner.into_iter().zip(c.absorb(checker)));
+    }
+    (keep, states, found)
+}
+
+/// Adds the deviations of the row checks (`found`) and of the duplicates (`dups`, reported for
+/// `dup_rows` in that order) to `c`, in row order: a row's own deviations come before its
+/// duplicate (the sort is stable).
+fn add_in_row_order(c: &mut Checker, mut found: Found, dup_rows: Vec<usize>, dups: Checker) {
+    found.extend(dup_rows.into_iter().zip(c.absorb(dups)));
+    found.sort_by_key(|(i, _)| *i);
+    c.avvik.extend(found.into_iter().map(|(_, a)| a));
+}
+
+/// Keeps the rows whose flag is set.
+fn retain_flagged<T>(rows: &mut Vec<T>, keep: &[bool]) {
+    let mut flags = keep.iter();
+    rows.retain(|_| flags.next().copied().unwrap_or(false));
+}
+
+/// 128-bit hash of a key, for sets of keys.
+fn key_hash(k: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(k.as_bytes())
+}
+
+fn pair_hash(a: &str, b: &str) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(a.as_bytes());
+    h.update(&[0x1f]);
+    h.update(b.as_bytes());
+    h.digest128()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fint::Origin;
+
+    fn pupil(i: usize, key: &str) -> ElevRow<'static> {
+        ElevRow {
+            kilde_nokkel: Some(Cow::Owned(key.to_string())),
+            system_id: Some(Cow::Owned(key.to_string())),
+            fornavn: Some(Cow::Borrowed("Kari")),
+            etternavn: Some(Cow::Borrowed("Nord")),
+            ..ElevRow::from(Origin {
+                kildesystem: "vigilo",
+                kjelde: "users.json",
+                rad: i as i64,
+                skolenummer: Some(Cow::Borrowed("46591")),
+                system_id: Some(Cow::Owned(key.to_string())),
+            })
+        }
+    }
+
+    #[test]
+    fn rows_checked_in_parts_report_as_one_pass_in_row_order() {
+        // Enough pupils for two parts (one per core); a duplicate of a pupil in the first part
+        // sits in the second, a pupil without a surname in the middle.
+        let n = 120_000;
+        let mut staged = Staged {
+            elev: (0..n)
+                .map(|i| pupil(i, &format!("k{}", if i == 100_000 { 5 } else { i })))
+                .collect(),
+            ..Default::default()
+        };
+        staged.elev[70_000].etternavn = None;
+        let mut c = Checker::new(&crate::config::QualityConfig::default());
+        let today = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+        validate(&mut c, &mut staged, &HashSet::new(), today);
+
+        // Every pupil lacks a fødselsnummer (warn); the two others are dropped.
+        assert_eq!(staged.elev.len(), n - 2);
+        assert!(staged
+            .elev
+            .iter()
+            .all(|e| e.r.rad != 70_000 && e.r.rad != 100_000));
+        let rows: Vec<(i64, &str)> = c.avvik.iter().map(|a| (a.record.rad, a.regel)).collect();
+        assert_eq!(rows.len(), n + 2);
+        assert!(
+            rows.windows(2).all(|w| w[0].0 <= w[1].0),
+            "not in row order"
+        );
+        let of =
+            |rad: i64| -> Vec<&str> { rows.iter().filter(|r| r.0 == rad).map(|r| r.1).collect() };
+        assert_eq!(of(70_000), [rules::PAKREVD_FELT, rules::FNR_MANGLAR]);
+        assert_eq!(of(100_000), [rules::FNR_MANGLAR, rules::DUPLIKAT]);
+        assert_eq!(of(5), [rules::FNR_MANGLAR]);
+        assert_eq!(c.failed.get(rules::FNR_MANGLAR), Some(&(n as u64)));
+        assert_eq!(c.failed.get(rules::DUPLIKAT), Some(&1));
+    }
+}
