@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use arrow::array::{Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
-use polars::prelude::*;
 
 use crate::context::RunContext;
 use crate::error::Result;
@@ -69,59 +68,245 @@ impl Metric {
     }
 }
 
-/// Pupils per (skolenummer, klasse), per school and per trinn among the given elevforhold rows,
-/// with polars.
-pub fn pupils_per_class(ef: &DataFrame) -> Result<Vec<Metric>> {
-    let mut m = Vec::new();
-    if ef.height() == 0 {
-        return Ok(m);
-    }
-    for (metric, by) in [
-        (name::ELEVAR_PER_KLASSE, &["skolenummer", "klasse"][..]),
-        (name::ELEVAR_PER_SKULE, &["skolenummer"][..]),
-        (name::ELEVAR_PER_TRINN, &["trinn"][..]),
-    ] {
-        for (label, n) in counts(ef, by)? {
-            m.push(Metric::value("elevforhold", metric, label, n));
-        }
-    }
-    Ok(m)
+/// What ingest measured.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct IngestMetrics {
+    pub files_read: usize,
+    pub files_skipped: usize,
+    pub records: usize,
 }
 
-/// Rows per group of the `by` columns, in their order. A group's label is its value (`None`
-/// when null), or its values joined by `/` with `-` for a null.
-fn counts(df: &DataFrame, by: &[&str]) -> Result<Vec<(Option<String>, f64)>> {
-    let grouped = df
-        .clone()
-        .lazy()
-        .group_by(by.iter().map(|c| col(*c)).collect::<Vec<_>>())
-        .agg([len().alias("antall")])
-        .sort(by.to_vec(), Default::default())
-        .collect()?;
-    let keys = by
-        .iter()
-        .map(|c| grouped.column(c)?.cast(&DataType::String))
-        .collect::<PolarsResult<Vec<_>>>()?;
-    let keys = keys
-        .iter()
-        .map(|k| k.str())
-        .collect::<PolarsResult<Vec<_>>>()?;
-    let n = grouped.column("antall")?.cast(&DataType::Int64)?;
-    let n = n.i64()?;
-    Ok((0..grouped.height())
-        .map(|i| {
-            let label = match keys.as_slice() {
-                [one] => one.get(i).map(str::to_string),
-                many => Some(
-                    many.iter()
-                        .map(|k| k.get(i).unwrap_or("-"))
-                        .collect::<Vec<_>>()
-                        .join("/"),
-                ),
-            };
-            (label, n.get(i).unwrap_or(0) as f64)
-        })
-        .collect())
+/// What standardize measured, about the new snapshots only.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct StandardizeMetrics {
+    /// Per table, in the order elev, elevforhold, skole.
+    pub tables: Vec<TableRows>,
+    /// Per quality rule checked by standardize (all but `radendring`).
+    pub rules: Vec<RuleResult>,
+    /// Records that broke one of the fødselsnummer rules.
+    pub invalid_fnr: u64,
+    /// Records left out as duplicates.
+    pub duplicates: u64,
+}
+
+/// Rows of one table through standardize.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct TableRows {
+    pub table: &'static str,
+    pub rows_in: usize,
+    pub rows_out: usize,
+    /// Per business column, when any row was staged: rows with a value and without.
+    pub completeness: Vec<(&'static str, usize, usize)>,
+}
+
+/// One rule's result: records checked and failed, and its configured severity.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RuleResult {
+    pub rule: &'static str,
+    pub table: &'static str,
+    pub checked: usize,
+    pub failed: u64,
+    pub severity: crate::quality::Severity,
+}
+
+/// What publish measured.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct PublishMetrics {
+    /// Current pupils before and after, with the rule `radendring`'s verdict.
+    pub row_change: Option<RowChange>,
+    /// Per SCD2 table as published.
+    pub tables: Vec<TableState>,
+    /// Days since each source's newest published snapshot.
+    pub freshness: Vec<(String, f64)>,
+    /// Current pupils per class, school and trinn: (metric, group, pupils).
+    pub pupils: Vec<(&'static str, Option<String>, f64)>,
+}
+
+/// The change in current pupils (rule `radendring`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RowChange {
+    pub before: usize,
+    pub after: usize,
+    /// after / before − 1.
+    pub change: f64,
+    /// Whether the change is above the threshold.
+    pub alarm: bool,
+    pub severity: crate::quality::Severity,
+}
+
+/// One published table's rows.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TableState {
+    pub table: &'static str,
+    pub rows: f64,
+    pub current: f64,
+    pub key: &'static str,
+    /// Current rows beyond the first with the same key.
+    pub duplicates: i64,
+}
+
+/// The `kvalitet` rows: every stage's measurements turned into rows here, in one place.
+pub fn kvalitet_rows(
+    ingest: Option<&IngestMetrics>,
+    standardize: Option<&StandardizeMetrics>,
+    publish: Option<&PublishMetrics>,
+) -> Vec<Metric> {
+    let mut m = Vec::new();
+    if let Some(i) = ingest {
+        m.push(Metric::value(
+            "raw",
+            name::FILER_LESNE,
+            None,
+            i.files_read as f64,
+        ));
+        m.push(Metric::value(
+            "raw",
+            name::FILER_HOPPA_OVER,
+            None,
+            i.files_skipped as f64,
+        ));
+        m.push(Metric::value(
+            "raw",
+            name::RADER_INN,
+            None,
+            i.records as f64,
+        ));
+    }
+    if let Some(s) = standardize {
+        standardize_rows(s, &mut m);
+    }
+    if let Some(p) = publish {
+        publish_rows(p, &mut m);
+    }
+    m
+}
+
+fn counted(
+    tabell: &str,
+    name: &str,
+    kolonne: Option<String>,
+    verdi: f64,
+    ok: i64,
+    bad: i64,
+    status: &str,
+) -> Metric {
+    Metric {
+        tabell: tabell.into(),
+        regel_eller_metrikk: name.into(),
+        kolonne,
+        verdi: Some(verdi),
+        bestatt: Some(ok),
+        feila: Some(bad),
+        status: status.into(),
+    }
+}
+
+fn standardize_rows(s: &StandardizeMetrics, m: &mut Vec<Metric>) {
+    for t in &s.tables {
+        let (rows_in, rows_out) = (t.rows_in as f64, t.rows_out as f64);
+        m.push(Metric::value(t.table, name::RADER_INN, None, rows_in));
+        m.push(Metric::value(t.table, name::RADER_UT, None, rows_out));
+        m.push(Metric::value(
+            t.table,
+            name::RADER_FORKASTA,
+            None,
+            rows_in - rows_out,
+        ));
+        for &(column, filled, nulls) in &t.completeness {
+            let share = filled as f64 / (filled + nulls) as f64;
+            let column = Some(column.to_string());
+            m.push(counted(
+                t.table,
+                name::KOMPLETTHET,
+                column,
+                share,
+                filled as i64,
+                nulls as i64,
+                "ok",
+            ));
+        }
+    }
+    for r in &s.rules {
+        let failed = r.failed as i64;
+        let status = if failed == 0 {
+            "ok"
+        } else {
+            r.severity.as_str()
+        };
+        let passed = (r.checked as i64 - failed).max(0);
+        m.push(counted(
+            r.table,
+            r.rule,
+            None,
+            failed as f64,
+            passed,
+            failed,
+            status,
+        ));
+    }
+    let fnr = Some("fodselsnummer".to_string());
+    m.push(Metric::value(
+        "elev",
+        name::UGYLDIGE_FODSELSNUMMER,
+        fnr,
+        s.invalid_fnr as f64,
+    ));
+    m.push(Metric::value(
+        "elev",
+        crate::quality::rules::DUPLIKAT,
+        None,
+        s.duplicates as f64,
+    ));
+}
+
+fn publish_rows(p: &PublishMetrics, m: &mut Vec<Metric>) {
+    if let Some(c) = &p.row_change {
+        let status = if c.alarm { c.severity.as_str() } else { "ok" };
+        let (before, after) = (c.before, c.after);
+        let label = Some(format!("{before} → {after}"));
+        let rule = crate::quality::rules::RADENDRING;
+        m.push(counted(
+            "elev",
+            rule,
+            label,
+            c.change,
+            !c.alarm as i64,
+            c.alarm as i64,
+            status,
+        ));
+    }
+    for t in &p.tables {
+        m.push(Metric::value(t.table, name::RADER_TOTALT, None, t.rows));
+        m.push(Metric::value(
+            t.table,
+            name::RADER_GJELDANDE,
+            None,
+            t.current,
+        ));
+        let (c, d) = (t.current, t.duplicates);
+        let share = if c > 0.0 { (c - d as f64) / c } else { 1.0 };
+        let status = if d == 0 { "ok" } else { "fail" };
+        m.push(counted(
+            t.table,
+            name::UNIK_NOKKEL,
+            Some(t.key.into()),
+            share,
+            c as i64 - d,
+            d,
+            status,
+        ));
+    }
+    for (source, days) in &p.freshness {
+        m.push(Metric::value(
+            "leveranse",
+            name::FERSKLEIK_DAGAR,
+            Some(source.clone()),
+            *days,
+        ));
+    }
+    for (metric, group, n) in &p.pupils {
+        m.push(Metric::value("elevforhold", metric, group.clone(), *n));
+    }
 }
 
 pub async fn write_kvalitet(ctx: &RunContext, metrics: &[Metric]) -> Result<Option<i64>> {

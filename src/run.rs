@@ -7,7 +7,16 @@ use tracing::{error, info};
 
 pub use crate::context::RunContext;
 use crate::error::{Error, Result};
-use crate::metrics::{Metric, RunLog};
+use crate::metrics::{IngestMetrics, PublishMetrics, RunLog, StandardizeMetrics};
+
+/// What the stages that ran measured, turned into `kvalitet` rows at the end of the run (also
+/// when a stage failed after measuring).
+#[derive(Debug, Default)]
+struct Measured {
+    ingest: Option<IngestMetrics>,
+    standardize: Option<StandardizeMetrics>,
+    publish: Option<PublishMetrics>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -57,9 +66,9 @@ pub async fn execute(ctx: &RunContext, stage: Stage) -> Result<Summary> {
         run_id: ctx.run_id.clone(),
         ..Default::default()
     };
-    let mut metrics: Vec<Metric> = Vec::new();
+    let mut measured = Measured::default();
     let mut versions = serde_json::Map::new();
-    let result = run_stages(ctx, stage, &mut summary, &mut metrics, &mut versions).await;
+    let result = run_stages(ctx, stage, &mut summary, &mut measured, &mut versions).await;
     let bookkeeping = std::time::Instant::now();
     let (status, melding) = match &result {
         Ok(()) => ("ok", None),
@@ -70,6 +79,11 @@ pub async fn execute(ctx: &RunContext, stage: Stage) -> Result<Summary> {
     summary.delta_versions = serde_json::Value::Object(versions.clone());
     if !ctx.dry_run {
         // Bookkeeping must not hide the original error.
+        let metrics = crate::metrics::kvalitet_rows(
+            measured.ingest.as_ref(),
+            measured.standardize.as_ref(),
+            measured.publish.as_ref(),
+        );
         if !metrics.is_empty() {
             match crate::metrics::write_kvalitet(ctx, &metrics).await {
                 Ok(Some(v)) => {
@@ -112,7 +126,7 @@ async fn run_stages(
     ctx: &RunContext,
     stage: Stage,
     summary: &mut Summary,
-    metrics: &mut Vec<Metric>,
+    measured: &mut Measured,
     versions: &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
     info!(pipeline = ctx.pipeline.name(), run_id = %ctx.run_id, stage = stage.name(), dry_run = ctx.dry_run, "starting");
@@ -129,24 +143,7 @@ async fn run_stages(
         for (t, v) in &m.raw_versions {
             versions.insert(t.clone(), json!(v));
         }
-        metrics.push(Metric::value(
-            "raw",
-            crate::metrics::name::FILER_LESNE,
-            None,
-            m.files_read.len() as f64,
-        ));
-        metrics.push(Metric::value(
-            "raw",
-            crate::metrics::name::FILER_HOPPA_OVER,
-            None,
-            m.files_skipped as f64,
-        ));
-        metrics.push(Metric::value(
-            "raw",
-            crate::metrics::name::RADER_INN,
-            None,
-            m.records as f64,
-        ));
+        measured.ingest = Some(m.measured());
     }
     let mut staged = None;
     if matches!(stage, Stage::All | Stage::Standardize) {
@@ -166,7 +163,7 @@ async fn run_stages(
         if let Some(v) = o.avvik_version {
             versions.insert("avvik".into(), json!(v));
         }
-        metrics.extend(o.metrics.iter().cloned());
+        measured.standardize = o.metrics.take();
         if !o.failures.is_empty() {
             summary.failed_rules = o
                 .failures
@@ -197,7 +194,7 @@ async fn run_stages(
         for (t, v) in &o.versions {
             versions.insert(t.clone(), json!(v));
         }
-        metrics.extend(o.metrics);
+        measured.publish = Some(o.metrics);
     }
     info!(run_id = %ctx.run_id, "finished");
     Ok(())

@@ -29,7 +29,7 @@ use crate::formats::{ParsedFile, Record};
 
 /// What ingest did, per source.
 #[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct IngestMetrics {
+pub struct IngestOutcome {
     pub files_seen: usize,
     pub files_read: Vec<String>,
     pub files_skipped: usize,
@@ -41,9 +41,20 @@ pub struct IngestMetrics {
     pub committed: HashMap<String, Vec<RecordBatch>>,
 }
 
+impl IngestOutcome {
+    /// What ingest measured, for `kvalitet`.
+    pub fn measured(&self) -> crate::metrics::IngestMetrics {
+        crate::metrics::IngestMetrics {
+            files_read: self.files_read.len(),
+            files_skipped: self.files_skipped,
+            records: self.records,
+        }
+    }
+}
+
 /// Ingests every source of the pipeline.
-pub async fn run(ctx: &RunContext) -> Result<IngestMetrics> {
-    let mut m = IngestMetrics::default();
+pub async fn run(ctx: &RunContext) -> Result<IngestOutcome> {
+    let mut m = IngestOutcome::default();
     for source in &ctx.pipeline.file.sources {
         ingest_source(ctx, source, &mut m).await?;
     }
@@ -130,12 +141,12 @@ fn already_ingested(known: &Known, sha: &str, cheap_as_of: Option<i64>) -> bool 
 async fn ingest_source(
     ctx: &RunContext,
     source: &SourceConfig,
-    m: &mut IngestMetrics,
+    m: &mut IngestOutcome,
 ) -> Result<()> {
     let table = raw_table(&source.name);
     let is_conflict = |e: &crate::error::Error| matches!(e, crate::error::Error::Conflict(_));
     let this = crate::context::retry_on_conflict(table.name, is_conflict, async |_| {
-        let mut this = IngestMetrics::default();
+        let mut this = IngestOutcome::default();
         ingest_source_once(ctx, source, &mut this)
             .await
             .map(|()| this)
@@ -163,7 +174,7 @@ struct NewFile<'f> {
 async fn ingest_source_once(
     ctx: &RunContext,
     source: &SourceConfig,
-    m: &mut IngestMetrics,
+    m: &mut IngestOutcome,
 ) -> Result<()> {
     let mut steps = crate::context::Steps::new("ingest");
     let table = raw_table(&source.name);
@@ -240,7 +251,7 @@ async fn read_new_files<'f>(
     root: &url::Url,
     files: &'f [SourceFile],
     known: &Known,
-    m: &mut IngestMetrics,
+    m: &mut IngestOutcome,
 ) -> Result<Vec<NewFile<'f>>> {
     let progress = progress_bar(files.len() as u64, &source.name);
     let as_of_of = |f: &SourceFile| ctx.as_of_override.or_else(|| asof::from_file_name(&f.name));

@@ -1,5 +1,6 @@
-//! The `kvalitet` rows of a publish: the row-count change of current pupils (rule
-//! `radendring`, checked before anything is committed) and the metrics over the published state.
+//! What a publish measures, for `kvalitet`: the row-count change of current pupils (rule
+//! `radendring`, checked before anything is committed) and the published state. The rows
+//! themselves are made in `crate::metrics`.
 
 use arrow::array::Array;
 use deltalake::datafusion::prelude::SessionContext;
@@ -7,20 +8,25 @@ use deltalake::datafusion::prelude::SessionContext;
 use super::staged::opt;
 use crate::context::RunContext;
 use crate::error::{Error, Result};
-use crate::metrics::Metric;
+use crate::metrics::{PublishMetrics, RowChange, TableState};
 use crate::quality::{rules, Severity};
 use crate::schema;
+use polars::prelude::*;
 
 /// The change in the number of current pupils against what is stored (rule `radendring`): a
 /// sudden drop is more often a broken export than pupils leaving. A `fail` severity above the
 /// threshold stops the run before anything is committed.
-pub fn row_count_change(ctx: &RunContext, before: usize, after: usize) -> Result<Option<Metric>> {
+pub fn row_count_change(
+    ctx: &RunContext,
+    before: usize,
+    after: usize,
+) -> Result<Option<RowChange>> {
     if before == 0 {
         return Ok(None);
     }
     let change = after as f64 / before as f64 - 1.0;
     let limit = checker_threshold(ctx, rules::RADENDRING);
-    let sev = checker_severity(ctx, rules::RADENDRING);
+    let severity = checker_severity(ctx, rules::RADENDRING);
     let alarm = change.abs() > limit;
     if alarm {
         tracing::warn!(
@@ -29,25 +35,19 @@ pub fn row_count_change(ctx: &RunContext, before: usize, after: usize) -> Result
             change = format!("{:+.1} %", change * 100.0),
             "the number of current pupils changed more than the threshold"
         );
-        if sev == Severity::Fail {
+        if severity == Severity::Fail {
             return Err(Error::RuleFailed(format!(
                 "fail-regel broten: {} (gjeldande elevar {before} → {after}, {:+.1} %, terskel {:.0} %); ingen datatabell er endra",
                 rules::RADENDRING, change * 100.0, limit * 100.0
             )));
         }
     }
-    Ok(Some(Metric {
-        tabell: "elev".into(),
-        regel_eller_metrikk: rules::RADENDRING.into(),
-        kolonne: Some(format!("{before} → {after}")),
-        verdi: Some(change),
-        bestatt: Some(!alarm as i64),
-        feila: Some(alarm as i64),
-        status: if alarm {
-            sev.as_str().into()
-        } else {
-            "ok".into()
-        },
+    Ok(Some(RowChange {
+        before,
+        after,
+        change,
+        alarm,
+        severity,
     }))
 }
 
@@ -85,83 +85,70 @@ pub async fn current_count(session: &SessionContext, table: &str) -> Result<usiz
         .unwrap_or(0))
 }
 
-/// Metrics over the published current state: rows per table, unique keys, freshness per
-/// source, pupils per class and trinn.
-pub async fn table_metrics(ctx: &RunContext) -> Result<Vec<Metric>> {
+/// What the published state measures: rows per table, unique keys, freshness per source,
+/// pupils per class and trinn (the row-count change is set by the caller).
+pub async fn table_metrics(ctx: &RunContext) -> Result<PublishMetrics> {
     let session = crate::delta::session(&ctx.pipeline, &schema::SCD2_NAMES).await?;
-    let mut m = Vec::new();
-    for t in schema::SCD2_NAMES {
-        if crate::delta::has_table(&session, t) {
-            m.extend(row_counts(&session, t).await?);
+    let mut m = PublishMetrics::default();
+    for t in schema::SCD2_TABLES {
+        if crate::delta::has_table(&session, t.name) {
+            m.tables.extend(row_counts(&session, t).await?);
         }
     }
-    m.extend(freshness(ctx).await?);
+    m.freshness = freshness(ctx).await?;
     if crate::delta::has_table(&session, "elevforhold") {
-        m.extend(pupils_per_class(&session).await?);
+        m.pupils = pupils_per_class(&session).await?;
     }
     Ok(m)
 }
 
-/// Rows in a table, current rows, and the share of current rows with a unique key.
-async fn row_counts(session: &SessionContext, t: &str) -> Result<Vec<Metric>> {
-    let mut m = Vec::new();
+/// Rows in a table, current rows, and current rows beyond the first with the same key.
+async fn row_counts(session: &SessionContext, t: &schema::Table) -> Result<Option<TableState>> {
+    let (name, key) = (t.name, t.scd2_key()?);
     let b = crate::delta::query(
         session,
-        &format!("SELECT count(*) AS n, sum(CASE WHEN is_current THEN 1 ELSE 0 END) AS c FROM {t}"),
+        &format!(
+            "SELECT count(*) AS n, sum(CASE WHEN is_current THEN 1 ELSE 0 END) AS c FROM {name}"
+        ),
     )
     .await?;
-    if let Some(b) = b.first() {
-        let n = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Float64)?;
-        let c = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Float64)?;
-        let n = n
-            .as_any()
-            .downcast_ref::<arrow::array::Float64Array>()
-            .map(|a| a.value(0))
-            .unwrap_or(0.0);
-        let c = c
-            .as_any()
-            .downcast_ref::<arrow::array::Float64Array>()
-            .map(|a| if a.is_null(0) { 0.0 } else { a.value(0) })
-            .unwrap_or(0.0);
-        m.push(Metric::value(
-            t,
-            crate::metrics::name::RADER_TOTALT,
-            None,
-            n,
-        ));
-        m.push(Metric::value(
-            t,
-            crate::metrics::name::RADER_GJELDANDE,
-            None,
-            c,
-        ));
-        let key = if t == "skole" { "skolenummer" } else { "id" };
-        let dup = crate::delta::query(
-            session,
-            &format!("SELECT count(*) - count(DISTINCT {key}) AS d FROM {t} WHERE is_current"),
-        )
-        .await?;
-        let d = arrow::compute::cast(dup[0].column(0), &arrow::datatypes::DataType::Int64)?;
-        let d = d
-            .as_any()
-            .downcast_ref::<arrow::array::Int64Array>()
-            .map(|a| a.value(0))
-            .unwrap_or(0);
-        m.push(Metric {
-            tabell: t.into(),
-            regel_eller_metrikk: crate::metrics::name::UNIK_NOKKEL.into(),
-            kolonne: Some(key.into()),
-            verdi: Some(if c > 0.0 { (c - d as f64) / c } else { 1.0 }),
-            bestatt: Some(c as i64 - d),
-            feila: Some(d),
-            status: if d == 0 { "ok".into() } else { "fail".into() },
-        });
-    }
-    Ok(m)
+    let Some(b) = b.first() else {
+        return Ok(None);
+    };
+    let n = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Float64)?;
+    let c = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Float64)?;
+    let n = n
+        .as_any()
+        .downcast_ref::<arrow::array::Float64Array>()
+        .map(|a| a.value(0))
+        .unwrap_or(0.0);
+    let c = c
+        .as_any()
+        .downcast_ref::<arrow::array::Float64Array>()
+        .map(|a| if a.is_null(0) { 0.0 } else { a.value(0) })
+        .unwrap_or(0.0);
+    let dup = crate::delta::query(
+        session,
+        &format!("SELECT count(*) - count(DISTINCT {key}) AS d FROM {name} WHERE is_current"),
+    )
+    .await?;
+    let d = arrow::compute::cast(dup[0].column(0), &arrow::datatypes::DataType::Int64)?;
+    let d = d
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .map(|a| a.value(0))
+        .unwrap_or(0);
+    Ok(Some(TableState {
+        table: name,
+        rows: n,
+        current: c,
+        key,
+        duplicates: d,
+    }))
 }
 
 /// Freshness: age of the newest published snapshot per source.
-async fn freshness(ctx: &RunContext) -> Result<Vec<Metric>> {
+async fn freshness(ctx: &RunContext) -> Result<Vec<(String, f64)>> {
     let mut m = Vec::new();
     let lev = crate::delta::session(&ctx.pipeline, &["leveranse"]).await?;
     if crate::delta::has_table(&lev, "leveranse") {
@@ -175,12 +162,7 @@ async fn freshness(ctx: &RunContext) -> Result<Vec<Metric>> {
             let t = crate::delta::micros(&b, "t")?;
             for i in 0..b.num_rows() {
                 let days = (ctx.started.timestamp_micros() - t.value(i)) as f64 / 86_400e6;
-                m.push(Metric::value(
-                    "leveranse",
-                    crate::metrics::name::FERSKLEIK_DAGAR,
-                    Some(k.value(i).to_string()),
-                    days,
-                ));
+                m.push((k.value(i).to_string(), days));
             }
         }
     }
@@ -188,7 +170,9 @@ async fn freshness(ctx: &RunContext) -> Result<Vec<Metric>> {
 }
 
 /// Pupils per class, school and trinn among the current elevforhold (with polars).
-async fn pupils_per_class(session: &SessionContext) -> Result<Vec<Metric>> {
+async fn pupils_per_class(
+    session: &SessionContext,
+) -> Result<Vec<(&'static str, Option<String>, f64)>> {
     let batches = crate::delta::query(
         session,
         "SELECT skolenummer, klasse, trinn FROM elevforhold WHERE is_current",
@@ -212,11 +196,68 @@ async fn pupils_per_class(session: &SessionContext) -> Result<Vec<Metric>> {
             tr.push((!t.is_null(i)).then(|| t.value(i)));
         }
     }
-    use polars::prelude::{Column, DataFrame};
     let df = DataFrame::new_infer_height(vec![
         Column::new("skolenummer".into(), s),
         Column::new("klasse".into(), k),
         Column::new("trinn".into(), tr),
     ])?;
-    crate::metrics::pupils_per_class(&df)
+    per_group(&df)
+}
+
+/// Pupils per (skolenummer, klasse), per school and per trinn among the given elevforhold rows,
+/// with polars.
+fn per_group(ef: &DataFrame) -> Result<Vec<(&'static str, Option<String>, f64)>> {
+    let mut m = Vec::new();
+    if ef.height() == 0 {
+        return Ok(m);
+    }
+    for (metric, by) in [
+        (
+            crate::metrics::name::ELEVAR_PER_KLASSE,
+            &["skolenummer", "klasse"][..],
+        ),
+        (crate::metrics::name::ELEVAR_PER_SKULE, &["skolenummer"][..]),
+        (crate::metrics::name::ELEVAR_PER_TRINN, &["trinn"][..]),
+    ] {
+        for (label, n) in counts(ef, by)? {
+            m.push((metric, label, n));
+        }
+    }
+    Ok(m)
+}
+
+/// Rows per group of the `by` columns, in their order. A group's label is its value (`None`
+/// when null), or its values joined by `/` with `-` for a null.
+fn counts(df: &DataFrame, by: &[&str]) -> Result<Vec<(Option<String>, f64)>> {
+    let grouped = df
+        .clone()
+        .lazy()
+        .group_by(by.iter().map(|c| col(*c)).collect::<Vec<_>>())
+        .agg([len().alias("antall")])
+        .sort(by.to_vec(), Default::default())
+        .collect()?;
+    let keys = by
+        .iter()
+        .map(|c| grouped.column(c)?.cast(&DataType::String))
+        .collect::<PolarsResult<Vec<_>>>()?;
+    let keys = keys
+        .iter()
+        .map(|k| k.str())
+        .collect::<PolarsResult<Vec<_>>>()?;
+    let n = grouped.column("antall")?.cast(&DataType::Int64)?;
+    let n = n.i64()?;
+    Ok((0..grouped.height())
+        .map(|i| {
+            let label = match keys.as_slice() {
+                [one] => one.get(i).map(str::to_string),
+                many => Some(
+                    many.iter()
+                        .map(|k| k.get(i).unwrap_or("-"))
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                ),
+            };
+            (label, n.get(i).unwrap_or(0) as f64)
+        })
+        .collect())
 }

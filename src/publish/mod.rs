@@ -36,7 +36,7 @@ use tracing::info;
 use crate::context::{crash_point, RunContext, Steps};
 use crate::error::Result;
 use crate::ledger::{self, SnapshotKey, StagedData};
-use crate::metrics::Metric;
+use crate::metrics::PublishMetrics;
 use crate::par::joined;
 use crate::schema;
 use apply::{StagedTables, Tables};
@@ -54,7 +54,7 @@ pub struct PublishOutcome {
     /// Per SCD2 table committed: the strategy and what the commit did.
     pub commits: BTreeMap<&'static str, CommitMetrics>,
     pub elevliste_rows: usize,
-    pub metrics: Vec<Metric>,
+    pub metrics: PublishMetrics,
 }
 
 /// Publishes the staged snapshots: `staged` from a standardize in the same run, or `None` to
@@ -112,8 +112,7 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
     }
     steps.step("check and reconcile");
     let current = tables.elev.engine.state.len();
-    out.metrics
-        .extend(metrics::row_count_change(ctx, stored_current, current)?);
+    out.metrics.row_change = metrics::row_count_change(ctx, stored_current, current)?;
     let changed = commit_tables(ctx, &mut tables, &mut out, &mut steps).await?;
     // Committed: the staged rows are no longer needed. They are a few large Arrow buffers,
     // cheap to free (unlike the engines' and the identity map's millions of small ones, left
@@ -143,8 +142,10 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
     }
     steps.step("elevliste_vgs");
     crash_point("after-elevliste");
-    out.metrics
-        .extend(joined(table_metrics, "table metrics").await?);
+    out.metrics = PublishMetrics {
+        row_change: out.metrics.row_change.take(),
+        ..joined(table_metrics, "table metrics").await?
+    };
     steps.step("metrics");
     // Millions of small allocations: freed on another thread while the run finishes.
     crate::par::drop_aside((identity, tables));

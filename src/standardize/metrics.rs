@@ -1,108 +1,62 @@
-//! The `kvalitet` rows of a standardize: rows in, out and dropped per table, each rule's result,
-//! completeness per column, invalid fødselsnummer and duplicates.
+//! What a standardize measured, for `kvalitet`: rows in, out and dropped per table, each rule's
+//! result, completeness per column, invalid fødselsnummer and duplicates. The rows themselves
+//! are made in `crate::metrics`.
 
 use arrow::array::{Array, RecordBatch};
 
 use super::StandardizeOutcome;
-use crate::error::Result;
-use crate::metrics::Metric;
-use crate::quality::Checker;
+use crate::metrics::{RuleResult, StandardizeMetrics, TableRows};
+use crate::quality::{rules, Checker};
 use crate::schema;
 
-/// Metrics of a standardize: rows in/out/dropped, rule results, completeness, pupils per class.
-pub fn standardize_metrics(
+/// The measurements of a standardize; `staged` are the rows kept, per table.
+pub fn measure(
     o: &StandardizeOutcome,
     checker: &Checker,
     staged: &[(&schema::Table, Vec<RecordBatch>); 3],
-) -> Result<Vec<Metric>> {
-    let mut m = Vec::new();
-    for (t, batches) in staged {
-        let height = crate::delta::row_count(batches);
-        let rows_in = o.rows_in.get(t.name).copied().unwrap_or(0) as f64;
-        let rows_out = o.rows_out.get(t.name).copied().unwrap_or(0) as f64;
-        m.push(Metric::value(
-            t.name,
-            crate::metrics::name::RADER_INN,
-            None,
-            rows_in,
-        ));
-        m.push(Metric::value(
-            t.name,
-            crate::metrics::name::RADER_UT,
-            None,
-            rows_out,
-        ));
-        m.push(Metric::value(
-            t.name,
-            crate::metrics::name::RADER_FORKASTA,
-            None,
-            rows_in - rows_out,
-        ));
-        if height > 0 {
-            for c in t.business_columns() {
-                let nulls: usize = batches
-                    .iter()
-                    .filter_map(|b| b.column_by_name(c.name))
-                    .map(|a| a.null_count())
-                    .sum();
-                let filled = height - nulls;
-                m.push(Metric {
-                    tabell: t.name.into(),
-                    regel_eller_metrikk: crate::metrics::name::KOMPLETTHET.into(),
-                    kolonne: Some(c.name.into()),
-                    verdi: Some(filled as f64 / height as f64),
-                    bestatt: Some(filled as i64),
-                    feila: Some(nulls as i64),
-                    status: "ok".into(),
-                });
-            }
-        }
-    }
-    // The row-count change is measured by publish, against the stored tables.
-    for r in crate::quality::rules::RULES
+) -> StandardizeMetrics {
+    let tables = staged
         .iter()
-        .filter(|r| r.name != crate::quality::rules::RADENDRING)
-    {
-        let failed = checker.failed.get(r.name).copied().unwrap_or(0) as i64;
-        let checked = o.rows_in.get(r.table).copied().unwrap_or(0) as i64;
-        let sev = checker.severity(r.name);
-        m.push(Metric {
-            tabell: r.table.into(),
-            regel_eller_metrikk: r.name.into(),
-            kolonne: None,
-            verdi: Some(failed as f64),
-            bestatt: Some((checked - failed).max(0)),
-            feila: Some(failed),
-            status: if failed == 0 {
-                "ok".into()
-            } else {
-                sev.as_str().into()
-            },
-        });
+        .map(|(t, batches)| {
+            let height = crate::delta::row_count(batches);
+            let completeness = match height {
+                0 => Vec::new(),
+                _ => t
+                    .business_columns()
+                    .map(|c| {
+                        let nulls: usize = batches
+                            .iter()
+                            .filter_map(|b| b.column_by_name(c.name))
+                            .map(|a| a.null_count())
+                            .sum();
+                        (c.name, height - nulls, nulls)
+                    })
+                    .collect(),
+            };
+            TableRows {
+                table: t.name,
+                rows_in: o.rows_in.get(t.name).copied().unwrap_or(0),
+                rows_out: o.rows_out.get(t.name).copied().unwrap_or(0),
+                completeness,
+            }
+        })
+        .collect();
+    // The row-count change is measured by publish, against the stored tables.
+    let rules = rules::RULES
+        .iter()
+        .filter(|r| r.name != rules::RADENDRING)
+        .map(|r| RuleResult {
+            rule: r.name,
+            table: r.table,
+            checked: o.rows_in.get(r.table).copied().unwrap_or(0),
+            failed: checker.failed.get(r.name).copied().unwrap_or(0),
+            severity: checker.severity(r.name),
+        })
+        .collect();
+    StandardizeMetrics {
+        tables,
+        rules,
+        invalid_fnr: checker.invalid_fnr(),
+        duplicates: checker.failed.get(rules::DUPLIKAT).copied().unwrap_or(0),
     }
-    let invalid_fnr = [
-        crate::quality::rules::FNR_UGYLDIG,
-        crate::quality::rules::FNR_MANGLAR_NULL,
-        crate::quality::rules::FNR_SYNTETISK,
-    ]
-    .iter()
-    .map(|r| checker.failed.get(r).copied().unwrap_or(0))
-    .sum::<u64>();
-    m.push(Metric::value(
-        "elev",
-        crate::metrics::name::UGYLDIGE_FODSELSNUMMER,
-        Some("fodselsnummer".into()),
-        invalid_fnr as f64,
-    ));
-    m.push(Metric::value(
-        "elev",
-        crate::quality::rules::DUPLIKAT,
-        None,
-        checker
-            .failed
-            .get(crate::quality::rules::DUPLIKAT)
-            .copied()
-            .unwrap_or(0) as f64,
-    ));
-    Ok(m)
 }

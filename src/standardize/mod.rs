@@ -7,7 +7,7 @@
 //! - `snapshots.rs`: the pending snapshots' raw records, grouped and ordered;
 //! - the source's format (`crate::formats`) flattens each into FINT rows;
 //! - `validate.rs`: the rules, `stage.rs`: the staging batches;
-//! - `avvik.rs`: the deviation list written, `metrics.rs`: the `kvalitet` rows.
+//! - `avvik.rs`: the deviation list written, `metrics.rs`: what it measured.
 //!
 //! Not here: ids and history (publish), reading files (ingest).
 
@@ -28,7 +28,7 @@ use crate::error::Result;
 use crate::fint::Staged;
 use crate::formats::SnapshotInput;
 use crate::ledger::{stage_table, write_stage, SnapshotKey, StagedData};
-use crate::metrics::Metric;
+use crate::metrics::StandardizeMetrics;
 use crate::quality::{fnr, Checker};
 use crate::schema;
 use snapshots::Snapshot;
@@ -53,7 +53,8 @@ pub struct StandardizeOutcome {
     pub avvik: usize,
     pub avvik_version: Option<i64>,
     pub failures: Vec<(&'static str, u64)>,
-    pub metrics: Vec<Metric>,
+    /// What it measured; `None` when there was nothing to standardize.
+    pub metrics: Option<StandardizeMetrics>,
 }
 
 /// Current school numbers from the `skole` table (for references to schools not in a snapshot).
@@ -116,7 +117,7 @@ pub async fn run(
         (&schema::ELEVFORHOLD, elevforhold),
         (&schema::SKOLE, skole),
     ];
-    outcome.metrics = metrics::standardize_metrics(&outcome, &checker, &tables)?;
+    outcome.metrics = Some(metrics::measure(&outcome, &checker, &tables));
     steps.step("metrics");
     if !outcome.failures.is_empty() {
         warn!(failures = ?outcome.failures, "fail rules broken: nothing will be published");
