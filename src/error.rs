@@ -46,7 +46,7 @@ pub enum Error {
     DataFusion(#[from] deltalake::datafusion::error::DataFusionError),
 
     /// Another run committed to this table at the same time (a lost commit race, retried
-    /// where it is safe to: see `retry`).
+    /// where it is safe to: `context::retry_on_conflict`).
     #[error("another run committed to `{0}` at the same time; run again")]
     Conflict(String),
 

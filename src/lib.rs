@@ -2,7 +2,9 @@
 //! the FINT information model, with quality metrics, a deviation list and the county's pupil list.
 //!
 //! The stages are modules: [`ingest`] → [`standardize`] → [`publish`]; [`run`] ties them together.
-//! Table definitions live in [`schema`], rules in [`quality`], Delta access in [`delta`].
+//! Input formats are components in [`formats`], table definitions live in [`schema`], rules in
+//! [`quality`], Delta access in [`delta`]. The module map and the rules the code keeps:
+//! docs/ARCHITECTURE.md.
 
 pub mod cli;
 pub mod config;

@@ -1,5 +1,6 @@
-//! Quality metrics (`kvalitet`), the deviation list (`avvik`) and the run log (`kjoring`):
-//! built from the values each stage returns, not recomputed elsewhere.
+//! Quality metrics (`kvalitet`) and the run log (`kjoring`): the catalogue of metric names, what
+//! each stage measured as typed values, and the one place those become `kvalitet` rows — built
+//! from the values the stages return, not recomputed elsewhere.
 
 use std::sync::Arc;
 

@@ -1,6 +1,6 @@
-//! Running stages: the run context (run id, clock, options) and the orchestration of
-//! ingest → standardize → publish, with `kvalitet` and `kjoring` written from what the stages
-//! return — also when a `fail` rule stops the run or a stage errors.
+//! Running stages: the orchestration of ingest → standardize → publish, with `kvalitet` and
+//! `kjoring` written from what the stages return — also when a `fail` rule stops the run or a
+//! stage errors. The run context itself is `crate::context`.
 
 use serde_json::json;
 use tracing::{error, info};

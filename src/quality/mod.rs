@@ -1,5 +1,6 @@
-//! Data quality: identifier validation, code lists, the rule catalogue and the deviation (`avvik`)
-//! collector. Not here: where rules are applied (standardize) or how metrics are stored (publish).
+//! Data quality, pure (no I/O): identifier validation, code lists, the rule catalogue, the
+//! deviation (`avvik`) collector and how deviations are resolved. Not here: where rules are
+//! applied and `avvik` is written (standardize), how metrics are stored (`crate::metrics`).
 
 pub mod avvik;
 pub mod fnr;
