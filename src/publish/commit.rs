@@ -89,6 +89,12 @@ impl TableCommit {
         }
     }
 
+    /// The strategy this commit takes (a rewrite may still fall back to a MERGE).
+    #[cfg(test)]
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
     async fn append(self) -> Result<(Option<i64>, CommitMetrics)> {
         let started = std::time::Instant::now();
         let rows = crate::delta::row_count(&self.source);

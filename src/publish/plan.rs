@@ -300,3 +300,102 @@ impl TableRun {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publish::scd2::Scope;
+
+    fn ctx() -> RunContext {
+        let toml = "[pipeline]\nname = \"t\"\nkommunenummer = \"4601\"\nwarehouse = \"memory:///w\"\n\
+                    catalog = \"c\"\nschema = \"s\"\n\n[[source]]\nname = \"k\"\nformat = \"vigo-csv\"\nlocation = \"x\"\n";
+        let p = crate::config::Pipeline::parse(toml, std::path::Path::new("p.toml"), None).unwrap();
+        RunContext::new(p)
+    }
+
+    /// A staged snapshot of schools: (skolenummer, navn).
+    fn schools(rows: &[(&str, &str)]) -> RecordBatch {
+        let schema = crate::ledger::stage_table(&schema::SKOLE).arrow_schema();
+        let n = rows.len();
+        let cols = schema
+            .fields()
+            .iter()
+            .map(|f| -> ArrayRef {
+                match f.name().as_str() {
+                    "skolenummer" => {
+                        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0)))
+                    }
+                    "navn" => Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                    "kildesystem" => Arc::new(StringArray::from(vec!["k"; n])),
+                    _ => arrow::array::new_null_array(f.data_type(), n),
+                }
+            })
+            .collect();
+        RecordBatch::try_new(schema, cols).unwrap()
+    }
+
+    fn strategy(run: &TableRun) -> Option<Strategy> {
+        run.prepare(&ctx(), 0).unwrap().map(|c| c.strategy())
+    }
+
+    #[test]
+    fn the_plan_appends_new_keys_rewrites_closes_and_merges_rebuilt_history() {
+        // A first load only inserts: appended.
+        let mut first = TableRun::new(&schema::SKOLE, &HashSet::new());
+        first
+            .apply(
+                schools(&[("46501", "A"), ("46502", "B")]),
+                1,
+                Scope::Source("k"),
+            )
+            .unwrap();
+        first.ops = (0..first.engine.inserts.len())
+            .map(|i| (i, Op::Insert))
+            .collect();
+        assert_eq!(strategy(&first), Some(Strategy::Append));
+        assert_eq!(first.closed(), 0);
+
+        // A day later one school is renamed and one is gone: stored versions close, so the
+        // files with current rows are rewritten; the merge source says what happens to each.
+        let mut next = TableRun::new(&schema::SKOLE, &HashSet::new());
+        let stored = crate::publish::row_hash::row_hashes(
+            &schema::SKOLE,
+            &schools(&[("46501", "A"), ("46502", "B")]),
+        )
+        .unwrap();
+        next.engine
+            .load_current("46501", stored[0], 1, Some("k"), Some("46501"), None);
+        next.engine
+            .load_current("46502", stored[1], 1, Some("k"), Some("46502"), None);
+        next.apply(schools(&[("46501", "A2")]), 2, Scope::Source("k"))
+            .unwrap();
+        next.ops = (0..next.engine.inserts.len())
+            .map(|i| (i, Op::Insert))
+            .collect();
+        assert_eq!(next.ops.len(), 1, "one new version (the renamed school)");
+        assert_eq!(
+            next.closed(),
+            2,
+            "the renamed and the vanished school close"
+        );
+        assert_eq!(strategy(&next), Some(Strategy::Rewrite));
+        let source = next.merge_source(0).unwrap();
+        let ops: Vec<String> = source
+            .iter()
+            .flat_map(|b| {
+                let op = crate::delta::strings(b, "_op").unwrap();
+                let key = crate::delta::strings(b, "skolenummer").unwrap();
+                (0..b.num_rows()).map(move |i| format!("{} {}", op.value(i), key.value(i)))
+            })
+            .collect();
+        assert_eq!(ops, ["insert 46501", "close 46501", "close 46502"]);
+
+        // Rebuilt history that deletes a stored version needs a MERGE.
+        next.deletes.push(("46503".into(), 1));
+        assert_eq!(strategy(&next), Some(Strategy::Merge));
+
+        // Nothing changed: nothing to commit.
+        let quiet = TableRun::new(&schema::SKOLE, &HashSet::new());
+        assert_eq!(strategy(&quiet), None);
+    }
+}
