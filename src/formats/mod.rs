@@ -53,6 +53,12 @@ pub trait Format: Sync + Send {
     ) -> Result<Vec<String>>;
 }
 
+impl std::fmt::Debug for dyn Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Every format elevflyt reads, by name. One line per format.
 pub static REGISTRY: &[&dyn Format] = &[
     &oneroster_json::OneRosterJson,

@@ -39,12 +39,6 @@ pub struct Snapshot {
     rows: Vec<(u32, u32)>,
 }
 
-impl std::fmt::Debug for dyn Format {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 impl Snapshot {
     /// The records, in file and record order.
     pub fn records(&self) -> impl Iterator<Item = RawRec<'_>> {
