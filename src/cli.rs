@@ -285,8 +285,13 @@ pub fn main() -> i32 {
     match rt.block_on(dispatch(cli.command)) {
         Ok(()) => 0,
         Err(e) => {
-            tracing::error!(error = %e, "elevflyt failed");
-            eprintln!("error: {e}");
+            // Once: as a JSON log line when stderr is JSON, else as plain text.
+            match cli.log_format {
+                LogFormat::Json => {
+                    tracing::error!(error = %e, exit_code = e.exit_code(), "elevflyt failed")
+                }
+                LogFormat::Text => eprintln!("error: {e}"),
+            }
             e.exit_code()
         }
     }
@@ -409,7 +414,13 @@ async fn sql(a: SqlArgs) -> Result<()> {
         None => None,
     };
     let session = crate::ops::session_at(&pipeline, a.version, timestamp).await?;
-    let batches = crate::delta::query(&session, &a.query).await?;
+    // A query that does not parse or names no table is bad usage (exit 2), like a bad flag.
+    let batches = crate::delta::query(&session, &a.query)
+        .await
+        .map_err(|e| match e {
+            Error::DataFusion(e) => Error::Usage(format!("sql: {e}")),
+            e => e,
+        })?;
     print_batches(&batches, a.format)
 }
 
@@ -481,9 +492,21 @@ fn validate(a: PipelineArgs) -> Result<()> {
 
 async fn check(a: PipelineArgs) -> Result<()> {
     let p = Pipeline::load(&a.pipeline, a.warehouse.as_deref())?;
+    let mut stored = Vec::new();
+    for t in crate::schema::SCD2_NAMES {
+        if crate::delta::try_open(&p.table_url(t)).await?.is_some() {
+            stored.push(t);
+        }
+    }
+    if stored.is_empty() {
+        return Err(Error::Other(format!(
+            "nothing to check: no elev, elevforhold or skole table under {} (run `elevflyt run` first, or check --warehouse)",
+            p.table_url("").as_str().trim_end_matches('/')
+        )));
+    }
     let violations = crate::ops::check(&p).await?;
     if violations.is_empty() {
-        println!("ok: elev, elevforhold and skole keep every SCD2 invariant");
+        println!("ok: {} keep every SCD2 invariant", stored.join(", "));
         return Ok(());
     }
     for v in &violations {

@@ -52,6 +52,10 @@ pub struct SourceConfig {
     /// File name globs to read (default: every file).
     #[serde(default)]
     pub include: Vec<String>,
+    /// Whether a run may find no files at the location. By default it is an error (a misspelt
+    /// location must not make a scheduled job succeed every night with no data).
+    #[serde(default)]
+    pub optional: bool,
 }
 
 impl SourceConfig {

@@ -23,6 +23,16 @@ pub enum Error {
         message: String,
     },
 
+    /// A source location without a single file to read, for a source that is not optional.
+    #[error(
+        "source `{source_name}`: no files at {location}; check `location` (and `include`) in the \
+         pipeline file, or set `optional = true` on the source if it may be empty"
+    )]
+    NoFiles {
+        source_name: String,
+        location: String,
+    },
+
     /// One or more `fail` rules were broken; nothing was published.
     #[error("{0}")]
     RuleFailed(String),

@@ -145,6 +145,11 @@ pub async fn list_files(root: &Url, include: &[String]) -> Result<Vec<SourceFile
         if file_name.starts_with('.') {
             continue;
         }
+        // An Office lock file beside a list someone has open is not an export.
+        if file_name.starts_with("~$") {
+            tracing::warn!(file = %rel, "skipping an Office lock file");
+            continue;
+        }
         if !include.is_empty() && !globs.is_match(&rel) && !globs.is_match(file_name) {
             continue;
         }

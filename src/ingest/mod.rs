@@ -188,7 +188,13 @@ async fn ingest_source_once(
     steps.step("list files and read what raw has");
     m.files_seen += files.len();
     if files.is_empty() {
-        warn!(source = %source.name, location = %root, "no files found at the source location");
+        if !source.optional {
+            return Err(crate::error::Error::NoFiles {
+                source_name: source.name.clone(),
+                location: root.to_string(),
+            });
+        }
+        warn!(source = %source.name, location = %root, "no files found at the (optional) source location");
     }
     let new_files = read_new_files(ctx, source, &root, &files, &known, m).await?;
     steps.step("read and hash files");

@@ -320,3 +320,110 @@ fn sql_prints_csv_and_json() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["n"], 43);
 }
+
+/// A misspelt location is an error naming the source and the location (a scheduled job must not
+/// succeed every night with no data), unless the source is optional; an Office lock file beside
+/// the exports is skipped, not read as one.
+#[test]
+fn a_location_without_files_fails_unless_optional_and_lock_files_are_skipped() {
+    let dir = tempdir();
+    let body = "[pipeline]\nname = \"x\"\nkommunenummer = \"4601\"\nwarehouse = \"lake\"\ncatalog = \"c\"\nschema = \"s\"\n\n[[source]]\nname = \"vigo\"\nformat = \"vigo-csv\"\nlocation = \"elevlister\"\n";
+    let f = pipeline_file(dir.path(), "p.toml", body);
+    let out = elevflyt(&["run", f.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("source `vigo`: no files at") && stderr.contains("elevlister"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("no files at").count(),
+        1,
+        "said once: {stderr}"
+    );
+
+    let f = pipeline_file(dir.path(), "p.toml", &format!("{body}optional = true\n"));
+    let out = elevflyt(&["run", f.to_str().unwrap()]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A list and the lock file a spreadsheet leaves beside it.
+    let src = dir.path().join("elevlister");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::copy(
+        repo().join("sample_data/voss/vigo/elevliste_46520_20261101.csv"),
+        src.join("elevliste_46520_20261101.csv"),
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("~$elevliste_46520_20261101.csv"),
+        [0u8, 159, 146, 150],
+    )
+    .unwrap();
+    let f = pipeline_file(
+        dir.path(),
+        "p.toml",
+        &format!("{body}\n[quality]\nallow_synthetic_fnr = true\n"),
+    );
+    let out = elevflyt(&["run", f.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        summary["files_read"],
+        serde_json::json!(["vigo/elevliste_46520_20261101.csv"])
+    );
+    assert!(stderr.contains("skipping an Office lock file"), "{stderr}");
+}
+
+/// A bad query is bad usage (exit 2), said once; with JSON logs stderr is JSON only. `check` on a
+/// warehouse with no tables says there is nothing to check instead of "ok".
+#[test]
+fn sql_errors_exit_2_errors_are_said_once_and_check_needs_tables() {
+    let dir = tempdir();
+    let p = repo().join("pipelines/voss.toml");
+    let w = warehouse(&dir);
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a = vec!["sql".to_string(), p.to_str().unwrap().into()];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.extend(["--warehouse".to_string(), w.clone()]);
+        a
+    };
+    let run = |a: Vec<String>| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        elevflyt(&a).output().unwrap()
+    };
+    let out = run(args(&["SELECT * FROM no_such_table"]));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.matches("no_such_table").count(),
+        1,
+        "said once: {stderr}"
+    );
+    let out = run(args(&["SELEC 1"]));
+    assert_eq!(out.status.code(), Some(2));
+    let mut json = args(&["SELECT * FROM no_such_table"]);
+    json.splice(0..0, ["--log-format".to_string(), "json".to_string()]);
+    let out = run(json);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2));
+    for line in stderr.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert_eq!(v["fields"]["exit_code"], 2, "{line}");
+    }
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    let out = elevflyt(&["check", p.to_str().unwrap(), "--warehouse", &w])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nothing to check"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ok:"));
+}

@@ -59,7 +59,11 @@ async fn time_travel_history_changes_check_and_maintain() {
     ])
     .output()
     .unwrap();
-    assert_eq!(before.status.code(), Some(1), "elev did not exist in 2001");
+    assert_eq!(
+        before.status.code(),
+        Some(2),
+        "elev did not exist in 2001: the query names no table (bad usage)"
+    );
 
     // History: versions with the run ids recorded in kjoring.
     let h = elevflyt(&["history", &file, "elev", "--format", "json"])
