@@ -518,6 +518,49 @@ async fn check(a: PipelineArgs) -> Result<()> {
     )))
 }
 
+/// A batch whose text cells cannot start a spreadsheet formula: a cell beginning with `=`, `+`,
+/// `-`, `@`, a tab or a carriage return gets a leading `'` (OWASP's advice for CSV injection),
+/// so a name such as `=cmd|' /C calc'!A0` opens as text.
+pub fn csv_safe(b: &arrow::array::RecordBatch) -> Result<arrow::array::RecordBatch> {
+    use arrow::array::{Array, ArrayRef, StringArray};
+    let risky = |s: &str| s.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let columns = b
+        .columns()
+        .iter()
+        .map(|c| -> Result<ArrayRef> {
+            if !matches!(
+                c.data_type(),
+                arrow::datatypes::DataType::Utf8
+                    | arrow::datatypes::DataType::LargeUtf8
+                    | arrow::datatypes::DataType::Utf8View
+            ) {
+                return Ok(c.clone());
+            }
+            let text = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8)?;
+            let Some(text) = text.as_any().downcast_ref::<StringArray>() else {
+                return Ok(c.clone());
+            };
+            if !text.iter().flatten().any(risky) {
+                return Ok(c.clone());
+            }
+            let safe: StringArray = text
+                .iter()
+                .map(|v| {
+                    v.map(|s| {
+                        if risky(s) {
+                            format!("'{s}")
+                        } else {
+                            s.to_string()
+                        }
+                    })
+                })
+                .collect();
+            Ok(arrow::compute::cast(&safe, c.data_type())?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(arrow::array::RecordBatch::try_new(b.schema(), columns)?)
+}
+
 pub fn print_batches(batches: &[arrow::array::RecordBatch], format: OutputFormat) -> Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
@@ -535,7 +578,7 @@ pub fn print_batches(batches: &[arrow::array::RecordBatch], format: OutputFormat
                 .with_header(true)
                 .build(&mut out);
             for b in batches {
-                w.write(b)?;
+                w.write(&csv_safe(b)?)?;
             }
         }
         OutputFormat::Json => {
@@ -547,4 +590,51 @@ pub fn print_batches(batches: &[arrow::array::RecordBatch], format: OutputFormat
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+
+    #[test]
+    fn csv_cells_cannot_start_a_formula() {
+        let names = StringArray::from(vec![
+            Some("=cmd|' /C calc'!A0"),
+            Some("Kari Nordmann"),
+            None,
+            Some("@SUM(A1)"),
+            Some("-1+1"),
+        ]);
+        let numbers = Int64Array::from(vec![-1, 2, 3, 4, 5]);
+        let b = RecordBatch::try_from_iter([
+            ("elev_namn", Arc::new(names) as _),
+            ("n", Arc::new(numbers) as _),
+        ])
+        .unwrap();
+        let safe = super::csv_safe(&b).unwrap();
+        let s = safe
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let got: Vec<Option<&str>> = s.iter().collect();
+        assert_eq!(
+            got,
+            [
+                Some("'=cmd|' /C calc'!A0"),
+                Some("Kari Nordmann"),
+                None,
+                Some("'@SUM(A1)"),
+                Some("'-1+1"),
+            ]
+        );
+        let n = safe
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(n.value(0), -1, "numbers are not text: left alone");
+    }
 }

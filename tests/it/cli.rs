@@ -319,6 +319,22 @@ fn sql_prints_csv_and_json() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["n"], 43);
+    // A value that a spreadsheet would run as a formula is written as text.
+    let out = elevflyt(&[
+        "sql",
+        p.to_str().unwrap(),
+        "SELECT '=HYPERLINK(\"http://x\")' AS elev_namn, -1 AS n",
+        "--format",
+        "csv",
+        "--warehouse",
+        &w,
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "elev_namn,n\n\"'=HYPERLINK(\"\"http://x\"\")\",-1\n"
+    );
 }
 
 /// A misspelt location is an error naming the source and the location (a scheduled job must not
