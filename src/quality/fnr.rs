@@ -175,16 +175,37 @@ fn century(individ: u32, yy: i32) -> Option<i32> {
     }
 }
 
-/// Masks an identity number for logs and deviation lists: the first six characters are kept,
-/// the rest become `*` (`058209*****`). Shorter values keep at most half their characters.
+/// Masks an identity number for logs and deviation lists: the first six digits are kept, the
+/// rest become `*` (`058209*****`); shorter numbers keep at most half their digits. A value that
+/// is not digits (a name in the number's column, after columns shifted) is masked whole: it is
+/// not a number, so nothing of it is safe to show.
 pub fn mask(raw: &str) -> String {
     let s = normalize(raw);
+    if !s.bytes().all(|b| b.is_ascii_digit()) {
+        return mask_all(&s);
+    }
     let n = s.chars().count();
     let keep = if n >= 11 { 6 } else { n / 2 };
     s.chars()
         .enumerate()
         .map(|(i, c)| if i < keep { c } else { '*' })
         .collect()
+}
+
+/// A code (kommunenummer, fylkesnummer, skolenummer, organisasjonsnummer, trinn) for a deviation
+/// list: digits as they are (codes are not personal data); anything else masked whole, since a
+/// code column holding text usually holds another column's value, such as a name.
+pub fn mask_code(raw: &str) -> String {
+    let s = raw.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b' ') {
+        return s.to_string();
+    }
+    mask_all(s)
+}
+
+/// Every character a `*` (at most 20): only the length shows.
+fn mask_all(s: &str) -> String {
+    "*".repeat(s.chars().count().clamp(1, 20))
 }
 
 /// organisasjonsnummer: 9 digits, mod-11 with weights 3,2,7,6,5,4,3,2.
@@ -267,6 +288,12 @@ mod tests {
         assert_eq!(mask("05820912345"), "058209*****");
         assert_eq!(mask("5820912345"), "58209*****");
         assert_eq!(mask("1234"), "12**");
+        // Not a number: nothing of it shows, wherever it stood.
+        assert_eq!(mask("Håvard Nordmann"), "**************");
+        assert_eq!(mask("05820912a45"), "***********");
+        assert_eq!(mask_code("4601"), "4601");
+        assert_eq!(mask_code("Kari Nordmann"), "*************");
+        assert_eq!(mask_code(""), "*");
     }
 
     #[test]

@@ -270,3 +270,37 @@ async fn a_sudden_drop_in_pupils_is_flagged_or_stops_the_run() {
         [["ok"], ["fail"]]
     );
 }
+
+/// Columns shifted in a hand-edited list put a name where numbers belong: the deviations say
+/// which field is wrong, and `avvik.verdi` shows nothing of the name (a number keeps its date
+/// part, anything else is masked whole).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_in_a_number_column_is_masked_whole_in_avvik() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("vigo");
+    std::fs::create_dir_all(&src).unwrap();
+    let text = "kommunenummer;skolenummer;fylkesnummer;klasse;fødselsnummer;elev_namn\r\n\
+                4621;46520;46;10A;12911153597;Ingrid Myrvang\r\n\
+                Håvard Nordmann;46520;46;10A;Håvard Nordmann;10A\r\n";
+    std::fs::write(src.join("elevliste_46520_20261101.csv"), text).unwrap();
+    let p = crate::fixtures::pipeline(dir.path(), &[("vigo", "vigo-csv", &src)], "");
+    crate::scenarios::load(&p).await;
+    let got = rows(
+        &p,
+        "SELECT regel, felt, coalesce(verdi, '') FROM avvik ORDER BY regel, felt",
+    )
+    .await;
+    let rules: Vec<&str> = got.iter().map(|r| r[0].as_str()).collect();
+    assert!(rules.contains(&"fnr_ugyldig"), "{got:?}");
+    assert!(rules.contains(&"kommunenummer_ukjent"), "{got:?}");
+    for r in &got {
+        assert!(
+            !r[2].contains("H") && !r[2].contains("Nordmann") && !r[2].contains("vard"),
+            "personal data in avvik.verdi: {r:?}"
+        );
+    }
+    let fnr = got.iter().find(|r| r[0] == "fnr_ugyldig").unwrap();
+    assert!(fnr[2].chars().all(|c| c == '*'), "{fnr:?}");
+    let kommune = got.iter().find(|r| r[0] == "kommunenummer_ukjent").unwrap();
+    assert!(kommune[2].chars().all(|c| c == '*'), "{kommune:?}");
+}

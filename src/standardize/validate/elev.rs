@@ -161,7 +161,7 @@ fn check_elev<'a>(
                 &e.r,
                 rules::KOMMUNENUMMER_UKJENT,
                 Some("kommunenummer"),
-                Some(k.to_string()),
+                Some(fnr::mask_code(k)),
                 "Kommunenummeret finst ikkje i kommunelista for 2024",
             );
             keep &= sev != Severity::Drop;

@@ -127,7 +127,7 @@ fn check_elevforhold(
             &ef.r,
             rules::UKJENT_SKOLE,
             Some("skolenummer"),
-            Some(skole.to_string()),
+            Some(crate::quality::fnr::mask_code(skole)),
             "Skulen finst ikkje i leveransen eller i skuleregisteret til kommunen",
         );
         if sev == Severity::Drop {

@@ -100,7 +100,7 @@ fn check_schools(c: &mut Checker, skole: &mut Vec<SkoleRow<'_>>) {
         ];
         for (value, ok, rule, field, message) in codes {
             if let Some(v) = value.filter(|v| !ok(v)) {
-                let sev = c.report(&s.r, rule, Some(field), Some(v.to_string()), message);
+                let sev = c.report(&s.r, rule, Some(field), Some(fnr::mask_code(v)), message);
                 if sev == Severity::Drop {
                     return false;
                 }
