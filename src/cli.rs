@@ -492,19 +492,18 @@ fn validate(a: PipelineArgs) -> Result<()> {
 
 async fn check(a: PipelineArgs) -> Result<()> {
     let p = Pipeline::load(&a.pipeline, a.warehouse.as_deref())?;
-    let mut stored = Vec::new();
-    for t in crate::schema::SCD2_NAMES {
-        if crate::delta::try_open(&p.table_url(t)).await?.is_some() {
-            stored.push(t);
-        }
-    }
+    let session = crate::delta::session(&p, &crate::schema::SCD2_NAMES).await?;
+    let stored: Vec<&str> = crate::schema::SCD2_NAMES
+        .into_iter()
+        .filter(|t| crate::delta::has_table(&session, t))
+        .collect();
     if stored.is_empty() {
         return Err(Error::Other(format!(
             "nothing to check: no elev, elevforhold or skole table under {} (run `elevflyt run` first, or check --warehouse)",
             p.table_url("").as_str().trim_end_matches('/')
         )));
     }
-    let violations = crate::ops::check(&p).await?;
+    let violations = crate::ops::check_session(&session).await?;
     if violations.is_empty() {
         println!("ok: {} keep every SCD2 invariant", stored.join(", "));
         return Ok(());

@@ -175,11 +175,8 @@ pub async fn check(p: &Pipeline) -> Result<Vec<Violation>> {
 
 pub async fn check_session(ctx: &SessionContext) -> Result<Vec<Violation>> {
     let mut out = Vec::new();
-    for (t, k) in [
-        ("elev", "id"),
-        ("elevforhold", "id"),
-        ("skole", "skolenummer"),
-    ] {
+    for table in crate::schema::SCD2_TABLES {
+        let (t, k) = (table.name, table.scd2_key()?);
         if !crate::delta::has_table(ctx, t) {
             continue;
         }

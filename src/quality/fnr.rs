@@ -1,5 +1,8 @@
 //! Norwegian identity numbers: fødselsnummer family validation and classification, masking,
-//! birth date and legacy gender; organisasjonsnummer. Facts: shared/reference/identifiers.md.
+//! birth date and legacy gender; organisasjonsnummer. The rules (two mod-11 control digits, the
+//! 2032 rule for the first, D-number day + 40, H-number month + 40, synthetic Tenor month + 80
+//! and NAV month + 40) stand beside the code that applies them; what may be shown of a number:
+//! docs/ARCHITECTURE.md, "Privacy".
 
 use std::borrow::Cow;
 

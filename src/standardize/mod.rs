@@ -98,12 +98,22 @@ pub async fn run(
     }
     let known = known_schools(ctx).await?;
     let mut checker = Checker::new(&ctx.pipeline.file.quality);
+    // The staging schemas, made once (a staging table's definition is built, not constant).
+    let schemas = [&schema::ELEV, &schema::ELEVFORHOLD, &schema::SKOLE]
+        .map(|t| stage_table(t).arrow_schema());
     // Per table (elev, elevforhold, skole), one batch per snapshot.
     let mut batches: [Vec<RecordBatch>; 3] = Default::default();
     for snap in &snaps {
         steps.step("start snapshot");
-        let [elev, ef, skole] =
-            standardize_snapshot(ctx, snap, &known, &mut checker, &mut outcome, &mut steps)?;
+        let [elev, ef, skole] = standardize_snapshot(
+            ctx,
+            snap,
+            &schemas,
+            &known,
+            &mut checker,
+            &mut outcome,
+            &mut steps,
+        )?;
         batches[0].push(elev);
         batches[1].push(ef);
         batches[2].push(skole);
@@ -143,9 +153,9 @@ pub async fn run(
         },
         false => StagedData {
             snapshots: HashSet::new(),
-            elev: vec![RecordBatch::new_empty(stage_schema(&schema::ELEV))],
-            elevforhold: vec![RecordBatch::new_empty(stage_schema(&schema::ELEVFORHOLD))],
-            skole: vec![RecordBatch::new_empty(stage_schema(&schema::SKOLE))],
+            elev: vec![RecordBatch::new_empty(schemas[0].clone())],
+            elevforhold: vec![RecordBatch::new_empty(schemas[1].clone())],
+            skole: vec![RecordBatch::new_empty(schemas[2].clone())],
         },
     };
     drop(tables);
@@ -159,16 +169,13 @@ pub async fn run(
     Ok(outcome)
 }
 
-fn stage_schema(t: &schema::Table) -> arrow::datatypes::SchemaRef {
-    stage_table(t).arrow_schema()
-}
-
 /// One snapshot: flattened by its format, validated, and built into the staging batches of
 /// elev, elevforhold and skole. Deviations and metrics are about new snapshots only; a rebuilt
 /// source's published snapshots were reported when they arrived.
 fn standardize_snapshot(
     ctx: &RunContext,
     snap: &Snapshot,
+    schemas: &[arrow::datatypes::SchemaRef; 3],
     known: &HashSet<String>,
     checker: &mut Checker,
     outcome: &mut StandardizeOutcome,
@@ -213,15 +220,9 @@ fn standardize_snapshot(
     );
     // The two large tables are built at the same time, on two cores.
     let (elev, ef) = crate::par::both(
-        || stage::elev_batch(&stage_schema(&schema::ELEV), snap, &staged.elev),
-        || {
-            stage::elevforhold_batch(
-                &stage_schema(&schema::ELEVFORHOLD),
-                snap,
-                &staged.elevforhold,
-            )
-        },
+        || stage::elev_batch(&schemas[0], snap, &staged.elev),
+        || stage::elevforhold_batch(&schemas[1], snap, &staged.elevforhold),
     );
-    let skole = stage::skole_batch(&stage_schema(&schema::SKOLE), snap, &staged.skole)?;
+    let skole = stage::skole_batch(&schemas[2], snap, &staged.skole)?;
     Ok([elev?, ef?, skole])
 }
