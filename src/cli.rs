@@ -91,6 +91,11 @@ pub struct StageArgs {
     /// ingest only see data that an earlier run has ingested.
     #[arg(long)]
     pub dry_run: bool,
+    /// Publish a delivery that would end most current rows of its scope (or empty the county
+    /// list) — rule `masseendring`, which otherwise stops the run before any table changes.
+    /// Use it once, when the change is known to be right (a school closed, a new school year).
+    #[arg(long)]
+    pub accept_mass_change: bool,
 }
 
 #[derive(Args, Debug)]
@@ -224,17 +229,42 @@ pub enum OutputFormat {
     Json,
 }
 
+/// Logging on stderr. Only elevflyt's own events are logged below INFO, whatever RUST_LOG
+/// says: at DEBUG and TRACE its dependencies print Delta file statistics and Parquet page
+/// filters, which hold the values of the columns — fødselsnummer and names (docs/ARCHITECTURE.md,
+/// "Privacy"). elevflyt's own events never carry personal data at any level.
 fn init_logging(cli: &Cli) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("elevflyt={}", cli.log_level))
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-    }
+    let dependencies_at_info = tracing_subscriber::filter::filter_fn(|m| {
+        m.target().starts_with("elevflyt") || *m.level() <= tracing::Level::INFO
+    });
+    let (json, text) = match cli.log_format {
+        LogFormat::Json => (
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            ),
+            None,
+        ),
+        LogFormat::Text => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            ),
+        ),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(dependencies_at_info)
+        .with(json)
+        .with(text)
+        .init();
 }
 
 /// Entry point; returns the process exit code.
@@ -301,6 +331,7 @@ fn context(args: &StageArgs) -> Result<RunContext> {
     let pipeline = Pipeline::load(&args.pipeline, args.warehouse.as_deref())?;
     let mut ctx = RunContext::new(pipeline);
     ctx.dry_run = args.dry_run;
+    ctx.accept_mass_change = args.accept_mass_change;
     if let Some(t) = &args.as_of {
         ctx.as_of_override = Some(crate::formats::asof::parse_time(t).ok_or_else(|| {
             Error::Usage(format!("--as-of: cannot read `{t}` as a date or time (use 2026-01-15 or 2026-01-15T08:00:00Z)"))

@@ -13,6 +13,9 @@ pub struct RunContext {
     pub started: DateTime<Utc>,
     pub as_of_override: Option<DateTime<Utc>>,
     pub dry_run: bool,
+    /// `--accept-mass-change`: publish a snapshot the mass-change guard would stop
+    /// (docs/ARCHITECTURE.md, "Guards against a bad delivery").
+    pub accept_mass_change: bool,
 }
 
 impl RunContext {
@@ -23,6 +26,7 @@ impl RunContext {
             started: Utc::now(),
             as_of_override: None,
             dry_run: false,
+            accept_mass_change: false,
         }
     }
 }

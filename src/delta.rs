@@ -88,6 +88,10 @@ pub async fn open_or_create(p: &Pipeline, t: &Table) -> Result<DeltaTable> {
     if t.kind == Kind::Scd2 {
         config.insert("delta.enableChangeDataFeed".into(), Some("true".into()));
     }
+    // No file statistics of personal columns in the Delta log (docs/ARCHITECTURE.md, "Privacy").
+    if let Some(columns) = t.stats_columns() {
+        config.insert("delta.dataSkippingStatsColumns".into(), Some(columns));
+    }
     let created = table
         .create()
         .with_table_name(t.name)
@@ -342,18 +346,18 @@ const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// Parquet settings: snappy, as delta-rs writes by default, and row groups of `ROW_GROUP_ROWS`.
 /// A record as delivered (raw `post`) is unique text that nobody filters on: no dictionary
-/// attempt and no min/max statistics.
-fn writer_properties(t: &Table) -> parquet::file::properties::WriterProperties {
+/// attempt. Personal columns get no min/max statistics (docs/ARCHITECTURE.md, "Privacy").
+pub(crate) fn writer_properties(t: &Table) -> parquet::file::properties::WriterProperties {
     use parquet::file::properties::{EnabledStatistics, WriterProperties};
     use parquet::schema::types::ColumnPath;
     let mut b = WriterProperties::builder()
         .set_compression(parquet::basic::Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
     if t.kind == crate::schema::Kind::Append && t.columns.iter().any(|c| c.name == "post") {
-        let post = ColumnPath::from("post");
-        b = b
-            .set_column_dictionary_enabled(post.clone(), false)
-            .set_column_statistics_enabled(post, EnabledStatistics::None);
+        b = b.set_column_dictionary_enabled(ColumnPath::from("post"), false);
+    }
+    for c in t.personal_columns() {
+        b = b.set_column_statistics_enabled(ColumnPath::from(c), EnabledStatistics::None);
     }
     b.build()
 }

@@ -33,6 +33,11 @@ pub enum Error {
         location: String,
     },
 
+    /// Snapshots missing a required part (the OneRoster `orgs` file, say) were held back: nothing
+    /// of them was published; they are once the missing files arrive.
+    #[error("{0}")]
+    Incomplete(String),
+
     /// One or more `fail` rules were broken; nothing was published.
     #[error("{0}")]
     RuleFailed(String),

@@ -27,22 +27,70 @@ pub struct StagedData {
     pub skole: Vec<arrow::array::RecordBatch>,
 }
 
-/// Snapshots already published, from `leveranse`.
+/// Snapshots published and not delivered again since: from `leveranse`, less those that got
+/// a file after they were published (a corrected export under the same name and date, or the
+/// complete file after one read while it was still being written). A re-delivered snapshot is
+/// pending again: it replaces the earlier delivery in history (docs/ARCHITECTURE.md, "Guards
+/// against a bad delivery").
 pub async fn published(ctx: &RunContext) -> Result<HashSet<SnapshotKey>> {
+    let at = published_at(ctx).await?;
+    let Some(&oldest) = at.values().min() else {
+        return Ok(HashSet::new());
+    };
+    let delivered = delivered_since(ctx, oldest).await?;
+    Ok(at
+        .into_iter()
+        .filter(|(k, publisert)| delivered.get(k).is_none_or(|l| l <= publisert))
+        .map(|(k, _)| k)
+        .collect())
+}
+
+/// When each snapshot was last published.
+async fn published_at(ctx: &RunContext) -> Result<HashMap<SnapshotKey, i64>> {
     let session = crate::delta::session(&ctx.pipeline, &["leveranse"]).await?;
-    let mut out = HashSet::new();
+    let mut out: HashMap<SnapshotKey, i64> = HashMap::new();
     if !crate::delta::has_table(&session, "leveranse") {
         return Ok(out);
     }
-    for b in
-        crate::delta::query(&session, "SELECT kildesystem, omfang, as_of FROM leveranse").await?
-    {
+    let sql =
+        "SELECT kildesystem, omfang, as_of, max(publisert) AS p FROM leveranse GROUP BY 1, 2, 3";
+    for b in crate::delta::query(&session, sql).await? {
         let k = crate::delta::strings(&b, "kildesystem")?;
         let o = crate::delta::strings(&b, "omfang")?;
         let t = crate::delta::micros(&b, "as_of")?;
+        let p = crate::delta::micros(&b, "p")?;
         for i in 0..b.num_rows() {
-            let omfang = (!o.is_null(i)).then(|| o.value(i).to_string());
-            out.insert((k.value(i).to_string(), omfang, t.value(i)));
+            out.insert((k.value(i).to_string(), opt(&o, i), t.value(i)), p.value(i));
+        }
+    }
+    Ok(out)
+}
+
+/// The newest ingest time (`lastet`) of each snapshot's files ingested after `since`, from the
+/// files' marker rows in the raw tables (whole raw files older than `since` are skipped by their
+/// statistics).
+async fn delivered_since(ctx: &RunContext, since: i64) -> Result<HashMap<SnapshotKey, i64>> {
+    let mut out = HashMap::new();
+    for source in &ctx.pipeline.file.sources {
+        let table = schema::raw_table(&source.name);
+        let session = crate::delta::session(&ctx.pipeline, &[table.name]).await?;
+        if !crate::delta::has_table(&session, table.name) {
+            continue;
+        }
+        let sql = format!(
+            "SELECT kildesystem, omfang, as_of, max(lastet) AS l FROM {} \
+             WHERE lastet > to_timestamp_micros({since}) AND entitet = '{}' GROUP BY 1, 2, 3",
+            table.name,
+            crate::formats::FILE_MARKER
+        );
+        for b in crate::delta::query(&session, &sql).await? {
+            let k = crate::delta::strings(&b, "kildesystem")?;
+            let o = crate::delta::strings(&b, "omfang")?;
+            let t = crate::delta::micros(&b, "as_of")?;
+            let l = crate::delta::micros(&b, "l")?;
+            for i in 0..b.num_rows() {
+                out.insert((k.value(i).to_string(), opt(&o, i), t.value(i)), l.value(i));
+            }
         }
     }
     Ok(out)
@@ -81,7 +129,11 @@ pub async fn record_published(ctx: &RunContext, snapshots: &[SnapshotKey]) -> Re
 /// Sources whose pending snapshots do not simply follow the stored history: a late snapshot
 /// (older than history already stored for the source), or a publish that was interrupted after
 /// some tables were committed. Their history is rebuilt from all their snapshots, in as-of order.
-pub async fn rebuild_sources(ctx: &RunContext, pending: &[SnapshotKey]) -> Result<HashSet<String>> {
+pub async fn rebuild_sources(
+    ctx: &RunContext,
+    pending: &[SnapshotKey],
+    done: &HashSet<SnapshotKey>,
+) -> Result<HashSet<String>> {
     let mut oldest: HashMap<&str, i64> = HashMap::new();
     for (k, _, t) in pending {
         let e = oldest.entry(k.as_str()).or_insert(*t);
@@ -108,9 +160,9 @@ pub async fn rebuild_sources(ctx: &RunContext, pending: &[SnapshotKey]) -> Resul
         }
     }
     // Snapshots that changed nothing leave no trace in the history: count the published ones.
-    for (k, _, t) in published(ctx).await? {
-        let e = newest.entry(k).or_insert(i64::MIN);
-        *e = (*e).max(t);
+    for (k, _, t) in done {
+        let e = newest.entry(k.clone()).or_insert(i64::MIN);
+        *e = (*e).max(*t);
     }
     Ok(oldest
         .into_iter()

@@ -55,6 +55,8 @@ pub struct Summary {
     /// Per SCD2 table committed: the commit strategy and its operation metrics.
     pub commits: std::collections::BTreeMap<&'static str, crate::publish::CommitMetrics>,
     pub failed_rules: Vec<(String, u64)>,
+    /// Incomplete snapshots held back until their missing files arrive.
+    pub held_back: Vec<String>,
     /// Wall time per stage in seconds (`bookkeeping`: kvalitet and kjoring).
     pub stage_seconds: std::collections::BTreeMap<&'static str, f64>,
 }
@@ -158,6 +160,7 @@ async fn run_stages(
         .await?;
         summary.stage_seconds.insert("standardize", seconds(t));
         staged = o.staged.take();
+        summary.held_back = std::mem::take(&mut o.held_back);
         summary.snapshots_standardized = o.snapshots;
         summary.avvik = o.avvik;
         if let Some(v) = o.avvik_version {
@@ -195,6 +198,14 @@ async fn run_stages(
             versions.insert(t.clone(), json!(v));
         }
         measured.publish = Some(o.metrics);
+    }
+    // The complete snapshots are published; the run still fails, so that a scheduler sees it.
+    if !summary.held_back.is_empty() {
+        return Err(Error::Incomplete(format!(
+            "ufullstendig leveranse halden tilbake (ingenting av ho er publisert): {}; \
+             lever filene som manglar (med same dato i namnet), så vert ho publisert ved neste køyring",
+            summary.held_back.join("; ")
+        )));
     }
     info!(run_id = %ctx.run_id, "finished");
     Ok(())

@@ -112,6 +112,91 @@ pub fn object_path(url: &Url) -> Result<ObjPath> {
         .map_err(|e| Error::Usage(format!("bad object path in {url}: {e}")))
 }
 
+/// Every object under `prefix`. A local folder is walked here rather than by the store, so that
+/// a stray entry (a symlink loop, a dangling link, a folder that cannot be read) is skipped
+/// with a warning naming it instead of ending the listing.
+async fn list_all(
+    root: &Url,
+    store: &Arc<DynObjectStore>,
+    prefix: &ObjPath,
+) -> Result<Vec<object_store::ObjectMeta>> {
+    if root.scheme() != "file" {
+        return Ok(store.list(Some(prefix)).try_collect().await?);
+    }
+    let dir = root
+        .to_file_path()
+        .map_err(|_| Error::Usage(format!("not a local path: {root}")))?;
+    tokio::task::spawn_blocking(move || walk_local(&dir))
+        .await
+        .map_err(|e| Error::Internal(format!("listing a folder: {e}")))?
+}
+
+fn walk_local(root: &std::path::Path) -> Result<Vec<object_store::ObjectMeta>> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        // A folder reached twice (through a symlink loop) is walked once.
+        match std::fs::canonicalize(&dir) {
+            Ok(real) if !seen.insert(real.clone()) => {
+                tracing::warn!(folder = %dir.display(), "skipping a folder already listed (a symlink loop?)");
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(folder = %dir.display(), error = %e, "skipping a folder that cannot be read");
+                continue;
+            }
+        }
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if dir == root => {
+                return match e.kind() {
+                    std::io::ErrorKind::NotFound => Ok(out),
+                    _ => Err(Error::Usage(format!("cannot list {}: {e}", dir.display()))),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(folder = %dir.display(), error = %e, "skipping a folder that cannot be read");
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            // Follows links; a dangling one has no metadata.
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "skipping an entry that cannot be read (a dangling link?)");
+                    continue;
+                }
+            };
+            if meta.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            if !meta.is_file() {
+                continue;
+            }
+            let Ok(location) = ObjPath::from_absolute_path(&path) else {
+                tracing::warn!(file = %path.display(), "skipping a file whose name is not a valid path");
+                continue;
+            };
+            out.push(object_store::ObjectMeta {
+                location,
+                last_modified: meta
+                    .modified()
+                    .map(chrono::DateTime::<chrono::Utc>::from)
+                    .unwrap_or_default(),
+                size: meta.len(),
+                e_tag: None,
+                version: None,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// A file found under a source location.
 #[derive(Debug, Clone)]
 pub struct SourceFile {
@@ -133,8 +218,7 @@ pub async fn list_files(root: &Url, include: &[String]) -> Result<Vec<SourceFile
     }
     let globs = globs.build().map_err(|e| Error::Usage(e.to_string()))?;
     let mut out = Vec::new();
-    let mut listing = store.list(Some(&prefix));
-    while let Some(meta) = listing.try_next().await? {
+    for meta in list_all(root, &store, &prefix).await? {
         let full = meta.location.as_ref();
         let rel = full
             .strip_prefix(prefix.as_ref())
@@ -164,9 +248,19 @@ pub async fn list_files(root: &Url, include: &[String]) -> Result<Vec<SourceFile
     Ok(out)
 }
 
-pub async fn read_file(root: &Url, file: &SourceFile) -> Result<bytes::Bytes> {
+/// Reads a listed file, or `None` when it changed between the listing and the end of the read
+/// (size or modification time): a file still being written is read by a later run, whole.
+pub async fn read_unchanged(root: &Url, file: &SourceFile) -> Result<Option<bytes::Bytes>> {
     let store = store_for(root)?;
-    Ok(store.get(&file.location).await?.bytes().await?)
+    let got = store.get(&file.location).await?;
+    let opened = (got.meta.size, got.meta.last_modified);
+    let bytes = got.bytes().await?;
+    let after = store.head(&file.location).await?;
+    let listed = (file.size, file.last_modified);
+    let stable = opened == listed
+        && (after.size, after.last_modified) == listed
+        && bytes.len() as u64 == file.size;
+    Ok(stable.then_some(bytes))
 }
 
 /// Writes `bytes` to `url` (used by tests and `export`).
@@ -179,6 +273,24 @@ pub async fn put(url: &Url, bytes: Vec<u8>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_file_that_changes_after_it_was_listed_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("elevliste_46520_20261101.csv");
+        std::fs::write(&file, "kommunenummer;skolenummer\n4621;46520\n").unwrap();
+        let root = Url::from_directory_path(dir.path()).unwrap();
+        let listed = list_files(&root, &[]).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(read_unchanged(&root, &listed[0]).await.unwrap().is_some());
+        // Still being written: more rows arrive after the listing.
+        std::fs::write(&file, "kommunenummer;skolenummer\n4621;46520\n4621;46520\n").unwrap();
+        assert!(read_unchanged(&root, &listed[0]).await.unwrap().is_none());
+        // The next run lists it again and reads it whole.
+        let listed = list_files(&root, &[]).await.unwrap();
+        let bytes = read_unchanged(&root, &listed[0]).await.unwrap().unwrap();
+        assert_eq!(bytes.len(), 41);
+    }
 
     #[test]
     fn locations() {

@@ -43,6 +43,13 @@ pub trait Format: Sync + Send {
         out: &mut Staged<'a>,
     );
 
+    /// The parts a complete snapshot of this format has (the OneRoster collections). A snapshot
+    /// whose files lack one is held back until it arrives (docs/ARCHITECTURE.md, "Guards
+    /// against a bad delivery"). Empty: every file is a complete snapshot of its scope.
+    fn required_parts(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// `elevflyt generate`: writes one snapshot of a synthetic population as this format's
     /// files under `out` and returns their paths.
     fn write_sample(
@@ -107,6 +114,8 @@ pub struct ParsedFile<'a> {
     pub newest_modified: Option<DateTime<Utc>>,
     /// Scope for deletions: the school for per-school files.
     pub omfang: Option<String>,
+    /// The parts of a snapshot this file holds, even when empty (`users`, `orgs`, …).
+    pub parts: Vec<&'static str>,
 }
 
 /// A raw record of a snapshot, borrowed from the raw table's columns.

@@ -76,6 +76,10 @@ struct Known {
 struct Stamp {
     bytes: u64,
     modified_us: i64,
+    /// The parts of a snapshot the file holds (`Format::required_parts`); absent in files
+    /// ingested before they were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parts: Option<Vec<String>>,
 }
 
 impl Known {
@@ -198,6 +202,7 @@ async fn ingest_source_once(
     }
     let new_files = read_new_files(ctx, source, &root, &files, &known, m).await?;
     steps.step("read and hash files");
+    refuse_collapsed_dates(ctx, &new_files)?;
     // Parsed on all cores; the raw rows are committed at once.
     let format = source.format()?;
     let parsed = crate::par::map(&new_files, |f| parse_file(ctx, source, &table, format, f));
@@ -206,14 +211,19 @@ async fn ingest_source_once(
     // Back in the listing's order (by name) for the rows written.
     let mut parsed: Vec<_> = new_files.iter().zip(parsed).collect();
     parsed.sort_by(|a, b| a.0.file.name.cmp(&b.0.file.name));
-    for (f, result) in parsed {
+    let parsed = parsed
+        .into_iter()
+        .map(|(f, r)| r.map(|r| (f, r)))
+        .collect::<Result<Vec<_>>>()?;
+    let parsed = one_time_for_undated(parsed)?;
+    for (f, (batch, records, t)) in parsed {
+        refuse_future(ctx, &f.file.name, t)?;
         // The same file twice in one listing is read once.
         let cheap = f.cheap_as_of.map(|t| t.timestamp_micros());
         if already_ingested(&known, &f.digest, cheap) {
             m.files_skipped += 1;
             continue;
         }
-        let (batch, records, t) = result?;
         known
             .digests
             .entry(f.digest.clone())
@@ -248,6 +258,96 @@ async fn ingest_source_once(
     Ok(())
 }
 
+/// How far in the future an as-of time may be: a file named for tomorrow's date, written late
+/// in the evening in Norway, is already "tomorrow" at 00:00 UTC.
+pub const FUTURE_TOLERANCE: chrono::Duration = chrono::Duration::hours(36);
+
+/// A file dated (by name, `--as-of` or its `dateLastModified`) later than now plus
+/// [`FUTURE_TOLERANCE`] would freeze the current state until that date: refused.
+fn refuse_future(ctx: &RunContext, file: &str, t: DateTime<Utc>) -> Result<()> {
+    if t <= ctx.started + FUTURE_TOLERANCE {
+        return Ok(());
+    }
+    Err(crate::error::Error::input(
+        file,
+        None,
+        format!(
+            "the file is dated {} (from its name, --as-of or its dateLastModified), later than \
+             now ({}); a snapshot from the future would hide every later delivery until then. \
+             Correct the date, or remove the file from the source location",
+            crate::context::fmt_micros(t.timestamp_micros()),
+            crate::context::fmt_micros(ctx.started.timestamp_micros()),
+        ),
+    ))
+}
+
+/// `--as-of` gives every file of the run one time: refused when the new files carry different
+/// dates in their names, which it would merge into one snapshot.
+fn refuse_collapsed_dates(ctx: &RunContext, files: &[NewFile<'_>]) -> Result<()> {
+    let Some(given) = ctx.as_of_override else {
+        return Ok(());
+    };
+    let mut dated: Vec<(DateTime<Utc>, &str)> = files
+        .iter()
+        .filter_map(|f| asof::from_file_name(&f.file.name).map(|t| (t, f.file.name.as_str())))
+        .collect();
+    dated.sort();
+    dated.dedup_by_key(|(t, _)| *t);
+    if dated.len() < 2 {
+        return Ok(());
+    }
+    let list: Vec<String> = dated
+        .iter()
+        .map(|(t, f)| format!("{f} ({})", t.date_naive()))
+        .collect();
+    Err(crate::error::Error::Usage(format!(
+        "--as-of {} would merge files of {} different dates into one snapshot: {}; run without \
+         --as-of (the dates in the names are used), or ingest one date at a time",
+        given.date_naive(),
+        dated.len(),
+        list.join(", ")
+    )))
+}
+
+/// The undated files of one source in one run (no date in the name, none given) are one
+/// snapshot: each gets the newest of their times (`dateLastModified` or modification time),
+/// instead of a snapshot of its own seconds apart from the others.
+fn one_time_for_undated<'f>(parsed: Vec<Parsed<'f>>) -> Result<Vec<Parsed<'f>>> {
+    let undated = |f: &NewFile<'_>| f.cheap_as_of.is_none();
+    let Some(newest) = parsed
+        .iter()
+        .filter(|(f, _)| undated(f))
+        .map(|(_, (_, _, t))| *t)
+        .max()
+    else {
+        return Ok(parsed);
+    };
+    parsed
+        .into_iter()
+        .map(|(f, (batch, n, t))| {
+            if !undated(f) || t == newest {
+                return Ok((f, (batch, n, t)));
+            }
+            let batch = with_as_of(batch, newest)?;
+            Ok((f, (batch, n, newest)))
+        })
+        .collect()
+}
+
+/// A new file with its raw rows, number of records and as-of time.
+type Parsed<'f> = (&'f NewFile<'f>, (RecordBatch, usize, DateTime<Utc>));
+
+/// A raw batch with every row's `as_of` set to `t`.
+fn with_as_of(batch: RecordBatch, t: DateTime<Utc>) -> Result<RecordBatch> {
+    let i = batch.schema().index_of("as_of")?;
+    let mut columns = batch.columns().to_vec();
+    columns[i] = Arc::new(
+        arrow::array::TimestampMicrosecondArray::from(vec![t.timestamp_micros(); batch.num_rows()])
+            .with_timezone("UTC"),
+    );
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
+}
+
 /// Reads and hashes the files not ingested before, a few at a time, on all cores; the bytes of
 /// a file already ingested are dropped right away. Files read before, unchanged by name, size
 /// and modification time, are not read again.
@@ -274,9 +374,20 @@ async fn read_new_files<'f>(
     let mut new_files = Vec::new();
     for chunk in files.chunks(crate::par::cores()) {
         let reads = futures::future::try_join_all(chunk.iter().map(|&f| async move {
-            Ok::<_, crate::error::Error>((f, crate::storage::read_file(root, f).await?))
+            Ok::<_, crate::error::Error>((f, crate::storage::read_unchanged(root, f).await?))
         }))
         .await?;
+        let reads: Vec<_> = reads
+            .into_iter()
+            .filter_map(|(f, bytes)| {
+                if bytes.is_none() {
+                    warn!(source = %source.name, file = %f.name, "the file changed while it was read (still being written?): skipped, it is read by the next run");
+                    m.files_skipped += 1;
+                    progress.inc(1);
+                }
+                bytes.map(|b| (f, b))
+            })
+            .collect();
         let digests = crate::par::map(&reads, |(_, bytes)| hex::encode(Sha256::digest(bytes)));
         for ((file, bytes), digest) in reads.into_iter().zip(digests) {
             progress.inc(1);
@@ -314,6 +425,7 @@ fn parse_file(
     let stamp = Stamp {
         bytes: f.file.size,
         modified_us: f.file.last_modified.timestamp_micros(),
+        parts: Some(parsed.parts.iter().map(|p| p.to_string()).collect()),
     };
     let batch = file_batch(
         table,

@@ -64,7 +64,7 @@ pub fn snapshot(
         }
     };
     t.skole
-        .apply(staged.skole.snapshot(key)?, *as_of, whole_source())?;
+        .apply(staged.skole.snapshot(key)?, key, whole_source())?;
 
     let rows = staged.elev.snapshot(key)?;
     let source_keys = crate::delta::strings(&rows, "stg_kilde_nokkel")?;
@@ -74,12 +74,12 @@ pub fn snapshot(
     // pupils' ids, not their versions).
     let ef_batch = staged.elevforhold.snapshot(key)?;
     let (elev_done, ef_done) = crate::par::both(
-        || t.elev.apply(elev_batch, *as_of, whole_source()),
+        || t.elev.apply(elev_batch, key, whole_source()),
         || {
             let identity = &*identity;
             let elev_of = |k: &str| pupil_of_source_key.get(k).map(|&n| identity.id(n));
             let b = elevforhold_ids(&ef_batch, kildesystem, elev_of)?;
-            t.elevforhold.apply(b, *as_of, scope())
+            t.elevforhold.apply(b, key, scope())
         },
     );
     elev_done?;

@@ -141,6 +141,7 @@ impl TableCommit {
         let cols: Vec<&str> = t.columns.iter().map(|c| c.name).collect();
         let (table, m) = table
             .merge(df, predicate)
+            .with_writer_properties(crate::delta::writer_properties(t))
             .with_source_alias("s")
             .with_target_alias("t")
             .when_matched_update(|u| {

@@ -45,7 +45,15 @@ pub const ELEVLISTE_SQL: &str = include_str!("elevliste.sql");
 /// The county list without a `skole` table: fylke and kommune from the pupil's rows.
 const NO_SKOLE: &str = "LEFT JOIN (SELECT NULL AS skolenummer, NULL AS fylkesnummer, NULL AS kommunenummer) s ON false";
 
+/// Rows in the county list as it is (0 when there is none yet).
+async fn rows_now(ctx: &RunContext) -> Result<usize> {
+    let session = crate::delta::session(&ctx.pipeline, &["elevliste_vgs"]).await?;
+    super::metrics::row_count(&session, "elevliste_vgs").await
+}
+
+/// Rewrites the list, unless the mass-change guard stops it (`guard::check_county_list`).
 pub async fn write(ctx: &RunContext) -> Result<(usize, Option<i64>)> {
+    let before = rows_now(ctx).await?;
     let session = crate::delta::session(&ctx.pipeline, &schema::SCD2_NAMES).await?;
     if !crate::delta::has_table(&session, "elev")
         || !crate::delta::has_table(&session, "elevforhold")
@@ -76,6 +84,7 @@ pub async fn write(ctx: &RunContext) -> Result<(usize, Option<i64>)> {
         out.push(RecordBatch::try_new(schema.clone(), cols)?);
     }
     let rows = crate::delta::row_count(&out);
+    super::guard::check_county_list(ctx, before, rows)?;
     if out.is_empty() {
         out.push(RecordBatch::new_empty(schema.clone()));
     }

@@ -51,7 +51,7 @@ pub fn row_count_change(
     }))
 }
 
-fn checker_threshold(ctx: &RunContext, rule: &str) -> f64 {
+pub(super) fn checker_threshold(ctx: &RunContext, rule: &str) -> f64 {
     ctx.pipeline
         .file
         .quality
@@ -60,7 +60,7 @@ fn checker_threshold(ctx: &RunContext, rule: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn checker_severity(ctx: &RunContext, rule: &str) -> Severity {
+pub(super) fn checker_severity(ctx: &RunContext, rule: &str) -> Severity {
     ctx.pipeline
         .file
         .quality
@@ -69,13 +69,23 @@ fn checker_severity(ctx: &RunContext, rule: &str) -> Severity {
         .unwrap_or(Severity::Warn)
 }
 
+/// Current rows of an SCD2 table (0 without the table).
 pub async fn current_count(session: &SessionContext, table: &str) -> Result<usize> {
+    count_where(session, table, "is_current").await
+}
+
+/// Rows of a table (0 without the table).
+pub async fn row_count(session: &SessionContext, table: &str) -> Result<usize> {
+    count_where(session, table, "true").await
+}
+
+async fn count_where(session: &SessionContext, table: &str, condition: &str) -> Result<usize> {
     if !crate::delta::has_table(session, table) {
         return Ok(0);
     }
     let b = crate::delta::query(
         session,
-        &format!("SELECT count(*) AS n FROM {table} WHERE is_current"),
+        &format!("SELECT count(*) AS n FROM {table} WHERE {condition}"),
     )
     .await?;
     let n = arrow::compute::cast(b[0].column(0), &arrow::datatypes::DataType::Int64)?;

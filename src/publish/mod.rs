@@ -17,6 +17,7 @@
 mod apply;
 mod commit;
 mod elevliste;
+mod guard;
 pub mod identity;
 mod load;
 mod merge_record;
@@ -28,7 +29,6 @@ pub mod scd2;
 mod staged;
 
 use std::collections::{BTreeMap, HashSet};
-use std::future::IntoFuture;
 
 use arrow::array::RecordBatch;
 use tracing::info;
@@ -78,7 +78,7 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
         .cloned()
         .collect();
     steps.step("index staged rows");
-    let rebuilt = ledger::rebuild_sources(ctx, &pending).await?;
+    let rebuilt = ledger::rebuild_sources(ctx, &pending, &done).await?;
     steps.step("rebuild check");
     let snapshots = in_as_of_order(&data.snapshots, &done, &rebuilt);
     out.snapshots = pending.len();
@@ -107,6 +107,7 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
     }
     steps.step("elev and elevforhold versions");
     apply::check(&tables, &identity)?;
+    guard::check_tables(ctx, &tables, &done)?;
     for run in tables.all_mut() {
         run.reconcile(&session).await?;
     }
@@ -168,9 +169,11 @@ fn in_as_of_order(
     snapshots
 }
 
-/// Commits each table that changed: skole first, then elev and elevforhold at the same time
-/// (separate tables, and a publish interrupted between them is finished by the next run either
-/// way). Returns whether any table changed.
+/// Commits each table that changed, parents first: skole, then elev, then elevforhold
+/// (docs/ARCHITECTURE.md, "Crash safety"). A run killed between two commits leaves a prefix
+/// of them, and every prefix is consistent: an enrollment never points at a pupil or school
+/// not yet committed. The two large tables are prepared at the same time. Returns whether any
+/// table changed.
 async fn commit_tables(
     ctx: &RunContext,
     t: &mut Tables,
@@ -190,18 +193,17 @@ async fn commit_tables(
     );
     let (elev_commit, ef_commit) = (elev_commit?, ef_commit?);
     steps.step("prepare elev and elevforhold");
-    let elev_task = elev_commit.map(|c| tokio::spawn(c.into_future()));
+    let elev = match elev_commit {
+        Some(c) => Some(c.await?),
+        None => None,
+    };
+    crash_point("after-merge-elev");
     let ef = match ef_commit {
-        Some(c) => c.await.map(Some),
-        None => Ok(None),
+        Some(c) => Some(c.await?),
+        None => None,
     };
-    // Both are awaited before an error is returned: nothing is left writing.
-    let elev = match elev_task {
-        Some(task) => joined(task, "elev commit").await.map(Some),
-        None => Ok(None),
-    };
-    let (elev, ef) = (elev?, ef?);
     steps.step("elev and elevforhold");
+    crash_point("after-merge-elevforhold");
     let mut changed = false;
     for (run, commit) in t.all().into_iter().zip([skole, elev, ef]) {
         let name = run.table.name;
@@ -213,9 +215,6 @@ async fn commit_tables(
                 changed = true;
             }
             out.commits.insert(name, metrics);
-        }
-        if name != "skole" {
-            crash_point(&format!("after-merge-{name}"));
         }
     }
     Ok(changed)

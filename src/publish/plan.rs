@@ -48,6 +48,21 @@ pub struct TableRun {
     pub deletes: Vec<(String, i64)>,
     /// The table version the current rows were read from (0: no table yet).
     pub read_version: u64,
+    /// Per snapshot applied: how many current keys of its scope it ended, of how many
+    /// (for the mass-change guard, `guard.rs`).
+    pub shrinks: Vec<Shrink>,
+}
+
+/// What one snapshot did to the current keys of its scope.
+#[derive(Debug, Clone)]
+pub struct Shrink {
+    pub snapshot: crate::ledger::SnapshotKey,
+    /// Keys current before the snapshot that it closed for absence.
+    pub ended: usize,
+    /// Keys of its scope current before it.
+    pub prior: usize,
+    /// Rows the snapshot has.
+    pub rows: usize,
 }
 
 impl TableRun {
@@ -60,6 +75,7 @@ impl TableRun {
             ops: Vec::new(),
             deletes: Vec::new(),
             read_version: 0,
+            shrinks: Vec::new(),
         }
     }
 
@@ -67,9 +83,10 @@ impl TableRun {
     pub fn apply(
         &mut self,
         batch: RecordBatch,
-        as_of: i64,
+        snapshot: &crate::ledger::SnapshotKey,
         scope: Scope<'_>,
     ) -> Result<Vec<Arc<str>>> {
+        let as_of = snapshot.2;
         let hashes = row_hash::row_hashes(self.table, &batch)?;
         let keys = crate::delta::strings(&batch, self.table.scd2_key()?)?;
         let ks = crate::delta::strings(&batch, "kildesystem")?;
@@ -86,7 +103,14 @@ impl TableRun {
             .collect();
         self.engine.apply(self.batches.len(), as_of, &rows, scope);
         self.batches.push(batch);
-        Ok(std::mem::take(&mut self.engine.last_absent))
+        let absent = std::mem::take(&mut self.engine.last_absent);
+        self.shrinks.push(Shrink {
+            snapshot: snapshot.clone(),
+            ended: absent.len(),
+            prior: self.engine.last_prior,
+            rows: self.batches.last().map_or(0, RecordBatch::num_rows),
+        });
+        Ok(absent)
     }
 
     /// Decides what to write. Versions of ordinary sources are inserted. For rebuilt sources the
@@ -345,7 +369,7 @@ mod tests {
         first
             .apply(
                 schools(&[("46501", "A"), ("46502", "B")]),
-                1,
+                &("k".into(), None, 1),
                 Scope::Source("k"),
             )
             .unwrap();
@@ -367,8 +391,15 @@ mod tests {
             .load_current("46501", stored[0], 1, Some("k"), Some("46501"), None);
         next.engine
             .load_current("46502", stored[1], 1, Some("k"), Some("46502"), None);
-        next.apply(schools(&[("46501", "A2")]), 2, Scope::Source("k"))
-            .unwrap();
+        next.apply(
+            schools(&[("46501", "A2")]),
+            &("k".into(), None, 2),
+            Scope::Source("k"),
+        )
+        .unwrap();
+        // One of the two current schools ended (the other got a new version).
+        let shrink = &next.shrinks[0];
+        assert_eq!((shrink.ended, shrink.prior), (1, 2));
         next.ops = (0..next.engine.inserts.len())
             .map(|i| (i, Op::Insert))
             .collect();

@@ -94,6 +94,9 @@ pub struct Scd2 {
     pub inserts: Vec<Insert>,
     /// Keys closed because they were absent from a snapshot, per snapshot call.
     pub last_absent: Vec<Arc<str>>,
+    /// Keys of the last snapshot's scope that were current before it: the ones it still had
+    /// and the ones it closed for absence (what the mass-change guard measures against).
+    pub last_prior: usize,
     /// Parent key (e.g. elev_id of an elevforhold) of every key closed in this run.
     pub parents_of_closed: FxHashMap<Arc<str>, Arc<str>>,
     pub late_rows_skipped: usize,
@@ -189,8 +192,13 @@ impl Scd2 {
         }
         self.state
             .reserve(rows.len().saturating_sub(self.state.len()));
+        let mut prior = 0;
         for (row, r) in rows.iter().enumerate() {
-            match self.state.get_mut(r.key) {
+            let cur = self.state.get_mut(r.key);
+            if cur.as_ref().is_some_and(|c| c.seen != snapshot) {
+                prior += 1;
+            }
+            match cur {
                 Some(cur) if cur.hash == r.hash => {
                     cur.seen = snapshot;
                     continue;
@@ -261,6 +269,7 @@ impl Scd2 {
                 "rows of a snapshot older than the stored history were skipped"
             );
         }
+        self.last_prior = prior + absent.len();
         self.last_absent = absent;
     }
 

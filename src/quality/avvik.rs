@@ -50,7 +50,8 @@ pub struct Resolution<'o> {
 
 /// Resolves deviations against the new snapshots, oldest first: a deviation (stored or new) of a
 /// source and scope is resolved by a later snapshot of the same source and scope that does not
-/// report the same problem (school, record id, rule, field, masked value).
+/// report the same problem (school, record id, rule, field, masked value). The deviations stored
+/// for the same snapshot (delivered again) are replaced by the new ones.
 pub fn resolve<'o>(
     avvik: &[Avvik],
     open: &'o [Open],
@@ -68,8 +69,9 @@ pub fn resolve<'o>(
             .collect();
         for row in open {
             if row.scope == (k.clone(), o.clone())
-                && row.as_of < *t
-                && !keys.contains(&row.key)
+                // A snapshot delivered again (or standardized again after a crash) replaces
+                // its earlier deviations.
+                && (row.as_of == *t || (row.as_of < *t && !keys.contains(&row.key)))
                 && !resolved.iter().any(|r| std::ptr::eq(*r, row))
             {
                 resolved.push(row);

@@ -44,6 +44,7 @@ pub const UKJENT_ELEV: &str = "ukjent_elev";
 pub const FEIDENAVN_UGYLDIG: &str = "feidenavn_ugyldig";
 pub const FNR_UGYLDIG_ANDEL: &str = "fnr_ugyldig_andel";
 pub const RADENDRING: &str = "radendring";
+pub const MASSEENDRING: &str = "masseendring";
 pub const EPOST_UGYLDIG: &str = "epost_ugyldig";
 pub const MOBIL_UGYLDIG: &str = "mobil_ugyldig";
 
@@ -83,6 +84,11 @@ pub const RULES: &[Rule] = &[
         threshold: Some(0.2),
         ..rule(RADENDRING, Severity::Warn, "elev",
             "Talet på gjeldande elevar endrar seg meir enn terskelen (standard 20 %) frå førre køyring: ofte ein øydelagd eksport.")
+    },
+    Rule {
+        threshold: Some(0.5),
+        ..rule(MASSEENDRING, Severity::Fail, "elev, elevforhold, skole, elevliste_vgs",
+            "Ein ny leveranse ville avslutte meir enn terskelen (standard 50 %) av dei gjeldande radene i sitt omfang (ei kjelde, ein skule), tømme eit omfang heilt, eller tømme elevlista til fylket: oftast ein øydelagd eller tom eksport. Køyringa stoppar før noko vert endra; køyr på nytt med --accept-mass-change når endringa er rett.")
     },
     rule(FEIDENAVN_UGYLDIG, Severity::Warn, "elev",
         "Feidenamnet er ikkje på forma brukar@domene (med små bokstavar)."),

@@ -188,6 +188,28 @@ impl Table {
         ))
     }
 
+    /// The columns that hold personal data (see [`PERSONAL_COLUMNS`]).
+    pub fn personal_columns(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.columns
+            .iter()
+            .map(|c| c.name)
+            .filter(|n| PERSONAL_COLUMNS.contains(n))
+    }
+
+    /// `delta.dataSkippingStatsColumns` for a table with personal columns: every other column,
+    /// so that the Delta log's file statistics never hold a fødselsnummer or a name.
+    pub fn stats_columns(&self) -> Option<String> {
+        self.personal_columns().next()?;
+        Some(
+            self.columns
+                .iter()
+                .map(|c| c.name)
+                .filter(|n| !PERSONAL_COLUMNS.contains(n))
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+    }
+
     pub fn delta_fields(&self) -> Vec<StructField> {
         self.columns.iter().map(delta_field).collect()
     }
@@ -196,6 +218,26 @@ impl Table {
         format!("stg_{}", self.name)
     }
 }
+
+/// Columns with personal data, in any table: no min/max statistics are kept for them, neither
+/// in the Delta log nor in the Parquet files (docs/ARCHITECTURE.md, "Privacy"). `post` is a
+/// raw record as delivered; `verdi` is masked, but keeps a birth date.
+pub const PERSONAL_COLUMNS: &[&str] = &[
+    "fodselsnummer",
+    "fodselsdato",
+    "fornavn",
+    "mellomnavn",
+    "etternavn",
+    "elev_namn",
+    "feidenavn",
+    "epostadresse",
+    "mobiltelefonnummer",
+    "bostedsadresse",
+    "postnummer",
+    "poststed",
+    "post",
+    "verdi",
+];
 
 pub fn arrow_field(c: &Column) -> Field {
     Field::new(c.name, c.ty.arrow(), c.nullable).with_metadata(

@@ -53,6 +53,8 @@ pub struct StandardizeOutcome {
     pub avvik: usize,
     pub avvik_version: Option<i64>,
     pub failures: Vec<(&'static str, u64)>,
+    /// Incomplete snapshots held back (which, what is missing, which files came).
+    pub held_back: Vec<String>,
     /// What it measured; `None` when there was nothing to standardize.
     pub metrics: Option<StandardizeMetrics>,
 }
@@ -84,13 +86,23 @@ pub async fn run(
     fresh: HashMap<String, Vec<RecordBatch>>,
 ) -> Result<StandardizeOutcome> {
     let mut steps = Steps::new("standardize");
-    let snaps = snapshots::pending(ctx, &fresh).await?;
+    let snapshots::Pending {
+        snapshots: snaps,
+        held_back,
+    } = snapshots::pending(ctx, &fresh).await?;
     drop(fresh);
     steps.step("read pending snapshots from raw");
     let mut outcome = StandardizeOutcome {
         snapshots: snaps.iter().filter(|s| !s.published).count(),
+        held_back: held_back
+            .iter()
+            .map(snapshots::HeldBack::describe)
+            .collect(),
         ..Default::default()
     };
+    for h in &held_back {
+        warn!(snapshot = %h.describe(), "incomplete snapshot held back until its missing parts arrive");
+    }
     if snaps.is_empty() {
         info!("no new snapshots to standardize");
         outcome.staged = Some(StagedData::default());

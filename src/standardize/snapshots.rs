@@ -65,8 +65,51 @@ impl Snapshot {
 /// this run did not ingest (those must be read from raw).
 struct SourceKeys<'c> {
     source: &'c SourceConfig,
-    keys: Vec<SnapshotKey>,
+    keys: HashMap<SnapshotKey, Parts>,
     stored: BTreeSet<i64>,
+}
+
+/// The files of a snapshot and the parts they hold.
+#[derive(Debug, Default)]
+struct Parts {
+    files: BTreeSet<String>,
+    /// `None` when a file was ingested before its parts were recorded (taken as complete).
+    parts: Option<BTreeSet<String>>,
+}
+
+/// The parts a file's marker row records (`ingest::Stamp`).
+#[derive(serde::Deserialize)]
+struct MarkerParts {
+    #[serde(default)]
+    parts: Option<Vec<String>>,
+}
+
+/// A snapshot held back because a required part is missing.
+#[derive(Debug, Clone)]
+pub struct HeldBack {
+    pub key: SnapshotKey,
+    pub missing: Vec<&'static str>,
+    pub files: Vec<String>,
+}
+
+impl HeldBack {
+    /// For the operator: which snapshot, what is missing, which files arrived.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {}: manglar {} (kom: {})",
+            self.key.0,
+            crate::context::fmt_micros(self.key.2),
+            self.missing.join(", "),
+            self.files.join(", ")
+        )
+    }
+}
+
+/// What is pending: the snapshots to standardize, and the incomplete ones held back.
+#[derive(Debug, Default)]
+pub struct Pending {
+    pub snapshots: Vec<Snapshot>,
+    pub held_back: Vec<HeldBack>,
 }
 
 /// Reads the raw records of every snapshot that is not yet published, ordered by as-of — and of
@@ -77,35 +120,67 @@ struct SourceKeys<'c> {
 pub async fn pending(
     ctx: &RunContext,
     fresh: &HashMap<String, Vec<RecordBatch>>,
-) -> Result<Vec<Snapshot>> {
+) -> Result<Pending> {
     let done = crate::ledger::published(ctx).await?;
     let mut sources = Vec::new();
     for source in &ctx.pipeline.file.sources {
         let fresh_rows = fresh.get(&source.name).is_some_and(|b| !b.is_empty());
         sources.extend(source_keys(ctx, source, fresh_rows).await?);
     }
+    // A snapshot missing a required part is held back, published or not: nothing of it is
+    // applied until its files are complete.
+    let mut held_back = Vec::new();
+    for s in &sources {
+        let required = s.source.format()?.required_parts();
+        for (key, parts) in &s.keys {
+            let Some(have) = &parts.parts else { continue };
+            let missing: Vec<&'static str> = required
+                .iter()
+                .copied()
+                .filter(|r| !have.contains(*r))
+                .collect();
+            if !missing.is_empty() && !done.contains(key) {
+                held_back.push(HeldBack {
+                    key: key.clone(),
+                    missing,
+                    files: parts.files.iter().cloned().collect(),
+                });
+            }
+        }
+    }
+    held_back.sort_by(|a, b| (a.key.2, &a.key.0).cmp(&(b.key.2, &b.key.0)));
+    let held: HashSet<&SnapshotKey> = held_back.iter().map(|h| &h.key).collect();
     let pending: Vec<SnapshotKey> = sources
         .iter()
-        .flat_map(|s| s.keys.iter().filter(|k| !done.contains(*k)).cloned())
+        .flat_map(|s| {
+            s.keys
+                .keys()
+                .filter(|k| !done.contains(*k) && !held.contains(k))
+                .cloned()
+        })
         .collect();
     if pending.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Pending {
+            snapshots: Vec::new(),
+            held_back,
+        });
     }
-    let rebuilt = crate::ledger::rebuild_sources(ctx, &pending).await?;
-    let wanted = |k: &SnapshotKey| !done.contains(k) || rebuilt.contains(&k.0);
+    let rebuilt = crate::ledger::rebuild_sources(ctx, &pending, &done).await?;
+    let wanted =
+        |k: &SnapshotKey| !held.contains(k) && (!done.contains(k) || rebuilt.contains(&k.0));
     let mut snaps: BTreeMap<(i64, String, Option<String>), Snapshot> = BTreeMap::new();
     for SourceKeys {
         source,
         keys,
         stored,
-    } in sources
+    } in &sources
     {
         let format = source.format()?;
-        let times: BTreeSet<i64> = keys.iter().filter(|k| wanted(k)).map(|k| k.2).collect();
+        let times: BTreeSet<i64> = keys.keys().filter(|k| wanted(k)).map(|k| k.2).collect();
         if times.is_empty() {
             continue;
         }
-        let batches = raw_batches(ctx, source, &times, &stored, fresh).await?;
+        let batches = raw_batches(ctx, source, &times, stored, fresh).await?;
         let index = index_records(&batches, &wanted)?;
         let columns = Arc::new(index.columns);
         for (key, rows) in in_order(index.keys, index.files, index.entries) {
@@ -124,7 +199,10 @@ pub async fn pending(
                 .extend(rows);
         }
     }
-    Ok(snaps.into_values().collect())
+    Ok(Pending {
+        snapshots: snaps.into_values().collect(),
+        held_back,
+    })
 }
 
 /// A source's snapshot keys; `None` when it has no raw table yet.
@@ -138,24 +216,40 @@ async fn source_keys<'c>(
     if !crate::delta::has_table(&session, table.name) {
         return Ok(None);
     }
-    // One marker row per ingested file carries its keys: the other rows are not looked at.
+    // One marker row per ingested file carries its keys and parts: the other rows are not
+    // looked at.
     let sql = format!(
-        "SELECT DISTINCT kildesystem, omfang, as_of, run_id = '{}' AS fresh FROM {} WHERE entitet = '{}'",
+        "SELECT kildesystem, omfang, as_of, kjelde, post, run_id = '{}' AS fresh FROM {} WHERE entitet = '{}'",
         ctx.run_id, table.name, crate::formats::FILE_MARKER
     );
-    let mut keys = HashSet::new();
+    let mut keys: HashMap<SnapshotKey, Parts> = HashMap::new();
     let mut stored = BTreeSet::new();
     for b in crate::delta::query(&session, &sql).await? {
         let k = crate::delta::strings(&b, "kildesystem")?;
         let o = crate::delta::strings(&b, "omfang")?;
         let t = crate::delta::micros(&b, "as_of")?;
+        let file = crate::delta::strings(&b, "kjelde")?;
+        let post = crate::delta::strings(&b, "post")?;
         let fresh = b
             .column_by_name("fresh")
             .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
             .ok_or_else(|| Error::Internal("raw keys".into()))?;
         for i in 0..b.num_rows() {
             let omfang = (!o.is_null(i)).then(|| o.value(i).to_string());
-            keys.insert((k.value(i).to_string(), omfang, t.value(i)));
+            let e = keys
+                .entry((k.value(i).to_string(), omfang, t.value(i)))
+                .or_insert_with(|| Parts {
+                    parts: Some(BTreeSet::new()),
+                    ..Default::default()
+                });
+            e.files.insert(file.value(i).to_string());
+            let parts = serde_json::from_str::<MarkerParts>(post.value(i))
+                .ok()
+                .and_then(|m| m.parts);
+            match (parts, &mut e.parts) {
+                (Some(p), Some(have)) => have.extend(p),
+                _ => e.parts = None,
+            }
             if !fresh.value(i) || !fresh_rows {
                 stored.insert(t.value(i));
             }
@@ -163,7 +257,7 @@ async fn source_keys<'c>(
     }
     Ok(Some(SourceKeys {
         source,
-        keys: keys.into_iter().collect(),
+        keys,
         stored,
     }))
 }
@@ -185,7 +279,7 @@ async fn raw_batches(
         let table = raw_table(&source.name);
         let session = crate::delta::session(&ctx.pipeline, &[table.name]).await?;
         let sql = format!(
-            "SELECT kildesystem, omfang, as_of, kjelde, sha256, entitet, rad, post FROM {} \
+            "SELECT kildesystem, omfang, as_of, kjelde, sha256, entitet, rad, post, lastet FROM {} \
              WHERE as_of IN ({}) AND run_id <> '{}'",
             table.name,
             stored.join(", "),
@@ -217,12 +311,16 @@ fn index_records(batches: &[RecordBatch], wanted: &dyn Fn(&SnapshotKey) -> bool)
     let mut key_numbers: HashMap<SnapshotKey, u32> = HashMap::new();
     let mut files: HashMap<(String, String), u32> = HashMap::new();
     let mut entries: Vec<(u32, u32, i64, u32, u32)> = Vec::new();
+    // (snapshot, file name) → (ingested, sha256, file number) of its newest delivery.
+    let mut newest_version: HashMap<(u32, String), (i64, String, u32)> = HashMap::new();
+    let mut delivered: HashSet<(u32, u32)> = HashSet::new();
     for (bi, b) in batches.iter().enumerate() {
         let k = crate::delta::text(b, "kildesystem")?;
         let o = crate::delta::text(b, "omfang")?;
         let t = crate::delta::micros(b, "as_of")?;
         let kjelde = crate::delta::text(b, "kjelde")?;
         let sha = crate::delta::text(b, "sha256")?;
+        let lastet = crate::delta::micros(b, "lastet")?;
         let rad = arrow::compute::cast(
             b.column_by_name("rad")
                 .ok_or_else(|| crate::error::Error::Internal("raw lacks rad".into()))?,
@@ -262,6 +360,15 @@ fn index_records(batches: &[RecordBatch], wanted: &dyn Fn(&SnapshotKey) -> bool)
                 let f = *files
                     .entry((kjelde.value(i).to_string(), sha.value(i).to_string()))
                     .or_insert(n);
+                // The newest delivery of a file name in a snapshot replaces the earlier ones.
+                let candidate = (lastet.value(i), sha.value(i).to_string(), f);
+                let newest = newest_version
+                    .entry((kn, kjelde.value(i).to_string()))
+                    .or_insert_with(|| candidate.clone());
+                if (candidate.0, &candidate.1) > (newest.0, &newest.1) {
+                    *newest = candidate;
+                }
+                delivered.insert((kn, f));
                 last = Some((wanted.then_some(kn), f, i));
             }
             if let Some((Some(kn), f, _)) = last {
@@ -274,6 +381,16 @@ fn index_records(batches: &[RecordBatch], wanted: &dyn Fn(&SnapshotKey) -> bool)
             rad,
             post: crate::delta::text(b, "post")?,
         });
+    }
+    // Records of a file delivered again under the same name and as-of are left out.
+    let current: HashSet<(u32, u32)> = newest_version
+        .values()
+        .zip(newest_version.keys())
+        .map(|((_, _, f), (kn, _))| (*kn, *f))
+        .collect();
+    let superseded: HashSet<(u32, u32)> = delivered.difference(&current).copied().collect();
+    if !superseded.is_empty() {
+        entries.retain(|e| !superseded.contains(&(e.0, e.1)));
     }
     Ok(Index {
         columns,

@@ -138,3 +138,30 @@ pub fn pipeline(
     std::fs::write(&path, body).unwrap();
     elevflyt::config::Pipeline::load(&path, None).unwrap()
 }
+
+/// Writes one OneRoster snapshot as one file per collection (`users-<date>.json`, …), only the
+/// collections named in `parts`: a partial delivery when some are left out.
+pub fn oneroster_parts(dir: &Path, date: &str, pupils: &[P], parts: &[&str]) -> Vec<PathBuf> {
+    let whole = tempfile::tempdir().unwrap();
+    let file = oneroster(whole.path(), date, pupils);
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    parts
+        .iter()
+        .map(|part| {
+            let path = dir.join(format!("{part}-{date}.json"));
+            let one = json!({ *part: doc[*part].clone() });
+            std::fs::write(&path, serde_json::to_vec_pretty(&one).unwrap()).unwrap();
+            path
+        })
+        .collect()
+}
+
+/// Every OneRoster collection a complete snapshot has.
+pub const ONEROSTER_PARTS: &[&str] = &[
+    "users",
+    "orgs",
+    "classes",
+    "enrollments",
+    "academicSessions",
+];

@@ -12,4 +12,5 @@ mod ops;
 mod property;
 mod quality;
 mod scenarios;
+mod trust;
 mod voss;

@@ -192,7 +192,12 @@ async fn appears_twice_in_one_file() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_school_that_sends_no_file_keeps_its_pupils() {
     let (dir, src) = setup();
-    let pl = pipeline(dir.path(), &[("vigo", "vigo-csv", &src)], "");
+    // A list emptied on purpose (the last pupil left): the mass-change guard lets it through.
+    let pl = pipeline(
+        dir.path(),
+        &[("vigo", "vigo-csv", &src)],
+        "masseendring = \"warn\"",
+    );
     let (a, b) = (tenor(7, false), tenor(8, false));
     vigo(&src, "46520", "20261101", &[(&a, "Ane Ask", "10A")]);
     vigo(&src, "46521", "20261101", &[(&b, "Bo Bu", "10A")]);
@@ -342,7 +347,8 @@ async fn moves_between_source_systems() {
             ("vigilo", "oneroster-json", &src),
             ("vigo", "vigo-csv", &vigo_dir),
         ],
-        "",
+        // The only pupil leaves Vigilo: a deliberate, accepted mass change.
+        "masseendring = \"warn\"",
     );
     // Vigo delivers nothing the first day: the source says it may be empty.
     let file = dir.path().join("pipeline.toml");

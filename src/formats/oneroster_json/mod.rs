@@ -33,6 +33,12 @@ impl Format for OneRosterJson {
         parse::parse(file, text, need_modified)
     }
 
+    /// A snapshot is every collection Vigilo exports: without `orgs` every school and
+    /// enrollment would close, without `users` every pupil.
+    fn required_parts(&self) -> &'static [&'static str] {
+        parse::REQUIRED
+    }
+
     fn flatten<'a>(
         &self,
         snapshot: &SnapshotInput<'a>,

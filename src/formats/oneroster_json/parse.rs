@@ -22,6 +22,15 @@ const ENTITIES: &[(&str, &str)] = &[
     ("demographics", "demographic"),
 ];
 
+/// The collections a complete snapshot has (in one file or several).
+pub const REQUIRED: &[&str] = &[
+    "users",
+    "orgs",
+    "classes",
+    "enrollments",
+    "academicSessions",
+];
+
 #[derive(Deserialize)]
 struct Stamp<'a> {
     #[serde(rename = "dateLastModified", borrow, default)]
@@ -36,6 +45,7 @@ pub fn parse<'a>(file: &str, text: &'a str, need_modified: bool) -> Result<Parse
         .map_err(|e| json_error(file, e))?
         .0;
     let mut records = Vec::new();
+    let mut parts = Vec::new();
     let mut newest: Option<chrono::DateTime<chrono::Utc>> = None;
     // As in a JSON object read into a map: a repeated key counts once, with its last value.
     let mut by_key: BTreeMap<&str, &Member<'a>> = BTreeMap::new();
@@ -50,6 +60,7 @@ pub fn parse<'a>(file: &str, text: &'a str, need_modified: bool) -> Result<Parse
         else {
             continue;
         };
+        parts.push(entity);
         let single: Vec<&'a RawValue>;
         let items: &[&'a RawValue] = match value {
             Member::Items(items) => items,
@@ -109,6 +120,7 @@ pub fn parse<'a>(file: &str, text: &'a str, need_modified: bool) -> Result<Parse
         records,
         newest_modified: newest,
         omfang: None,
+        parts,
     })
 }
 

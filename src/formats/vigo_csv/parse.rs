@@ -118,6 +118,7 @@ pub fn parse<'a>(file: &str, text: &'a str) -> Result<ParsedFile<'a>> {
         records,
         newest_modified: None,
         omfang,
+        ..Default::default()
     })
 }
 

@@ -1,0 +1,349 @@
+//! Bad deliveries on top of a loaded warehouse (issue 14): each story is the delivery, what the
+//! tables and the exit code are after it, and what the operator reads.
+
+use crate::common::{count, elevflyt, rows, versions};
+use crate::fixtures::{oneroster, oneroster_parts, p, pipeline, tenor, vigo, ONEROSTER_PARTS, P};
+use crate::scenarios::{elev, t};
+use elevflyt::run::{execute, RunContext, Stage};
+use elevflyt::Error;
+
+const DATA_TABLES: &[&str] = &["elev", "elevforhold", "skole", "elevliste_vgs", "elev_id"];
+
+fn pupils(n: u32, school: &str) -> Vec<P> {
+    (0..n)
+        .map(|i| {
+            p(
+                &format!("u{i}"),
+                &tenor(100 + i, false),
+                &format!("Etter{i}"),
+                school,
+                "10A",
+            )
+        })
+        .collect()
+}
+
+fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    (dir, src)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partial_oneroster_snapshot_is_held_back_until_it_is_complete() {
+    let (dir, src) = setup();
+    let pl = pipeline(dir.path(), &[("vigilo", "oneroster-json", &src)], "");
+    let mut day1 = pupils(3, "46591");
+    oneroster_parts(&src, "2026-01-10", &day1, ONEROSTER_PARTS);
+    execute(&RunContext::new(pl.clone()), Stage::All)
+        .await
+        .unwrap();
+    let before = versions(&pl, DATA_TABLES).await;
+
+    // The next day only the users file arrives (a new pupil among them).
+    day1.push(p("u9", &tenor(199, false), "Ny", "46591", "10B"));
+    oneroster_parts(&src, "2026-02-10", &day1, &["users"]);
+    let err = execute(&RunContext::new(pl.clone()), Stage::All)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Incomplete(_)), "{err:?}");
+    for expected in [
+        "orgs",
+        "classes",
+        "enrollments",
+        "users-2026-02-10.json",
+        "2026-02-10",
+    ] {
+        assert!(msg.contains(expected), "{expected} in: {msg}");
+    }
+    // Nothing closed, nothing published: every data table is as it was.
+    assert_eq!(versions(&pl, DATA_TABLES).await, before);
+    assert_eq!(
+        count(&pl, "SELECT count(*) FROM elevforhold WHERE is_current").await,
+        3
+    );
+    assert_eq!(count(&pl, "SELECT count(*) FROM elevliste_vgs").await, 3);
+    assert_eq!(
+        rows(
+            &pl,
+            "SELECT status FROM kjoring ORDER BY started DESC LIMIT 1"
+        )
+        .await,
+        [["error"]]
+    );
+
+    // The rest arrives: the snapshot is published as a whole.
+    oneroster_parts(&src, "2026-02-10", &day1, ONEROSTER_PARTS);
+    execute(&RunContext::new(pl.clone()), Stage::All)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&pl, "SELECT system_id, substr(CAST(valid_from AS VARCHAR), 1, 10) FROM elev WHERE is_current ORDER BY 1").await,
+        t(&[
+            &["u0", "2026-01-10"],
+            &["u1", "2026-01-10"],
+            &["u2", "2026-01-10"],
+            &["u9", "2026-02-10"],
+        ])
+    );
+    assert_eq!(count(&pl, "SELECT count(*) FROM elevliste_vgs").await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_users_array_stops_the_run_until_it_is_accepted() {
+    let (dir, src) = setup();
+    let pl = pipeline(dir.path(), &[("vigilo", "oneroster-json", &src)], "");
+    oneroster(&src, "2026-01-10", &pupils(25, "46591"));
+    execute(&RunContext::new(pl.clone()), Stage::All)
+        .await
+        .unwrap();
+    let before = versions(&pl, DATA_TABLES).await;
+
+    // An export with an empty users (and enrollments) array.
+    oneroster(&src, "2026-02-10", &[]);
+    let err = execute(&RunContext::new(pl.clone()), Stage::All)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::RuleFailed(_)), "{err:?}");
+    for expected in ["masseendring", "elev:", "25 av 25", "--accept-mass-change"] {
+        assert!(msg.contains(expected), "{expected} in: {msg}");
+    }
+    assert_eq!(versions(&pl, DATA_TABLES).await, before, "no table changed");
+    assert_eq!(
+        count(&pl, "SELECT count(*) FROM elev WHERE is_current").await,
+        25
+    );
+    assert_eq!(
+        rows(
+            &pl,
+            "SELECT status FROM kjoring ORDER BY started DESC LIMIT 1"
+        )
+        .await,
+        [["fail"]]
+    );
+    // Every rerun stops the same way.
+    assert!(execute(&RunContext::new(pl.clone()), Stage::All)
+        .await
+        .is_err());
+
+    // Accepted deliberately: published.
+    let mut ctx = RunContext::new(pl.clone());
+    ctx.accept_mass_change = true;
+    execute(&ctx, Stage::All).await.unwrap();
+    assert_eq!(
+        count(&pl, "SELECT count(*) FROM elev WHERE is_current").await,
+        0
+    );
+    assert_eq!(count(&pl, "SELECT count(*) FROM elevliste_vgs").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vigo_list_with_only_a_header_fails_from_the_command_line_until_accepted() {
+    let (dir, src) = setup();
+    pipeline(dir.path(), &[("vigo", "vigo-csv", &src)], "");
+    let file = dir.path().join("pipeline.toml");
+    let f = file.to_str().unwrap();
+    let (a, b) = (tenor(7, false), tenor(8, false));
+    vigo(
+        &src,
+        "46520",
+        "20261101",
+        &[(&a, "Ane Ask", "10A"), (&b, "Bo Bu", "10A")],
+    );
+    assert!(elevflyt(&["run", f]).status().unwrap().success());
+    vigo(&src, "46520", "20261115", &[]);
+    let out = elevflyt(&["run", f]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("skule 46520") && stderr.contains("--accept-mass-change"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("fail-regel broten").count(),
+        1,
+        "said once: {stderr}"
+    );
+    let pl = elevflyt::config::Pipeline::load(&file, None).unwrap();
+    assert_eq!(count(&pl, "SELECT count(*) FROM elevliste_vgs").await, 2);
+
+    let out = elevflyt(&["run", f, "--accept-mass-change"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count(&pl, "SELECT count(*) FROM elevliste_vgs").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrected_export_under_the_same_name_replaces_the_snapshot() {
+    let (dir, src) = setup();
+    let pl = pipeline(dir.path(), &[("vigilo", "oneroster-json", &src)], "");
+    let all = pupils(3, "46591");
+    oneroster(&src, "2026-01-10", &all);
+    execute(&RunContext::new(pl.clone()), Stage::All)
+        .await
+        .unwrap();
+    // The February export was read while it was still being written: one pupil of three.
+    oneroster(&src, "2026-02-10", &all[..1]);
+    execute(&RunContext::new(pl.clone()), Stage::All)
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&pl, "SELECT count(*) FROM elev WHERE is_current").await,
+        1
+    );
+
+    // The complete file arrives under the same name: it replaces the partial one in history,
+    // so the two pupils were never away.
+    oneroster(&src, "2026-02-10", &all);
+    let s = execute(&RunContext::new(pl.clone()), Stage::All)
+        .await
+        .unwrap();
+    assert_eq!(s.snapshots_published, 1, "{s:?}");
+    assert_eq!(
+        elev(&pl).await,
+        t(&[
+            &["u0", "Etter0", "2026-01-10", ""],
+            &["u1", "Etter1", "2026-01-10", ""],
+            &["u2", "Etter2", "2026-01-10", ""],
+        ])
+    );
+    assert_eq!(count(&pl, "SELECT count(*) FROM elevliste_vgs").await, 3);
+    assert!(elevflyt::ops::check(&pl).await.unwrap().is_empty());
+    // Unchanged afterwards: a rerun publishes nothing.
+    let s = execute(&RunContext::new(pl.clone()), Stage::All)
+        .await
+        .unwrap();
+    assert_eq!(s.snapshots_published, 0);
+}
+
+/// Sets a file's modification time to `secs` after 2026-03-01T00:00:00Z.
+fn touch(path: &std::path::Path, secs: u64) {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_772_323_200 + secs);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn undated_files_of_one_run_are_one_snapshot() {
+    let (dir, src) = setup();
+    let pl = pipeline(dir.path(), &[("vigilo", "oneroster-json", &src)], "");
+    // Five files without a date in their names, written minutes apart.
+    for (i, f) in oneroster_parts(&src, "x", &pupils(3, "46591"), ONEROSTER_PARTS)
+        .iter()
+        .enumerate()
+    {
+        let undated = src.join(format!(
+            "{}.json",
+            f.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end_matches("-x.json")
+        ));
+        std::fs::rename(f, &undated).unwrap();
+        touch(&undated, 600 * i as u64);
+    }
+    execute(&RunContext::new(pl.clone()), Stage::All)
+        .await
+        .unwrap();
+    // One snapshot, at the newest file's time: nobody closed and reopened minutes later.
+    assert_eq!(
+        rows(&pl, "SELECT CAST(as_of AS VARCHAR) FROM leveranse").await,
+        [["2026-03-01T00:40:00Z"]]
+    );
+    assert_eq!(count(&pl, "SELECT count(*) FROM elev").await, 3);
+    assert_eq!(count(&pl, "SELECT count(*) FROM elevforhold").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_dated_in_the_future_is_refused() {
+    let (dir, src) = setup();
+    let pl = pipeline(dir.path(), &[("vigilo", "oneroster-json", &src)], "");
+    oneroster(&src, "2026-01-10", &pupils(3, "46591"));
+    execute(&RunContext::new(pl.clone()), Stage::All)
+        .await
+        .unwrap();
+    let before = versions(&pl, &["raw_vigilo", "elev", "elevforhold"]).await;
+    oneroster(&src, "2099-01-01", &pupils(2, "46591"));
+    let err = execute(&RunContext::new(pl.clone()), Stage::All)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::Input { .. })
+            && msg.contains("export-2099-01-01.json")
+            && msg.contains("2099-01-01")
+            && msg.contains("later than"),
+        "{msg}"
+    );
+    assert_eq!(
+        versions(&pl, &["raw_vigilo", "elev", "elevforhold"]).await,
+        before,
+        "nothing ingested or published"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn as_of_does_not_merge_dated_files_into_one_snapshot() {
+    let (dir, src) = setup();
+    pipeline(dir.path(), &[("vigilo", "oneroster-json", &src)], "");
+    let file = dir.path().join("pipeline.toml");
+    oneroster(&src, "2026-03-01", &pupils(3, "46591"));
+    oneroster(&src, "2026-03-08", &pupils(2, "46591"));
+    let out = elevflyt(&["run", file.to_str().unwrap(), "--as-of", "2026-03-10"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("export-2026-03-01.json") && stderr.contains("export-2026-03-08.json"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("lake/raw_vigilo").exists(),
+        "nothing ingested"
+    );
+    // One date at a time is fine.
+    std::fs::remove_file(src.join("export-2026-03-08.json")).unwrap();
+    let out = elevflyt(&["run", file.to_str().unwrap(), "--as-of", "2026-03-02"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stray_entries_in_a_source_folder_are_skipped_with_a_warning() {
+    let (dir, src) = setup();
+    let pl = pipeline(dir.path(), &[("vigo", "vigo-csv", &src)], "");
+    vigo(
+        &src,
+        "46520",
+        "20261101",
+        &[(&tenor(7, false), "Ane Ask", "10A")],
+    );
+    // An Excel lock file, a symlink loop and a dangling link beside the list.
+    std::fs::write(src.join("~$elevliste_46520_20261101.csv"), b"lock").unwrap();
+    std::os::unix::fs::symlink(&src, src.join("loop")).unwrap();
+    std::os::unix::fs::symlink(src.join("gone.csv"), src.join("dangling.csv")).unwrap();
+    let s = execute(&RunContext::new(pl.clone()), Stage::All)
+        .await
+        .unwrap();
+    assert_eq!(s.files_read, ["vigo/elevliste_46520_20261101.csv"]);
+    assert_eq!(count(&pl, "SELECT count(*) FROM elevliste_vgs").await, 1);
+}
