@@ -113,11 +113,12 @@ fn kjoring(r: &[Option<String>]) -> Kjoring {
     }
 }
 
-/// Open deviations, each problem once: a problem reported again by a newer snapshot of the same
-/// source and scope is the same to-do item, shown with its newest report.
-const OPEN: &str = "SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY kildesystem, coalesce(omfang, ''), \
-    coalesce(skolenummer, ''), coalesce(system_id, ''), regel, coalesce(felt, ''), coalesce(verdi, '') \
-    ORDER BY as_of DESC, oppdaga DESC) AS nr FROM avvik WHERE lost IS NULL) WHERE nr = 1";
+/// Open deviations, each problem once: those of the newest snapshot of each source and scope.
+/// A problem a newer snapshot still has is open in it (with its newest report); one it no longer
+/// has is resolved (`lost`). Counted by record, so two pupils of one school with the same masked
+/// fødselsnummer are two.
+const OPEN: &str = "SELECT * FROM (SELECT *, max(as_of) OVER (PARTITION BY kildesystem, coalesce(omfang, '')) AS newest \
+    FROM avvik WHERE lost IS NULL) WHERE as_of = newest OR as_of IS NULL";
 
 /// Gathers the report from the tables (works after a failed run too).
 pub async fn build(p: &Pipeline) -> Result<Report> {

@@ -347,3 +347,44 @@ async fn stray_entries_in_a_source_folder_are_skipped_with_a_warning() {
     assert_eq!(s.files_read, ["vigo/elevliste_46520_20261101.csv"]);
     assert_eq!(count(&pl, "SELECT count(*) FROM elevliste_vgs").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_report_counts_pupils_with_invalid_numbers_not_masked_values() {
+    let (dir, src) = setup();
+    pipeline(dir.path(), &[("vigo", "vigo-csv", &src)], "");
+    let file = dir.path().join("pipeline.toml");
+    let f = file.to_str().unwrap();
+    // Two pupils of one school born the same day, both with a mistyped number: the masked
+    // values are the same (010109*****), the pupils are two.
+    vigo(
+        &src,
+        "46520",
+        "20261101",
+        &[
+            ("01010912345", "Ane Ask", "10A"),
+            ("01010954321", "Bo Bu", "10A"),
+            (&tenor(7, false), "Cy Ce", "10A"),
+        ],
+    );
+    assert!(elevflyt(&["run", f]).status().unwrap().success());
+    let out = elevflyt(&["report", f, "--format", "json"]).output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ugyldige_fodselsnummer"], 2, "{report}");
+    let chart = &report["kvalitet_over_tid"];
+    assert_eq!(chart[chart.as_array().unwrap().len() - 1]["ugyldige_fodselsnummer"], 2.0);
+    // The school fixes one: the next list counts one.
+    vigo(
+        &src,
+        "46520",
+        "20261115",
+        &[
+            ("01010912345", "Ane Ask", "10A"),
+            (&tenor(8, false), "Bo Bu", "10A"),
+            (&tenor(7, false), "Cy Ce", "10A"),
+        ],
+    );
+    assert!(elevflyt(&["run", f]).status().unwrap().success());
+    let out = elevflyt(&["report", f, "--format", "json"]).output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ugyldige_fodselsnummer"], 1, "{report}");
+}
