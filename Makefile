@@ -17,8 +17,12 @@ all: build
 build:
 	$(CARGO) build --locked
 
+# The sample tells its story one delivery at a time: each pipeline's first snapshot, then the
+# next (so history, time travel and the Change Data Feed have versions to show).
 run: build
+	$(BIN) run pipelines/bergen.toml --until 2026-01-15
 	$(BIN) run pipelines/bergen.toml
+	$(BIN) run pipelines/voss.toml --until 2026-11-01
 	$(BIN) run pipelines/voss.toml
 	@echo
 	@echo "Tables written under ./lakehouse. Try:"

@@ -68,7 +68,6 @@ pub enum Command {
     /// Check a pipeline file without touching storage: keys, kommunenummer, formats, globs, rule
     /// settings, and that each location is a path or URL elevflyt can open. Exit 2 when it is
     /// not valid.
-    #[command(after_help = "Example:\n  elevflyt validate pipelines/bergen.toml")]
     Validate(PipelineArgs),
     /// List the quality rules with their default severity and what they check.
     Rules,
@@ -96,6 +95,10 @@ pub struct StageArgs {
     /// Use it once, when the change is known to be right (a school closed, a new school year).
     #[arg(long)]
     pub accept_mass_change: bool,
+    /// Ingest only files dated (in their names) on or before this date or time; later files
+    /// wait for a later run. Loads a backlog one day at a time: 2026-01-15.
+    #[arg(long)]
+    pub until: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -267,8 +270,25 @@ fn init_logging(cli: &Cli) {
         .init();
 }
 
-/// Entry point; returns the process exit code.
-/// The command line with what only the running program knows: the registered input formats.
+/// Examples for `--help`, per subcommand (the README's commands, runnable after `make run`).
+const EXAMPLES: &[(&str, &str)] = &[
+    ("run", "elevflyt run pipelines/bergen.toml\n  elevflyt run pipelines/bergen.toml --dry-run\n  elevflyt run pipelines/voss.toml --warehouse s3://bucket/lake\n  elevflyt run pipelines/bergen.toml --accept-mass-change   # a school closed: publish it deliberately"),
+    ("ingest", "elevflyt ingest pipelines/bergen.toml\n  elevflyt ingest pipelines/bergen.toml --as-of 2026-01-15"),
+    ("standardize", "elevflyt standardize pipelines/bergen.toml"),
+    ("publish", "elevflyt publish pipelines/bergen.toml"),
+    ("sql", "elevflyt sql pipelines/bergen.toml \"SELECT skolenummer, klasse, count(*) FROM elevforhold WHERE is_current GROUP BY 1, 2\"\n  elevflyt sql pipelines/bergen.toml \"SELECT * FROM avvik WHERE lost IS NULL\" --format csv\n  elevflyt sql pipelines/bergen.toml \"SELECT count(*) FROM elev WHERE is_current\" --version 1"),
+    ("history", "elevflyt history pipelines/bergen.toml elev\n  elevflyt history pipelines/voss.toml elevliste_vgs --format json"),
+    ("changes", "elevflyt changes pipelines/bergen.toml elev --from 2\n  elevflyt changes pipelines/bergen.toml elevforhold --from 1 --to 3 --format csv"),
+    ("check", "elevflyt check pipelines/bergen.toml"),
+    ("maintain", "elevflyt maintain pipelines/bergen.toml\n  elevflyt maintain pipelines/bergen.toml --retention-hours 168"),
+    ("report", "elevflyt report pipelines/voss.toml\n  elevflyt report pipelines/voss.toml --format html --out rapport.html"),
+    ("generate", "elevflyt generate --kommune 4601 --pupils 10000 --snapshots 3 --out data/\n  elevflyt generate --kommune alle --pupils 1000000 --format vigo-csv --out data/"),
+    ("validate", "elevflyt validate pipelines/bergen.toml"),
+    ("rules", "elevflyt rules"),
+];
+
+/// The command line with what only the running program knows: the registered input formats,
+/// the tables, and an example for every subcommand.
 pub fn command() -> clap::Command {
     use clap::CommandFactory;
     let formats: String = crate::formats::REGISTRY
@@ -276,18 +296,39 @@ pub fn command() -> clap::Command {
         .map(|f| format!("\n  {:<16} {}", f.name(), f.description()))
         .collect();
     let formats = format!("Input formats (`format = \"…\"` in a [[source]]):{formats}");
-    Cli::command()
-        .after_help(formats.clone())
-        .mut_subcommand("generate", |g| g.after_help(formats.clone()))
-        .mut_subcommand("validate", |v| {
-            let help = v
-                .get_after_help()
-                .map(|h| h.to_string())
-                .unwrap_or_default();
-            v.after_help(format!("{help}\n\n{formats}"))
-        })
+    let tables: String = crate::schema::PUBLISHED
+        .iter()
+        .map(|t| format!("\n  {:<16} {}", t.name, t.description))
+        .chain(std::iter::once(format!(
+            "\n  {:<16} Filene som kom inn, som dei vart leverte (ein per kjelde).",
+            "raw_<source>"
+        )))
+        .collect();
+    let tables = format!("Tables (under the pipeline's warehouse, catalog and schema):{tables}");
+    let all_examples: String = EXAMPLES
+        .iter()
+        .filter(|(name, _)| ["run", "sql", "history", "changes", "report"].contains(name))
+        .map(|(_, e)| format!("\n  {}", e.lines().next().unwrap_or_default()))
+        .collect();
+    let mut cmd =
+        Cli::command().after_help(format!("Examples:{all_examples}\n\n{tables}\n\n{formats}"));
+    for (name, example) in EXAMPLES {
+        let mut extra = format!(
+            "Example{}:\n  {example}",
+            if example.contains('\n') { "s" } else { "" }
+        );
+        if ["sql", "history", "changes", "check", "maintain"].contains(name) {
+            extra.push_str(&format!("\n\n{tables}"));
+        }
+        if ["generate", "validate"].contains(name) {
+            extra.push_str(&format!("\n\n{formats}"));
+        }
+        cmd = cmd.mut_subcommand(*name, |c| c.after_help(extra));
+    }
+    cmd
 }
 
+/// Entry point; returns the process exit code.
 pub fn main() -> i32 {
     use clap::FromArgMatches;
     let cli = match command()
@@ -332,6 +373,11 @@ fn context(args: &StageArgs) -> Result<RunContext> {
     let mut ctx = RunContext::new(pipeline);
     ctx.dry_run = args.dry_run;
     ctx.accept_mass_change = args.accept_mass_change;
+    if let Some(t) = &args.until {
+        ctx.until = Some(crate::formats::asof::parse_time(t).ok_or_else(|| {
+            Error::Usage(format!("--until: cannot read `{t}` as a date or time (use 2026-01-15 or 2026-01-15T08:00:00Z)"))
+        })?);
+    }
     if let Some(t) = &args.as_of {
         ctx.as_of_override = Some(crate::formats::asof::parse_time(t).ok_or_else(|| {
             Error::Usage(format!("--as-of: cannot read `{t}` as a date or time (use 2026-01-15 or 2026-01-15T08:00:00Z)"))
@@ -625,6 +671,25 @@ pub fn print_batches(batches: &[arrow::array::RecordBatch], format: OutputFormat
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    #[test]
+    fn every_command_has_an_example_and_the_query_commands_list_the_tables() {
+        let mut cmd = super::command();
+        for sub in cmd.get_subcommands_mut() {
+            if sub.is_hide_set() {
+                continue;
+            }
+            let help = sub.render_long_help().to_string();
+            assert!(
+                help.contains(&format!("elevflyt {}", sub.get_name())),
+                "{} --help has no example",
+                sub.get_name()
+            );
+            if ["sql", "history", "changes"].contains(&sub.get_name()) {
+                assert!(help.contains("elevliste_vgs") && help.contains("raw_<source>"));
+            }
+        }
+    }
 
     use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
 

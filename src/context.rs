@@ -16,6 +16,9 @@ pub struct RunContext {
     /// `--accept-mass-change`: publish a snapshot the mass-change guard would stop
     /// (docs/ARCHITECTURE.md, "Guards against a bad delivery").
     pub accept_mass_change: bool,
+    /// `--until`: only files dated (in their names) at or before this time are ingested; later
+    /// ones wait for a later run (a backlog loaded one day at a time).
+    pub until: Option<DateTime<Utc>>,
 }
 
 impl RunContext {
@@ -27,6 +30,7 @@ impl RunContext {
             as_of_override: None,
             dry_run: false,
             accept_mass_change: false,
+            until: None,
         }
     }
 }

@@ -202,11 +202,8 @@ pub async fn write(
         if attempt > 0 {
             table.update_state().await?;
         }
-        let mut props = commit_props(run_id, stage);
-        if mode == SaveMode::Overwrite {
-            props = props.with_application_transaction(claim(t, table.version().unwrap_or(0)));
-        }
-        commit_files(&table, adds.clone(), mode, props).await
+        let claimed = (mode == SaveMode::Overwrite).then(|| claim(t, table.version().unwrap_or(0)));
+        commit_files(&table, adds.clone(), mode, (run_id, stage), claimed).await
     })
     .await?;
     Ok(Some(version))
@@ -309,13 +306,22 @@ pub fn claim(t: &Table, read_version: u64) -> deltalake::kernel::Transaction {
 }
 
 /// Commits written files on top of the loaded version of `table`: an append, or an overwrite
-/// that removes every file of that version.
+/// that removes every file of that version. The commit carries the run id and stage, the
+/// operation metrics Spark records for a WRITE (files, rows and bytes written; `history` shows
+/// them), and the claim when there is one.
 async fn commit_files(
     table: &DeltaTable,
     mut actions: Vec<deltalake::kernel::Action>,
     mode: SaveMode,
-    props: CommitProperties,
+    (run_id, stage): (&str, &str),
+    claim: Option<deltalake::kernel::Transaction>,
 ) -> std::result::Result<i64, deltalake::DeltaTableError> {
+    let mut metadata = commit_metadata(run_id, stage);
+    metadata.push(("operationMetrics".into(), write_metrics(&actions)));
+    let mut props = CommitProperties::default().with_metadata(metadata);
+    if let Some(claim) = claim {
+        props = props.with_application_transaction(claim);
+    }
     use deltalake::kernel::transaction::CommitBuilder;
     use deltalake::protocol::DeltaOperation;
     let snapshot = table.snapshot()?;
@@ -338,6 +344,28 @@ async fn commit_files(
         .build(Some(snapshot), table.log_store(), operation)
         .await?;
     Ok(done.version() as i64)
+}
+
+/// A WRITE's `operationMetrics` as Spark names them, from the files it adds.
+fn write_metrics(actions: &[deltalake::kernel::Action]) -> serde_json::Value {
+    let (mut files, mut rows, mut bytes) = (0u64, 0u64, 0i64);
+    for a in actions {
+        if let deltalake::kernel::Action::Add(add) = a {
+            files += 1;
+            bytes += add.size;
+            rows += add
+                .stats
+                .as_deref()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+                .and_then(|s| s["numRecords"].as_u64())
+                .unwrap_or(0);
+        }
+    }
+    serde_json::json!({
+        "numFiles": files.to_string(),
+        "numOutputRows": rows.to_string(),
+        "numOutputBytes": bytes.to_string(),
+    })
 }
 
 /// Rows per Parquet row group: a writer holds one row group encoded before it goes to the
@@ -380,8 +408,7 @@ pub async fn write_claimed(
     let claim = claim(t, table.version().unwrap_or(0));
     let adds = write_files(&table, t, batches).await?;
     let files = adds.len();
-    let props = commit_props(run_id, stage).with_application_transaction(claim);
-    match commit_files(&table, adds, SaveMode::Append, props).await {
+    match commit_files(&table, adds, SaveMode::Append, (run_id, stage), Some(claim)).await {
         Ok(v) => Ok((Some(v), files)),
         Err(e) if is_conflict(&e) => Err(Error::Conflict(t.name.to_string())),
         Err(e) => Err(e.into()),

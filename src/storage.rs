@@ -284,12 +284,13 @@ mod tests {
         assert_eq!(listed.len(), 1);
         assert!(read_unchanged(&root, &listed[0]).await.unwrap().is_some());
         // Still being written: more rows arrive after the listing.
-        std::fs::write(&file, "kommunenummer;skolenummer\n4621;46520\n4621;46520\n").unwrap();
+        let whole = "kommunenummer;skolenummer\n4621;46520\n4621;46520\n";
+        std::fs::write(&file, whole).unwrap();
         assert!(read_unchanged(&root, &listed[0]).await.unwrap().is_none());
         // The next run lists it again and reads it whole.
         let listed = list_files(&root, &[]).await.unwrap();
         let bytes = read_unchanged(&root, &listed[0]).await.unwrap().unwrap();
-        assert_eq!(bytes.len(), 41);
+        assert_eq!(bytes, whole.as_bytes());
     }
 
     #[test]

@@ -183,7 +183,14 @@ async fn ingest_source_once(
     let mut steps = crate::context::Steps::new("ingest");
     let table = raw_table(&source.name);
     let root = ctx.pipeline.source_location(source)?;
-    let files = crate::storage::list_files(&root, &source.include).await?;
+    let mut files = crate::storage::list_files(&root, &source.include).await?;
+    let listed = files.len();
+    if let Some(until) = ctx.until {
+        files.retain(|f| asof::from_file_name(&f.name).is_none_or(|t| t <= until));
+        if files.len() < listed {
+            info!(source = %source.name, files = listed - files.len(), until = %until, "files dated later wait for a later run (--until)");
+        }
+    }
     // The append below is committed on top of exactly the version read here, so that a run
     // that appended in between makes it conflict instead of duplicating files.
     let existing = crate::delta::try_open(&ctx.pipeline.table_url(table.name)).await?;
@@ -191,7 +198,7 @@ async fn ingest_source_once(
     let mut known = known_files(existing.as_ref()).await?;
     steps.step("list files and read what raw has");
     m.files_seen += files.len();
-    if files.is_empty() {
+    if listed == 0 {
         if !source.optional {
             return Err(crate::error::Error::NoFiles {
                 source_name: source.name.clone(),

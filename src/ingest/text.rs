@@ -31,7 +31,20 @@ pub fn decode<'a>(file: &str, bytes: &'a [u8]) -> Result<(Cow<'a, str>, Encoding
     }
     let (text, enc) = match std::str::from_utf8(body) {
         Ok(s) => (Cow::Borrowed(s), Encoding::Utf8),
-        Err(_) => {
+        Err(e) => {
+            // UTF-8 text with a stray byte is not Windows-1252: decoded so, every æøå of the
+            // file would become mojibake and every name a new version. Refused, naming the line.
+            if has_utf8_letters(body) {
+                let at = e.valid_up_to();
+                let line = memchr::memchr_iter(b'\n', &body[..at]).count() as u64 + 1;
+                return Err(Error::input(
+                    file,
+                    Some(line),
+                    "the file is UTF-8 (it has UTF-8 æøå), but this line has a byte that is not UTF-8 \
+                     (mixed encodings, e.g. a line pasted from an older file): the file was not read; \
+                     save it as UTF-8 throughout and deliver it again",
+                ));
+            }
             let (s, _, had_errors) = encoding_rs::WINDOWS_1252.decode(body);
             if had_errors {
                 return Err(Error::input(file, None, "neither UTF-8 nor Windows-1252"));
@@ -47,6 +60,14 @@ pub fn decode<'a>(file: &str, bytes: &'a [u8]) -> Result<(Cow<'a, str>, Encoding
     Ok((text, enc))
 }
 
+/// Whether `bytes` hold at least one valid multi-byte UTF-8 character (Windows-1252 text
+/// practically never does: its æøå are single bytes that are not UTF-8 sequences).
+fn has_utf8_letters(bytes: &[u8]) -> bool {
+    bytes
+        .utf8_chunks()
+        .any(|chunk| chunk.valid().bytes().any(|b| b >= 0x80))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +81,13 @@ mod tests {
         assert!(decode("f", b"\xFF\xFEa\x00").is_err());
         let err = decode("x.csv", b"a\nb\x00").unwrap_err().to_string();
         assert!(err.contains("x.csv, line 2"), "{err}");
+        // UTF-8 names with one Windows-1252 byte on line 3: refused, not read as mojibake.
+        let mut mixed = "Bjørn\nÆrå\nKnut S".as_bytes().to_vec();
+        mixed.extend_from_slice(b"\xf8rli\n");
+        let err = decode("m.csv", &mixed).unwrap_err().to_string();
+        assert!(
+            err.contains("m.csv, line 3") && err.contains("not UTF-8"),
+            "{err}"
+        );
     }
 }

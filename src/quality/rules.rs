@@ -33,6 +33,9 @@ pub const FNR_SYNTETISK: &str = "fnr_syntetisk";
 pub const FNR_MANGLAR_NULL: &str = "fnr_manglar_null";
 pub const FNR_REPARERT: &str = "fnr_reparert";
 pub const FNR_MANGLAR: &str = "fnr_manglar";
+pub const FNR_FORMATERT: &str = "fnr_formatert";
+pub const FELT_FOR_LANGT: &str = "felt_for_langt";
+pub const SKULE_ULIK_LISTE: &str = "skule_ulik_liste";
 pub const PAKREVD_FELT: &str = "pakrevd_felt";
 pub const TRINN_UGYLDIG: &str = "trinn_ugyldig";
 pub const KOMMUNENUMMER_UKJENT: &str = "kommunenummer_ukjent";
@@ -57,10 +60,14 @@ pub const RULES: &[Rule] = &[
         "Fødselsnummeret har 10 siffer: den første nullen har falle bort (reparerast med repair_leading_zero)."),
     rule(FNR_REPARERT, Severity::Warn, "elev",
         "Fødselsnummeret mangla første null og vart reparert (repair_leading_zero = true)."),
+    rule(FNR_FORMATERT, Severity::Warn, "elev",
+        "Fødselsnummeret hadde mellomrom, punktum eller bindestrek; dei er fjerna, men bør rettast i skulesystemet."),
     rule(FNR_MANGLAR, Severity::Warn, "elev",
         "Eleven har ikkje fødselsnummer i kjelda (elevar i Vigo-lista må ha det)."),
     rule(PAKREVD_FELT, Severity::Drop, "elev",
         "Eit påkravd felt manglar (t.d. namn, skulenummer, fødselsnummer i Vigo-lista)."),
+    rule(FELT_FOR_LANGT, Severity::Drop, "elev",
+        "Eit namn eller ei adresse er lengre enn 200 teikn: ein feil i eksporten, ikkje eit namn."),
     rule(TRINN_UGYLDIG, Severity::Drop, "elevforhold",
         "Trinnet er ikkje mellom 1 og 10."),
     rule(KOMMUNENUMMER_UKJENT, Severity::Warn, "elev",
@@ -73,6 +80,8 @@ pub const RULES: &[Rule] = &[
         "Same elev står meir enn éin gong i same leveranse; berre den første vert publisert."),
     rule(UKJENT_SKOLE, Severity::Drop, "elevforhold",
         "Elevforholdet viser til ein skule som ikkje finst i leveransen eller i skule-tabellen."),
+    rule(SKULE_ULIK_LISTE, Severity::Drop, "elevforhold",
+        "Ei rad i ei skuleliste (Vigo) står på ein annan skule enn lista er for: eleven vert ikkje flytta."),
     rule(UKJENT_ELEV, Severity::Drop, "elevforhold",
         "Elevforholdet viser til ein elev som ikkje finst (eller vart forkasta) i leveransen."),
     Rule {

@@ -7,7 +7,7 @@ async fn deviations_a_later_list_fixes_are_resolved() {
     let dir = tempfile::tempdir().unwrap();
     let p = sample("voss.toml", &warehouse(&dir));
     crate::scenarios::load(&p).await;
-    // 46520's list of 1 November had three faults; its list of 15 November fixed them all.
+    // 46520's list of 1 November had four faults; its list of 15 November fixed them all.
     let run = rows(&p, "SELECT run_id FROM kjoring").await[0][0].clone();
     let got = rows(
         &p,
@@ -19,6 +19,7 @@ async fn deviations_a_later_list_fixes_are_resolved() {
         [
             ["fnr_reparert", "2026-11-01", run.as_str()],
             ["fnr_ugyldig", "2026-11-01", run.as_str()],
+            ["fnr_formatert", "2026-11-01", run.as_str()],
             ["duplikat", "2026-11-01", run.as_str()],
         ]
     );

@@ -367,11 +367,16 @@ async fn the_report_counts_pupils_with_invalid_numbers_not_masked_values() {
         ],
     );
     assert!(elevflyt(&["run", f]).status().unwrap().success());
-    let out = elevflyt(&["report", f, "--format", "json"]).output().unwrap();
+    let out = elevflyt(&["report", f, "--format", "json"])
+        .output()
+        .unwrap();
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["ugyldige_fodselsnummer"], 2, "{report}");
     let chart = &report["kvalitet_over_tid"];
-    assert_eq!(chart[chart.as_array().unwrap().len() - 1]["ugyldige_fodselsnummer"], 2.0);
+    assert_eq!(
+        chart[chart.as_array().unwrap().len() - 1]["ugyldige_fodselsnummer"],
+        2.0
+    );
     // The school fixes one: the next list counts one.
     vigo(
         &src,
@@ -384,7 +389,141 @@ async fn the_report_counts_pupils_with_invalid_numbers_not_masked_values() {
         ],
     );
     assert!(elevflyt(&["run", f]).status().unwrap().success());
-    let out = elevflyt(&["report", f, "--format", "json"]).output().unwrap();
+    let out = elevflyt(&["report", f, "--format", "json"])
+        .output()
+        .unwrap();
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["ugyldige_fodselsnummer"], 1, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_number_typed_with_a_space_is_read_and_reported_and_a_5_mb_name_stops_at_the_school() {
+    let (dir, src) = setup();
+    let pl = pipeline(dir.path(), &[("vigo", "vigo-csv", &src)], "");
+    let spaced = tenor(7, false);
+    let spaced = format!("{} {}", &spaced[..6], &spaced[6..]);
+    let huge = format!("Ane {}", "Å".repeat(5_000_000 / 2));
+    vigo(
+        &src,
+        "46520",
+        "20261101",
+        &[
+            (&spaced, "Bo Bu", "10A"),
+            (&tenor(8, false), &huge, "10A"),
+            (&tenor(9, false), "Cy Ce", "10A"),
+        ],
+    );
+    execute(&RunContext::new(pl.clone()), Stage::All)
+        .await
+        .unwrap();
+    // The spaced number is published normalised; the school reads a warning about it.
+    assert_eq!(
+        rows(
+            &pl,
+            "SELECT fodselsnummer FROM elevliste_vgs WHERE elev_namn = 'Bo Bu'"
+        )
+        .await,
+        [[tenor(7, false)]]
+    );
+    assert_eq!(
+        rows(
+            &pl,
+            "SELECT regel, alvorsgrad, felt, verdi FROM avvik ORDER BY regel"
+        )
+        .await,
+        t(&[
+            &["felt_for_langt", "drop", "etternavn", ""],
+            &[
+                "fnr_formatert",
+                "warn",
+                "fodselsnummer",
+                &format!("{}*****", &tenor(7, false)[..6])
+            ],
+        ])
+    );
+    // The broken name reaches neither the county's list nor any table but raw.
+    assert_eq!(count(&pl, "SELECT count(*) FROM elevliste_vgs").await, 2);
+    assert_eq!(
+        count(&pl, "SELECT max(length(etternavn)) FROM elev").await,
+        2,
+        "only the short names are stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vigo_list_whose_rows_name_another_school_moves_nobody() {
+    let (dir, src) = setup();
+    let pl = pipeline(dir.path(), &[("vigo", "vigo-csv", &src)], "");
+    let (a, b) = (tenor(7, false), tenor(8, false));
+    vigo(&src, "46520", "20261101", &[(&a, "Ane Ask", "10A")]);
+    vigo(&src, "46521", "20261101", &[(&b, "Bo Bu", "10A")]);
+    execute(&RunContext::new(pl.clone()), Stage::All)
+        .await
+        .unwrap();
+    // A list named for 46520 whose rows all say 46521 (a copy-paste from the other school).
+    let wrong = src.join("elevliste_46520_20261115.csv");
+    std::fs::write(
+        &wrong,
+        format!("kommunenummer;skolenummer;fylkesnummer;klasse;fødselsnummer;elev_namn\r\n4621;46521;46;10A;{b};Bo Bu\r\n"),
+    )
+    .unwrap();
+    let err = execute(&RunContext::new(pl.clone()), Stage::All)
+        .await
+        .unwrap_err();
+    // Its rows are deviations, so the list for 46520 is empty: the guard stops it.
+    assert!(err.to_string().contains("skule 46520"), "{err}");
+    assert_eq!(
+        rows(&pl, "SELECT regel, skolenummer, melding FROM avvik WHERE regel = 'skule_ulik_liste'").await,
+        t(&[&[
+            "skule_ulik_liste",
+            "46521",
+            "Rada står på skule 46521, men lista er for skule 46520: rett skulenummeret i lista, eller send lista for rett skule"
+        ]])
+    );
+    // Nobody moved: each pupil is still at their own school.
+    assert_eq!(
+        rows(
+            &pl,
+            "SELECT skolenummer, count(*) FROM elevforhold WHERE is_current GROUP BY 1 ORDER BY 1"
+        )
+        .await,
+        t(&[&["46520", "1"], &["46521", "1"]])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_utf8_list_with_one_stray_byte_is_refused_and_names_keep_their_letters() {
+    let (dir, src) = setup();
+    let pl = pipeline(dir.path(), &[("vigo", "vigo-csv", &src)], "");
+    let (a, b) = (tenor(7, false), tenor(8, false));
+    let header = "kommunenummer;skolenummer;fylkesnummer;klasse;fødselsnummer;elev_namn\n";
+    let utf8 =
+        format!("{header}4621;46520;46;10A;{a};Åse Bjørnstad\n4621;46520;46;10A;{b};Ærle Øyen\n");
+    std::fs::write(src.join("elevliste_46520_20261101.csv"), &utf8).unwrap();
+    execute(&RunContext::new(pl.clone()), Stage::All)
+        .await
+        .unwrap();
+    // The next list is UTF-8 too, but one line was pasted from a Windows-1252 file.
+    let mut mixed = utf8.replace("10A;", "10B;").into_bytes();
+    mixed.extend_from_slice(b"4621;46520;46;10B;");
+    mixed.extend_from_slice(tenor(9, false).as_bytes());
+    mixed.extend_from_slice(b";Kn\xf8t S\xf8rli\n");
+    std::fs::write(src.join("elevliste_46520_20261115.csv"), mixed).unwrap();
+    let err = execute(&RunContext::new(pl.clone()), Stage::All)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("elevliste_46520_20261115.csv, line 4") && msg.contains("not UTF-8"),
+        "{msg}"
+    );
+    // No name got a new version with mojibake.
+    assert_eq!(
+        rows(
+            &pl,
+            "SELECT etternavn, count(*) FROM elev GROUP BY 1 ORDER BY 1"
+        )
+        .await,
+        t(&[&["Bjørnstad", "1"], &["Øyen", "1"]])
+    );
 }

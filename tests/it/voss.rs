@@ -27,6 +27,8 @@ async fn hand_made_faults_become_deviations_and_schools_are_separate_scopes() {
         [
             ("fnr_reparert", "warn", "5"),
             ("fnr_ugyldig", "drop", "7"),
+            // "099211 82926": read, and the school is told to remove the space.
+            ("fnr_formatert", "warn", "10"),
             ("duplikat", "drop", "16")
         ]
     );

@@ -63,7 +63,8 @@ pub fn flatten<'a>(
         let Ok(v) = serde_json::from_str::<Value>(rec.post) else {
             continue;
         };
-        let fnr = digits(field(&v, "fodselsnummer"));
+        // As typed: validation strips spaces and tells the school (rule fnr_formatert).
+        let fnr = field(&v, "fodselsnummer");
         let skolenummer =
             digits(field(&v, "skolenummer")).or_else(|| snap.omfang.map(Cow::Borrowed));
         let kommune = digits(field(&v, "kommunenummer"));
@@ -82,7 +83,9 @@ pub fn flatten<'a>(
             skolenummer: skolenummer.clone(),
             system_id: None,
         };
-        if school.is_none() {
+        // The school row comes from a row at the list's own school (a row at another school
+        // is a deviation, not a school).
+        if school.is_none() && (snap.omfang.is_none() || skolenummer.as_deref() == snap.omfang) {
             if let Some(nr) = skolenummer.clone() {
                 school = Some(SkoleRow {
                     r: r.clone(),
@@ -96,7 +99,7 @@ pub fn flatten<'a>(
             }
         }
         out.elev.push(ElevRow {
-            kilde_nokkel: fnr.clone(),
+            kilde_nokkel: digits(fnr.clone()),
             fodselsnummer: fnr.clone(),
             kommunenummer: kommune,
             fornavn,
@@ -107,7 +110,7 @@ pub fn flatten<'a>(
         });
         out.elevforhold.push(EfRow {
             r,
-            elev_kilde_nokkel: fnr,
+            elev_kilde_nokkel: digits(fnr),
             system_id: None,
             skolenummer,
             trinn: Some(10),

@@ -28,45 +28,97 @@ pub fn canonical_header(h: &str) -> String {
     }
 }
 
-/// Splits one line on `;`, honouring double quotes (`""` inside quotes is a quote).
-pub fn split_line(line: &str) -> Vec<String> {
-    let mut fields = Vec::new();
+/// The records of a semicolon file as RFC 4180 reads them: a field that starts with a double
+/// quote runs to the closing quote, across `;` and line breaks (`""` inside it is a quote); a
+/// quote elsewhere is an ordinary character. Each record comes with the number of the line it
+/// starts on (from 1). A quoted field that is never closed is an error naming its line.
+pub fn records(file: &str, text: &str) -> Result<Vec<(u64, Vec<String>)>> {
+    let mut out = Vec::new();
+    let mut fields: Vec<String> = Vec::new();
     let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
+    let mut line = 1u64;
+    let mut record_line = 1u64;
+    let mut quoted_from: Option<u64> = None;
+    let mut at_field_start = true;
+    let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
+        if quoted_from.is_some() {
+            match c {
+                '"' if chars.peek() == Some(&'"') => {
+                    cur.push('"');
+                    chars.next();
+                }
+                '"' => quoted_from = None,
+                '\n' => {
+                    line += 1;
+                    cur.push('\n');
+                }
+                other => cur.push(other),
             }
-            '"' => quoted = !quoted,
-            ';' if !quoted => fields.push(std::mem::take(&mut cur)),
-            other => cur.push(other),
+            continue;
+        }
+        match c {
+            '"' if at_field_start => {
+                quoted_from = Some(line);
+                at_field_start = false;
+            }
+            ';' => {
+                fields.push(std::mem::take(&mut cur));
+                at_field_start = true;
+            }
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\n' => {
+                fields.push(std::mem::take(&mut cur));
+                out.push((record_line, std::mem::take(&mut fields)));
+                line += 1;
+                record_line = line;
+                at_field_start = true;
+            }
+            ' ' | '\t' if at_field_start => cur.push(c),
+            other => {
+                cur.push(other);
+                at_field_start = false;
+            }
         }
     }
-    fields.push(cur);
-    fields
+    if let Some(from) = quoted_from {
+        return Err(Error::input(
+            file,
+            Some(from),
+            "a quoted field that starts on this line is never closed (a missing `\"`)",
+        ));
+    }
+    if !cur.is_empty() || !fields.is_empty() {
+        fields.push(cur);
+        out.push((record_line, fields));
+    }
+    // Blank lines are not records.
+    out.retain(|(_, f)| f.iter().any(|v| !v.trim().is_empty()));
+    Ok(out)
+}
+
+/// Splits one line on `;` (see [`records`]).
+#[cfg(test)]
+pub fn split_line(line: &str) -> Vec<String> {
+    records("-", line)
+        .ok()
+        .and_then(|r| r.into_iter().next())
+        .map(|(_, f)| f)
+        .unwrap_or_default()
 }
 
 /// The records of one file (see [`crate::formats::Format::parse`]).
 pub fn parse<'a>(file: &str, text: &'a str) -> Result<ParsedFile<'a>> {
-    let mut lines = text
-        .split('\n')
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty());
-    let Some((header_idx, header_line)) = lines.next() else {
+    let mut lines = records(file, text)?.into_iter();
+    let Some((header_line, header)) = lines.next() else {
         return Err(Error::input(file, None, "the file is empty"));
     };
-    let header: Vec<String> = split_line(header_line)
-        .iter()
-        .map(|h| canonical_header(h))
-        .collect();
+    let header: Vec<String> = header.iter().map(|h| canonical_header(h)).collect();
     for required in ["skolenummer", "klasse", "fodselsnummer", "elev_namn"] {
         if !header.iter().any(|h| h == required) {
             return Err(Error::Input {
                     file: file.into(),
-                    line: Some(header_idx as u64 + 1),
+                    line: Some(header_line),
                     field: Some(required.into()),
                     message: format!(
                         "the header has no `{required}` column (expected kommunenummer;skolenummer;fylkesnummer;klasse;fødselsnummer;elev_namn)"
@@ -76,8 +128,7 @@ pub fn parse<'a>(file: &str, text: &'a str) -> Result<ParsedFile<'a>> {
     }
     let mut records = Vec::new();
     let mut school_counts: std::collections::BTreeMap<String, usize> = Default::default();
-    for (idx, line) in lines {
-        let fields = split_line(line);
+    for (line, fields) in lines {
         let mut obj = Map::new();
         for (i, value) in fields.iter().enumerate() {
             let name = match header.get(i) {
@@ -96,7 +147,7 @@ pub fn parse<'a>(file: &str, text: &'a str) -> Result<ParsedFile<'a>> {
         }
         records.push(Record {
             entitet: "elevliste",
-            rad: idx as i64 + 1,
+            rad: line as i64,
             post: Value::Object(obj).to_string().into(),
         });
     }
@@ -150,6 +201,33 @@ mod tests {
         let v: Value = serde_json::from_str(&p.records[0].post).unwrap();
         assert_eq!(v["fodselsnummer"], "010110 12345");
         assert_eq!(v["merknad"], "x");
+    }
+
+    #[test]
+    fn quoted_line_breaks_stay_in_their_field() {
+        let text = "skolenummer;klasse;fodselsnummer;elev_namn\r\n\
+                    46505;10A;01011012345;\"Kari\r\nNordmann\"\r\n\
+                    46505;10B;\"0201\n1012345\";O\"Brien\r\n";
+        let p = parse("elevliste_46505_20261101.csv", text).unwrap();
+        assert_eq!(p.records.len(), 2, "two pupils, not four lines");
+        assert_eq!(p.records[1].rad, 4, "the second pupil starts on line 4");
+        let v: Value = serde_json::from_str(&p.records[0].post).unwrap();
+        assert_eq!(v["elev_namn"], "Kari\r\nNordmann");
+        let v: Value = serde_json::from_str(&p.records[1].post).unwrap();
+        assert_eq!(
+            v["elev_namn"], "O\"Brien",
+            "a quote inside a field is a character"
+        );
+        let err = parse(
+            "l.csv",
+            "skolenummer;klasse;fodselsnummer;elev_namn\n1;2;\"3;4\n5;6;7;8\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("l.csv, line 2") && err.contains("never closed"),
+            "{err}"
+        );
     }
 
     #[test]

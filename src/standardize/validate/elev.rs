@@ -34,6 +34,8 @@ fn check_fnr(c: &mut Checker, e: &mut ElevRow<'_>, today: NaiveDate) -> bool {
         );
         return true;
     };
+    // A number typed with spaces or separators is read, but the school hears of it.
+    let had_separators = fnr::normalize(&raw).len() != raw.len();
     let norm = normalized(raw);
     let mut result = fnr::classify(&norm, today);
     if result == Err(fnr::FnrError::LeadingZeroLost) {
@@ -67,6 +69,10 @@ fn check_fnr(c: &mut Checker, e: &mut ElevRow<'_>, today: NaiveDate) -> bool {
                     format!("Fødselsnummeret er eit syntetisk testnummer ({}) og kan ikkje brukast i produksjon", info.kind.code()));
                 sev != Severity::Drop
             } else {
+                if had_separators {
+                    c.report(&e.r, rules::FNR_FORMATERT, Some("fodselsnummer"), Some(masked()),
+                        "Fødselsnummeret hadde mellomrom eller skiljeteikn (t.d. «010109 12345»), som er fjerna — rett det i skulesystemet");
+                }
                 if e.fodselsdato.is_none() {
                     e.fodselsdato = info.birth_date;
                 }
@@ -103,6 +109,10 @@ struct ElevPart {
 
 /// The checks of one pupil that need no other row. Fills the school the pupil's deviations go
 /// to; returns whether the row may be kept.
+/// The longest name or address part accepted (Folkeregisteret's name parts are far shorter): a
+/// longer one is a broken export, not a name, and must not reach the county's list.
+pub const MAX_TEXT_CHARS: usize = 200;
+
 fn check_elev<'a>(
     c: &mut Checker,
     part: &mut ElevPart,
@@ -127,6 +137,25 @@ fn check_elev<'a>(
             "Eleven manglar fornamn eller etternamn",
         );
         keep &= sev != Severity::Drop;
+    }
+    for (field, value) in [
+        ("fornavn", &e.fornavn),
+        ("mellomnavn", &e.mellomnavn),
+        ("etternavn", &e.etternavn),
+        ("bostedsadresse", &e.bostedsadresse),
+        ("epostadresse", &e.epostadresse),
+    ] {
+        let chars = value.as_deref().map_or(0, |v| v.chars().count());
+        if chars > MAX_TEXT_CHARS {
+            let sev = c.report(
+                &e.r,
+                rules::FELT_FOR_LANGT,
+                Some(field),
+                None,
+                format!("Feltet har {chars} teikn (meir enn {MAX_TEXT_CHARS}): truleg ein feil i eksporten — rett det i skulesystemet"),
+            );
+            keep &= sev != Severity::Drop;
+        }
     }
     if e.kilde_nokkel.is_none() && !e.fnr_required {
         let sev = c.report(

@@ -122,6 +122,22 @@ fn check_elevforhold(
         );
         return false;
     };
+    // A per-school list names its school; a row at another school would move the pupil there.
+    if let Some(list) = c.snapshot.0.as_deref().filter(|list| *list != skole) {
+        let melding = format!(
+            "Rada står på skule {skole}, men lista er for skule {list}: rett skulenummeret i lista, eller send lista for rett skule"
+        );
+        let sev = c.report(
+            &ef.r,
+            rules::SKULE_ULIK_LISTE,
+            Some("skolenummer"),
+            Some(crate::quality::fnr::mask_code(skole)),
+            melding,
+        );
+        if sev == Severity::Drop {
+            return false;
+        }
+    }
     if !schools.contains(skole) {
         let sev = c.report(
             &ef.r,
