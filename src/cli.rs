@@ -328,6 +328,21 @@ pub fn command() -> clap::Command {
     cmd
 }
 
+/// A panic on a runtime thread is caught where its task is awaited and comes back as an error
+/// (with the panic's message), which is said once at the end; the default hook would print it
+/// with a backtrace first (a dependency panics so when, say, the disk is full). A panic on the
+/// main thread is a crash and is printed as usual.
+fn quiet_task_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name() == Some("main") {
+            default(info);
+        } else {
+            tracing::debug!(panic = %info, "a task panicked (reported as an error where it is awaited)");
+        }
+    }));
+}
+
 /// Entry point; returns the process exit code.
 pub fn main() -> i32 {
     use clap::FromArgMatches;
@@ -343,6 +358,7 @@ pub fn main() -> i32 {
         }
     };
     init_logging(&cli);
+    quiet_task_panics();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -3,6 +3,7 @@
 //! Interface. Not here: SCD2 logic (publish/scd2.rs).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch};
 use arrow::compute::cast;
@@ -18,7 +19,44 @@ use crate::error::{Error, Result};
 use crate::schema::{Kind, Table};
 
 /// Builds an unloaded table handle on the shared object store for `url`.
+/// Delta's default log store for the cloud schemes. Commits are put-if-absent (object_store's
+/// `PutMode::Create`: `If-None-Match: *` on S3, the equivalents on Azure and GCS), so two
+/// writers can never both commit a version — what delta-rs's own cloud crates register too.
+#[derive(Debug)]
+struct CloudLogStore;
+
+impl deltalake::logstore::LogStoreFactory for CloudLogStore {
+    fn with_options(
+        &self,
+        prefixed_store: deltalake::logstore::ObjectStoreRef,
+        root_store: deltalake::logstore::ObjectStoreRef,
+        location: &Url,
+        options: &deltalake::logstore::StorageConfig,
+    ) -> deltalake::DeltaResult<Arc<dyn deltalake::logstore::LogStore>> {
+        Ok(deltalake::logstore::default_logstore(
+            prefixed_store,
+            root_store,
+            location,
+            options,
+        ))
+    }
+}
+
+/// Registers [`CloudLogStore`] for every cloud scheme elevflyt opens (once per process).
+fn register_cloud_log_stores() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let factories = deltalake::logstore::logstore_factories();
+        for scheme in ["s3", "s3a", "az", "abfs", "abfss", "azure", "gs"] {
+            if let Ok(url) = Url::parse(&format!("{scheme}://")) {
+                factories.insert(url, Arc::new(CloudLogStore));
+            }
+        }
+    });
+}
+
 fn builder(url: &Url) -> Result<DeltaTableBuilder> {
+    register_cloud_log_stores();
     let store = crate::storage::store_for(url)?;
     let mut root = url.clone();
     root.set_path("/");
@@ -562,6 +600,39 @@ mod tests {
 
     use arrow::array::{Array, Int64Array, RecordBatch};
     use arrow::datatypes::{DataType, Field, Schema};
+
+    /// Without delta-rs's cloud crates, an `s3://` table still gets Delta's default log store:
+    /// it is created, its log is where Delta readers look, and it is not created twice.
+    #[tokio::test]
+    async fn cloud_tables_get_a_log_store_without_the_delta_rs_cloud_crates() {
+        use object_store::{ObjectStore, ObjectStoreExt};
+        super::register_cloud_log_stores();
+        let url = url::Url::parse("s3://bucket/lake/t").unwrap();
+        let mut root = url.clone();
+        root.set_path("/");
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let table = |store: Arc<dyn ObjectStore>| {
+            deltalake::DeltaTableBuilder::from_url(url.clone())
+                .unwrap()
+                .with_storage_backend(store, root.clone())
+                .build()
+                .unwrap()
+        };
+        let created = table(store.clone())
+            .create()
+            .with_columns(crate::schema::SKOLE.delta_fields())
+            .await
+            .unwrap();
+        assert_eq!(created.version(), Some(0));
+        let log = object_store::path::Path::from("lake/t/_delta_log/00000000000000000000.json");
+        assert!(store.head(&log).await.is_ok());
+        let again = table(store.clone())
+            .create()
+            .with_columns(crate::schema::SKOLE.delta_fields())
+            .with_save_mode(deltalake::protocol::SaveMode::ErrorIfExists)
+            .await;
+        assert!(again.is_err(), "version 0 exists: a second create is refused");
+    }
 
     #[test]
     fn split_rows_keeps_every_row_in_order() {

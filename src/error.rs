@@ -84,6 +84,14 @@ pub enum Error {
     #[error("SCD2 invariant broken in {table}: {detail}; nothing was committed")]
     Invariant { table: String, detail: String },
 
+    /// The disk (or quota) under the warehouse is full. Every table stays at its last committed
+    /// version: a commit is the last step of a write, so nothing half-written is ever read.
+    #[error(
+        "no space left on device under {0}: the run stopped, every table is at its last \
+         committed version; free space and run again"
+    )]
+    DiskFull(String),
+
     /// A bug in elevflyt, not in the data: the message says what was expected.
     #[error("internal error: {0}")]
     Internal(String),
@@ -104,6 +112,17 @@ fn location(line: Option<u64>, field: Option<&str>) -> String {
 }
 
 impl Error {
+    /// Whether the error comes from a full disk (ENOSPC), however deep a dependency wrapped it.
+    pub fn is_disk_full(&self) -> bool {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(e) = source {
+            text.push_str(&e.to_string());
+            source = e.source();
+        }
+        text.contains("No space left on device") || text.contains("os error 28")
+    }
+
     pub fn input(file: impl Into<String>, line: Option<u64>, message: impl Into<String>) -> Self {
         Error::Input {
             file: file.into(),

@@ -64,6 +64,9 @@ pub struct Summary {
 /// Runs one stage or all of them. A broken `fail` rule returns `Error::RuleFailed` after the
 /// deviations, metrics and run log are written.
 pub async fn execute(ctx: &RunContext, stage: Stage) -> Result<Summary> {
+    // Storage first (also in a dry run: it says what the real run would meet). A warehouse that
+    // cannot be reached has nowhere to log the run either: the error is the only message.
+    check_storage(ctx, stage).await?;
     let mut summary = Summary {
         run_id: ctx.run_id.clone(),
         ..Default::default()
@@ -71,7 +74,12 @@ pub async fn execute(ctx: &RunContext, stage: Stage) -> Result<Summary> {
     let mut measured = Measured::default();
     let mut versions = serde_json::Map::new();
     let result = run_stages(ctx, stage, &mut summary, &mut measured, &mut versions).await;
+    // A full disk has no room for the run log either: said once, cleanly.
+    if result.as_ref().is_err_and(Error::is_disk_full) {
+        return Err(Error::DiskFull(ctx.pipeline.table_url("").to_string()));
+    }
     let bookkeeping = std::time::Instant::now();
+    let mut log_failed: Option<(&str, Error)> = None;
     let (status, melding) = match &result {
         Ok(()) => ("ok", None),
         Err(Error::RuleFailed(m)) => ("fail", Some(m.clone())),
@@ -92,7 +100,7 @@ pub async fn execute(ctx: &RunContext, stage: Stage) -> Result<Summary> {
                     versions.insert("kvalitet".into(), json!(v));
                 }
                 Ok(None) => {}
-                Err(e) => error!(error = %e, "could not write kvalitet"),
+                Err(e) => log_failed = Some(("kvalitet", e)),
             }
         }
         let log = RunLog {
@@ -110,14 +118,41 @@ pub async fn execute(ctx: &RunContext, stage: Stage) -> Result<Summary> {
             delta_versions: serde_json::Value::Object(versions.clone()),
         };
         if let Err(e) = crate::metrics::write_kjoring(ctx, &log).await {
-            error!(error = %e, "could not write kjoring");
+            log_failed = Some(("kjoring", e));
         }
     }
     summary.delta_versions = serde_json::Value::Object(versions);
     summary
         .stage_seconds
         .insert("bookkeeping", seconds(bookkeeping));
-    result.map(|_| summary)
+    if let (Err(_), Some((table, e))) = (&result, &log_failed) {
+        // The run's own error is said at the end; this one is about its log.
+        error!(error = %e, table, "could not write the run log");
+    }
+    result?;
+    // The data is published, but a run that could not log itself is not "ok".
+    if let Some((table, e)) = log_failed {
+        if e.is_disk_full() {
+            return Err(Error::DiskFull(ctx.pipeline.table_url("").to_string()));
+        }
+        return Err(Error::Other(format!(
+            "the run published its data, but could not write `{table}`: {e}"
+        )));
+    }
+    Ok(summary)
+}
+
+/// The warehouse and, when files are read, every source location can be reached with the
+/// credentials in the environment.
+async fn check_storage(ctx: &RunContext, stage: Stage) -> Result<()> {
+    crate::storage::check_access(&ctx.pipeline.table_url(""), "warehouse").await?;
+    if matches!(stage, Stage::All | Stage::Ingest) {
+        for source in &ctx.pipeline.file.sources {
+            let url = ctx.pipeline.source_location(source)?;
+            crate::storage::check_access(&url, &format!("source `{}`", source.name)).await?;
+        }
+    }
+    Ok(())
 }
 
 fn seconds(since: std::time::Instant) -> f64 {
@@ -132,6 +167,7 @@ async fn run_stages(
     versions: &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
     info!(pipeline = ctx.pipeline.name(), run_id = %ctx.run_id, stage = stage.name(), dry_run = ctx.dry_run, "starting");
+
     // The raw rows this run committed, handed to standardize instead of being read back.
     let mut committed = std::collections::HashMap::new();
     if matches!(stage, Stage::All | Stage::Ingest) {

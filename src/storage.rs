@@ -74,21 +74,33 @@ pub fn store_for(url: &Url) -> Result<Arc<DynObjectStore>> {
     let store: Arc<DynObjectStore> = match url.scheme() {
         "file" => Arc::new(object_store::local::LocalFileSystem::new()),
         "memory" => Arc::new(InMemory::new()),
-        "s3" | "s3a" => Arc::new(
-            object_store::aws::AmazonS3Builder::from_env()
-                .with_url(url.as_str())
-                .build()?,
-        ),
-        "az" | "abfs" | "abfss" | "azure" => Arc::new(
-            object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_url(url.as_str())
-                .build()?,
-        ),
-        "gs" => Arc::new(
-            object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_url(url.as_str())
-                .build()?,
-        ),
+        "s3" | "s3a" => {
+            require_credentials(url)?;
+            Arc::new(
+                object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(url.as_str())
+                    .with_retry(retry())
+                    .build()?,
+            )
+        }
+        "az" | "abfs" | "abfss" | "azure" => {
+            require_credentials(url)?;
+            Arc::new(
+                object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_url(url.as_str())
+                    .with_retry(retry())
+                    .build()?,
+            )
+        }
+        "gs" => {
+            require_credentials(url)?;
+            Arc::new(
+                object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_url(url.as_str())
+                    .with_retry(retry())
+                    .build()?,
+            )
+        }
         other => {
             return Err(Error::Usage(format!(
                 "unsupported storage scheme `{other}`"
@@ -97,6 +109,127 @@ pub fn store_for(url: &Url) -> Result<Arc<DynObjectStore>> {
     };
     stores.insert(key, store.clone());
     Ok(store)
+}
+
+/// Retries of a cloud request: a few, within a minute (the default retries for minutes, which a
+/// scheduled job and a dry run should not wait for when storage is unreachable).
+fn retry() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 3,
+        retry_timeout: std::time::Duration::from_secs(60),
+        ..Default::default()
+    }
+}
+
+/// The environment variables that give each cloud its credentials; any one group is enough.
+/// Without one, the provider's client would ask the cloud's instance metadata service
+/// (169.254.169.254) and fail far from the cause; that is allowed only when asked for
+/// (`AWS_METADATA_ENDPOINT`, `AZURE_MSI_ENDPOINT`, `GOOGLE_METADATA_ENDPOINT`… set).
+const CREDENTIALS: &[(&str, &[&[&str]], &str)] = &[
+    (
+        "s3",
+        &[
+            &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
+            &["AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"],
+            &["AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"],
+            &["AWS_CONTAINER_CREDENTIALS_FULL_URI"],
+            &["AWS_SKIP_SIGNATURE"],
+            &["AWS_METADATA_ENDPOINT"],
+        ],
+        "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (with AWS_REGION, and AWS_ENDPOINT for \
+         S3-compatible storage); on a machine with an instance role set AWS_METADATA_ENDPOINT",
+    ),
+    (
+        "azure",
+        &[
+            &["AZURE_STORAGE_ACCOUNT_KEY"],
+            &["AZURE_STORAGE_ACCESS_KEY"],
+            &["AZURE_STORAGE_SAS_KEY"],
+            &["AZURE_STORAGE_TOKEN"],
+            &["AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID"],
+            &["AZURE_FEDERATED_TOKEN_FILE"],
+            &["AZURE_STORAGE_USE_EMULATOR"],
+            &["AZURE_SKIP_SIGNATURE"],
+            &["AZURE_MSI_ENDPOINT"],
+            &["AZURE_USE_AZURE_CLI"],
+        ],
+        "set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or AZURE_STORAGE_SAS_KEY, or \
+         AZURE_CLIENT_ID, AZURE_CLIENT_SECRET and AZURE_TENANT_ID); with a managed identity set \
+         AZURE_MSI_ENDPOINT",
+    ),
+    (
+        "gs",
+        &[
+            &["GOOGLE_SERVICE_ACCOUNT"],
+            &["GOOGLE_SERVICE_ACCOUNT_PATH"],
+            &["GOOGLE_SERVICE_ACCOUNT_KEY"],
+            &["GOOGLE_APPLICATION_CREDENTIALS"],
+            &["GOOGLE_SKIP_SIGNATURE"],
+            &["GOOGLE_METADATA_ENDPOINT"],
+        ],
+        "set GOOGLE_APPLICATION_CREDENTIALS (or GOOGLE_SERVICE_ACCOUNT_PATH) to a service-account \
+         key file; on a machine with a service account set GOOGLE_METADATA_ENDPOINT",
+    ),
+];
+
+/// Refuses a cloud location when the environment gives no credentials for it (see
+/// [`CREDENTIALS`]), naming the variables to set. Nothing is sent anywhere.
+fn require_credentials(url: &Url) -> Result<()> {
+    let cloud = match url.scheme() {
+        "s3" | "s3a" => "s3",
+        "gs" => "gs",
+        _ => "azure",
+    };
+    let Some((_, groups, hint)) = CREDENTIALS.iter().find(|(c, _, _)| *c == cloud) else {
+        return Ok(());
+    };
+    let set = |v: &&str| std::env::var(v).is_ok_and(|x| !x.trim().is_empty());
+    if groups.iter().any(|g| g.iter().all(set)) {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "{url}: no credentials for it in the environment: {hint}"
+    )))
+}
+
+/// Checks that a location can be read (listed) before a run relies on it, so that a dry run
+/// says what a real run would meet: missing credentials, an unknown bucket, no network. A local
+/// location that does not exist yet is fine when its nearest existing folder can be written.
+pub async fn check_access(url: &Url, what: &str) -> Result<()> {
+    if url.scheme() == "file" {
+        let Ok(path) = url.to_file_path() else {
+            return Err(Error::Usage(format!("{what}: not a local path: {url}")));
+        };
+        let mut p = path.as_path();
+        while !p.exists() {
+            match p.parent() {
+                Some(parent) => p = parent,
+                None => break,
+            }
+        }
+        if p.exists() && !p.is_dir() {
+            return Err(Error::Usage(format!(
+                "{what} {}: {} is a file, not a folder",
+                path.display(),
+                p.display()
+            )));
+        }
+        return Ok(());
+    }
+    let store = store_for(url)?;
+    let prefix = object_path(url)?;
+    let listed = tokio::time::timeout(
+        std::time::Duration::from_secs(90),
+        store.list_with_delimiter(Some(&prefix)),
+    )
+    .await;
+    match listed {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(Error::Usage(format!("{what} {url}: cannot be read: {e}"))),
+        Err(_) => Err(Error::Usage(format!(
+            "{what} {url}: no answer within 90 s (check the endpoint and the network)"
+        ))),
+    }
 }
 
 /// Path of `url` inside its store.

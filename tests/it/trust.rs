@@ -527,3 +527,135 @@ async fn a_utf8_list_with_one_stray_byte_is_refused_and_names_keep_their_letters
         t(&[&["Bjørnstad", "1"], &["Øyen", "1"]])
     );
 }
+
+/// The cloud credential variables, removed from a child's environment.
+const CLOUD_VARIABLES: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_SKIP_SIGNATURE",
+    "AWS_METADATA_ENDPOINT",
+    "AWS_ENDPOINT",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_ACCESS_KEY",
+    "AZURE_STORAGE_SAS_KEY",
+    "AZURE_STORAGE_TOKEN",
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_TENANT_ID",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_STORAGE_USE_EMULATOR",
+    "AZURE_SKIP_SIGNATURE",
+    "AZURE_MSI_ENDPOINT",
+    "AZURE_USE_AZURE_CLI",
+];
+
+fn without_cloud_credentials(mut c: std::process::Command) -> std::process::Command {
+    for v in CLOUD_VARIABLES {
+        c.env_remove(v);
+    }
+    c
+}
+
+#[test]
+fn a_dry_run_against_cloud_storage_says_which_credentials_are_missing() {
+    let bergen = crate::common::repo().join("pipelines/bergen.toml");
+    let f = bergen.to_str().unwrap();
+    for (warehouse, variable) in [
+        ("s3://elevflyt-test/lake", "AWS_ACCESS_KEY_ID"),
+        ("az://elevflyt/lake", "AZURE_STORAGE_ACCOUNT_KEY"),
+    ] {
+        // Nothing is sent: without credentials the run stops before any request.
+        let out =
+            without_cloud_credentials(elevflyt(&["run", f, "--warehouse", warehouse, "--dry-run"]))
+                .output()
+                .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(variable) && !stderr.contains("169.254"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "said once: {stderr}");
+    }
+    // Credentials, but storage that does not answer: the dry run says so instead of "ok".
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let out = without_cloud_credentials(elevflyt(&[
+        "run",
+        f,
+        "--warehouse",
+        "s3://elevflyt-test/lake",
+        "--dry-run",
+    ]))
+    .env("AWS_ACCESS_KEY_ID", "test")
+    .env("AWS_SECRET_ACCESS_KEY", "test")
+    .env("AWS_REGION", "eu-north-1")
+    .env("AWS_ENDPOINT", format!("http://127.0.0.1:{port}"))
+    .env("AWS_ALLOW_HTTP", "true")
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("warehouse s3://elevflyt-test/lake") && stderr.contains("cannot be read"),
+        "{stderr}"
+    );
+}
+
+/// A small tmpfs mounted for a test, unmounted when dropped (also when the test fails).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_is_said_once_and_leaves_consistent_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&dir.path().join("disk"), "120k") else {
+        // Mounting needs root (CI and the development machine have it).
+        eprintln!("SKIPPED: cannot mount a tmpfs here");
+        return;
+    };
+    let w = disk.0.join("lake");
+    let w = w.to_str().unwrap();
+    let bergen = crate::common::repo().join("pipelines/bergen.toml");
+    let out = elevflyt(&["run", bergen.to_str().unwrap(), "--warehouse", w])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let not_info: Vec<&str> = stderr.lines().filter(|l| !l.contains(" INFO ")).collect();
+    assert_eq!(not_info.len(), 1, "one message: {not_info:?}");
+    assert!(
+        not_info[0].starts_with("error: no space left on device under"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+    let p = crate::common::sample("bergen.toml", w);
+    assert!(elevflyt::ops::check(&p).await.unwrap().is_empty());
+}
