@@ -631,7 +631,10 @@ mod tests {
             .with_columns(crate::schema::SKOLE.delta_fields())
             .with_save_mode(deltalake::protocol::SaveMode::ErrorIfExists)
             .await;
-        assert!(again.is_err(), "version 0 exists: a second create is refused");
+        assert!(
+            again.is_err(),
+            "version 0 exists: a second create is refused"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::quality::{rules::MASSEENDRING, Severity};
 
 /// Below this many current rows in a scope only emptying it counts as a mass change (a small
 /// school's list legitimately loses half of its few pupils).
-const MIN_ROWS_FOR_SHARE: usize = 20;
+const MIN_ROWS_FOR_SHARE: usize = 10;
 
 /// Whether what a snapshot did is a mass change: it emptied its scope (it has no rows where
 /// there were some), or ended more than `threshold` of a scope of at least

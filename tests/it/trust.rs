@@ -659,3 +659,44 @@ async fn a_full_disk_is_said_once_and_leaves_consistent_tables() {
     let p = crate::common::sample("bergen.toml", w);
     assert!(elevflyt::ops::check(&p).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_that_would_empty_the_county_list_keeps_the_list_until_accepted() {
+    let (dir, src) = setup();
+    let pl = pipeline(dir.path(), &[("vigilo", "oneroster-json", &src)], "");
+    oneroster(&src, "2026-01-10", &pupils(12, "46591"));
+    execute(&RunContext::new(pl.clone()), Stage::All)
+        .await
+        .unwrap();
+    assert_eq!(count(&pl, "SELECT count(*) FROM elevliste_vgs").await, 12);
+    let list_version = versions(&pl, &["elevliste_vgs"]).await;
+    // Every 10th grader suddenly in a 5th-grade class (a broken class mapping): no pupil or
+    // enrollment ends, but the county's list would be emptied.
+    let fifth: Vec<P> = pupils(12, "46591")
+        .into_iter()
+        .map(|mut p| {
+            p.class = "5A".into();
+            p
+        })
+        .collect();
+    oneroster(&src, "2026-02-10", &fifth);
+    for _ in 0..2 {
+        let err = execute(&RunContext::new(pl.clone()), Stage::All)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("elevliste_vgs: lista til fylket ville gå frå 12 til 0 rader"),
+            "{err}"
+        );
+        assert_eq!(
+            versions(&pl, &["elevliste_vgs"]).await,
+            list_version,
+            "the county reads the old list"
+        );
+    }
+    let mut ctx = RunContext::new(pl.clone());
+    ctx.accept_mass_change = true;
+    execute(&ctx, Stage::All).await.unwrap();
+    assert_eq!(count(&pl, "SELECT count(*) FROM elevliste_vgs").await, 0);
+}
