@@ -75,8 +75,9 @@ pub async fn execute(ctx: &RunContext, stage: Stage) -> Result<Summary> {
     let mut versions = serde_json::Map::new();
     let result = run_stages(ctx, stage, &mut summary, &mut measured, &mut versions).await;
     // A full disk has no room for the run log either: said once, cleanly.
+    let disk_full = || Error::DiskFull(ctx.pipeline.table_url("").to_string());
     if result.as_ref().is_err_and(Error::is_disk_full) {
-        return Err(Error::DiskFull(ctx.pipeline.table_url("").to_string()));
+        return Err(disk_full());
     }
     let bookkeeping = std::time::Instant::now();
     let mut log_failed: Option<(&str, Error)> = None;
@@ -133,7 +134,7 @@ pub async fn execute(ctx: &RunContext, stage: Stage) -> Result<Summary> {
     // The data is published, but a run that could not log itself is not "ok".
     if let Some((table, e)) = log_failed {
         if e.is_disk_full() {
-            return Err(Error::DiskFull(ctx.pipeline.table_url("").to_string()));
+            return Err(disk_full());
         }
         return Err(Error::Other(format!(
             "the run published its data, but could not write `{table}`: {e}"
@@ -167,7 +168,6 @@ async fn run_stages(
     versions: &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
     info!(pipeline = ctx.pipeline.name(), run_id = %ctx.run_id, stage = stage.name(), dry_run = ctx.dry_run, "starting");
-
     // The raw rows this run committed, handed to standardize instead of being read back.
     let mut committed = std::collections::HashMap::new();
     if matches!(stage, Stage::All | Stage::Ingest) {

@@ -194,7 +194,8 @@ fn require_credentials(url: &Url) -> Result<()> {
 
 /// Checks that a location can be read (listed) before a run relies on it, so that a dry run
 /// says what a real run would meet: missing credentials, an unknown bucket, no network. A local
-/// location that does not exist yet is fine when its nearest existing folder can be written.
+/// location that does not exist yet is fine unless a file stands where a folder of its path
+/// must be created.
 pub async fn check_access(url: &Url, what: &str) -> Result<()> {
     if url.scheme() == "file" {
         let Ok(path) = url.to_file_path() else {

@@ -402,6 +402,8 @@ async fn a_number_typed_with_a_space_is_read_and_reported_and_a_5_mb_name_stops_
     let pl = pipeline(dir.path(), &[("vigo", "vigo-csv", &src)], "");
     let spaced = tenor(7, false);
     let spaced = format!("{} {}", &spaced[..6], &spaced[6..]);
+    let dashed = tenor(10, false);
+    let dashed = format!("{}-{}", &dashed[..6], &dashed[6..]);
     let huge = format!("Ane {}", "Å".repeat(5_000_000 / 2));
     vigo(
         &src,
@@ -411,12 +413,22 @@ async fn a_number_typed_with_a_space_is_read_and_reported_and_a_5_mb_name_stops_
             (&spaced, "Bo Bu", "10A"),
             (&tenor(8, false), &huge, "10A"),
             (&tenor(9, false), "Cy Ce", "10A"),
+            (&dashed, "Di Do", "10A"),
         ],
     );
     execute(&RunContext::new(pl.clone()), Stage::All)
         .await
         .unwrap();
-    // The spaced number is published normalised; the school reads a warning about it.
+    // The spaced and the dashed number are published normalised, each pupil with the
+    // enrollment of the same row; the school reads a warning about each.
+    assert_eq!(
+        rows(
+            &pl,
+            "SELECT fodselsnummer FROM elevliste_vgs WHERE elev_namn = 'Di Do'"
+        )
+        .await,
+        [[tenor(10, false)]]
+    );
     assert_eq!(
         rows(
             &pl,
@@ -439,10 +451,16 @@ async fn a_number_typed_with_a_space_is_read_and_reported_and_a_5_mb_name_stops_
                 "fodselsnummer",
                 &format!("{}*****", &tenor(7, false)[..6])
             ],
+            &[
+                "fnr_formatert",
+                "warn",
+                "fodselsnummer",
+                &format!("{}*****", &tenor(10, false)[..6])
+            ],
         ])
     );
     // The broken name reaches neither the county's list nor any table but raw.
-    assert_eq!(count(&pl, "SELECT count(*) FROM elevliste_vgs").await, 2);
+    assert_eq!(count(&pl, "SELECT count(*) FROM elevliste_vgs").await, 3);
     assert_eq!(
         count(&pl, "SELECT max(length(etternavn)) FROM elev").await,
         2,
