@@ -71,6 +71,16 @@ pub enum Command {
     Validate(PipelineArgs),
     /// List the quality rules with their default severity and what they check.
     Rules,
+    /// Serve the tables a sharing file names over the Delta Sharing protocol (for the county's
+    /// admission office): per-recipient tokens, row restrictions, signed file URLs, transfer
+    /// windows; every read is logged in `utlevering`. Runs until Ctrl-C or SIGTERM.
+    Serve(ServeArgs),
+    /// Manage the recipients' access in a sharing file: mint a token (profile file), revoke one.
+    #[command(subcommand)]
+    Share(ShareCommand),
+    /// Write the county list as files for a county still on files (logged in `utlevering`).
+    #[command(subcommand)]
+    Export(ExportCommand),
     /// Print the table reference (Markdown) generated from the schema definitions.
     #[command(hide = true)]
     SchemaDocs,
@@ -103,7 +113,8 @@ pub struct StageArgs {
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Kommunenummer, or `alle` for every kommune in the 2024 list (a national set).
+    /// Kommunenummer (several, comma-separated, spread the schools over them), or `alle` for
+    /// every kommune in the 2024 list (a national set).
     #[arg(long, default_value = "4601")]
     pub kommune: String,
     /// Number of pupils in the first snapshot.
@@ -131,6 +142,91 @@ pub struct GenerateArgs {
     /// Folder to write into.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The sharing file (TOML), e.g. pipelines/sharing-vestland.toml.
+    pub sharing: PathBuf,
+    /// Address to listen on instead of the file's `[server] listen` (port 0: any free port).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Fix the server's clock at this time (RFC 3339), for tests and rehearsals of a transfer
+    /// window only: the windows open and close by it, file URLs expire by it.
+    #[arg(long)]
+    pub now: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ShareCommand {
+    /// Mint a bearer token for a recipient: writes its profile file (shareCredentialsVersion 1)
+    /// and prints the token once. The sharing file keeps only the token's SHA-256; a running
+    /// server picks it up at once.
+    Token(ShareTokenArgs),
+    /// Revoke a recipient's token (or all of them); a running server refuses it at once.
+    Revoke(ShareRevokeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ShareTokenArgs {
+    /// The sharing file (TOML).
+    pub sharing: PathBuf,
+    /// The recipient (`[[recipient]] name`).
+    #[arg(long)]
+    pub recipient: String,
+    /// Days until the token expires.
+    #[arg(long, default_value_t = 30)]
+    pub days: u32,
+    /// Where to write the profile file (give it to the recipient, by a secure channel).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ShareRevokeArgs {
+    /// The sharing file (TOML).
+    pub sharing: PathBuf,
+    #[arg(long)]
+    pub recipient: String,
+    /// The token's id (in the sharing file); without it, every token of the recipient.
+    #[arg(long)]
+    pub token: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExportCommand {
+    /// The legacy Vigo elevliste: `kommunenummer;skolenummer;fylkesnummer;klasse;fødselsnummer;
+    /// elev_namn`, one file per school, `elevliste_<skolenummer>_<yyyymmdd>.csv`.
+    Vigo(ExportVigoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExportVigoArgs {
+    /// The pipeline file (TOML).
+    pub pipeline: PathBuf,
+    /// Warehouse root to use instead of the pipeline file's.
+    #[arg(long)]
+    pub warehouse: Option<String>,
+    /// The county (fylkesnummer) whose pupils are exported.
+    #[arg(long)]
+    pub fylke: String,
+    /// Only this school (skolenummer).
+    #[arg(long)]
+    pub skule: Option<String>,
+    /// The folder to write the files in.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// windows-1252 as the legacy file, or utf-8.
+    #[arg(long, value_enum, default_value_t = ExportEncoding::Windows1252)]
+    pub encoding: ExportEncoding,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportEncoding {
+    #[value(name = "windows-1252")]
+    Windows1252,
+    #[value(name = "utf-8")]
+    Utf8,
 }
 
 #[derive(Args, Debug)]
@@ -285,6 +381,9 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("generate", "elevflyt generate --kommune 4601 --pupils 10000 --snapshots 3 --out data/\n  elevflyt generate --kommune alle --pupils 1000000 --format vigo-csv --out data/"),
     ("validate", "elevflyt validate pipelines/bergen.toml"),
     ("rules", "elevflyt rules"),
+    ("serve", "elevflyt serve pipelines/sharing-vestland.toml\n  elevflyt serve pipelines/sharing-vestland.toml --listen 127.0.0.1:0"),
+    ("share", "elevflyt share token pipelines/sharing-vestland.toml --recipient vestland --days 30 --out vestland.share\n  elevflyt share revoke pipelines/sharing-vestland.toml --recipient vestland"),
+    ("export", "elevflyt export vigo pipelines/bergen.toml --fylke 46 --out eksport/\n  elevflyt export vigo pipelines/voss.toml --fylke 46 --skule 46520 --encoding utf-8 --out eksport/"),
 ];
 
 /// The command line with what only the running program knows: the registered input formats,
@@ -459,6 +558,48 @@ async fn dispatch(cmd: Command) -> Result<()> {
             print_rules();
             return Ok(());
         }
+        Command::Serve(a) => {
+            let now = a
+                .now
+                .as_deref()
+                .map(|t| {
+                    chrono::DateTime::parse_from_rfc3339(t)
+                        .map(|t| t.with_timezone(&chrono::Utc))
+                        .map_err(|_| Error::Usage(format!("--now `{t}`: use a time like 2027-03-01T12:00:00+01:00")))
+                })
+                .transpose()?;
+            return crate::sharing::serve(&a.sharing, a.listen, now).await;
+        }
+        Command::Share(ShareCommand::Token(a)) => {
+            let sharing = crate::sharing::config::Sharing::load(&a.sharing)?;
+            let token = crate::sharing::tokens::mint(&sharing, &a.recipient, a.days, &a.out)?;
+            eprintln!(
+                "Wrote the profile file {} for `{}` (valid {} days). The token, shown this once:",
+                a.out.display(),
+                a.recipient,
+                a.days
+            );
+            println!("{token}");
+            return Ok(());
+        }
+        Command::Share(ShareCommand::Revoke(a)) => {
+            let sharing = crate::sharing::config::Sharing::load(&a.sharing)?;
+            let n = crate::sharing::tokens::revoke(&sharing, &a.recipient, a.token.as_deref())?;
+            println!("revoked {n} token(s) of `{}`", a.recipient);
+            return Ok(());
+        }
+        Command::Export(ExportCommand::Vigo(a)) => {
+            let p = Pipeline::load(&a.pipeline, a.warehouse.as_deref())?;
+            let encoding = match a.encoding {
+                ExportEncoding::Windows1252 => crate::sharing::export::Encoding::Windows1252,
+                ExportEncoding::Utf8 => crate::sharing::export::Encoding::Utf8,
+            };
+            let done =
+                crate::sharing::export::vigo(&p, &a.fylke, a.skule.as_deref(), &a.out, encoding)
+                    .await?;
+            println!("{}", serde_json::to_string_pretty(&done).unwrap_or_default());
+            return Ok(());
+        }
         Command::SchemaDocs => {
             print!("{}", crate::schema::markdown_reference());
             return Ok(());
@@ -523,13 +664,14 @@ fn generate(a: GenerateArgs) -> Result<()> {
             .into_iter()
             .map(str::to_string)
             .collect()
-    } else if crate::quality::kommuner::is_kommune(&a.kommune) {
-        vec![a.kommune.clone()]
     } else {
-        return Err(Error::Usage(format!(
-            "--kommune `{}` is not in the 2024 list (or `alle`)",
-            a.kommune
-        )));
+        let list: Vec<String> = a.kommune.split(',').map(|k| k.trim().to_string()).collect();
+        if let Some(bad) = list.iter().find(|k| !crate::quality::kommuner::is_kommune(k)) {
+            return Err(Error::Usage(format!(
+                "--kommune `{bad}` is not in the 2024 list (give kommunenummer, comma-separated, or `alle`)"
+            )));
+        }
+        list
     };
     let format =
         crate::formats::find(&a.format).map_err(|e| Error::Usage(format!("--format: {e}")))?;

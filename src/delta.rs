@@ -16,7 +16,7 @@ use url::Url;
 
 use crate::config::Pipeline;
 use crate::error::{Error, Result};
-use crate::schema::{Kind, Table};
+use crate::schema::Table;
 
 /// Builds an unloaded table handle on the shared object store for `url`.
 /// Delta's default log store for the cloud schemes. Commits are put-if-absent (object_store's
@@ -123,7 +123,7 @@ pub async fn open_or_create(p: &Pipeline, t: &Table) -> Result<DeltaTable> {
     // without a checkpoint opening replays every commit since the last one, which grows with
     // each daily run.
     config.insert("delta.checkpointInterval".into(), Some("10".into()));
-    if t.kind == Kind::Scd2 {
+    if t.change_data_feed() {
         config.insert("delta.enableChangeDataFeed".into(), Some("true".into()));
     }
     // No file statistics of personal columns in the Delta log (docs/ARCHITECTURE.md, "Privacy").
@@ -245,6 +245,11 @@ pub async fn write(
     })
     .await?;
     Ok(Some(version))
+}
+
+/// A UTC timestamp column (microseconds) of a table.
+pub fn timestamps(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
+    Arc::new(arrow::array::TimestampMicrosecondArray::from(values.collect::<Vec<_>>()).with_timezone("UTC"))
 }
 
 /// Rows per Parquet file below which a write is not split over cores.

@@ -24,6 +24,7 @@ pub mod quality;
 pub mod report;
 pub mod run;
 pub mod schema;
+pub mod sharing;
 pub mod sqlfn;
 pub mod standardize;
 pub mod storage;

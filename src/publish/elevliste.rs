@@ -1,14 +1,19 @@
-//! `elevliste_vgs`: the county's list of current 10th graders, rewritten whole from the current
-//! rows of `elev`, `elevforhold` and `skole` (the query is `elevliste.sql`) whenever they changed.
+//! `elevliste_vgs`: the county's list of current 10th graders, made from the current rows of
+//! `elev`, `elevforhold` and `skole` (the query is `elevliste.sql`) whenever they changed, and
+//! committed as the change it is (with a Change Data Feed of the changed rows only).
 
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
-use deltalake::protocol::SaveMode;
+use deltalake::datafusion::prelude::SessionContext;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::Action;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::DeltaTable;
 
 use super::staged::ts;
 use crate::context::RunContext;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::schema;
 
 /// Whether `elevliste_vgs` is missing or older than the newest commit of the tables it is made of.
@@ -45,15 +50,118 @@ pub const ELEVLISTE_SQL: &str = include_str!("elevliste.sql");
 /// The county list without a `skole` table: fylke and kommune from the pupil's rows.
 const NO_SKOLE: &str = "LEFT JOIN (SELECT NULL AS skolenummer, NULL AS fylkesnummer, NULL AS kommunenummer) s ON false";
 
-/// Rows in the county list as it is (0 when there is none yet).
-async fn rows_now(ctx: &RunContext) -> Result<usize> {
-    let session = crate::delta::session(&ctx.pipeline, &["elevliste_vgs"]).await?;
-    super::metrics::row_count(&session, "elevliste_vgs").await
+
+/// The list's columns but `lastet_tid`: what a row of the list says about a pupil.
+const CONTENT: [&str; 6] = [
+    "fylkesnummer",
+    "kommunenummer",
+    "skolenummer",
+    "klasse",
+    "fodselsnummer",
+    "elev_namn",
+];
+
+/// One row of the list: its content and when it was first written as it is.
+#[derive(Clone)]
+struct Row {
+    content: [Option<String>; 6],
+    lastet_tid: i64,
 }
 
-/// Rewrites the list, unless the mass-change guard stops it (`guard::check_county_list`).
+impl Row {
+    fn fylke(&self) -> Option<&str> {
+        self.content[0].as_deref()
+    }
+}
+
+fn rows_of(batches: &[RecordBatch], lastet_tid: Option<i64>) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for b in batches {
+        let cols: Vec<_> = CONTENT
+            .iter()
+            .map(|c| crate::delta::text(b, c))
+            .collect::<Result<_>>()?;
+        let loaded = match lastet_tid {
+            Some(_) => None,
+            None => Some(crate::delta::micros(b, "lastet_tid")?),
+        };
+        for i in 0..b.num_rows() {
+            rows.push(Row {
+                content: std::array::from_fn(|c| cols[c].opt(i).map(str::to_string)),
+                lastet_tid: match (&loaded, lastet_tid) {
+                    (Some(l), _) => l.value(i),
+                    (None, t) => t.unwrap_or_default(),
+                },
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// What a new list changes in the stored one. A row that is in both keeps its `lastet_tid`
+/// and is written nowhere else: the Change Data Feed holds only the rows that changed
+/// (docs/ARCHITECTURE.md, "Sharing").
+struct Diff {
+    /// The new list, in its order.
+    rows: Vec<Row>,
+    inserted: Vec<Row>,
+    deleted: Vec<Row>,
+}
+
+fn diff(old: Vec<Row>, new: Vec<Row>) -> Diff {
+    let mut stored: std::collections::HashMap<[Option<String>; 6], Vec<Row>> =
+        std::collections::HashMap::new();
+    for r in old {
+        stored.entry(r.content.clone()).or_default().push(r);
+    }
+    let mut rows = Vec::with_capacity(new.len());
+    let mut inserted = Vec::new();
+    for r in new {
+        match stored.get_mut(&r.content).and_then(Vec::pop) {
+            Some(kept) => rows.push(kept),
+            None => {
+                inserted.push(r.clone());
+                rows.push(r);
+            }
+        }
+    }
+    let mut deleted: Vec<Row> = stored.into_values().flatten().collect();
+    deleted.sort_by(|a, b| a.content.cmp(&b.content));
+    Diff {
+        rows,
+        inserted,
+        deleted,
+    }
+}
+
+/// Rows as a batch of the list, with or without the partition column.
+fn batch(rows: &[&Row], with_fylke: bool) -> Result<RecordBatch> {
+    let full = schema::ELEVLISTE_VGS.arrow_schema();
+    let fields: Vec<_> = full
+        .fields()
+        .iter()
+        .filter(|f| with_fylke || f.name() != "fylkesnummer")
+        .cloned()
+        .collect();
+    let out = Arc::new(arrow::datatypes::Schema::new(fields));
+    let mut cols: Vec<ArrayRef> = Vec::new();
+    for f in out.fields() {
+        cols.push(match CONTENT.iter().position(|c| c == f.name()) {
+            Some(c) => Arc::new(arrow::array::StringArray::from_iter(
+                rows.iter().map(|r| r.content[c].as_deref()),
+            )),
+            None => ts(rows.iter().map(|r| Some(r.lastet_tid))),
+        });
+    }
+    Ok(RecordBatch::try_new(out, cols)?)
+}
+
+/// Writes the list as the change it is, unless the mass-change guard stops it
+/// (`guard::check_county_list`): the partitions (fylke) whose rows changed get new files, the
+/// others keep theirs, and a Change Data Feed file per changed fylke holds the inserted and
+/// deleted rows. A run that changes nothing in the list commits only its claim, so the list is
+/// no longer behind its sources and the county sees no change.
 pub async fn write(ctx: &RunContext) -> Result<(usize, Option<i64>)> {
-    let before = rows_now(ctx).await?;
     let session = crate::delta::session(&ctx.pipeline, &schema::SCD2_NAMES).await?;
     if !crate::delta::has_table(&session, "elev")
         || !crate::delta::has_table(&session, "elevforhold")
@@ -68,34 +176,104 @@ pub async fn write(ctx: &RunContext) -> Result<(usize, Option<i64>)> {
             NO_SKOLE,
         )
     };
-    let batches = crate::delta::query(&session, &sql).await?;
     let now = chrono::Utc::now().timestamp_micros();
+    let new = rows_of(&crate::delta::query(&session, &sql).await?, Some(now))?;
     let t = &schema::ELEVLISTE_VGS;
-    let schema = t.arrow_schema();
-    let mut out = Vec::new();
-    for b in &batches {
-        let mut cols: Vec<ArrayRef> = Vec::new();
-        for f in schema.fields() {
-            cols.push(match f.name().as_str() {
-                "lastet_tid" => ts((0..b.num_rows()).map(|_| Some(now))),
-                name => Arc::new(crate::delta::strings(b, name)?),
-            });
+    let table = with_change_data_feed(crate::delta::open_or_create(&ctx.pipeline, t).await?).await?;
+    let read_version = table.version().unwrap_or(0);
+    let old = if read_version == 0 {
+        Vec::new()
+    } else {
+        let stored = SessionContext::new();
+        crate::delta::register(&stored, t.name, &table).await?;
+        rows_of(
+            &crate::delta::query(&stored, "SELECT * FROM elevliste_vgs").await?,
+            None,
+        )?
+    };
+    super::guard::check_county_list(ctx, old.len(), new.len())?;
+    let rows = new.len();
+    let d = diff(old, new);
+    let changed: std::collections::BTreeSet<Option<&str>> = d
+        .inserted
+        .iter()
+        .chain(&d.deleted)
+        .map(Row::fylke)
+        .collect();
+    let mut actions = Vec::new();
+    if !changed.is_empty() {
+        let kept: Vec<&Row> = d
+            .rows
+            .iter()
+            .filter(|r| changed.contains(&r.fylke()))
+            .collect();
+        if !kept.is_empty() {
+            actions = crate::delta::write_files(&table, t, vec![batch(&kept, true)?]).await?;
         }
-        out.push(RecordBatch::try_new(schema.clone(), cols)?);
+        for f in crate::delta::file_views(&table).await? {
+            let fylke = f.partition_values_map().remove("fylkesnummer").flatten();
+            if changed.contains(&fylke.as_deref()) {
+                actions.push(Action::Remove(f.remove_action(true)));
+            }
+        }
+        let cdf_schema = batch(&[], false)?.schema();
+        for fylke in &changed {
+            let pick = |rows: &[Row]| -> Result<Vec<RecordBatch>> {
+                let of: Vec<&Row> = rows.iter().filter(|r| r.fylke() == *fylke).collect();
+                Ok(vec![batch(&of, false)?])
+            };
+            let changes = [(pick(&d.inserted)?, "insert"), (pick(&d.deleted)?, "delete")];
+            actions.push(
+                super::merge_record::change_data_in(
+                    &table,
+                    &cdf_schema,
+                    &changes,
+                    Some(("fylkesnummer", *fylke)),
+                )
+                .await?,
+            );
+        }
     }
-    let rows = crate::delta::row_count(&out);
-    super::guard::check_county_list(ctx, before, rows)?;
-    if out.is_empty() {
-        out.push(RecordBatch::new_empty(schema.clone()));
+    let metrics = serde_json::json!({
+        "numOutputRows": rows.to_string(),
+        "numInsertedRows": d.inserted.len().to_string(),
+        "numDeletedRows": d.deleted.len().to_string(),
+        "numChangedPartitions": changed.len().to_string(),
+    });
+    let mut metadata = crate::delta::commit_metadata(&ctx.run_id, "publish");
+    metadata.push(("operationMetrics".into(), metrics));
+    let props = CommitProperties::default()
+        .with_metadata(metadata)
+        .with_application_transaction(crate::delta::claim(t, read_version));
+    let operation = DeltaOperation::Write {
+        mode: SaveMode::Overwrite,
+        partition_by: Some(vec!["fylkesnummer".into()]),
+        predicate: None,
+    };
+    let done = CommitBuilder::from(props)
+        .with_actions(actions)
+        .build(Some(table.snapshot()?), table.log_store(), operation)
+        .await
+        .map_err(|e| match crate::delta::is_conflict(&e) {
+            true => Error::ConcurrentRun(t.name.to_string()),
+            false => e.into(),
+        })?;
+    Ok((rows, Some(done.version() as i64)))
+}
+
+/// Switches the Change Data Feed on for a list written before it was (an older warehouse).
+async fn with_change_data_feed(table: DeltaTable) -> Result<DeltaTable> {
+    use deltalake::table::config::TablePropertiesExt;
+    let on = table
+        .snapshot()?
+        .snapshot()
+        .table_properties()
+        .enable_change_data_feed();
+    if on {
+        return Ok(table);
     }
-    let v = crate::delta::write(
-        &ctx.pipeline,
-        t,
-        out,
-        SaveMode::Overwrite,
-        &ctx.run_id,
-        "publish",
-    )
-    .await?;
-    Ok((rows, v))
+    Ok(table
+        .set_tbl_properties()
+        .with_properties([("delta.enableChangeDataFeed".to_string(), "true".to_string())].into())
+        .await?)
 }

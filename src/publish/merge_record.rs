@@ -54,6 +54,17 @@ pub async fn change_data(
     schema: &SchemaRef,
     changes: &[(Vec<RecordBatch>, &str)],
 ) -> Result<Action> {
+    change_data_in(table, schema, changes, None).await
+}
+
+/// [`change_data`] for one partition of a partitioned table: `schema` and the rows without the
+/// partition column, whose value the action carries (as Delta keeps it for data files).
+pub async fn change_data_in(
+    table: &DeltaTable,
+    schema: &SchemaRef,
+    changes: &[(Vec<RecordBatch>, &str)],
+    partition: Option<(&str, Option<&str>)>,
+) -> Result<Action> {
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| (**f).clone()).collect();
     fields.push(Field::new("_change_type", DataType::Utf8, true));
     let cdc_schema = Arc::new(Schema::new(fields));
@@ -70,8 +81,13 @@ pub async fn change_data(
         }
     }
     w.close()?;
+    let folder = match partition {
+        Some((column, Some(value))) => format!("_change_data/{column}={value}/"),
+        Some((column, None)) => format!("_change_data/{column}=__HIVE_DEFAULT_PARTITION__/"),
+        None => "_change_data/".to_string(),
+    };
     let path = format!(
-        "_change_data/cdc-00000-{}.c000.snappy.parquet",
+        "{folder}cdc-00000-{}.c000.snappy.parquet",
         uuid::Uuid::new_v4()
     );
     let size = buf.len() as i64;
@@ -82,7 +98,9 @@ pub async fn change_data(
     Ok(Action::Cdc(AddCDCFile {
         path,
         size,
-        partition_values: Default::default(),
+        partition_values: partition
+            .map(|(c, v)| [(c.to_string(), v.map(str::to_string))].into())
+            .unwrap_or_default(),
         data_change: false,
         tags: None,
     }))

@@ -74,11 +74,6 @@ pub async fn current_count(session: &SessionContext, table: &str) -> Result<usiz
     count_where(session, table, "is_current").await
 }
 
-/// Rows of a table (0 without the table).
-pub async fn row_count(session: &SessionContext, table: &str) -> Result<usize> {
-    count_where(session, table, "true").await
-}
-
 async fn count_where(session: &SessionContext, table: &str, condition: &str) -> Result<usize> {
     if !crate::delta::has_table(session, table) {
         return Ok(0);

@@ -120,6 +120,12 @@ impl Table {
         self.columns.iter().find(|c| c.name == name)
     }
 
+    /// Whether the table records a Change Data Feed: the history tables, and the county list,
+    /// which the county reads as changes (docs/ARCHITECTURE.md, "Sharing").
+    pub fn change_data_feed(&self) -> bool {
+        self.kind == Kind::Scd2 || self.name == ELEVLISTE_VGS.name
+    }
+
     /// Business columns: everything but the SCD2 bookkeeping.
     pub fn business_columns(&self) -> impl Iterator<Item = &Column> {
         self.columns.iter().filter(|c| {

@@ -304,6 +304,30 @@ pub const ELEVLISTE_VGS: Table = Table {
     ],
 };
 
+/// The disclosure log: every read of shared data and every export, by whom, of which version
+/// (docs/ARCHITECTURE.md, "Sharing"). Never a fødselsnummer or a name: who received which pupils
+/// is answered by joining `versjon` with the table's history.
+pub const UTLEVERING: Table = Table {
+    name: "utlevering",
+    description: "Utleveringslogg: kven som fekk kva for data frå delinga eller som eksport, når, og av kva versjon.",
+    kind: Kind::Append,
+    key: None,
+    partition_by: &[],
+    columns: &[
+        col("tid", Timestamp, false, "Når dataa vart utleverte"),
+        col("mottakar", String, false, "Mottakar (namnet i delingsfila), eller `fil` for ein eksport"),
+        col("deling", String, true, "Deling (share) det vart lese gjennom"),
+        col("tabell", String, false, "Tabellen som vart lesen"),
+        col("versjon", Long, true, "Delta-versjonen som vart utlevert (til og med, for endringar)"),
+        col("fra_versjon", Long, true, "Første versjon for endringar (Change Data Feed)"),
+        col("operasjon", String, false, "query, changes, download eller export"),
+        col("filer", Long, false, "Tal på filer"),
+        col("rader", Long, false, "Tal på rader i filene"),
+        col("avgrensing", String, true, "Radavgrensinga mottakaren har, t.d. fylkesnummer=46"),
+        col("request_id", String, false, "Førespurnads-ID (også i svaret, `x-request-id`)"),
+    ],
+};
+
 pub const ELEV_ID: Table = Table {
     name: "elev_id",
     description: "Identitetskart: kva kildesystem-ID og fødselsnummer kvar stabile elev-ID er sett med, og når.",
@@ -450,4 +474,5 @@ pub const PUBLISHED: &[&Table] = &[
     &KVALITET,
     &KJORING,
     &ELEVLISTE_VGS,
+    &UTLEVERING,
 ];

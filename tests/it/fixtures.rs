@@ -62,6 +62,15 @@ pub fn p(sid: &str, fnr: &str, family: &str, school: &str, class: &str) -> P {
     }
 }
 
+/// A school's OneRoster metadata: schools numbered 03… are in Oslo (fylke 03), the rest in the
+/// pipeline's kommune.
+fn school_metadata(s: &str) -> serde_json::Value {
+    match s.starts_with("03") {
+        true => json!({"skolenummer": s, "kommunenummer": "0301"}),
+        false => json!({"skolenummer": s}),
+    }
+}
+
 /// Writes one OneRoster snapshot (one file with every collection) dated `date`.
 pub fn oneroster(dir: &Path, date: &str, pupils: &[P]) -> PathBuf {
     let mut schools: Vec<&str> = pupils.iter().map(|p| p.school.as_str()).collect();
@@ -71,7 +80,7 @@ pub fn oneroster(dir: &Path, date: &str, pupils: &[P]) -> PathBuf {
     let orgs: Vec<_> = schools
         .iter()
         .map(|s| json!({"sourcedId": format!("o{s}"), "status": "active", "name": format!("Skule {s}"), "type": "school",
-                        "identifier": "974760673", "metadata": {"skolenummer": s}}))
+                        "identifier": "974760673", "metadata": school_metadata(s)}))
         .collect();
     let mut classes = Vec::new();
     for s in &schools {

@@ -12,5 +12,6 @@ mod ops;
 mod property;
 mod quality;
 mod scenarios;
+mod sharing;
 mod trust;
 mod voss;
