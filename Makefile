@@ -10,7 +10,7 @@ VENV := .venv
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN := $(TARGET_DIR)/debug/elevflyt
 
-.PHONY: all build run test test-structure test-rust test-readers venv chromium interop bench docs fmt lint clean compare
+.PHONY: all build run test test-structure test-rust test-readers test-sharing venv chromium openssl interop bench docs fmt lint clean compare
 
 all: build
 
@@ -28,7 +28,7 @@ run: build
 	@echo "Tables written under ./lakehouse. Try:"
 	@echo "  $(BIN) sql pipelines/bergen.toml \"SELECT skolenummer, klasse, count(*) AS elevar FROM elevforhold WHERE is_current GROUP BY 1, 2 ORDER BY 1, 2\""
 
-test: test-structure test-rust test-readers
+test: test-structure test-rust test-readers test-sharing
 
 # The module map has no cycles (docs/ARCHITECTURE.md, "Module map"); -v prints it.
 test-structure:
@@ -50,6 +50,22 @@ chromium:
 
 test-readers: build venv chromium
 	ELEVFLYT_BIN=$(abspath $(BIN)) $(VENV)/bin/python -m pytest -q -s tests/readers
+
+# The county's side of `elevflyt serve`: the official Delta Sharing client (delta-sharing 1.4.2,
+# which pins pandas<3 and pyarrow<=23.0.1) in a virtual environment of its own, over HTTP and TLS
+# (a certificate made by openssl in the test).
+SHARING_VENV := .venv-sharing
+
+$(SHARING_VENV)/.installed: tests/sharing/requirements.txt
+	$(PYTHON) -m venv $(SHARING_VENV)
+	$(SHARING_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/sharing/requirements.txt
+	touch $@
+
+openssl:
+	@command -v openssl >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl; }
+
+test-sharing: build $(SHARING_VENV)/.installed openssl
+	NO_PROXY=127.0.0.1,localhost ELEVFLYT_BIN=$(abspath $(BIN)) $(SHARING_VENV)/bin/python -m pytest -q -s tests/sharing
 
 # Apache Spark + delta-spark (the reference implementation) reads every table and must see what
 # elevflyt returns. Needs Java 17 and Maven (Maven Central) for the delta-spark jars.
