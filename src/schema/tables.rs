@@ -284,7 +284,7 @@ pub const KJORING: Table = Table {
 pub const ELEVLISTE_VGS: Table = Table {
     name: "elevliste_vgs",
     description:
-        "Elevliste til fylkeskommunen: noverande elevar på 10. trinn. Partisjonert per fylke.",
+        "Elevliste til fylkeskommunen: noverande elevar på 10. trinn. Partisjonert per fylke; Change Data Feed med berre radene som endra seg.",
     kind: Kind::Overwrite,
     key: None,
     partition_by: &["fylkesnummer"],
