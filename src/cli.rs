@@ -565,7 +565,11 @@ async fn dispatch(cmd: Command) -> Result<()> {
                 .map(|t| {
                     chrono::DateTime::parse_from_rfc3339(t)
                         .map(|t| t.with_timezone(&chrono::Utc))
-                        .map_err(|_| Error::Usage(format!("--now `{t}`: use a time like 2027-03-01T12:00:00+01:00")))
+                        .map_err(|_| {
+                            Error::Usage(format!(
+                                "--now `{t}`: use a time like 2027-03-01T12:00:00+01:00"
+                            ))
+                        })
                 })
                 .transpose()?;
             return crate::sharing::serve(&a.sharing, a.listen, now).await;
@@ -597,7 +601,10 @@ async fn dispatch(cmd: Command) -> Result<()> {
             let done =
                 crate::sharing::export::vigo(&p, &a.fylke, a.skule.as_deref(), &a.out, encoding)
                     .await?;
-            println!("{}", serde_json::to_string_pretty(&done).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&done).unwrap_or_default()
+            );
             return Ok(());
         }
         Command::SchemaDocs => {
@@ -666,7 +673,10 @@ fn generate(a: GenerateArgs) -> Result<()> {
             .collect()
     } else {
         let list: Vec<String> = a.kommune.split(',').map(|k| k.trim().to_string()).collect();
-        if let Some(bad) = list.iter().find(|k| !crate::quality::kommuner::is_kommune(k)) {
+        if let Some(bad) = list
+            .iter()
+            .find(|k| !crate::quality::kommuner::is_kommune(k))
+        {
             return Err(Error::Usage(format!(
                 "--kommune `{bad}` is not in the 2024 list (give kommunenummer, comma-separated, or `alle`)"
             )));

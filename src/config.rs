@@ -86,7 +86,10 @@ impl Pipeline {
     pub fn parse(text: &str, path: &Path, warehouse_override: Option<&str>) -> Result<Pipeline> {
         let file: PipelineFile = toml::from_str(text).map_err(|e| Error::Config {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message: match text.contains("[[share]]") || text.contains("[[recipient]]") {
+                true => "this is a sharing file (for `elevflyt serve`), not a pipeline file".into(),
+                false => e.to_string(),
+            },
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let config_err = |message: String| Error::Config {

@@ -249,7 +249,10 @@ pub async fn write(
 
 /// A UTC timestamp column (microseconds) of a table.
 pub fn timestamps(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
-    Arc::new(arrow::array::TimestampMicrosecondArray::from(values.collect::<Vec<_>>()).with_timezone("UTC"))
+    Arc::new(
+        arrow::array::TimestampMicrosecondArray::from(values.collect::<Vec<_>>())
+            .with_timezone("UTC"),
+    )
 }
 
 /// Rows per Parquet file below which a write is not split over cores.

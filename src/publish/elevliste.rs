@@ -50,7 +50,6 @@ pub const ELEVLISTE_SQL: &str = include_str!("elevliste.sql");
 /// The county list without a `skole` table: fylke and kommune from the pupil's rows.
 const NO_SKOLE: &str = "LEFT JOIN (SELECT NULL AS skolenummer, NULL AS fylkesnummer, NULL AS kommunenummer) s ON false";
 
-
 /// The list's columns but `lastet_tid`: what a row of the list says about a pupil.
 const CONTENT: [&str; 6] = [
     "fylkesnummer",
@@ -179,7 +178,8 @@ pub async fn write(ctx: &RunContext) -> Result<(usize, Option<i64>)> {
     let now = chrono::Utc::now().timestamp_micros();
     let new = rows_of(&crate::delta::query(&session, &sql).await?, Some(now))?;
     let t = &schema::ELEVLISTE_VGS;
-    let table = with_change_data_feed(crate::delta::open_or_create(&ctx.pipeline, t).await?).await?;
+    let table =
+        with_change_data_feed(crate::delta::open_or_create(&ctx.pipeline, t).await?).await?;
     let read_version = table.version().unwrap_or(0);
     let old = if read_version == 0 {
         Vec::new()
@@ -222,7 +222,10 @@ pub async fn write(ctx: &RunContext) -> Result<(usize, Option<i64>)> {
                 let of: Vec<&Row> = rows.iter().filter(|r| r.fylke() == *fylke).collect();
                 Ok(vec![batch(&of, false)?])
             };
-            let changes = [(pick(&d.inserted)?, "insert"), (pick(&d.deleted)?, "delete")];
+            let changes = [
+                (pick(&d.inserted)?, "insert"),
+                (pick(&d.deleted)?, "delete"),
+            ];
             actions.push(
                 super::merge_record::change_data_in(
                     &table,

@@ -272,7 +272,10 @@ impl Sharing {
         let mut pipelines: BTreeMap<PathBuf, Arc<Pipeline>> = BTreeMap::new();
         for sh in &file.shares {
             if !valid_name(&sh.name) {
-                return Err(bad(format!("share `{}`: a name has only letters a-z, digits, _ and -", sh.name)));
+                return Err(bad(format!(
+                    "share `{}`: a name has only letters a-z, digits, _ and -",
+                    sh.name
+                )));
             }
             if shares.iter().any(|o| o.name.eq_ignore_ascii_case(&sh.name)) {
                 return Err(bad(format!("share `{}` is named twice", sh.name)));
@@ -284,7 +287,10 @@ impl Sharing {
                     Some(p) => p.clone(),
                     None => {
                         let p = Arc::new(Pipeline::load(&file, None).map_err(|e| {
-                            bad(format!("share `{}`: pipeline {}: {e}", sh.name, sc.pipeline))
+                            bad(format!(
+                                "share `{}`: pipeline {}: {e}",
+                                sh.name, sc.pipeline
+                            ))
                         })?);
                         pipelines.insert(file.clone(), p.clone());
                         p
@@ -295,10 +301,16 @@ impl Sharing {
                     .clone()
                     .unwrap_or_else(|| pipeline.file.pipeline.catalog.clone());
                 if !valid_name(&name) {
-                    return Err(bad(format!("share `{}`: schema `{name}`: a name has only letters a-z, digits, _ and -", sh.name)));
+                    return Err(bad(format!(
+                        "share `{}`: schema `{name}`: a name has only letters a-z, digits, _ and -",
+                        sh.name
+                    )));
                 }
                 if schemas.iter().any(|o| o.name.eq_ignore_ascii_case(&name)) {
-                    return Err(bad(format!("share `{}`: schema `{name}` is named twice", sh.name)));
+                    return Err(bad(format!(
+                        "share `{}`: schema `{name}` is named twice",
+                        sh.name
+                    )));
                 }
                 let mut tables = Vec::new();
                 for t in &sc.tables {
@@ -334,18 +346,21 @@ impl Sharing {
         for r in &file.recipients {
             let what = format!("recipient `{}`", r.name);
             if !valid_name(&r.name) {
-                return Err(bad(format!("{what}: a name has only letters a-z, digits, _ and -")));
+                return Err(bad(format!(
+                    "{what}: a name has only letters a-z, digits, _ and -"
+                )));
             }
             if recipients.iter().any(|o| o.name == r.name) {
                 return Err(bad(format!("{what} is named twice")));
             }
             for name in &r.shares {
-                let share = shares.iter().find(|s| &s.name == name).ok_or_else(|| {
-                    bad(format!("{what}: no share `{name}` in this file"))
-                })?;
+                let share = shares
+                    .iter()
+                    .find(|s| &s.name == name)
+                    .ok_or_else(|| bad(format!("{what}: no share `{name}` in this file")))?;
                 // A restriction is enforced by choosing files; that is exact only on a
                 // partition column (docs/ARCHITECTURE.md, "Sharing").
-                for (column, _) in &r.rows {
+                for column in r.rows.keys() {
                     for sc in &share.schemas {
                         for t in &sc.tables {
                             if !t.partition_by.contains(&column.as_str()) {
@@ -367,13 +382,21 @@ impl Sharing {
             for t in &r.tokens {
                 let mut sha = [0u8; 32];
                 hex::decode_to_slice(&t.sha256, &mut sha).map_err(|_| {
-                    bad(format!("{what}: token `{}`: sha256 is not 64 hex digits", t.id))
+                    bad(format!(
+                        "{what}: token `{}`: sha256 is not 64 hex digits",
+                        t.id
+                    ))
                 })?;
-                t.created.resolve(&format!("{what}: token `{}`: created", t.id)).map_err(bad)?;
+                t.created
+                    .resolve(&format!("{what}: token `{}`: created", t.id))
+                    .map_err(bad)?;
                 tokens.push(Token {
                     id: t.id.clone(),
                     sha256: sha,
-                    expires: t.expires.resolve(&format!("{what}: token `{}`: expires", t.id)).map_err(bad)?,
+                    expires: t
+                        .expires
+                        .resolve(&format!("{what}: token `{}`: expires", t.id))
+                        .map_err(bad)?,
                     revoked: t
                         .revoked
                         .as_ref()
@@ -384,9 +407,14 @@ impl Sharing {
             }
             let mut windows = Vec::new();
             for w in &r.windows {
-                let at = |t: &Time, key: &str| t.resolve(&format!("{what}: window for `{}`: {key}", w.share));
+                let at = |t: &Time, key: &str| {
+                    t.resolve(&format!("{what}: window for `{}`: {key}", w.share))
+                };
                 if !r.shares.contains(&w.share) {
-                    return Err(bad(format!("{what}: a window for share `{}`, which it is not granted", w.share)));
+                    return Err(bad(format!(
+                        "{what}: a window for share `{}`, which it is not granted",
+                        w.share
+                    )));
                 }
                 let window = Window {
                     opens: at(&w.opens, "opens").map_err(bad)?,
@@ -399,7 +427,10 @@ impl Sharing {
                         w.share
                     )));
                 }
-                if windows.iter().any(|(s, _): &(String, Window)| s == &w.share) {
+                if windows
+                    .iter()
+                    .any(|(s, _): &(String, Window)| s == &w.share)
+                {
                     return Err(bad(format!("{what}: two windows for share `{}`", w.share)));
                 }
                 windows.push((w.share.clone(), window));
@@ -415,14 +446,20 @@ impl Sharing {
         let signing_keys = match &s.signing_keys {
             Some(p) => base.join(p),
             None => {
-                let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("sharing");
+                let stem = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or("sharing");
                 base.join(format!("{stem}.keys"))
             }
         };
         let sharing = Sharing {
             path: path.to_path_buf(),
             listen,
-            public_url: s.public_url.as_ref().map(|u| u.trim_end_matches('/').to_string()),
+            public_url: s
+                .public_url
+                .as_ref()
+                .map(|u| u.trim_end_matches('/').to_string()),
             prefix: s.prefix.clone(),
             url_ttl: chrono::Duration::minutes(s.url_ttl_minutes as i64),
             signing_keys,
@@ -450,7 +487,9 @@ impl Sharing {
     }
 
     pub fn share(&self, name: &str) -> Option<&Share> {
-        self.shares.iter().find(|s| s.name.eq_ignore_ascii_case(name))
+        self.shares
+            .iter()
+            .find(|s| s.name.eq_ignore_ascii_case(name))
     }
 
     pub fn recipient(&self, name: &str) -> Option<&Recipient> {
@@ -478,6 +517,8 @@ impl Schema {
 
 impl Share {
     pub fn schema(&self, name: &str) -> Option<&Schema> {
-        self.schemas.iter().find(|s| s.name.eq_ignore_ascii_case(name))
+        self.schemas
+            .iter()
+            .find(|s| s.name.eq_ignore_ascii_case(name))
     }
 }

@@ -90,11 +90,15 @@ impl Log {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| crate::Error::Other(format!("cannot start the disclosure log writer: {e}")))?;
+            .map_err(|e| {
+                crate::Error::Other(format!("cannot start the disclosure log writer: {e}"))
+            })?;
         std::thread::Builder::new()
             .name("utlevering".into())
             .spawn(move || rt.block_on(writer(rx, run_id)))
-            .map_err(|e| crate::Error::Other(format!("cannot start the disclosure log writer: {e}")))?;
+            .map_err(|e| {
+                crate::Error::Other(format!("cannot start the disclosure log writer: {e}"))
+            })?;
         Ok(Log { tx })
     }
 

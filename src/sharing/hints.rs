@@ -99,13 +99,25 @@ mod tests {
     fn a_hint_drops_only_files_it_surely_excludes() {
         assert!(keeps(&eq("46"), &pv("46")));
         assert!(!keeps(&eq("03"), &pv("46")));
-        assert!(keeps(&json!({"op": "or", "children": [eq("03"), eq("46")]}), &pv("46")));
-        assert!(!keeps(&json!({"op": "not", "children": [eq("46")]}), &pv("46")));
+        assert!(keeps(
+            &json!({"op": "or", "children": [eq("03"), eq("46")]}),
+            &pv("46")
+        ));
+        assert!(!keeps(
+            &json!({"op": "not", "children": [eq("46")]}),
+            &pv("46")
+        ));
         let data_column = json!({"op": "equal", "children": [
             {"op": "column", "name": "klasse", "valueType": "string"},
             {"op": "literal", "value": "10A", "valueType": "string"}]});
-        assert!(keeps(&data_column, &pv("46")), "a data column cannot drop a file");
-        assert!(!keeps(&json!({"op": "and", "children": [data_column, eq("03")]}), &pv("46")));
+        assert!(
+            keeps(&data_column, &pv("46")),
+            "a data column cannot drop a file"
+        );
+        assert!(!keeps(
+            &json!({"op": "and", "children": [data_column, eq("03")]}),
+            &pv("46")
+        ));
         assert!(keeps(&json!({"op": "frobnicate"}), &pv("46")));
         assert!(keeps(&json!("not a tree"), &pv("46")));
     }

@@ -70,7 +70,9 @@ impl<T> Watched<T> {
                 }
                 // A file caught half-edited, or an edit that broke it: keep serving what was
                 // good, and say so.
-                Err(e) => tracing::error!(file = %self.path.display(), error = %e, "the changed file is not valid; keeping the previous one"),
+                Err(e) => {
+                    tracing::error!(file = %self.path.display(), error = %e, "the changed file is not valid; keeping the previous one")
+                }
             }
         }
         v.0.clone()
@@ -113,7 +115,10 @@ impl Server {
 
     /// `http(s)://host:port`, what file URLs start with.
     pub fn base_url(&self) -> String {
-        self.base_url.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.base_url
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn disclose(&self, pipeline: &Arc<Pipeline>, d: Disclosure) {
@@ -252,9 +257,10 @@ pub async fn start(sharing: Sharing, listen: SocketAddr) -> Result<Running> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Usage(format!("cannot listen on {listen}: {e}")))?;
-    let base = sharing.public_url.clone().unwrap_or_else(|| {
-        format!("{}://{addr}", if tls.is_some() { "https" } else { "http" })
-    });
+    let base = sharing
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }));
     let prefix = sharing.prefix.clone();
     let server = Arc::new(Server {
         keys: Watched::new(sharing.signing_keys.clone(), keys),
@@ -272,7 +278,10 @@ pub async fn start(sharing: Sharing, listen: SocketAddr) -> Result<Running> {
             let done = async move {
                 let _ = stopped.changed().await;
             };
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(done).await {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(done)
+                .await
+            {
                 tracing::error!(error = %e, "the server stopped");
             }
         }),
@@ -287,10 +296,14 @@ pub async fn start(sharing: Sharing, listen: SocketAddr) -> Result<Running> {
     })
 }
 
-fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor> {
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let bad = |what: &std::path::Path, e: String| Error::Usage(format!("TLS: {}: {e}", what.display()));
+    let bad =
+        |what: &std::path::Path, e: String| Error::Usage(format!("TLS: {}: {e}", what.display()));
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| bad(cert, e.to_string()))?
         .collect::<std::result::Result<_, _>>()
@@ -305,7 +318,11 @@ fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_r
         .map_err(|e| Error::Usage(format!("TLS: {e}")))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| Error::Usage(format!("TLS: the certificate and key do not go together: {e}")))?;
+        .map_err(|e| {
+            Error::Usage(format!(
+                "TLS: the certificate and key do not go together: {e}"
+            ))
+        })?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -343,7 +360,11 @@ async fn serve_tls(
 }
 
 /// `elevflyt serve`: runs until Ctrl-C or SIGTERM, then writes the disclosure log and exits.
-pub async fn serve(path: &std::path::Path, listen: Option<SocketAddr>, now: Option<DateTime<Utc>>) -> Result<()> {
+pub async fn serve(
+    path: &std::path::Path,
+    listen: Option<SocketAddr>,
+    now: Option<DateTime<Utc>>,
+) -> Result<()> {
     let sharing = Sharing::load(path)?;
     let listen = listen.unwrap_or(sharing.listen);
     let running = start(sharing, listen).await?;
@@ -352,7 +373,10 @@ pub async fn serve(path: &std::path::Path, listen: Option<SocketAddr>, now: Opti
         tracing::warn!(clock = %t, "the server's clock is fixed (--now): for tests and rehearsals only");
     }
     // The one line a script waits for.
-    println!("elevflyt serve: listening on {} (endpoint {})", running.addr, running.endpoint);
+    println!(
+        "elevflyt serve: listening on {} (endpoint {})",
+        running.addr, running.endpoint
+    );
     use std::io::Write;
     let _ = std::io::stdout().flush();
     shutdown_signal().await;
@@ -365,13 +389,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

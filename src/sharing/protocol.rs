@@ -115,7 +115,12 @@ impl Caller {
     fn share(&self, name: &str) -> std::result::Result<&Share, ApiError> {
         self.sharing
             .share(name)
-            .filter(|s| self.recipient.shares.iter().any(|g| g.eq_ignore_ascii_case(&s.name)))
+            .filter(|s| {
+                self.recipient
+                    .shares
+                    .iter()
+                    .any(|g| g.eq_ignore_ascii_case(&s.name))
+            })
             .ok_or_else(|| ApiError::not_found(format!("share `{name}` does not exist")))
     }
 
@@ -126,9 +131,9 @@ impl Caller {
         table: &str,
     ) -> std::result::Result<(&Share, &Schema, &'static Table), ApiError> {
         let sh = self.share(share)?;
-        let sc = sh
-            .schema(schema)
-            .ok_or_else(|| ApiError::not_found(format!("schema `{share}.{schema}` does not exist")))?;
+        let sc = sh.schema(schema).ok_or_else(|| {
+            ApiError::not_found(format!("schema `{share}.{schema}` does not exist"))
+        })?;
         let t = sc.table(table).ok_or_else(|| {
             ApiError::not_found(format!("table `{share}.{schema}.{table}` does not exist"))
         })?;
@@ -295,9 +300,10 @@ async fn served(
     view: &TableView,
     table: &str,
 ) -> std::result::Result<Served, ApiError> {
-    let latest = view.latest().await?.ok_or_else(|| {
-        ApiError::not_found(format!("table `{table}` has no data yet"))
-    })?;
+    let latest = view
+        .latest()
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("table `{table}` has no data yet")))?;
     let Some(Window {
         opens,
         deadline,
@@ -313,7 +319,11 @@ async fn served(
     if now < opens {
         return Err(ApiError::forbidden(
             "TRANSFER_NOT_OPEN",
-            format!("the transfer of share `{}` opens {}", share.name, stamp(opens)),
+            format!(
+                "the transfer of share `{}` opens {}",
+                share.name,
+                stamp(opens)
+            ),
         ));
     }
     if now >= available_until {
@@ -386,7 +396,9 @@ fn check_format(headers: &HeaderMap) -> std::result::Result<(), ApiError> {
     for part in caps.split(';') {
         if let Some((k, v)) = part.split_once('=') {
             if k.trim().eq_ignore_ascii_case("responseformat")
-                && !v.split(',').any(|f| f.trim().eq_ignore_ascii_case("parquet"))
+                && !v
+                    .split(',')
+                    .any(|f| f.trim().eq_ignore_ascii_case("parquet"))
             {
                 return Err(ApiError::unsupported(
                     "this server answers in the parquet response format only",
@@ -400,7 +412,11 @@ fn check_format(headers: &HeaderMap) -> std::result::Result<(), ApiError> {
 fn parse_time(text: &str, what: &str) -> std::result::Result<i64, ApiError> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.timestamp_millis())
-        .map_err(|_| ApiError::bad(format!("{what}: `{text}` is not an ISO 8601 time such as 2026-11-01T00:00:00Z")))
+        .map_err(|_| {
+            ApiError::bad(format!(
+                "{what}: `{text}` is not an ISO 8601 time such as 2026-11-01T00:00:00Z"
+            ))
+        })
 }
 
 /// The version a request asks for (`version` or `timestamp`), within what it may read.
@@ -420,9 +436,7 @@ async fn asked_version(
         ));
     }
     let v = match (version, timestamp) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad("give `version` or `timestamp`, not both"))
-        }
+        (Some(_), Some(_)) => return Err(ApiError::bad("give `version` or `timestamp`, not both")),
         (Some(v), None) => v,
         (None, Some(t)) => {
             let t = parse_time(t, "timestamp")?;
@@ -446,7 +460,11 @@ async fn asked_version(
 /// The protocol and metaData lines (parquet format). Internal table properties and column
 /// metadata other than comments stay private; size and file counts are left out (for a
 /// restricted recipient they would describe other counties' data).
-fn head_lines(snap: &Snapshot, history: bool, version: Option<i64>) -> std::result::Result<String, ApiError> {
+fn head_lines(
+    snap: &Snapshot,
+    history: bool,
+    version: Option<i64>,
+) -> std::result::Result<String, ApiError> {
     if snap.min_reader_version > 1 {
         return Err(ApiError::unsupported(
             "the table needs a newer Delta reader than the parquet response format allows",
@@ -546,7 +564,8 @@ pub async fn table_metadata(
     let (sh, sc, t) = c.table(&share, &schema, &table)?;
     let view = server.tables.get(&sc.pipeline.table_url(t.name))?;
     let served = served(&server, &c, sh, &view, t.name).await?;
-    let (v, travelled) = asked_version(&view, sc, &served, q.version, q.timestamp.as_deref()).await?;
+    let (v, travelled) =
+        asked_version(&view, sc, &served, q.version, q.timestamp.as_deref()).await?;
     let snap = view.snapshot(v).await?;
     let body = head_lines(&snap, sc.history, travelled.then_some(v))?;
     Ok((table_headers(v, &served, true), body).into_response())
@@ -578,7 +597,11 @@ pub async fn table_query(
         QueryBody::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, "MALFORMED_REQUEST", format!("the body is not a query: {e}"))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "MALFORMED_REQUEST",
+                format!("the body is not a query: {e}"),
+            )
         })?
     };
     if q.starting_version.is_some() || q.ending_version.is_some() {
@@ -587,7 +610,9 @@ pub async fn table_query(
         ));
     }
     if q.max_files.is_some() || q.page_token.is_some() {
-        return Err(ApiError::unsupported("paged queries (maxFiles, pageToken) are not served"));
+        return Err(ApiError::unsupported(
+            "paged queries (maxFiles, pageToken) are not served",
+        ));
     }
     let view = server.tables.get(&sc.pipeline.table_url(t.name))?;
     let served = served(&server, &c, sh, &view, t.name).await?;
@@ -609,7 +634,10 @@ pub async fn table_query(
         .files
         .iter()
         .filter(|f| f.allowed(&c.recipient.rows))
-        .filter(|f| hint.as_ref().is_none_or(|h| super::hints::keeps(h, &f.partition_values)))
+        .filter(|f| {
+            hint.as_ref()
+                .is_none_or(|h| super::hints::keeps(h, &f.partition_values))
+        })
     {
         let mut line = file_fields(&server, &c, (sh, sc, t), f, v, expires);
         if travelled {
@@ -701,8 +729,16 @@ pub async fn table_changes(
     let view = server.tables.get(&sc.pipeline.table_url(t.name))?;
     let served = served(&server, &c, sh, &view, t.name).await?;
     let start = match (q.starting_version, q.starting_timestamp.as_deref()) {
-        (Some(_), Some(_)) => return Err(ApiError::bad("give startingVersion or startingTimestamp, not both")),
-        (None, None) => return Err(ApiError::bad("startingVersion or startingTimestamp is required")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad(
+                "give startingVersion or startingTimestamp, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(ApiError::bad(
+                "startingVersion or startingTimestamp is required",
+            ))
+        }
         (Some(v), None) => v,
         (None, Some(ts)) => {
             let ts = parse_time(ts, "startingTimestamp")?;
@@ -712,7 +748,11 @@ pub async fn table_changes(
         }
     };
     let end = match (q.ending_version, q.ending_timestamp.as_deref()) {
-        (Some(_), Some(_)) => return Err(ApiError::bad("give endingVersion or endingTimestamp, not both")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad(
+                "give endingVersion or endingTimestamp, not both",
+            ))
+        }
         (Some(v), None) => v.min(served.newest),
         (None, Some(ts)) => {
             let ts = parse_time(ts, "endingTimestamp")?;
@@ -735,7 +775,9 @@ pub async fn table_changes(
     }
     for v in [start, end] {
         if !view.snapshot(v).await?.change_data_feed {
-            return Err(ApiError::bad(format!("change data was not recorded for version {v}")));
+            return Err(ApiError::bad(format!(
+                "change data was not recorded for version {v}"
+            )));
         }
     }
     let snap = view.snapshot(end).await?;
@@ -744,7 +786,9 @@ pub async fn table_changes(
     let (mut files, mut rows) = (0i64, 0i64);
     for v in start..=end {
         let commit = view.commit(v).await?.ok_or_else(|| {
-            ApiError::bad(format!("the log of version {v} has been cleaned up; ask from a later version"))
+            ApiError::bad(format!(
+                "the log of version {v} has been cleaned up; ask from a later version"
+            ))
         })?;
         let lines: Vec<(&str, &DataFile)> = if commit.cdc.is_empty() {
             commit
@@ -756,7 +800,10 @@ pub async fn table_changes(
         } else {
             commit.cdc.iter().map(|f| ("cdf", f)).collect()
         };
-        for (kind, f) in lines.into_iter().filter(|(_, f)| f.allowed(&c.recipient.rows)) {
+        for (kind, f) in lines
+            .into_iter()
+            .filter(|(_, f)| f.allowed(&c.recipient.rows))
+        {
             let mut line = file_fields(&server, &c, (sh, sc, t), f, v, expires);
             line["version"] = v.into();
             line["timestamp"] = commit.timestamp.into();
@@ -814,7 +861,9 @@ pub async fn download(
         .verify(&token)
         .ok_or_else(|| denied("the file URL is not valid"))?;
     if grant.e <= server.now().timestamp_millis() {
-        return Err(denied("the file URL has expired: query the table again for a new one"));
+        return Err(denied(
+            "the file URL has expired: query the table again for a new one",
+        ));
     }
     let sharing = server.sharing();
     let recipient = sharing
@@ -849,7 +898,9 @@ pub async fn download(
     let meta = match store.head(&location).await {
         Ok(m) => m,
         Err(object_store::Error::NotFound { .. }) => {
-            return Err(ApiError::not_found("the file is gone (the table was maintained); query the table again"))
+            return Err(ApiError::not_found(
+                "the file is gone (the table was maintained); query the table again",
+            ))
         }
         Err(e) => return Err(crate::Error::from(e).into()),
     };
@@ -872,7 +923,10 @@ pub async fn download(
         None => (StatusCode::OK, 0, size),
     };
     let mut h = HeaderMap::new();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     if range.is_some() {
@@ -883,7 +937,13 @@ pub async fn download(
     if method == Method::HEAD {
         return Ok((status, h).into_response());
     }
-    server.disclose_download(&sc.pipeline, &grant, &token, c.restriction(), request_id(&headers));
+    server.disclose_download(
+        &sc.pipeline,
+        &grant,
+        &token,
+        c.restriction(),
+        request_id(&headers),
+    );
     let body = if end > start {
         use futures::StreamExt;
         let got = store
@@ -939,9 +999,12 @@ pub async fn fallback(State(server): State<Arc<Server>>, headers: HeaderMap) -> 
 /// A route with the wrong method: 401 without a valid token, else 405.
 pub async fn wrong_method(State(server): State<Arc<Server>>, headers: HeaderMap) -> Answer {
     caller(&server, &headers)?;
-    Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "INVALID_PARAMETER_VALUE", "method not allowed on this route"))
+    Err(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "INVALID_PARAMETER_VALUE",
+        "method not allowed on this route",
+    ))
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -64,8 +64,12 @@ impl Keys {
             );
             super::tokens::write_private(path, text.as_bytes())?;
         }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Usage(format!("cannot read the signing keys {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Usage(format!(
+                "cannot read the signing keys {}: {e}",
+                path.display()
+            ))
+        })?;
         Self::parse(&text).map_err(|m| Error::Config {
             path: path.to_path_buf(),
             message: m,
@@ -146,13 +150,23 @@ mod tests {
     #[test]
     fn a_token_verifies_under_every_key_of_the_file_and_not_when_changed() {
         let old = Keys::parse(&format!("a {}", B64.encode([1u8; 32]))).unwrap();
-        let rotated =
-            Keys::parse(&format!("b {}\na {}", B64.encode([2u8; 32]), B64.encode([1u8; 32])))
-                .unwrap();
+        let rotated = Keys::parse(&format!(
+            "b {}\na {}",
+            B64.encode([2u8; 32]),
+            B64.encode([1u8; 32])
+        ))
+        .unwrap();
         let token = old.sign(&grant());
-        assert_eq!(rotated.verify(&token).unwrap().p, grant().p, "old URLs stay good after rotation");
+        assert_eq!(
+            rotated.verify(&token).unwrap().p,
+            grant().p,
+            "old URLs stay good after rotation"
+        );
         assert_eq!(rotated.verify(&rotated.sign(&grant())).unwrap().k, "b");
-        assert!(old.verify(&rotated.sign(&grant())).is_none(), "a key it does not have");
+        assert!(
+            old.verify(&rotated.sign(&grant())).is_none(),
+            "a key it does not have"
+        );
         // Another file in the payload, same signature.
         let (_, sig) = token.split_once('.').unwrap();
         let mut other = grant();

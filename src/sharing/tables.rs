@@ -221,7 +221,10 @@ impl TableView {
         let protocol = serde_json::to_value(state.protocol())
             .map_err(|e| Error::Internal(format!("protocol: {e}")))?;
         use deltalake::table::config::TablePropertiesExt;
-        let change_data_feed = state.snapshot().table_properties().enable_change_data_feed();
+        let change_data_feed = state
+            .snapshot()
+            .table_properties()
+            .enable_change_data_feed();
         let files = crate::delta::file_views(&table)
             .await?
             .iter()
@@ -262,7 +265,9 @@ impl TableView {
         if path.is_empty()
             || path.starts_with('/')
             || path.contains('\\')
-            || path.split('/').any(|p| p.is_empty() || p == "." || p == "..")
+            || path
+                .split('/')
+                .any(|p| p.is_empty() || p == "." || p == "..")
             || path.contains("://")
         {
             return None;
@@ -283,7 +288,10 @@ mod tests {
     #[test]
     fn only_commit_files_have_versions() {
         assert_eq!(commit_version("00000000000000000012.json"), Some(12));
-        assert_eq!(commit_version("00000000000000000010.checkpoint.parquet"), None);
+        assert_eq!(
+            commit_version("00000000000000000010.checkpoint.parquet"),
+            None
+        );
         assert_eq!(commit_version("_last_checkpoint"), None);
     }
 

@@ -104,7 +104,11 @@ pub fn mint(sharing: &Sharing, recipient: &str, days: u32, out: &Path) -> Result
         "{}{}/",
         sharing.public_url.clone().unwrap_or_else(|| format!(
             "{}://{}",
-            if sharing.tls.is_some() { "https" } else { "http" },
+            if sharing.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             sharing.listen
         )),
         sharing.prefix
