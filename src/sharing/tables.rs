@@ -125,7 +125,10 @@ fn data_file(a: &serde_json::Value) -> DataFile {
                     .collect()
             })
             .unwrap_or_default(),
-        rows: rows_in(stats.as_deref()),
+        rows: a["tags"]["numRecords"]
+            .as_str()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| rows_in(stats.as_deref())),
         stats,
     }
 }

@@ -772,6 +772,7 @@ async fn each_county_reads_only_its_own_pupils_in_every_route_and_version() {
     assert_eq!(vest_changes.len(), 1);
     assert_eq!(vest_changes[0][9], (v1 + 1).to_string());
     assert_eq!(vest_changes[0][4], v2.to_string());
+    assert_eq!(vest_changes[0][6], "5", "the five change rows");
     assert!(log.iter().any(|r| r[0] == "vestland" && r[1] == "download"));
     assert!(log
         .iter()
