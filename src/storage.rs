@@ -111,6 +111,50 @@ pub fn store_for(url: &Url) -> Result<Arc<DynObjectStore>> {
     Ok(store)
 }
 
+/// What signs URLs for a cloud location (S3, Azure, GCS), rooted at its bucket; None for a
+/// local or in-memory store, which has no such URLs. Built like [`store_for`]'s stores, from the
+/// environment, once per bucket.
+pub fn signer_for(url: &Url) -> Result<Option<Arc<dyn object_store::signer::Signer>>> {
+    type Signers = HashMap<String, Arc<dyn object_store::signer::Signer>>;
+    static SIGNERS: OnceLock<Mutex<Signers>> = OnceLock::new();
+    if matches!(url.scheme(), "file" | "memory") {
+        return Ok(None);
+    }
+    let key = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
+    let mut signers = SIGNERS
+        .get_or_init(Default::default)
+        .lock()
+        .map_err(|_| Error::Other("URL signer registry poisoned".into()))?;
+    if let Some(s) = signers.get(&key) {
+        return Ok(Some(s.clone()));
+    }
+    require_credentials(url)?;
+    let signer: Arc<dyn object_store::signer::Signer> = match url.scheme() {
+        "s3" | "s3a" => Arc::new(
+            object_store::aws::AmazonS3Builder::from_env()
+                .with_url(url.as_str())
+                .build()?,
+        ),
+        "az" | "abfs" | "abfss" | "azure" => Arc::new(
+            object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(url.as_str())
+                .build()?,
+        ),
+        "gs" => Arc::new(
+            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(url.as_str())
+                .build()?,
+        ),
+        other => {
+            return Err(Error::Usage(format!(
+                "unsupported storage scheme `{other}`"
+            )))
+        }
+    };
+    signers.insert(key, signer.clone());
+    Ok(Some(signer))
+}
+
 /// Retries of a cloud request: a few, within a minute (the default retries for minutes, which a
 /// scheduled job and a dry run should not wait for when storage is unreachable).
 fn retry() -> object_store::RetryConfig {

@@ -53,6 +53,18 @@ struct ServerSection {
     request_timeout_seconds: u64,
     /// Largest request body accepted.
     max_request_bytes: usize,
+    /// Files of a cloud warehouse (s3, az, gs): `presign` hands out the object store's
+    /// pre-signed URLs, `proxy` streams them through the server's own download route.
+    cloud_files: CloudFiles,
+}
+
+/// How the files of a cloud warehouse reach a recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CloudFiles {
+    #[default]
+    Presign,
+    Proxy,
 }
 
 impl Default for ServerSection {
@@ -68,6 +80,7 @@ impl Default for ServerSection {
             allow_plain_http: false,
             request_timeout_seconds: 30,
             max_request_bytes: 64 * 1024,
+            cloud_files: CloudFiles::Presign,
         }
     }
 }
@@ -163,6 +176,7 @@ pub struct Sharing {
     pub allow_plain_http: bool,
     pub request_timeout: std::time::Duration,
     pub max_request_bytes: usize,
+    pub cloud_files: CloudFiles,
     pub shares: Vec<Share>,
     pub recipients: Vec<Recipient>,
 }
@@ -467,6 +481,7 @@ impl Sharing {
             allow_plain_http: s.allow_plain_http,
             request_timeout: std::time::Duration::from_secs(s.request_timeout_seconds.max(1)),
             max_request_bytes: s.max_request_bytes.max(1024),
+            cloud_files: s.cloud_files,
             shares,
             recipients,
         };

@@ -639,7 +639,7 @@ pub async fn table_query(
                 .is_none_or(|h| super::hints::keeps(h, &f.partition_values))
         })
     {
-        let mut line = file_fields(&server, &c, (sh, sc, t), f, v, expires);
+        let mut line = file_fields(&server, &c, (sh, sc, t), &view, f, v, expires).await?;
         if travelled {
             line["version"] = v.into();
             if let Some(ts) = timestamp {
@@ -670,28 +670,41 @@ pub async fn table_query(
     Ok((table_headers(v, &served, true), out).into_response())
 }
 
-/// The fields of a file line: a signed URL, a stable id, partition values, size, stats.
-fn file_fields(
+/// The fields of a file line: a signed URL, a stable id, partition values, size, stats. The URL
+/// is the server's own download route, or for a cloud warehouse (with `cloud_files = "presign"`)
+/// the object store's pre-signed URL; either is minted only for a file the recipient may read.
+async fn file_fields(
     server: &Server,
     c: &Caller,
     (sh, sc, t): (&Share, &Schema, &Table),
+    view: &TableView,
     f: &DataFile,
     version: i64,
     expires: DateTime<Utc>,
-) -> serde_json::Value {
-    let token = server.keys().sign(&Grant {
-        k: String::new(),
-        r: c.recipient.name.clone(),
-        s: sh.name.clone(),
-        c: sc.name.clone(),
-        t: t.name.to_string(),
-        p: f.path.clone(),
-        n: f.rows,
-        v: version,
-        e: expires.timestamp_millis(),
-    });
+) -> std::result::Result<serde_json::Value, ApiError> {
+    let url = match presigned(c, view, f).await? {
+        Some(url) => url,
+        None => {
+            let token = server.keys().sign(&Grant {
+                k: String::new(),
+                r: c.recipient.name.clone(),
+                s: sh.name.clone(),
+                c: sc.name.clone(),
+                t: t.name.to_string(),
+                p: f.path.clone(),
+                n: f.rows,
+                v: version,
+                e: expires.timestamp_millis(),
+            });
+            format!(
+                "{}{}/files/{token}?sp=r",
+                server.base_url(),
+                c.sharing.prefix
+            )
+        }
+    };
     let mut line = serde_json::json!({
-        "url": format!("{}{}/files/{token}?sp=r", server.base_url(), c.sharing.prefix),
+        "url": url,
         "id": hex::encode(&Sha256::digest(f.path.as_bytes())[..16]),
         "partitionValues": f.partition_values,
         "size": f.size,
@@ -700,7 +713,35 @@ fn file_fields(
     if let Some(stats) = &f.stats {
         line["stats"] = stats.clone().into();
     }
-    line
+    Ok(line)
+}
+
+/// The object store's pre-signed URL of a file of a cloud warehouse, when the server hands
+/// those out.
+async fn presigned(
+    c: &Caller,
+    view: &TableView,
+    f: &DataFile,
+) -> std::result::Result<Option<String>, ApiError> {
+    if c.sharing.cloud_files != super::config::CloudFiles::Presign {
+        return Ok(None);
+    }
+    let Some(signer) = crate::storage::signer_for(&view.url)? else {
+        return Ok(None);
+    };
+    let (_, location) = view
+        .file_location(&f.path)
+        .ok_or_else(|| ApiError::unsupported("the table has a file path that cannot be shared"))?;
+    let ttl = c
+        .sharing
+        .url_ttl
+        .to_std()
+        .unwrap_or(std::time::Duration::from_secs(3600));
+    let url = signer
+        .signed_url(Method::GET, &location, ttl)
+        .await
+        .map_err(crate::Error::from)?;
+    Ok(Some(url.to_string()))
 }
 
 #[derive(Deserialize, Default)]
@@ -804,7 +845,7 @@ pub async fn table_changes(
             .into_iter()
             .filter(|(_, f)| f.allowed(&c.recipient.rows))
         {
-            let mut line = file_fields(&server, &c, (sh, sc, t), f, v, expires);
+            let mut line = file_fields(&server, &c, (sh, sc, t), &view, f, v, expires).await?;
             line["version"] = v.into();
             line["timestamp"] = commit.timestamp.into();
             if kind != "add" {

@@ -497,6 +497,19 @@ async fn each_county_reads_only_its_own_pupils_in_every_route_and_version() {
         .await
         .unwrap();
     assert_eq!(delta_only.status(), 400);
+    let huge = served
+        .http
+        .post(served.url("/shares/inntak/schemas/c/tables/elevliste_vgs/query"))
+        .bearer_auth(&served.tokens["vestland"])
+        .header("content-type", "application/json")
+        .body(format!(
+            "{{\"jsonPredicateHints\": \"{}\"}}",
+            "x".repeat(100_000)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 413, "a request body over the limit");
 
     // The second delivery: the county's changes are exactly the corrections.
     s.day2().await;
