@@ -1264,3 +1264,50 @@ fn share_token_prints_the_token_once_and_revoke_names_what_it_did() {
         "nothing left to revoke is not a silent ok"
     );
 }
+
+/// The URL of the first file of Vestland's query.
+async fn first_url(served: &Served) -> String {
+    let q = served
+        .query("vestland", "elevliste_vgs", serde_json::json!({}))
+        .await;
+    files(&lines(q).await)[0].2.clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_signing_key_rotates_without_a_restart() {
+    let s = story().await;
+    let served = Served::start(&s.sharing("")).await;
+    let old = first_url(&served).await;
+    assert_eq!(served.http.get(&old).send().await.unwrap().status(), 200);
+    // A new key goes first; the old one stays until its URLs have expired.
+    let keys_file = s.root.join("sharing.keys");
+    let old_keys = std::fs::read_to_string(&keys_file).unwrap();
+    let old_line = old_keys
+        .lines()
+        .find(|l| !l.starts_with('#'))
+        .unwrap()
+        .to_string();
+    use base64::Engine;
+    let new_key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([7u8; 32]);
+    std::fs::write(&keys_file, format!("k2 {new_key}\n{old_line}\n")).unwrap();
+    let new = first_url(&served).await;
+    assert_ne!(new, old);
+    assert_eq!(
+        served.http.get(&new).send().await.unwrap().status(),
+        200,
+        "signed with the new key"
+    );
+    assert_eq!(
+        served.http.get(&old).send().await.unwrap().status(),
+        200,
+        "the old key still verifies"
+    );
+    // The old key retired: its URLs are refused, the new ones are not.
+    std::fs::write(&keys_file, format!("k2 {new_key}\n")).unwrap();
+    assert_eq!(served.http.get(&old).send().await.unwrap().status(), 403);
+    assert_eq!(served.http.get(&new).send().await.unwrap().status(), 200);
+    // A keys file broken by an edit keeps the last good keys (and says so in the log).
+    std::fs::write(&keys_file, "k3 not-base64!\n").unwrap();
+    assert_eq!(served.http.get(&new).send().await.unwrap().status(), 200);
+    served.stop().await;
+}
