@@ -201,27 +201,66 @@ async fn around(State(server): State<Arc<Server>>, mut req: Request, next: Next)
     }
     let method = req.method().clone();
     // A file URL's token is a credential until it expires: never in the log.
-    let path = req.uri().path();
-    let route = match path.find("/files/") {
-        Some(i) => format!("{}/files/…", &path[..i]),
-        None => path.to_string(),
+    let sharing = server.sharing();
+    let files = format!("{}/files/", sharing.prefix);
+    let signed_file = req.uri().path().starts_with(&files);
+    let route = match signed_file {
+        true => format!("{files}…"),
+        false => req.uri().path().to_string(),
     };
     let started = std::time::Instant::now();
-    let limit = server.sharing().request_timeout;
-    let mut res = match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => protocol::ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "TIMEOUT",
-            "the request took too long",
-        )
-        .into_response(),
+    let limit = sharing.request_timeout;
+    // Refuse by default: everything but a signed file URL needs a valid bearer token before any
+    // route, parameter or body is looked at.
+    let mut res = match (signed_file, protocol::caller(&server, req.headers())) {
+        (false, Err(refused)) => refused.into_response(),
+        _ => match tokio::time::timeout(limit, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => protocol::ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "TIMEOUT",
+                "the request took too long",
+            )
+            .into_response(),
+        },
     };
+    res = as_protocol_error(res).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert("x-request-id", v);
     }
     tracing::info!(request_id = %id, %method, route, status = res.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
     res
+}
+
+/// An error answered by the framework (a bad query parameter, a body over the limit, an
+/// unknown method) in the protocol's shape: `{"errorCode","message"}` as JSON.
+async fn as_protocol_error(res: Response) -> Response {
+    let status = res.status();
+    let json = res
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error())
+        || json
+        || status == StatusCode::RANGE_NOT_SATISFIABLE
+    {
+        return res;
+    }
+    let body = axum::body::to_bytes(res.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::NOT_FOUND => "RESOURCE_DOES_NOT_EXIST",
+        s if s.is_server_error() => "INTERNAL_ERROR",
+        _ => "INVALID_PARAMETER_VALUE",
+    };
+    protocol::ApiError::new(
+        status,
+        code,
+        String::from_utf8_lossy(&body).trim().to_string(),
+    )
+    .into_response()
 }
 
 /// A server that is listening.

@@ -261,7 +261,9 @@ async fn each_county_reads_only_its_own_pupils_in_every_route_and_version() {
     let all: serde_json::Value = served
         .get("vestland", "/shares/inntak/all-tables")
         .await
-        .text().await.map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap())
+        .text()
+        .await
+        .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap())
         .unwrap();
     assert_eq!(all["items"][0]["name"], "elevliste_vgs");
     assert_eq!(all["items"][0]["schema"], "c");
@@ -269,14 +271,18 @@ async fn each_county_reads_only_its_own_pupils_in_every_route_and_version() {
     let schemas: serde_json::Value = served
         .get("vestland", "/shares/inntak/schemas")
         .await
-        .text().await.map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap())
+        .text()
+        .await
+        .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap())
         .unwrap();
     assert_eq!(schemas["items"][0]["name"], "c");
     // Paging: one item per page, then the next page, then a bad token.
     let p1: serde_json::Value = served
         .get("kommune", "/shares/intern/all-tables?maxResults=1")
         .await
-        .text().await.map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap())
+        .text()
+        .await
+        .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap())
         .unwrap();
     assert_eq!(p1["items"].as_array().unwrap().len(), 1);
     let next = p1["nextPageToken"].as_str().unwrap();
@@ -286,7 +292,9 @@ async fn each_county_reads_only_its_own_pupils_in_every_route_and_version() {
             &format!("/shares/intern/all-tables?maxResults=1&pageToken={next}"),
         )
         .await
-        .text().await.map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap())
+        .text()
+        .await
+        .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap())
         .unwrap();
     assert_eq!(p2["items"][0]["name"], "elev");
     assert_eq!(
@@ -300,7 +308,11 @@ async fn each_county_reads_only_its_own_pupils_in_every_route_and_version() {
     // A share not granted, and data minimisation: the county has no `elev`.
     let r = served.get("vestland", "/shares/intern/all-tables").await;
     assert_eq!(r.status(), 404);
-    let e: serde_json::Value = r.text().await.map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap()).unwrap();
+    let e: serde_json::Value = r
+        .text()
+        .await
+        .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap())
+        .unwrap();
     assert_eq!(e["errorCode"], "RESOURCE_DOES_NOT_EXIST");
     assert_eq!(
         served
@@ -507,6 +519,23 @@ async fn each_county_reads_only_its_own_pupils_in_every_route_and_version() {
         .await
         .unwrap();
     assert_eq!(huge.status(), 413, "a request body over the limit");
+    let e: serde_json::Value = serde_json::from_str(&huge.text().await.unwrap()).unwrap();
+    assert_eq!(
+        e["errorCode"], "INVALID_PARAMETER_VALUE",
+        "the framework's refusals in the protocol's shape too"
+    );
+    let r = served
+        .get(
+            "vestland",
+            "/shares/inntak/schemas/c/tables/elevliste_vgs/changes?startingVersion=abc",
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let e: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert!(
+        e["message"].as_str().unwrap().contains("startingVersion"),
+        "{e}"
+    );
 
     // The second delivery: the county's changes are exactly the corrections.
     s.day2().await;
@@ -848,13 +877,26 @@ async fn a_missing_wrong_expired_or_revoked_token_gets_401_on_every_route() {
                     "{why}: {method} {route}"
                 );
                 assert_eq!(r.headers()["www-authenticate"], "Bearer");
-                let e: serde_json::Value = r.text().await.map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap()).unwrap();
+                let e: serde_json::Value = r
+                    .text()
+                    .await
+                    .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap())
+                    .unwrap();
                 assert_eq!(e["errorCode"], "UNAUTHENTICATED", "{why}");
                 assert!(e["message"].as_str().unwrap().len() > 10);
             }
         }
     };
     check(None, "missing").await;
+    // Bad parameters and bodies are not looked at before the token.
+    for route in [
+        "/shares?maxResults=abc",
+        "/shares/inntak/schemas/c/tables/elevliste_vgs/changes?startingVersion=abc",
+        "/shares/%FF/schemas",
+    ] {
+        let r = served.http.get(served.url(route)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{route}");
+    }
     check(Some("not-a-token".into()), "wrong").await;
     let good = served.tokens["vestland"].clone();
     let mut flipped = good.clone().into_bytes();
