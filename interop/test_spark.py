@@ -124,3 +124,19 @@ def test_change_data_feed(lake, spark):
         assert theirs == mine
         seen[table] = kinds
     assert seen["elev"] == ["insert", "update_postimage", "update_preimage"]
+
+
+def test_county_list_change_data_feed(lake, spark):
+    """elevliste_vgs is written as a change: Spark's Change Data Feed of the second delivery holds
+    exactly the pupils whose row changed (the same as `elevflyt changes`), not the whole list."""
+    pipelines, root = lake
+    rows = (spark.read.format("delta").option("readChangeFeed", "true").option("startingVersion", 2)
+            .load(path(root, "bergen_kommune", "elevliste_vgs"))
+            .select("_change_type", "_commit_version", "fylkesnummer", "skolenummer", "klasse").collect())
+    theirs = sorted((r["_change_type"], r["_commit_version"], r["fylkesnummer"], r["skolenummer"]) for r in rows)
+    mine = sorted((r["_change_type"], r["_commit_version"], r["fylkesnummer"], r["skolenummer"])
+                  for r in ours(pipelines["bergen_kommune"], "changes", "elevliste_vgs", "--from", "2"))
+    print(f"spark CDF bergen_kommune.elevliste_vgs from version 2: {theirs}")
+    assert theirs == mine
+    # The second Bergen delivery: a new pupil, a changed name, a D-number replaced.
+    assert sorted(k for k, *_ in theirs) == ["delete", "delete", "insert", "insert", "insert"]
