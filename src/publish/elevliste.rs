@@ -73,24 +73,23 @@ impl Row {
     }
 }
 
-fn rows_of(batches: &[RecordBatch], lastet_tid: Option<i64>) -> Result<Vec<Row>> {
+/// The rows of the list in `batches`; `lastet_tid` from the batches when they have it (the
+/// stored list), else `now` (a list just made).
+fn rows_of(batches: &[RecordBatch], now: i64) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for b in batches {
         let cols: Vec<_> = CONTENT
             .iter()
             .map(|c| crate::delta::text(b, c))
             .collect::<Result<_>>()?;
-        let loaded = match lastet_tid {
-            Some(_) => None,
-            None => Some(crate::delta::micros(b, "lastet_tid")?),
+        let stored = match b.column_by_name("lastet_tid") {
+            Some(_) => Some(crate::delta::micros(b, "lastet_tid")?),
+            None => None,
         };
         for i in 0..b.num_rows() {
             rows.push(Row {
                 content: std::array::from_fn(|c| cols[c].opt(i).map(str::to_string)),
-                lastet_tid: match (&loaded, lastet_tid) {
-                    (Some(l), _) => l.value(i),
-                    (None, t) => t.unwrap_or_default(),
-                },
+                lastet_tid: stored.as_ref().map_or(now, |l| l.value(i)),
             });
         }
     }
@@ -176,7 +175,7 @@ pub async fn write(ctx: &RunContext) -> Result<(usize, Option<i64>)> {
         )
     };
     let now = chrono::Utc::now().timestamp_micros();
-    let new = rows_of(&crate::delta::query(&session, &sql).await?, Some(now))?;
+    let new = rows_of(&crate::delta::query(&session, &sql).await?, now)?;
     let t = &schema::ELEVLISTE_VGS;
     let table =
         with_change_data_feed(crate::delta::open_or_create(&ctx.pipeline, t).await?).await?;
@@ -188,7 +187,7 @@ pub async fn write(ctx: &RunContext) -> Result<(usize, Option<i64>)> {
         crate::delta::register(&stored, t.name, &table).await?;
         rows_of(
             &crate::delta::query(&stored, "SELECT * FROM elevliste_vgs").await?,
-            None,
+            now,
         )?
     };
     super::guard::check_county_list(ctx, old.len(), new.len())?;

@@ -2,11 +2,8 @@
 //! the small batch helpers the other publish steps share.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
-};
+use arrow::array::{Array, ArrayRef, RecordBatch, StringArray, UInt32Array};
 use arrow::compute::take_record_batch;
 
 use crate::error::{Error, Result};
@@ -81,6 +78,4 @@ pub fn opt_str(a: &StringArray, i: usize) -> Option<&str> {
 }
 
 /// A UTC timestamp column.
-pub fn ts(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
-    Arc::new(TimestampMicrosecondArray::from(values.collect::<Vec<_>>()).with_timezone("UTC"))
-}
+pub use crate::delta::timestamps as ts;

@@ -70,8 +70,10 @@ impl<T> Watched<T> {
                 }
                 // A file caught half-edited, or an edit that broke it: keep serving what was
                 // good, and say so.
+                // It is read again at its next change, not at every request.
                 Err(e) => {
-                    tracing::error!(file = %self.path.display(), error = %e, "the changed file is not valid; keeping the previous one")
+                    tracing::error!(file = %self.path.display(), error = %e, "the changed file is not valid; keeping the previous one");
+                    v.1 = now;
                 }
             }
         }
@@ -212,9 +214,21 @@ async fn around(State(server): State<Arc<Server>>, mut req: Request, next: Next)
     let limit = sharing.request_timeout;
     // Refuse by default: everything but a signed file URL needs a valid bearer token before any
     // route, parameter or body is looked at.
-    let mut res = match (signed_file, protocol::caller(&server, req.headers())) {
-        (false, Err(refused)) => refused.into_response(),
-        _ => match tokio::time::timeout(limit, next.run(req)).await {
+    let caller = match signed_file {
+        true => None,
+        false => Some(protocol::caller(&server, req.headers())),
+    };
+    let refused = match caller {
+        Some(Ok(c)) => {
+            req.extensions_mut().insert(Arc::new(c));
+            None
+        }
+        Some(Err(refused)) => Some(refused),
+        None => None,
+    };
+    let mut res = match refused {
+        Some(refused) => refused.into_response(),
+        None => match tokio::time::timeout(limit, next.run(req)).await {
             Ok(r) => r,
             Err(_) => protocol::ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -79,7 +79,9 @@ impl IntoResponse for ApiError {
 
 type Answer = std::result::Result<Response, ApiError>;
 
-/// The caller: the sharing file as of this request and the recipient the token belongs to.
+/// The caller: the sharing file as of this request and the recipient the token belongs to. Found
+/// once per request, by the refuse-by-default middleware (`sharing::around`), and handed to the
+/// route as a request extension.
 pub struct Caller {
     pub sharing: Arc<Sharing>,
     pub recipient: Recipient,
@@ -205,11 +207,9 @@ fn table_item(sh: &Share, sc: &Schema, t: &Table) -> serde_json::Value {
 }
 
 pub async fn list_shares(
-    State(server): State<Arc<Server>>,
-    headers: HeaderMap,
+    Extension(c): Extension<Arc<Caller>>,
     Query(paging): Query<Paging>,
 ) -> Answer {
-    let c = caller(&server, &headers)?;
     let items = c
         .sharing
         .shares
@@ -220,12 +220,7 @@ pub async fn list_shares(
     page(items, &paging)
 }
 
-pub async fn get_share(
-    State(server): State<Arc<Server>>,
-    headers: HeaderMap,
-    Path(share): Path<String>,
-) -> Answer {
-    let c = caller(&server, &headers)?;
+pub async fn get_share(Extension(c): Extension<Arc<Caller>>, Path(share): Path<String>) -> Answer {
     let s = c.share(&share)?;
     Ok(json(
         &serde_json::json!({"share": {"name": s.name, "id": stable_id(&[&s.name])}}),
@@ -233,12 +228,10 @@ pub async fn get_share(
 }
 
 pub async fn list_schemas(
-    State(server): State<Arc<Server>>,
-    headers: HeaderMap,
+    Extension(c): Extension<Arc<Caller>>,
     Path(share): Path<String>,
     Query(paging): Query<Paging>,
 ) -> Answer {
-    let c = caller(&server, &headers)?;
     let s = c.share(&share)?;
     let items = s
         .schemas
@@ -249,12 +242,10 @@ pub async fn list_schemas(
 }
 
 pub async fn list_tables(
-    State(server): State<Arc<Server>>,
-    headers: HeaderMap,
+    Extension(c): Extension<Arc<Caller>>,
     Path((share, schema)): Path<(String, String)>,
     Query(paging): Query<Paging>,
 ) -> Answer {
-    let c = caller(&server, &headers)?;
     let s = c.share(&share)?;
     let sc = s
         .schema(&schema)
@@ -264,12 +255,10 @@ pub async fn list_tables(
 }
 
 pub async fn list_all_tables(
-    State(server): State<Arc<Server>>,
-    headers: HeaderMap,
+    Extension(c): Extension<Arc<Caller>>,
     Path(share): Path<String>,
     Query(paging): Query<Paging>,
 ) -> Answer {
-    let c = caller(&server, &headers)?;
     let s = c.share(&share)?;
     let items = s
         .schemas
@@ -522,11 +511,10 @@ pub struct VersionParams {
 
 pub async fn table_version(
     State(server): State<Arc<Server>>,
-    headers: HeaderMap,
+    Extension(c): Extension<Arc<Caller>>,
     Path((share, schema, table)): Path<(String, String, String)>,
     Query(q): Query<VersionParams>,
 ) -> Answer {
-    let c = caller(&server, &headers)?;
     let (sh, sc, t) = c.table(&share, &schema, &table)?;
     let view = server.tables.get(&sc.pipeline.table_url(t.name))?;
     let served = served(&server, &c, sh, &view, t.name).await?;
@@ -556,10 +544,10 @@ pub struct MetadataParams {
 pub async fn table_metadata(
     State(server): State<Arc<Server>>,
     headers: HeaderMap,
+    Extension(c): Extension<Arc<Caller>>,
     Path((share, schema, table)): Path<(String, String, String)>,
     Query(q): Query<MetadataParams>,
 ) -> Answer {
-    let c = caller(&server, &headers)?;
     check_format(&headers)?;
     let (sh, sc, t) = c.table(&share, &schema, &table)?;
     let view = server.tables.get(&sc.pipeline.table_url(t.name))?;
@@ -587,10 +575,10 @@ struct QueryBody {
 pub async fn table_query(
     State(server): State<Arc<Server>>,
     headers: HeaderMap,
+    Extension(c): Extension<Arc<Caller>>,
     Path((share, schema, table)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Answer {
-    let c = caller(&server, &headers)?;
     check_format(&headers)?;
     let (sh, sc, t) = c.table(&share, &schema, &table)?;
     let q: QueryBody = if body.iter().all(u8::is_ascii_whitespace) {
@@ -756,10 +744,10 @@ pub struct ChangesParams {
 pub async fn table_changes(
     State(server): State<Arc<Server>>,
     headers: HeaderMap,
+    Extension(c): Extension<Arc<Caller>>,
     Path((share, schema, table)): Path<(String, String, String)>,
     Query(q): Query<ChangesParams>,
 ) -> Answer {
-    let c = caller(&server, &headers)?;
     check_format(&headers)?;
     let (sh, sc, t) = c.table(&share, &schema, &table)?;
     if !sc.history {

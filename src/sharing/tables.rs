@@ -56,7 +56,6 @@ pub struct Commit {
 /// A version of a table: its metadata and data files.
 #[derive(Debug)]
 pub struct Snapshot {
-    pub version: i64,
     /// The Delta `metaData` action.
     pub metadata: serde_json::Value,
     pub min_reader_version: i64,
@@ -243,7 +242,6 @@ impl TableView {
             })
             .collect();
         let snap = Arc::new(Snapshot {
-            version,
             metadata,
             min_reader_version: protocol["minReaderVersion"].as_i64().unwrap_or(1),
             change_data_feed,
