@@ -177,10 +177,8 @@ pub async fn write(ctx: &RunContext) -> Result<(usize, Option<i64>)> {
     let now = chrono::Utc::now().timestamp_micros();
     let new = rows_of(&crate::delta::query(&session, &sql).await?, now)?;
     let t = &schema::ELEVLISTE_VGS;
-    let table =
-        with_change_data_feed(crate::delta::open_or_create(&ctx.pipeline, t).await?).await?;
-    let read_version = table.version().unwrap_or(0);
-    let old = if read_version == 0 {
+    let table = crate::delta::open_or_create(&ctx.pipeline, t).await?;
+    let old = if table.version().unwrap_or(0) == 0 {
         Vec::new()
     } else {
         let stored = SessionContext::new();
@@ -190,7 +188,10 @@ pub async fn write(ctx: &RunContext) -> Result<(usize, Option<i64>)> {
             now,
         )?
     };
+    // The guard before any commit, the switch of an older list to a Change Data Feed included.
     super::guard::check_county_list(ctx, old.len(), new.len())?;
+    let table = with_change_data_feed(table).await?;
+    let read_version = table.version().unwrap_or(0);
     let rows = new.len();
     let d = diff(old, new);
     let changed: std::collections::BTreeSet<Option<&str>> = d

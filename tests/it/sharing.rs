@@ -1350,3 +1350,30 @@ async fn the_signing_key_rotates_without_a_restart() {
     assert_eq!(served.http.get(&new).send().await.unwrap().status(), 200);
     served.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_county_list_written_before_the_change_data_feed_gets_it_at_its_next_change() {
+    let s = story().await;
+    // An older warehouse: the list without the Change Data Feed.
+    let url = s.pipeline.table_url("elevliste_vgs");
+    let table = elevflyt::delta::try_open(&url).await.unwrap().unwrap();
+    let before = table.version().unwrap();
+    table
+        .set_tbl_properties()
+        .with_properties(
+            [(
+                "delta.enableChangeDataFeed".to_string(),
+                "false".to_string(),
+            )]
+            .into(),
+        )
+        .await
+        .unwrap();
+    s.day2().await;
+    let batches = elevflyt::ops::changes(&s.pipeline, "elevliste_vgs", before as i64 + 2, None)
+        .await
+        .unwrap();
+    let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+    // Vestland's 5 corrections and Oslo's leaver, as changes of the list.
+    assert_eq!(n, 6);
+}
