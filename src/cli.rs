@@ -165,6 +165,25 @@ pub enum ShareCommand {
     Token(ShareTokenArgs),
     /// Revoke a recipient's token (or all of them); a running server refuses it at once.
     Revoke(ShareRevokeArgs),
+    /// Add an operator of the web pages (or change one), scoped to kommuner and optionally
+    /// schools. The password is read from standard input (at least 12 characters) and stored
+    /// as an argon2id hash.
+    User(ShareUserArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ShareUserArgs {
+    /// The sharing file (TOML).
+    pub sharing: PathBuf,
+    /// The operator's user name.
+    #[arg(long)]
+    pub name: String,
+    /// Kommunenummer the operator sees (repeat for several).
+    #[arg(long, required = true)]
+    pub kommune: Vec<String>,
+    /// Only these schools (skolenummer; repeat for several).
+    #[arg(long)]
+    pub skule: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -382,7 +401,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("validate", "elevflyt validate pipelines/bergen.toml"),
     ("rules", "elevflyt rules"),
     ("serve", "elevflyt serve pipelines/sharing-vestland.toml\n  elevflyt serve pipelines/sharing-vestland.toml --listen 127.0.0.1:0"),
-    ("share", "elevflyt share token pipelines/sharing-vestland.toml --recipient vestland --days 30 --out vestland.share\n  elevflyt share revoke pipelines/sharing-vestland.toml --recipient vestland"),
+    ("share", "elevflyt share token pipelines/sharing-vestland.toml --recipient vestland --days 30 --out vestland.share\n  elevflyt share revoke pipelines/sharing-vestland.toml --recipient vestland\n  elevflyt share user pipelines/sharing-vestland.toml --name kari --kommune 4601 < passord.txt"),
     ("export", "elevflyt export vigo pipelines/bergen.toml --fylke 46 --out eksport/\n  elevflyt export vigo pipelines/voss.toml --fylke 46 --skule 46520 --encoding utf-8 --out eksport/"),
 ];
 
@@ -590,6 +609,26 @@ async fn dispatch(cmd: Command) -> Result<()> {
             let sharing = crate::sharing::config::Sharing::load(&a.sharing)?;
             let n = crate::sharing::tokens::revoke(&sharing, &a.recipient, a.token.as_deref())?;
             println!("revoked {n} token(s) of `{}`", a.recipient);
+            return Ok(());
+        }
+        Command::Share(ShareCommand::User(a)) => {
+            let sharing = crate::sharing::config::Sharing::load(&a.sharing)?;
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password).map_err(|e| {
+                Error::Usage(format!("cannot read the password from standard input: {e}"))
+            })?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            crate::sharing::users::set(&sharing, &a.name, &a.kommune, &a.skule, password)?;
+            println!(
+                "operator `{}` may see kommune {}{}",
+                a.name,
+                a.kommune.join(", "),
+                if a.skule.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (schools {})", a.skule.join(", "))
+                }
+            );
             return Ok(());
         }
         Command::Export(ExportCommand::Vigo(a)) => {

@@ -71,7 +71,7 @@ pub struct Report {
     pub kvalitet_over_tid: Vec<KvalitetPunkt>,
 }
 
-async fn rows(
+pub(crate) async fn rows(
     ctx: &deltalake::datafusion::prelude::SessionContext,
     table: &str,
     sql: &str,
@@ -298,7 +298,7 @@ pub fn text(r: &Report) -> String {
     o
 }
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -306,7 +306,7 @@ fn esc(s: &str) -> String {
 }
 
 /// A horizontal bar chart as inline SVG.
-fn bars(title: &str, items: &[(String, f64)], colour: &str) -> String {
+pub(crate) fn bars(title: &str, items: &[(String, f64)], colour: &str) -> String {
     let max = items.iter().map(|i| i.1).fold(1.0_f64, f64::max);
     let h = 22 * items.len().max(1) + 30;
     let mut svg = format!(

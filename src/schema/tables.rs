@@ -328,6 +328,37 @@ pub const UTLEVERING: Table = Table {
     ],
 };
 
+/// Approvals of the county list: which operator said which version "is ready", for which share
+/// (docs/ARCHITECTURE.md, "Sharing"). Append-only.
+pub const GODKJENNING: Table = Table {
+    name: "godkjenning",
+    description:
+        "Godkjenningar av elevlista: kven som sa at kva versjon er klar for kva deling, og når.",
+    kind: Kind::Append,
+    key: None,
+    partition_by: &[],
+    columns: &[
+        col("tid", Timestamp, false, "Når lista vart godkjend"),
+        col(
+            "brukar",
+            String,
+            false,
+            "Operatøren som godkjende (namnet i delingsfila)",
+        ),
+        col("kommunenummer", String, false, "Kommunen"),
+        col(
+            "deling",
+            String,
+            false,
+            "Delinga (share) godkjenninga gjeld",
+        ),
+        col("skjema", String, false, "Skjemaet (kommunen) i delinga"),
+        col("tabell", String, false, "Tabellen som vart godkjend"),
+        col("versjon", Long, false, "Delta-versjonen som vart godkjend"),
+        col("request_id", String, false, "Førespurnads-ID"),
+    ],
+};
+
 pub const ELEV_ID: Table = Table {
     name: "elev_id",
     description: "Identitetskart: kva kildesystem-ID og fødselsnummer kvar stabile elev-ID er sett med, og når.",
@@ -475,4 +506,5 @@ pub const PUBLISHED: &[&Table] = &[
     &KJORING,
     &ELEVLISTE_VGS,
     &UTLEVERING,
+    &GODKJENNING,
 ];

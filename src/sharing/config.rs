@@ -26,6 +26,22 @@ struct SharingFile {
     shares: Vec<ShareSection>,
     #[serde(default, rename = "recipient")]
     recipients: Vec<RecipientSection>,
+    #[serde(default, rename = "user")]
+    users: Vec<UserSection>,
+}
+
+/// `[[user]]`: an operator of the web pages (added by `elevflyt share user`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserSection {
+    name: String,
+    /// The kommuner (kommunenummer) the operator sees; nothing else.
+    kommune: Vec<String>,
+    /// Only these schools (skolenummer), when set.
+    #[serde(default)]
+    skule: Vec<String>,
+    /// The password's argon2id hash (PHC string).
+    password: String,
 }
 
 /// `[server]`.
@@ -53,6 +69,8 @@ struct ServerSection {
     request_timeout_seconds: u64,
     /// Largest request body accepted.
     max_request_bytes: usize,
+    /// How long an operator's session lasts without a new login.
+    session_minutes: u64,
     /// Files of a cloud warehouse (s3, az, gs): `presign` hands out the object store's
     /// pre-signed URLs, `proxy` streams them through the server's own download route.
     cloud_files: CloudFiles,
@@ -81,6 +99,7 @@ impl Default for ServerSection {
             request_timeout_seconds: 30,
             max_request_bytes: 64 * 1024,
             cloud_files: CloudFiles::Presign,
+            session_minutes: 8 * 60,
         }
     }
 }
@@ -89,6 +108,9 @@ impl Default for ServerSection {
 #[serde(deny_unknown_fields)]
 struct ShareSection {
     name: String,
+    /// Serve only versions a kommune's operator has approved ("lista er klar").
+    #[serde(default)]
+    approved_only: bool,
     #[serde(rename = "schema")]
     schemas: Vec<SchemaSection>,
 }
@@ -177,13 +199,37 @@ pub struct Sharing {
     pub request_timeout: std::time::Duration,
     pub max_request_bytes: usize,
     pub cloud_files: CloudFiles,
+    pub session: chrono::Duration,
     pub shares: Vec<Share>,
     pub recipients: Vec<Recipient>,
+    pub users: Vec<User>,
+}
+
+/// An operator: who may see and approve what.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub kommuner: BTreeSet<String>,
+    /// Empty: every school of those kommuner.
+    pub skular: BTreeSet<String>,
+    /// argon2id PHC string.
+    pub password: String,
+}
+
+impl User {
+    pub fn sees_kommune(&self, kommune: &str) -> bool {
+        self.kommuner.contains(kommune)
+    }
+
+    pub fn sees_school(&self, skolenummer: &str) -> bool {
+        self.skular.is_empty() || self.skular.contains(skolenummer)
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Share {
     pub name: String,
+    pub approved_only: bool,
     pub schemas: Vec<Schema>,
 }
 
@@ -353,6 +399,7 @@ impl Sharing {
             }
             shares.push(Share {
                 name: sh.name.clone(),
+                approved_only: sh.approved_only,
                 schemas,
             });
         }
@@ -457,6 +504,39 @@ impl Sharing {
                 windows,
             });
         }
+        let mut users: Vec<User> = Vec::new();
+        for u in &file.users {
+            let what = format!("user `{}`", u.name);
+            if !valid_name(&u.name) {
+                return Err(bad(format!(
+                    "{what}: a name has only letters a-z, digits, _ and -"
+                )));
+            }
+            if users.iter().any(|o| o.name == u.name) {
+                return Err(bad(format!("{what} is named twice")));
+            }
+            if u.kommune.is_empty() {
+                return Err(bad(format!("{what}: no kommune")));
+            }
+            if let Some(k) = u
+                .kommune
+                .iter()
+                .find(|k| !crate::quality::kommuner::is_kommune(k))
+            {
+                return Err(bad(format!("{what}: `{k}` is not a kommunenummer")));
+            }
+            if argon2::password_hash::PasswordHash::new(&u.password).is_err() {
+                return Err(bad(format!(
+                    "{what}: password is not an argon2 hash (set it with `elevflyt share user`)"
+                )));
+            }
+            users.push(User {
+                name: u.name.clone(),
+                kommuner: u.kommune.iter().cloned().collect(),
+                skular: u.skule.iter().cloned().collect(),
+                password: u.password.clone(),
+            });
+        }
         let signing_keys = match &s.signing_keys {
             Some(p) => base.join(p),
             None => {
@@ -482,8 +562,10 @@ impl Sharing {
             request_timeout: std::time::Duration::from_secs(s.request_timeout_seconds.max(1)),
             max_request_bytes: s.max_request_bytes.max(1024),
             cloud_files: s.cloud_files,
+            session: chrono::Duration::minutes(s.session_minutes.clamp(5, 7 * 24 * 60) as i64),
             shares,
             recipients,
+            users,
         };
         Ok(sharing)
     }
@@ -505,6 +587,24 @@ impl Sharing {
         self.shares
             .iter()
             .find(|s| s.name.eq_ignore_ascii_case(name))
+    }
+
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    /// The pipelines of a kommune that the file serves (one per schema; a pipeline in several
+    /// shares once).
+    pub fn pipelines_of(&self, kommune: &str) -> Vec<Arc<Pipeline>> {
+        let mut out: Vec<Arc<Pipeline>> = Vec::new();
+        for sc in self.shares.iter().flat_map(|s| &s.schemas) {
+            if sc.pipeline.kommunenummer() == kommune
+                && !out.iter().any(|p| p.path == sc.pipeline.path)
+            {
+                out.push(sc.pipeline.clone());
+            }
+        }
+        out
     }
 
     pub fn recipient(&self, name: &str) -> Option<&Recipient> {

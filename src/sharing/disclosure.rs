@@ -1,5 +1,6 @@
 //! The disclosure log `utlevering`: one row per query, changes request, file download and
-//! export, appended to the kommune's own warehouse. The server queues a row before it answers
+//! export, appended to the kommune's own warehouse; and the server's other appends (approvals),
+//! made by the same writer thread. The server queues a row before it answers
 //! and a writer task appends the queue every second (one commit per batch, not per request);
 //! on shutdown the queue is written before the process exits (docs/ARCHITECTURE.md, "Sharing").
 
@@ -12,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Pipeline;
 use crate::error::Result;
-use crate::schema::UTLEVERING;
+use crate::schema::{Table, UTLEVERING};
 
 /// One disclosure. Never a fødselsnummer or a name: which pupils were disclosed follows from
 /// the table and version.
@@ -75,6 +76,13 @@ pub async fn append(pipeline: &Pipeline, rows: &[Disclosure], run_id: &str) -> R
 enum Message {
     Row(Arc<Pipeline>, Disclosure),
     Flush(oneshot::Sender<()>),
+    /// Rows to append to a table now (an approval), with where to say how it went.
+    Append(
+        Arc<Pipeline>,
+        &'static Table,
+        RecordBatch,
+        oneshot::Sender<Result<(), String>>,
+    ),
 }
 
 /// The queue of the server's disclosures.
@@ -108,6 +116,22 @@ impl Log {
         }
     }
 
+    /// Appends `batch` to a table of `pipeline` now, on the writer's thread, and says how it went.
+    pub async fn append_now(
+        &self,
+        pipeline: &Arc<Pipeline>,
+        table: &'static Table,
+        batch: RecordBatch,
+    ) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Message::Append(pipeline.clone(), table, batch, tx))
+            .map_err(|_| crate::Error::Other("the table writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| crate::Error::Other("the table writer has stopped".into()))?
+            .map_err(crate::Error::Other)
+    }
+
     /// Waits until everything queued so far is written (or failed and was reported).
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
@@ -126,6 +150,7 @@ async fn writer(mut rx: mpsc::UnboundedReceiver<Message>, run_id: String) {
             m = rx.recv() => match m {
                 Some(Message::Row(p, d)) => { pending.push((p, d)); continue; }
                 Some(Message::Flush(done)) => waiting.push(done),
+                Some(Message::Append(p, t, b, done)) => { append_one(&p, t, b, done, &run_id).await; continue; }
                 None => { write_all(&mut pending, &run_id).await; return; }
             },
             _ = tick.tick() => {}
@@ -135,6 +160,7 @@ async fn writer(mut rx: mpsc::UnboundedReceiver<Message>, run_id: String) {
             match m {
                 Message::Row(p, d) => pending.push((p, d)),
                 Message::Flush(done) => waiting.push(done),
+                Message::Append(p, t, b, done) => append_one(&p, t, b, done, &run_id).await,
             }
         }
         write_all(&mut pending, &run_id).await;
@@ -142,6 +168,27 @@ async fn writer(mut rx: mpsc::UnboundedReceiver<Message>, run_id: String) {
             let _ = w.send(());
         }
     }
+}
+
+async fn append_one(
+    p: &Pipeline,
+    t: &'static Table,
+    b: RecordBatch,
+    done: oneshot::Sender<Result<(), String>>,
+    run_id: &str,
+) {
+    let written = crate::delta::write(
+        p,
+        t,
+        vec![b],
+        deltalake::protocol::SaveMode::Append,
+        run_id,
+        t.name,
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| e.to_string());
+    let _ = done.send(written);
 }
 
 /// Writes the pending rows, one commit per warehouse table; rows that could not be written stay

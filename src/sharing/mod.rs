@@ -8,12 +8,14 @@ pub mod config;
 pub mod disclosure;
 pub mod export;
 mod hints;
+pub mod operator;
 pub mod protocol;
 pub mod signing;
 pub mod tables;
 pub mod tokens;
+pub mod users;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -92,6 +94,112 @@ pub struct Server {
     base_url: RwLock<String>,
     /// Download URLs already logged (a client fetches one URL about ten times: footer, ranges).
     logged_downloads: Mutex<HashSet<String>>,
+    /// Operators' sessions and failed logins.
+    pub sessions: operator::Sessions,
+    /// `godkjenning` as last read, by table URL: its version and (share, schema, table, version).
+    approvals: Mutex<HashMap<String, (i64, ApprovalRows)>>,
+}
+
+/// `godkjenning` rows as (share, schema, table, version).
+type ApprovalRows = Arc<Vec<(String, String, String, i64)>>;
+
+/// An operator's approval of a version of a shared table.
+pub struct Approval {
+    pub time: DateTime<Utc>,
+    pub user: String,
+    pub kommune: String,
+    pub share: String,
+    pub schema: String,
+    pub table: String,
+    pub version: i64,
+    pub request_id: String,
+}
+
+/// Appends an approval to the kommune's `godkjenning`.
+pub async fn record_approval(server: &Server, pipeline: &Arc<Pipeline>, a: Approval) -> Result<()> {
+    use arrow::array::{ArrayRef, Int64Array, StringArray};
+    let text = |v: &str| -> ArrayRef { Arc::new(StringArray::from(vec![v])) };
+    let batch = arrow::array::RecordBatch::try_new(
+        crate::schema::GODKJENNING.arrow_schema(),
+        vec![
+            crate::delta::timestamps(std::iter::once(Some(a.time.timestamp_micros()))),
+            text(&a.user),
+            text(&a.kommune),
+            text(&a.share),
+            text(&a.schema),
+            text(&a.table),
+            Arc::new(Int64Array::from(vec![a.version])),
+            text(&a.request_id),
+        ],
+    )?;
+    server
+        .log
+        .append_now(pipeline, &crate::schema::GODKJENNING, batch)
+        .await
+}
+
+/// The newest version of a shared table approved for `share` (at most `up_to`), from the
+/// kommune's `godkjenning` (read again only when it has a new version).
+pub async fn approved_version(
+    server: &Server,
+    pipeline: &Pipeline,
+    share: &str,
+    schema: &str,
+    table: &str,
+    up_to: i64,
+) -> Option<i64> {
+    let url = pipeline.table_url(crate::schema::GODKJENNING.name);
+    let view = server.tables.get(&url).ok()?;
+    let latest = view.latest().await.ok()??;
+    let cached = server
+        .approvals
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(url.as_str())
+        .filter(|(v, _)| *v == latest)
+        .map(|(_, rows)| rows.clone());
+    let rows = match cached {
+        Some(rows) => rows,
+        None => {
+            let t = crate::delta::open_at(&url, Some(latest), None).await.ok()?;
+            let ctx = deltalake::datafusion::prelude::SessionContext::new();
+            crate::delta::register(&ctx, "godkjenning", &t).await.ok()?;
+            let got = crate::report::rows(
+                &ctx,
+                "godkjenning",
+                "SELECT deling, skjema, tabell, CAST(versjon AS STRING) FROM godkjenning",
+            )
+            .await
+            .ok()?;
+            let rows: ApprovalRows = Arc::new(
+                got.into_iter()
+                    .filter_map(|r| {
+                        Some((
+                            r[0].clone()?,
+                            r[1].clone()?,
+                            r[2].clone()?,
+                            r[3].as_deref()?.parse().ok()?,
+                        ))
+                    })
+                    .collect(),
+            );
+            server
+                .approvals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(url.to_string(), (latest, rows.clone()));
+            rows
+        }
+    };
+    rows.iter()
+        .filter(|(sh, sc, t, v)| {
+            sh.eq_ignore_ascii_case(share)
+                && sc.eq_ignore_ascii_case(schema)
+                && t == table
+                && *v <= up_to
+        })
+        .map(|r| r.3)
+        .max()
 }
 
 impl Server {
@@ -185,8 +293,16 @@ pub fn router(server: Arc<Server>) -> Router {
         .route(&format!("{t}/query"), post(table_query))
         .route(&format!("{t}/changes"), get(table_changes))
         .route("/files/{token}", get(download).head(download));
+    let pages = Router::new()
+        .route("/", get(operator::home))
+        .route("/login", get(operator::login_page).post(operator::login))
+        .route("/logout", post(operator::logout))
+        .route("/kommune/{kommune}", get(operator::overview))
+        .route("/kommune/{kommune}/overforing", get(operator::transfer))
+        .route("/kommune/{kommune}/godkjenn", post(operator::approve));
     Router::new()
         .nest(&sharing.prefix, api)
+        .merge(pages)
         .fallback(fallback)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(server.clone(), around))
@@ -206,17 +322,23 @@ async fn around(State(server): State<Arc<Server>>, mut req: Request, next: Next)
     let sharing = server.sharing();
     let files = format!("{}/files/", sharing.prefix);
     let signed_file = req.uri().path().starts_with(&files);
+    // The operator pages check their own sessions (operator.rs); the protocol needs a token.
+    let protocol = req.uri().path() == sharing.prefix
+        || req
+            .uri()
+            .path()
+            .starts_with(&format!("{}/", sharing.prefix));
     let route = match signed_file {
         true => format!("{files}…"),
         false => req.uri().path().to_string(),
     };
     let started = std::time::Instant::now();
     let limit = sharing.request_timeout;
-    // Refuse by default: everything but a signed file URL needs a valid bearer token before any
-    // route, parameter or body is looked at.
-    let caller = match signed_file {
-        true => None,
-        false => Some(protocol::caller(&server, req.headers())),
+    // Refuse by default: every protocol route but a signed file URL needs a valid bearer token
+    // before any route, parameter or body is looked at.
+    let caller = match protocol && !signed_file {
+        true => Some(protocol::caller(&server, req.headers())),
+        false => None,
     };
     let refused = match caller {
         Some(Ok(c)) => {
@@ -277,6 +399,15 @@ async fn as_protocol_error(res: Response) -> Response {
     .into_response()
 }
 
+/// The id `around` gave this request (`x-request-id`).
+pub fn request_id(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// A server that is listening.
 pub struct Running {
     pub addr: SocketAddr,
@@ -323,6 +454,8 @@ pub async fn start(sharing: Sharing, listen: SocketAddr) -> Result<Running> {
         clock: Mutex::new(None),
         base_url: RwLock::new(base.clone()),
         logged_downloads: Mutex::default(),
+        sessions: operator::Sessions::default(),
+        approvals: Mutex::default(),
     });
     let app = router(server.clone());
     let (stop, mut stopped) = tokio::sync::watch::channel(false);

@@ -285,7 +285,7 @@ fn stamp(t: DateTime<Utc>) -> String {
 async fn served(
     server: &Server,
     c: &Caller,
-    share: &Share,
+    (share, schema): (&Share, &Schema),
     view: &TableView,
     table: &str,
 ) -> std::result::Result<Served, ApiError> {
@@ -293,6 +293,44 @@ async fn served(
         .latest()
         .await?
         .ok_or_else(|| ApiError::not_found(format!("table `{table}` has no data yet")))?;
+    let served = within_window(server, c, share, view, table, latest).await?;
+    if !share.approved_only {
+        return Ok(served);
+    }
+    // Only what the kommune has approved, within the window.
+    let approved = super::approved_version(
+        server,
+        &schema.pipeline,
+        &share.name,
+        &schema.name,
+        table,
+        served.newest,
+    )
+    .await
+    .ok_or_else(|| {
+        ApiError::forbidden(
+            "NOT_APPROVED",
+            format!(
+                "the kommune has not approved a version of `{table}` in share `{}` yet",
+                share.name
+            ),
+        )
+    })?;
+    Ok(Served {
+        newest: approved,
+        closed: served.closed,
+    })
+}
+
+/// [`served`] by the transfer window alone.
+async fn within_window(
+    server: &Server,
+    c: &Caller,
+    share: &Share,
+    view: &TableView,
+    table: &str,
+    latest: i64,
+) -> std::result::Result<Served, ApiError> {
     let Some(Window {
         opens,
         deadline,
@@ -517,7 +555,7 @@ pub async fn table_version(
 ) -> Answer {
     let (sh, sc, t) = c.table(&share, &schema, &table)?;
     let view = server.tables.get(&sc.pipeline.table_url(t.name))?;
-    let served = served(&server, &c, sh, &view, t.name).await?;
+    let served = served(&server, &c, (sh, sc), &view, t.name).await?;
     let v = match q.starting_timestamp {
         None => served.newest,
         Some(ts) => {
@@ -551,7 +589,7 @@ pub async fn table_metadata(
     check_format(&headers)?;
     let (sh, sc, t) = c.table(&share, &schema, &table)?;
     let view = server.tables.get(&sc.pipeline.table_url(t.name))?;
-    let served = served(&server, &c, sh, &view, t.name).await?;
+    let served = served(&server, &c, (sh, sc), &view, t.name).await?;
     let (v, travelled) =
         asked_version(&view, sc, &served, q.version, q.timestamp.as_deref()).await?;
     let snap = view.snapshot(v).await?;
@@ -603,7 +641,7 @@ pub async fn table_query(
         ));
     }
     let view = server.tables.get(&sc.pipeline.table_url(t.name))?;
-    let served = served(&server, &c, sh, &view, t.name).await?;
+    let served = served(&server, &c, (sh, sc), &view, t.name).await?;
     let (v, travelled) =
         asked_version(&view, sc, &served, q.version, q.timestamp.as_deref()).await?;
     let snap = view.snapshot(v).await?;
@@ -652,7 +690,7 @@ pub async fn table_query(
             files,
             rows,
             restriction: c.restriction(),
-            request_id: request_id(&headers),
+            request_id: super::request_id(&headers),
         },
     );
     Ok((table_headers(v, &served, true), out).into_response())
@@ -756,7 +794,7 @@ pub async fn table_changes(
         ));
     }
     let view = server.tables.get(&sc.pipeline.table_url(t.name))?;
-    let served = served(&server, &c, sh, &view, t.name).await?;
+    let served = served(&server, &c, (sh, sc), &view, t.name).await?;
     let start = match (q.starting_version, q.starting_timestamp.as_deref()) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad(
@@ -860,18 +898,10 @@ pub async fn table_changes(
             files,
             rows,
             restriction: c.restriction(),
-            request_id: request_id(&headers),
+            request_id: super::request_id(&headers),
         },
     );
     Ok((table_headers(start, &served, true), out).into_response())
-}
-
-pub fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
 }
 
 // ----------------------------------------------------------------------------- file download
@@ -971,7 +1001,7 @@ pub async fn download(
         &grant,
         &token,
         c.restriction(),
-        request_id(&headers),
+        super::request_id(&headers),
     );
     let body = if end > start {
         use futures::StreamExt;
@@ -1019,20 +1049,46 @@ fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
     (start < end && start < size).then_some((start, end))
 }
 
-/// Any other path: 401 without a valid token, else 404.
-pub async fn fallback(State(server): State<Arc<Server>>, headers: HeaderMap) -> Answer {
-    caller(&server, &headers)?;
-    Err(ApiError::not_found("no such route"))
+/// Whether a path is one of the protocol's (under the prefix), not an operator page.
+fn is_protocol(server: &Server, uri: &axum::http::Uri) -> bool {
+    let prefix = server.sharing().prefix.clone();
+    uri.path() == prefix || uri.path().starts_with(&format!("{prefix}/"))
 }
 
-/// A route with the wrong method: 401 without a valid token, else 405.
-pub async fn wrong_method(State(server): State<Arc<Server>>, headers: HeaderMap) -> Answer {
-    caller(&server, &headers)?;
-    Err(ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "INVALID_PARAMETER_VALUE",
-        "method not allowed on this route",
-    ))
+/// Any other path: for the protocol 401 without a valid token, else 404; for the pages the login
+/// page, else 404.
+pub async fn fallback(
+    State(server): State<Arc<Server>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    if !is_protocol(&server, &uri) {
+        return super::operator::not_found(&server, &headers);
+    }
+    match caller(&server, &headers) {
+        Err(e) => e.into_response(),
+        Ok(_) => ApiError::not_found("no such route").into_response(),
+    }
+}
+
+/// A route with the wrong method: like [`fallback`], with 405.
+pub async fn wrong_method(
+    State(server): State<Arc<Server>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    if !is_protocol(&server, &uri) {
+        return super::operator::not_found(&server, &headers);
+    }
+    match caller(&server, &headers) {
+        Err(e) => e.into_response(),
+        Ok(_) => ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "INVALID_PARAMETER_VALUE",
+            "method not allowed on this route",
+        )
+        .into_response(),
+    }
 }
 
 #[cfg(test)]

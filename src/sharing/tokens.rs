@@ -174,11 +174,23 @@ fn stamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-/// Changes the `[[recipient]]` named `recipient` in the sharing file, checks that the result
-/// still loads, and replaces the file in one rename (a running server never reads half a file).
+/// Changes the `[[recipient]]` named `recipient` in the sharing file (see [`edit_entry`]).
 fn edit(
     sharing: &Sharing,
     recipient: &str,
+    change: impl FnOnce(&mut toml_edit::Table) -> std::result::Result<(), String>,
+) -> Result<()> {
+    edit_entry(sharing, "recipient", recipient, false, change)
+}
+
+/// Changes the entry of the array of tables `array` (`[[recipient]]`, `[[user]]`) whose `name`
+/// is `name` (added when `create`), checks that the result still loads, and replaces the file in
+/// one rename (a running server never reads half a file). Comments and layout are kept.
+pub fn edit_entry(
+    sharing: &Sharing,
+    array: &str,
+    name: &str,
+    create: bool,
     change: impl FnOnce(&mut toml_edit::Table) -> std::result::Result<(), String>,
 ) -> Result<()> {
     let path = &sharing.path;
@@ -188,15 +200,26 @@ fn edit(
     };
     let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
     let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| bad(format!("{e}")))?;
-    let recipients = doc
-        .get_mut("recipient")
-        .and_then(|r| r.as_array_of_tables_mut())
-        .ok_or_else(|| bad("no [[recipient]] tables".into()))?;
-    let r = recipients
-        .iter_mut()
-        .find(|r| r.get("name").and_then(|n| n.as_str()) == Some(recipient))
-        .ok_or_else(|| Error::Usage(format!("no recipient `{recipient}` in {}", path.display())))?;
-    change(r).map_err(bad)?;
+    let entries = doc
+        .entry(array)
+        .or_insert_with(|| toml_edit::Item::ArrayOfTables(Default::default()))
+        .as_array_of_tables_mut()
+        .ok_or_else(|| bad(format!("`{array}` is not a list of [[{array}]] tables")))?;
+    let at = entries
+        .iter()
+        .position(|r| r.get("name").and_then(|n| n.as_str()) == Some(name));
+    let entry = match (at, create) {
+        (Some(i), _) => entries.get_mut(i),
+        (None, true) => {
+            let mut t = toml_edit::Table::new();
+            t.insert("name", toml_edit::value(name));
+            entries.push(t);
+            entries.iter_mut().last()
+        }
+        (None, false) => None,
+    }
+    .ok_or_else(|| Error::Usage(format!("no {array} `{name}` in {}", path.display())))?;
+    change(entry).map_err(bad)?;
     let new = doc.to_string();
     Sharing::parse(&new, path)?;
     let tmp = path.with_extension("toml.tmp");

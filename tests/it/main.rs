@@ -8,6 +8,7 @@ mod docs;
 mod failing;
 mod fixtures;
 mod oneroster;
+mod operator;
 mod ops;
 mod property;
 mod quality;

@@ -14,7 +14,7 @@ use crate::common::{rows, run};
 use crate::fixtures::{oneroster, p, pipeline, tenor, P};
 
 /// Day 1: three 10th graders bound for Vestland, two for Oslo, and one 5th grader.
-fn day1() -> Vec<P> {
+pub fn day1() -> Vec<P> {
     vec![
         p("a", &tenor(1, false), "Aas", "46501", "10A"),
         p("b", &tenor(2, false), "Berg", "46501", "10A"),
@@ -27,7 +27,7 @@ fn day1() -> Vec<P> {
 
 /// Day 2, the corrections: `a` unchanged, `b` moved to 46502, `c`'s D-number replaced by a
 /// fødselsnummer, a new pupil `n`; Oslo's `o2` left.
-fn day2() -> Vec<P> {
+pub fn day2() -> Vec<P> {
     let mut d = day1();
     d[1].school = "46502".into();
     d[2].fnr = tenor(3, false);
@@ -36,14 +36,14 @@ fn day2() -> Vec<P> {
     d
 }
 
-struct Story {
+pub struct Story {
     _dir: tempfile::TempDir,
-    root: PathBuf,
-    pipeline: elevflyt::config::Pipeline,
+    pub root: PathBuf,
+    pub pipeline: elevflyt::config::Pipeline,
     src: PathBuf,
 }
 
-async fn story() -> Story {
+pub async fn story() -> Story {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let src = root.join("src");
@@ -59,14 +59,14 @@ async fn story() -> Story {
 }
 
 impl Story {
-    async fn day2(&self) {
+    pub async fn day2(&self) {
         oneroster(&self.src, "2026-01-16", &day2());
         run(&self.pipeline, Stage::All).await.unwrap();
     }
 
     /// A sharing file over the story's pipeline: `vestland` sees fylke 46, `oslo` fylke 03, and
     /// `kommune` (unrestricted) also `elev`. `extra` goes at the end of the vestland recipient.
-    fn sharing(&self, vestland_extra: &str) -> PathBuf {
+    pub fn sharing(&self, vestland_extra: &str) -> PathBuf {
         let body = format!(
             r#"
 [server]
@@ -110,15 +110,15 @@ rows = {{ fylkesnummer = "46" }}
 }
 
 /// A server on 127.0.0.1:0 over `sharing`, with a token for each recipient.
-struct Served {
+pub struct Served {
     running: Option<elevflyt::sharing::Running>,
-    http: reqwest::Client,
-    tokens: std::collections::HashMap<String, String>,
+    pub http: reqwest::Client,
+    pub tokens: std::collections::HashMap<String, String>,
     path: PathBuf,
 }
 
 impl Served {
-    async fn start(path: &Path) -> Served {
+    pub async fn start(path: &Path) -> Served {
         let sharing = Sharing::load(path).unwrap();
         let mut tokens = std::collections::HashMap::new();
         for r in ["vestland", "oslo", "kommune"] {
@@ -150,15 +150,15 @@ impl Served {
         }
     }
 
-    fn server(&self) -> &Arc<elevflyt::sharing::Server> {
+    pub fn server(&self) -> &Arc<elevflyt::sharing::Server> {
         &self.running.as_ref().unwrap().server
     }
 
-    fn url(&self, route: &str) -> String {
+    pub fn url(&self, route: &str) -> String {
         format!("{}{route}", self.running.as_ref().unwrap().endpoint)
     }
 
-    async fn get(&self, who: &str, route: &str) -> reqwest::Response {
+    pub async fn get(&self, who: &str, route: &str) -> reqwest::Response {
         let mut r = self.http.get(self.url(route));
         if let Some(t) = self.tokens.get(who) {
             r = r.bearer_auth(t);
@@ -166,7 +166,12 @@ impl Served {
         r.send().await.unwrap()
     }
 
-    async fn query(&self, who: &str, table: &str, body: serde_json::Value) -> reqwest::Response {
+    pub async fn query(
+        &self,
+        who: &str,
+        table: &str,
+        body: serde_json::Value,
+    ) -> reqwest::Response {
         self.http
             .post(self.url(&format!("/shares/inntak/schemas/c/tables/{table}/query")))
             .bearer_auth(&self.tokens[who])
@@ -177,7 +182,7 @@ impl Served {
             .unwrap()
     }
 
-    async fn stop(mut self) {
+    pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.stop().await;
         }
@@ -185,7 +190,7 @@ impl Served {
 }
 
 /// The NDJSON lines of a response.
-async fn lines(r: reqwest::Response) -> Vec<serde_json::Value> {
+pub async fn lines(r: reqwest::Response) -> Vec<serde_json::Value> {
     let text = r.text().await.unwrap();
     text.lines()
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
@@ -193,7 +198,7 @@ async fn lines(r: reqwest::Response) -> Vec<serde_json::Value> {
 }
 
 /// (action, fylkesnummer, url) of every file line.
-fn files(lines: &[serde_json::Value]) -> Vec<(String, String, String)> {
+pub fn files(lines: &[serde_json::Value]) -> Vec<(String, String, String)> {
     lines
         .iter()
         .skip(2)
