@@ -117,7 +117,7 @@ fn kjoring(r: &[Option<String>]) -> Kjoring {
 /// A problem a newer snapshot still has is open in it (with its newest report); one it no longer
 /// has is resolved (`lost`). Counted by record, so two pupils of one school with the same masked
 /// fødselsnummer are two.
-const OPEN: &str = "SELECT * FROM (SELECT *, max(as_of) OVER (PARTITION BY kildesystem, coalesce(omfang, '')) AS newest \
+pub(crate) const OPEN: &str = "SELECT * FROM (SELECT *, max(as_of) OVER (PARTITION BY kildesystem, coalesce(omfang, '')) AS newest \
     FROM avvik WHERE lost IS NULL) WHERE as_of = newest OR as_of IS NULL";
 
 /// Gathers the report from the tables (works after a failed run too).

@@ -299,6 +299,8 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/logout", post(operator::logout))
         .route("/kommune/{kommune}", get(operator::overview))
         .route("/kommune/{kommune}/overforing", get(operator::transfer))
+        .route("/kommune/{kommune}/skule/{skule}", get(operator::school))
+        .route("/kommune/{kommune}/koyringar", get(operator::runs))
         .route("/kommune/{kommune}/godkjenn", post(operator::approve));
     Router::new()
         .nest(&sharing.prefix, api)

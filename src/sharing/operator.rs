@@ -120,7 +120,7 @@ fn page(status: StatusCode, title: &str, op: Option<&Operator>, body: &str) -> R
             for k in &op.user.kommuner {
                 let _ = write!(
                     links,
-                    r#"<li><a href="/kommune/{k}">Oversikt {k}</a></li><li><a href="/kommune/{k}/overforing">Overføring {k}</a></li>"#
+                    r#"<li><a href="/kommune/{k}">Oversikt {k}</a></li><li><a href="/kommune/{k}/overforing">Overføring {k}</a></li><li><a href="/kommune/{k}/koyringar">Køyringar {k}</a></li>"#
                 );
             }
             format!(
@@ -641,4 +641,215 @@ pub async fn approve(
     }
     tracing::info!(user = %op.user.name, kommune, share = %sh.name, version, "list approved");
     Redirect::to(&format!("/kommune/{kommune}/overforing")).into_response()
+}
+
+/// A school's work list: its open deviations (pupil by name and masked fødselsnummer, class,
+/// field, what to fix), the resolved ones with when, and its classes.
+pub async fn school(
+    State(server): State<Arc<Server>>,
+    headers: HeaderMap,
+    Path((kommune, skule)): Path<(String, String)>,
+) -> Response {
+    let (op, pipelines) = match scoped(&server, &headers, &kommune) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    if skule.is_empty() || !skule.bytes().all(|b| b.is_ascii_digit()) {
+        return not_found(&server, &headers);
+    }
+    if !op.user.sees_school(&skule) {
+        return forbidden();
+    }
+    let open = crate::report::OPEN;
+    let mut body = String::new();
+    let mut found = false;
+    for p in &pipelines {
+        let ctx = match crate::ops::session_at(p, None, None).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "school page");
+                return page(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Feil",
+                    Some(&op),
+                    "<p>Sida kunne ikkje lesast.</p>",
+                );
+            }
+        };
+        let q = |sql: String| {
+            let ctx = ctx.clone();
+            async move { crate::report::rows(&ctx, "avvik", &sql).await }
+        };
+        let pupil = "LEFT JOIN (SELECT system_id, id, fornavn, etternavn, masker_fnr(fodselsnummer) AS fnr FROM elev WHERE is_current) e ON e.system_id = a.system_id \
+            LEFT JOIN (SELECT elev_id, klasse FROM elevforhold WHERE is_current AND skolenummer = '{s}') ef ON ef.elev_id = e.id";
+        let pupil = pupil.replace("{s}", &skule);
+        let open_rows = q(format!(
+            "SELECT coalesce(nullif(concat_ws(' ', e.fornavn, e.etternavn), ''), concat('ID ', a.system_id)), coalesce(e.fnr, CASE WHEN a.felt = 'fodselsnummer' THEN a.verdi END), ef.klasse, a.felt, a.melding, a.regel, a.kjelde, CAST(a.rad AS STRING) AS r \
+             FROM ({open}) a {pupil} WHERE a.skolenummer = '{skule}' ORDER BY a.regel, r"
+        ))
+        .await;
+        let resolved = q(format!(
+            "SELECT coalesce(nullif(concat_ws(' ', e.fornavn, e.etternavn), ''), concat('ID ', a.system_id)), coalesce(e.fnr, CASE WHEN a.felt = 'fodselsnummer' THEN a.verdi END), a.felt, a.regel, CAST(a.lost AS STRING) AS l \
+             FROM avvik a {pupil} WHERE a.skolenummer = '{skule}' AND a.lost IS NOT NULL ORDER BY l DESC LIMIT 50"
+        ))
+        .await;
+        let classes = crate::report::rows(
+            &ctx,
+            "elevforhold",
+            &format!("SELECT klasse, CAST(count(*) AS STRING) FROM elevforhold WHERE is_current AND skolenummer = '{skule}' GROUP BY klasse ORDER BY klasse"),
+        )
+        .await;
+        let (Ok(open_rows), Ok(resolved), Ok(classes)) = (open_rows, resolved, classes) else {
+            return page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Feil",
+                Some(&op),
+                "<p>Sida kunne ikkje lesast.</p>",
+            );
+        };
+        found |= !classes.is_empty() || !open_rows.is_empty();
+        body.push_str(&table(
+            &format!(
+                "Opne avvik – rett dei i skulesystemet ({})",
+                esc(&p.file.pipeline.name)
+            ),
+            &[
+                "Elev",
+                "Fødselsnummer",
+                "Klasse",
+                "Felt",
+                "Kva må rettast",
+                "Regel",
+                "Fil",
+                "Rad",
+            ],
+            &open_rows,
+            "Ingen opne avvik.",
+        ));
+        body.push_str(&table(
+            "Retta avvik",
+            &["Elev", "Fødselsnummer", "Felt", "Regel", "Retta"],
+            &resolved,
+            "Ingen retta avvik enno.",
+        ));
+        body.push_str(&table(
+            "Klassar",
+            &["Klasse", "Elevar"],
+            &classes,
+            "Ingen klassar.",
+        ));
+    }
+    if !found {
+        return not_found(&server, &headers);
+    }
+    page(StatusCode::OK, &format!("Skule {skule}"), Some(&op), &body)
+}
+
+/// The run log and quality over time, with why a run failed.
+pub async fn runs(
+    State(server): State<Arc<Server>>,
+    headers: HeaderMap,
+    Path(kommune): Path<String>,
+) -> Response {
+    let (op, pipelines) = match scoped(&server, &headers, &kommune) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let mut body = String::new();
+    for p in &pipelines {
+        let r = match crate::report::build(p).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "runs page");
+                return page(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Feil",
+                    Some(&op),
+                    "<p>Sida kunne ikkje lesast.</p>",
+                );
+            }
+        };
+        let runs: Vec<Vec<Option<String>>> = r
+            .kjoringar
+            .iter()
+            .map(|k| {
+                vec![
+                    Some(k.finished.clone()),
+                    Some(k.steg.clone()),
+                    Some(match k.status.as_str() {
+                        "ok" => "ok".to_string(),
+                        s => format!("{s} (feila)"),
+                    }),
+                    k.melding.clone(),
+                ]
+            })
+            .collect();
+        body.push_str(&table(
+            &format!("Køyringar ({})", esc(&r.pipeline)),
+            &["Ferdig", "Steg", "Status", "Kvifor"],
+            &runs,
+            "Ingen køyringar enno.",
+        ));
+        let quality: Vec<Vec<Option<String>>> = r
+            .kvalitet_over_tid
+            .iter()
+            .map(|q| {
+                let n = |v: Option<f64>| v.map(|v| format!("{v}"));
+                vec![
+                    Some(q.malt.clone()),
+                    n(q.elevar),
+                    n(q.ugyldige_fodselsnummer),
+                    n(q.duplikat),
+                ]
+            })
+            .collect();
+        body.push_str(&table(
+            "Kvalitet over tid",
+            &["Målt", "Elevar", "Ugyldige fødselsnummer", "Duplikat"],
+            &quality,
+            "Ingen målingar enno.",
+        ));
+        let pupils: Vec<(String, f64)> = r
+            .kvalitet_over_tid
+            .iter()
+            .filter_map(|q| q.elevar.map(|v| (q.malt.chars().take(16).collect(), v)))
+            .collect();
+        body.push_str(&crate::report::bars(
+            "Elevar per køyring",
+            &pupils,
+            "#0b3d63",
+        ));
+    }
+    page(
+        StatusCode::OK,
+        &format!("Køyringar – kommune {kommune}"),
+        Some(&op),
+        &body,
+    )
+}
+
+/// A table with a caption, column headers and rows of text (escaped), or one row saying `empty`.
+fn table(caption: &str, head: &[&str], rows: &[Vec<Option<String>>], empty: &str) -> String {
+    let mut out = format!("<table><caption>{caption}</caption><tr>");
+    for h in head {
+        let _ = write!(out, "<th scope=col>{}</th>", esc(h));
+    }
+    out.push_str("</tr>");
+    if rows.is_empty() {
+        let _ = write!(
+            out,
+            "<tr><td colspan={}>{}</td></tr>",
+            head.len(),
+            esc(empty)
+        );
+    }
+    for r in rows {
+        out.push_str("<tr>");
+        for c in r {
+            let _ = write!(out, "<td>{}</td>", esc(c.as_deref().unwrap_or("")));
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</table>");
+    out
 }

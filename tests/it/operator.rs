@@ -86,6 +86,15 @@ async fn an_operator_approves_the_list_and_the_county_gets_that_version_and_no_o
     elevflyt::sharing::users::set(&sharing, "kari", &["4621".into()], &[], PASSWORD).unwrap();
     let sharing = elevflyt::sharing::config::Sharing::load(&path).unwrap();
     elevflyt::sharing::users::set(&sharing, "bergen", &["4601".into()], &[], PASSWORD).unwrap();
+    let sharing = elevflyt::sharing::config::Sharing::load(&path).unwrap();
+    elevflyt::sharing::users::set(
+        &sharing,
+        "skule",
+        &["4621".into()],
+        &["46502".into()],
+        PASSWORD,
+    )
+    .unwrap();
     let stored = std::fs::read_to_string(&path).unwrap();
     assert!(
         stored.contains("$argon2id$") && !stored.contains(PASSWORD),
@@ -287,6 +296,54 @@ async fn an_operator_approves_the_list_and_the_county_gets_that_version_and_no_o
     assert_eq!(
         rows(&s.pipeline, "SELECT count(*) FROM godkjenning").await[0][0],
         "1"
+    );
+
+    // The school's work list and the runs page; a school outside an operator's schools is 403.
+    let r = get(&http, &format!("{base}/kommune/4621/skule/46501"), &cookie).await;
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains("Opne avvik") && html.contains("Klassar") && html.contains("<td>10A</td>"),
+        "{html}"
+    );
+    let r = get(&http, &format!("{base}/kommune/4621/koyringar"), &cookie).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("Kvalitet over tid"));
+    assert_eq!(
+        get(&http, &format!("{base}/kommune/4601/skule/46501"), &cookie)
+            .await
+            .status(),
+        403
+    );
+    let (_, school_only, _) = login(&http, &base, "skule", PASSWORD).await;
+    assert_eq!(
+        get(
+            &http,
+            &format!("{base}/kommune/4621/skule/46501"),
+            &school_only
+        )
+        .await
+        .status(),
+        403
+    );
+    assert_eq!(
+        get(
+            &http,
+            &format!("{base}/kommune/4621/skule/46502"),
+            &school_only
+        )
+        .await
+        .status(),
+        200
+    );
+    let overview = get(&http, &format!("{base}/kommune/4621"), &school_only)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        overview.contains("46502") && !overview.contains(">46501<"),
+        "only its own school in the overview"
     );
 
     // Log out: the cookie is worth nothing after.
