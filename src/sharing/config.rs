@@ -40,8 +40,9 @@ struct UserSection {
     /// Only these schools (skolenummer), when set.
     #[serde(default)]
     skule: Vec<String>,
-    /// The password's argon2id hash (PHC string).
-    password: String,
+    /// The password's argon2id hash (PHC string); none for a user who only comes through the
+    /// trusted header of a single-sign-on proxy.
+    password: Option<String>,
 }
 
 /// `[server]`.
@@ -71,6 +72,9 @@ struct ServerSection {
     max_request_bytes: usize,
     /// How long an operator's session lasts without a new login.
     session_minutes: u64,
+    /// A header set by a single-sign-on reverse proxy with the operator's user name (off by
+    /// default). Only behind a proxy that sets it and removes it from what clients send.
+    trusted_user_header: Option<String>,
     /// Files of a cloud warehouse (s3, az, gs): `presign` hands out the object store's
     /// pre-signed URLs, `proxy` streams them through the server's own download route.
     cloud_files: CloudFiles,
@@ -100,6 +104,7 @@ impl Default for ServerSection {
             max_request_bytes: 64 * 1024,
             cloud_files: CloudFiles::Presign,
             session_minutes: 8 * 60,
+            trusted_user_header: None,
         }
     }
 }
@@ -200,6 +205,7 @@ pub struct Sharing {
     pub max_request_bytes: usize,
     pub cloud_files: CloudFiles,
     pub session: chrono::Duration,
+    pub trusted_user_header: Option<axum::http::HeaderName>,
     pub shares: Vec<Share>,
     pub recipients: Vec<Recipient>,
     pub users: Vec<User>,
@@ -212,8 +218,8 @@ pub struct User {
     pub kommuner: BTreeSet<String>,
     /// Empty: every school of those kommuner.
     pub skular: BTreeSet<String>,
-    /// argon2id PHC string.
-    pub password: String,
+    /// argon2id PHC string (none: no password login).
+    pub password: Option<String>,
 }
 
 impl User {
@@ -525,7 +531,10 @@ impl Sharing {
             {
                 return Err(bad(format!("{what}: `{k}` is not a kommunenummer")));
             }
-            if argon2::password_hash::PasswordHash::new(&u.password).is_err() {
+            if u.password
+                .as_deref()
+                .is_some_and(|p| argon2::password_hash::PasswordHash::new(p).is_err())
+            {
                 return Err(bad(format!(
                     "{what}: password is not an argon2 hash (set it with `elevflyt share user`)"
                 )));
@@ -563,6 +572,17 @@ impl Sharing {
             max_request_bytes: s.max_request_bytes.max(1024),
             cloud_files: s.cloud_files,
             session: chrono::Duration::minutes(s.session_minutes.clamp(5, 7 * 24 * 60) as i64),
+            trusted_user_header: s
+                .trusted_user_header
+                .as_deref()
+                .map(|h| {
+                    axum::http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                        bad(format!(
+                            "[server] trusted_user_header: `{h}` is not a header name"
+                        ))
+                    })
+                })
+                .transpose()?,
             shares,
             recipients,
             users,

@@ -456,7 +456,7 @@ pub async fn start(sharing: Sharing, listen: SocketAddr) -> Result<Running> {
         clock: Mutex::new(None),
         base_url: RwLock::new(base.clone()),
         logged_downloads: Mutex::default(),
-        sessions: operator::Sessions::default(),
+        sessions: operator::Sessions::new()?,
         approvals: Mutex::default(),
     });
     let app = router(server.clone());

@@ -34,10 +34,21 @@ struct Session {
 }
 
 /// Sessions (by the SHA-256 of the cookie) and failed logins (by user name).
-#[derive(Default)]
 pub struct Sessions {
     open: Mutex<HashMap<[u8; 32], Session>>,
     failures: Mutex<HashMap<String, (u32, DateTime<Utc>)>>,
+    /// Derives the CSRF token of an operator who comes through the trusted header.
+    secret: [u8; 32],
+}
+
+impl Sessions {
+    pub fn new() -> crate::Result<Sessions> {
+        Ok(Sessions {
+            open: Mutex::default(),
+            failures: Mutex::default(),
+            secret: super::tokens::random_bytes::<32>()?,
+        })
+    }
 }
 
 /// A logged-in operator on this request.
@@ -64,8 +75,22 @@ fn session_key(cookie: &str) -> [u8; 32] {
 
 /// The operator of this request, if logged in (an expired session is removed).
 fn operator(server: &Server, headers: &HeaderMap) -> Option<Operator> {
-    let key = session_key(cookie_value(headers, COOKIE)?);
     let sharing = server.sharing();
+    if let Some(name) = &sharing.trusted_user_header {
+        // Single sign-on: the proxy in front says who it is; that user's scope applies.
+        let user = sharing.user(headers.get(name)?.to_str().ok()?)?.clone();
+        let mut mac = Sha256::new();
+        mac.update(server.sessions.secret);
+        mac.update(user.name.as_bytes());
+        use base64::Engine;
+        let csrf = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize());
+        return Some(Operator {
+            user,
+            csrf,
+            sharing: sharing.clone(),
+        });
+    }
+    let key = session_key(cookie_value(headers, COOKIE)?);
     let mut open = server
         .sessions
         .open
@@ -238,7 +263,7 @@ pub async fn login(State(server): State<Arc<Server>>, body: Bytes) -> Response {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let dummy =
         DUMMY.get_or_init(|| super::users::hash("elevflyt-dummy-passord").unwrap_or_default());
-    let stored = sharing.user(name).map(|u| u.password.as_str());
+    let stored = sharing.user(name).and_then(|u| u.password.as_deref());
     let good = super::users::verify(password, stored.unwrap_or(dummy)) && stored.is_some();
     if !good {
         let mut failures = server

@@ -115,6 +115,17 @@ async fn an_operator_approves_the_list_and_the_county_gets_that_version_and_no_o
         assert_eq!(r.status(), StatusCode::SEE_OTHER, "{page}");
         assert_eq!(location(&r), "/login");
     }
+    let r = http
+        .get(format!("{base}/kommune/4621"))
+        .header("x-remote-user", "kari")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        location(&r),
+        "/login",
+        "a single-sign-on header counts only when the file trusts it"
+    );
     let r = post(
         &http,
         &format!("{base}/kommune/4621/godkjenn"),
@@ -407,6 +418,89 @@ async fn failed_logins_are_refused_then_rate_limited_and_sessions_expire() {
     assert_eq!(
         location(&get(&http, &format!("{base}/kommune/4621"), &cookie).await),
         "/login"
+    );
+    served.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_a_single_sign_on_proxy_the_trusted_header_names_the_operator() {
+    let s = story().await;
+    let path = s.sharing("");
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "[server]\n",
+        "[server]\ntrusted_user_header = \"X-Remote-User\"\n",
+        1,
+    ) + "\n[[user]]\nname = \"sso\"\nkommune = [\"4621\"]\n";
+    std::fs::write(&path, text).unwrap();
+    let served = Served::start(&path).await;
+    let base = served.server().base_url();
+    let http = browser();
+    let as_user = |who: &str, url: String| {
+        http.get(url)
+            .header("x-remote-user", who.to_string())
+            .send()
+    };
+    assert_eq!(
+        as_user("sso", format!("{base}/kommune/4621"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        as_user("sso", format!("{base}/kommune/4601"))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        location(
+            &as_user("nobody", format!("{base}/kommune/4621"))
+                .await
+                .unwrap()
+        ),
+        "/login"
+    );
+    // No password: no password login for this user.
+    assert_eq!(
+        login(&http, &base, "sso", "").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // A POST still needs the operator's CSRF token.
+    let page = as_user("sso", format!("{base}/kommune/4621/overforing"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = csrf_of(&page);
+    let post_as = |form: String| {
+        http.post(format!("{base}/kommune/4621/godkjenn"))
+            .header("x-remote-user", "sso")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+    };
+    assert_eq!(
+        post_as("deling=inntak&skjema=c&tabell=elevliste_vgs&versjon=1".into())
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        post_as(format!(
+            "deling=inntak&skjema=c&tabell=elevliste_vgs&versjon=1&csrf={csrf}"
+        ))
+        .await
+        .unwrap()
+        .status(),
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        rows(&s.pipeline, "SELECT brukar FROM godkjenning").await,
+        vec![vec!["sso".to_string()]]
     );
     served.stop().await;
 }
