@@ -64,7 +64,13 @@ $(SHARING_VENV)/.installed: tests/sharing/requirements.txt
 openssl:
 	@command -v openssl >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl; }
 
-test-sharing: build $(SHARING_VENV)/.installed openssl
+# The operator pages in a real browser: Playwright (in .venv-sharing) drives Debian's Chromium,
+# axe-core (npm, tests/ui) checks accessibility; screenshots go to target/screenshots.
+tests/ui/node_modules/.installed: tests/ui/package.json tests/ui/package-lock.json
+	cd tests/ui && npm ci --silent --no-audit --no-fund
+	touch $@
+
+test-sharing: build $(SHARING_VENV)/.installed openssl chromium tests/ui/node_modules/.installed
 	NO_PROXY=127.0.0.1,localhost ELEVFLYT_BIN=$(abspath $(BIN)) $(SHARING_VENV)/bin/python -m pytest -q -s tests/sharing
 
 # Apache Spark + delta-spark (the reference implementation) reads every table and must see what

@@ -309,9 +309,16 @@ pub(crate) fn esc(s: &str) -> String {
 pub(crate) fn bars(title: &str, items: &[(String, f64)], colour: &str) -> String {
     let max = items.iter().map(|i| i.1).fold(1.0_f64, f64::max);
     let h = 22 * items.len().max(1) + 30;
+    // The chart as words for a screen reader, and scaled to the page on a phone.
+    let summary: Vec<String> = items.iter().map(|(l, v)| format!("{l}: {v}")).collect();
+    let label = match summary.is_empty() {
+        true => format!("{title}: ingen data"),
+        false => format!("{title}. {}", summary.join("; ")),
+    };
     let mut svg = format!(
-        r#"<figure><figcaption>{}</figcaption><svg width="640" height="{h}" role="img">"#,
-        esc(title)
+        r#"<figure><figcaption>{}</figcaption><svg viewBox="0 0 640 {h}" width="100%" style="max-width:640px" role="img" aria-label="{}">"#,
+        esc(title),
+        esc(&label)
     );
     if items.is_empty() {
         svg.push_str(r#"<text x="10" y="20">ingen data</text>"#);

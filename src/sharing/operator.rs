@@ -170,7 +170,8 @@ th, td {{ border: 1px solid #bbb; padding: .3em .6em; text-align: left; }} th {{
 .ok {{ color: #14622b; }} .feil {{ color: #a4161a; font-weight: bold; }}
 button {{ font-size: 1em; padding: .4em .9em; }} label {{ display: block; margin-top: .6em; }}
 input[type=text], input[type=password] {{ font-size: 1em; padding: .3em; }}
-@media (max-width: 40em) {{ table {{ font-size: .85em; }} }}
+@media (max-width: 40em) {{ table {{ font-size: .8em; width: 100%; }} th, td {{ padding: .2em .3em; overflow-wrap: anywhere; }}
+  header, main {{ padding: .8em; }} }}
 </style></head><body>
 <header><p><a href="/">elevflyt</a> – overføring av elevlista til fylket</p>{nav}</header>
 <main><h1>{title}</h1>
@@ -457,8 +458,9 @@ pub async fn overview(
                 .map_or(0, |a| a.antall);
             let _ = write!(
                 body,
-                "<tr><td>{}</td><td>{n}</td><td>{open}</td></tr>",
-                esc(school)
+                r#"<tr><td><a href="/kommune/{k}/skule/{s}">{s}</a></td><td>{n}</td><td>{open}</td></tr>"#,
+                k = esc(&kommune),
+                s = esc(school)
             );
         }
         body.push_str("</table>");
