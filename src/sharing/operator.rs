@@ -472,6 +472,30 @@ pub async fn overview(
                     .map(|v| (q.malt.chars().take(16).collect(), v))
             })
             .collect();
+        let found = match crate::ops::session_at(p, None, None).await {
+            Ok(ctx) => crate::report::rows(
+                &ctx,
+                "avvik",
+                "SELECT CAST(min(oppdaga) AS STRING) AS t, CAST(count(*) AS STRING) AS n FROM avvik GROUP BY run_id ORDER BY t",
+            )
+            .await
+            .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        let found: Vec<(String, f64)> = found
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r[0].as_deref()?.chars().take(16).collect(),
+                    r[1].as_deref()?.parse().ok()?,
+                ))
+            })
+            .collect();
+        body.push_str(&crate::report::bars(
+            "Avvik funne per køyring",
+            &found,
+            "#b45309",
+        ));
         body.push_str(&crate::report::bars(
             "Ugyldige fødselsnummer per køyring",
             &trend,
