@@ -558,18 +558,41 @@ async fn transfers(server: &Server, op: &Operator, p: &Arc<Pipeline>, approve: b
                     approved.map_or("ingen".into(), |v| v.to_string()),
                     if sh.approved_only { " Fylket får berre godkjende versjonar." } else { "" }
                 );
-                out.push_str("<table><caption>Mottakarar</caption><tr><th scope=col>Mottakar</th><th scope=col>Status</th></tr>");
+                out.push_str("<table><caption>Mottakarar</caption><tr><th scope=col>Mottakar</th><th scope=col>Status</th><th scope=col>Versjon mottakaren les</th></tr>");
                 for r in op
                     .sharing
                     .recipients
                     .iter()
                     .filter(|r| r.shares.contains(&sh.name))
                 {
+                    let reads = super::protocol::served_version(
+                        server,
+                        &op.sharing,
+                        r,
+                        (sh, sc),
+                        &view,
+                        t.name,
+                    )
+                    .await
+                    .map_or_else(
+                        |why| {
+                            match why {
+                                "NOT_APPROVED" => "ingen: ikkje godkjend enno",
+                                "TRANSFER_NOT_OPEN" => "ingen: ikkje open enno",
+                                "TRANSFER_ENDED" => "ingen: stengd",
+                                "RESOURCE_DOES_NOT_EXIST" => "ingen: ingen data enno",
+                                _ => "ingen: feil ved lesing",
+                            }
+                            .to_string()
+                        },
+                        |v| v.to_string(),
+                    );
                     let _ = write!(
                         out,
-                        "<tr><td>{}</td><td>{}</td></tr>",
+                        "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
                         esc(&r.name),
-                        esc(&window_state(op.sharing.window(r, &sh.name), now))
+                        esc(&window_state(op.sharing.window(r, &sh.name), now)),
+                        esc(&reads)
                     );
                 }
                 out.push_str("</table>");

@@ -282,6 +282,26 @@ fn stamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
+/// The version `recipient` reads of a shared table now, or the error code that says why it
+/// reads none (for the operator pages).
+pub async fn served_version(
+    server: &Server,
+    sharing: &Arc<Sharing>,
+    recipient: &Recipient,
+    (share, schema): (&Share, &Schema),
+    view: &TableView,
+    table: &str,
+) -> std::result::Result<i64, &'static str> {
+    let c = Caller {
+        sharing: sharing.clone(),
+        recipient: recipient.clone(),
+    };
+    served(server, &c, (share, schema), view, table)
+        .await
+        .map(|s| s.newest)
+        .map_err(|e| e.code)
+}
+
 async fn served(
     server: &Server,
     c: &Caller,

@@ -203,6 +203,12 @@ async fn an_operator_approves_the_list_and_the_county_gets_that_version_and_no_o
         .text()
         .await
         .unwrap();
+    assert!(
+        page.contains(
+            "<td>vestland</td><td>open (utan frist)</td><td>ingen: ikkje godkjend enno</td>"
+        ),
+        "{page}"
+    );
     let csrf = csrf_of(&page);
     let version: i64 = page
         .split("godkjenn versjon ")
@@ -281,6 +287,12 @@ async fn an_operator_approves_the_list_and_the_county_gets_that_version_and_no_o
         .await
         .unwrap();
     assert!(page.contains("<td>vestland</td><td>query</td>"), "{page}");
+    assert!(
+        page.contains(&format!(
+            "<td>vestland</td><td>open (utan frist)</td><td>{version}</td>"
+        )),
+        "the version the county reads"
+    );
 
     // A Bergen operator cannot approve for this kommune, even with its own valid CSRF token.
     let (_, bergen, _) = login(&http, &base, "bergen", PASSWORD).await;
