@@ -109,6 +109,7 @@ def test_a_bergen_operator_approves_and_the_county_gets_that_version(site):
     page = site["browser"].new_page(viewport={"width": 1280, "height": 900})
     login(page, base, "bergen")
     assert page.url == f"{base}/", page.url
+    check(page, "heim", axe_results)
     page.goto(f"{base}/kommune/4601")
     assert page.get_by_role("heading", name="Oversikt – kommune 4601").is_visible()
     check(page, "oversikt", axe_results)
