@@ -305,19 +305,22 @@ pub async fn login(State(server): State<Arc<Server>>, body: Bytes) -> Response {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let cookie = b64.encode(cookie);
-    server
+    let mut open = server
         .sessions
         .open
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(
-            session_key(&cookie),
-            Session {
-                user: name.to_string(),
-                csrf: b64.encode(csrf),
-                expires: now + sharing.session,
-            },
-        );
+        .unwrap_or_else(|e| e.into_inner());
+    // Sessions that ended without a logout go when a new one starts.
+    open.retain(|_, s| s.expires > now);
+    open.insert(
+        session_key(&cookie),
+        Session {
+            user: name.to_string(),
+            csrf: b64.encode(csrf),
+            expires: now + sharing.session,
+        },
+    );
+    drop(open);
     tracing::info!(user = name, "logged in");
     let secure = if sharing.tls.is_some() {
         "; Secure"
