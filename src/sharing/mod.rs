@@ -410,6 +410,48 @@ pub fn request_id(headers: &axum::http::HeaderMap) -> String {
         .to_string()
 }
 
+/// Whether a path is one of the protocol's (under the prefix), not an operator page.
+fn is_protocol(server: &Server, uri: &axum::http::Uri) -> bool {
+    let prefix = server.sharing().prefix.clone();
+    uri.path() == prefix || uri.path().starts_with(&format!("{prefix}/"))
+}
+
+/// Any other path: for the protocol 401 without a valid token, else 404; for the pages the login
+/// page, else 404.
+pub async fn fallback(
+    State(server): State<Arc<Server>>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    if !is_protocol(&server, &uri) {
+        return operator::not_found(&server, &headers);
+    }
+    match protocol::caller(&server, &headers) {
+        Err(e) => e.into_response(),
+        Ok(_) => protocol::ApiError::not_found("no such route").into_response(),
+    }
+}
+
+/// A route with the wrong method: like [`fallback`], with 405.
+pub async fn wrong_method(
+    State(server): State<Arc<Server>>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    if !is_protocol(&server, &uri) {
+        return operator::not_found(&server, &headers);
+    }
+    match protocol::caller(&server, &headers) {
+        Err(e) => e.into_response(),
+        Ok(_) => protocol::ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "INVALID_PARAMETER_VALUE",
+            "method not allowed on this route",
+        )
+        .into_response(),
+    }
+}
+
 /// A server that is listening.
 pub struct Running {
     pub addr: SocketAddr,

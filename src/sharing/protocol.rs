@@ -44,7 +44,7 @@ impl ApiError {
     fn unsupported(message: impl Into<String>) -> ApiError {
         Self::new(StatusCode::BAD_REQUEST, "UNSUPPORTED_OPERATION", message)
     }
-    fn not_found(message: impl Into<String>) -> ApiError {
+    pub fn not_found(message: impl Into<String>) -> ApiError {
         Self::new(StatusCode::NOT_FOUND, "RESOURCE_DOES_NOT_EXIST", message)
     }
     fn forbidden(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -1067,48 +1067,6 @@ fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
         (start, end)
     };
     (start < end && start < size).then_some((start, end))
-}
-
-/// Whether a path is one of the protocol's (under the prefix), not an operator page.
-fn is_protocol(server: &Server, uri: &axum::http::Uri) -> bool {
-    let prefix = server.sharing().prefix.clone();
-    uri.path() == prefix || uri.path().starts_with(&format!("{prefix}/"))
-}
-
-/// Any other path: for the protocol 401 without a valid token, else 404; for the pages the login
-/// page, else 404.
-pub async fn fallback(
-    State(server): State<Arc<Server>>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-) -> Response {
-    if !is_protocol(&server, &uri) {
-        return super::operator::not_found(&server, &headers);
-    }
-    match caller(&server, &headers) {
-        Err(e) => e.into_response(),
-        Ok(_) => ApiError::not_found("no such route").into_response(),
-    }
-}
-
-/// A route with the wrong method: like [`fallback`], with 405.
-pub async fn wrong_method(
-    State(server): State<Arc<Server>>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-) -> Response {
-    if !is_protocol(&server, &uri) {
-        return super::operator::not_found(&server, &headers);
-    }
-    match caller(&server, &headers) {
-        Err(e) => e.into_response(),
-        Ok(_) => ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "INVALID_PARAMETER_VALUE",
-            "method not allowed on this route",
-        )
-        .into_response(),
-    }
 }
 
 #[cfg(test)]
