@@ -43,9 +43,9 @@ def free_port():
 class Server:
     """`elevflyt serve` in a subprocess, stopped with SIGTERM (which writes the disclosure log)."""
 
-    def __init__(self, sharing):
+    def __init__(self, sharing, env=None):
         self.proc = subprocess.Popen([BIN, "serve", str(sharing)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True, env=env)
         line = self.proc.stdout.readline()
         assert "listening on" in line, self.proc.stderr.read()[-2000:]
 
