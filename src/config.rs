@@ -56,6 +56,53 @@ pub struct SourceConfig {
     /// location must not make a scheduled job succeed every night with no data).
     #[serde(default)]
     pub optional: bool,
+    /// API formats (`fint`, `oneroster-rest`): how to sign in (OAuth2). The secrets come from
+    /// the environment (`ELEVFLYT_<SOURCE>_CLIENT_SECRET`, `…_PASSWORD`), never from this file.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// API formats: entries asked for per page (default 1000; at most 10 000).
+    #[serde(default)]
+    pub page_size: Option<u32>,
+    /// API formats: seconds one request may take (default 60).
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+    /// API formats: retries of one request after a 429, a 5xx, a timeout or a broken
+    /// connection (default 5), with backoff and `Retry-After` honoured.
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// API formats: the largest page accepted, in MiB (default 256).
+    #[serde(default)]
+    pub max_page_mb: Option<u64>,
+}
+
+/// `[source.auth]`: OAuth2 for an API source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The token endpoint (FINT: `https://idp.felleskomponent.no/nidp/oauth/nam/token`).
+    pub token_url: String,
+    /// `client_credentials` (default) or `password` (as FINT clients use).
+    #[serde(default = "client_credentials")]
+    pub grant: String,
+    /// The client id; when absent, from `ELEVFLYT_<SOURCE>_CLIENT_ID`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The user name of the password grant.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The scope asked for (FINT: `fint-client`).
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// The variable holding the client secret (default `ELEVFLYT_<SOURCE>_CLIENT_SECRET`).
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// The variable holding the password (default `ELEVFLYT_<SOURCE>_PASSWORD`).
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+fn client_credentials() -> String {
+    "client_credentials".into()
 }
 
 impl SourceConfig {
@@ -139,6 +186,12 @@ impl Pipeline {
     }
 
     pub fn source_location(&self, source: &SourceConfig) -> Result<url::Url> {
+        if let Some(url) = api_location(source).map_err(|message| Error::Config {
+            path: self.path.clone(),
+            message: format!("source `{}`: {message}", source.name),
+        })? {
+            return Ok(url);
+        }
         crate::storage::resolve_location(&source.location, self.base_dir()).map_err(|message| {
             Error::Config {
                 path: self.path.clone(),
@@ -146,6 +199,68 @@ impl Pipeline {
             }
         })
     }
+}
+
+/// The base URL of a source read from its API (`http(s)://` and a format with an API), checked:
+/// the path the format's API lives under, no credentials in the URL. `None` for file locations.
+pub fn api_location(source: &SourceConfig) -> std::result::Result<Option<url::Url>, String> {
+    let is_http = source.location.starts_with("http://") || source.location.starts_with("https://");
+    let api = crate::formats::lookup(&source.format).and_then(|f| f.api());
+    let Some(api) = api else {
+        if is_http {
+            return Err(format!(
+                "`{}` is a web address, and format `{}` is read from files (the formats read from an API: fint, oneroster-rest)",
+                source.location, source.format
+            ));
+        }
+        if source.auth.is_some() {
+            return Err("[source.auth] is for the API formats (fint, oneroster-rest)".into());
+        }
+        return Ok(None);
+    };
+    if !is_http {
+        // Saved pages in a folder are read as files.
+        return Ok(None);
+    }
+    let url = url::Url::parse(&source.location)
+        .map_err(|e| format!("`{}` is not a URL: {e}", source.location))?;
+    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() {
+        return Err(format!(
+            "`{}`: no user, password or query in the location; credentials go in [source.auth] and the environment",
+            source.location
+        ));
+    }
+    let path = url.path().trim_end_matches('/');
+    if !api.base_paths.iter().any(|p| path.ends_with(p)) {
+        return Err(format!(
+            "`{}`: the base URL of a `{}` API ends with {}",
+            source.location,
+            source.format,
+            api.base_paths
+                .iter()
+                .map(|p| format!("`{p}`"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ));
+    }
+    if let Some(auth) = &source.auth {
+        if !matches!(auth.grant.as_str(), "client_credentials" | "password") {
+            return Err(format!(
+                "[source.auth] grant must be \"client_credentials\" or \"password\", got `{}`",
+                auth.grant
+            ));
+        }
+        if auth.grant == "password" && auth.username.is_none() {
+            return Err("[source.auth] the password grant needs `username`".into());
+        }
+        if !(auth.token_url.starts_with("https://") || auth.token_url.starts_with("http://")) {
+            return Err(format!(
+                "[source.auth] token_url `{}` is not a web address",
+                auth.token_url
+            ));
+        }
+    }
+    Ok(Some(url))
 }
 
 impl PipelineFile {
@@ -194,6 +309,7 @@ impl PipelineFile {
                 ));
             }
             crate::formats::find(&s.format).map_err(|e| format!("source `{}`: {e}", s.name))?;
+            api_location(s).map_err(|e| format!("source `{}`: {e}", s.name))?;
             if !seen.insert(&s.name) {
                 return Err(format!("[[source]] name `{}` is used twice", s.name));
             }

@@ -44,6 +44,9 @@ pub struct Summary {
     pub status: String,
     pub files_read: Vec<String>,
     pub files_skipped: usize,
+    /// The sources pulled from an API: pages, records, requests, retries, time.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pulls: Vec<crate::ingest::pull::PullSummary>,
     pub raw_records: usize,
     pub snapshots_standardized: usize,
     pub avvik: usize,
@@ -150,6 +153,10 @@ async fn check_storage(ctx: &RunContext, stage: Stage) -> Result<()> {
     if matches!(stage, Stage::All | Stage::Ingest) {
         for source in &ctx.pipeline.file.sources {
             let url = ctx.pipeline.source_location(source)?;
+            // An API is checked by the pull itself (sign-in, first page).
+            if matches!(url.scheme(), "http" | "https") {
+                continue;
+            }
             crate::storage::check_access(&url, &format!("source `{}`", source.name)).await?;
         }
     }
@@ -176,6 +183,7 @@ async fn run_stages(
         committed = std::mem::take(&mut m.committed);
         summary.stage_seconds.insert("ingest", seconds(t));
         summary.files_read = m.files_read.clone();
+        summary.pulls = m.pulls.clone();
         summary.files_skipped = m.files_skipped;
         summary.raw_records = m.records;
         for (t, v) in &m.raw_versions {

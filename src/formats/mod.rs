@@ -8,9 +8,13 @@
 //! validation of the rows a format produces (standardize and quality).
 
 pub mod asof;
+pub mod csv;
+pub mod fint;
 #[cfg(test)]
 pub mod lines;
+pub mod oneroster_csv;
 pub mod oneroster_json;
+pub mod oneroster_rest;
 pub mod vigo_csv;
 
 use std::path::Path;
@@ -50,6 +54,23 @@ pub trait Format: Sync + Send {
         &[]
     }
 
+    /// A format read from a REST API: what to pull and how it pages (ingest's `pull` does the
+    /// HTTP). `None`: the format is read from files only.
+    fn api(&self) -> Option<&'static Api> {
+        None
+    }
+
+    /// A format whose files are not text (a zip): its records, read from the bytes. `None`
+    /// (the default): the file is decoded as text and given to [`Format::parse`].
+    fn parse_bytes(
+        &self,
+        _file: &str,
+        _bytes: &[u8],
+        _need_modified: bool,
+    ) -> Option<Result<ParsedFile<'static>>> {
+        None
+    }
+
     /// `elevflyt generate`: writes one snapshot of a synthetic population as this format's
     /// files under `out` and returns their paths.
     fn write_sample(
@@ -69,6 +90,9 @@ impl std::fmt::Debug for dyn Format {
 /// Every format elevflyt reads, by name. One line per format.
 pub static REGISTRY: &[&dyn Format] = &[
     &oneroster_json::OneRosterJson,
+    &oneroster_rest::OneRosterRest,
+    &oneroster_csv::OneRosterCsv,
+    &fint::Fint,
     &vigo_csv::VigoCsv,
     #[cfg(test)]
     &lines::Lines,
@@ -91,6 +115,32 @@ pub fn names() -> String {
 /// The format of that name, or a message listing the ones there are.
 pub fn find(name: &str) -> std::result::Result<&'static dyn Format, String> {
     lookup(name).ok_or_else(|| format!("unknown format `{name}` (formats: {})", names()))
+}
+
+/// How a format's collections are pulled from its REST API: paths below the location (the
+/// base URL) and the paging parameters. The HTTP (OAuth2, retries, limits) is ingest's
+/// (`ingest::pull`, docs/ARCHITECTURE.md "Pulling from an API").
+#[derive(Debug)]
+pub struct Api {
+    /// (part, path below the base URL, an older path tried when the first answers 404).
+    pub collections: &'static [(&'static str, &'static str, Option<&'static str>)],
+    /// The page-size parameter (`size` in FINT, `limit` in OneRoster).
+    pub size_param: &'static str,
+    pub offset_param: &'static str,
+    /// The "changed since" parameter (FINT's `sinceTimeStamp`, epoch milliseconds).
+    pub since_param: Option<&'static str>,
+    pub default_page_size: u32,
+    /// What the location (the base URL) must end with, one of these (`/utdanning`,
+    /// `/ims/oneroster/v1p1`).
+    pub base_paths: &'static [&'static str],
+    /// The largest page elevflyt asks for, whatever the pipeline file says.
+    pub max_page_size: u32,
+}
+
+/// Leading digits of a class name: `10A` → 10.
+pub fn trinn_from_name(name: &str) -> Option<i32> {
+    let d: String = name.chars().take_while(|c| c.is_ascii_digit()).collect();
+    d.parse().ok()
 }
 
 /// Entity of the marker record each file gets (record number 0).
@@ -116,6 +166,9 @@ pub struct ParsedFile<'a> {
     pub omfang: Option<String>,
     /// The parts of a snapshot this file holds, even when empty (`users`, `orgs`, …).
     pub parts: Vec<&'static str>,
+    /// The parts that are changes only (a OneRoster CSV `delta` file): ingest lays them over
+    /// the source's previous snapshot of that part.
+    pub delta: Vec<&'static str>,
 }
 
 /// A raw record of a snapshot, borrowed from the raw table's columns.
@@ -149,7 +202,10 @@ mod tests {
         for f in REGISTRY {
             assert_eq!(lookup(f.name()).map(|g| g.name()), Some(f.name()));
         }
-        assert_eq!(names(), "oneroster-json, vigo-csv, lines");
+        assert_eq!(
+            names(),
+            "oneroster-json, oneroster-rest, oneroster-csv, fint, vigo-csv, lines"
+        );
         let err = find("csv").err().unwrap_or_default();
         assert!(err.contains("`csv`") && err.contains("vigo-csv"), "{err}");
     }

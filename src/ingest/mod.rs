@@ -7,6 +7,7 @@
 //!
 //! Not here: interpreting records (standardize) or any validation beyond "can this file be read".
 
+pub mod pull;
 pub mod text;
 
 use std::collections::{HashMap, HashSet};
@@ -36,6 +37,8 @@ pub struct IngestOutcome {
     pub records: usize,
     pub bytes: u64,
     pub raw_versions: Vec<(String, i64)>,
+    /// The sources pulled from an API.
+    pub pulls: Vec<pull::PullSummary>,
     /// The raw rows committed, per source (handed to standardize by `run`).
     #[serde(skip)]
     pub committed: HashMap<String, Vec<RecordBatch>>,
@@ -68,6 +71,17 @@ struct Known {
     digests: HashMap<String, HashSet<i64>>,
     /// (file, size, modified µs) → sha256, from the marker records that have them.
     stamps: HashMap<(String, u64, i64), String>,
+    /// The pages of each pull (as-of → (URL, sha256, page)), for API sources.
+    pulls: std::collections::BTreeMap<i64, Vec<(String, String, PageStamp)>>,
+}
+
+/// A pulled page's place in its pull (`ingest::pull`), in its marker record.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct PageStamp {
+    part: String,
+    number: u32,
+    records: usize,
+    collection_records: usize,
 }
 
 /// What a file's marker record holds besides its lineage: the file's size and modification
@@ -80,6 +94,9 @@ struct Stamp {
     /// ingested before they were recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     parts: Option<Vec<String>>,
+    /// A page pulled from an API: which collection, which page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    page: Option<PageStamp>,
 }
 
 impl Known {
@@ -117,6 +134,13 @@ async fn known_files(table: Option<&deltalake::DeltaTable>) -> Result<Known> {
                 .insert(t.value(i));
             // Files ingested before the stamp was recorded have `{}`: they are hashed again.
             if let Ok(stamp) = serde_json::from_str::<Stamp>(post.value(i)) {
+                if let Some(page) = stamp.page.clone() {
+                    out.pulls.entry(t.value(i)).or_default().push((
+                        file.value(i).to_string(),
+                        sha.value(i).to_string(),
+                        page,
+                    ));
+                }
                 out.stamps.insert(
                     (file.value(i).to_string(), stamp.bytes, stamp.modified_us),
                     sha.value(i).to_string(),
@@ -162,6 +186,7 @@ async fn ingest_source(
     m.records += this.records;
     m.bytes += this.bytes;
     m.raw_versions.extend(this.raw_versions);
+    m.pulls.extend(this.pulls);
     m.committed.extend(this.committed);
     Ok(())
 }
@@ -183,6 +208,9 @@ async fn ingest_source_once(
     let mut steps = crate::context::Steps::new("ingest");
     let table = raw_table(&source.name);
     let root = ctx.pipeline.source_location(source)?;
+    if let (Some(api), "http" | "https") = (source.format()?.api(), root.scheme()) {
+        return pull_source(ctx, source, api, &root, m).await;
+    }
     let mut files = crate::storage::list_files(&root, &source.include).await?;
     let listed = files.len();
     if let Some(until) = ctx.until {
@@ -423,8 +451,14 @@ fn parse_file(
     format: &dyn crate::formats::Format,
     f: &NewFile<'_>,
 ) -> Result<(RecordBatch, usize, DateTime<Utc>)> {
-    let (text, _) = text::decode(&f.file.name, &f.bytes)?;
-    let parsed = format.parse(&f.file.name, &text, f.cheap_as_of.is_none())?;
+    let text;
+    let parsed = match format.parse_bytes(&f.file.name, &f.bytes, f.cheap_as_of.is_none()) {
+        Some(parsed) => parsed?,
+        None => {
+            text = text::decode(&f.file.name, &f.bytes)?.0;
+            format.parse(&f.file.name, &text, f.cheap_as_of.is_none())?
+        }
+    };
     let t = f
         .cheap_as_of
         .or(parsed.newest_modified)
@@ -433,6 +467,7 @@ fn parse_file(
         bytes: f.file.size,
         modified_us: f.file.last_modified.timestamp_micros(),
         parts: Some(parsed.parts.iter().map(|p| p.to_string()).collect()),
+        page: None,
     };
     let batch = file_batch(
         table,
@@ -448,6 +483,119 @@ fn parse_file(
         &parsed,
     )?;
     Ok((batch, parsed.records.len(), t))
+}
+
+/// Ingests a source read from its API: pulls every page (nothing is written unless all of
+/// them arrive), then appends them as one snapshot at the pull's time, each page a raw "file"
+/// named by its URL. A pull that gives exactly the pages of the previous one adds nothing.
+async fn pull_source(
+    ctx: &RunContext,
+    source: &SourceConfig,
+    api: &'static crate::formats::Api,
+    root: &url::Url,
+    m: &mut IngestOutcome,
+) -> Result<()> {
+    let mut steps = crate::context::Steps::new("ingest");
+    let table = raw_table(&source.name);
+    let format = source.format()?;
+    let existing = crate::delta::try_open(&ctx.pipeline.table_url(table.name)).await?;
+    let read_version = existing.as_ref().and_then(|t| t.version()).unwrap_or(0);
+    let known = known_files(existing.as_ref()).await?;
+    let last = known.pulls.iter().next_back();
+    let previous = last.map(|(t, pages)| {
+        let mut sizes = HashMap::new();
+        for (_, _, p) in pages {
+            sizes.insert(p.part.clone(), p.collection_records);
+        }
+        pull::Previous {
+            as_of: DateTime::from_timestamp_micros(*t).unwrap_or_default(),
+            collection_records: sizes,
+        }
+    });
+    steps.step("read what raw has");
+    let (pages, mut summary) = pull::pull(source, format, api, root, previous.as_ref()).await?;
+    steps.step("pull");
+    let Some(pages) = pages else {
+        m.pulls.push(summary);
+        return Ok(());
+    };
+    let digests = crate::par::map(&pages, |p| hex::encode(Sha256::digest(&p.bytes)));
+    let mut now: Vec<(&str, &str)> = pages
+        .iter()
+        .zip(&digests)
+        .map(|(p, d)| (p.url.as_str(), d.as_str()))
+        .collect();
+    now.sort_unstable();
+    if let Some((t, before)) = last {
+        let mut before: Vec<(&str, &str)> = before
+            .iter()
+            .map(|(u, d, _)| (u.as_str(), d.as_str()))
+            .collect();
+        before.sort_unstable();
+        if before == now {
+            info!(source = %source.name, since = %crate::context::fmt_micros(*t), "the API gave the same pages as the previous pull: no new snapshot");
+            summary.unchanged = true;
+            m.pulls.push(summary);
+            return Ok(());
+        }
+    }
+    let t = ctx.as_of_override.unwrap_or(ctx.started);
+    let batches = crate::par::map(&pages.iter().zip(&digests).collect::<Vec<_>>(), |(p, d)| {
+        let text = std::str::from_utf8(&p.bytes)
+            .map_err(|e| crate::error::Error::input(&p.url, None, format!("not UTF-8: {e}")))?;
+        let parsed = format.parse(&p.url, text, false)?;
+        let stamp = Stamp {
+            bytes: p.bytes.len() as u64,
+            modified_us: t.timestamp_micros(),
+            parts: Some(parsed.parts.iter().map(|p| p.to_string()).collect()),
+            page: Some(PageStamp {
+                part: p.part.to_string(),
+                number: p.number,
+                records: p.records,
+                collection_records: p.collection_records,
+            }),
+        };
+        file_batch(
+            &table,
+            &FileLineage {
+                run: &ctx.run_id,
+                source: &source.name,
+                file: &p.url,
+                digest: d,
+                as_of_micros: t.timestamp_micros(),
+                now: ctx.started.timestamp_micros(),
+            },
+            &stamp,
+            &parsed,
+        )
+    })
+    .into_iter()
+    .collect::<Result<Vec<_>>>()?;
+    steps.step("parse pages");
+    m.records += summary.records;
+    m.bytes += summary.bytes;
+    m.files_read
+        .push(format!("{}/{root} ({} pages)", source.name, summary.pages));
+    m.pulls.push(summary);
+    if ctx.dry_run {
+        return Ok(());
+    }
+    if let (Some(v), _) = crate::delta::write_claimed(
+        &ctx.pipeline,
+        &table,
+        batches.clone(),
+        read_version,
+        &ctx.run_id,
+        "ingest",
+    )
+    .await?
+    {
+        m.raw_versions.push((table.name.to_string(), v));
+    }
+    m.committed.insert(source.name.clone(), batches);
+    steps.step("write raw");
+    crate::context::crash_point("after-raw");
+    Ok(())
 }
 
 /// What every raw row of a file carries.

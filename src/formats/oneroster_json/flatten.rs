@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 
 use super::parse::Envelope;
 use crate::fint::{EfRow, ElevRow, Origin, SkoleRow, Staged, Text};
-use crate::formats::{RawRec, SnapshotInput};
+use crate::formats::{trinn_from_name, RawRec, SnapshotInput};
 
 /// One JSON object whose members stay unparsed until asked for: a record is scanned once and
 /// only the fields standardize uses are decoded (no tree of values per record). As with
@@ -102,12 +102,6 @@ fn is_student(v: &Obj) -> bool {
     v.arr("roles")
         .iter()
         .any(|r| Obj::parse(r.get()).is_some_and(|r| r.s("role").as_deref() == Some("student")))
-}
-
-/// Leading digits of a class name: `10A` → 10.
-pub fn trinn_from_name(name: &str) -> Option<i32> {
-    let d: String = name.chars().take_while(|c| c.is_ascii_digit()).collect();
-    d.parse().ok()
 }
 
 struct Class<'a> {

@@ -120,6 +120,7 @@ pub fn parse<'a>(file: &str, text: &'a str, need_modified: bool) -> Result<Parse
         records,
         newest_modified: newest,
         omfang: None,
+        delta: Vec::new(),
         parts,
     })
 }
