@@ -225,9 +225,13 @@ pub fn api_location(source: &SourceConfig) -> std::result::Result<Option<url::Ur
     let url = url::Url::parse(&source.location)
         .map_err(|e| format!("`{}` is not a URL: {e}", source.location))?;
     if !url.username().is_empty() || url.password().is_some() || url.query().is_some() {
+        // Said without what it holds: a password typed into the location is not repeated.
+        let mut shown = url.clone();
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
+        shown.set_query(None);
         return Err(format!(
-            "`{}`: no user, password or query in the location; credentials go in [source.auth] and the environment",
-            source.location
+            "`{shown}`: no user, password or query in the location; credentials go in [source.auth] and the environment"
         ));
     }
     let path = url.path().trim_end_matches('/');

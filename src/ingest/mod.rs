@@ -7,6 +7,7 @@
 //!
 //! Not here: interpreting records (standardize) or any validation beyond "can this file be read".
 
+mod overlay;
 pub mod pull;
 pub mod text;
 
@@ -94,6 +95,9 @@ struct Stamp {
     /// ingested before they were recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     parts: Option<Vec<String>>,
+    /// The parts that came as changes only (laid over the previous snapshot: `overlay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    delta: Option<Vec<String>>,
     /// A page pulled from an API: which collection, which page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     page: Option<PageStamp>,
@@ -250,7 +254,15 @@ async fn ingest_source_once(
         .into_iter()
         .map(|(f, r)| r.map(|r| (f, r)))
         .collect::<Result<Vec<_>>>()?;
-    let parsed = one_time_for_undated(parsed)?;
+    let mut parsed = one_time_for_undated(parsed)?;
+    // Changes-only deliveries are laid over the snapshot before them, so files go in time order.
+    let any_delta = parsed
+        .iter()
+        .any(|(_, (b, _, _))| marker_stamp(b).is_some_and(|s| s.delta.is_some()));
+    if any_delta {
+        parsed.sort_by(|a, b| (a.1 .2, &a.0.file.name).cmp(&(b.1 .2, &b.0.file.name)));
+    }
+    let mut seen = overlay::Seen::new();
     for (f, (batch, records, t)) in parsed {
         refuse_future(ctx, &f.file.name, t)?;
         // The same file twice in one listing is read once.
@@ -265,6 +277,19 @@ async fn ingest_source_once(
             .or_default()
             .insert(t.timestamp_micros());
         info!(source = %source.name, file = %f.file.name, records, as_of = %t, "read file");
+        let batch = if any_delta {
+            lay_over_previous(
+                &table,
+                batch,
+                t.timestamp_micros(),
+                existing.as_ref(),
+                &mut seen,
+                &f.file.name,
+            )
+            .await?
+        } else {
+            batch
+        };
         m.records += records;
         m.bytes += f.file.size;
         m.files_read
@@ -291,6 +316,53 @@ async fn ingest_source_once(
     steps.step("write raw");
     crate::context::crash_point("after-raw");
     Ok(())
+}
+
+/// The stamp in a file's marker record (its first row).
+fn marker_stamp(batch: &RecordBatch) -> Option<Stamp> {
+    let post = crate::delta::text(batch, "post").ok()?;
+    (batch.num_rows() > 0)
+        .then(|| serde_json::from_str(post.value(0)).ok())
+        .flatten()
+}
+
+/// A file's delta parts laid over the newest earlier snapshot of each (from this run, else from
+/// raw); every part it holds becomes the newest seen. A delta with nothing to lay over is refused.
+async fn lay_over_previous(
+    table: &crate::schema::Table,
+    mut batch: RecordBatch,
+    t: i64,
+    existing: Option<&deltalake::DeltaTable>,
+    seen: &mut overlay::Seen,
+    file: &str,
+) -> Result<RecordBatch> {
+    let stamp = marker_stamp(&batch);
+    let delta = stamp
+        .as_ref()
+        .and_then(|s| s.delta.clone())
+        .unwrap_or_default();
+    for part in &delta {
+        let from_run = seen.get(part).filter(|(at, _)| *at < t).cloned();
+        let previous = match from_run {
+            Some(p) => Some(p),
+            None => overlay::stored(existing, part, t).await?,
+        };
+        let Some((_, previous)) = previous else {
+            return Err(crate::error::Error::input(
+                file,
+                None,
+                format!(
+                    "the manifest says `file.{part} = delta`, and there is no earlier snapshot of {part} to lay the changes over: deliver a bulk file first"
+                ),
+            ));
+        };
+        batch = overlay::lay_over(table, batch, part, &previous)?;
+    }
+    for part in stamp.and_then(|s| s.parts).unwrap_or_default() {
+        let rows = overlay::of_batch(&batch, &part)?;
+        seen.insert(part, (t, rows));
+    }
+    Ok(batch)
 }
 
 /// How far in the future an as-of time may be: a file named for tomorrow's date, written late
@@ -467,6 +539,8 @@ fn parse_file(
         bytes: f.file.size,
         modified_us: f.file.last_modified.timestamp_micros(),
         parts: Some(parsed.parts.iter().map(|p| p.to_string()).collect()),
+        delta: (!parsed.delta.is_empty())
+            .then(|| parsed.delta.iter().map(|p| p.to_string()).collect()),
         page: None,
     };
     let batch = file_batch(
@@ -548,6 +622,7 @@ async fn pull_source(
             bytes: p.bytes.len() as u64,
             modified_us: t.timestamp_micros(),
             parts: Some(parsed.parts.iter().map(|p| p.to_string()).collect()),
+            delta: None,
             page: Some(PageStamp {
                 part: p.part.to_string(),
                 number: p.number,

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, a module per story.
 
+mod apis;
 mod bergen;
 mod cli;
 mod common;

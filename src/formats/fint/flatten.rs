@@ -419,9 +419,7 @@ mod tests {
     #[test]
     fn links_are_resolved_between_the_resources() {
         let b = "https://fint.invalid/utdanning";
-        let skole = format!(
-            r#"{{"systemId":{{"identifikatorverdi":"S-1"}},"skolenummer":{{"identifikatorverdi":"46500"}},"navn":"Nord skule","_links":{{}}}}"#
-        );
+        let skole = r#"{"systemId":{"identifikatorverdi":"S-1"},"skolenummer":{"identifikatorverdi":"46500"},"navn":"Nord skule","_links":{}}"#.to_string();
         let klasse = format!(
             r#"{{"systemId":{{"identifikatorverdi":"K-1"}},"navn":"10A","_links":{{"trinn":[{{"href":"{b}/utdanningsprogram/arstrinn/systemid/10"}}],"skolear":[{{"href":"{b}/kodeverk/skolear/systemid/20252026"}}]}}}}"#
         );
