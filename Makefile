@@ -10,7 +10,7 @@ VENV := .venv
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN := $(TARGET_DIR)/debug/elevflyt
 
-.PHONY: all build run test test-structure test-rust test-readers test-sharing venv chromium openssl interop bench docs fmt lint clean compare
+.PHONY: all build run test test-structure test-rust test-readers test-sharing test-storage venv chromium openssl interop bench docs fmt lint clean compare
 
 all: build
 
@@ -28,7 +28,7 @@ run: build
 	@echo "Tables written under ./lakehouse. Try:"
 	@echo "  $(BIN) sql pipelines/bergen.toml \"SELECT skolenummer, klasse, count(*) AS elevar FROM elevforhold WHERE is_current GROUP BY 1, 2 ORDER BY 1, 2\""
 
-test: test-structure test-rust test-readers test-sharing
+test: test-structure test-rust test-readers test-sharing test-storage
 
 # The module map has no cycles (docs/ARCHITECTURE.md, "Module map"); -v prints it.
 test-structure:
@@ -72,6 +72,15 @@ tests/ui/node_modules/.installed: tests/ui/package.json tests/ui/package-lock.js
 
 test-sharing: build $(SHARING_VENV)/.installed openssl chromium tests/ui/node_modules/.installed
 	NO_PROXY=127.0.0.1,localhost ELEVFLYT_BIN=$(abspath $(BIN)) $(SHARING_VENV)/bin/python -m pytest -q -s tests/sharing
+
+# Object storage for real: the Bergen pipeline on moto's S3 server and on Azurite (npm,
+# tests/storage), both started by the test on 127.0.0.1; deltalake reads the tables there.
+tests/storage/node_modules/.installed: tests/storage/package.json tests/storage/package-lock.json
+	cd tests/storage && npm ci --silent --no-audit --no-fund
+	touch $@
+
+test-storage: build $(SHARING_VENV)/.installed tests/storage/node_modules/.installed
+	NO_PROXY=127.0.0.1,localhost ELEVFLYT_BIN=$(abspath $(BIN)) $(SHARING_VENV)/bin/python -m pytest -q -s tests/storage
 
 # Apache Spark + delta-spark (the reference implementation) reads every table and must see what
 # elevflyt returns. Needs Java 17 and Maven (Maven Central) for the delta-spark jars.

@@ -270,7 +270,25 @@ pub async fn check_access(url: &Url, what: &str) -> Result<()> {
     .await;
     match listed {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(Error::Usage(format!("{what} {url}: cannot be read: {e}"))),
+        Ok(Err(e)) => {
+            // One line: cloud errors carry the service's XML answer, line breaks and all.
+            let text: String = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            let missing = ["NoSuchBucket", "ContainerNotFound", "BucketNotFound", "404 Not Found"]
+                .iter()
+                .any(|m| text.contains(m));
+            let hint = if missing {
+                format!(
+                    " (the bucket or container `{}` does not exist: create it, or correct the location)",
+                    url.host_str().unwrap_or_default()
+                )
+            } else {
+                String::new()
+            };
+            let text: String = text.chars().take(600).collect();
+            Err(Error::Usage(format!(
+                "{what} {url}: cannot be read{hint}: {text}"
+            )))
+        }
         Err(_) => Err(Error::Usage(format!(
             "{what} {url}: no answer within 90 s (check the endpoint and the network)"
         ))),
