@@ -104,10 +104,13 @@ interop: build $(SPARK_VENV)/.installed $(DELTA_JARS)/.resolved
 # data (100k and 1M pupils, cached in bench/data). BENCH_SIZES overrides the sizes.
 RELEASE_DIR := $(or $(CARGO_TARGET_DIR),target)
 BENCH_SIZES ?= 100000 1000000
+# The FINT pull from the local test server (tests/servers/api_server.py).
+FINT_PUPILS ?= 100000
 
 bench: venv
 	$(CARGO) build --locked --release
 	$(VENV)/bin/python bench/bench.py $(abspath $(RELEASE_DIR))/release/elevflyt $(abspath $(VENV))/bin/python $(BENCH_SIZES)
+	$(PYTHON) bench/fint_pull.py $(abspath $(RELEASE_DIR))/release/elevflyt $(FINT_PUPILS)
 
 # Regenerate the table reference in README.md from the schema definitions in src/schema.rs.
 docs: build

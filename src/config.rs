@@ -72,7 +72,7 @@ pub struct SourceConfig {
     pub max_retries: Option<u32>,
     /// API formats: the largest page accepted, in MiB (default 256).
     #[serde(default)]
-    pub max_page_mb: Option<u64>,
+    pub max_page_mb: Option<f64>,
 }
 
 /// `[source.auth]`: OAuth2 for an API source.
@@ -246,6 +246,9 @@ pub fn api_location(source: &SourceConfig) -> std::result::Result<Option<url::Ur
                 .collect::<Vec<_>>()
                 .join(" or ")
         ));
+    }
+    if source.max_page_mb.is_some_and(|m| m.is_nan() || m <= 0.0) {
+        return Err("max_page_mb must be more than 0".into());
     }
     if let Some(auth) = &source.auth {
         if !matches!(auth.grant.as_str(), "client_credentials" | "password") {

@@ -272,10 +272,19 @@ pub async fn check_access(url: &Url, what: &str) -> Result<()> {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => {
             // One line: cloud errors carry the service's XML answer, line breaks and all.
-            let text: String = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
-            let missing = ["NoSuchBucket", "ContainerNotFound", "BucketNotFound", "404 Not Found"]
-                .iter()
-                .any(|m| text.contains(m));
+            let text: String = e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let missing = [
+                "NoSuchBucket",
+                "ContainerNotFound",
+                "BucketNotFound",
+                "404 Not Found",
+            ]
+            .iter()
+            .any(|m| text.contains(m));
             let hint = if missing {
                 format!(
                     " (the bucket or container `{}` does not exist: create it, or correct the location)",

@@ -112,7 +112,7 @@ pub async fn pull(
             .clamp(1, api.max_page_size),
         timeout: Duration::from_secs(source.timeout_seconds.unwrap_or(60).max(1)),
         max_retries: source.max_retries.unwrap_or(5),
-        max_page_bytes: source.max_page_mb.unwrap_or(256).max(1) << 20,
+        max_page_bytes: (source.max_page_mb.unwrap_or(256.0) * (1u64 << 20) as f64) as u64,
     };
     let http = reqwest::Client::builder()
         .timeout(settings.timeout)
@@ -401,7 +401,10 @@ impl Client<'_> {
         let too_large = || {
             Fatal(self.fail(
                 url,
-                &format!("the page is larger than {} MiB (max_page_mb); ask for smaller pages with `page_size`", max >> 20),
+                &format!(
+                    "the page is larger than {} (max_page_mb); ask for smaller pages with `page_size`",
+                    size_text(max)
+                ),
             ))
         };
         if resp.content_length().is_some_and(|n| n > max) {
@@ -444,6 +447,15 @@ use BodyError::{Fatal, Retry};
 enum BodyError {
     Retry(String),
     Fatal(Error),
+}
+
+/// A byte count as people read it: `256 MiB`, `10 KiB`.
+fn size_text(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{:.0} MiB", bytes as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{:.0} KiB", bytes as f64 / 1024.0)
+    }
 }
 
 fn retryable(status: StatusCode) -> bool {

@@ -121,7 +121,7 @@ fn run_with_secret(pipeline: &Path, env: &[(&str, &str)]) -> (i32, String, Strin
 
 /// The current rows every source has in common: not `id`, `rad_hash` or `kildesystem` (they
 /// name the source), nor the times (a pull is dated when it ran, a file by its name).
-async fn current(pipeline: &Path) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
+async fn current(pipeline: &Path) -> (Vec<Vec<String>>, Vec<Vec<String>>, Vec<Vec<String>>) {
     let p = elevflyt::config::Pipeline::load(pipeline, None).unwrap();
     let elev = rows(
         &p,
@@ -137,7 +137,13 @@ async fn current(pipeline: &Path) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
          JOIN elev e ON e.id = f.elev_id AND e.is_current WHERE f.is_current ORDER BY 1",
     )
     .await;
-    (elev, ef)
+    let skole = rows(
+        &p,
+        "SELECT skolenummer, organisasjonsnummer, navn, kommunenummer, fylkesnummer, eierform \
+         FROM skole WHERE is_current ORDER BY 1",
+    )
+    .await;
+    (elev, ef, skole)
 }
 
 /// The first row that differs, not thousands of them.
@@ -185,7 +191,7 @@ async fn the_same_pupils_through_fint_oneroster_rest_csv_and_json_give_the_same_
     let (fint_port, rest_port) = (free_port(), free_port());
     let faults = [
         "--fail",
-        "elev:1=429,person:0=500,elevforhold:2=503",
+        "elev:1=429,person:0=500,elevforhold:2=503,klasse:0=hang",
         "--expire-token-after",
         "4",
     ];
@@ -197,7 +203,7 @@ async fn the_same_pupils_through_fint_oneroster_rest_csv_and_json_give_the_same_
             "fint",
             &format!("http://127.0.0.1:{fint_port}/utdanning"),
             fint_port,
-            "",
+            "timeout_seconds = 2",
         ),
     );
     let rest = pipeline(
@@ -219,7 +225,13 @@ async fn the_same_pupils_through_fint_oneroster_rest_csv_and_json_give_the_same_
     let (code, out, err) = run_with_secret(&fint, &env);
     assert_eq!(code, 0, "{err}");
     let log = server.stop();
-    for fault in ["elev:1=429", "person:0=500", "elevforhold:2=503", "401"] {
+    for fault in [
+        "elev:1=429",
+        "person:0=500",
+        "elevforhold:2=503",
+        "klasse:0=hang",
+        "401",
+    ] {
         assert!(
             log.iter().any(|l| l == fault),
             "the server saw no {fault}: {log:?}"
@@ -228,7 +240,9 @@ async fn the_same_pupils_through_fint_oneroster_rest_csv_and_json_give_the_same_
     let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
     let pull = &summary["pulls"][0];
     println!("FINT pull, day one: {pull}");
-    assert_eq!(pull["retries"], 3, "{pull}");
+    // 429, 500, 503 and a page that never came (timeout_seconds = 2): four retries.
+    assert_eq!(pull["retries"], 4, "{pull}");
+    assert!(err.contains("no answer in time"), "the timeout is logged");
     assert!(
         pull["tokens"].as_u64().unwrap() >= 2,
         "a new token after expiry: {pull}"
@@ -282,7 +296,7 @@ async fn the_same_pupils_through_fint_oneroster_rest_csv_and_json_give_the_same_
     assert_eq!(code, 0, "{err}");
     drop(server);
 
-    let (elev, ef) = current(&json).await;
+    let (elev, ef, skole) = current(&json).await;
     assert!(
         elev.len() > 250 && ef.len() == elev.len(),
         "{} {}",
@@ -290,9 +304,10 @@ async fn the_same_pupils_through_fint_oneroster_rest_csv_and_json_give_the_same_
         ef.len()
     );
     for other in [&csv, &fint, &rest] {
-        let (e, f) = current(other).await;
+        let (e, f, s) = current(other).await;
         same(&e, &elev, "elev", other);
         same(&f, &ef, "elevforhold", other);
+        same(&s, &skole, "skole", other);
     }
 
     // Every page is archived as received: URL, sha256 of its bytes, as-of; no secret in it.
@@ -328,16 +343,29 @@ async fn a_pull_killed_at_a_random_page_leaves_every_table_at_its_previous_versi
     let fint = pipeline(
         d,
         "fint",
-        &api_source(
+        &(api_source(
             "fint",
             "fint",
             &format!("http://127.0.0.1:{port}/utdanning"),
             port,
             "max_retries = 1\ntimeout_seconds = 5",
-        ),
+        ) + "grant = \"password\"\nusername = \"skuleadmin\"\n"),
     );
-    let env = [("ELEVFLYT_FINT_CLIENT_SECRET", SECRET)];
-    let server = ApiServer::start("fint", &d.join("fint"), "2026-09-01", &[], port);
+    // The password grant, as FINT clients use it; both secrets from the environment.
+    let env = [
+        ("ELEVFLYT_FINT_CLIENT_SECRET", SECRET),
+        ("ELEVFLYT_FINT_PASSWORD", "passord-for-skuleadmin"),
+    ];
+    let user = [
+        "--username",
+        "skuleadmin",
+        "--password",
+        "passord-for-skuleadmin",
+    ];
+    let (code, _, err) = run_with_secret(&fint, &env[..1]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("set ELEVFLYT_FINT_PASSWORD"), "{err}");
+    let server = ApiServer::start("fint", &d.join("fint"), "2026-09-01", &user, port);
     let (code, _, err) = run_with_secret(&fint, &env);
     assert_eq!(code, 0, "{err}");
     drop(server);
@@ -360,11 +388,12 @@ async fn a_pull_killed_at_a_random_page_leaves_every_table_at_its_previous_versi
         .subsec_nanos() as u64;
     let die_at = 1 + seed % pages;
     println!("the server dies at page request {die_at}");
+    let die = ["--die-at-page", &die_at.to_string()];
     let server = ApiServer::start(
         "fint",
         &d.join("fint"),
         "2026-09-02",
-        &["--die-at-page", &die_at.to_string()],
+        &[&user[..], &die[..]].concat(),
         port,
     );
     let (code, out, err) = run_with_secret(&fint, &env);
@@ -380,7 +409,7 @@ async fn a_pull_killed_at_a_random_page_leaves_every_table_at_its_previous_versi
     assert_eq!(versions(&p, &tables).await, before, "no table changed");
 
     // The next run starts over and gets day two.
-    let server = ApiServer::start("fint", &d.join("fint"), "2026-09-02", &[], port);
+    let server = ApiServer::start("fint", &d.join("fint"), "2026-09-02", &user, port);
     let (code, out, err) = run_with_secret(&fint, &env);
     drop(server);
     assert_eq!(code, 0, "{err}");
@@ -395,7 +424,7 @@ async fn a_pull_killed_at_a_random_page_leaves_every_table_at_its_previous_versi
         "one snapshot per successful pull"
     );
     // A rerun against the same data: sinceTimeStamp finds nothing new, no snapshot is added.
-    let server = ApiServer::start("fint", &d.join("fint"), "2026-09-02", &[], port);
+    let server = ApiServer::start("fint", &d.join("fint"), "2026-09-02", &user, port);
     let after = versions(&p, &tables).await;
     let (code, out, err) = run_with_secret(&fint, &env);
     drop(server);
@@ -445,6 +474,26 @@ async fn api_sources_refuse_clearly_without_credentials_or_with_wrong_ones() {
         "{last}"
     );
     assert!(!err.contains(wrong));
+
+    // A page larger than max_page_mb stops the pull, naming the URL and the limit.
+    let small = pipeline(
+        d,
+        "small",
+        &api_source(
+            "oneroster",
+            "oneroster-rest",
+            &base,
+            port,
+            "max_page_mb = 0.001",
+        ),
+    );
+    let (code, _, err) = run_with_secret(&small, &[("ELEVFLYT_ONEROSTER_CLIENT_SECRET", SECRET)]);
+    assert_eq!(code, 1, "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&base) && last.contains("larger than 1 KiB (max_page_mb)"),
+        "{last}"
+    );
     drop(server);
 
     // A location of the wrong kind is a configuration error before anything is sent.

@@ -188,7 +188,8 @@ fn exit_codes_and_configuration_errors() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(
-        err.contains("`excel`") && err.contains("oneroster-json, oneroster-rest, oneroster-csv, fint, vigo-csv"),
+        err.contains("`excel`")
+            && err.contains("oneroster-json, oneroster-rest, oneroster-csv, fint, vigo-csv"),
         "the error lists the registered formats: {err}"
     );
     // `validate` says the same without opening any storage, and passes a good file.

@@ -67,7 +67,8 @@ class State:
         for f in filter(None, (a.fail or "").split(",")):
             where, status = f.split("=")
             coll, page = where.split(":")
-            self.faults[(coll, int(page))] = int(status)
+            # A status, or `hang`: no answer for 30 s (the client's timeout must fire).
+            self.faults[(coll, int(page))] = status if status == "hang" else int(status)
         self.log = []
 
 
@@ -150,6 +151,9 @@ class Handler(BaseHTTPRequestHandler):
             s.log.append(f"{name}:{page}" + (f"={fault}" if fault else ""))
         if a.die_at_page and n >= a.die_at_page:
             os._exit(3)
+        if fault == "hang":
+            time.sleep(30)
+            return
         if fault:
             headers = [("Content-Type", "application/json")]
             if fault == 429:
@@ -185,7 +189,7 @@ def main():
     p.add_argument("--username")
     p.add_argument("--password")
     p.add_argument("--token-ttl", type=int, default=3600)
-    p.add_argument("--fail", help="collection:page=status,… (each once)")
+    p.add_argument("--fail", help="collection:page=status|hang,… (each once)")
     p.add_argument("--expire-token-after", type=int, default=0, help="pages per token before it answers 401")
     p.add_argument("--die-at-page", type=int, default=0, help="exit at the Nth page request")
     p.add_argument("--log", help="write the request log here at exit (SIGTERM)")
