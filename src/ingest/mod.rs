@@ -209,12 +209,12 @@ async fn ingest_source_once(
     source: &SourceConfig,
     m: &mut IngestOutcome,
 ) -> Result<()> {
-    let mut steps = crate::context::Steps::new("ingest");
-    let table = raw_table(&source.name);
     let root = ctx.pipeline.source_location(source)?;
     if let (Some(api), "http" | "https") = (source.format()?.api(), root.scheme()) {
         return pull_source(ctx, source, api, &root, m).await;
     }
+    let mut steps = crate::context::Steps::new("ingest");
+    let table = raw_table(&source.name);
     let mut files = crate::storage::list_files(&root, &source.include).await?;
     let listed = files.len();
     if let Some(until) = ctx.until {

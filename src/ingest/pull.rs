@@ -133,7 +133,7 @@ pub async fn pull(
     };
     let base_str = base.as_str().trim_end_matches('/').to_string();
     if let (Some(prev), Some(since)) = (previous, api.since_param) {
-        if c.unchanged_since(&base_str, api, since, prev).await? {
+        if c.unchanged_since(&base_str, api, prev).await? {
             c.summary.unchanged = true;
             c.summary.seconds = started.elapsed().as_secs_f64();
             info!(source = %source.name, since = %prev.as_of, "nothing changed since the previous pull ({since}): no new snapshot");
@@ -260,14 +260,7 @@ impl Client<'_> {
 
     /// FINT: whether every collection is as the previous pull left it: no entry changed since
     /// then (`sinceTimeStamp`) and as many entries as then (a deletion shows in no delta).
-    async fn unchanged_since(
-        &mut self,
-        base: &str,
-        api: &Api,
-        since: &str,
-        prev: &Previous,
-    ) -> Result<bool> {
-        let _ = since;
+    async fn unchanged_since(&mut self, base: &str, api: &Api, prev: &Previous) -> Result<bool> {
         for &(part, path, older) in api.collections {
             let Some(&before) = prev.collection_records.get(part) else {
                 return Ok(false);
