@@ -334,6 +334,23 @@ mod tests {
         assert_eq!((p.records[0].rad, p.records[1].rad), (1, 2));
         assert!(p.newest_modified.is_some());
 
+        // 1.1: the role and the orgs are columns of users.csv.
+        let z = zip_of(&[
+            ("manifest.csv", "propertyName,value\noneroster.version,1.1\nfile.users,bulk\n"),
+            ("users.csv", "sourcedId,status,dateLastModified,enabledUser,orgSourcedIds,role,username,userIds,givenName,familyName\nu2,active,,true,\"o1,o2\",student,per,{Feide:per@k.no},Per,Li\n"),
+        ]);
+        let p = parse("v11.zip", &z, false).unwrap();
+        let user: Value = serde_json::from_str(&p.records[0].post).unwrap();
+        assert_eq!(user["role"], "student");
+        assert_eq!(user["orgs"][1]["sourcedId"], "o2");
+        assert!(user.get("roles").is_none() && user.get("primaryOrg").is_none());
+        let bad = zip_of(&[(
+            "manifest.csv",
+            "propertyName,value\noneroster.version,2.0\n",
+        )]);
+        let err = parse("x.zip", &bad, false).unwrap_err().to_string();
+        assert!(err.contains("oneroster.version `2.0`"), "{err}");
+
         let err = parse("x.zip", b"PK not really", false)
             .unwrap_err()
             .to_string();
