@@ -16,8 +16,8 @@ use crate::run::Stage;
     name = "elevflyt",
     version,
     about = "Raw school-system exports → FINT-based, versioned (SCD2) Delta Lake tables",
-    long_about = "elevflyt reads the exports of school administration systems (OneRoster JSON from \
-Vigilo, the legacy Vigo semicolon elevliste), standardizes them to the FINT model (elev, \
+    long_about = "elevflyt reads the exports of school administration systems (OneRoster JSON, CSV or REST \
+from Vigilo and others, the FINT API, the legacy Vigo semicolon elevliste), standardizes them to the FINT model (elev, \
 elevforhold, skole), validates them (deviations go to `avvik`), keeps their history as SCD type 2 \
 in Delta Lake, and writes the county's list of 10th graders (`elevliste_vgs`).\n\n\
 Exit codes: 0 ok, 1 a `fail` rule or a pipeline error, 2 bad usage or configuration."
@@ -88,8 +88,11 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct StageArgs {
-    /// The pipeline file (TOML), e.g. pipelines/bergen.toml.
-    pub pipeline: PathBuf,
+    /// The pipeline file (TOML), e.g. pipelines/bergen.toml. Several run one after another in
+    /// one process, each on its own (a fleet: `elevflyt run national/pipelines/*.toml`); the exit
+    /// code is then 1 when any of them failed.
+    #[arg(required = true, num_args = 1..)]
+    pub pipeline: Vec<PathBuf>,
     /// Warehouse root to use instead of the pipeline file's (path or URL).
     #[arg(long)]
     pub warehouse: Option<String>,
@@ -114,9 +117,9 @@ pub struct StageArgs {
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
     /// Kommunenummer (several, comma-separated, spread the schools over them), or `alle` for
-    /// every kommune in the 2024 list (a national set).
-    #[arg(long, default_value = "4601")]
-    pub kommune: String,
+    /// every kommune in the 2024 list (a national set). Default 4601; with --national, `alle`.
+    #[arg(long)]
+    pub kommune: Option<String>,
     /// Number of pupils in the first snapshot.
     #[arg(long, default_value_t = 1000)]
     pub pupils: u64,
@@ -142,6 +145,11 @@ pub struct GenerateArgs {
     /// Folder to write into.
     #[arg(long)]
     pub out: PathBuf,
+    /// One export per kommune (every kommune in the 2024 list, or those of --kommune), each in
+    /// `<out>/<kommunenummer>/`, with a pipeline file per kommune in `<out>/pipelines/` that
+    /// writes to one warehouse, `<out>/lager`: the country as a fleet of pipelines.
+    #[arg(long)]
+    pub national: bool,
 }
 
 #[derive(Args, Debug)]
@@ -387,7 +395,7 @@ fn init_logging(cli: &Cli) {
 
 /// Examples for `--help`, per subcommand (the README's commands, runnable after `make run`).
 const EXAMPLES: &[(&str, &str)] = &[
-    ("run", "elevflyt run pipelines/bergen.toml\n  elevflyt run pipelines/bergen.toml --dry-run\n  elevflyt run pipelines/voss.toml --warehouse s3://bucket/lake\n  elevflyt run pipelines/bergen.toml --accept-mass-change   # a school closed: publish it deliberately"),
+    ("run", "elevflyt run pipelines/bergen.toml\n  elevflyt run national/pipelines/*.toml   # a fleet, one after another in one process\n  elevflyt run pipelines/bergen.toml --dry-run\n  elevflyt run pipelines/voss.toml --warehouse s3://bucket/lake\n  elevflyt run pipelines/bergen.toml --accept-mass-change   # a school closed: publish it deliberately"),
     ("ingest", "elevflyt ingest pipelines/bergen.toml\n  elevflyt ingest pipelines/bergen.toml --as-of 2026-01-15"),
     ("standardize", "elevflyt standardize pipelines/bergen.toml"),
     ("publish", "elevflyt publish pipelines/bergen.toml"),
@@ -397,7 +405,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("check", "elevflyt check pipelines/bergen.toml"),
     ("maintain", "elevflyt maintain pipelines/bergen.toml\n  elevflyt maintain pipelines/bergen.toml --retention-hours 168"),
     ("report", "elevflyt report pipelines/voss.toml\n  elevflyt report pipelines/voss.toml --format html --out rapport.html"),
-    ("generate", "elevflyt generate --kommune 4601 --pupils 10000 --snapshots 3 --out data/\n  elevflyt generate --kommune alle --pupils 1000000 --format vigo-csv --out data/"),
+    ("generate", "elevflyt generate --kommune 4601 --pupils 10000 --snapshots 3 --out data/\n  elevflyt generate --kommune alle --pupils 1000000 --format vigo-csv --out data/\n  elevflyt generate --national --pupils 630000 --out national/   # 357 exports + pipeline files"),
     ("validate", "elevflyt validate pipelines/bergen.toml"),
     ("rules", "elevflyt rules"),
     ("serve", "elevflyt serve pipelines/sharing-vestland.toml\n  elevflyt serve pipelines/sharing-vestland.toml --listen 127.0.0.1:0"),
@@ -502,8 +510,8 @@ pub fn main() -> i32 {
     }
 }
 
-fn context(args: &StageArgs) -> Result<RunContext> {
-    let pipeline = Pipeline::load(&args.pipeline, args.warehouse.as_deref())?;
+fn context(args: &StageArgs, pipeline: &std::path::Path) -> Result<RunContext> {
+    let pipeline = Pipeline::load(pipeline, args.warehouse.as_deref())?;
     let mut ctx = RunContext::new(pipeline);
     ctx.dry_run = args.dry_run;
     ctx.accept_mass_change = args.accept_mass_change;
@@ -651,13 +659,68 @@ async fn dispatch(cmd: Command) -> Result<()> {
             return Ok(());
         }
     };
-    let ctx = context(&args)?;
-    let summary = crate::run::execute(&ctx, stage).await?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&summary).unwrap_or_default()
+    if let [one] = &args.pipeline[..] {
+        let ctx = context(&args, one)?;
+        let summary = crate::run::execute(&ctx, stage).await?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    run_fleet(&args, stage).await
+}
+
+/// Several pipelines in one process, one after another; one that fails does not stop the
+/// others. Prints a JSON array: per pipeline its file, `ok` or the error, and its summary.
+async fn run_fleet(args: &StageArgs, stage: Stage) -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    let mut failed = Vec::new();
+    for path in &args.pipeline {
+        let t = std::time::Instant::now();
+        let result = match context(args, path) {
+            Ok(ctx) => crate::run::execute(&ctx, stage).await,
+            Err(e) => Err(e),
+        };
+        let seconds = (t.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+        let entry = match result {
+            Ok(summary) => serde_json::json!({
+                "pipeline": path.display().to_string(),
+                "status": "ok",
+                "seconds": seconds,
+                "summary": summary,
+            }),
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                failed.push(path.display().to_string());
+                serde_json::json!({
+                    "pipeline": path.display().to_string(),
+                    "status": "failed",
+                    "seconds": seconds,
+                    "error": e.to_string(),
+                })
+            }
+        };
+        out.push(entry);
+    }
+    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    tracing::info!(
+        pipelines = args.pipeline.len(),
+        failed = failed.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        "fleet finished"
     );
-    Ok(())
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Other(format!(
+            "{} of {} pipelines failed: {}",
+            failed.len(),
+            args.pipeline.len(),
+            failed.join(", ")
+        )))
+    }
 }
 
 fn print_rules() {
@@ -705,13 +768,17 @@ async fn sql(a: SqlArgs) -> Result<()> {
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
-    let kommuner = if a.kommune == "alle" {
+    let kommune = a
+        .kommune
+        .clone()
+        .unwrap_or_else(|| if a.national { "alle" } else { "4601" }.to_string());
+    let kommuner = if kommune == "alle" {
         crate::quality::kommuner::all()
             .into_iter()
             .map(str::to_string)
             .collect()
     } else {
-        let list: Vec<String> = a.kommune.split(',').map(|k| k.trim().to_string()).collect();
+        let list: Vec<String> = kommune.split(',').map(|k| k.trim().to_string()).collect();
         if let Some(bad) = list
             .iter()
             .find(|k| !crate::quality::kommuner::is_kommune(k))
@@ -739,9 +806,19 @@ fn generate(a: GenerateArgs) -> Result<()> {
         interval_days: a.interval_days,
     };
     let t = std::time::Instant::now();
-    let files = crate::generate::generate(&spec, &a.out, &|out, date, population| {
-        format.write_sample(out, date, population)
-    })?;
+    let files = if a.national {
+        let files = crate::generate::generate(&spec, &a.out, &|out, date, population| {
+            crate::generate::per_kommune(out, date, population, &|dir, date, part| {
+                format.write_sample(dir, date, part)
+            })
+        })?;
+        crate::generate::fleet_pipelines(&a.out, &spec.kommuner, format.name())?;
+        files
+    } else {
+        crate::generate::generate(&spec, &a.out, &|out, date, population| {
+            format.write_sample(out, date, population)
+        })?
+    };
     eprintln!(
         "wrote {} files to {} in {:.1} s",
         files.len(),

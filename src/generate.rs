@@ -381,3 +381,83 @@ mod tests {
         assert_eq!(vigo.len(), 2 * 3, "3 schools of ~300 pupils, 2 snapshots");
     }
 }
+
+/// `generate --national`: one snapshot split into one export per kommune, each written by
+/// `write` into `<out>/<kommunenummer>/` with only that kommune's schools and pupils.
+pub fn per_kommune(
+    out: &Path,
+    date: NaiveDate,
+    population: &Population<'_>,
+    write: WriteSnapshot<'_>,
+) -> Result<Vec<String>> {
+    let mut by_kommune: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for (i, s) in population.schools.iter().enumerate() {
+        by_kommune.entry(s.kommune.as_str()).or_default().push(i);
+    }
+    let mut pupils_of: Vec<Vec<&Pupil>> = vec![Vec::new(); population.schools.len()];
+    for p in population.pupils {
+        pupils_of[p.school].push(p);
+    }
+    let mut files = Vec::new();
+    for (kommune, schools) in by_kommune {
+        let dir = out.join(kommune);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::Usage(format!("cannot create {}: {e}", dir.display())))?;
+        let local: Vec<School> = schools
+            .iter()
+            .map(|&i| {
+                let s = &population.schools[i];
+                School {
+                    kommune: s.kommune.clone(),
+                    skolenummer: s.skolenummer.clone(),
+                    orgnr: s.orgnr.clone(),
+                    name: s.name.clone(),
+                }
+            })
+            .collect();
+        let pupils: Vec<Pupil> = schools
+            .iter()
+            .enumerate()
+            .flat_map(|(local, &i)| {
+                pupils_of[i].iter().map(move |p| Pupil {
+                    school: local,
+                    ..(*p).clone()
+                })
+            })
+            .collect();
+        files.extend(write(
+            &dir,
+            date,
+            &Population {
+                year_end: population.year_end,
+                schools: &local,
+                pupils: &pupils,
+            },
+        )?);
+    }
+    Ok(files)
+}
+
+/// `generate --national`: a pipeline file per kommune in `<out>/pipelines/`, all writing to
+/// the warehouse `<out>/lager` (catalog `k<kommunenummer>`).
+pub fn fleet_pipelines(out: &Path, kommuner: &[String], format: &str) -> Result<()> {
+    let dir = out.join("pipelines");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::Usage(format!("cannot create {}: {e}", dir.display())))?;
+    for k in kommuner {
+        // A kommune that got no school (fewer schools than kommuner) has no export.
+        if !out.join(k).is_dir() {
+            continue;
+        }
+        let path = dir.join(format!("{k}.toml"));
+        let body = format!(
+            "# Written by `elevflyt generate --national`: kommune {k}, synthetic data.\n\
+             [pipeline]\nname = \"k{k}\"\nkommunenummer = \"{k}\"\nwarehouse = \"../lager\"\n\
+             catalog = \"k{k}\"\nschema = \"grunnskole\"\n\n\
+             [[source]]\nname = \"skulesystem\"\nformat = \"{format}\"\nlocation = \"../{k}\"\n\n\
+             [quality]\n# Synthetic Tenor numbers; never in production.\nallow_synthetic_fnr = true\n"
+        );
+        std::fs::write(&path, body).map_err(io(&path))?;
+    }
+    Ok(())
+}

@@ -8,6 +8,7 @@ mod crash;
 mod docs;
 mod failing;
 mod fixtures;
+mod fleet;
 mod oneroster;
 mod operator;
 mod ops;
