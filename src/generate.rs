@@ -308,80 +308,6 @@ pub fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| Error::Other(format!("cannot write {}: {e}", path.display()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn generate(spec: &(Spec, &dyn crate::formats::Format), out: &Path) -> Result<Vec<String>> {
-        super::generate(&spec.0, out, &|o, d, p| spec.1.write_sample(o, d, p))
-    }
-
-    fn spec(
-        format: &'static dyn crate::formats::Format,
-    ) -> (Spec, &'static dyn crate::formats::Format) {
-        let spec = Spec {
-            kommuner: vec!["4601".into()],
-            pupils: 700,
-            snapshots: 2,
-            churn: 0.05,
-            seed: 7,
-            start: NaiveDate::from_ymd_opt(2026, 1, 15).unwrap(),
-            interval_days: 1,
-        };
-        (spec, format)
-    }
-
-    #[test]
-    fn deterministic_valid_numbers_and_churn() {
-        let a = tempfile::tempdir().unwrap();
-        let b = tempfile::tempdir().unwrap();
-        let files = generate(
-            &spec(&crate::formats::oneroster_json::OneRosterJson),
-            a.path(),
-        )
-        .unwrap();
-        generate(
-            &spec(&crate::formats::oneroster_json::OneRosterJson),
-            b.path(),
-        )
-        .unwrap();
-        assert_eq!(files.len(), 10);
-        let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
-        assert_eq!(
-            read(a.path(), "users-2026-01-15.json"),
-            read(b.path(), "users-2026-01-15.json"),
-            "same seed, same data"
-        );
-        let today = NaiveDate::from_ymd_opt(2026, 11, 26).unwrap();
-        let users: serde_json::Value =
-            serde_json::from_str(&read(a.path(), "users-2026-01-15.json")).unwrap();
-        let users = users["users"].as_array().unwrap();
-        assert_eq!(users.len(), 700);
-        let distinct: std::collections::HashSet<_> = users
-            .iter()
-            .map(|u| u["identifier"].as_str().unwrap())
-            .collect();
-        assert_eq!(distinct.len(), 700, "every pupil has a number of their own");
-        for u in users {
-            let fnr = u["identifier"].as_str().unwrap();
-            let info = crate::quality::fnr::classify(fnr, today).unwrap();
-            assert_eq!(
-                info.kind,
-                crate::quality::fnr::FnrKind::Tenor,
-                "{}",
-                crate::quality::fnr::mask(fnr)
-            );
-        }
-        assert_ne!(
-            read(a.path(), "users-2026-01-15.json"),
-            read(a.path(), "users-2026-01-16.json"),
-            "churn changed something"
-        );
-        let vigo = generate(&spec(&crate::formats::vigo_csv::VigoCsv), a.path()).unwrap();
-        assert_eq!(vigo.len(), 2 * 3, "3 schools of ~300 pupils, 2 snapshots");
-    }
-}
-
 /// `generate --national`: one snapshot split into one export per kommune, each written by
 /// `write` into `<out>/<kommunenummer>/` with only that kommune's schools and pupils.
 pub fn per_kommune(
@@ -460,4 +386,78 @@ pub fn fleet_pipelines(out: &Path, kommuner: &[String], format: &str) -> Result<
         std::fs::write(&path, body).map_err(io(&path))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generate(spec: &(Spec, &dyn crate::formats::Format), out: &Path) -> Result<Vec<String>> {
+        super::generate(&spec.0, out, &|o, d, p| spec.1.write_sample(o, d, p))
+    }
+
+    fn spec(
+        format: &'static dyn crate::formats::Format,
+    ) -> (Spec, &'static dyn crate::formats::Format) {
+        let spec = Spec {
+            kommuner: vec!["4601".into()],
+            pupils: 700,
+            snapshots: 2,
+            churn: 0.05,
+            seed: 7,
+            start: NaiveDate::from_ymd_opt(2026, 1, 15).unwrap(),
+            interval_days: 1,
+        };
+        (spec, format)
+    }
+
+    #[test]
+    fn deterministic_valid_numbers_and_churn() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let files = generate(
+            &spec(&crate::formats::oneroster_json::OneRosterJson),
+            a.path(),
+        )
+        .unwrap();
+        generate(
+            &spec(&crate::formats::oneroster_json::OneRosterJson),
+            b.path(),
+        )
+        .unwrap();
+        assert_eq!(files.len(), 10);
+        let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+        assert_eq!(
+            read(a.path(), "users-2026-01-15.json"),
+            read(b.path(), "users-2026-01-15.json"),
+            "same seed, same data"
+        );
+        let today = NaiveDate::from_ymd_opt(2026, 11, 26).unwrap();
+        let users: serde_json::Value =
+            serde_json::from_str(&read(a.path(), "users-2026-01-15.json")).unwrap();
+        let users = users["users"].as_array().unwrap();
+        assert_eq!(users.len(), 700);
+        let distinct: std::collections::HashSet<_> = users
+            .iter()
+            .map(|u| u["identifier"].as_str().unwrap())
+            .collect();
+        assert_eq!(distinct.len(), 700, "every pupil has a number of their own");
+        for u in users {
+            let fnr = u["identifier"].as_str().unwrap();
+            let info = crate::quality::fnr::classify(fnr, today).unwrap();
+            assert_eq!(
+                info.kind,
+                crate::quality::fnr::FnrKind::Tenor,
+                "{}",
+                crate::quality::fnr::mask(fnr)
+            );
+        }
+        assert_ne!(
+            read(a.path(), "users-2026-01-15.json"),
+            read(a.path(), "users-2026-01-16.json"),
+            "churn changed something"
+        );
+        let vigo = generate(&spec(&crate::formats::vigo_csv::VigoCsv), a.path()).unwrap();
+        assert_eq!(vigo.len(), 2 * 3, "3 schools of ~300 pupils, 2 snapshots");
+    }
 }
