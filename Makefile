@@ -100,17 +100,24 @@ $(DELTA_JARS)/.resolved: interop/pom.xml
 interop: build $(SPARK_VENV)/.installed $(DELTA_JARS)/.resolved
 	ELEVFLYT_BIN=$(abspath $(BIN)) DELTA_JARS=$(abspath $(DELTA_JARS)) $(SPARK_VENV)/bin/python -m pytest -q -s interop
 
-# Performance: a release build against a Python polars + deltalake SCD2 on the same generated
-# data (100k and 1M pupils, cached in bench/data). BENCH_SIZES overrides the sizes.
+# Performance: a release build beside a Python polars + deltalake SCD2 and a PySpark + delta-spark
+# MERGE INTO on the same generated data, with elevflyt's cost curves over BENCH_SIZES and the
+# churns of BENCH_CHURNS (data cached in bench/data); then a FINT pull and the national fleet.
 RELEASE_DIR := $(or $(CARGO_TARGET_DIR),target)
-BENCH_SIZES ?= 100000 1000000
+BENCH_SIZES ?= 100000 300000 1000000 3000000
+# The Spark peer (PySpark + delta-spark, MERGE INTO) up to this size.
+SPARK_MAX ?= 100000
 # The FINT pull from the local test server (tests/servers/api_server.py).
 FINT_PUPILS ?= 100000
+# The national fleet: one pipeline per kommune.
+FLEET_PUPILS ?= 630000
 
-bench: venv
+bench: venv $(SPARK_VENV)/.installed $(DELTA_JARS)/.resolved
 	$(CARGO) build --locked --release
-	$(VENV)/bin/python bench/bench.py $(abspath $(RELEASE_DIR))/release/elevflyt $(abspath $(VENV))/bin/python $(BENCH_SIZES)
+	SPARK_PY=$(abspath $(SPARK_VENV))/bin/python DELTA_JARS=$(abspath $(DELTA_JARS)) SPARK_MAX=$(SPARK_MAX) \
+	  $(VENV)/bin/python bench/bench.py $(abspath $(RELEASE_DIR))/release/elevflyt $(abspath $(VENV))/bin/python $(BENCH_SIZES)
 	$(PYTHON) bench/fint_pull.py $(abspath $(RELEASE_DIR))/release/elevflyt $(FINT_PUPILS)
+	$(VENV)/bin/python bench/fleet.py $(abspath $(RELEASE_DIR))/release/elevflyt $(FLEET_PUPILS)
 
 # Regenerate the table reference in README.md from the schema definitions in src/schema.rs.
 docs: build
