@@ -300,9 +300,25 @@ async fn ingest_source_once(
     if rows == 0 || ctx.dry_run {
         return Ok(());
     }
+    append_raw(ctx, source, &table, batches, read_version, m).await?;
+    steps.step("write raw");
+    crate::context::crash_point("after-raw");
+    Ok(())
+}
+
+/// Appends a source's new raw rows on top of the version read (claiming the table, see
+/// `ingest_source`) and hands them to standardize.
+async fn append_raw(
+    ctx: &RunContext,
+    source: &SourceConfig,
+    table: &crate::schema::Table,
+    batches: Vec<RecordBatch>,
+    read_version: u64,
+    m: &mut IngestOutcome,
+) -> Result<()> {
     if let (Some(v), _) = crate::delta::write_claimed(
         &ctx.pipeline,
-        &table,
+        table,
         batches.clone(),
         read_version,
         &ctx.run_id,
@@ -313,8 +329,6 @@ async fn ingest_source_once(
         m.raw_versions.push((table.name.to_string(), v));
     }
     m.committed.insert(source.name.clone(), batches);
-    steps.step("write raw");
-    crate::context::crash_point("after-raw");
     Ok(())
 }
 
@@ -655,19 +669,7 @@ async fn pull_source(
     if ctx.dry_run {
         return Ok(());
     }
-    if let (Some(v), _) = crate::delta::write_claimed(
-        &ctx.pipeline,
-        &table,
-        batches.clone(),
-        read_version,
-        &ctx.run_id,
-        "ingest",
-    )
-    .await?
-    {
-        m.raw_versions.push((table.name.to_string(), v));
-    }
-    m.committed.insert(source.name.clone(), batches);
+    append_raw(ctx, source, &table, batches, read_version, m).await?;
     steps.step("write raw");
     crate::context::crash_point("after-raw");
     Ok(())

@@ -133,7 +133,7 @@ pub async fn pull(
     };
     let base_str = base.as_str().trim_end_matches('/').to_string();
     if let (Some(prev), Some(since)) = (previous, api.since_param) {
-        if c.unchanged_since(&base_str, api, prev).await? {
+        if c.unchanged_since(&base_str, format, api, prev).await? {
             c.summary.unchanged = true;
             c.summary.seconds = started.elapsed().as_secs_f64();
             info!(source = %source.name, since = %prev.as_of, "nothing changed since the previous pull ({since}): no new snapshot");
@@ -260,7 +260,13 @@ impl Client<'_> {
 
     /// FINT: whether every collection is as the previous pull left it: no entry changed since
     /// then (`sinceTimeStamp`) and as many entries as then (a deletion shows in no delta).
-    async fn unchanged_since(&mut self, base: &str, api: &Api, prev: &Previous) -> Result<bool> {
+    async fn unchanged_since(
+        &mut self,
+        base: &str,
+        format: &dyn Format,
+        api: &Api,
+        prev: &Previous,
+    ) -> Result<bool> {
         for &(part, path, older) in api.collections {
             let Some(&before) = prev.collection_records.get(part) else {
                 return Ok(false);
@@ -282,10 +288,7 @@ impl Client<'_> {
                     None => return Ok(false),
                 },
             };
-            let (n_changed, _) = match count_loose(&changed.0) {
-                Some(c) => c,
-                None => return Ok(false),
-            };
+            let (n_changed, _) = count(format, &changed_url, &changed.0)?;
             if n_changed > 0 {
                 return Ok(false);
             }
@@ -293,7 +296,7 @@ impl Client<'_> {
             let Some((bytes, header_total)) = self.get(&size_url).await? else {
                 return Ok(false);
             };
-            let total = header_total.or_else(|| count_loose(&bytes).and_then(|(_, t)| t));
+            let total = header_total.or(count(format, &size_url, &bytes)?.1);
             if total != Some(before as u64) {
                 return Ok(false);
             }
@@ -493,22 +496,6 @@ fn describe(e: &reqwest::Error) -> String {
     }
 }
 
-/// Entries and `total_items` of a page of either API, without knowing which.
-fn count_loose(bytes: &[u8]) -> Option<(usize, Option<u64>)> {
-    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    let total = v.get("total_items").and_then(|t| t.as_u64());
-    let entries = v
-        .pointer("/_embedded/_entries")
-        .and_then(|e| e.as_array())
-        .map(|a| a.len())
-        .or_else(|| {
-            v.as_object()?
-                .values()
-                .find_map(|x| x.as_array().map(|a| a.len()))
-        })?;
-    Some((entries, total))
-}
-
 /// An OAuth2 token (client credentials or password grant) and its lifetime.
 async fn fetch_token(
     http: &reqwest::Client,
@@ -628,10 +615,15 @@ mod tests {
         );
         assert!(retryable(StatusCode::TOO_MANY_REQUESTS) && retryable(StatusCode::BAD_GATEWAY));
         assert!(!retryable(StatusCode::NOT_FOUND) && !retryable(StatusCode::UNAUTHORIZED));
+        let url = url::Url::parse("http://127.0.0.1:1/utdanning/elev/elev?size=2").unwrap();
+        let page = br#"{"_embedded":{"_entries":[{},{}]},"total_items":7}"#;
         assert_eq!(
-            count_loose(br#"{"_embedded":{"_entries":[{},{}]},"total_items":7}"#),
-            Some((2, Some(7)))
+            count(&crate::formats::fint::Fint, &url, page).unwrap(),
+            (2, Some(7))
         );
-        assert_eq!(count_loose(br#"{"users":[{}]}"#), Some((1, None)));
+        let url = url::Url::parse("http://127.0.0.1:1/ims/oneroster/v1p1/users").unwrap();
+        let page = br#"{"users":[{}]}"#;
+        let rest = &crate::formats::oneroster_rest::OneRosterRest;
+        assert_eq!(count(rest, &url, page).unwrap(), (1, None));
     }
 }
