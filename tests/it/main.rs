@@ -9,6 +9,7 @@ mod docs;
 mod failing;
 mod fixtures;
 mod fleet;
+mod incremental;
 mod oneroster;
 mod operator;
 mod ops;

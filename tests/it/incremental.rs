@@ -1,0 +1,194 @@
+//! Incremental days equal a full rebuild (issue 18, docs/ARCHITECTURE.md "History (SCD2)"):
+//! a generated kommune with churn every day (moves, renames, leavers, newcomers, D-numbers
+//! replaced), run one day at a time, gives exactly the tables one run over all the same raw
+//! snapshots gives — every version with its dates, the identity map, the county list.
+
+use std::path::Path;
+
+use crate::common::*;
+
+const DAYS: usize = 6;
+
+fn pipeline(dir: &Path, src: &Path) -> elevflyt::config::Pipeline {
+    let body = format!(
+        r#"[pipeline]
+name = "inkrementell"
+kommunenummer = "4601"
+warehouse = "lake"
+catalog = "k"
+schema = "grunnskole"
+
+[[source]]
+name = "vigilo"
+format = "oneroster-json"
+location = "{}"
+
+[quality]
+allow_synthetic_fnr = true
+"#,
+        src.display()
+    );
+    let path = pipeline_file(dir, "p.toml", &body);
+    elevflyt::config::Pipeline::load(&path, None).unwrap()
+}
+
+/// Every version of the three SCD2 tables (all columns but `transaction_time`), the identity map
+/// and the county list, as text rows.
+async fn tables(p: &elevflyt::config::Pipeline) -> Vec<(&'static str, Vec<Vec<String>>)> {
+    let queries = [
+        (
+            "elev",
+            "SELECT id, system_id, kildesystem, fodselsnummer, feidenavn, kommunenummer, fornavn, \
+             mellomnavn, etternavn, fodselsdato, kjonn, epostadresse, mobiltelefonnummer, \
+             bostedsadresse, postnummer, poststed, valid_from, valid_to, is_current, rad_hash \
+             FROM elev ORDER BY id, valid_from",
+        ),
+        (
+            "elevforhold",
+            "SELECT id, elev_id, system_id, kildesystem, skolenummer, klasse, trinn, skolear, \
+             hovedskole, startdato, sluttdato, valid_from, valid_to, is_current, rad_hash \
+             FROM elevforhold ORDER BY id, valid_from",
+        ),
+        (
+            "skole",
+            "SELECT skolenummer, organisasjonsnummer, navn, kommunenummer, fylkesnummer, \
+             eierform, kildesystem, valid_from, valid_to, is_current, rad_hash \
+             FROM skole ORDER BY skolenummer, valid_from",
+        ),
+        (
+            "elev_id",
+            "SELECT * FROM elev_id ORDER BY id, kildesystem, system_id, fodselsnummer",
+        ),
+        (
+            "elevliste_vgs",
+            "SELECT fylkesnummer, kommunenummer, skolenummer, klasse, fodselsnummer, elev_namn \
+             FROM elevliste_vgs ORDER BY 1, 2, 3, 4, 5",
+        ),
+    ];
+    let mut out = Vec::new();
+    for (name, q) in queries {
+        out.push((name, rows(p, q).await));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn incremental_days_equal_a_full_rebuild_from_the_same_snapshots() {
+    let dir = tempdir();
+    let generated = dir.path().join("generated");
+    let o = elevflyt(&[
+        "generate",
+        "--pupils",
+        "1200",
+        "--snapshots",
+        &DAYS.to_string(),
+        "--churn",
+        "0.05",
+        "--seed",
+        "18",
+        "--out",
+        generated.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut files: Vec<_> = std::fs::read_dir(&generated)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    // `users-2026-01-15.json`: the date is the name's last ten characters.
+    let mut dates: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let stem = f.file_stem()?.to_str()?;
+            stem.get(stem.len().checked_sub(10)?..).map(str::to_string)
+        })
+        .collect();
+    dates.sort();
+    dates.dedup();
+    assert_eq!(dates.len(), DAYS, "one snapshot per day: {dates:?}");
+
+    // One run a day, each day's files arriving in the morning.
+    let daily_dir = dir.path().join("daily");
+    let daily_src = daily_dir.join("src");
+    std::fs::create_dir_all(&daily_src).unwrap();
+    let daily = pipeline(&daily_dir, &daily_src);
+    let mut versions_per_day = Vec::new();
+    for date in &dates {
+        for f in files
+            .iter()
+            .filter(|f| f.to_str().unwrap().contains(date.as_str()))
+        {
+            std::fs::copy(f, daily_src.join(f.file_name().unwrap())).unwrap();
+        }
+        let s = run(&daily, elevflyt::run::Stage::All).await.unwrap();
+        versions_per_day.push(versions(&daily, &["elev", "elevforhold"]).await);
+        assert_eq!(
+            s.snapshots_published, 1,
+            "day {date}: one new snapshot published"
+        );
+    }
+    // Each day changed something (5 % churn), so each made a version of elev.
+    let elev_versions: Vec<_> = versions_per_day.iter().map(|v| v[0].1).collect();
+    assert!(
+        elev_versions.windows(2).all(|w| w[1] > w[0]),
+        "a version of elev per day: {elev_versions:?}"
+    );
+
+    // The same raw snapshots, all at once: the history rebuilt in one run.
+    let all_dir = dir.path().join("all");
+    let all_src = all_dir.join("src");
+    std::fs::create_dir_all(&all_src).unwrap();
+    for f in &files {
+        std::fs::copy(f, all_src.join(f.file_name().unwrap())).unwrap();
+    }
+    let all = pipeline(&all_dir, &all_src);
+    let s = run(&all, elevflyt::run::Stage::All).await.unwrap();
+    assert_eq!(s.snapshots_published, DAYS);
+
+    let (a, b) = (tables(&daily).await, tables(&all).await);
+    for ((name, daily_rows), (_, all_rows)) in a.iter().zip(&b) {
+        assert!(!daily_rows.is_empty(), "{name} is empty");
+        assert_eq!(
+            daily_rows.len(),
+            all_rows.len(),
+            "{name}: {} rows after {DAYS} daily runs, {} after one run over all",
+            daily_rows.len(),
+            all_rows.len()
+        );
+        // Named by position only: the rows hold (synthetic) personal data.
+        if let Some(i) = (0..daily_rows.len()).find(|&i| daily_rows[i] != all_rows[i]) {
+            panic!(
+                "{name}, row {i} of {}: the daily runs differ from the rebuild",
+                daily_rows.len()
+            );
+        }
+    }
+    // History really moved: versions closed on later days, and some pupils left.
+    let closed = count(
+        &daily,
+        "SELECT count(*) FROM elev WHERE valid_to IS NOT NULL",
+    )
+    .await;
+    let days_with_closes = count(
+        &daily,
+        "SELECT count(DISTINCT valid_to) FROM elevforhold WHERE valid_to IS NOT NULL",
+    )
+    .await;
+    assert!(closed > 0, "no elev version was closed");
+    assert_eq!(
+        days_with_closes as usize,
+        DAYS - 1,
+        "closes on every later day"
+    );
+
+    // The same day again changes nothing.
+    let before = versions(&daily, &["elev", "elevforhold", "skole", "elev_id"]).await;
+    run(&daily, elevflyt::run::Stage::All).await.unwrap();
+    assert_eq!(
+        versions(&daily, &["elev", "elevforhold", "skole", "elev_id"]).await,
+        before
+    );
+    assert!(elevflyt::ops::check(&daily).await.unwrap().is_empty());
+}
