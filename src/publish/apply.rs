@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::identity::{Identity, NAMESPACE};
 use super::plan::TableRun;
-use super::scd2::Scope;
+use super::scd2::{Key, Scope};
 use super::staged::{opt_str, replace_column, rows_of, StagedTable};
 use crate::error::{Error, Result};
 use crate::ledger::SnapshotKey;
@@ -87,22 +87,22 @@ pub fn snapshot(
     if omfang.is_some() {
         // A pupil who left this school and has no other open elevforhold in this source
         // has left the source.
-        let open: HashSet<&str> = t
+        let open: HashSet<&Key> = t
             .elevforhold
             .engine
             .state
             .values()
             .filter(|c| c.kildesystem.as_deref() == Some(kildesystem.as_str()))
-            .filter_map(|c| c.parent.as_deref())
+            .filter_map(|c| c.parent.as_ref())
             .collect();
-        let leaving: Vec<String> = closed_ef
+        let leaving: Vec<Key> = closed_ef
             .iter()
             .filter_map(|k| t.elevforhold.engine.parents_of_closed.get(k))
-            .map(|p| p.to_string())
-            .filter(|p| !open.contains(p.as_str()))
+            .filter(|p| !open.contains(p))
+            .cloned()
             .collect();
-        for p in leaving {
-            t.elev.engine.close_key(&p, *as_of);
+        for p in &leaving {
+            t.elev.engine.close_key(p, *as_of);
         }
     }
     Ok(())

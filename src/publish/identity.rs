@@ -111,9 +111,11 @@ impl Identity {
             return Ok(id);
         };
         // Applied in order of first sighting (a later id takes over a shared number), sorted
-        // here on (first_seen, position) rather than by the query. Each batch is dropped once
-        // its columns are taken (they are copies when the reader gave string views).
+        // here on (first_seen, position) rather than by the query. The text columns are read
+        // where the reader put them (string views, not copied).
+        let started = std::time::Instant::now();
         let batches = crate::delta::query(ctx, sql).await?;
+        let queried = started.elapsed();
         let mut columns = Vec::with_capacity(batches.len());
         let mut order: Vec<(i64, u32, u32)> = Vec::new();
         for (bi, b) in batches.into_iter().enumerate() {
@@ -121,10 +123,10 @@ impl Identity {
             let first = crate::delta::micros(b, "first_seen")?;
             order.extend((0..b.num_rows()).map(|i| (first.value(i), bi as u32, i as u32)));
             columns.push((
-                crate::delta::strings(b, "id")?,
-                crate::delta::strings(b, "kildesystem")?,
-                crate::delta::strings(b, "system_id")?,
-                crate::delta::strings(b, "fodselsnummer")?,
+                crate::delta::text(b, "id")?,
+                crate::delta::text(b, "kildesystem")?,
+                crate::delta::text(b, "system_id")?,
+                crate::delta::text(b, "fodselsnummer")?,
                 first,
                 crate::delta::micros(b, "last_seen")?,
             ));
@@ -143,11 +145,17 @@ impl Identity {
             id.see(
                 n,
                 source,
-                super::staged::opt_str(s, i),
-                super::staged::opt_str(f, i),
+                s.opt(i),
+                f.opt(i),
                 (first.value(i), last.value(i)),
             );
         }
+        tracing::debug!(
+            pupils = id.ids.len(),
+            ms = started.elapsed().as_millis() as u64,
+            query_ms = queried.as_millis() as u64,
+            "identity map loaded"
+        );
         Ok(id)
     }
 

@@ -12,7 +12,6 @@ use super::metrics::current_count;
 use super::plan::TableRun;
 use super::row_hash;
 use super::scd2::Scd2;
-use super::staged::opt_str;
 use crate::context::RunContext;
 use crate::error::Result;
 use crate::par::joined;
@@ -111,27 +110,40 @@ async fn load_current(
         name = t.name,
         skip = not_in_sources(rebuilt),
     );
+    let started = std::time::Instant::now();
+    let mut filling = std::time::Duration::ZERO;
     crate::delta::for_each_batch(ctx, &sql, |b| {
-        let k = crate::delta::strings(b, "k")?;
-        let h = crate::delta::strings(b, "rad_hash")?;
+        let fill = std::time::Instant::now();
+        // Read where the reader put them: no copy of a million keys into another layout.
+        let k = crate::delta::text(b, "k")?;
+        let h = crate::delta::text(b, "rad_hash")?;
         let v = crate::delta::micros(b, "valid_from")?;
-        let ks = crate::delta::strings(b, "kildesystem")?;
-        let s = crate::delta::strings(b, "s")?;
-        let p = crate::delta::strings(b, "p")?;
+        let ks = crate::delta::text(b, "kildesystem")?;
+        let s = crate::delta::text(b, "s")?;
+        let p = crate::delta::text(b, "p")?;
         engine.state.reserve(b.num_rows());
         for i in 0..b.num_rows() {
             engine.load_current(
                 k.value(i),
                 row_hash::parse_hash(h.value(i)),
                 v.value(i),
-                opt_str(&ks, i),
-                opt_str(&s, i),
-                opt_str(&p, i),
+                ks.opt(i),
+                s.opt(i),
+                p.opt(i),
             );
         }
+        filling += fill.elapsed();
         Ok(())
     })
-    .await
+    .await?;
+    tracing::debug!(
+        table = t.name,
+        rows = engine.state.len(),
+        ms = started.elapsed().as_millis() as u64,
+        fill_ms = filling.as_millis() as u64,
+        "current rows loaded"
+    );
+    Ok(())
 }
 
 /// ` AND kildesystem NOT IN (...)` for a set of source names (validated lower-case identifiers).

@@ -85,7 +85,7 @@ impl TableRun {
         batch: RecordBatch,
         snapshot: &crate::ledger::SnapshotKey,
         scope: Scope<'_>,
-    ) -> Result<Vec<Arc<str>>> {
+    ) -> Result<Vec<scd2::Key>> {
         let as_of = snapshot.2;
         let hashes = row_hash::row_hashes(self.table, &batch)?;
         let keys = crate::delta::strings(&batch, self.table.scd2_key()?)?;
@@ -117,7 +117,7 @@ impl TableRun {
     /// new history is compared with the stored one: identical versions are kept as they are
     /// (with their transaction_time), changed ones replaced, vanished ones deleted.
     pub async fn reconcile(&mut self, session: &SessionContext) -> Result<()> {
-        let mut stored: HashMap<(String, i64), StoredVersion> = HashMap::new();
+        let mut stored: HashMap<(scd2::Key, i64), StoredVersion> = HashMap::new();
         if !self.rebuilt.is_empty() && crate::delta::has_table(session, self.table.name) {
             let list = self
                 .rebuilt
@@ -142,7 +142,7 @@ impl TableRun {
                         valid_to: (!to.is_null(i)).then(|| to.value(i)),
                         hash: row_hash::parse_hash(h.value(i)),
                     };
-                    stored.insert((v.key.clone(), v.valid_from), v);
+                    stored.insert((scd2::Key::of(&v.key), v.valid_from), v);
                 }
             }
         }
@@ -159,7 +159,7 @@ impl TableRun {
                 self.ops.push((idx, Op::Insert));
                 continue;
             }
-            match stored.remove(&(ins.key.to_string(), ins.valid_from)) {
+            match stored.remove(&(ins.key.clone(), ins.valid_from)) {
                 Some(v) if v.valid_to == ins.valid_to && v.hash == ins.hash => {}
                 Some(_) => self.ops.push((idx, Op::Replace)),
                 None => self.ops.push((idx, Op::Insert)),
@@ -250,15 +250,15 @@ impl TableRun {
             parts.push(RecordBatch::try_new(schema.clone(), cols)?);
         }
         // Closes and deletes of stored versions: only key, valid_from (and valid_to) matter.
-        let keyed: Vec<(&str, i64, Option<i64>, &str)> = self
+        let keyed: Vec<(String, i64, Option<i64>, &str)> = self
             .engine
             .closes
             .iter()
-            .map(|c| (&*c.key, c.valid_from, Some(c.valid_to), "close"))
+            .map(|c| (c.key.to_string(), c.valid_from, Some(c.valid_to), "close"))
             .chain(
                 self.deletes
                     .iter()
-                    .map(|(k, f)| (k.as_str(), *f, None, "delete")),
+                    .map(|(k, f)| (k.clone(), *f, None, "delete")),
             )
             .collect();
         if !keyed.is_empty() {
@@ -268,7 +268,7 @@ impl TableRun {
                 .iter()
                 .map(|f| match f.name().as_str() {
                     name if Some(name) == t.key => Arc::new(StringArray::from(
-                        keyed.iter().map(|c| c.0).collect::<Vec<_>>(),
+                        keyed.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),
                     )) as ArrayRef,
                     schema::VALID_FROM => ts(keyed.iter().map(|c| Some(c.1))),
                     schema::VALID_TO => ts(keyed.iter().map(|c| c.2)),

@@ -13,6 +13,58 @@ use super::row_hash::RowHash;
 use rustc_hash::{FxHashMap, FxHashSet};
 use tracing::warn;
 
+/// A key as the engine holds it: an id elevflyt made (a UUID in its canonical lower-case text)
+/// as its 128 bits — no allocation, one-word hashing for the millions of pupils and
+/// elevforhold — and any other key (a school number) as its text. Equal keys are equal texts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Key {
+    Id([u64; 2]),
+    Text(Arc<str>),
+}
+
+impl Key {
+    pub fn of(text: &str) -> Key {
+        match canonical_uuid(text) {
+            Some(v) => Key::Id([(v >> 64) as u64, v as u64]),
+            None => Key::Text(Arc::from(text)),
+        }
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Key::Id([hi, lo]) => {
+                let v = (*hi as u128) << 64 | *lo as u128;
+                let mut buf = uuid::Uuid::encode_buffer();
+                f.write_str(uuid::Uuid::from_u128(v).hyphenated().encode_lower(&mut buf))
+            }
+            Key::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// The 128 bits of a UUID written as `8-4-4-4-12` lower-case hex digits, the only text that
+/// renders back to itself; anything else (upper case, braces, no hyphens) is `None`.
+fn canonical_uuid(s: &str) -> Option<u128> {
+    let b = s.as_bytes();
+    if b.len() != 36 {
+        return None;
+    }
+    let mut v: u128 = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let d = match (i, c) {
+            (8 | 13 | 18 | 23, b'-') => continue,
+            (8 | 13 | 18 | 23, _) => return None,
+            (_, b'0'..=b'9') => c - b'0',
+            (_, b'a'..=b'f') => c - b'a' + 10,
+            _ => return None,
+        };
+        v = v << 4 | d as u128;
+    }
+    Some(v)
+}
+
 /// A current version of a key.
 #[derive(Debug, Clone)]
 pub struct Current {
@@ -21,7 +73,7 @@ pub struct Current {
     /// Scope attributes, used for deletions.
     pub kildesystem: Option<Arc<str>>,
     pub skolenummer: Option<Arc<str>>,
-    pub parent: Option<Arc<str>>,
+    pub parent: Option<Key>,
     origin: Origin,
     /// The last snapshot (number of `apply` calls) that had this key.
     seen: u32,
@@ -40,7 +92,7 @@ enum Origin {
 pub struct Insert {
     pub batch: usize,
     pub row: usize,
-    pub key: Arc<str>,
+    pub key: Key,
     pub kildesystem: Option<Arc<str>>,
     pub hash: RowHash,
     pub valid_from: i64,
@@ -51,7 +103,7 @@ pub struct Insert {
 /// A stored current version this run closes.
 #[derive(Debug, Clone)]
 pub struct Close {
-    pub key: Arc<str>,
+    pub key: Key,
     pub valid_from: i64,
     pub valid_to: i64,
 }
@@ -89,16 +141,16 @@ impl Interned {
 
 #[derive(Debug, Default)]
 pub struct Scd2 {
-    pub state: FxHashMap<Arc<str>, Current>,
+    pub state: FxHashMap<Key, Current>,
     pub closes: Vec<Close>,
     pub inserts: Vec<Insert>,
     /// Keys closed because they were absent from a snapshot, per snapshot call.
-    pub last_absent: Vec<Arc<str>>,
+    pub last_absent: Vec<Key>,
     /// Keys of the last snapshot's scope that were current before it: the ones it still had
     /// and the ones it closed for absence (what the mass-change guard measures against).
     pub last_prior: usize,
     /// Parent key (e.g. elev_id of an elevforhold) of every key closed in this run.
-    pub parents_of_closed: FxHashMap<Arc<str>, Arc<str>>,
+    pub parents_of_closed: FxHashMap<Key, Key>,
     pub late_rows_skipped: usize,
     /// Source systems and school numbers repeat on every row: one copy of each.
     interned: FxHashSet<Arc<str>>,
@@ -150,14 +202,14 @@ impl Scd2 {
             valid_from,
             kildesystem: self.intern(kildesystem),
             skolenummer: self.intern(skolenummer),
-            parent: parent.map(Arc::from),
+            parent: parent.map(Key::of),
             origin: Origin::Stored,
             seen: 0,
         };
-        self.state.insert(Arc::from(key), current);
+        self.state.insert(Key::of(key), current);
     }
 
-    fn close(&mut self, key: &str, at: i64) {
+    fn close(&mut self, key: &Key, at: i64) {
         let Some((key, cur)) = self.state.remove_entry(key) else {
             return;
         };
@@ -194,7 +246,8 @@ impl Scd2 {
             .reserve(rows.len().saturating_sub(self.state.len()));
         let mut prior = 0;
         for (row, r) in rows.iter().enumerate() {
-            let cur = self.state.get_mut(r.key);
+            let key = Key::of(r.key);
+            let cur = self.state.get_mut(&key);
             if cur.as_ref().is_some_and(|c| c.seen != snapshot) {
                 prior += 1;
             }
@@ -228,10 +281,9 @@ impl Scd2 {
                     }
                     continue;
                 }
-                Some(_) => self.close(r.key, as_of),
+                Some(_) => self.close(&key, as_of),
                 None => {}
             }
-            let key: Arc<str> = Arc::from(r.key);
             let kildesystem = self.intern(r.kildesystem);
             self.inserts.push(Insert {
                 batch,
@@ -248,13 +300,13 @@ impl Scd2 {
                 valid_from: as_of,
                 kildesystem,
                 skolenummer: self.intern(r.skolenummer),
-                parent: r.parent.map(Arc::from),
+                parent: r.parent.map(Key::of),
                 origin: Origin::New(self.inserts.len() - 1),
                 seen: snapshot,
             };
             self.state.insert(key, current);
         }
-        let absent: Vec<Arc<str>> = self
+        let absent: Vec<Key> = self
             .state
             .iter()
             .filter(|(_, c)| c.seen != snapshot && c.valid_from < as_of && scope.covers(c))
@@ -274,7 +326,7 @@ impl Scd2 {
     }
 
     /// Closes `key` at `as_of` (used for deletions derived from other tables).
-    pub fn close_key(&mut self, key: &str, as_of: i64) {
+    pub fn close_key(&mut self, key: &Key, as_of: i64) {
         if self.state.get(key).is_some_and(|c| c.valid_from < as_of) {
             self.close(key, as_of);
         }
@@ -298,15 +350,15 @@ impl Scd2 {
         // can only break the rules by an empty interval. The others — keys with a stored version
         // being closed, with several versions in this run, or any other state — are checked
         // version by version below.
-        let mut involved: FxHashSet<&str> = FxHashSet::default();
-        involved.extend(self.closes.iter().map(|c| &*c.key));
+        let mut involved: FxHashSet<&Key> = FxHashSet::default();
+        involved.extend(self.closes.iter().map(|c| &c.key));
         for (idx, ins) in self.inserts.iter().enumerate() {
             if ins.removed {
                 continue;
             }
             let alone = ins.valid_to.is_none()
                 && matches!(
-                    self.state.get(&*ins.key).map(|c| c.origin),
+                    self.state.get(&ins.key).map(|c| c.origin),
                     Some(Origin::New(i)) if i == idx
                 );
             if !alone {
@@ -321,16 +373,16 @@ impl Scd2 {
             One(Version),
             Many(Vec<Version>),
         }
-        let mut per_key: FxHashMap<&str, Versions> = FxHashMap::default();
+        let mut per_key: FxHashMap<&Key, Versions> = FxHashMap::default();
         per_key.reserve(involved.len());
         let versions = self
             .closes
             .iter()
-            .map(|c| (&*c.key, (c.valid_from, Some(c.valid_to))))
+            .map(|c| (&c.key, (c.valid_from, Some(c.valid_to))))
             .chain(
                 self.live_inserts()
-                    .filter(|i| involved.contains(&*i.key))
-                    .map(|i| (&*i.key, (i.valid_from, i.valid_to))),
+                    .filter(|i| involved.contains(&i.key))
+                    .map(|i| (&i.key, (i.valid_from, i.valid_to))),
             );
         for (key, v) in versions {
             match per_key.get_mut(key) {
@@ -395,7 +447,7 @@ mod tests {
         Insert {
             batch: 0,
             row: 0,
-            key: Arc::from(key),
+            key: Key::of(key),
             kildesystem: Some(Arc::from("s")),
             hash,
             valid_from,
@@ -430,16 +482,22 @@ mod tests {
         let closes: Vec<_> = s
             .closes
             .iter()
-            .map(|c| (&*c.key, c.valid_from, c.valid_to))
+            .map(|c| (c.key.to_string(), c.valid_from, c.valid_to))
             .collect();
-        assert_eq!(closes, [("a", 10, 20)]);
+        assert_eq!(closes, [("a".to_string(), 10, 20)]);
         let ins: Vec<_> = s
             .live_inserts()
-            .map(|i| (&*i.key, i.valid_from, i.valid_to))
+            .map(|i| (i.key.to_string(), i.valid_from, i.valid_to))
             .collect();
-        assert_eq!(ins, [("a", 20, Some(30)), ("c", 20, Some(30))]);
+        assert_eq!(
+            ins,
+            [
+                ("a".to_string(), 20, Some(30)),
+                ("c".to_string(), 20, Some(30))
+            ]
+        );
         assert!(
-            s.state.contains_key("other"),
+            s.state.contains_key(&Key::of("other")),
             "another source's keys stay open"
         );
     }
@@ -474,6 +532,29 @@ mod tests {
         assert_eq!(
             s.violation().as_deref(),
             Some("key c would have 2 current versions")
+        );
+    }
+
+    #[test]
+    fn ids_are_numbers_and_other_keys_text() {
+        let id = "6f1c2b4e-9a7d-4c1e-8b3a-5d2e7f901a44";
+        assert!(matches!(Key::of(id), Key::Id(_)));
+        assert_eq!(Key::of(id).to_string(), id);
+        // Texts that parse as the same UUID but are not its canonical text stay text.
+        for other in [
+            "6F1C2B4E-9A7D-4C1E-8B3A-5D2E7F901A44",
+            "6f1c2b4e9a7d4c1e8b3a5d2e7f901a44",
+            "{6f1c2b4e-9a7d-4c1e-8b3a-5d2e7f901a4}",
+            "6f1c2b4e-9a7d-4c1e-8b3a+5d2e7f901a44",
+            "46591",
+        ] {
+            assert!(matches!(Key::of(other), Key::Text(_)), "{other}");
+            assert_eq!(Key::of(other).to_string(), other);
+            assert_ne!(Key::of(other), Key::of(id));
+        }
+        assert_eq!(
+            Key::of("00000000-0000-0000-0000-000000000001"),
+            Key::Id([0, 1])
         );
     }
 
