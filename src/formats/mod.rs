@@ -10,6 +10,7 @@
 pub mod asof;
 pub mod csv;
 pub mod fint;
+pub mod json;
 #[cfg(test)]
 pub mod lines;
 pub mod oneroster_csv;

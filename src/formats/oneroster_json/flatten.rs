@@ -16,17 +16,21 @@ use crate::formats::{trinn_from_name, RawRec, SnapshotInput};
 /// One JSON object whose members stay unparsed until asked for: a record is scanned once and
 /// only the fields standardize uses are decoded (no tree of values per record). As with
 /// `serde_json::Value`, a repeated key keeps its last value.
-struct Obj<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+struct Obj<'a>(Vec<(Cow<'a, str>, &'a str)>);
 
 impl<'a> Obj<'a> {
-    /// The object in `text`, or `None` when it is not an object.
+    /// The object in `text`, or `None` when it is not an object. The scanner reads it; what it
+    /// leaves is read by serde_json (`crate::formats::json`).
     fn parse(text: &'a str) -> Option<Obj<'a>> {
+        if let Some(members) = crate::formats::json::members(text) {
+            return Some(Obj(members));
+        }
         serde_json::from_str::<Envelope<'a>>(text)
             .ok()
-            .map(|e| Obj(e.0))
+            .map(|e| Obj(e.0.into_iter().map(|(k, v)| (k, v.get())).collect()))
     }
 
-    fn raw(&self, key: &str) -> Option<&'a RawValue> {
+    fn raw(&self, key: &str) -> Option<&'a str> {
         self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
     }
 
@@ -36,21 +40,26 @@ impl<'a> Obj<'a> {
     }
 
     fn obj(&self, key: &str) -> Option<Obj<'a>> {
-        Obj::parse(self.raw(key)?.get())
+        Obj::parse(self.raw(key)?)
     }
 
     /// The elements of an array field (none when the field is missing or not an array).
-    fn arr(&self, key: &str) -> Vec<&'a RawValue> {
+    fn arr(&self, key: &str) -> Vec<&'a str> {
         self.raw(key)
-            .and_then(|r| serde_json::from_str(r.get()).ok())
+            .and_then(|r| {
+                crate::formats::json::elements(r).or_else(|| {
+                    serde_json::from_str::<Vec<&RawValue>>(r)
+                        .ok()
+                        .map(|v| v.into_iter().map(RawValue::get).collect())
+                })
+            })
             .unwrap_or_default()
     }
 }
 
 /// A JSON string or number as text: strings trimmed (blank → `None`), numbers as written.
 /// Borrowed from the record unless the string has escapes.
-fn text(raw: &RawValue) -> Text<'_> {
-    let t = raw.get();
+fn text(t: &str) -> Text<'_> {
     match t.as_bytes().first()? {
         // A JSON string without escapes is its own content between the quotes.
         b'"' if !t.contains('\\') => {
@@ -101,7 +110,7 @@ fn is_student(v: &Obj) -> bool {
     }
     v.arr("roles")
         .iter()
-        .any(|r| Obj::parse(r.get()).is_some_and(|r| r.s("role").as_deref() == Some("student")))
+        .any(|r| Obj::parse(r).is_some_and(|r| r.s("role").as_deref() == Some("student")))
 }
 
 struct Class<'a> {
@@ -191,7 +200,7 @@ fn class<'a>(v: &Obj<'a>) -> Option<(Cow<'a, str>, Class<'a>)> {
         term: v
             .arr("terms")
             .first()
-            .and_then(|t| Obj::parse(t.get()))
+            .and_then(|t| Obj::parse(t))
             .and_then(|t| t.s("sourcedId")),
         homeroom: v.s("classType").is_none_or(|t| t == "homeroom"),
     };
@@ -261,7 +270,7 @@ fn pupils<'a>(snap: &SnapshotInput<'a>, users: &[RawRec<'a>], elev: &mut Vec<Ele
         let feide = v
             .arr("userIds")
             .iter()
-            .filter_map(|i| Obj::parse(i.get()))
+            .filter_map(|i| Obj::parse(i))
             .find(|i| i.s("type").is_some_and(|t| t.eq_ignore_ascii_case("feide")))
             .and_then(|i| identifier(&i));
         elev.push(ElevRow {

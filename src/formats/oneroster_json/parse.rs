@@ -41,9 +41,25 @@ struct Stamp<'a> {
 pub fn parse<'a>(file: &str, text: &'a str, need_modified: bool) -> Result<ParsedFile<'a>> {
     // Members borrow from the text: records are sliced out of it, not copied. Arrays are
     // split into their elements while the file is read (one pass over the text).
-    let members = serde_json::from_str::<Members<'a>>(text)
-        .map_err(|e| json_error(file, e))?
-        .0;
+    let members = match crate::formats::json::envelope(text) {
+        Some(members) => members
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    crate::formats::json::Top::Items(items) => Member::Items(items),
+                    crate::formats::json::Top::Object => Member::Object,
+                    crate::formats::json::Top::Scalar => Member::Scalar,
+                };
+                (k, v)
+            })
+            .collect(),
+        // What the scanner leaves (invalid text above all): serde_json decides and words it.
+        None => {
+            serde_json::from_str::<Members<'a>>(text)
+                .map_err(|e| json_error(file, e))?
+                .0
+        }
+    };
     let mut records = Vec::new();
     let mut parts = Vec::new();
     let mut newest: Option<chrono::DateTime<chrono::Utc>> = None;
@@ -61,12 +77,15 @@ pub fn parse<'a>(file: &str, text: &'a str, need_modified: bool) -> Result<Parse
             continue;
         };
         parts.push(entity);
-        let single: Vec<&'a RawValue>;
-        let items: &[&'a RawValue] = match value {
+        let single: Vec<&'a str>;
+        let items: &[&'a str] = match value {
             Member::Items(items) => items,
             // A single-object envelope (`{"user": {...}}`): small, read again for its text.
             Member::Object => {
-                single = single_object(file, text, key)?.into_iter().collect();
+                single = single_object(file, text, key)?
+                    .into_iter()
+                    .map(RawValue::get)
+                    .collect();
                 &single
             }
             Member::Scalar => {
@@ -78,8 +97,7 @@ pub fn parse<'a>(file: &str, text: &'a str, need_modified: bool) -> Result<Parse
             }
         };
         records.reserve(items.len());
-        for item in items {
-            let raw = item.get();
+        for &raw in items {
             if !raw.starts_with('{') {
                 return Err(Error::input(
                     file,
@@ -130,7 +148,7 @@ struct Members<'a>(Vec<(std::borrow::Cow<'a, str>, Member<'a>)>);
 
 /// A member's value as far as ingest cares.
 enum Member<'a> {
-    Items(Vec<&'a RawValue>),
+    Items(Vec<&'a str>),
     Object,
     Scalar,
 }
@@ -178,7 +196,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for MemberSeed {
             ) -> std::result::Result<Member<'de>, A::Error> {
                 let mut items = Vec::new();
                 while let Some(item) = seq.next_element::<&'de RawValue>()? {
-                    items.push(item);
+                    items.push(item.get());
                 }
                 Ok(Member::Items(items))
             }
