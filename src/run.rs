@@ -57,6 +57,9 @@ pub struct Summary {
     pub elevliste_rows: usize,
     /// Per SCD2 table committed: the commit strategy and its operation metrics.
     pub commits: std::collections::BTreeMap<&'static str, crate::publish::CommitMetrics>,
+    /// Where publish read the current rows from: `state file`, or `tables (…why…)`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub current_rows_from: String,
     pub failed_rules: Vec<(String, u64)>,
     /// Incomplete snapshots held back until their missing files arrive.
     pub held_back: Vec<String>,
@@ -238,6 +241,7 @@ async fn run_stages(
         summary.closed = json!(o.closed);
         summary.elevliste_rows = o.elevliste_rows;
         summary.commits = o.commits.clone();
+        summary.current_rows_from = o.current_from.clone();
         for (t, v) in &o.versions {
             versions.insert(t.clone(), json!(v));
         }

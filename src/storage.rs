@@ -468,7 +468,17 @@ pub async fn read_unchanged(root: &Url, file: &SourceFile) -> Result<Option<byte
     Ok(stable.then_some(bytes))
 }
 
-/// Writes `bytes` to `url` (used by tests and `export`).
+/// The bytes at `url`, or `None` when there is nothing there.
+pub async fn get(url: &Url) -> Result<Option<bytes::Bytes>> {
+    let store = store_for(url)?;
+    match store.get(&object_path(url)?).await {
+        Ok(got) => Ok(Some(got.bytes().await?)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes `bytes` to `url` (the state file, tests and `export`).
 pub async fn put(url: &Url, bytes: Vec<u8>) -> Result<()> {
     let store = store_for(url)?;
     store.put(&object_path(url)?, bytes.into()).await?;

@@ -12,6 +12,7 @@ use super::metrics::current_count;
 use super::plan::TableRun;
 use super::row_hash;
 use super::scd2::Scd2;
+use super::state::{self, Label};
 use crate::context::RunContext;
 use crate::error::Result;
 use crate::par::joined;
@@ -24,6 +25,10 @@ pub struct Loaded {
     /// Current pupils stored before this run (for the row-count change).
     pub stored_current: usize,
     pub session: SessionContext,
+    /// The tables as read (version and id), for labelling the state written after the commit.
+    pub labels: [Label; 3],
+    /// Where the current rows came from: the state file, or the tables and why.
+    pub current_from: String,
 }
 
 /// Loads the stored state, except the current rows of sources whose history is rebuilt.
@@ -34,11 +39,37 @@ pub async fn load(ctx: &RunContext, rebuilt: &HashSet<String>) -> Result<Loaded>
         elevforhold: TableRun::new(&schema::ELEVFORHOLD, rebuilt),
     };
     // The versions read below are at least these.
-    for run in tables.all_mut() {
-        run.read_version = crate::delta::try_open(&ctx.pipeline.table_url(run.table.name))
-            .await?
-            .and_then(|t| t.version())
-            .unwrap_or(0);
+    let mut labels: [Label; 3] = [None; 3];
+    for (run, label) in tables.all_mut().into_iter().zip(labels.iter_mut()) {
+        let t = crate::delta::try_open(&ctx.pipeline.table_url(run.table.name)).await?;
+        run.read_version = t.as_ref().and_then(|t| t.version()).unwrap_or(0) as u64;
+        *label = state::label(t.as_ref());
+    }
+    // The current rows from the state file of exactly these versions, when there is one
+    // (docs/ARCHITECTURE.md, "The current state"); a rebuilt source's are replayed instead.
+    let from_state = match rebuilt.is_empty() && labels.iter().any(Option::is_some) {
+        true => state::read(ctx, labels).await?,
+        false => Err(state::Unused::Missing),
+    };
+    let current_from = match &from_state {
+        Ok(_) => "state file".to_string(),
+        Err(why) => format!("tables ({why})"),
+    };
+    tracing::debug!(current_from = %current_from, "current rows");
+    if let Ok([skole, elev, elevforhold]) = from_state {
+        tables.skole.engine = skole;
+        tables.elev.engine = elev;
+        tables.elevforhold.engine = elevforhold;
+        let session = crate::delta::session(&ctx.pipeline, &[schema::ELEV_ID.name]).await?;
+        let identity = Identity::load(&ctx.pipeline, &session).await?;
+        return Ok(Loaded {
+            stored_current: tables.elev.engine.state.len(),
+            tables,
+            identity,
+            session,
+            labels,
+            current_from,
+        });
     }
     let session = crate::delta::session(
         &ctx.pipeline,
@@ -86,6 +117,8 @@ pub async fn load(ctx: &RunContext, rebuilt: &HashSet<String>) -> Result<Loaded>
         identity: identity?,
         stored_current,
         session,
+        labels,
+        current_from,
     })
 }
 

@@ -27,6 +27,7 @@ mod rewrite;
 mod row_hash;
 pub mod scd2;
 mod staged;
+mod state;
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -55,6 +56,8 @@ pub struct PublishOutcome {
     pub commits: BTreeMap<&'static str, CommitMetrics>,
     pub elevliste_rows: usize,
     pub metrics: PublishMetrics,
+    /// Where the current rows were read from: `state file`, or `tables (why not the file)`.
+    pub current_from: String,
 }
 
 /// Publishes the staged snapshots: `staged` from a standardize in the same run, or `None` to
@@ -99,7 +102,10 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
         mut identity,
         stored_current,
         session,
+        labels,
+        current_from,
     } = load::load(ctx, &rebuilt).await?;
+    out.current_from = current_from;
     steps.step("load identity and current rows");
     let kommune = ctx.pipeline.kommunenummer();
     for key in &snapshots {
@@ -125,6 +131,8 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
     if ctx.dry_run {
         return Ok(out);
     }
+    write_state(ctx, &tables, labels, &out).await;
+    steps.step("current state");
     // The table metrics only read what is committed: computed meanwhile, on the other core.
     let table_metrics = tokio::spawn({
         let ctx = ctx.clone();
@@ -218,6 +226,36 @@ async fn commit_tables(
         }
     }
     Ok(changed)
+}
+
+/// Writes the engines' state after the commits, labelled with the versions they are now at:
+/// the committed version of a table that changed, the version read of one that did not. A
+/// state that cannot be written is only a slower next run (it reads the tables): warned.
+async fn write_state(
+    ctx: &RunContext,
+    tables: &Tables,
+    read: [state::Label; 3],
+    out: &PublishOutcome,
+) {
+    let mut labels = read;
+    for (label, run) in labels.iter_mut().zip(tables.all()) {
+        let Some(&v) = out.versions.get(run.table.name) else {
+            continue;
+        };
+        *label = match label {
+            Some((_, id)) => Some((v as u64, *id)),
+            // Made by this run: its id is read from the version it committed.
+            None => crate::delta::open_at(&ctx.pipeline.table_url(run.table.name), Some(v), None)
+                .await
+                .ok()
+                .and_then(|t| state::label(Some(&t))),
+        };
+    }
+    let [skole, elev, elevforhold] = tables.all();
+    let engines = [&skole.engine, &elev.engine, &elevforhold.engine];
+    if let Err(e) = state::write(ctx, engines, labels).await {
+        tracing::warn!(error = %e, "the current state could not be written; the next run reads the tables");
+    }
 }
 
 /// Rewrites `elevliste_vgs` and records what it wrote.

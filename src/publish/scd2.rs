@@ -197,16 +197,36 @@ impl Scd2 {
         skolenummer: Option<&str>,
         parent: Option<&str>,
     ) {
+        self.load_entry(
+            Key::of(key),
+            hash,
+            valid_from,
+            kildesystem,
+            skolenummer,
+            parent.map(Key::of),
+        );
+    }
+
+    /// A stored current version with its key and parent already as keys (the state file).
+    pub fn load_entry(
+        &mut self,
+        key: Key,
+        hash: RowHash,
+        valid_from: i64,
+        kildesystem: Option<&str>,
+        skolenummer: Option<&str>,
+        parent: Option<Key>,
+    ) {
         let current = Current {
             hash,
             valid_from,
             kildesystem: self.intern(kildesystem),
             skolenummer: self.intern(skolenummer),
-            parent: parent.map(Key::of),
+            parent,
             origin: Origin::Stored,
             seen: 0,
         };
-        self.state.insert(Key::of(key), current);
+        self.state.insert(key, current);
     }
 
     fn close(&mut self, key: &Key, at: i64) {

@@ -1,7 +1,8 @@
 //! Incremental days equal a full rebuild (issue 18, docs/ARCHITECTURE.md "History (SCD2)"):
 //! a generated kommune with churn every day (moves, renames, leavers, newcomers, D-numbers
 //! replaced), run one day at a time, gives exactly the tables one run over all the same raw
-//! snapshots gives — every version with its dates, the identity map, the county list.
+//! snapshots gives — every version with its dates, the identity map, the county list —
+//! whether the current rows come from the state file or, when it is damaged or stale, the tables.
 
 use std::path::Path;
 
@@ -122,7 +123,29 @@ async fn incremental_days_equal_a_full_rebuild_from_the_same_snapshots() {
         {
             std::fs::copy(f, daily_src.join(f.file_name().unwrap())).unwrap();
         }
+        // Day four finds its state file damaged, day five one of other versions: both read
+        // the tables instead, and the result must not differ.
+        let state = daily_dir.join("lake/k/grunnskole/_elevflyt/current.state");
+        let expected = match versions_per_day.len() {
+            0 => "tables (no state file)",
+            3 => {
+                let mut b = std::fs::read(&state).unwrap();
+                let mid = b.len() / 2;
+                b[mid] ^= 0x55;
+                std::fs::write(&state, b).unwrap();
+                "tables (the state file is damaged (checksum))"
+            }
+            4 => {
+                std::fs::copy(dir.path().join("day2.state"), &state).unwrap();
+                "tables (the state file is of other table versions)"
+            }
+            _ => "state file",
+        };
         let s = run(&daily, elevflyt::run::Stage::All).await.unwrap();
+        assert_eq!(s.current_rows_from, expected, "day {date}");
+        if versions_per_day.len() == 1 {
+            std::fs::copy(&state, dir.path().join("day2.state")).unwrap();
+        }
         versions_per_day.push(versions(&daily, &["elev", "elevforhold"]).await);
         assert_eq!(
             s.snapshots_published, 1,

@@ -1,0 +1,340 @@
+//! The compact current state (docs/ARCHITECTURE.md, "The current state"): what the SCD2
+//! engines hold after a publish — per table each current key with its row hash, `valid_from`,
+//! source, school and parent — written in one binary file beside the tables, labelled with the
+//! table versions it belongs to. The next publish reads it instead of the current rows in
+//! Parquet; a missing or damaged file, or one of other versions, is ignored (the tables are
+//! read, and the file written anew after the commit). It holds ids, hashes, dates, source
+//! names and school numbers: no personal data.
+
+use std::sync::Arc;
+
+use super::scd2::{Key, Scd2};
+use crate::context::RunContext;
+use crate::error::{Error, Result};
+
+const MAGIC: &[u8] = b"ELEVFLYT-TILSTAND\n";
+const FORMAT: u32 = 1;
+/// The tables, in the order the file holds them.
+pub const TABLES: [&str; 3] = ["skole", "elev", "elevforhold"];
+
+/// Where the state of a pipeline's tables lives: a hidden folder beside them.
+fn url(ctx: &RunContext) -> url::Url {
+    let mut u = ctx.pipeline.table_url("_elevflyt");
+    u.set_path(&format!("{}/current.state", u.path()));
+    u
+}
+
+/// Which table a state belongs to: its version and a hash of its Delta table id (a table
+/// dropped and made again starts its versions anew, under a new id). `None`: no table.
+pub type Label = Option<(u64, u64)>;
+
+/// The label of a table as opened.
+pub fn label(table: Option<&deltalake::DeltaTable>) -> Label {
+    let t = table?;
+    let version = t.version()?;
+    let id = t.snapshot().ok()?.metadata().id().to_string();
+    Some((version as u64, xxhash_rust::xxh3::xxh3_64(id.as_bytes())))
+}
+
+fn put_label(out: &mut Vec<u8>, l: Label) {
+    let (v, id) = l.map_or((-1, 0), |(v, id)| (v as i64, id));
+    out.extend_from_slice(&v.to_le_bytes());
+    out.extend_from_slice(&id.to_le_bytes());
+}
+
+/// Why the state file was not used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unused {
+    Missing,
+    OtherVersions,
+    Damaged(String),
+}
+
+impl std::fmt::Display for Unused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unused::Missing => f.write_str("no state file"),
+            Unused::OtherVersions => f.write_str("the state file is of other table versions"),
+            Unused::Damaged(why) => write!(f, "the state file is damaged ({why})"),
+        }
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+fn put_key(out: &mut Vec<u8>, k: &Key) {
+    match k {
+        Key::Id([hi, lo]) => {
+            out.push(0);
+            out.extend_from_slice(&hi.to_le_bytes());
+            out.extend_from_slice(&lo.to_le_bytes());
+        }
+        Key::Text(t) => {
+            out.push(1);
+            put_bytes(out, t.as_bytes());
+        }
+    }
+}
+
+/// The engines' state labelled with the table versions (`None`: no table).
+pub fn encode(engines: [&Scd2; 3], versions: [Label; 3]) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(64 + engines.iter().map(|e| e.state.len() * 72).sum::<usize>());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT.to_le_bytes());
+    for ((name, engine), version) in TABLES.iter().zip(engines).zip(versions) {
+        put_bytes(&mut out, name.as_bytes());
+        put_label(&mut out, version);
+        // Source names and school numbers repeat on every row: a table of them first.
+        let mut texts: Vec<Arc<str>> = Vec::new();
+        let mut index: rustc_hash::FxHashMap<*const u8, u32> = Default::default();
+        let mut idx = |s: &Option<Arc<str>>, texts: &mut Vec<Arc<str>>| -> u32 {
+            let Some(s) = s else { return u32::MAX };
+            *index.entry(s.as_ptr()).or_insert_with(|| {
+                texts.push(s.clone());
+                texts.len() as u32 - 1
+            })
+        };
+        let mut rows = Vec::with_capacity(engine.state.len() * 72);
+        for (key, cur) in &engine.state {
+            put_key(&mut rows, key);
+            rows.extend_from_slice(&cur.hash.to_le_bytes());
+            rows.extend_from_slice(&cur.valid_from.to_le_bytes());
+            rows.extend_from_slice(&idx(&cur.kildesystem, &mut texts).to_le_bytes());
+            rows.extend_from_slice(&idx(&cur.skolenummer, &mut texts).to_le_bytes());
+            match &cur.parent {
+                None => rows.push(2),
+                Some(p) => put_key(&mut rows, p),
+            }
+        }
+        out.extend_from_slice(&(texts.len() as u32).to_le_bytes());
+        for t in &texts {
+            put_bytes(&mut out, t.as_bytes());
+        }
+        out.extend_from_slice(&(engine.state.len() as u64).to_le_bytes());
+        out.extend_from_slice(&rows);
+    }
+    let sum = xxhash_rust::xxh3::xxh3_64(&out);
+    out.extend_from_slice(&sum.to_le_bytes());
+    out
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], Unused> {
+        let s = self
+            .b
+            .get(self.pos..self.pos + n)
+            .ok_or_else(|| Unused::Damaged("ends too early".into()))?;
+        self.pos += n;
+        Ok(s)
+    }
+    fn u8(&mut self) -> std::result::Result<u8, Unused> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> std::result::Result<u32, Unused> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().unwrap_or_default(),
+        ))
+    }
+    fn u64(&mut self) -> std::result::Result<u64, Unused> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or_default(),
+        ))
+    }
+    fn u128(&mut self) -> std::result::Result<u128, Unused> {
+        Ok(u128::from_le_bytes(
+            self.take(16)?.try_into().unwrap_or_default(),
+        ))
+    }
+    fn text(&mut self) -> std::result::Result<&'a str, Unused> {
+        let n = self.u32()? as usize;
+        std::str::from_utf8(self.take(n)?).map_err(|_| Unused::Damaged("text is not UTF-8".into()))
+    }
+    fn key(&mut self, tag: u8) -> std::result::Result<Key, Unused> {
+        match tag {
+            0 => Ok(Key::Id([self.u64()?, self.u64()?])),
+            1 => Ok(Key::Text(Arc::from(self.text()?))),
+            t => Err(Unused::Damaged(format!("unknown key tag {t}"))),
+        }
+    }
+}
+
+/// The engines in `bytes`, when they are of exactly these table versions.
+pub fn decode(bytes: &[u8], versions: [Label; 3]) -> std::result::Result<[Scd2; 3], Unused> {
+    let damaged = |why: &str| Unused::Damaged(why.to_string());
+    let body_len = bytes
+        .len()
+        .checked_sub(8)
+        .ok_or_else(|| damaged("too short"))?;
+    let (body, sum) = bytes.split_at(body_len);
+    if !body.starts_with(MAGIC) {
+        return Err(damaged("not a state file"));
+    }
+    if xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() != sum {
+        return Err(damaged("checksum"));
+    }
+    let mut r = Reader {
+        b: body,
+        pos: MAGIC.len(),
+    };
+    if r.u32()? != FORMAT {
+        return Err(damaged("format version"));
+    }
+    let mut engines: [Scd2; 3] = Default::default();
+    for ((name, engine), version) in TABLES.iter().zip(engines.iter_mut()).zip(versions) {
+        if r.text()? != *name {
+            return Err(damaged("table order"));
+        }
+        let mut expected = Vec::new();
+        put_label(&mut expected, version);
+        if r.take(16)? != expected.as_slice() {
+            return Err(Unused::OtherVersions);
+        }
+        let n = r.u32()? as usize;
+        let texts: Vec<String> = (0..n)
+            .map(|_| r.text().map(str::to_string))
+            .collect::<std::result::Result<_, _>>()?;
+        let text = |i: u32| -> std::result::Result<Option<&str>, Unused> {
+            match i {
+                u32::MAX => Ok(None),
+                i => texts
+                    .get(i as usize)
+                    .map(|s| Some(s.as_str()))
+                    .ok_or_else(|| damaged("text index")),
+            }
+        };
+        let rows = r.u64()? as usize;
+        engine.state.reserve(rows.min(body.len() / 40));
+        for _ in 0..rows {
+            let tag = r.u8()?;
+            let key = r.key(tag)?;
+            let hash = r.u128()?;
+            let valid_from = r.u64()? as i64;
+            let kildesystem = text(r.u32()?)?;
+            let skolenummer = text(r.u32()?)?;
+            let parent = match r.u8()? {
+                2 => None,
+                tag => Some(r.key(tag)?),
+            };
+            engine.load_entry(key, hash, valid_from, kildesystem, skolenummer, parent);
+        }
+    }
+    if r.pos != body.len() {
+        return Err(damaged("trailing bytes"));
+    }
+    Ok(engines)
+}
+
+/// The engines as the state file has them for these table versions, or why it could not be
+/// used. A store that cannot be read is an error.
+pub async fn read(
+    ctx: &RunContext,
+    versions: [Label; 3],
+) -> Result<std::result::Result<[Scd2; 3], Unused>> {
+    let Some(bytes) = crate::storage::get(&url(ctx)).await? else {
+        return Ok(Err(Unused::Missing));
+    };
+    Ok(
+        tokio::task::spawn_blocking(move || decode(&bytes, versions))
+            .await
+            .map_err(|e| Error::Internal(format!("reading the state file: {e}")))?,
+    )
+}
+
+/// Writes the state of these engines, labelled with the table versions they are now at.
+pub async fn write(ctx: &RunContext, engines: [&Scd2; 3], versions: [Label; 3]) -> Result<()> {
+    let bytes = encode(engines, versions);
+    crate::storage::put(&url(ctx), bytes).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engines() -> [Scd2; 3] {
+        let mut e: [Scd2; 3] = Default::default();
+        e[0].load_current("46591", 7, 10, Some("vigilo"), Some("46591"), None);
+        for i in 0..50u128 {
+            let id = uuid::Uuid::from_u128(i * 7919 + 1).to_string();
+            let parent = uuid::Uuid::from_u128(i + 99).to_string();
+            e[1].load_current(&id, i, 20 + i as i64, Some("vigilo"), None, None);
+            e[2].load_current(
+                &id,
+                i << 64,
+                30,
+                Some("vigilo"),
+                Some("46591"),
+                Some(&parent),
+            );
+        }
+        e[1].load_current("not-a-uuid", 1, 2, None, None, None);
+        e
+    }
+
+    fn same(a: &Scd2, b: &Scd2) -> bool {
+        a.state.len() == b.state.len()
+            && a.state.iter().all(|(k, c)| {
+                b.state.get(k).is_some_and(|d| {
+                    (
+                        c.hash,
+                        c.valid_from,
+                        &c.kildesystem,
+                        &c.skolenummer,
+                        &c.parent,
+                    ) == (
+                        d.hash,
+                        d.valid_from,
+                        &d.kildesystem,
+                        &d.skolenummer,
+                        &d.parent,
+                    )
+                })
+            })
+    }
+
+    #[test]
+    fn the_state_reads_back_as_written() {
+        let e = engines();
+        let v = [Some((3, 1)), Some((5, 2)), None];
+        let bytes = encode([&e[0], &e[1], &e[2]], v);
+        let back = decode(&bytes, v).unwrap();
+        for i in 0..3 {
+            assert!(same(&e[i], &back[i]), "table {}", TABLES[i]);
+        }
+        assert_eq!(back[1].state.len(), 51);
+    }
+
+    #[test]
+    fn a_state_of_other_versions_or_damaged_is_not_used() {
+        let e = engines();
+        let v = [Some((3, 1)), Some((5, 2)), Some((5, 3))];
+        let bytes = encode([&e[0], &e[1], &e[2]], v);
+        assert_eq!(
+            decode(&bytes, [Some((3, 1)), Some((6, 2)), Some((5, 3))]).err(),
+            Some(Unused::OtherVersions)
+        );
+        // The same version of a table made anew (another id).
+        assert_eq!(
+            decode(&bytes, [Some((3, 1)), Some((5, 9)), Some((5, 3))]).err(),
+            Some(Unused::OtherVersions)
+        );
+        let mut flipped = bytes.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 1;
+        assert_eq!(
+            decode(&flipped, v).err(),
+            Some(Unused::Damaged("checksum".into()))
+        );
+        assert!(decode(&bytes[..bytes.len() - 3], v).is_err());
+        assert!(decode(b"", v).is_err());
+        assert!(decode(b"{\"not\": \"a state\"}", v).is_err());
+    }
+}
