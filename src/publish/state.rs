@@ -33,7 +33,7 @@ pub fn label(table: Option<&deltalake::DeltaTable>) -> Label {
     let t = table?;
     let version = t.version()?;
     let id = t.snapshot().ok()?.metadata().id().to_string();
-    Some((version as u64, xxhash_rust::xxh3::xxh3_64(id.as_bytes())))
+    Some((version, xxhash_rust::xxh3::xxh3_64(id.as_bytes())))
 }
 
 fn put_label(out: &mut Vec<u8>, l: Label) {
@@ -242,11 +242,9 @@ pub async fn read(
     let Some(bytes) = crate::storage::get(&url(ctx)).await? else {
         return Ok(Err(Unused::Missing));
     };
-    Ok(
-        tokio::task::spawn_blocking(move || decode(&bytes, versions))
-            .await
-            .map_err(|e| Error::Internal(format!("reading the state file: {e}")))?,
-    )
+    tokio::task::spawn_blocking(move || decode(&bytes, versions))
+        .await
+        .map_err(|e| Error::Internal(format!("reading the state file: {e}")))
 }
 
 /// Writes the state of these engines, labelled with the table versions they are now at.
