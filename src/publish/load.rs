@@ -47,21 +47,35 @@ pub async fn load(ctx: &RunContext, rebuilt: &HashSet<String>) -> Result<Loaded>
     }
     // The current rows from the state file of exactly these versions, when there is one
     // (docs/ARCHITECTURE.md, "The current state"); a rebuilt source's are replayed instead.
-    let from_state = match rebuilt.is_empty() && labels.iter().any(Option::is_some) {
-        true => state::read(ctx, labels).await?,
-        false => Err(state::Unused::Missing),
+    // The identity map loads on another task meanwhile (it is needed either way).
+    let use_state = rebuilt.is_empty() && labels.iter().any(Option::is_some);
+    let early_identity = use_state.then(|| {
+        let pipeline = ctx.pipeline.clone();
+        tokio::spawn(async move {
+            let session = crate::delta::session(&pipeline, &[schema::ELEV_ID.name]).await?;
+            let identity = Identity::load(&pipeline, &session).await?;
+            Ok::<_, crate::error::Error>((identity, session))
+        })
+    });
+    let from_state = match use_state {
+        true => state::read(ctx, labels).await,
+        false => Ok(Err(state::Unused::Missing)),
     };
+    let early_identity = match early_identity {
+        Some(task) => Some(joined(task, "loading the identity map").await),
+        None => None,
+    };
+    let from_state = from_state?;
     let current_from = match &from_state {
         Ok(_) => "state file".to_string(),
         Err(why) => format!("tables ({why})"),
     };
     tracing::debug!(current_from = %current_from, "current rows");
-    if let Ok([skole, elev, elevforhold]) = from_state {
+    if let (Ok([skole, elev, elevforhold]), Some(loaded)) = (from_state, early_identity) {
         tables.skole.engine = skole;
         tables.elev.engine = elev;
         tables.elevforhold.engine = elevforhold;
-        let session = crate::delta::session(&ctx.pipeline, &[schema::ELEV_ID.name]).await?;
-        let identity = Identity::load(&ctx.pipeline, &session).await?;
+        let (identity, session) = loaded?;
         return Ok(Loaded {
             stored_current: tables.elev.engine.state.len(),
             tables,
