@@ -227,6 +227,27 @@ impl<'a> Scan<'a> {
         Some(Cow::Owned(out))
     }
 
+    /// A member's key and the colon after it, up to its value.
+    fn member_key(&mut self, text: &'a str) -> Option<Cow<'a, str>> {
+        let k = self.key(text)?;
+        self.ws();
+        self.eat(b':')?;
+        self.ws();
+        Some(k)
+    }
+
+    /// The array at `pos`, its elements' text collected.
+    fn items(&mut self, text: &'a str) -> Option<Vec<&'a str>> {
+        let mut items = Vec::new();
+        self.nested(b'[', b']', |s| {
+            let start = s.pos;
+            s.value()?;
+            items.push(&text[start..s.pos]);
+            Some(())
+        })?;
+        Some(items)
+    }
+
     /// Only whitespace is left.
     fn end(&mut self) -> Option<()> {
         self.ws();
@@ -250,32 +271,13 @@ fn scan(text: &str) -> Scan<'_> {
 pub fn members(text: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
     let mut s = scan(text);
     let mut out = Vec::with_capacity(16);
-    s.depth = 1;
-    s.eat(b'{')?;
-    s.ws();
-    if s.eat(b'}').is_none() {
-        loop {
-            let k = s.key(text)?;
-            s.ws();
-            s.eat(b':')?;
-            s.ws();
-            let start = s.pos;
-            s.value()?;
-            out.push((k, &text[start..s.pos]));
-            s.ws();
-            match s.peek()? {
-                b',' => {
-                    s.pos += 1;
-                    s.ws();
-                }
-                b'}' => {
-                    s.pos += 1;
-                    break;
-                }
-                _ => return None,
-            }
-        }
-    }
+    s.nested(b'{', b'}', |s| {
+        let k = s.member_key(text)?;
+        let start = s.pos;
+        s.value()?;
+        out.push((k, &text[start..s.pos]));
+        Some(())
+    })?;
     s.end()?;
     Some(out)
 }
@@ -295,68 +297,17 @@ pub enum Top<'a> {
 pub fn envelope(text: &str) -> Option<Vec<(Cow<'_, str>, Top<'_>)>> {
     let mut s = scan(text);
     let mut out = Vec::new();
-    s.depth = 1;
-    s.eat(b'{')?;
-    s.ws();
-    if s.eat(b'}').is_none() {
-        loop {
-            let k = s.key(text)?;
-            s.ws();
-            s.eat(b':')?;
-            s.ws();
-            let v = match s.peek()? {
-                b'[' => {
-                    s.depth += 1;
-                    s.pos += 1;
-                    s.ws();
-                    let mut items = Vec::new();
-                    if s.eat(b']').is_none() {
-                        loop {
-                            let start = s.pos;
-                            s.value()?;
-                            items.push(&text[start..s.pos]);
-                            s.ws();
-                            match s.peek()? {
-                                b',' => {
-                                    s.pos += 1;
-                                    s.ws();
-                                }
-                                b']' => {
-                                    s.pos += 1;
-                                    break;
-                                }
-                                _ => return None,
-                            }
-                        }
-                    }
-                    s.depth -= 1;
-                    Top::Items(items)
-                }
-                b'{' => {
-                    s.value()?;
-                    Top::Object
-                }
-                b'"' | b't' | b'f' | b'n' => {
-                    s.value()?;
-                    Top::Scalar
-                }
-                _ => return None,
-            };
-            out.push((k, v));
-            s.ws();
-            match s.peek()? {
-                b',' => {
-                    s.pos += 1;
-                    s.ws();
-                }
-                b'}' => {
-                    s.pos += 1;
-                    break;
-                }
-                _ => return None,
-            }
-        }
-    }
+    s.nested(b'{', b'}', |s| {
+        let k = s.member_key(text)?;
+        let v = match s.peek()? {
+            b'[' => Top::Items(s.items(text)?),
+            b'{' => s.value().map(|()| Top::Object)?,
+            b'"' | b't' | b'f' | b'n' => s.value().map(|()| Top::Scalar)?,
+            _ => return None,
+        };
+        out.push((k, v));
+        Some(())
+    })?;
     s.end()?;
     Some(out)
 }
@@ -365,29 +316,7 @@ pub fn envelope(text: &str) -> Option<Vec<(Cow<'_, str>, Top<'_>)>> {
 /// the scanner leaves it to serde_json.
 pub fn elements(text: &str) -> Option<Vec<&str>> {
     let mut s = scan(text);
-    let mut out = Vec::new();
-    s.depth = 1;
-    s.eat(b'[')?;
-    s.ws();
-    if s.eat(b']').is_none() {
-        loop {
-            let start = s.pos;
-            s.value()?;
-            out.push(&text[start..s.pos]);
-            s.ws();
-            match s.peek()? {
-                b',' => {
-                    s.pos += 1;
-                    s.ws();
-                }
-                b']' => {
-                    s.pos += 1;
-                    break;
-                }
-                _ => return None,
-            }
-        }
-    }
+    let out = s.items(text)?;
     s.end()?;
     Some(out)
 }

@@ -158,9 +158,7 @@ async fn load_current(
         skip = not_in_sources(rebuilt),
     );
     let started = std::time::Instant::now();
-    let mut filling = std::time::Duration::ZERO;
     crate::delta::for_each_batch(ctx, &sql, |b| {
-        let fill = std::time::Instant::now();
         // Read where the reader put them: no copy of a million keys into another layout.
         let k = crate::delta::text(b, "k")?;
         let h = crate::delta::text(b, "rad_hash")?;
@@ -179,7 +177,6 @@ async fn load_current(
                 p.opt(i),
             );
         }
-        filling += fill.elapsed();
         Ok(())
     })
     .await?;
@@ -187,7 +184,6 @@ async fn load_current(
         table = t.name,
         rows = engine.state.len(),
         ms = started.elapsed().as_millis() as u64,
-        fill_ms = filling.as_millis() as u64,
         "current rows loaded"
     );
     Ok(())
