@@ -25,6 +25,30 @@ pub struct StagedData {
     pub elev: Vec<arrow::array::RecordBatch>,
     pub elevforhold: Vec<arrow::array::RecordBatch>,
     pub skole: Vec<arrow::array::RecordBatch>,
+    /// Per snapshot standardized in this run: the staged-row hashes and the rows carried
+    /// forward (docs/ARCHITECTURE.md, "Carried rows"). Empty when read from the staging tables.
+    pub carry: HashMap<SnapshotKey, SnapshotCarry>,
+}
+
+/// What publish needs of a snapshot's rows beyond the staged batches: the hash of every staged
+/// elev and elevforhold row (in the order of the snapshot's staged rows), and the rows that
+/// standardize found equal to their current version and did not stage: pupils with what
+/// identity resolution needs (`stg_kilde_nokkel`, `system_id`, `fodselsnummer`) and their ids,
+/// elevforhold by their ids (UUIDs as their 128 bits, high half first).
+#[derive(Debug, Default, Clone)]
+pub struct SnapshotCarry {
+    pub elev_hashes: Vec<u64>,
+    pub elevforhold_hashes: Vec<u64>,
+    pub elev: Option<RecordBatch>,
+    pub elev_ids: Vec<[u64; 2]>,
+    pub elevforhold_ids: Vec<[u64; 2]>,
+}
+
+impl SnapshotCarry {
+    /// Rows carried forward (pupils and elevforhold).
+    pub fn carried(&self) -> usize {
+        self.elev_ids.len() + self.elevforhold_ids.len()
+    }
 }
 
 /// Snapshots published and not delivered again since: from `leveranse`, less those that got
@@ -190,6 +214,7 @@ pub async fn staged_data(ctx: &RunContext, given: Option<StagedData>) -> Result<
         elev: read_staged(ctx, &schema::ELEV).await?,
         elevforhold: read_staged(ctx, &schema::ELEVFORHOLD).await?,
         skole: read_staged(ctx, &schema::SKOLE).await?,
+        carry: HashMap::new(),
     })
 }
 

@@ -60,6 +60,8 @@ pub struct Summary {
     /// Where publish read the current rows from: `state file`, or `tables (…why…)`.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub current_rows_from: String,
+    /// Rows standardize carried forward unchanged, not staged again (pupils and elevforhold).
+    pub carried: usize,
     pub failed_rules: Vec<(String, u64)>,
     /// Incomplete snapshots held back until their missing files arrive.
     pub held_back: Vec<String>,
@@ -195,6 +197,7 @@ async fn run_stages(
         measured.ingest = Some(m.measured());
     }
     let mut staged = None;
+    let mut preloaded = None;
     if matches!(stage, Stage::All | Stage::Standardize) {
         let t = std::time::Instant::now();
         // `run` hands the staged rows to publish in memory; the staging tables are the hand-off
@@ -207,6 +210,8 @@ async fn run_stages(
         .await?;
         summary.stage_seconds.insert("standardize", seconds(t));
         staged = o.staged.take();
+        preloaded = o.preloaded.take();
+        summary.carried = o.carried;
         summary.held_back = std::mem::take(&mut o.held_back);
         summary.snapshots_standardized = o.snapshots;
         summary.avvik = o.avvik;
@@ -234,7 +239,7 @@ async fn run_stages(
     }
     if matches!(stage, Stage::All | Stage::Publish) {
         let t = std::time::Instant::now();
-        let o = crate::publish::run(ctx, staged).await?;
+        let o = crate::publish::run(ctx, staged, preloaded.take()).await?;
         summary.stage_seconds.insert("publish", seconds(t));
         summary.snapshots_published = o.snapshots;
         summary.inserted = json!(o.inserted);

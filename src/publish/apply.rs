@@ -14,7 +14,7 @@ use super::plan::TableRun;
 use super::scd2::{Key, Scope};
 use super::staged::{opt_str, replace_column, rows_of, StagedTable};
 use crate::error::{Error, Result};
-use crate::ledger::SnapshotKey;
+use crate::ledger::{SnapshotCarry, SnapshotKey};
 
 /// The plan of each SCD2 table of one publish.
 pub struct Tables {
@@ -42,14 +42,18 @@ pub struct StagedTables {
 }
 
 /// Applies one snapshot. Per-school lists do not cover a pupil's other schools: a pupil is
-/// closed when no open elevforhold is left in the source.
+/// closed when no open elevforhold is left in the source. `carry`: the staged-row hashes and
+/// the rows standardize carried forward (docs/ARCHITECTURE.md, "Carried rows").
 pub fn snapshot(
     t: &mut Tables,
     identity: &mut Identity,
     staged: &StagedTables,
+    carry: Option<&SnapshotCarry>,
     key: &SnapshotKey,
     kommune: &str,
 ) -> Result<()> {
+    let none = SnapshotCarry::default();
+    let carry = carry.unwrap_or(&none);
     let (kildesystem, omfang, as_of) = key;
     let scope = || match omfang {
         Some(s) => Scope::School(kildesystem, s),
@@ -68,18 +72,60 @@ pub fn snapshot(
 
     let rows = staged.elev.snapshot(key)?;
     let source_keys = crate::delta::strings(&rows, "stg_kilde_nokkel")?;
-    let (elev_batch, pupil_of_source_key) =
+    let (elev_batch, mut pupil_of_source_key) =
         elev_ids(identity, &rows, &source_keys, kildesystem, *as_of, kommune)?;
+    let carried_src = match &carry.elev {
+        Some(b) => Some((b, crate::delta::strings(b, "stg_kilde_nokkel")?)),
+        None => None,
+    };
+    let carried_elev = match &carried_src {
+        Some((b, src)) => carried_pupils(
+            identity,
+            b,
+            src,
+            &carry.elev_ids,
+            (kildesystem, *as_of, kommune),
+            &mut pupil_of_source_key,
+        )?,
+        None => Vec::new(),
+    };
+    let carried_ef: Vec<Key> = carry
+        .elevforhold_ids
+        .iter()
+        .map(|&id| Key::Id(id))
+        .collect();
     // elev versions on one core, elevforhold ids and versions on the other (they need the
     // pupils' ids, not their versions).
     let ef_batch = staged.elevforhold.snapshot(key)?;
     let (elev_done, ef_done) = crate::par::both(
-        || t.elev.apply(elev_batch, key, whole_source()),
+        || {
+            t.elev.apply_carried(
+                elev_batch,
+                key,
+                whole_source(),
+                &carry.elev_hashes,
+                &carried_elev,
+            )
+        },
         || {
             let identity = &*identity;
             let elev_of = |k: &str| pupil_of_source_key.get(k).map(|&n| identity.id(n));
-            let b = elevforhold_ids(&ef_batch, kildesystem, elev_of)?;
-            t.elevforhold.apply(b, key, scope())
+            let (b, kept) = elevforhold_ids(&ef_batch, kildesystem, elev_of)?;
+            let hashes: Vec<u64> = match carry.elevforhold_hashes.is_empty() {
+                true => Vec::new(),
+                false => kept
+                    .iter()
+                    .map(|&i| {
+                        carry
+                            .elevforhold_hashes
+                            .get(i as usize)
+                            .copied()
+                            .unwrap_or(0)
+                    })
+                    .collect(),
+            };
+            t.elevforhold
+                .apply_carried(b, key, scope(), &hashes, &carried_ef)
         },
     );
     elev_done?;
@@ -156,14 +202,62 @@ fn elev_ids<'r>(
     Ok((batch, pupil_of_source_key))
 }
 
+/// The pupils standardize carried forward (`batch`: their source key `src`, system id and
+/// fødselsnummer; `ids`: the ids of their current versions), resolved as staged pupils are —
+/// which records that they were seen — and added to `pupil_of_source_key`. Returns their keys.
+/// A pupil that resolves to another id than its current version's is refused: the carried
+/// row would not be what a full pass publishes.
+fn carried_pupils<'r>(
+    identity: &mut Identity,
+    batch: &RecordBatch,
+    src: &'r arrow::array::StringArray,
+    ids: &[[u64; 2]],
+    (kildesystem, as_of, kommune): (&str, i64, &str),
+    pupil_of_source_key: &mut FxHashMap<&'r str, u32>,
+) -> Result<Vec<Key>> {
+    let sys = crate::delta::strings(batch, "system_id")?;
+    let fnr = crate::delta::strings(batch, "fodselsnummer")?;
+    if ids.len() != batch.num_rows() {
+        return Err(Error::Internal(format!(
+            "{} pupils carried forward with {} ids",
+            batch.num_rows(),
+            ids.len()
+        )));
+    }
+    let mut keys = Vec::with_capacity(ids.len());
+    for (i, &id) in ids.iter().enumerate() {
+        let source_key = opt_str(src, i).unwrap_or_default();
+        let pupil = identity.resolve(
+            kildesystem,
+            opt_str(&sys, i),
+            opt_str(&fnr, i),
+            || Identity::new_id(kommune, kildesystem, source_key),
+            as_of,
+        );
+        let key = Key::of(identity.id(pupil));
+        if key != Key::Id(id) {
+            return Err(Error::Invariant {
+                table: "elev".into(),
+                detail: format!(
+                    "a pupil carried forward as {} resolves to {key}",
+                    Key::Id(id)
+                ),
+            });
+        }
+        keys.push(key);
+        pupil_of_source_key.insert(source_key, pupil);
+    }
+    Ok(keys)
+}
+
 /// A snapshot's elevforhold rows whose pupil is known, with the pupil's id (`elev_id`, from the
 /// source key) and their own (UUID v5 of kildesystem, elev_id and skolenummer, hashed on every
-/// core).
+/// core); and which of the snapshot's rows they are.
 fn elevforhold_ids<'i>(
     b: &RecordBatch,
     kildesystem: &str,
     elev_of: impl Fn(&str) -> Option<&'i str> + Sync,
-) -> Result<RecordBatch> {
+) -> Result<(RecordBatch, Vec<u32>)> {
     let src = crate::delta::strings(b, "stg_kilde_nokkel")?;
     let skolenr = crate::delta::strings(b, "skolenummer")?;
     let found: Vec<(u32, &'i str, Uuid)> = crate::par::chunks(b.num_rows(), |rows| {
@@ -194,7 +288,7 @@ fn elevforhold_ids<'i>(
     }
     let b = rows_of(b, &keep)?;
     let b = replace_column(&b, "elev_id", Arc::new(elev_ids.finish()))?;
-    replace_column(&b, "id", Arc::new(ef_ids.finish()))
+    Ok((replace_column(&b, "id", Arc::new(ef_ids.finish()))?, keep))
 }
 
 /// The SCD2 invariants of what this run will write, for every table, before any commit:

@@ -29,22 +29,113 @@ pub struct Loaded {
     pub labels: [Label; 3],
     /// Where the current rows came from: the state file, or the tables and why.
     pub current_from: String,
+    /// Whether the engines are the ones read before standardize (`Preloaded`), which the
+    /// rows standardize carried forward were decided against.
+    pub preloaded: bool,
 }
 
-/// Loads the stored state, except the current rows of sources whose history is rebuilt.
-pub async fn load(ctx: &RunContext, rebuilt: &HashSet<String>) -> Result<Loaded> {
+/// The current state read before standardize (docs/ARCHITECTURE.md, "Carried rows"): the
+/// engines of the state file when it is of the tables' present versions.
+pub struct Preloaded {
+    labels: [Label; 3],
+    engines: [Scd2; 3],
+}
+
+impl std::fmt::Debug for Preloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Preloaded")
+            .field("labels", &self.labels)
+            .field("rows", &self.engines.each_ref().map(|e| e.state.len()))
+            .finish()
+    }
+}
+
+/// The versions of the three SCD2 tables as they are now.
+async fn labels(ctx: &RunContext) -> Result<([Label; 3], [u64; 3])> {
+    let mut labels: [Label; 3] = [None; 3];
+    let mut versions = [0; 3];
+    for ((name, label), version) in state::TABLES
+        .iter()
+        .zip(labels.iter_mut())
+        .zip(versions.iter_mut())
+    {
+        let t = crate::delta::try_open(&ctx.pipeline.table_url(name)).await?;
+        *version = t.as_ref().and_then(|t| t.version()).unwrap_or(0) as u64;
+        *label = state::label(t.as_ref());
+    }
+    Ok((labels, versions))
+}
+
+/// Reads the state file when it is of the tables' present versions; `None` otherwise.
+pub async fn preload(ctx: &RunContext) -> Result<Option<Preloaded>> {
+    let (labels, _) = labels(ctx).await?;
+    if labels.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    Ok(state::read(ctx, labels)
+        .await?
+        .ok()
+        .map(|engines| Preloaded { labels, engines }))
+}
+
+/// Which current version each staged-row hash made, for the two large tables: what standardize
+/// looks a row up in to carry it forward.
+#[derive(Default)]
+pub struct CarryIndex {
+    elev: rustc_hash::FxHashMap<u64, [u64; 2]>,
+    elevforhold: rustc_hash::FxHashMap<u64, [u64; 2]>,
+}
+
+impl CarryIndex {
+    /// The id of the current pupil version made from a staged row with this hash.
+    pub fn elev(&self, staged: u64) -> Option<[u64; 2]> {
+        self.elev.get(&staged).copied()
+    }
+
+    /// The id of the current elevforhold version made from a staged row with this hash.
+    pub fn elevforhold(&self, staged: u64) -> Option<[u64; 2]> {
+        self.elevforhold.get(&staged).copied()
+    }
+}
+
+impl Preloaded {
+    /// The index of the current versions by staged-row hash (versions without one, or with a
+    /// key that is not an id, are not in it: their rows are staged).
+    pub fn carry_index(&self) -> CarryIndex {
+        let index = |e: &Scd2| {
+            let mut m = rustc_hash::FxHashMap::default();
+            m.reserve(e.state.len());
+            for (k, c) in &e.state {
+                if let (super::scd2::Key::Id(id), true) = (k, c.staged != 0) {
+                    m.insert(c.staged, *id);
+                }
+            }
+            m
+        };
+        let [_, elev, ef] = &self.engines;
+        let (elev, elevforhold) = crate::par::both(|| index(elev), || index(ef));
+        CarryIndex { elev, elevforhold }
+    }
+}
+
+/// Loads the stored state, except the current rows of sources whose history is rebuilt. The
+/// engines `preloaded` before standardize are used when the tables are still at their versions.
+pub async fn load(
+    ctx: &RunContext,
+    rebuilt: &HashSet<String>,
+    preloaded: Option<Preloaded>,
+) -> Result<Loaded> {
     let mut tables = Tables {
         skole: TableRun::new(&schema::SKOLE, rebuilt),
         elev: TableRun::new(&schema::ELEV, rebuilt),
         elevforhold: TableRun::new(&schema::ELEVFORHOLD, rebuilt),
     };
     // The versions read below are at least these.
-    let mut labels: [Label; 3] = [None; 3];
-    for (run, label) in tables.all_mut().into_iter().zip(labels.iter_mut()) {
-        let t = crate::delta::try_open(&ctx.pipeline.table_url(run.table.name)).await?;
-        run.read_version = t.as_ref().and_then(|t| t.version()).unwrap_or(0) as u64;
-        *label = state::label(t.as_ref());
+    let (labels, versions) = labels(ctx).await?;
+    for (run, version) in tables.all_mut().into_iter().zip(versions) {
+        run.read_version = version;
     }
+    let preloaded = preloaded.filter(|p| rebuilt.is_empty() && p.labels == labels);
     // The current rows from the state file of exactly these versions, when there is one
     // (docs/ARCHITECTURE.md, "The current state"); a rebuilt source's are replayed instead.
     // The identity map loads on another task meanwhile (it is needed either way).
@@ -57,9 +148,11 @@ pub async fn load(ctx: &RunContext, rebuilt: &HashSet<String>) -> Result<Loaded>
             Ok::<_, crate::error::Error>((identity, session))
         })
     });
-    let from_state = match use_state {
-        true => state::read(ctx, labels).await,
-        false => Ok(Err(state::Unused::Missing)),
+    let was_preloaded = preloaded.is_some();
+    let from_state = match (preloaded, use_state) {
+        (Some(p), _) => Ok(Ok(p.engines)),
+        (None, true) => state::read(ctx, labels).await,
+        (None, false) => Ok(Err(state::Unused::Missing)),
     };
     let early_identity = match early_identity {
         Some(task) => Some(joined(task, "loading the identity map").await),
@@ -83,6 +176,7 @@ pub async fn load(ctx: &RunContext, rebuilt: &HashSet<String>) -> Result<Loaded>
             session,
             labels,
             current_from,
+            preloaded: was_preloaded,
         });
     }
     let session = crate::delta::session(
@@ -133,6 +227,7 @@ pub async fn load(ctx: &RunContext, rebuilt: &HashSet<String>) -> Result<Loaded>
         session,
         labels,
         current_from,
+        preloaded: false,
     })
 }
 

@@ -43,6 +43,7 @@ use crate::schema;
 use apply::{StagedTables, Tables};
 pub use commit::{CommitMetrics, Strategy};
 pub use elevliste::ELEVLISTE_SQL;
+pub use load::{preload, CarryIndex, Preloaded};
 use staged::StagedTable;
 
 /// What a publish did.
@@ -58,11 +59,18 @@ pub struct PublishOutcome {
     pub metrics: PublishMetrics,
     /// Where the current rows were read from: `state file`, or `tables (why not the file)`.
     pub current_from: String,
+    /// Rows standardize carried forward unchanged (pupils and elevforhold).
+    pub carried: usize,
 }
 
 /// Publishes the staged snapshots: `staged` from a standardize in the same run, or `None` to
-/// read the staging tables (a separate `elevflyt publish`).
-pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<PublishOutcome> {
+/// read the staging tables (a separate `elevflyt publish`). `preloaded`: the current state
+/// standardize carried unchanged rows forward against (docs/ARCHITECTURE.md, "Carried rows").
+pub async fn run(
+    ctx: &RunContext,
+    staged: Option<StagedData>,
+    preloaded: Option<Preloaded>,
+) -> Result<PublishOutcome> {
     let mut out = PublishOutcome::default();
     let mut steps = Steps::new("publish");
     let done = ledger::published(ctx).await?;
@@ -104,12 +112,21 @@ pub async fn run(ctx: &RunContext, staged: Option<StagedData>) -> Result<Publish
         session,
         labels,
         current_from,
-    } = load::load(ctx, &rebuilt).await?;
+        preloaded,
+    } = load::load(ctx, &rebuilt, preloaded).await?;
     out.current_from = current_from;
+    // Rows carried forward are only present against the state they were decided on.
+    let carried: usize = data.carry.values().map(|c| c.carried()).sum();
+    if carried > 0 && !preloaded {
+        // The tables moved on since standardize read their state: another run published.
+        return Err(crate::error::Error::ConcurrentRun("elev".into()));
+    }
+    out.carried = carried;
     steps.step("load identity and current rows");
     let kommune = ctx.pipeline.kommunenummer();
     for key in &snapshots {
-        apply::snapshot(&mut tables, &mut identity, &staged, key, kommune)?;
+        let carry = data.carry.get(key);
+        apply::snapshot(&mut tables, &mut identity, &staged, carry, key, kommune)?;
     }
     steps.step("elev and elevforhold versions");
     apply::check(&tables, &identity)?;

@@ -86,6 +86,19 @@ impl TableRun {
         snapshot: &crate::ledger::SnapshotKey,
         scope: Scope<'_>,
     ) -> Result<Vec<scd2::Key>> {
+        self.apply_carried(batch, snapshot, scope, &[], &[])
+    }
+
+    /// [`TableRun::apply`] of a snapshot with the hash of each staged row (`staged`, in row
+    /// order; missing ones are unknown) and the keys of its rows carried forward unchanged.
+    pub fn apply_carried(
+        &mut self,
+        batch: RecordBatch,
+        snapshot: &crate::ledger::SnapshotKey,
+        scope: Scope<'_>,
+        staged: &[u64],
+        carried: &[scd2::Key],
+    ) -> Result<Vec<scd2::Key>> {
         let as_of = snapshot.2;
         let hashes = row_hash::row_hashes(self.table, &batch)?;
         let keys = crate::delta::strings(&batch, self.table.scd2_key()?)?;
@@ -99,16 +112,27 @@ impl TableRun {
                 kildesystem: opt_str(&ks, i),
                 skolenummer: school.as_ref().and_then(|s| opt_str(s, i)),
                 parent: parent.as_ref().and_then(|p| opt_str(p, i)),
+                staged: staged.get(i).copied().unwrap_or(0),
             })
             .collect();
-        self.engine.apply(self.batches.len(), as_of, &rows, scope);
+        self.engine
+            .apply_with(self.batches.len(), as_of, &rows, carried, scope);
+        if self.engine.carried_missing > 0 {
+            return Err(Error::Invariant {
+                table: self.table.name.into(),
+                detail: format!(
+                    "{} rows carried forward unchanged have no current version",
+                    self.engine.carried_missing
+                ),
+            });
+        }
         self.batches.push(batch);
         let absent = std::mem::take(&mut self.engine.last_absent);
         self.shrinks.push(Shrink {
             snapshot: snapshot.clone(),
             ended: absent.len(),
             prior: self.engine.last_prior,
-            rows: self.batches.last().map_or(0, RecordBatch::num_rows),
+            rows: self.batches.last().map_or(0, RecordBatch::num_rows) + carried.len(),
         });
         Ok(absent)
     }

@@ -74,6 +74,10 @@ pub struct Current {
     pub kildesystem: Option<Arc<str>>,
     pub skolenummer: Option<Arc<str>>,
     pub parent: Option<Key>,
+    /// A hash of the staged row this version was made from (its source, source key and every
+    /// staged field; `0` when not known, e.g. read from the tables), by which an unchanged row
+    /// is carried forward without being staged again (docs/ARCHITECTURE.md, "Carried rows").
+    pub staged: u64,
     origin: Origin,
     /// The last snapshot (number of `apply` calls) that had this key.
     seen: u32,
@@ -152,6 +156,8 @@ pub struct Scd2 {
     /// Parent key (e.g. elev_id of an elevforhold) of every key closed in this run.
     pub parents_of_closed: FxHashMap<Key, Key>,
     pub late_rows_skipped: usize,
+    /// Carried keys that were not current when their snapshot was applied (must stay 0).
+    pub carried_missing: usize,
     /// Source systems and school numbers repeat on every row: one copy of each.
     interned: FxHashSet<Arc<str>>,
     recent: [Option<Arc<str>>; 2],
@@ -166,6 +172,8 @@ pub struct SnapshotRow<'a> {
     pub kildesystem: Option<&'a str>,
     pub skolenummer: Option<&'a str>,
     pub parent: Option<&'a str>,
+    /// The hash of the staged row (`0`: not known).
+    pub staged: u64,
 }
 
 impl Scd2 {
@@ -204,10 +212,12 @@ impl Scd2 {
             kildesystem,
             skolenummer,
             parent.map(Key::of),
+            0,
         );
     }
 
     /// A stored current version with its key and parent already as keys (the state file).
+    #[allow(clippy::too_many_arguments)]
     pub fn load_entry(
         &mut self,
         key: Key,
@@ -216,6 +226,7 @@ impl Scd2 {
         kildesystem: Option<&str>,
         skolenummer: Option<&str>,
         parent: Option<Key>,
+        staged: u64,
     ) {
         let current = Current {
             hash,
@@ -223,6 +234,7 @@ impl Scd2 {
             kildesystem: self.intern(kildesystem),
             skolenummer: self.intern(skolenummer),
             parent,
+            staged,
             origin: Origin::Stored,
             seen: 0,
         };
@@ -250,9 +262,35 @@ impl Scd2 {
     /// Applies one full snapshot taken at `as_of`. Rows of `batch` (an index into the caller's
     /// prepared batches) are given in order; `scope` says which absent keys it closes.
     pub fn apply(&mut self, batch: usize, as_of: i64, rows: &[SnapshotRow<'_>], scope: Scope<'_>) {
+        self.apply_with(batch, as_of, rows, &[], scope);
+    }
+
+    /// [`Scd2::apply`] of a snapshot whose unchanged rows were carried forward: `carried` are
+    /// the keys of rows equal to their current version, present without a row. A carried key
+    /// that is not current is counted in `carried_missing` (the caller refuses the run).
+    pub fn apply_with(
+        &mut self,
+        batch: usize,
+        as_of: i64,
+        rows: &[SnapshotRow<'_>],
+        carried: &[Key],
+        scope: Scope<'_>,
+    ) {
         // Keys present in this snapshot are marked with its number (no set of present keys).
         self.snapshots += 1;
         let snapshot = self.snapshots;
+        let mut prior = 0;
+        for key in carried {
+            match self.state.get_mut(key) {
+                Some(cur) => {
+                    if cur.seen != snapshot {
+                        prior += 1;
+                    }
+                    cur.seen = snapshot;
+                }
+                None => self.carried_missing += 1,
+            }
+        }
         let scope = match scope {
             Scope::Source(k) => Interned::Source(self.intern(Some(k))),
             Scope::School(k, s) => Interned::School(self.intern(Some(k)), self.intern(Some(s))),
@@ -264,7 +302,6 @@ impl Scd2 {
         }
         self.state
             .reserve(rows.len().saturating_sub(self.state.len()));
-        let mut prior = 0;
         for (row, r) in rows.iter().enumerate() {
             let key = Key::of(r.key);
             let cur = self.state.get_mut(&key);
@@ -274,6 +311,7 @@ impl Scd2 {
             match cur {
                 Some(cur) if cur.hash == r.hash => {
                     cur.seen = snapshot;
+                    cur.staged = r.staged;
                     continue;
                 }
                 Some(cur) if cur.valid_from > as_of => {
@@ -288,6 +326,7 @@ impl Scd2 {
                     if let Origin::New(i) = cur.origin {
                         // Same as-of twice in one run (two files of one day): the later wins.
                         cur.hash = r.hash;
+                        cur.staged = r.staged;
                         let kildesystem = self.intern(r.kildesystem);
                         let ins = &mut self.inserts[i];
                         ins.batch = batch;
@@ -321,6 +360,7 @@ impl Scd2 {
                 kildesystem,
                 skolenummer: self.intern(r.skolenummer),
                 parent: r.parent.map(Key::of),
+                staged: r.staged,
                 origin: Origin::New(self.inserts.len() - 1),
                 seen: snapshot,
             };
@@ -483,6 +523,7 @@ mod tests {
             kildesystem: Some("s"),
             skolenummer: None,
             parent: None,
+            staged: 0,
         }
     }
 
@@ -576,6 +617,33 @@ mod tests {
             Key::of("00000000-0000-0000-0000-000000000001"),
             Key::Id([0, 1])
         );
+    }
+
+    #[test]
+    fn carried_keys_stay_current_and_absent_ones_close() {
+        let mut s = Scd2::default();
+        for k in ["a", "b", "c"] {
+            s.load_entry(Key::of(k), 1, 10, Some("s"), None, None, 7);
+        }
+        // "a" carried forward without a row, "b" changed, "c" absent, "d" new.
+        let rows = [row("b", 2), row("d", 1)];
+        s.apply_with(0, 20, &rows, &[Key::of("a")], Scope::Source("s"));
+        assert_eq!(s.carried_missing, 0);
+        let mut closed: Vec<String> = s.closes.iter().map(|c| c.key.to_string()).collect();
+        closed.sort();
+        assert_eq!(closed, ["b", "c"]);
+        assert_eq!(
+            s.state[&Key::of("a")].valid_from,
+            10,
+            "carried: still the stored version"
+        );
+        assert_eq!(s.state[&Key::of("a")].staged, 7);
+        assert_eq!(s.live_inserts().count(), 2);
+        // Prior keys of the scope: a (carried), b (changed), c (closed).
+        assert_eq!(s.last_prior, 3);
+        // A carried key that is not current is counted, not invented.
+        s.apply_with(0, 30, &[], &[Key::of("c")], Scope::None);
+        assert_eq!(s.carried_missing, 1);
     }
 
     #[test]

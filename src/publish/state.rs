@@ -1,6 +1,6 @@
 //! The compact current state (docs/ARCHITECTURE.md, "The current state"): what the SCD2
 //! engines hold after a publish — per table each current key with its row hash, `valid_from`,
-//! source, school and parent — written in one binary file beside the tables, labelled with the
+//! source, school, parent and staged-row hash (docs/ARCHITECTURE.md, "Carried rows") — written in one binary file beside the tables, labelled with the
 //! table versions it belongs to. The next publish reads it instead of the current rows in
 //! Parquet; a missing or damaged file, or one of other versions, is ignored (the tables are
 //! read, and the file written anew after the commit). It holds ids, hashes, dates, source
@@ -13,7 +13,8 @@ use crate::context::RunContext;
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8] = b"ELEVFLYT-TILSTAND\n";
-const FORMAT: u32 = 1;
+/// 2: each row also has the hash of its staged row (`Current::staged`).
+const FORMAT: u32 = 2;
 /// The tables, in the order the file holds them.
 pub const TABLES: [&str; 3] = ["skole", "elev", "elevforhold"];
 
@@ -82,7 +83,7 @@ fn put_key(out: &mut Vec<u8>, k: &Key) {
 /// The engines' state labelled with the table versions (`None`: no table).
 pub fn encode(engines: [&Scd2; 3], versions: [Label; 3]) -> Vec<u8> {
     let mut out =
-        Vec::with_capacity(64 + engines.iter().map(|e| e.state.len() * 72).sum::<usize>());
+        Vec::with_capacity(64 + engines.iter().map(|e| e.state.len() * 80).sum::<usize>());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT.to_le_bytes());
     for ((name, engine), version) in TABLES.iter().zip(engines).zip(versions) {
@@ -98,7 +99,7 @@ pub fn encode(engines: [&Scd2; 3], versions: [Label; 3]) -> Vec<u8> {
                 texts.len() as u32 - 1
             })
         };
-        let mut rows = Vec::with_capacity(engine.state.len() * 72);
+        let mut rows = Vec::with_capacity(engine.state.len() * 80);
         for (key, cur) in &engine.state {
             put_key(&mut rows, key);
             rows.extend_from_slice(&cur.hash.to_le_bytes());
@@ -109,6 +110,7 @@ pub fn encode(engines: [&Scd2; 3], versions: [Label; 3]) -> Vec<u8> {
                 None => rows.push(2),
                 Some(p) => put_key(&mut rows, p),
             }
+            rows.extend_from_slice(&cur.staged.to_le_bytes());
         }
         out.extend_from_slice(&(texts.len() as u32).to_le_bytes());
         for t in &texts {
@@ -224,7 +226,16 @@ pub fn decode(bytes: &[u8], versions: [Label; 3]) -> std::result::Result<[Scd2; 
                 2 => None,
                 tag => Some(r.key(tag)?),
             };
-            engine.load_entry(key, hash, valid_from, kildesystem, skolenummer, parent);
+            let staged = r.u64()?;
+            engine.load_entry(
+                key,
+                hash,
+                valid_from,
+                kildesystem,
+                skolenummer,
+                parent,
+                staged,
+            );
         }
     }
     if r.pos != body.len() {
@@ -274,6 +285,7 @@ mod tests {
             );
         }
         e[1].load_current("not-a-uuid", 1, 2, None, None, None);
+        e[1].load_entry(Key::of("staged"), 3, 4, None, None, None, 5);
         e
     }
 
@@ -287,12 +299,14 @@ mod tests {
                         &c.kildesystem,
                         &c.skolenummer,
                         &c.parent,
+                        c.staged,
                     ) == (
                         d.hash,
                         d.valid_from,
                         &d.kildesystem,
                         &d.skolenummer,
                         &d.parent,
+                        d.staged,
                     )
                 })
             })
@@ -307,7 +321,8 @@ mod tests {
         for i in 0..3 {
             assert!(same(&e[i], &back[i]), "table {}", TABLES[i]);
         }
-        assert_eq!(back[1].state.len(), 51);
+        assert_eq!(back[1].state.len(), 52);
+        assert_eq!(back[1].state[&Key::of("staged")].staged, 5);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use arrow::array::{Array, RecordBatch};
 
+use super::carry::CarriedNulls;
 use super::StandardizeOutcome;
 use crate::metrics::{RuleResult, StandardizeMetrics, TableRows};
 use crate::quality::{rules, Checker};
@@ -14,11 +15,16 @@ pub fn measure(
     o: &StandardizeOutcome,
     checker: &Checker,
     staged: &[(&schema::Table, Vec<RecordBatch>); 3],
+    carried: &CarriedNulls,
 ) -> StandardizeMetrics {
     let tables = staged
         .iter()
         .map(|(t, batches)| {
-            let height = crate::delta::row_count(batches);
+            // Rows carried forward are not in the batches: their counts are added.
+            let (carried_rows, carried_nulls) = carried
+                .get(t.name)
+                .map_or((0, &[][..]), |(n, c)| (*n, c.as_slice()));
+            let height = crate::delta::row_count(batches) + carried_rows;
             let completeness = match height {
                 0 => Vec::new(),
                 _ => t
@@ -28,7 +34,11 @@ pub fn measure(
                             .iter()
                             .filter_map(|b| b.column_by_name(c.name))
                             .map(|a| a.null_count())
-                            .sum();
+                            .sum::<usize>()
+                            + carried_nulls
+                                .iter()
+                                .find(|(n, _)| *n == c.name)
+                                .map_or(0, |(_, k)| *k);
                         (c.name, height - nulls, nulls)
                     })
                     .collect(),

@@ -12,6 +12,7 @@
 //! Not here: ids and history (publish), reading files (ingest).
 
 mod avvik;
+mod carry;
 mod metrics;
 mod snapshots;
 mod stage;
@@ -57,6 +58,10 @@ pub struct StandardizeOutcome {
     pub held_back: Vec<String>,
     /// What it measured; `None` when there was nothing to standardize.
     pub metrics: Option<StandardizeMetrics>,
+    /// The current state unchanged rows were carried forward against, for publish.
+    pub preloaded: Option<crate::publish::Preloaded>,
+    /// Rows carried forward (pupils and elevforhold).
+    pub carried: usize,
 }
 
 /// Current school numbers from the `skole` table (for references to schools not in a snapshot).
@@ -109,6 +114,18 @@ pub async fn run(
         return Ok(outcome);
     }
     let known = known_schools(ctx).await?;
+    // Unchanged rows are carried forward against the current state (docs/ARCHITECTURE.md,
+    // "Carried rows") when this run hands its rows to publish itself.
+    let preloaded = match write_staging || ctx.dry_run {
+        true => None,
+        false => crate::publish::preload(ctx).await?,
+    };
+    let index = preloaded
+        .as_ref()
+        .map(crate::publish::Preloaded::carry_index);
+    steps.step("current state for carrying rows forward");
+    let mut carried_nulls = carry::CarriedNulls::new();
+    let mut carries = HashMap::new();
     let mut checker = Checker::new(&ctx.pipeline.file.quality);
     // The staging schemas, made once (a staging table's definition is built, not constant).
     let schemas = [&schema::ELEV, &schema::ELEVFORHOLD, &schema::SKOLE]
@@ -117,6 +134,20 @@ pub async fn run(
     let mut batches: [Vec<RecordBatch>; 3] = Default::default();
     for snap in &snaps {
         steps.step("start snapshot");
+        // Only the one new whole-source snapshot of a source is carried: not a rebuilt
+        // source's (its published snapshots are here), not one of several of a day.
+        let carries_rows = !snap.published
+            && snap.omfang.is_none()
+            && snaps
+                .iter()
+                .filter(|s| s.kildesystem == snap.kildesystem)
+                .count()
+                == 1;
+        let mut carried = Carried {
+            index: index.as_ref().filter(|_| carries_rows),
+            nulls: &mut carried_nulls,
+            out: None,
+        };
         let [elev, ef, skole] = standardize_snapshot(
             ctx,
             snap,
@@ -125,7 +156,12 @@ pub async fn run(
             &mut checker,
             &mut outcome,
             &mut steps,
+            &mut carried,
         )?;
+        if let Some(c) = carried.out {
+            outcome.carried += c.carried();
+            carries.insert(snap.key(), c);
+        }
         batches[0].push(elev);
         batches[1].push(ef);
         batches[2].push(skole);
@@ -139,7 +175,12 @@ pub async fn run(
         (&schema::ELEVFORHOLD, elevforhold),
         (&schema::SKOLE, skole),
     ];
-    outcome.metrics = Some(metrics::measure(&outcome, &checker, &tables));
+    outcome.metrics = Some(metrics::measure(
+        &outcome,
+        &checker,
+        &tables,
+        &carried_nulls,
+    ));
     steps.step("metrics");
     if !outcome.failures.is_empty() {
         warn!(failures = ?outcome.failures, "fail rules broken: nothing will be published");
@@ -162,12 +203,14 @@ pub async fn run(
             elev: tables[0].1.clone(),
             elevforhold: tables[1].1.clone(),
             skole: tables[2].1.clone(),
+            carry: carries,
         },
         false => StagedData {
             snapshots: HashSet::new(),
             elev: vec![RecordBatch::new_empty(schemas[0].clone())],
             elevforhold: vec![RecordBatch::new_empty(schemas[1].clone())],
             skole: vec![RecordBatch::new_empty(schemas[2].clone())],
+            carry: HashMap::new(),
         },
     };
     drop(tables);
@@ -178,12 +221,22 @@ pub async fn run(
     }
     crash_point("after-stage");
     outcome.staged = Some(staged);
+    outcome.preloaded = preloaded;
     Ok(outcome)
+}
+
+/// How a snapshot's unchanged rows are carried forward: the index of the current state
+/// (`None`: nothing is carried), and what was carried.
+struct Carried<'i> {
+    index: Option<&'i crate::publish::CarryIndex>,
+    nulls: &'i mut carry::CarriedNulls,
+    out: Option<crate::ledger::SnapshotCarry>,
 }
 
 /// One snapshot: flattened by its format, validated, and built into the staging batches of
 /// elev, elevforhold and skole. Deviations and metrics are about new snapshots only; a rebuilt
 /// source's published snapshots were reported when they arrived.
+#[allow(clippy::too_many_arguments)]
 fn standardize_snapshot(
     ctx: &RunContext,
     snap: &Snapshot,
@@ -192,6 +245,7 @@ fn standardize_snapshot(
     checker: &mut Checker,
     outcome: &mut StandardizeOutcome,
     steps: &mut Steps,
+    carried: &mut Carried<'_>,
 ) -> Result<[RecordBatch; 3]> {
     let mut staged = Staged::default();
     let input = SnapshotInput {
@@ -230,6 +284,16 @@ fn standardize_snapshot(
         skole = staged.skole.len(),
         "standardized snapshot"
     );
+    let c = carry::carry(snap, &mut staged, carried.index, carried.nulls)?;
+    if c.carried() > 0 {
+        info!(
+            elev = c.elev_ids.len(),
+            elevforhold = c.elevforhold_ids.len(),
+            "rows unchanged since the last publish carried forward"
+        );
+    }
+    carried.out = Some(c);
+    steps.step("carry unchanged rows");
     // The two large tables are built at the same time, on two cores.
     let (elev, ef) = crate::par::both(
         || stage::elev_batch(&schemas[0], snap, &staged.elev),

@@ -52,14 +52,117 @@ fn stage_batch(
     Ok(RecordBatch::try_new(schema.clone(), arrays)?)
 }
 
-fn texts<'r, T>(rows: &'r [T], f: impl Fn(&'r T) -> Option<&'r str>) -> Option<ArrayRef> {
-    Some(Arc::new(StringArray::from_iter(rows.iter().map(f))))
+/// How a staged column's values are read from a FINT row.
+pub enum Get<T> {
+    Text(for<'r> fn(&'r T) -> Option<&'r str>),
+    Date(fn(&T) -> Option<NaiveDate>),
+    Int(fn(&T) -> Option<i32>),
+    Bool(fn(&T) -> Option<bool>),
 }
 
-fn dates<T>(rows: &[T], f: impl Fn(&T) -> Option<NaiveDate>) -> Option<ArrayRef> {
-    Some(Arc::new(Date32Array::from_iter(
-        rows.iter().map(|r| date_days(f(r))),
-    )))
+impl<T> Get<T> {
+    /// The column of these rows.
+    pub fn array<'r>(&self, rows: impl Iterator<Item = &'r T>) -> ArrayRef
+    where
+        T: 'r,
+    {
+        match self {
+            Get::Text(f) => Arc::new(StringArray::from_iter(rows.map(f))),
+            Get::Date(f) => Arc::new(Date32Array::from_iter(rows.map(|r| date_days(f(r))))),
+            Get::Int(f) => Arc::new(Int32Array::from_iter(rows.map(f))),
+            Get::Bool(f) => Arc::new(BooleanArray::from_iter(rows.map(f))),
+        }
+    }
+
+    /// Appends a row's value to `out` for hashing: each value with its length, null apart
+    /// from every value.
+    pub fn feed(&self, row: &T, out: &mut Vec<u8>) {
+        let mut put = |v: Option<&[u8]>| match v {
+            None => out.push(0),
+            Some(b) => {
+                out.push(1);
+                out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                out.extend_from_slice(b);
+            }
+        };
+        match self {
+            Get::Text(f) => put(f(row).map(str::as_bytes)),
+            Get::Date(f) => put(date_days(f(row))
+                .map(i32::to_le_bytes)
+                .as_ref()
+                .map(|b| &b[..])),
+            Get::Int(f) => put(f(row).map(i32::to_le_bytes).as_ref().map(|b| &b[..])),
+            Get::Bool(f) => put(f(row).map(|b| [b as u8]).as_ref().map(|b| &b[..])),
+        }
+    }
+
+    fn is_null(&self, row: &T) -> bool {
+        match self {
+            Get::Text(f) => f(row).is_none(),
+            Get::Date(f) => f(row).is_none(),
+            Get::Int(f) => f(row).is_none(),
+            Get::Bool(f) => f(row).is_none(),
+        }
+    }
+}
+
+/// The staged columns of elev, by name (the snapshot columns and ids are not here).
+pub fn elev_column<'a>(name: &str) -> Option<Get<ElevRow<'a>>> {
+    Some(Get::Text(match name {
+        "system_id" => |e| e.system_id.as_deref(),
+        "kildesystem" => |e| Some(e.r.kildesystem),
+        "fodselsnummer" => |e| e.fodselsnummer.as_deref(),
+        "feidenavn" => |e| e.feidenavn.as_deref(),
+        "kommunenummer" => |e| e.kommunenummer.as_deref(),
+        "fornavn" => |e| e.fornavn.as_deref(),
+        "mellomnavn" => |e| e.mellomnavn.as_deref(),
+        "etternavn" => |e| e.etternavn.as_deref(),
+        "fodselsdato" => return Some(Get::Date(|e| e.fodselsdato)),
+        "kjonn" => |e| e.kjonn.as_deref(),
+        "epostadresse" => |e| e.epostadresse.as_deref(),
+        "mobiltelefonnummer" => |e| e.mobiltelefonnummer.as_deref(),
+        "bostedsadresse" => |e| e.bostedsadresse.as_deref(),
+        "postnummer" => |e| e.postnummer.as_deref(),
+        "poststed" => |e| e.poststed.as_deref(),
+        "stg_kilde_nokkel" => |e| e.kilde_nokkel.as_deref(),
+        _ => return None,
+    }))
+}
+
+/// The staged columns of elevforhold, by name.
+pub fn elevforhold_column<'a>(name: &str) -> Option<Get<EfRow<'a>>> {
+    Some(Get::Text(match name {
+        "system_id" => |e| e.system_id.as_deref(),
+        "kildesystem" => |e| Some(e.r.kildesystem),
+        "skolenummer" => |e| e.skolenummer.as_deref(),
+        "klasse" => |e| e.klasse.as_deref(),
+        "trinn" => return Some(Get::Int(|e| e.trinn)),
+        "skolear" => |e| e.skolear.as_deref(),
+        "hovedskole" => return Some(Get::Bool(|e| e.hovedskole)),
+        "startdato" => return Some(Get::Date(|e| e.startdato)),
+        "sluttdato" => return Some(Get::Date(|e| e.sluttdato)),
+        "stg_kilde_nokkel" => |e| e.elev_kilde_nokkel.as_deref(),
+        _ => return None,
+    }))
+}
+
+/// Per business column of a table, how many of `rows` have no value in it (the ids, assigned
+/// by publish, have none): what the completeness metrics count of rows not staged.
+pub fn null_counts<T>(
+    table: &crate::schema::Table,
+    rows: &[&T],
+    column: impl Fn(&str) -> Option<Get<T>>,
+) -> Vec<(&'static str, usize)> {
+    table
+        .business_columns()
+        .map(|c| {
+            let nulls = match column(c.name) {
+                Some(get) => rows.iter().filter(|r| get.is_null(r)).count(),
+                None => rows.len(),
+            };
+            (c.name, nulls)
+        })
+        .collect()
 }
 
 pub fn elev_batch(
@@ -67,24 +170,8 @@ pub fn elev_batch(
     snap: &Snapshot,
     rows: &[ElevRow<'_>],
 ) -> Result<RecordBatch> {
-    stage_batch(schema, snap, rows.len(), |name| match name {
-        "system_id" => texts(rows, |e| e.system_id.as_deref()),
-        "kildesystem" => texts(rows, |e| Some(e.r.kildesystem)),
-        "fodselsnummer" => texts(rows, |e| e.fodselsnummer.as_deref()),
-        "feidenavn" => texts(rows, |e| e.feidenavn.as_deref()),
-        "kommunenummer" => texts(rows, |e| e.kommunenummer.as_deref()),
-        "fornavn" => texts(rows, |e| e.fornavn.as_deref()),
-        "mellomnavn" => texts(rows, |e| e.mellomnavn.as_deref()),
-        "etternavn" => texts(rows, |e| e.etternavn.as_deref()),
-        "fodselsdato" => dates(rows, |e| e.fodselsdato),
-        "kjonn" => texts(rows, |e| e.kjonn.as_deref()),
-        "epostadresse" => texts(rows, |e| e.epostadresse.as_deref()),
-        "mobiltelefonnummer" => texts(rows, |e| e.mobiltelefonnummer.as_deref()),
-        "bostedsadresse" => texts(rows, |e| e.bostedsadresse.as_deref()),
-        "postnummer" => texts(rows, |e| e.postnummer.as_deref()),
-        "poststed" => texts(rows, |e| e.poststed.as_deref()),
-        "stg_kilde_nokkel" => texts(rows, |e| e.kilde_nokkel.as_deref()),
-        _ => None,
+    stage_batch(schema, snap, rows.len(), |name| {
+        Some(elev_column(name)?.array(rows.iter()))
     })
 }
 
@@ -93,22 +180,8 @@ pub fn elevforhold_batch(
     snap: &Snapshot,
     rows: &[EfRow<'_>],
 ) -> Result<RecordBatch> {
-    stage_batch(schema, snap, rows.len(), |name| match name {
-        "system_id" => texts(rows, |e| e.system_id.as_deref()),
-        "kildesystem" => texts(rows, |e| Some(e.r.kildesystem)),
-        "skolenummer" => texts(rows, |e| e.skolenummer.as_deref()),
-        "klasse" => texts(rows, |e| e.klasse.as_deref()),
-        "trinn" => Some(Arc::new(Int32Array::from_iter(
-            rows.iter().map(|e| e.trinn),
-        ))),
-        "skolear" => texts(rows, |e| e.skolear.as_deref()),
-        "hovedskole" => Some(Arc::new(BooleanArray::from_iter(
-            rows.iter().map(|e| e.hovedskole),
-        ))),
-        "startdato" => dates(rows, |e| e.startdato),
-        "sluttdato" => dates(rows, |e| e.sluttdato),
-        "stg_kilde_nokkel" => texts(rows, |e| e.elev_kilde_nokkel.as_deref()),
-        _ => None,
+    stage_batch(schema, snap, rows.len(), |name| {
+        Some(elevforhold_column(name)?.array(rows.iter()))
     })
 }
 
@@ -117,14 +190,15 @@ pub fn skole_batch(
     snap: &Snapshot,
     rows: &[SkoleRow<'_>],
 ) -> Result<RecordBatch> {
+    let text = |f: for<'r> fn(&'r SkoleRow<'_>) -> Option<&'r str>| Get::Text(f).array(rows.iter());
     stage_batch(schema, snap, rows.len(), |name| match name {
-        "skolenummer" => texts(rows, |s| Some(s.skolenummer.as_ref())),
-        "organisasjonsnummer" => texts(rows, |s| s.organisasjonsnummer.as_deref()),
-        "navn" => texts(rows, |s| s.navn.as_deref()),
-        "kommunenummer" => texts(rows, |s| s.kommunenummer.as_deref()),
-        "fylkesnummer" => texts(rows, |s| s.fylkesnummer.as_deref()),
-        "eierform" => texts(rows, |s| s.eierform.as_deref()),
-        "kildesystem" => texts(rows, |s| Some(s.r.kildesystem)),
+        "skolenummer" => Some(text(|s| Some(s.skolenummer.as_ref()))),
+        "organisasjonsnummer" => Some(text(|s| s.organisasjonsnummer.as_deref())),
+        "navn" => Some(text(|s| s.navn.as_deref())),
+        "kommunenummer" => Some(text(|s| s.kommunenummer.as_deref())),
+        "fylkesnummer" => Some(text(|s| s.fylkesnummer.as_deref())),
+        "eierform" => Some(text(|s| s.eierform.as_deref())),
+        "kildesystem" => Some(text(|s| Some(s.r.kildesystem))),
         "stg_kilde_nokkel" => Some(arrow::array::new_null_array(&DataType::Utf8, rows.len())),
         _ => None,
     })

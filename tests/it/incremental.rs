@@ -143,6 +143,16 @@ async fn incremental_days_equal_a_full_rebuild_from_the_same_snapshots() {
         };
         let s = run(&daily, elevflyt::run::Stage::All).await.unwrap();
         assert_eq!(s.current_rows_from, expected, "day {date}");
+        // Against a usable state file the unchanged pupils and elevforhold are carried
+        // forward, not staged again (docs/ARCHITECTURE.md, "Carried rows"); else none are.
+        match expected {
+            "state file" => assert!(
+                s.carried > 1500,
+                "day {date}: most of the 1,200 pupils and their elevforhold carried: {}",
+                s.carried
+            ),
+            _ => assert_eq!(s.carried, 0, "day {date}: nothing to carry against"),
+        }
         if versions_per_day.len() == 1 {
             std::fs::copy(&state, dir.path().join("day2.state")).unwrap();
         }
