@@ -87,17 +87,16 @@ fn carried<T>(
     key: impl Fn(&T) -> Option<u64>,
     id_of: impl Fn(u64) -> Option<[u64; 2]>,
 ) -> Vec<Option<[u64; 2]>> {
+    let keys: Vec<Option<u64>> = rows.iter().map(key).collect();
     let mut count: FxHashMap<u64, u32> = FxHashMap::default();
     count.reserve(rows.len());
-    for r in rows {
-        if let Some(k) = key(r) {
-            *count.entry(k).or_default() += 1;
-        }
+    for k in keys.iter().flatten() {
+        *count.entry(*k).or_default() += 1;
     }
-    rows.iter()
+    keys.iter()
         .zip(hashes)
-        .map(|(r, &h)| {
-            let once = key(r).is_some_and(|k| count.get(&k) == Some(&1));
+        .map(|(k, &h)| {
+            let once = k.is_some_and(|k| count.get(&k) == Some(&1));
             once.then(|| id_of(h)).flatten()
         })
         .collect()
