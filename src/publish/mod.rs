@@ -117,8 +117,13 @@ pub async fn run(
     out.current_from = current_from;
     // Rows carried forward are only present against the state they were decided on.
     let carried: usize = data.carry.values().map(|c| c.carried()).sum();
-    if carried > 0 && !preloaded {
-        // The tables moved on since standardize read their state: another run published.
+    let carried_rebuilt = data
+        .carry
+        .iter()
+        .any(|(k, c)| c.carried() > 0 && rebuilt.contains(&k.0));
+    if carried > 0 && !preloaded || carried_rebuilt {
+        // The tables moved on since standardize read their state (another run published), or
+        // a source carried forward is now rebuilt from every snapshot.
         return Err(crate::error::Error::ConcurrentRun("elev".into()));
     }
     out.carried = carried;

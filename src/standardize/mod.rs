@@ -94,6 +94,7 @@ pub async fn run(
     let snapshots::Pending {
         snapshots: snaps,
         held_back,
+        rebuilt,
     } = snapshots::pending(ctx, &fresh).await?;
     drop(fresh);
     steps.step("read pending snapshots from raw");
@@ -135,8 +136,10 @@ pub async fn run(
     for snap in &snaps {
         steps.step("start snapshot");
         // Only the one new whole-source snapshot of a source is carried: not a rebuilt
-        // source's (its published snapshots are here), not one of several of a day.
+        // source's (a late or corrected snapshot: its history is applied again from every
+        // snapshot, so every row must be staged), not one of several of a day.
         let carries_rows = !snap.published
+            && !rebuilt.contains(&snap.kildesystem)
             && snap.omfang.is_none()
             && snaps
                 .iter()

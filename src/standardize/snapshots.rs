@@ -110,6 +110,8 @@ impl HeldBack {
 pub struct Pending {
     pub snapshots: Vec<Snapshot>,
     pub held_back: Vec<HeldBack>,
+    /// Sources whose history publish rebuilds from every snapshot (a late or corrected one).
+    pub rebuilt: HashSet<String>,
 }
 
 /// Reads the raw records of every snapshot that is not yet published, ordered by as-of — and of
@@ -163,6 +165,7 @@ pub async fn pending(
         return Ok(Pending {
             snapshots: Vec::new(),
             held_back,
+            rebuilt: HashSet::new(),
         });
     }
     let rebuilt = crate::ledger::rebuild_sources(ctx, &pending, &done).await?;
@@ -202,6 +205,7 @@ pub async fn pending(
     Ok(Pending {
         snapshots: snaps.into_values().collect(),
         held_back,
+        rebuilt,
     })
 }
 
