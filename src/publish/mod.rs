@@ -121,7 +121,7 @@ pub async fn run(
         .carry
         .iter()
         .any(|(k, c)| c.carried() > 0 && rebuilt.contains(&k.0));
-    if carried > 0 && !preloaded || carried_rebuilt {
+    if (carried > 0 && !preloaded) || carried_rebuilt {
         // The tables moved on since standardize read their state (another run published), or
         // a source carried forward is now rebuilt from every snapshot.
         return Err(crate::error::Error::ConcurrentRun("elev".into()));

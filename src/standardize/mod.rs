@@ -138,8 +138,8 @@ pub async fn run(
         // Only the one new whole-source snapshot of a source is carried: not a rebuilt
         // source's (a late or corrected snapshot: its history is applied again from every
         // snapshot, so every row must be staged), not one of several of a day.
-        let carries_rows = !snap.published
-            && !rebuilt.contains(&snap.kildesystem)
+        // (A published snapshot is here only when its source is rebuilt.)
+        let carries_rows = !rebuilt.contains(&snap.kildesystem)
             && snap.omfang.is_none()
             && snaps
                 .iter()
