@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema};
-use rustc_hash::FxHashMap;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::snapshots::Snapshot;
@@ -45,13 +44,17 @@ fn seed(snap: &Snapshot, table: &str) -> u64 {
     h.digest()
 }
 
-/// The staged-row hash of every row, on every core (never 0: that is "not known").
-fn hashes<T: Sync>(
+/// The staged-row hash of every row and, with `find`, the id of the current version that hash
+/// made when the row has a key; on every core, in one pass over the rows (a hash is never 0:
+/// that is "not known").
+fn hash_and_find<T: Sync>(
     snap: &Snapshot,
     table: &schema::Table,
     rows: &[T],
     column: impl Fn(&str) -> Option<Get<T>>,
-) -> Vec<u64> {
+    keyed: impl Fn(&T) -> bool + Sync,
+    find: Option<impl Fn(u64) -> Option<[u64; 2]> + Sync>,
+) -> (Vec<u64>, Vec<Option<[u64; 2]>>) {
     let gets: Vec<Get<T>> = staged_columns(table)
         .into_iter()
         .filter_map(column)
@@ -60,14 +63,19 @@ fn hashes<T: Sync>(
     crate::par::chunks(rows.len(), |part| {
         let mut buf = Vec::with_capacity(512);
         part.map(|i| {
+            let row = &rows[i];
             buf.clear();
             for g in &gets {
-                g.feed(&rows[i], &mut buf);
+                g.feed(row, &mut buf);
             }
-            xxhash_rust::xxh3::xxh3_64_with_seed(&buf, seed).max(1)
+            let h = xxhash_rust::xxh3::xxh3_64_with_seed(&buf, seed).max(1);
+            let id = find.as_ref().filter(|_| keyed(row)).and_then(|f| f(h));
+            (h, id)
         })
         .collect()
     })
+    .into_iter()
+    .unzip()
 }
 
 /// The names of a table's staged columns.
@@ -79,64 +87,32 @@ fn staged_columns(table: &schema::Table) -> Vec<&'static str> {
         .collect()
 }
 
-/// Which rows are carried: those whose key occurs once in the snapshot and whose hash made a
-/// current version; with that version's id.
-fn carried<T>(
-    hashes: &[u64],
-    rows: &[T],
-    key: impl Fn(&T) -> Option<u64>,
-    id_of: impl Fn(u64) -> Option<[u64; 2]>,
-) -> Vec<Option<[u64; 2]>> {
-    let keys: Vec<Option<u64>> = rows.iter().map(key).collect();
-    let mut count: FxHashMap<u64, u32> = FxHashMap::default();
-    count.reserve(rows.len());
-    for k in keys.iter().flatten() {
-        *count.entry(*k).or_default() += 1;
-    }
-    keys.iter()
-        .zip(hashes)
-        .map(|(k, &h)| {
-            let once = k.is_some_and(|k| count.get(&k) == Some(&1));
-            once.then(|| id_of(h)).flatten()
-        })
-        .collect()
-}
-
-fn key_hash(parts: &[Option<&str>]) -> Option<u64> {
-    let mut h = Xxh3::new();
-    for p in parts {
-        let p = p.as_ref()?;
-        h.update(&(p.len() as u32).to_le_bytes());
-        h.update(p.as_bytes());
-    }
-    Some(h.digest())
-}
-
-/// Keeps the rows (and their hashes) not carried; returns the carried ones.
-fn split_off<T>(
+/// Takes the carried rows (those with an id) out of `rows` and their hashes out of `hashes`, in
+/// place; returns the carried rows' ids in row order.
+fn remove_carried<T>(
     rows: &mut Vec<T>,
     hashes: &mut Vec<u64>,
     ids: &[Option<[u64; 2]>],
-) -> (Vec<T>, Vec<[u64; 2]>) {
-    let mut kept = Vec::with_capacity(rows.len());
-    let mut out = Vec::new();
-    let mut out_ids = Vec::new();
-    let mut kept_hashes = Vec::with_capacity(hashes.len());
-    for ((row, h), id) in rows.drain(..).zip(hashes.drain(..)).zip(ids) {
-        match id {
-            Some(id) => {
-                out.push(row);
-                out_ids.push(*id);
-            }
-            None => {
-                kept.push(row);
-                kept_hashes.push(h);
-            }
-        }
-    }
-    *rows = kept;
-    *hashes = kept_hashes;
-    (out, out_ids)
+) -> Vec<[u64; 2]> {
+    let mut i = 0;
+    rows.retain(|_| {
+        i += 1;
+        ids[i - 1].is_none()
+    });
+    let mut i = 0;
+    hashes.retain(|_| {
+        i += 1;
+        ids[i - 1].is_none()
+    });
+    ids.iter().flatten().copied().collect()
+}
+
+/// The rows with an id (those carried).
+fn with_id<'r, T>(rows: &'r [T], ids: &[Option<[u64; 2]>]) -> Vec<&'r T> {
+    rows.iter()
+        .zip(ids)
+        .filter_map(|(r, id)| id.map(|_| r))
+        .collect()
 }
 
 /// Hashes a snapshot's validated rows and, with an `index` of the current state, takes the
@@ -148,51 +124,67 @@ pub fn carry(
     index: Option<&CarryIndex>,
     nulls: &mut CarriedNulls,
 ) -> Result<SnapshotCarry> {
-    let (mut elev_hashes, mut ef_hashes) = crate::par::both(
-        || hashes(snap, &schema::ELEV, &staged.elev, stage::elev_column),
+    // A kept row's key is unique in the snapshot: validation keeps only the first pupil with
+    // a source key and the first elevforhold of a pupil at a school
+    // (docs/ARCHITECTURE.md, "Quality rules and deviations"), so a hash that made a current
+    // version is that version's row, unchanged.
+    let ((mut elev_hashes, elev_found), (mut ef_hashes, ef_found)) = crate::par::both(
         || {
-            hashes(
+            hash_and_find(
+                snap,
+                &schema::ELEV,
+                &staged.elev,
+                stage::elev_column,
+                |e: &ElevRow<'_>| e.kilde_nokkel.is_some(),
+                index.map(|i| |h| i.elev(h)),
+            )
+        },
+        || {
+            hash_and_find(
                 snap,
                 &schema::ELEVFORHOLD,
                 &staged.elevforhold,
                 stage::elevforhold_column,
+                |e: &EfRow<'_>| e.elev_kilde_nokkel.is_some() && e.skolenummer.is_some(),
+                index.map(|i| |h| i.elevforhold(h)),
             )
         },
     );
-    let Some(index) = index else {
+    if index.is_none() {
         return Ok(SnapshotCarry {
             elev_hashes,
             elevforhold_hashes: ef_hashes,
             ..Default::default()
         });
-    };
-    let elev_ids = carried(
-        &elev_hashes,
-        &staged.elev,
-        |e: &ElevRow<'_>| key_hash(&[e.kilde_nokkel.as_deref()]),
-        |h| index.elev(h),
+    }
+    // What is counted and resolved of the carried rows is read before they leave: the
+    // completeness counts (one table on each core) and what identity resolution needs of a
+    // carried pupil.
+    let carried_elev = with_id(&staged.elev, &elev_found);
+    let carried_ef = with_id(&staged.elevforhold, &ef_found);
+    let names = ["stg_kilde_nokkel", "system_id", "fodselsnummer"];
+    let ((elev_nulls, identity), ef_nulls) = crate::par::both(
+        || {
+            let identity = names
+                .iter()
+                .map(|n| {
+                    stage::elev_column(n)
+                        .map(|g| g.array(carried_elev.iter().copied()))
+                        .ok_or_else(|| {
+                            crate::error::Error::Internal(format!("no staged column {n}"))
+                        })
+                })
+                .collect::<Result<Vec<_>>>();
+            (
+                stage::null_counts(&schema::ELEV, &carried_elev, stage::elev_column),
+                identity,
+            )
+        },
+        || stage::null_counts(&schema::ELEVFORHOLD, &carried_ef, stage::elevforhold_column),
     );
-    let ef_ids = carried(
-        &ef_hashes,
-        &staged.elevforhold,
-        |e: &EfRow<'_>| key_hash(&[e.elev_kilde_nokkel.as_deref(), e.skolenummer.as_deref()]),
-        |h| index.elevforhold(h),
-    );
-    let (elev, elev_ids) = split_off(&mut staged.elev, &mut elev_hashes, &elev_ids);
-    let (ef, ef_ids) = split_off(&mut staged.elevforhold, &mut ef_hashes, &ef_ids);
-    let elev_refs: Vec<&ElevRow<'_>> = elev.iter().collect();
-    let ef_refs: Vec<&EfRow<'_>> = ef.iter().collect();
     for (table, rows, counts) in [
-        (
-            &schema::ELEV,
-            elev.len(),
-            stage::null_counts(&schema::ELEV, &elev_refs, stage::elev_column),
-        ),
-        (
-            &schema::ELEVFORHOLD,
-            ef.len(),
-            stage::null_counts(&schema::ELEVFORHOLD, &ef_refs, stage::elevforhold_column),
-        ),
+        (&schema::ELEV, carried_elev.len(), elev_nulls),
+        (&schema::ELEVFORHOLD, carried_ef.len(), ef_nulls),
     ] {
         let e = nulls.entry(table.name).or_insert_with(|| (0, Vec::new()));
         e.0 += rows;
@@ -204,27 +196,21 @@ pub fn carry(
             }
         }
     }
-    // What identity resolution needs of a carried pupil.
-    let names = ["stg_kilde_nokkel", "system_id", "fodselsnummer"];
+    drop((carried_elev, carried_ef));
     let schema = Arc::new(Schema::new(
         names
             .iter()
             .map(|n| Field::new(*n, DataType::Utf8, true))
             .collect::<Vec<_>>(),
     ));
-    let columns = names
-        .iter()
-        .map(|n| {
-            stage::elev_column(n)
-                .map(|g| g.array(elev.iter()))
-                .ok_or_else(|| crate::error::Error::Internal(format!("no staged column {n}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let elev = Some(RecordBatch::try_new(schema, identity?)?);
+    let elev_ids = remove_carried(&mut staged.elev, &mut elev_hashes, &elev_found);
+    let elevforhold_ids = remove_carried(&mut staged.elevforhold, &mut ef_hashes, &ef_found);
     Ok(SnapshotCarry {
         elev_hashes,
         elevforhold_hashes: ef_hashes,
-        elev: Some(RecordBatch::try_new(schema, columns)?),
+        elev,
         elev_ids,
-        elevforhold_ids: ef_ids,
+        elevforhold_ids,
     })
 }
