@@ -695,7 +695,6 @@ fn file_batch(
     parsed: &ParsedFile<'_>,
 ) -> Result<RecordBatch> {
     let n = parsed.records.len() + 1;
-    let post_bytes: usize = parsed.records.iter().map(|r| r.post.len()).sum::<usize>() + 2;
     let repeat = |v: &str| {
         let mut b = StringBuilder::with_capacity(n, n * v.len());
         for _ in 0..n {
@@ -715,8 +714,13 @@ fn file_batch(
             .into(),
     };
     let records = || std::iter::once(&marker).chain(&parsed.records);
-    let mut omfang = StringBuilder::new();
-    let mut entitet = StringBuilder::with_capacity(n, n * 8);
+    // Every buffer at its final size: a buffer that grows is copied whole (the posts are the
+    // size of the file) into memory the system must fault in and zero again.
+    let (entitet_bytes, post_bytes) =
+        records().fold((0, 0), |(e, p), r| (e + r.entitet.len(), p + r.post.len()));
+    let omfang_bytes = parsed.omfang.as_deref().map_or(0, str::len) * n;
+    let mut omfang = StringBuilder::with_capacity(n, omfang_bytes);
+    let mut entitet = StringBuilder::with_capacity(n, entitet_bytes);
     let mut rad = Int64Builder::with_capacity(n);
     let mut post = StringBuilder::with_capacity(n, post_bytes);
     for r in records() {
