@@ -230,6 +230,51 @@ mod tests {
     }
 
     #[test]
+    fn duplicates_leave_one_row_per_key_whatever_the_severity() {
+        // Carrying rows forward relies on it (docs/ARCHITECTURE.md, "Carried rows").
+        let mut quality = crate::config::QualityConfig::default();
+        quality
+            .overrides
+            .insert(rules::DUPLIKAT.into(), toml::Value::String("warn".into()));
+        let ef = |i: i64, key: &str| EfRow {
+            r: Origin {
+                kildesystem: "vigilo",
+                kjelde: "enrollments.json",
+                rad: i,
+                skolenummer: Some(Cow::Borrowed("46591")),
+                system_id: None,
+            },
+            elev_kilde_nokkel: Some(Cow::Owned(key.to_string())),
+            system_id: Some(Cow::Owned(format!("e{i}"))),
+            skolenummer: Some(Cow::Borrowed("46591")),
+            klasse: Some(Cow::Borrowed("10A")),
+            trinn: Some(10),
+            skolear: Some(Cow::Borrowed("20262027")),
+            hovedskole: Some(true),
+            startdato: None,
+            sluttdato: None,
+        };
+        let mut staged = Staged {
+            elev: vec![pupil(1, "a"), pupil(2, "b"), pupil(3, "a")],
+            elevforhold: vec![ef(1, "a"), ef(2, "b"), ef(3, "b")],
+            ..Default::default()
+        };
+        let mut c = Checker::new(&quality);
+        let known = HashSet::from(["46591".to_string()]);
+        let today = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+        validate(&mut c, &mut staged, &known, today);
+        let elev: Vec<i64> = staged.elev.iter().map(|e| e.r.rad).collect();
+        let ef: Vec<i64> = staged.elevforhold.iter().map(|e| e.r.rad).collect();
+        assert_eq!(elev, [1, 2], "the second pupil with key a is not kept");
+        assert_eq!(
+            ef,
+            [1, 2],
+            "the second elevforhold of b at 46591 is not kept"
+        );
+        assert_eq!(c.failed.get(rules::DUPLIKAT), Some(&2));
+    }
+
+    #[test]
     fn rows_checked_in_parts_report_as_one_pass_in_row_order() {
         // Enough pupils for two parts (one per core); a duplicate of a pupil in the first part
         // sits in the second, a pupil without a surname in the middle.
