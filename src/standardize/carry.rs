@@ -94,16 +94,9 @@ fn remove_carried<T>(
     hashes: &mut Vec<u64>,
     ids: &[Option<[u64; 2]>],
 ) -> Vec<[u64; 2]> {
-    let mut i = 0;
-    rows.retain(|_| {
-        i += 1;
-        ids[i - 1].is_none()
-    });
-    let mut i = 0;
-    hashes.retain(|_| {
-        i += 1;
-        ids[i - 1].is_none()
-    });
+    let kept = || ids.iter().map(Option::is_none);
+    super::validate::retain_flagged(rows, kept());
+    super::validate::retain_flagged(hashes, kept());
     ids.iter().flatten().copied().collect()
 }
 

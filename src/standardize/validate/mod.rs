@@ -67,8 +67,8 @@ pub(super) fn validate(
         schools: &schools,
     };
     let ef_kept = check_enrolments(c, elevforhold, &refs);
-    retain_flagged(elev, &pupils.kept);
-    retain_flagged(elevforhold, &ef_kept);
+    retain_flagged(elev, pupils.kept.iter().copied());
+    retain_flagged(elevforhold, ef_kept);
 }
 
 /// The schools' codes: organisasjonsnummer, kommunenummer, fylkesnummer.
@@ -190,9 +190,12 @@ fn add_in_row_order(c: &mut Checker, mut found: Found, dup_rows: Vec<usize>, dup
 }
 
 /// Keeps the rows whose flag is set.
-fn retain_flagged<T>(rows: &mut Vec<T>, keep: &[bool]) {
-    let mut flags = keep.iter();
-    rows.retain(|_| flags.next().copied().unwrap_or(false));
+pub(in crate::standardize) fn retain_flagged<T>(
+    rows: &mut Vec<T>,
+    keep: impl IntoIterator<Item = bool>,
+) {
+    let mut flags = keep.into_iter();
+    rows.retain(|_| flags.next().unwrap_or(false));
 }
 
 /// 128-bit hash of a key, for sets of keys.
