@@ -102,7 +102,8 @@ interop: build $(SPARK_VENV)/.installed $(DELTA_JARS)/.resolved
 
 # Performance: a release build beside a Python polars + deltalake SCD2 and a PySpark + delta-spark
 # MERGE INTO on the same generated data, with elevflyt's cost curves over BENCH_SIZES and the
-# churns of BENCH_CHURNS (data cached in bench/data); then a FINT pull and the national fleet.
+# churns of BENCH_CHURNS (data cached in bench/data); then a FINT pull, the national fleet and a
+# month of daily snapshots.
 RELEASE_DIR := $(or $(CARGO_TARGET_DIR),target)
 BENCH_SIZES ?= 100000 300000 1000000 3000000
 # The Spark peer (PySpark + delta-spark, MERGE INTO) up to this size.
@@ -111,6 +112,9 @@ SPARK_MAX ?= 100000
 FINT_PUPILS ?= 100000
 # The national fleet: one pipeline per kommune.
 FLEET_PUPILS ?= 630000
+# A month of daily snapshots into one warehouse: the last day against the first next day.
+DAILY_PUPILS ?= 100000
+DAILY_DAYS ?= 30
 
 bench: venv $(SPARK_VENV)/.installed $(DELTA_JARS)/.resolved
 	$(CARGO) build --locked --release
@@ -118,6 +122,7 @@ bench: venv $(SPARK_VENV)/.installed $(DELTA_JARS)/.resolved
 	  $(VENV)/bin/python bench/bench.py $(abspath $(RELEASE_DIR))/release/elevflyt $(abspath $(VENV))/bin/python $(BENCH_SIZES)
 	$(PYTHON) bench/fint_pull.py $(abspath $(RELEASE_DIR))/release/elevflyt $(FINT_PUPILS)
 	$(VENV)/bin/python bench/fleet.py $(abspath $(RELEASE_DIR))/release/elevflyt $(FLEET_PUPILS)
+	$(PYTHON) bench/daily.py $(abspath $(RELEASE_DIR))/release/elevflyt $(DAILY_PUPILS) $(DAILY_DAYS)
 
 # Regenerate the table reference in README.md from the schema definitions in src/schema.rs.
 docs: build

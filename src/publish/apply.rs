@@ -133,12 +133,11 @@ pub fn snapshot(
     if omfang.is_some() {
         // A pupil who left this school and has no other open elevforhold in this source
         // has left the source.
-        let open: HashSet<&Key> = t
-            .elevforhold
-            .engine
+        let engine = &t.elevforhold.engine;
+        let open: HashSet<&Key> = engine
             .state
             .values()
-            .filter(|c| c.kildesystem.as_deref() == Some(kildesystem.as_str()))
+            .filter(|c| c.kildesystem.is_some_and(|k| engine.text(k) == kildesystem))
             .filter_map(|c| c.parent.as_ref())
             .collect();
         let leaving: Vec<Key> = closed_ef

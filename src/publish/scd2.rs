@@ -6,6 +6,7 @@
 //! Not here: reading or writing Delta (load.rs, commit.rs), identity resolution (identity.rs),
 //! the row hash (row_hash.rs).
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use super::row_hash::RowHash;
@@ -65,30 +66,95 @@ fn canonical_uuid(s: &str) -> Option<u128> {
     Some(v)
 }
 
-/// A current version of a key.
+/// A source name or school number as the engine holds it: a number for the text in its table of
+/// texts (they repeat on every row: four bytes per row, not a pointer of sixteen). Texts of one
+/// engine only; [`Scd2::text`] gives the text back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Text(NonZeroU32);
+
+impl Text {
+    /// Its place in [`Scd2::texts`], from 0.
+    pub fn position(self) -> u32 {
+        self.0.get() - 1
+    }
+}
+
+/// The texts of one engine, each held once.
+#[derive(Debug, Default)]
+struct Texts {
+    list: Vec<Arc<str>>,
+    index: FxHashMap<Arc<str>, Text>,
+    /// Rows come grouped (one source, pupils school by school), and a row interns its source
+    /// and then its school: the two previous ones are tried first.
+    recent: [Option<Text>; 2],
+}
+
+impl Texts {
+    fn get(&self, t: Text) -> &str {
+        &self.list[t.0.get() as usize - 1]
+    }
+
+    fn intern(&mut self, s: &str) -> Text {
+        if let Some(hit) = self.recent.iter().flatten().find(|t| self.get(**t) == s) {
+            return *hit;
+        }
+        let t = match self.index.get(s) {
+            Some(t) => *t,
+            None => {
+                let a: Arc<str> = Arc::from(s);
+                self.list.push(a.clone());
+                // A table of more than 4 billion distinct sources and schools cannot be built
+                // in memory long before this overflows.
+                let t = Text(
+                    NonZeroU32::new(u32::try_from(self.list.len()).unwrap_or(u32::MAX))
+                        .unwrap_or(NonZeroU32::MAX),
+                );
+                self.index.insert(a, t);
+                t
+            }
+        };
+        self.recent = [Some(t), self.recent[0]];
+        t
+    }
+}
+
+/// A current version of a key: 72 bytes, held for every current key of a table (a million
+/// pupils and as many elevforhold), so kept small — the hash as two words (no 16-byte alignment),
+/// texts as [`Text`] numbers, the origin and the snapshot mark as 32 bits.
 #[derive(Debug, Clone)]
 pub struct Current {
-    pub hash: RowHash,
+    hash: [u64; 2],
     pub valid_from: i64,
-    /// Scope attributes, used for deletions.
-    pub kildesystem: Option<Arc<str>>,
-    pub skolenummer: Option<Arc<str>>,
-    pub parent: Option<Key>,
     /// A hash of the staged row this version was made from (its source, source key and every
     /// staged field; `0` when not known, e.g. read from the tables), by which an unchanged row
     /// is carried forward without being staged again (docs/ARCHITECTURE.md, "Carried rows").
     pub staged: u64,
-    origin: Origin,
+    pub parent: Option<Key>,
+    /// Scope attributes, used for deletions.
+    pub kildesystem: Option<Text>,
+    pub skolenummer: Option<Text>,
+    /// [`STORED`]: already in the table; otherwise inserted by this run, this index into
+    /// `Scd2::inserts`.
+    origin: u32,
     /// The last snapshot (number of `apply` calls) that had this key.
     seen: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Origin {
-    /// Already in the table.
-    Stored,
-    /// Inserted by this run: index into `Changes::inserts`.
-    New(usize),
+const STORED: u32 = u32::MAX;
+
+impl Current {
+    pub fn hash(&self) -> RowHash {
+        (self.hash[0] as u128) << 64 | self.hash[1] as u128
+    }
+
+    fn set_hash(&mut self, h: RowHash) {
+        self.hash = [(h >> 64) as u64, h as u64];
+    }
+
+    /// The insert of this run that made this version, if it is new.
+    fn new_insert(&self) -> Option<usize> {
+        (self.origin != STORED).then_some(self.origin as usize)
+    }
 }
 
 /// A version this run inserts: row `row` of prepared batch `batch`.
@@ -122,30 +188,31 @@ pub enum Scope<'a> {
     None,
 }
 
-/// A scope with its values interned: covering is a pointer comparison per key.
+/// A scope with its values interned: covering is a comparison of numbers per key.
 enum Interned {
-    Source(Option<Arc<str>>),
-    School(Option<Arc<str>>, Option<Arc<str>>),
+    Source(Text),
+    School(Text, Text),
     None,
-}
-
-fn same(a: &Option<Arc<str>>, b: &Option<Arc<str>>) -> bool {
-    matches!((a, b), (Some(a), Some(b)) if Arc::ptr_eq(a, b))
 }
 
 impl Interned {
     fn covers(&self, c: &Current) -> bool {
-        match self {
-            Interned::Source(k) => same(&c.kildesystem, k),
-            Interned::School(k, s) => same(&c.kildesystem, k) && same(&c.skolenummer, s),
+        match *self {
+            Interned::Source(k) => c.kildesystem == Some(k),
+            Interned::School(k, s) => c.kildesystem == Some(k) && c.skolenummer == Some(s),
             Interned::None => false,
         }
     }
 }
 
+/// The current versions by key: the entries in one vector, the hash table holding only their
+/// positions (a million keys: 100 MB instead of the 300 MB of a map of 144-byte entries at
+/// its load factor). Order carries no meaning (a closed key's place is taken by the last one).
+pub type State = indexmap::IndexMap<Key, Current, rustc_hash::FxBuildHasher>;
+
 #[derive(Debug, Default)]
 pub struct Scd2 {
-    pub state: FxHashMap<Key, Current>,
+    pub state: State,
     pub closes: Vec<Close>,
     pub inserts: Vec<Insert>,
     /// Keys closed because they were absent from a snapshot, per snapshot call.
@@ -159,8 +226,7 @@ pub struct Scd2 {
     /// Carried keys that were not current when their snapshot was applied (must stay 0).
     pub carried_missing: usize,
     /// Source systems and school numbers repeat on every row: one copy of each.
-    interned: FxHashSet<Arc<str>>,
-    recent: [Option<Arc<str>>; 2],
+    texts: Texts,
     /// Snapshots applied so far.
     snapshots: u32,
 }
@@ -177,23 +243,24 @@ pub struct SnapshotRow<'a> {
 }
 
 impl Scd2 {
-    fn intern(&mut self, s: Option<&str>) -> Option<Arc<str>> {
-        let s = s?;
-        // Rows come grouped (one source, pupils school by school), and a row interns its source
-        // and then its school: try the two previous ones first.
-        if let Some(hit) = self.recent.iter().flatten().find(|r| ***r == *s) {
-            return Some(hit.clone());
-        }
-        let a = match self.interned.get(s) {
-            Some(a) => a.clone(),
-            None => {
-                let a: Arc<str> = Arc::from(s);
-                self.interned.insert(a.clone());
-                a
-            }
-        };
-        self.recent = [Some(a.clone()), self.recent[0].take()];
-        Some(a)
+    /// The number of a source name or school number in this engine.
+    pub fn intern(&mut self, s: &str) -> Text {
+        self.texts.intern(s)
+    }
+
+    /// The text of a number of this engine.
+    pub fn text(&self, t: Text) -> &str {
+        self.texts.get(t)
+    }
+
+    /// Every text of this engine, in the order of [`Text::position`].
+    pub fn texts(&self) -> impl Iterator<Item = &str> {
+        self.texts.list.iter().map(|t| &**t)
+    }
+
+    /// The source name of an insert, as one shared copy.
+    fn shared(&self, t: Option<Text>) -> Option<Arc<str>> {
+        t.map(|t| self.texts.list[t.0.get() as usize - 1].clone())
     }
 
     pub fn load_current(
@@ -228,34 +295,60 @@ impl Scd2 {
         parent: Option<Key>,
         staged: u64,
     ) {
-        let current = Current {
+        let kildesystem = kildesystem.map(|s| self.intern(s));
+        let skolenummer = skolenummer.map(|s| self.intern(s));
+        self.load_interned(
+            key,
             hash,
             valid_from,
-            kildesystem: self.intern(kildesystem),
-            skolenummer: self.intern(skolenummer),
+            kildesystem,
+            skolenummer,
             parent,
             staged,
-            origin: Origin::Stored,
+        );
+    }
+
+    /// [`Scd2::load_entry`] with the texts already numbers of this engine (the state file).
+    #[allow(clippy::too_many_arguments)]
+    pub fn load_interned(
+        &mut self,
+        key: Key,
+        hash: RowHash,
+        valid_from: i64,
+        kildesystem: Option<Text>,
+        skolenummer: Option<Text>,
+        parent: Option<Key>,
+        staged: u64,
+    ) {
+        let mut current = Current {
+            hash: [0; 2],
+            valid_from,
+            staged,
+            parent,
+            kildesystem,
+            skolenummer,
+            origin: STORED,
             seen: 0,
         };
+        current.set_hash(hash);
         self.state.insert(key, current);
     }
 
     fn close(&mut self, key: &Key, at: i64) {
-        let Some((key, cur)) = self.state.remove_entry(key) else {
+        let Some((key, cur)) = self.state.swap_remove_entry(key) else {
             return;
         };
         if let Some(p) = &cur.parent {
             self.parents_of_closed.insert(key.clone(), p.clone());
         }
-        match cur.origin {
-            Origin::Stored => self.closes.push(Close {
+        match cur.new_insert() {
+            None => self.closes.push(Close {
                 key,
                 valid_from: cur.valid_from,
                 valid_to: at,
             }),
-            Origin::New(i) if self.inserts[i].valid_from == at => self.inserts[i].removed = true,
-            Origin::New(i) => self.inserts[i].valid_to = Some(at),
+            Some(i) if self.inserts[i].valid_from == at => self.inserts[i].removed = true,
+            Some(i) => self.inserts[i].valid_to = Some(at),
         }
     }
 
@@ -292,8 +385,8 @@ impl Scd2 {
             }
         }
         let scope = match scope {
-            Scope::Source(k) => Interned::Source(self.intern(Some(k))),
-            Scope::School(k, s) => Interned::School(self.intern(Some(k)), self.intern(Some(s))),
+            Scope::Source(k) => Interned::Source(self.intern(k)),
+            Scope::School(k, s) => Interned::School(self.intern(k), self.intern(s)),
             Scope::None => Interned::None,
         };
         // Grow once, not by doubling (each doubling touches fresh memory).
@@ -309,7 +402,7 @@ impl Scd2 {
                 prior += 1;
             }
             match cur {
-                Some(cur) if cur.hash == r.hash => {
+                Some(cur) if cur.hash() == r.hash => {
                     cur.seen = snapshot;
                     cur.staged = r.staged;
                     continue;
@@ -323,11 +416,12 @@ impl Scd2 {
                 }
                 Some(cur) if cur.valid_from == as_of => {
                     cur.seen = snapshot;
-                    if let Origin::New(i) = cur.origin {
+                    if let Some(i) = cur.new_insert() {
                         // Same as-of twice in one run (two files of one day): the later wins.
-                        cur.hash = r.hash;
+                        cur.set_hash(r.hash);
                         cur.staged = r.staged;
-                        let kildesystem = self.intern(r.kildesystem);
+                        let kildesystem = r.kildesystem.map(|k| self.intern(k));
+                        let kildesystem = self.shared(kildesystem);
                         let ins = &mut self.inserts[i];
                         ins.batch = batch;
                         ins.row = row;
@@ -343,27 +437,31 @@ impl Scd2 {
                 Some(_) => self.close(&key, as_of),
                 None => {}
             }
-            let kildesystem = self.intern(r.kildesystem);
+            let kildesystem = r.kildesystem.map(|k| self.intern(k));
+            let skolenummer = r.skolenummer.map(|s| self.intern(s));
             self.inserts.push(Insert {
                 batch,
                 row,
                 key: key.clone(),
-                kildesystem: kildesystem.clone(),
+                kildesystem: self.shared(kildesystem),
                 hash: r.hash,
                 valid_from: as_of,
                 valid_to: None,
                 removed: false,
             });
-            let current = Current {
-                hash: r.hash,
+            // More than 4 billion inserts in one run cannot be held in memory long before this.
+            let origin = u32::try_from(self.inserts.len() - 1).unwrap_or(STORED - 1);
+            let mut current = Current {
+                hash: [0; 2],
                 valid_from: as_of,
-                kildesystem,
-                skolenummer: self.intern(r.skolenummer),
-                parent: r.parent.map(Key::of),
                 staged: r.staged,
-                origin: Origin::New(self.inserts.len() - 1),
+                parent: r.parent.map(Key::of),
+                kildesystem,
+                skolenummer,
+                origin,
                 seen: snapshot,
             };
+            current.set_hash(r.hash);
             self.state.insert(key, current);
         }
         let absent: Vec<Key> = self
@@ -417,10 +515,7 @@ impl Scd2 {
                 continue;
             }
             let alone = ins.valid_to.is_none()
-                && matches!(
-                    self.state.get(&ins.key).map(|c| c.origin),
-                    Some(Origin::New(i)) if i == idx
-                );
+                && self.state.get(&ins.key).and_then(Current::new_insert) == Some(idx);
             if !alone {
                 involved.insert(&ins.key);
             }
@@ -458,10 +553,7 @@ impl Scd2 {
             }
         }
         for (key, versions) in per_key {
-            let stored = self
-                .state
-                .get(key)
-                .filter(|cur| matches!(cur.origin, Origin::Stored));
+            let stored = self.state.get(key).filter(|cur| cur.new_insert().is_none());
             let mut versions = match versions {
                 // One version and no stored current one: only its interval can be wrong.
                 Versions::One((from, to)) if stored.is_none() => {
@@ -644,6 +736,58 @@ mod tests {
         // A carried key that is not current is counted, not invented.
         s.apply_with(0, 30, &[], &[Key::of("c")], Scope::None);
         assert_eq!(s.carried_missing, 1);
+    }
+
+    #[test]
+    fn a_current_version_stays_small() {
+        // Held for every current key of a table (a million pupils and as many elevforhold):
+        // each byte here is two megabytes at that size.
+        assert_eq!(std::mem::size_of::<Current>(), 72);
+        assert_eq!(std::mem::size_of::<Key>(), 24);
+        assert_eq!(std::mem::size_of::<Option<Text>>(), 4);
+    }
+
+    #[test]
+    fn closing_keeps_every_other_key_findable() {
+        // Closing a key moves the last entry into its place: every other key is still found
+        // with its own version, and texts stay numbers of their own text.
+        let mut s = Scd2::default();
+        for i in 0..100u128 {
+            let school = format!("{}", 10_000 + i % 7);
+            s.load_entry(
+                Key::of(&i.to_string()),
+                i,
+                10,
+                Some("s"),
+                Some(&school),
+                None,
+                0,
+            );
+        }
+        let rows: Vec<String> = (0..100)
+            .filter(|i| i % 3 != 0)
+            .map(|i| i.to_string())
+            .collect();
+        let rows: Vec<SnapshotRow<'_>> = rows
+            .iter()
+            .map(|k| SnapshotRow {
+                key: k,
+                hash: k.parse::<u128>().unwrap(),
+                kildesystem: Some("s"),
+                skolenummer: None,
+                parent: None,
+                staged: 0,
+            })
+            .collect();
+        s.apply(0, 20, &rows, Scope::Source("s"));
+        assert_eq!(s.closes.len(), 34, "every third key was absent");
+        assert_eq!(s.state.len(), 66);
+        for i in (0..100u128).filter(|i| i % 3 != 0) {
+            let cur = &s.state[&Key::of(&i.to_string())];
+            assert_eq!((cur.hash(), cur.valid_from), (i, 10), "key {i}");
+            let school = cur.skolenummer.map(|t| s.text(t));
+            assert_eq!(school, Some(format!("{}", 10_000 + i % 7).as_str()));
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::scd2::{Key, Scd2};
+use super::scd2::{Key, Scd2, Text};
 use crate::context::RunContext;
 use crate::error::{Error, Result};
 
@@ -89,32 +89,26 @@ pub fn encode(engines: [&Scd2; 3], versions: [Label; 3]) -> Vec<u8> {
     for ((name, engine), version) in TABLES.iter().zip(engines).zip(versions) {
         put_bytes(&mut out, name.as_bytes());
         put_label(&mut out, version);
-        // Source names and school numbers repeat on every row: a table of them first.
-        let mut texts: Vec<Arc<str>> = Vec::new();
-        let mut index: rustc_hash::FxHashMap<*const u8, u32> = Default::default();
-        let mut idx = |s: &Option<Arc<str>>, texts: &mut Vec<Arc<str>>| -> u32 {
-            let Some(s) = s else { return u32::MAX };
-            *index.entry(s.as_ptr()).or_insert_with(|| {
-                texts.push(s.clone());
-                texts.len() as u32 - 1
-            })
-        };
+        // Source names and school numbers repeat on every row: the engine's table of them first,
+        // each row then has their places in it.
+        let texts: Vec<&str> = engine.texts().collect();
+        out.extend_from_slice(&(texts.len() as u32).to_le_bytes());
+        for t in &texts {
+            put_bytes(&mut out, t.as_bytes());
+        }
+        let place = |t: Option<Text>| t.map_or(u32::MAX, Text::position);
         let mut rows = Vec::with_capacity(engine.state.len() * 80);
         for (key, cur) in &engine.state {
             put_key(&mut rows, key);
-            rows.extend_from_slice(&cur.hash.to_le_bytes());
+            rows.extend_from_slice(&cur.hash().to_le_bytes());
             rows.extend_from_slice(&cur.valid_from.to_le_bytes());
-            rows.extend_from_slice(&idx(&cur.kildesystem, &mut texts).to_le_bytes());
-            rows.extend_from_slice(&idx(&cur.skolenummer, &mut texts).to_le_bytes());
+            rows.extend_from_slice(&place(cur.kildesystem).to_le_bytes());
+            rows.extend_from_slice(&place(cur.skolenummer).to_le_bytes());
             match &cur.parent {
                 None => rows.push(2),
                 Some(p) => put_key(&mut rows, p),
             }
             rows.extend_from_slice(&cur.staged.to_le_bytes());
-        }
-        out.extend_from_slice(&(texts.len() as u32).to_le_bytes());
-        for t in &texts {
-            put_bytes(&mut out, t.as_bytes());
         }
         out.extend_from_slice(&(engine.state.len() as u64).to_le_bytes());
         out.extend_from_slice(&rows);
@@ -201,15 +195,15 @@ pub fn decode(bytes: &[u8], versions: [Label; 3]) -> std::result::Result<[Scd2; 
             return Err(Unused::OtherVersions);
         }
         let n = r.u32()? as usize;
-        let texts: Vec<String> = (0..n)
-            .map(|_| r.text().map(str::to_string))
+        let texts: Vec<Text> = (0..n)
+            .map(|_| r.text().map(|t| engine.intern(t)))
             .collect::<std::result::Result<_, _>>()?;
-        let text = |i: u32| -> std::result::Result<Option<&str>, Unused> {
+        let text = |i: u32| -> std::result::Result<Option<Text>, Unused> {
             match i {
                 u32::MAX => Ok(None),
                 i => texts
                     .get(i as usize)
-                    .map(|s| Some(s.as_str()))
+                    .map(|t| Some(*t))
                     .ok_or_else(|| damaged("text index")),
             }
         };
@@ -227,7 +221,7 @@ pub fn decode(bytes: &[u8], versions: [Label; 3]) -> std::result::Result<[Scd2; 
                 tag => Some(r.key(tag)?),
             };
             let staged = r.u64()?;
-            engine.load_entry(
+            engine.load_interned(
                 key,
                 hash,
                 valid_from,
@@ -293,18 +287,19 @@ mod tests {
         a.state.len() == b.state.len()
             && a.state.iter().all(|(k, c)| {
                 b.state.get(k).is_some_and(|d| {
+                    let text = |e: &Scd2, t: Option<Text>| t.map(|t| e.text(t).to_string());
                     (
-                        c.hash,
+                        c.hash(),
                         c.valid_from,
-                        &c.kildesystem,
-                        &c.skolenummer,
+                        text(a, c.kildesystem),
+                        text(a, c.skolenummer),
                         &c.parent,
                         c.staged,
                     ) == (
-                        d.hash,
+                        d.hash(),
                         d.valid_from,
-                        &d.kildesystem,
-                        &d.skolenummer,
+                        text(b, d.kildesystem),
+                        text(b, d.skolenummer),
                         &d.parent,
                         d.staged,
                     )

@@ -114,7 +114,7 @@ fn with_id<'r, T>(rows: &'r [T], ids: &[Option<[u64; 2]>]) -> Vec<&'r T> {
 pub fn carry(
     snap: &Snapshot,
     staged: &mut Staged<'_>,
-    index: Option<&CarryIndex>,
+    index: Option<&CarryIndex<'_>>,
     nulls: &mut CarriedNulls,
 ) -> Result<SnapshotCarry> {
     // A kept row's key is unique in the snapshot: validation keeps only the first pupil with

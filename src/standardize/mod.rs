@@ -170,6 +170,7 @@ pub async fn run(
         batches[2].push(skole);
         steps.step("batches");
     }
+    drop(index);
     outcome.failures = checker.failures();
     outcome.avvik = checker.avvik.len();
     let [elev, elevforhold, skole] = batches;
@@ -231,7 +232,7 @@ pub async fn run(
 /// How a snapshot's unchanged rows are carried forward: the index of the current state
 /// (`None`: nothing is carried), and what was carried.
 struct Carried<'i> {
-    index: Option<&'i crate::publish::CarryIndex>,
+    index: Option<&'i crate::publish::CarryIndex<'i>>,
     nulls: &'i mut carry::CarriedNulls,
     out: Option<crate::ledger::SnapshotCarry>,
 }

@@ -1,0 +1,103 @@
+"""make bench, part four: a month of daily snapshots. One kommune's export (DAILY_PUPILS, default
+100 000, OneRoster JSON, 1 % churn a day) arrives one day at a time in a folder that keeps the
+earlier days, as an SIS export folder does, and `elevflyt run` loads each day into one warehouse.
+Prints the wall time and peak RSS of the first load, the first next day and the last, with the
+ratio last / first next day (the issue's target: within 1.2x — a history that grows must not make
+a day slower), and the elev table's versions and files at the end.
+
+usage: daily.py <elevflyt binary> [pupils] [days]   (default 100000 30)
+"""
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+BIN = sys.argv[1]
+N = int(sys.argv[2]) if len(sys.argv) > 2 else 100_000
+DAYS = int(sys.argv[3]) if len(sys.argv) > 3 else 30
+base = HERE / "data" / f"daily-{N}-{DAYS}"
+data = base / "exports"
+if len(list(data.glob("users-*.json"))) != DAYS:
+    shutil.rmtree(data, ignore_errors=True)
+    subprocess.run([BIN, "generate", "--pupils", str(N), "--snapshots", str(DAYS), "--churn", "0.01",
+                    "--seed", "42", "--format", "oneroster-json", "--out", str(data)],
+                   check=True, capture_output=True)
+days = sorted({f.name.split("-", 1)[1] for f in data.glob("users-*.json")})
+if len(days) != DAYS:
+    sys.exit(f"expected {DAYS} days of exports in {data}, found {len(days)}")
+
+work = base / "run"
+shutil.rmtree(work, ignore_errors=True)
+inbox = work / "inbox"
+inbox.mkdir(parents=True)
+(work / "daily.toml").write_text(f"""[pipeline]
+name = "daily"
+kommunenummer = "4601"
+warehouse = "lake"
+catalog = "bench"
+schema = "grunnskole"
+
+[[source]]
+name = "vigilo"
+format = "oneroster-json"
+location = "{inbox}"
+include = ["*.json"]
+
+[quality]
+allow_synthetic_fnr = true
+""")
+
+
+def run():
+    """`elevflyt run` of the pipeline: (seconds, peak RSS MB of the process, its summary)."""
+    out = work / "summary.json"
+    t = time.perf_counter()
+    with out.open("w") as f:
+        proc = subprocess.Popen([BIN, "run", "daily.toml", "--log-level", "warn"], cwd=work, stdout=f,
+                                stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"day failed: {proc.stderr.read().decode()[-3000:]}")
+    return wall, usage.ru_maxrss / 1024, json.loads(out.read_text())
+
+
+runs = []
+for i, day in enumerate(days):
+    for f in data.glob(f"*-{day}"):
+        (inbox / f.name).symlink_to(f)
+    wall, rss, summary = run()
+    runs.append({"day": day.removesuffix(".json"), "seconds": round(wall, 2), "peak_rss_mb": round(rss),
+                 "carried": summary.get("carried")})
+    print(f"  day {i + 1:>2} {runs[-1]['day']}: {wall:6.2f} s {rss:6.0f} MB  carried {summary.get('carried')}",
+          flush=True)
+
+def elev_files():
+    """The elev table's commits, and its live data files (adds less removes over its log)."""
+    commits, live = sorted((work / "lake" / "bench" / "grunnskole" / "elev" / "_delta_log").glob("*.json")), set()
+    for c in commits:
+        for line in c.read_text().splitlines():
+            action = json.loads(line)
+            if "add" in action:
+                live.add(action["add"]["path"])
+            elif "remove" in action:
+                live.discard(action["remove"]["path"])
+    return len(commits), len(live)
+
+
+versions, files = elev_files()
+first, second, last = runs[0], runs[1], runs[-1]
+print(f"\n{DAYS} daily snapshots of {N:,} pupils (1 % churn a day), one warehouse")
+print(f"  first load          {first['seconds']:6.2f} s {first['peak_rss_mb']:6} MB")
+print(f"  first next day      {second['seconds']:6.2f} s {second['peak_rss_mb']:6} MB")
+print(f"  day {DAYS:<16}{last['seconds']:6.2f} s {last['peak_rss_mb']:6} MB")
+ratio = last["seconds"] / max(second["seconds"], 1e-3)
+print(f"  last / first next day: x{ratio:.2f} time, x{last['peak_rss_mb'] / max(second['peak_rss_mb'], 1):.2f} memory"
+      f" (target: within x1.2 — {'met' if ratio <= 1.2 else 'missed'})")
+print(f"  elev after {DAYS} days: {versions} commits, {files} live Parquet files")
+(HERE / "daily.json").write_text(json.dumps({"pupils": N, "days": runs, "elev_versions": versions,
+                                             "elev_parquet_files": files}, indent=2))
