@@ -107,8 +107,15 @@ const ETTERNAVN: &[&str] = &[
 fn tenor_fnr(rng: &mut Rng, year: i32, month: u32, day: u32, dnr: bool) -> String {
     const W1: [u32; 9] = [3, 7, 6, 1, 8, 9, 4, 5, 2];
     const W2: [u32; 10] = [5, 4, 3, 2, 7, 6, 5, 4, 3, 2];
-    loop {
-        let individ = 500 + rng.below(500) as u32;
+    let (mut month, mut day) = (month, day);
+    for misses in 0u32.. {
+        // A date has about 400 valid numbers (500 individnummer of its century): when its
+        // numbers keep being taken, the pupil is born on another day of the year.
+        if misses > 0 && misses % 64 == 0 {
+            (month, day) = (1 + rng.below(12) as u32, 1 + rng.below(28) as u32);
+        }
+        // Individnummer 500–999 is a birth in 2000–2039, 000–499 one in the 1900s.
+        let individ = if year >= 2000 { 500 } else { 0 } + rng.below(500) as u32;
         let s = format!(
             "{:02}{:02}{:02}{:03}",
             day + if dnr { 40 } else { 0 },
@@ -137,6 +144,7 @@ fn tenor_fnr(rng: &mut Rng, year: i32, month: u32, day: u32, dnr: bool) -> Strin
             return fnr;
         }
     }
+    unreachable!("the loop above runs until a number is free")
 }
 
 /// One snapshot of the synthetic world, as a format's sample writer gets it.
@@ -211,9 +219,23 @@ fn schools(spec: &Spec) -> Vec<School> {
         .collect()
 }
 
-fn new_pupil(rng: &mut Rng, i: u64, n_schools: usize, year_end: i32) -> Pupil {
+/// Over how many decades a grade's pupils are born: one up to a million pupils; beyond that a
+/// decade more per million (adults in grunnskole). A birth year has about 140,000 Tenor
+/// numbers (336 dates of about 400 each) and ten grades share ten years: more than about 1.4
+/// million pupils born in one decade could not all have a number.
+fn birth_decades(pupils: u64) -> u64 {
+    1 + pupils.saturating_sub(1) / 1_000_000
+}
+
+fn new_pupil(rng: &mut Rng, i: u64, n_schools: usize, year_end: i32, decades: u64) -> Pupil {
     let grade = 1 + rng.below(10) as u32;
-    let year = year_end - 6 - grade as i32;
+    // Up to a million pupils the same draws as ever (the same data for the same seed).
+    let decades_earlier = if decades > 1 {
+        rng.below(decades) as i32
+    } else {
+        0
+    };
+    let year = year_end - 6 - grade as i32 - 10 * decades_earlier;
     let (month, day) = (1 + rng.below(12) as u32, 1 + rng.below(28) as u32);
     let dnr = rng.chance(0.02);
     Pupil {
@@ -236,6 +258,7 @@ fn churn(
     next_id: &mut u64,
     n_schools: usize,
     year_end: i32,
+    decades: u64,
 ) {
     let n = pupils.len();
     let changes = (n as f64 * rate).round() as usize;
@@ -251,7 +274,7 @@ fn churn(
                 pupils.swap_remove(k);
             }
             3 => {
-                pupils.push(new_pupil(rng, *next_id, n_schools, year_end));
+                pupils.push(new_pupil(rng, *next_id, n_schools, year_end, decades));
                 *next_id += 1;
             }
             _ => {
@@ -276,8 +299,9 @@ pub fn generate(spec: &Spec, out: &Path, write: WriteSnapshot<'_>) -> Result<Vec
     } else {
         chrono::Datelike::year(&spec.start)
     };
+    let decades = birth_decades(spec.pupils);
     let mut pupils: Vec<Pupil> = (0..spec.pupils)
-        .map(|i| new_pupil(&mut rng, i, schools.len(), year_end))
+        .map(|i| new_pupil(&mut rng, i, schools.len(), year_end, decades))
         .collect();
     let mut next_id = spec.pupils;
     let mut files = Vec::new();
@@ -290,6 +314,7 @@ pub fn generate(spec: &Spec, out: &Path, write: WriteSnapshot<'_>) -> Result<Vec
                 &mut next_id,
                 schools.len(),
                 year_end,
+                decades,
             );
         }
         let date = spec.start + Duration::days(spec.interval_days * k as i64);
@@ -391,6 +416,43 @@ pub fn fleet_pipelines(out: &Path, kommuner: &[String], format: &str) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_birth_date_moves_the_pupil_to_another_day_and_numbers_stay_valid() {
+        // One date has about 400 valid numbers: asking for 2,000 on it ends (the generator
+        // once looped forever at 3M pupils), with every number unique, valid and of that year.
+        let mut rng = Rng::new(7);
+        let today = NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
+        let numbers: Vec<String> = (0..2000)
+            .map(|_| tenor_fnr(&mut rng, 2012, 5, 17, false))
+            .collect();
+        let unique: std::collections::HashSet<&String> = numbers.iter().collect();
+        assert_eq!(unique.len(), 2000);
+        for n in &numbers {
+            let info = crate::quality::fnr::classify(n, today).expect("a valid number");
+            assert_eq!(
+                info.birth_date.map(|d| chrono::Datelike::year(&d)),
+                Some(2012)
+            );
+        }
+        assert!(
+            numbers.iter().any(|n| &n[..4] != "1785"),
+            "other days were used"
+        );
+        // A birth in the 1900s (an adult pupil, at sizes beyond a million) gets its century's
+        // individnummer.
+        let old = tenor_fnr(&mut rng, 1995, 3, 2, false);
+        let info = crate::quality::fnr::classify(&old, today).expect("a valid number");
+        assert_eq!(info.birth_date, NaiveDate::from_ymd_opt(1995, 3, 2));
+        assert_eq!(
+            (
+                birth_decades(1_000_000),
+                birth_decades(1_000_001),
+                birth_decades(3_000_000)
+            ),
+            (1, 2, 3)
+        );
+    }
 
     fn generate(spec: &(Spec, &dyn crate::formats::Format), out: &Path) -> Result<Vec<String>> {
         super::generate(&spec.0, out, &|o, d, p| spec.1.write_sample(o, d, p))

@@ -206,8 +206,9 @@ impl Interned {
 }
 
 /// The current versions by key: the entries in one vector, the hash table holding only their
-/// positions (a million keys: 100 MB instead of the 300 MB of a map of 144-byte entries at
-/// its load factor). Order carries no meaning (a closed key's place is taken by the last one).
+/// positions (a million keys: about 120 MB instead of the 300 MB of a map of 144-byte entries at
+/// its load factor; docs/ARCHITECTURE.md, "History (SCD2)"). Order carries no meaning (a
+/// closed key's place is taken by the last one).
 pub type State = indexmap::IndexMap<Key, Current, rustc_hash::FxBuildHasher>;
 
 #[derive(Debug, Default)]
