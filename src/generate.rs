@@ -108,12 +108,15 @@ fn tenor_fnr(rng: &mut Rng, year: i32, month: u32, day: u32, dnr: bool) -> Strin
     const W1: [u32; 9] = [3, 7, 6, 1, 8, 9, 4, 5, 2];
     const W2: [u32; 10] = [5, 4, 3, 2, 7, 6, 5, 4, 3, 2];
     let (mut month, mut day) = (month, day);
-    for misses in 0u32.. {
+    let mut misses = 0u32;
+    loop {
         // A date has about 400 valid numbers (500 individnummer of its century): when its
         // numbers keep being taken, the pupil is born on another day of the year.
-        if misses > 0 && misses % 64 == 0 {
+        if misses == 64 {
             (month, day) = (1 + rng.below(12) as u32, 1 + rng.below(28) as u32);
+            misses = 0;
         }
+        misses += 1;
         // Individnummer 500–999 is a birth in 2000–2039, 000–499 one in the 1900s.
         let individ = if year >= 2000 { 500 } else { 0 } + rng.below(500) as u32;
         let s = format!(
@@ -144,7 +147,6 @@ fn tenor_fnr(rng: &mut Rng, year: i32, month: u32, day: u32, dnr: bool) -> Strin
             return fnr;
         }
     }
-    unreachable!("the loop above runs until a number is free")
 }
 
 /// One snapshot of the synthetic world, as a format's sample writer gets it.
