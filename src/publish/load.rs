@@ -115,7 +115,7 @@ impl<'p> Positions<'p> {
         let mut table = hashbrown::HashTable::with_capacity(state.len());
         let mut ambiguous = FxHashSet::default();
         // A staged-row hash is an xxh3 digest: its bits serve as the table's hash.
-        let staged_at = |p: &u32| state.get_index(*p as usize).map_or(0, |(_, c)| c.staged);
+        let staged_at = |p: &u32| staged_at(state, *p);
         for (pos, (key, cur)) in state.iter().enumerate() {
             if !matches!(key, Key::Id(_)) || cur.staged == 0 {
                 continue;
@@ -137,11 +137,9 @@ impl<'p> Positions<'p> {
     }
 
     fn find(&self, staged: u64) -> Option<[u64; 2]> {
-        let pos = self.table.find(staged, |p| {
-            self.state
-                .get_index(*p as usize)
-                .is_some_and(|(_, c)| c.staged == staged)
-        })?;
+        let pos = self
+            .table
+            .find(staged, |p| staged_at(self.state, *p) == staged)?;
         if self.ambiguous.contains(&staged) {
             return None;
         }
@@ -150,6 +148,12 @@ impl<'p> Positions<'p> {
             _ => None,
         }
     }
+}
+
+/// The staged-row hash of the version at position `p` of a state (`0`, "not known", past its
+/// end).
+fn staged_at(state: &State, p: u32) -> u64 {
+    state.get_index(p as usize).map_or(0, |(_, c)| c.staged)
 }
 
 impl Preloaded {

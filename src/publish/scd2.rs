@@ -79,40 +79,39 @@ impl Text {
     }
 }
 
-/// The texts of one engine, each held once.
+/// The texts of one engine, each held once; a text's [`Text`] is its place in the set.
 #[derive(Debug, Default)]
 struct Texts {
-    list: Vec<Arc<str>>,
-    index: FxHashMap<Arc<str>, Text>,
+    set: indexmap::IndexSet<Arc<str>, rustc_hash::FxBuildHasher>,
     /// Rows come grouped (one source, pupils school by school), and a row interns its source
     /// and then its school: the two previous ones are tried first.
     recent: [Option<Text>; 2],
 }
 
 impl Texts {
-    fn get(&self, t: Text) -> &str {
-        &self.list[t.0.get() as usize - 1]
+    fn shared(&self, t: Text) -> &Arc<str> {
+        &self.set[t.position() as usize]
     }
 
     fn intern(&mut self, s: &str) -> Text {
-        if let Some(hit) = self.recent.iter().flatten().find(|t| self.get(**t) == s) {
+        if let Some(hit) = self
+            .recent
+            .iter()
+            .flatten()
+            .find(|t| **self.shared(**t) == *s)
+        {
             return *hit;
         }
-        let t = match self.index.get(s) {
-            Some(t) => *t,
-            None => {
-                let a: Arc<str> = Arc::from(s);
-                self.list.push(a.clone());
-                // A table of more than 4 billion distinct sources and schools cannot be built
-                // in memory long before this overflows.
-                let t = Text(
-                    NonZeroU32::new(u32::try_from(self.list.len()).unwrap_or(u32::MAX))
-                        .unwrap_or(NonZeroU32::MAX),
-                );
-                self.index.insert(a, t);
-                t
-            }
+        let place = match self.set.get_index_of(s) {
+            Some(i) => i,
+            None => self.set.insert_full(Arc::from(s)).0,
         };
+        // More than 4 billion distinct sources and schools cannot be held in memory long
+        // before this would overflow.
+        let t = Text(
+            NonZeroU32::new(u32::try_from(place + 1).unwrap_or(u32::MAX))
+                .unwrap_or(NonZeroU32::MAX),
+        );
         self.recent = [Some(t), self.recent[0]];
         t
     }
@@ -251,17 +250,17 @@ impl Scd2 {
 
     /// The text of a number of this engine.
     pub fn text(&self, t: Text) -> &str {
-        self.texts.get(t)
+        self.texts.shared(t)
     }
 
     /// Every text of this engine, in the order of [`Text::position`].
     pub fn texts(&self) -> impl Iterator<Item = &str> {
-        self.texts.list.iter().map(|t| &**t)
+        self.texts.set.iter().map(|t| &**t)
     }
 
     /// The source name of an insert, as one shared copy.
     fn shared(&self, t: Option<Text>) -> Option<Arc<str>> {
-        t.map(|t| self.texts.list[t.0.get() as usize - 1].clone())
+        t.map(|t| self.texts.shared(t).clone())
     }
 
     pub fn load_current(
