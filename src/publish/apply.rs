@@ -171,7 +171,7 @@ fn elev_ids<'r>(
     let mut ids = arrow::array::StringBuilder::with_capacity(n, n * 36);
     // The ids of pupils not met before: on a first load (every pupil is new) hashed
     // beforehand on every core, otherwise only for the few that are new.
-    let mut new_ids: Option<Vec<Option<Arc<str>>>> = identity.is_empty().then(|| {
+    let mut new_ids: Option<Vec<Option<Uuid>>> = identity.is_empty().then(|| {
         crate::par::chunks(n, |part| {
             part.map(|i| {
                 let source_key = opt_str(src, i).unwrap_or_default();
@@ -223,16 +223,41 @@ fn carried_pupils<'r>(
             ids.len()
         )));
     }
+    // Pupils whose identifiers lead to their own fact (every carried pupil on a usual day)
+    // are found on every core; the rest, and every pupil after the first of them (it may
+    // re-point a lookup), are resolved one at a time, as staged pupils are.
+    let found: Vec<Option<u32>> = {
+        let identity = &*identity;
+        crate::par::chunks(ids.len(), |part| {
+            part.map(|i| {
+                identity
+                    .settled(kildesystem, opt_str(&sys, i), opt_str(&fnr, i))
+                    .filter(|&n| Key::of(identity.id(n)) == Key::Id(ids[i]))
+            })
+            .collect()
+        })
+    };
     let mut keys = Vec::with_capacity(ids.len());
+    pupil_of_source_key.reserve(ids.len());
+    let mut settled = true;
     for (i, &id) in ids.iter().enumerate() {
         let source_key = opt_str(src, i).unwrap_or_default();
-        let pupil = identity.resolve(
-            kildesystem,
-            opt_str(&sys, i),
-            opt_str(&fnr, i),
-            || Identity::new_id(kommune, kildesystem, source_key),
-            as_of,
-        );
+        let pupil = match found[i].filter(|_| settled) {
+            Some(n) => {
+                identity.widen(n, as_of);
+                n
+            }
+            None => {
+                settled = false;
+                identity.resolve(
+                    kildesystem,
+                    opt_str(&sys, i),
+                    opt_str(&fnr, i),
+                    || Identity::new_id(kommune, kildesystem, source_key),
+                    as_of,
+                )
+            }
+        };
         let key = Key::of(identity.id(pupil));
         if key != Key::Id(id) {
             return Err(Error::Invariant {

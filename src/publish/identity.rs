@@ -11,6 +11,7 @@ use std::sync::Arc;
 use arrow::array::{RecordBatch, StringArray, TimestampMicrosecondArray};
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::protocol::SaveMode;
+use hashbrown::HashTable;
 use rustc_hash::FxHashMap;
 use uuid::Uuid;
 
@@ -21,22 +22,97 @@ use crate::schema;
 /// Namespace for elevflyt's deterministic ids.
 pub const NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b4e_9a7d_4c1e_8b3a_5d2e_7f90_1a44);
 
+/// Where a text is in the map's one buffer of texts ([`Texts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: usize,
+    len: u32,
+}
+
+/// Every text the map holds (ids, system ids, numbers), one after the other in one buffer: a
+/// million pupils are one buffer's growth, not three million allocations.
+#[derive(Default)]
+struct Texts(String);
+
+impl Texts {
+    fn push(&mut self, s: &str) -> Span {
+        let start = self.0.len();
+        self.0.push_str(s);
+        Span {
+            start,
+            len: s.len() as u32,
+        }
+    }
+
+    fn get(&self, s: Span) -> &str {
+        &self.0[s.start..s.start + s.len as usize]
+    }
+}
+
+/// A text's 128-bit hash: the lookups compare these, not the texts (one memory access a
+/// lookup instead of two; a collision is as likely as guessing a random UUID twice, as for the
+/// key sets of validation, docs/ARCHITECTURE.md "Identity").
+fn text_hash(s: &str) -> [u64; 2] {
+    let h = xxhash_rust::xxh3::xxh3_128(s.as_bytes());
+    [(h >> 64) as u64, h as u64]
+}
+
+/// A lookup from a text (by its [`text_hash`]) to a pupil number.
+#[derive(Default)]
+struct Lookup(HashTable<([u64; 2], u32)>);
+
+impl Lookup {
+    fn get(&self, key: [u64; 2]) -> Option<u32> {
+        self.0.find(key[1], |e| e.0 == key).map(|e| e.1)
+    }
+
+    /// Points `key` at pupil `n`.
+    fn point(&mut self, key: [u64; 2], n: u32) {
+        match self.0.find_mut(key[1], |e| e.0 == key) {
+            Some(e) => e.1 = n,
+            None => {
+                self.0.insert_unique(key[1], (key, n), |e| e.0[1]);
+            }
+        }
+    }
+
+    fn reserve(&mut self, n: usize) {
+        self.0.reserve(n, |e| e.0[1]);
+    }
+}
+
+/// A text that may be absent, with its hash.
+#[derive(Clone, Copy)]
+struct Given<'t> {
+    text: Option<&'t str>,
+    hash: Option<[u64; 2]>,
+}
+
+impl<'t> Given<'t> {
+    fn new(text: Option<&'t str>) -> Given<'t> {
+        Given {
+            text,
+            hash: text.map(text_hash),
+        }
+    }
+}
+
 /// What is known of a pupil: seen in this source (an index into `Identity::sources`), with
-/// this system id and number, first and last at these as-of times. The texts share their
-/// allocation with the lookup maps' keys.
+/// this system id and number (their texts in [`Texts`], compared by hash), first and last at
+/// these as-of times.
 struct Fact {
     source: u32,
-    system_id: Option<Arc<str>>,
-    fodselsnummer: Option<Arc<str>>,
+    system_id: Option<Span>,
+    fodselsnummer: Option<Span>,
+    system_hash: Option<[u64; 2]>,
+    fnr_hash: Option<[u64; 2]>,
     first_seen: i64,
     last_seen: i64,
 }
 
 impl Fact {
-    fn is(&self, source: u32, system_id: Option<&str>, fnr: Option<&str>) -> bool {
-        self.source == source
-            && self.system_id.as_deref() == system_id
-            && self.fodselsnummer.as_deref() == fnr
+    fn is(&self, source: u32, system_id: &Given, fnr: &Given) -> bool {
+        self.source == source && self.system_hash == system_id.hash && self.fnr_hash == fnr.hash
     }
 
     /// Widens the interval to cover `seen`; returns whether it grew.
@@ -52,15 +128,16 @@ impl Fact {
 /// known of pupil `n` is in vectors at `n` (no hash map keyed by the id on the hot path).
 #[derive(Default)]
 pub struct Identity {
+    texts: Texts,
     /// Pupil number → id.
-    ids: Vec<Arc<str>>,
+    ids: Vec<Span>,
     /// Id → pupil number.
-    number: FxHashMap<Arc<str>, u32>,
+    number: Lookup,
     /// Source systems seen (a handful).
     sources: Vec<Arc<str>>,
     /// Per source (same index as `sources`): system_id → pupil number.
-    by_system: Vec<FxHashMap<Arc<str>, u32>>,
-    by_fnr: FxHashMap<Arc<str>, u32>,
+    by_system: Vec<Lookup>,
+    by_fnr: Lookup,
     /// The first fact of each pupil (same index as `ids`); further facts, rare, in `more_facts`.
     facts: Vec<Fact>,
     more_facts: FxHashMap<u32, Vec<Fact>>,
@@ -74,23 +151,6 @@ fn text_prefix(s: &str) -> u128 {
     let n = s.len().min(16);
     b[..n].copy_from_slice(&s.as_bytes()[..n]);
     u128::from_be_bytes(b)
-}
-
-/// Points `key` at pupil `n` in a lookup map; returns the map's copy of the key.
-fn point(map: &mut FxHashMap<Arc<str>, u32>, key: &str, n: u32) -> Arc<str> {
-    match map.get_key_value(key) {
-        Some((k, &v)) if v == n => k.clone(),
-        Some((k, _)) => {
-            let k = k.clone();
-            map.insert(k.clone(), n);
-            k
-        }
-        None => {
-            let k: Arc<str> = Arc::from(key);
-            map.insert(k.clone(), n);
-            k
-        }
-    }
 }
 
 impl Identity {
@@ -137,16 +197,16 @@ impl Identity {
             let (ids, k, s, f, first, last) = &columns[bi as usize];
             let i = i as usize;
             let text = ids.value(i);
-            let n = match id.number.get(text) {
-                Some(&n) => n,
-                None => id.add(Arc::from(text)),
+            let n = match id.number.get(text_hash(text)) {
+                Some(n) => n,
+                None => id.add(text),
             };
             let source = id.source(k.value(i));
             id.see(
                 n,
                 source,
-                s.opt(i),
-                f.opt(i),
+                Given::new(s.opt(i)),
+                Given::new(f.opt(i)),
                 (first.value(i), last.value(i)),
             );
         }
@@ -159,8 +219,9 @@ impl Identity {
         Ok(id)
     }
 
-    /// Room for `n` more pupils.
+    /// Room for `n` more pupils (an id, a system id and a number each).
     fn reserve(&mut self, n: usize) {
+        self.texts.0.reserve(n * 96);
         self.ids.reserve(n);
         self.number.reserve(n);
         self.by_fnr.reserve(n);
@@ -172,73 +233,74 @@ impl Identity {
         match self.sources.iter().position(|s| **s == *kildesystem) {
             Some(i) => i as u32,
             None => {
+                let mut by_system = Lookup::default();
+                // The first source of a map read back holds (nearly) every pupil.
+                if self.sources.is_empty() {
+                    by_system.reserve(self.ids.capacity());
+                }
                 self.sources.push(Arc::from(kildesystem));
-                self.by_system.push(FxHashMap::default());
+                self.by_system.push(by_system);
                 (self.sources.len() - 1) as u32
             }
         }
     }
 
     /// A new pupil with this id (its first fact follows in `see`).
-    fn add(&mut self, id: Arc<str>) -> u32 {
+    fn add(&mut self, id: &str) -> u32 {
         let n = self.ids.len() as u32;
-        self.number.insert(id.clone(), n);
-        self.ids.push(id);
+        self.number.point(text_hash(id), n);
+        let span = self.texts.push(id);
+        self.ids.push(span);
         n
     }
 
     /// Records that pupil `n` was seen with these identifiers during `seen` (first, last); the
     /// lookups then lead to `n`. Returns whether this was news.
-    fn see(
-        &mut self,
-        n: u32,
-        source: u32,
-        system_id: Option<&str>,
-        fnr: Option<&str>,
-        seen: (i64, i64),
-    ) -> bool {
-        let system_key = system_id.map(|s| point(&mut self.by_system[source as usize], s, n));
-        let fnr_key = fnr.map(|f| point(&mut self.by_fnr, f, n));
+    fn see(&mut self, n: u32, source: u32, system_id: Given, fnr: Given, seen: (i64, i64)) -> bool {
+        if let Some(h) = system_id.hash {
+            self.by_system[source as usize].point(h, n);
+        }
+        if let Some(h) = fnr.hash {
+            self.by_fnr.point(h, n);
+        }
         // Most often the pupil's first (only) fact.
         let idx = n as usize;
         if let Some(f) = self
             .facts
             .get_mut(idx)
-            .filter(|f| f.is(source, system_id, fnr))
+            .filter(|f| f.is(source, &system_id, &fnr))
+        {
+            return f.widen(seen);
+        }
+        if let Some(f) = self
+            .more_facts
+            .get_mut(&n)
+            .and_then(|more| more.iter_mut().find(|f| f.is(source, &system_id, &fnr)))
         {
             return f.widen(seen);
         }
         let fact = Fact {
             source,
-            system_id: system_key,
-            fodselsnummer: fnr_key,
+            system_id: system_id.text.map(|t| self.texts.push(t)),
+            fodselsnummer: fnr.text.map(|t| self.texts.push(t)),
+            system_hash: system_id.hash,
+            fnr_hash: fnr.hash,
             first_seen: seen.0,
             last_seen: seen.1,
         };
         if idx == self.facts.len() {
             self.facts.push(fact);
-            return true;
+        } else {
+            self.more_facts.entry(n).or_default().push(fact);
         }
-        let more = self.more_facts.entry(n).or_default();
-        match more.iter_mut().find(|f| f.is(source, system_id, fnr)) {
-            Some(f) => f.widen(seen),
-            None => {
-                more.push(fact);
-                true
-            }
-        }
+        true
     }
 
     /// The id a pupil gets when nothing known leads to one: a UUID v5 of kommunenummer,
     /// kildesystem and the source key.
-    pub fn new_id(kommune: &str, kildesystem: &str, source_key: &str) -> Arc<str> {
+    pub fn new_id(kommune: &str, kildesystem: &str, source_key: &str) -> Uuid {
         let name = format!("elev|{kommune}|{kildesystem}|{source_key}");
-        let mut buf = Uuid::encode_buffer();
-        Arc::from(
-            &*Uuid::new_v5(&NAMESPACE, name.as_bytes())
-                .hyphenated()
-                .encode_lower(&mut buf),
-        )
+        Uuid::new_v5(&NAMESPACE, name.as_bytes())
     }
 
     /// The number of the pupil seen at `as_of` in a snapshot of `kildesystem`; a new pupil with
@@ -248,21 +310,23 @@ impl Identity {
         kildesystem: &str,
         system_id: Option<&str>,
         fnr: Option<&str>,
-        new_id: impl FnOnce() -> Arc<str>,
+        new_id: impl FnOnce() -> Uuid,
         as_of: i64,
     ) -> u32 {
         let source = self.source(kildesystem);
+        let (system_id, fnr) = (Given::new(system_id), Given::new(fnr));
         let found = system_id
-            .and_then(|s| self.by_system[source as usize].get(s))
-            .or_else(|| fnr.and_then(|f| self.by_fnr.get(f)))
-            .copied();
+            .hash
+            .and_then(|h| self.by_system[source as usize].get(h))
+            .or_else(|| fnr.hash.and_then(|h| self.by_fnr.get(h)));
         let n = match found {
             Some(n) => n,
             None => {
-                let id = new_id();
-                match self.number.get(&id) {
+                let mut buf = Uuid::encode_buffer();
+                let id = new_id().hyphenated().encode_lower(&mut buf);
+                match self.number.get(text_hash(id)) {
                     // The id a source key always gets, met again under other identifiers.
-                    Some(&n) => n,
+                    Some(n) => n,
                     None => self.add(id),
                 }
             }
@@ -273,9 +337,41 @@ impl Identity {
         n
     }
 
+    /// The pupil `resolve` would find for these identifiers when seeing them again changes
+    /// nothing but the pupil's interval: the source is known, the system id (else the number)
+    /// leads to pupil `n`, every given identifier already leads to `n`, and `n`'s first fact is
+    /// exactly these identifiers. Reads only, so it runs on every core; [`Identity::widen`]
+    /// then does what `resolve` would.
+    pub fn settled(
+        &self,
+        kildesystem: &str,
+        system_id: Option<&str>,
+        fnr: Option<&str>,
+    ) -> Option<u32> {
+        let source = self.sources.iter().position(|s| **s == *kildesystem)? as u32;
+        let (system_id, fnr) = (Given::new(system_id), Given::new(fnr));
+        let by_system = system_id
+            .hash
+            .map(|h| self.by_system[source as usize].get(h));
+        let by_fnr = fnr.hash.map(|h| self.by_fnr.get(h));
+        let n = by_system.flatten().or(by_fnr.flatten())?;
+        let leads_to_n = |found: Option<Option<u32>>| found.is_none_or(|m| m == Some(n));
+        (leads_to_n(by_system)
+            && leads_to_n(by_fnr)
+            && self.facts.get(n as usize)?.is(source, &system_id, &fnr))
+        .then_some(n)
+    }
+
+    /// Pupil `n`, [`Identity::settled`], seen again at `as_of`.
+    pub fn widen(&mut self, n: u32, as_of: i64) {
+        if self.facts[n as usize].widen((as_of, as_of)) {
+            self.changed = true;
+        }
+    }
+
     /// The id of pupil `n`.
     pub fn id(&self, n: u32) -> &str {
-        &self.ids[n as usize]
+        self.texts.get(self.ids[n as usize])
     }
 
     /// Whether no pupil is known yet (a first load).
@@ -285,7 +381,7 @@ impl Identity {
 
     /// Whether `id` is a known pupil id.
     pub fn knows(&self, id: &str) -> bool {
-        self.number.contains_key(id)
+        self.number.get(text_hash(id)).is_some()
     }
 
     /// Rewrites `elev_id` when something new was learnt. Returns the new version.
@@ -314,14 +410,21 @@ impl Identity {
             })
             .collect();
         let source = |f: &Fact| -> &str { &self.sources[f.source as usize] };
+        let text = |s: Option<Span>| s.map(|s| self.texts.get(s));
         keyed.sort_unstable_by(|(pa, a), (pb, b)| {
             pa.cmp(pb).then_with(|| {
-                (a.0, source(a.1), &a.1.system_id, &a.1.fodselsnummer).cmp(&(
-                    b.0,
-                    source(b.1),
-                    &b.1.system_id,
-                    &b.1.fodselsnummer,
-                ))
+                (
+                    a.0,
+                    source(a.1),
+                    text(a.1.system_id),
+                    text(a.1.fodselsnummer),
+                )
+                    .cmp(&(
+                        b.0,
+                        source(b.1),
+                        text(b.1.system_id),
+                        text(b.1.fodselsnummer),
+                    ))
             })
         });
         let rows: Vec<(&str, &Fact)> = keyed.into_iter().map(|(_, r)| r).collect();
@@ -342,8 +445,8 @@ impl Identity {
             vec![
                 col(&rows, |r| Some(r.0)),
                 col(&rows, |r| Some(source(r.1))),
-                col(&rows, |r| r.1.system_id.as_deref()),
-                col(&rows, |r| r.1.fodselsnummer.as_deref()),
+                col(&rows, |r| text(r.1.system_id)),
+                col(&rows, |r| text(r.1.fodselsnummer)),
                 ts(|f| f.first_seen),
                 ts(|f| f.last_seen),
             ],
@@ -362,7 +465,44 @@ impl Identity {
 
 #[cfg(test)]
 mod tests {
-    use super::text_prefix;
+    use super::{text_prefix, Identity};
+
+    /// `settled` answers only when resolving again would change nothing but the interval, and
+    /// then names the pupil `resolve` finds; `widen` records the sighting as `resolve` does.
+    #[test]
+    fn a_pupil_is_settled_only_when_its_identifiers_lead_to_its_own_fact() {
+        let mut id = Identity::default();
+        fn new(k: &'static str) -> impl FnOnce() -> uuid::Uuid {
+            move || Identity::new_id("4601", "vis", k)
+        }
+        let a = id.resolve("vis", Some("s1"), Some("01010100001"), new("s1"), 10);
+        let b = id.resolve("vis", Some("s2"), Some("02020200002"), new("s2"), 10);
+        assert_ne!(a, b);
+        assert_eq!(id.settled("vis", Some("s1"), Some("01010100001")), Some(a));
+        assert_eq!(id.settled("vis", Some("s2"), Some("02020200002")), Some(b));
+        // Another number, a number without its system id, another source, a new pupil: the
+        // fact or a lookup would change, so `resolve` must decide.
+        assert_eq!(id.settled("vis", Some("s1"), Some("09090900009")), None);
+        assert_eq!(id.settled("vis", None, Some("01010100001")), None);
+        assert_eq!(id.settled("other", Some("s1"), Some("01010100001")), None);
+        assert_eq!(id.settled("vis", Some("s3"), None), None);
+        // Pupil b takes over a's number: a's number no longer leads to a.
+        assert_eq!(
+            id.resolve("vis", Some("s2"), Some("01010100001"), new("s2"), 11),
+            b
+        );
+        assert_eq!(id.settled("vis", Some("s1"), Some("01010100001")), None);
+        // Widening is what resolving a settled pupil does: the interval grows, the map changed.
+        id.changed = false;
+        let n = id.settled("vis", Some("s2"), Some("02020200002")).unwrap();
+        id.widen(n, 12);
+        assert!(id.changed);
+        let fact = &id.facts[n as usize];
+        assert_eq!((fact.first_seen, fact.last_seen), (10, 12));
+        id.changed = false;
+        id.widen(n, 12);
+        assert!(!id.changed);
+    }
 
     #[test]
     fn text_prefix_orders_as_the_text() {
