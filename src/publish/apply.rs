@@ -242,6 +242,7 @@ fn carried_pupils<'r>(
     let mut settled = true;
     for (i, &id) in ids.iter().enumerate() {
         let source_key = opt_str(src, i).unwrap_or_default();
+        // A settled pupil's id was compared with its carried id where it was found.
         let pupil = match found[i].filter(|_| settled) {
             Some(n) => {
                 identity.widen(n, as_of);
@@ -249,26 +250,27 @@ fn carried_pupils<'r>(
             }
             None => {
                 settled = false;
-                identity.resolve(
+                let n = identity.resolve(
                     kildesystem,
                     opt_str(&sys, i),
                     opt_str(&fnr, i),
                     || Identity::new_id(kommune, kildesystem, source_key),
                     as_of,
-                )
+                );
+                let key = Key::of(identity.id(n));
+                if key != Key::Id(id) {
+                    return Err(Error::Invariant {
+                        table: "elev".into(),
+                        detail: format!(
+                            "a pupil carried forward as {} resolves to {key}",
+                            Key::Id(id)
+                        ),
+                    });
+                }
+                n
             }
         };
-        let key = Key::of(identity.id(pupil));
-        if key != Key::Id(id) {
-            return Err(Error::Invariant {
-                table: "elev".into(),
-                detail: format!(
-                    "a pupil carried forward as {} resolves to {key}",
-                    Key::Id(id)
-                ),
-            });
-        }
-        keys.push(key);
+        keys.push(Key::Id(id));
         pupil_of_source_key.insert(source_key, pupil);
     }
     Ok(keys)

@@ -23,7 +23,7 @@ use crate::schema;
 pub const NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b4e_9a7d_4c1e_8b3a_5d2e_7f90_1a44);
 
 /// Where a text is in the map's one buffer of texts ([`Texts`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 struct Span {
     start: usize,
     len: u32,
@@ -228,10 +228,18 @@ impl Identity {
         self.facts.reserve(n);
     }
 
+    /// The number of a source system already seen.
+    fn known_source(&self, kildesystem: &str) -> Option<u32> {
+        self.sources
+            .iter()
+            .position(|s| **s == *kildesystem)
+            .map(|i| i as u32)
+    }
+
     /// The number of a source system, added when new.
     fn source(&mut self, kildesystem: &str) -> u32 {
-        match self.sources.iter().position(|s| **s == *kildesystem) {
-            Some(i) => i as u32,
+        match self.known_source(kildesystem) {
+            Some(i) => i,
             None => {
                 let mut by_system = Lookup::default();
                 // The first source of a map read back holds (nearly) every pupil.
@@ -348,7 +356,7 @@ impl Identity {
         system_id: Option<&str>,
         fnr: Option<&str>,
     ) -> Option<u32> {
-        let source = self.sources.iter().position(|s| **s == *kildesystem)? as u32;
+        let source = self.known_source(kildesystem)?;
         let (system_id, fnr) = (Given::new(system_id), Given::new(fnr));
         let by_system = system_id
             .hash
