@@ -68,10 +68,11 @@ impl Lookup {
 
     /// Points `key` at pupil `n`.
     fn point(&mut self, key: [u64; 2], n: u32) {
-        match self.0.find_mut(key[1], |e| e.0 == key) {
-            Some(e) => e.1 = n,
-            None => {
-                self.0.insert_unique(key[1], (key, n), |e| e.0[1]);
+        // One probe of the table, whether the key is there or not.
+        match self.0.entry(key[1], |e| e.0 == key, |e| e.0[1]) {
+            hashbrown::hash_table::Entry::Occupied(mut e) => e.get_mut().1 = n,
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert((key, n));
             }
         }
     }
@@ -192,23 +193,40 @@ impl Identity {
             ));
         }
         order.sort_unstable();
+        // The texts' hashes are made on every core first; the map is then built in order.
+        type Hashes = ([u64; 2], Option<[u64; 2]>, Option<[u64; 2]>);
+        let hashes: Vec<Hashes> = crate::par::chunks(order.len(), |part| {
+            part.map(|j| {
+                let (_, bi, i) = order[j];
+                let (ids, _, s, f, _, _) = &columns[bi as usize];
+                let i = i as usize;
+                (
+                    text_hash(ids.value(i)),
+                    s.opt(i).map(text_hash),
+                    f.opt(i).map(text_hash),
+                )
+            })
+            .collect()
+        });
         id.reserve(order.len());
-        for (_, bi, i) in order {
+        for ((_, bi, i), (id_hash, system_hash, fnr_hash)) in order.into_iter().zip(hashes) {
             let (ids, k, s, f, first, last) = &columns[bi as usize];
             let i = i as usize;
             let text = ids.value(i);
-            let n = match id.number.get(text_hash(text)) {
+            let n = match id.number.get(id_hash) {
                 Some(n) => n,
-                None => id.add(text),
+                None => id.add_hashed(text, id_hash),
             };
             let source = id.source(k.value(i));
-            id.see(
-                n,
-                source,
-                Given::new(s.opt(i)),
-                Given::new(f.opt(i)),
-                (first.value(i), last.value(i)),
-            );
+            let system_id = Given {
+                text: s.opt(i),
+                hash: system_hash,
+            };
+            let fnr = Given {
+                text: f.opt(i),
+                hash: fnr_hash,
+            };
+            id.see(n, source, system_id, fnr, (first.value(i), last.value(i)));
         }
         tracing::debug!(
             pupils = id.ids.len(),
@@ -255,8 +273,13 @@ impl Identity {
 
     /// A new pupil with this id (its first fact follows in `see`).
     fn add(&mut self, id: &str) -> u32 {
+        self.add_hashed(id, text_hash(id))
+    }
+
+    /// [`Identity::add`] of an id whose [`text_hash`] is known.
+    fn add_hashed(&mut self, id: &str, hash: [u64; 2]) -> u32 {
         let n = self.ids.len() as u32;
-        self.number.point(text_hash(id), n);
+        self.number.point(hash, n);
         let span = self.texts.push(id);
         self.ids.push(span);
         n
@@ -392,8 +415,10 @@ impl Identity {
         self.number.get(text_hash(id)).is_some()
     }
 
-    /// Rewrites `elev_id` when something new was learnt. Returns the new version.
-    pub async fn write(&self, ctx: &RunContext) -> Result<Option<i64>> {
+    /// The rows of `elev_id` when something new was learnt and they are to be written (`None`
+    /// otherwise), for [`write_batch`]: made apart from writing them, so that something else can
+    /// be made or written meanwhile.
+    pub fn batch(&self, ctx: &RunContext) -> Result<Option<RecordBatch>> {
         if !self.changed || ctx.dry_run {
             return Ok(None);
         }
@@ -459,16 +484,22 @@ impl Identity {
                 ts(|f| f.last_seen),
             ],
         )?;
-        crate::delta::write(
-            &ctx.pipeline,
-            t,
-            vec![batch],
-            SaveMode::Overwrite,
-            &ctx.run_id,
-            "publish",
-        )
-        .await
+        Ok(Some(batch))
     }
+}
+
+/// Writes the rows of `elev_id` made by [`Identity::batch`] over the table. Returns the new
+/// version.
+pub async fn write_batch(ctx: &RunContext, batch: RecordBatch) -> Result<Option<i64>> {
+    crate::delta::write(
+        &ctx.pipeline,
+        &schema::ELEV_ID,
+        vec![batch],
+        SaveMode::Overwrite,
+        &ctx.run_id,
+        "publish",
+    )
+    .await
 }
 
 #[cfg(test)]

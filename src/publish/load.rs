@@ -51,17 +51,19 @@ impl std::fmt::Debug for Preloaded {
     }
 }
 
-/// The versions of the three SCD2 tables as they are now.
+/// The versions of the three SCD2 tables as they are now (the three opened at the same time).
 async fn labels(ctx: &RunContext) -> Result<([Label; 3], [u64; 3])> {
+    let urls = state::TABLES.map(|name| ctx.pipeline.table_url(name));
+    let opened = futures::future::join_all(urls.iter().map(crate::delta::try_open)).await;
     let mut labels: [Label; 3] = [None; 3];
     let mut versions = [0; 3];
-    for ((name, label), version) in state::TABLES
-        .iter()
+    for ((t, label), version) in opened
+        .into_iter()
         .zip(labels.iter_mut())
         .zip(versions.iter_mut())
     {
-        let t = crate::delta::try_open(&ctx.pipeline.table_url(name)).await?;
-        *version = t.as_ref().and_then(|t| t.version()).unwrap_or(0) as u64;
+        let t = t?;
+        *version = t.as_ref().and_then(|t| t.version()).unwrap_or(0);
         *label = state::label(t.as_ref());
     }
     Ok((labels, versions))

@@ -153,17 +153,33 @@ pub async fn run(
     if ctx.dry_run {
         return Ok(out);
     }
-    write_state(ctx, &tables, labels, &out).await;
-    steps.step("current state");
+    // The state file and the rows of `elev_id` are made at the same time, one on each core, and
+    // written at the same time.
+    let labels = state_labels(ctx, &tables, labels, &out).await;
+    let [skole, elev, elevforhold] = tables.all();
+    let engines = [&skole.engine, &elev.engine, &elevforhold.engine];
+    let (state_file, elev_id) =
+        crate::par::both(|| state::encode(engines, labels), || identity.batch(ctx));
+    steps.step("current state and elev_id rows");
     // The table metrics only read what is committed: computed meanwhile, on the other core.
     let table_metrics = tokio::spawn({
         let ctx = ctx.clone();
         async move { metrics::table_metrics(&ctx).await }
     });
-    if let Some(v) = identity.write(ctx).await? {
+    let (stored, elev_id) = tokio::join!(state::put(ctx, state_file), async {
+        match elev_id? {
+            Some(batch) => identity::write_batch(ctx, batch).await,
+            None => Ok(None),
+        }
+    });
+    // A state that cannot be written is only a slower next run (it reads the tables).
+    if let Err(e) = stored {
+        tracing::warn!(error = %e, "the current state could not be written; the next run reads the tables");
+    }
+    if let Some(v) = elev_id? {
         out.versions.insert("elev_id".into(), v);
     }
-    steps.step("elev_id");
+    steps.step("write current state and elev_id");
     crash_point("after-elev-id");
     ledger::record_published(ctx, &pending).await?;
     steps.step("leveranse");
@@ -250,15 +266,14 @@ async fn commit_tables(
     Ok(changed)
 }
 
-/// Writes the engines' state after the commits, labelled with the versions they are now at:
-/// the committed version of a table that changed, the version read of one that did not. A
-/// state that cannot be written is only a slower next run (it reads the tables): warned.
-async fn write_state(
+/// The labels the state file gets: the versions this run committed (a table made by this run
+/// with its id read from the version it committed), the versions read for the others.
+async fn state_labels(
     ctx: &RunContext,
     tables: &Tables,
     read: [state::Label; 3],
     out: &PublishOutcome,
-) {
+) -> [state::Label; 3] {
     let mut labels = read;
     for (label, run) in labels.iter_mut().zip(tables.all()) {
         let Some(&v) = out.versions.get(run.table.name) else {
@@ -273,11 +288,7 @@ async fn write_state(
                 .and_then(|t| state::label(Some(&t))),
         };
     }
-    let [skole, elev, elevforhold] = tables.all();
-    let engines = [&skole.engine, &elev.engine, &elevforhold.engine];
-    if let Err(e) = state::write(ctx, engines, labels).await {
-        tracing::warn!(error = %e, "the current state could not be written; the next run reads the tables");
-    }
+    labels
 }
 
 /// Rewrites `elevliste_vgs` and records what it wrote.

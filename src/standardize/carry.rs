@@ -44,38 +44,65 @@ fn seed(snap: &Snapshot, table: &str) -> u64 {
     h.digest()
 }
 
+/// What [`hash_and_find`] found of every row.
+struct Hashed {
+    /// The staged-row hash.
+    hashes: Vec<u64>,
+    /// The id of the current version that hash made, when looked up and found.
+    found: Vec<Option<[u64; 2]>>,
+    /// Which staged columns are null (bit `j`: `columns[j]`), for the completeness counts.
+    nulls: Vec<u64>,
+    columns: Vec<&'static str>,
+}
+
 /// The staged-row hash of every row and, with `find`, the id of the current version that hash
 /// made when the row has a key; on every core, in one pass over the rows (a hash is never 0:
 /// that is "not known").
 fn hash_and_find<T: Sync>(
-    snap: &Snapshot,
+    seed: u64,
     table: &schema::Table,
     rows: &[T],
     column: impl Fn(&str) -> Option<Get<T>>,
     keyed: impl Fn(&T) -> bool + Sync,
     find: Option<impl Fn(u64) -> Option<[u64; 2]> + Sync>,
-) -> (Vec<u64>, Vec<Option<[u64; 2]>>) {
-    let gets: Vec<Get<T>> = staged_columns(table)
+) -> Result<Hashed> {
+    let (columns, gets): (Vec<&'static str>, Vec<Get<T>>) = staged_columns(table)
         .into_iter()
-        .filter_map(column)
-        .collect();
-    let seed = seed(snap, table.name);
-    crate::par::chunks(rows.len(), |part| {
+        .filter_map(|n| Some((n, column(n)?)))
+        .unzip();
+    if gets.len() > 64 {
+        return Err(crate::error::Error::Internal(format!(
+            "{} has more staged columns than a null mask holds",
+            table.name
+        )));
+    }
+    let rows: Vec<(u64, Option<[u64; 2]>, u64)> = crate::par::chunks(rows.len(), |part| {
         let mut buf = Vec::with_capacity(512);
         part.map(|i| {
             let row = &rows[i];
             buf.clear();
-            for g in &gets {
-                g.feed(row, &mut buf);
+            let mut nulls = 0u64;
+            for (j, g) in gets.iter().enumerate() {
+                nulls |= (g.feed(row, &mut buf) as u64) << j;
             }
             let h = xxhash_rust::xxh3::xxh3_64_with_seed(&buf, seed).max(1);
             let id = find.as_ref().filter(|_| keyed(row)).and_then(|f| f(h));
-            (h, id)
+            (h, id, nulls)
         })
         .collect()
-    })
-    .into_iter()
-    .unzip()
+    });
+    let mut out = Hashed {
+        hashes: Vec::with_capacity(rows.len()),
+        found: Vec::with_capacity(rows.len()),
+        nulls: Vec::with_capacity(rows.len()),
+        columns,
+    };
+    for (h, id, nulls) in rows {
+        out.hashes.push(h);
+        out.found.push(id);
+        out.nulls.push(nulls);
+    }
+    Ok(out)
 }
 
 /// The names of a table's staged columns.
@@ -108,6 +135,17 @@ fn with_id<'r, T>(rows: &'r [T], ids: &[Option<[u64; 2]>]) -> Vec<&'r T> {
         .collect()
 }
 
+/// The completeness counts of the carried rows (those with an id) of a table.
+fn carried_nulls(table: &schema::Table, h: &Hashed) -> Vec<(&'static str, usize)> {
+    let masks: Vec<u64> = h
+        .nulls
+        .iter()
+        .zip(&h.found)
+        .filter_map(|(m, id)| id.map(|_| *m))
+        .collect();
+    stage::null_counts(table, &h.columns, masks.into_iter())
+}
+
 /// Hashes a snapshot's validated rows and, with an `index` of the current state, takes the
 /// unchanged ones out of `staged`. Returns what publish needs of them, and the completeness
 /// counts of the rows taken out.
@@ -121,10 +159,10 @@ pub fn carry(
     // a source key and the first elevforhold of a pupil at a school
     // (docs/ARCHITECTURE.md, "Quality rules and deviations"), so a hash that made a current
     // version is that version's row, unchanged.
-    let ((mut elev_hashes, elev_found), (mut ef_hashes, ef_found)) = crate::par::both(
+    let (elev, ef) = crate::par::both(
         || {
             hash_and_find(
-                snap,
+                seed(snap, schema::ELEV.name),
                 &schema::ELEV,
                 &staged.elev,
                 stage::elev_column,
@@ -134,7 +172,7 @@ pub fn carry(
         },
         || {
             hash_and_find(
-                snap,
+                seed(snap, schema::ELEVFORHOLD.name),
                 &schema::ELEVFORHOLD,
                 &staged.elevforhold,
                 stage::elevforhold_column,
@@ -143,44 +181,21 @@ pub fn carry(
             )
         },
     );
+    let (mut elev, mut ef) = (elev?, ef?);
     if index.is_none() {
         return Ok(SnapshotCarry {
-            elev_hashes,
-            elevforhold_hashes: ef_hashes,
+            elev_hashes: elev.hashes,
+            elevforhold_hashes: ef.hashes,
             ..Default::default()
         });
     }
     // What is counted and resolved of the carried rows is read before they leave: the
-    // completeness counts (one table on each core) and what identity resolution needs of a
-    // carried pupil.
-    let carried_elev = with_id(&staged.elev, &elev_found);
-    let carried_ef = with_id(&staged.elevforhold, &ef_found);
-    let names = ["stg_kilde_nokkel", "system_id", "fodselsnummer"];
-    let ((elev_nulls, identity), ef_nulls) = crate::par::both(
-        || {
-            let identity = names
-                .iter()
-                .map(|n| {
-                    stage::elev_column(n)
-                        .map(|g| g.array(carried_elev.iter().copied()))
-                        .ok_or_else(|| {
-                            crate::error::Error::Internal(format!("no staged column {n}"))
-                        })
-                })
-                .collect::<Result<Vec<_>>>();
-            (
-                stage::null_counts(&schema::ELEV, &carried_elev, stage::elev_column),
-                identity,
-            )
-        },
-        || stage::null_counts(&schema::ELEVFORHOLD, &carried_ef, stage::elevforhold_column),
-    );
-    for (table, rows, counts) in [
-        (&schema::ELEV, carried_elev.len(), elev_nulls),
-        (&schema::ELEVFORHOLD, carried_ef.len(), ef_nulls),
-    ] {
+    // completeness counts (from the null masks made with the hashes) and what identity
+    // resolution needs of a carried pupil.
+    for (table, h) in [(&schema::ELEV, &elev), (&schema::ELEVFORHOLD, &ef)] {
+        let counts = carried_nulls(table, h);
         let e = nulls.entry(table.name).or_insert_with(|| (0, Vec::new()));
-        e.0 += rows;
+        e.0 += h.found.iter().flatten().count();
         if e.1.is_empty() {
             e.1 = counts;
         } else {
@@ -189,21 +204,105 @@ pub fn carry(
             }
         }
     }
-    drop((carried_elev, carried_ef));
+    let carried_elev = with_id(&staged.elev, &elev.found);
+    let names = ["stg_kilde_nokkel", "system_id", "fodselsnummer"];
+    let identity = names
+        .iter()
+        .map(|n| {
+            stage::elev_column(n)
+                .map(|g| g.array(carried_elev.iter().copied()))
+                .ok_or_else(|| crate::error::Error::Internal(format!("no staged column {n}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    drop(carried_elev);
     let schema = Arc::new(Schema::new(
         names
             .iter()
             .map(|n| Field::new(*n, DataType::Utf8, true))
             .collect::<Vec<_>>(),
     ));
-    let elev = Some(RecordBatch::try_new(schema, identity?)?);
-    let elev_ids = remove_carried(&mut staged.elev, &mut elev_hashes, &elev_found);
-    let elevforhold_ids = remove_carried(&mut staged.elevforhold, &mut ef_hashes, &ef_found);
+    let identity = Some(RecordBatch::try_new(schema, identity)?);
+    // A million rows dropped in each table: one table on each core.
+    let Staged {
+        elev: elev_rows,
+        elevforhold: ef_rows,
+        ..
+    } = staged;
+    let (elev_ids, elevforhold_ids) = crate::par::both(
+        || remove_carried(elev_rows, &mut elev.hashes, &elev.found),
+        || remove_carried(ef_rows, &mut ef.hashes, &ef.found),
+    );
     Ok(SnapshotCarry {
-        elev_hashes,
-        elevforhold_hashes: ef_hashes,
-        elev,
+        elev_hashes: elev.hashes,
+        elevforhold_hashes: ef.hashes,
+        elev: identity,
         elev_ids,
         elevforhold_ids,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+    use crate::fint::Origin;
+
+    /// The completeness counts of carried rows, read from the null masks made with the hashes,
+    /// are the nulls the staged columns of the same rows would hold.
+    #[test]
+    fn null_masks_count_what_the_staged_columns_would_hold() {
+        let row = |i: i64, fornavn: Option<&'static str>, epost: Option<&'static str>| ElevRow {
+            kilde_nokkel: Some(Cow::Owned(format!("k{i}"))),
+            system_id: Some(Cow::Owned(format!("k{i}"))),
+            fornavn: fornavn.map(Cow::Borrowed),
+            etternavn: Some(Cow::Borrowed("Nord")),
+            epostadresse: epost.map(Cow::Borrowed),
+            ..ElevRow::from(Origin {
+                kildesystem: "vigilo",
+                kjelde: "users.json",
+                rad: i,
+                skolenummer: None,
+                system_id: None,
+            })
+        };
+        let rows = vec![
+            row(1, Some("Kari"), None),
+            row(2, None, None),
+            row(3, Some("Ola"), Some("ola@skule.no")),
+            row(4, None, Some("x@skule.no")),
+        ];
+        let find = |h: u64| h.is_multiple_of(2).then_some([h, h]);
+        let h = hash_and_find(
+            7,
+            &schema::ELEV,
+            &rows,
+            stage::elev_column,
+            |_: &ElevRow<'_>| true,
+            Some(find),
+        )
+        .unwrap();
+        let carried: Vec<&ElevRow<'_>> = with_id(&rows, &h.found);
+        let expected: Vec<(&str, usize)> = schema::ELEV
+            .business_columns()
+            .map(|c| {
+                let nulls = match stage::elev_column(c.name) {
+                    Some(get) => get.array(carried.iter().copied()).null_count(),
+                    None => carried.len(),
+                };
+                (c.name, nulls)
+            })
+            .collect();
+        assert_eq!(carried_nulls(&schema::ELEV, &h), expected);
+        // Every row's own mask against its own columns, whether carried or not.
+        for (r, mask) in rows.iter().zip(&h.nulls) {
+            for (j, name) in h.columns.iter().enumerate() {
+                let get = stage::elev_column(name).unwrap();
+                let null = get.array(std::iter::once(r)).null_count() == 1;
+                assert_eq!(mask >> j & 1 == 1, null, "row {}, {name}", r.r.rad);
+            }
+        }
+        assert_eq!(h.hashes.len(), 4);
+        assert!(h.hashes.iter().all(|&x| x != 0));
+    }
 }

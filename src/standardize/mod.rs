@@ -114,13 +114,16 @@ pub async fn run(
         outcome.staged = Some(StagedData::default());
         return Ok(outcome);
     }
-    let known = known_schools(ctx).await?;
     // Unchanged rows are carried forward against the current state (docs/ARCHITECTURE.md,
-    // "Carried rows") when this run hands its rows to publish itself.
-    let preloaded = match write_staging || ctx.dry_run {
-        true => None,
-        false => crate::publish::preload(ctx).await?,
-    };
+    // "Carried rows") when this run hands its rows to publish itself; it is read while the
+    // schools are.
+    let (known, preloaded) = tokio::join!(known_schools(ctx), async {
+        match write_staging || ctx.dry_run {
+            true => Ok(None),
+            false => crate::publish::preload(ctx).await,
+        }
+    });
+    let (known, preloaded) = (known?, preloaded?);
     let index = preloaded
         .as_ref()
         .map(crate::publish::Preloaded::carry_index);

@@ -75,14 +75,18 @@ impl<T> Get<T> {
     }
 
     /// Appends a row's value to `out` for hashing: each value with its length, null apart
-    /// from every value.
-    pub fn feed(&self, row: &T, out: &mut Vec<u8>) {
+    /// from every value. Returns whether it is null.
+    pub fn feed(&self, row: &T, out: &mut Vec<u8>) -> bool {
         let mut put = |v: Option<&[u8]>| match v {
-            None => out.push(0),
+            None => {
+                out.push(0);
+                true
+            }
             Some(b) => {
                 out.push(1);
                 out.extend_from_slice(&(b.len() as u32).to_le_bytes());
                 out.extend_from_slice(b);
+                false
             }
         };
         match self {
@@ -93,15 +97,6 @@ impl<T> Get<T> {
                 .map(|b| &b[..])),
             Get::Int(f) => put(f(row).map(i32::to_le_bytes).as_ref().map(|b| &b[..])),
             Get::Bool(f) => put(f(row).map(|b| [b as u8]).as_ref().map(|b| &b[..])),
-        }
-    }
-
-    fn is_null(&self, row: &T) -> bool {
-        match self {
-            Get::Text(f) => f(row).is_none(),
-            Get::Date(f) => f(row).is_none(),
-            Get::Int(f) => f(row).is_none(),
-            Get::Bool(f) => f(row).is_none(),
         }
     }
 }
@@ -146,20 +141,30 @@ pub fn elevforhold_column<'a>(name: &str) -> Option<Get<EfRow<'a>>> {
     }))
 }
 
-/// Per business column of a table, how many of `rows` have no value in it (the ids, assigned
-/// by publish, have none): what the completeness metrics count of rows not staged.
-pub fn null_counts<T>(
+/// Per business column of a table, how many of some rows have no value in it (the ids, assigned
+/// by publish, have none): what the completeness metrics count of rows not staged. `columns` are
+/// the staged columns a null mask has a bit for (bit `j`: `columns[j]` is null), `masks` the
+/// rows' masks.
+pub fn null_counts(
     table: &crate::schema::Table,
-    rows: &[&T],
-    column: impl Fn(&str) -> Option<Get<T>>,
+    columns: &[&str],
+    masks: impl ExactSizeIterator<Item = u64>,
 ) -> Vec<(&'static str, usize)> {
+    let rows = masks.len();
+    let mut per_bit = [0usize; 64];
+    for mut m in masks {
+        while m != 0 {
+            per_bit[m.trailing_zeros() as usize] += 1;
+            m &= m - 1;
+        }
+    }
     table
         .business_columns()
         .map(|c| {
-            let nulls = match column(c.name) {
-                Some(get) => rows.iter().filter(|r| get.is_null(r)).count(),
-                None => rows.len(),
-            };
+            let nulls = columns
+                .iter()
+                .position(|n| *n == c.name)
+                .map_or(rows, |j| per_bit[j]);
             (c.name, nulls)
         })
         .collect()

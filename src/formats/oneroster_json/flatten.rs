@@ -5,8 +5,8 @@
 //! extra fields are ignored; 1.1 (`role`, `orgs`) and 1.2 (`roles`, `primaryOrg`) shapes both work.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 
+use rustc_hash::FxHashMap as HashMap;
 use serde_json::value::RawValue;
 
 use super::parse::Envelope;
@@ -155,8 +155,8 @@ fn sort<'a>(records: &mut dyn Iterator<Item = RawRec<'a>>) -> Sorted<'a> {
         users: Vec::new(),
         enrollments: Vec::new(),
         orgs: Vec::new(),
-        classes: HashMap::new(),
-        sessions: HashMap::new(),
+        classes: HashMap::default(),
+        sessions: HashMap::default(),
     };
     for rec in records {
         match rec.entitet {
@@ -228,7 +228,7 @@ fn schools<'a>(
     orgs: &[(RawRec<'a>, Obj<'a>)],
     skole: &mut Vec<SkoleRow<'a>>,
 ) -> HashMap<Cow<'a, str>, Cow<'a, str>> {
-    let mut school_of_org = HashMap::new();
+    let mut school_of_org = HashMap::default();
     for (rec, v) in orgs {
         if is_deleted(v) || v.s("type").is_some_and(|t| t != "school") {
             continue;
@@ -273,6 +273,9 @@ fn pupils<'a>(snap: &SnapshotInput<'a>, users: &[RawRec<'a>], elev: &mut Vec<Ele
             .filter_map(|i| Obj::parse(i))
             .find(|i| i.s("type").is_some_and(|t| t.eq_ignore_ascii_case("feide")))
             .and_then(|i| identifier(&i));
+        // The address fields are in `metadata`: it is scanned once, not once a field.
+        let metadata = v.obj("metadata");
+        let meta = |key: &str| metadata.as_ref().and_then(|m| m.s(key));
         elev.push(ElevRow {
             r: origin(snap, rec, system_id.clone(), None),
             kilde_nokkel: system_id.clone(),
@@ -287,9 +290,9 @@ fn pupils<'a>(snap: &SnapshotInput<'a>, users: &[RawRec<'a>], elev: &mut Vec<Ele
             kjonn: None,
             epostadresse: v.s("email"),
             mobiltelefonnummer: v.s("sms").or_else(|| v.s("phone")),
-            bostedsadresse: meta(v, "bostedsadresse"),
-            postnummer: meta(v, "postnummer"),
-            poststed: meta(v, "poststed"),
+            bostedsadresse: meta("bostedsadresse"),
+            postnummer: meta("postnummer"),
+            poststed: meta("poststed"),
             fnr_required: false,
         });
     }
