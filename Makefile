@@ -107,7 +107,7 @@ interop: build $(SPARK_VENV)/.installed $(DELTA_JARS)/.resolved
 RELEASE_DIR := $(or $(CARGO_TARGET_DIR),target)
 BENCH_SIZES ?= 100000 300000 1000000 3000000
 # The Spark peer (PySpark + delta-spark, MERGE INTO) up to this size.
-SPARK_MAX ?= 100000
+SPARK_MAX ?= 1000000
 # The FINT pull from the local test server (tests/servers/api_server.py).
 FINT_PUPILS ?= 100000
 # The national fleet: one pipeline per kommune.

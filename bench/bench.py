@@ -11,7 +11,7 @@ BENCH_CHURNS, each from a copy of the warehouse after the first load.
 usage: bench.py <elevflyt binary> <python with polars+deltalake> [sizes…]   (default 100000 1000000)
 environment: BENCH_CHURNS (default "0.001 0.01 0.1"), PY_MAX (largest size for the polars peer,
 default 1000000), SPARK_PY (python with pyspark; no Spark peer without it), DELTA_JARS,
-SPARK_MAX (largest size for the Spark peer, default 100000).
+SPARK_MAX (largest size for the Spark peer, default 1000000).
 Data is cached in bench/data/<size>/c<churn>; results go to bench/results.json.
 """
 import json
@@ -29,7 +29,7 @@ SIZES = [int(s) for s in sys.argv[3:]] or [100_000, 1_000_000]
 CHURNS = [float(c) for c in os.environ.get("BENCH_CHURNS", "0.001 0.01 0.1").split()]
 PY_MAX = int(os.environ.get("PY_MAX", 1_000_000))
 SPARK_PY = os.environ.get("SPARK_PY")
-SPARK_MAX = int(os.environ.get("SPARK_MAX", 100_000))
+SPARK_MAX = int(os.environ.get("SPARK_MAX", 1_000_000))
 DAY1, DAY2 = "2026-01-15", "2026-01-16"
 MAIN_CHURN = 0.01
 
