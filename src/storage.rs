@@ -480,8 +480,14 @@ pub async fn get(url: &Url) -> Result<Option<bytes::Bytes>> {
 
 /// Writes `bytes` to `url` (the state file, tests and `export`).
 pub async fn put(url: &Url, bytes: Vec<u8>) -> Result<()> {
+    put_parts(url, vec![bytes]).await
+}
+
+/// Writes an object made of these parts, in order, without copying them into one buffer.
+pub async fn put_parts(url: &Url, parts: Vec<Vec<u8>>) -> Result<()> {
     let store = store_for(url)?;
-    store.put(&object_path(url)?, bytes.into()).await?;
+    let payload: object_store::PutPayload = parts.into_iter().map(bytes::Bytes::from).collect();
+    store.put(&object_path(url)?, payload).await?;
     Ok(())
 }
 

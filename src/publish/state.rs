@@ -110,10 +110,10 @@ fn section(name: &str, engine: &Scd2, version: Label) -> Vec<u8> {
     out
 }
 
-/// The engines' state labelled with the table versions (`None`: no table). Each table's part
-/// is made on a core of its own and preceded by its length, so that it is read back the same
-/// way.
-pub fn encode(engines: [&Scd2; 3], versions: [Label; 3]) -> Vec<u8> {
+/// The engines' state labelled with the table versions (`None`: no table), as the parts of the
+/// file in order (written one after the other, not copied into one buffer). Each table's part is
+/// made on a core of its own and preceded by its length, so that it is read back the same way.
+pub fn encode(engines: [&Scd2; 3], versions: [Label; 3]) -> Vec<Vec<u8>> {
     let tables: Vec<(&str, &Scd2, Label)> = TABLES
         .iter()
         .zip(engines)
@@ -123,16 +123,20 @@ pub fn encode(engines: [&Scd2; 3], versions: [Label; 3]) -> Vec<u8> {
     let sections = crate::par::map(&tables, |(name, engine, version)| {
         section(name, engine, *version)
     });
-    let mut out = Vec::with_capacity(64 + sections.iter().map(|s| s.len() + 8).sum::<usize>());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT.to_le_bytes());
-    for s in &sections {
-        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-        out.extend_from_slice(s);
+    let mut head = Vec::with_capacity(MAGIC.len() + 4);
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&FORMAT.to_le_bytes());
+    let mut parts = vec![head];
+    for s in sections {
+        parts.push((s.len() as u64).to_le_bytes().to_vec());
+        parts.push(s);
     }
-    let sum = xxhash_rust::xxh3::xxh3_64(&out);
-    out.extend_from_slice(&sum.to_le_bytes());
-    out
+    let mut sum = xxhash_rust::xxh3::Xxh3::new();
+    for p in &parts {
+        sum.update(p);
+    }
+    parts.push(sum.digest().to_le_bytes().to_vec());
+    parts
 }
 
 struct Reader<'a> {
@@ -293,8 +297,8 @@ pub async fn read(
 }
 
 /// Writes a state file made by [`encode`].
-pub async fn put(ctx: &RunContext, bytes: Vec<u8>) -> Result<()> {
-    crate::storage::put(&url(ctx), bytes).await
+pub async fn put(ctx: &RunContext, parts: Vec<Vec<u8>>) -> Result<()> {
+    crate::storage::put_parts(&url(ctx), parts).await
 }
 
 #[cfg(test)]
@@ -350,7 +354,7 @@ mod tests {
     fn the_state_reads_back_as_written() {
         let e = engines();
         let v = [Some((3, 1)), Some((5, 2)), None];
-        let bytes = encode([&e[0], &e[1], &e[2]], v);
+        let bytes = encode([&e[0], &e[1], &e[2]], v).concat();
         let back = decode(&bytes, v).unwrap();
         for i in 0..3 {
             assert!(same(&e[i], &back[i]), "table {}", TABLES[i]);
@@ -363,7 +367,7 @@ mod tests {
     fn a_state_of_other_versions_or_damaged_is_not_used() {
         let e = engines();
         let v = [Some((3, 1)), Some((5, 2)), Some((5, 3))];
-        let bytes = encode([&e[0], &e[1], &e[2]], v);
+        let bytes = encode([&e[0], &e[1], &e[2]], v).concat();
         assert_eq!(
             decode(&bytes, [Some((3, 1)), Some((6, 2)), Some((5, 3))]).err(),
             Some(Unused::OtherVersions)
