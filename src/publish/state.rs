@@ -214,16 +214,12 @@ pub fn decode(bytes: &[u8], versions: [Label; 3]) -> std::result::Result<[Scd2; 
     if r.pos != body.len() {
         return Err(damaged("trailing bytes"));
     }
-    let mut engines = crate::par::map(&sections, |(name, b, version)| {
+    let engines = crate::par::map(&sections, |(name, b, version)| {
         decode_section(name, b, *version)
     })
-    .into_iter();
-    let mut next = || {
-        engines
-            .next()
-            .unwrap_or_else(|| Err(damaged("missing table")))
-    };
-    Ok([next()?, next()?, next()?])
+    .into_iter()
+    .collect::<std::result::Result<Vec<Scd2>, Unused>>()?;
+    engines.try_into().map_err(|_| damaged("missing table"))
 }
 
 /// One table's part of the file (see [`section`]).
