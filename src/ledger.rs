@@ -42,12 +42,20 @@ pub struct SnapshotCarry {
     pub elev: Option<RecordBatch>,
     pub elev_ids: Vec<[u64; 2]>,
     pub elevforhold_ids: Vec<[u64; 2]>,
+    /// Summaries of the records to carry unread on the next day (docs/ARCHITECTURE.md,
+    /// "Carried records"), given their ids by publish and kept with the current state.
+    pub records: Option<crate::carried::Made>,
+    /// Of the carried rows, those whose records were carried unread (pupils and elevforhold).
+    pub records_carried: usize,
+    /// Pupils carried unread: their numbers in the identity map standardize read (publish must
+    /// use that map) and the ids of their current versions.
+    pub elev_unread: Vec<(u32, [u64; 2])>,
 }
 
 impl SnapshotCarry {
     /// Rows carried forward (pupils and elevforhold).
     pub fn carried(&self) -> usize {
-        self.elev_ids.len() + self.elevforhold_ids.len()
+        self.elev_ids.len() + self.elev_unread.len() + self.elevforhold_ids.len()
     }
 }
 

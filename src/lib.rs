@@ -6,6 +6,7 @@
 //! [`quality`], Delta access in [`delta`]. The module map and the rules the code keeps:
 //! docs/ARCHITECTURE.md.
 
+pub mod carried;
 pub mod cli;
 pub mod config;
 pub mod context;

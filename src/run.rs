@@ -62,6 +62,9 @@ pub struct Summary {
     pub current_rows_from: String,
     /// Rows standardize carried forward unchanged, not staged again (pupils and elevforhold).
     pub carried: usize,
+    /// Of those, elevforhold whose raw records were carried unread (docs/ARCHITECTURE.md,
+    /// "Carried records").
+    pub records_carried: usize,
     pub failed_rules: Vec<(String, u64)>,
     /// Incomplete snapshots held back until their missing files arrive.
     pub held_back: Vec<String>,
@@ -212,6 +215,7 @@ async fn run_stages(
         staged = o.staged.take();
         preloaded = o.preloaded.take();
         summary.carried = o.carried;
+        summary.records_carried = o.records_carried;
         summary.held_back = std::mem::take(&mut o.held_back);
         summary.snapshots_standardized = o.snapshots;
         summary.avvik = o.avvik;

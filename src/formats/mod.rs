@@ -55,6 +55,13 @@ pub trait Format: Sync + Send {
         &[]
     }
 
+    /// The records standardize may carry forward unchanged, without reading them, and the
+    /// records those are read against (docs/ARCHITECTURE.md, "Carried records"). `None` (the
+    /// default): every record is read every day.
+    fn carried_records(&self) -> Option<&'static CarriedRecords> {
+        None
+    }
+
     /// A format read from a REST API: what to pull and how it pages (ingest's `pull` does the
     /// HTTP). `None`: the format is read from files only.
     fn api(&self) -> Option<&'static Api> {
@@ -170,6 +177,18 @@ pub struct ParsedFile<'a> {
     /// The parts that are changes only (a OneRoster CSV `delta` file): ingest lays them over
     /// the source's previous snapshot of that part.
     pub delta: Vec<&'static str>,
+}
+
+/// Which records of a format carry forward (see [`Format::carried_records`]): each record of
+/// `entity` yields at most one elevforhold row from its own text and the records of `context`
+/// (all of them hashed together: one changed class reads every such record again), and nothing
+/// else; each record of `pupils` at most one elev row from its own text alone, whose source key
+/// is its system id.
+#[derive(Debug)]
+pub struct CarriedRecords {
+    pub entity: &'static str,
+    pub context: &'static [&'static str],
+    pub pupils: Option<&'static str>,
 }
 
 /// A raw record of a snapshot, borrowed from the raw table's columns.

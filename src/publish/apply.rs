@@ -44,11 +44,15 @@ pub struct StagedTables {
 /// Applies one snapshot. Per-school lists do not cover a pupil's other schools: a pupil is
 /// closed when no open elevforhold is left in the source. `carry`: the staged-row hashes and
 /// the rows standardize carried forward (docs/ARCHITECTURE.md, "Carried rows").
+///
+/// `made`: summaries of the snapshot's records (docs/ARCHITECTURE.md, "Carried records"); the
+/// staged rows' are given the ids they get here.
 pub fn snapshot(
     t: &mut Tables,
     identity: &mut Identity,
     staged: &StagedTables,
     carry: Option<&SnapshotCarry>,
+    mut made: Option<&mut crate::carried::Made>,
     key: &SnapshotKey,
     kommune: &str,
 ) -> Result<()> {
@@ -74,6 +78,13 @@ pub fn snapshot(
     let source_keys = crate::delta::strings(&rows, "stg_kilde_nokkel")?;
     let (elev_batch, mut pupil_of_source_key) =
         elev_ids(identity, &rows, &source_keys, kildesystem, *as_of, kommune)?;
+    if let Some(made) = made.as_deref_mut() {
+        for (i, id) in ids_of(&elev_batch)?.into_iter().enumerate() {
+            if let Some(id) = id {
+                made.give_id(true, i, id);
+            }
+        }
+    }
     let carried_src = match &carry.elev {
         Some(b) => Some((b, crate::delta::strings(b, "stg_kilde_nokkel")?)),
         None => None,
@@ -89,11 +100,31 @@ pub fn snapshot(
         )?,
         None => Vec::new(),
     };
+    // Pupils carried unread (docs/ARCHITECTURE.md, "Carried records") were found settled in
+    // this very map by standardize: seen again, nothing else. Their elevforhold find them by
+    // their system id (their source key).
+    let mut carried_elev = carried_elev;
+    let mut unread = vec![false; identity.len()];
+    for &(n, id) in &carry.elev_unread {
+        let Some(u) = unread.get_mut(n as usize) else {
+            return Err(Error::Invariant {
+                table: "elev".into(),
+                detail: format!(
+                    "a pupil carried unread as {} is not in the identity map",
+                    Key::Id(id)
+                ),
+            });
+        };
+        *u = true;
+        identity.widen(n, *as_of);
+        carried_elev.push(Key::Id(id));
+    }
     let carried_ef: Vec<Key> = carry
         .elevforhold_ids
         .iter()
         .map(|&id| Key::Id(id))
         .collect();
+    let made_ef = made.is_some();
     // elev versions on one core, elevforhold ids and versions on the other (they need the
     // pupils' ids, not their versions).
     let ef_batch = staged.elevforhold.snapshot(key)?;
@@ -109,8 +140,21 @@ pub fn snapshot(
         },
         || {
             let identity = &*identity;
-            let elev_of = |k: &str| pupil_of_source_key.get(k).map(|&n| identity.id(n));
+            let elev_of = |k: &str| {
+                let n = pupil_of_source_key.get(k).copied().or_else(|| {
+                    identity
+                        .by_system_id(kildesystem, k)
+                        .filter(|&n| unread.get(n as usize).copied().unwrap_or(false))
+                })?;
+                Some(identity.id(n))
+            };
             let (b, kept) = elevforhold_ids(&ef_batch, kildesystem, elev_of)?;
+            let given: Vec<(u32, [u64; 2])> = match made_ef {
+                true => (kept.iter().zip(ids_of(&b)?))
+                    .filter_map(|(&row, id)| Some((row, id?)))
+                    .collect(),
+                false => Vec::new(),
+            };
             let hashes: Vec<u64> = match carry.elevforhold_hashes.is_empty() {
                 true => Vec::new(),
                 false => kept
@@ -126,10 +170,16 @@ pub fn snapshot(
             };
             t.elevforhold
                 .apply_carried(b, key, scope(), &hashes, &carried_ef)
+                .map(|closed| (closed, given))
         },
     );
     elev_done?;
-    let closed_ef = ef_done?;
+    let (closed_ef, given) = ef_done?;
+    if let Some(made) = made {
+        for (row, id) in given {
+            made.give_id(false, row as usize, id);
+        }
+    }
     if omfang.is_some() {
         // A pupil who left this school and has no other open elevforhold in this source
         // has left the source.
@@ -151,6 +201,18 @@ pub fn snapshot(
         }
     }
     Ok(())
+}
+
+/// The ids of a batch's rows (`id`), as numbers (`None`: not a UUID).
+fn ids_of(b: &RecordBatch) -> Result<Vec<Option<[u64; 2]>>> {
+    let ids = crate::delta::strings(b, "id")?;
+    Ok(crate::par::chunks(b.num_rows(), |part| {
+        part.map(|i| match Key::of(ids.value(i)) {
+            Key::Id(v) => Some(v),
+            Key::Text(_) => None,
+        })
+        .collect()
+    }))
 }
 
 /// A snapshot's elev rows with their ids resolved, and each source key (`src`, the rows'

@@ -57,6 +57,11 @@ fn text_hash(s: &str) -> [u64; 2] {
     [(h >> 64) as u64, h as u64]
 }
 
+/// A [`text_hash`] as one number (as validation's key sets hold keys).
+fn u128_of(h: [u64; 2]) -> u128 {
+    (h[0] as u128) << 64 | h[1] as u128
+}
+
 /// A lookup from a text (by its [`text_hash`]) to a pupil number.
 #[derive(Default)]
 struct Lookup(HashTable<([u64; 2], u32)>);
@@ -66,13 +71,17 @@ impl Lookup {
         self.0.find(key[1], |e| e.0 == key).map(|e| e.1)
     }
 
-    /// Points `key` at pupil `n`.
-    fn point(&mut self, key: [u64; 2], n: u32) {
+    /// Points `key` at pupil `n`; returns the other pupil it pointed at before, if any.
+    fn point(&mut self, key: [u64; 2], n: u32) -> Option<u32> {
         // One probe of the table, whether the key is there or not.
         match self.0.entry(key[1], |e| e.0 == key, |e| e.0[1]) {
-            hashbrown::hash_table::Entry::Occupied(mut e) => e.get_mut().1 = n,
+            hashbrown::hash_table::Entry::Occupied(mut e) => {
+                let before = std::mem::replace(&mut e.get_mut().1, n);
+                (before != n).then_some(before)
+            }
             hashbrown::hash_table::Entry::Vacant(e) => {
                 e.insert((key, n));
+                None
             }
         }
     }
@@ -142,6 +151,9 @@ pub struct Identity {
     /// The first fact of each pupil (same index as `ids`); further facts, rare, in `more_facts`.
     facts: Vec<Fact>,
     more_facts: FxHashMap<u32, Vec<Fact>>,
+    /// Pupils a system id or number led to before it led to another (or after): their
+    /// lookups may not lead to them ([`Identity::settled_by_id`]).
+    contested: Vec<bool>,
     changed: bool,
 }
 
@@ -289,10 +301,14 @@ impl Identity {
     /// lookups then lead to `n`. Returns whether this was news.
     fn see(&mut self, n: u32, source: u32, system_id: Given, fnr: Given, seen: (i64, i64)) -> bool {
         if let Some(h) = system_id.hash {
-            self.by_system[source as usize].point(h, n);
+            if let Some(other) = self.by_system[source as usize].point(h, n) {
+                self.contest(other, n);
+            }
         }
         if let Some(h) = fnr.hash {
-            self.by_fnr.point(h, n);
+            if let Some(other) = self.by_fnr.point(h, n) {
+                self.contest(other, n);
+            }
         }
         // Most often the pupil's first (only) fact.
         let idx = n as usize;
@@ -398,6 +414,56 @@ impl Identity {
         if self.facts[n as usize].widen((as_of, as_of)) {
             self.changed = true;
         }
+    }
+
+    /// Marks two pupils that one lookup led to.
+    fn contest(&mut self, a: u32, b: u32) {
+        let top = a.max(b) as usize + 1;
+        if self.contested.len() < top {
+            self.contested.resize(top, false);
+        }
+        self.contested[a as usize] = true;
+        self.contested[b as usize] = true;
+    }
+
+    /// The pupil with current version `id`, when a record of `kildesystem` whose system id has
+    /// [`text_hash`] `system_hash` and that was resolved to it before (a record carried unread,
+    /// docs/ARCHITECTURE.md, "Carried records") is settled as [`Identity::settled`] says: the
+    /// pupil's first fact is its only one in the source and has that system id, and the system
+    /// id and the fact's number lead to the pupil. Returns its number and its number's hash.
+    pub fn settled_by_id(
+        &self,
+        kildesystem: &str,
+        id: [u64; 2],
+        system_hash: u128,
+    ) -> Option<(u32, Option<u128>)> {
+        let source = self.known_source(kildesystem)?;
+        let mut buf = Uuid::encode_buffer();
+        let text = Uuid::from_u64_pair(id[0], id[1])
+            .hyphenated()
+            .encode_lower(&mut buf);
+        let n = self.number.get(text_hash(text))?;
+        // A pupil no lookup was taken from leads to itself by its first fact's identifiers.
+        if self.contested.get(n as usize).copied().unwrap_or(false) {
+            return None;
+        }
+        let f = self.facts.get(n as usize)?;
+        let sys = [(system_hash >> 64) as u64, system_hash as u64];
+        let only = self.more_facts.is_empty()
+            || (self.more_facts.get(&n)).is_none_or(|more| more.iter().all(|m| m.source != source));
+        (only && f.source == source && f.system_hash == Some(sys))
+            .then(|| (n, f.fnr_hash.map(u128_of)))
+    }
+
+    /// The pupil a system id of `kildesystem` leads to.
+    pub fn by_system_id(&self, kildesystem: &str, system_id: &str) -> Option<u32> {
+        let source = self.known_source(kildesystem)?;
+        self.by_system[source as usize].get(text_hash(system_id))
+    }
+
+    /// The number of pupils known.
+    pub fn len(&self) -> usize {
+        self.ids.len()
     }
 
     /// The id of pupil `n`.
@@ -541,6 +607,45 @@ mod tests {
         id.changed = false;
         id.widen(n, 12);
         assert!(!id.changed);
+    }
+
+    /// A pupil carried unread is found by its id and is settled only while no lookup of its
+    /// was taken by another pupil and its one fact in the source has its system id.
+    #[test]
+    fn a_pupil_carried_unread_is_settled_by_its_id_as_by_its_identifiers() {
+        let mut id = Identity::default();
+        fn new(k: &'static str) -> impl FnOnce() -> uuid::Uuid {
+            move || Identity::new_id("4601", "vis", k)
+        }
+        fn key(id: &Identity, n: u32) -> [u64; 2] {
+            match crate::publish::scd2::Key::of(id.id(n)) {
+                crate::publish::scd2::Key::Id(v) => v,
+                crate::publish::scd2::Key::Text(_) => unreachable!(),
+            }
+        }
+        let sys = |s: &str| xxhash_rust::xxh3::xxh3_128(s.as_bytes());
+        let a = id.resolve("vis", Some("s1"), Some("01010100001"), new("s1"), 10);
+        let b = id.resolve("vis", Some("s2"), Some("02020200002"), new("s2"), 10);
+        let c = id.resolve("vis", Some("s3"), None, new("s3"), 10);
+        let (ka, kb, kc) = (key(&id, a), key(&id, b), key(&id, c));
+        assert_eq!(
+            id.settled_by_id("vis", ka, sys("s1")),
+            Some((a, Some(sys("01010100001"))))
+        );
+        assert_eq!(id.settled_by_id("vis", kc, sys("s3")), Some((c, None)));
+        // Another system id, another source, an unknown id.
+        assert_eq!(id.settled_by_id("vis", ka, sys("s2")), None);
+        assert_eq!(id.settled_by_id("other", ka, sys("s1")), None);
+        assert_eq!(id.settled_by_id("vis", [1, 2], sys("s1")), None);
+        // Pupil b takes over a's number: neither is settled by id any more (as `settled` says
+        // of a).
+        id.resolve("vis", Some("s2"), Some("01010100001"), new("s2"), 11);
+        assert_eq!(id.settled("vis", Some("s1"), Some("01010100001")), None);
+        assert_eq!(id.settled_by_id("vis", ka, sys("s1")), None);
+        assert_eq!(id.settled_by_id("vis", kb, sys("s2")), None);
+        // A pupil with a second fact in the source: which one its record is cannot be told.
+        id.resolve("vis", Some("s3"), Some("03030300003"), new("s3"), 12);
+        assert_eq!(id.settled_by_id("vis", kc, sys("s3")), None);
     }
 
     #[test]

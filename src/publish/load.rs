@@ -33,6 +33,9 @@ pub struct Loaded {
     /// Whether the engines are the ones read before standardize (`Preloaded`), which the
     /// rows standardize carried forward were decided against.
     pub preloaded: bool,
+    /// Whether the identity map is the one read before standardize, in which the pupils it
+    /// carried unread were found.
+    pub identity_preloaded: bool,
 }
 
 /// The current state read before standardize (docs/ARCHITECTURE.md, "Carried rows"): the
@@ -40,6 +43,31 @@ pub struct Loaded {
 pub struct Preloaded {
     labels: [Label; 3],
     engines: [Scd2; 3],
+    /// Summaries of the records standardize may carry unread (docs/ARCHITECTURE.md, "Carried
+    /// records").
+    memo: crate::carried::Memo,
+    /// The identity map as read with the state (standardize finds carried pupils' identifiers
+    /// in it), its session, and the version of `elev_id` it was read at: publish uses it while
+    /// `elev_id` is still at that version.
+    identity: Option<(Identity, SessionContext, Option<u64>)>,
+}
+
+/// The version `elev_id` is at (`None`: no table yet).
+async fn elev_id_version(p: &crate::config::Pipeline) -> Result<Option<u64>> {
+    Ok(crate::delta::try_open(&p.table_url(schema::ELEV_ID.name))
+        .await?
+        .and_then(|t| t.version()))
+}
+
+/// The identity map, the session it was read in, and the version of `elev_id` it is of (read
+/// first: a later version read meanwhile only makes publish read the map again).
+async fn read_identity(
+    p: &crate::config::Pipeline,
+) -> Result<(Identity, SessionContext, Option<u64>)> {
+    let version = elev_id_version(p).await?;
+    let session = crate::delta::session(p, &[schema::ELEV_ID.name]).await?;
+    let identity = Identity::load(p, &session).await?;
+    Ok((identity, session, version))
 }
 
 impl std::fmt::Debug for Preloaded {
@@ -75,10 +103,14 @@ pub async fn preload(ctx: &RunContext) -> Result<Option<Preloaded>> {
     if labels.iter().all(Option::is_none) {
         return Ok(None);
     }
-    Ok(state::read(ctx, labels)
-        .await?
-        .ok()
-        .map(|engines| Preloaded { labels, engines }))
+    // The identity map is read at the same time (publish needs it either way).
+    let (state, identity) = tokio::join!(state::read(ctx, labels), read_identity(&ctx.pipeline));
+    Ok(state?.ok().map(|(engines, memo)| Preloaded {
+        labels,
+        engines,
+        memo,
+        identity: identity.ok(),
+    }))
 }
 
 /// Which current version each staged-row hash made, for the two large tables: what standardize
@@ -159,6 +191,16 @@ fn staged_at(state: &State, p: u32) -> u64 {
 }
 
 impl Preloaded {
+    /// The identity map read with the state.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref().map(|(i, _, _)| i)
+    }
+
+    /// The summaries of records carried unread; `None` when there are none.
+    pub fn memo(&self) -> Option<&crate::carried::Memo> {
+        (!self.memo.is_empty()).then_some(&self.memo)
+    }
+
     /// The index of the current versions by staged-row hash (versions without one, or with a
     /// key that is not an id, are not in it: their rows are staged).
     pub fn carry_index(&self) -> CarryIndex<'_> {
@@ -185,23 +227,29 @@ pub async fn load(
     for (run, version) in tables.all_mut().into_iter().zip(versions) {
         run.read_version = version;
     }
-    let preloaded = preloaded.filter(|p| rebuilt.is_empty() && p.labels == labels);
+    let mut preloaded = preloaded.filter(|p| rebuilt.is_empty() && p.labels == labels);
     // The current rows from the state file of exactly these versions, when there is one
     // (docs/ARCHITECTURE.md, "The current state"); a rebuilt source's are replayed instead.
-    // The identity map loads on another task meanwhile (it is needed either way).
+    // The identity map loads on another task meanwhile (it is needed either way), unless the
+    // one read with the state is of `elev_id`'s present version.
     let use_state = rebuilt.is_empty() && labels.iter().any(Option::is_some);
+    let read_before = preloaded.as_mut().and_then(|p| p.identity.take());
     let early_identity = use_state.then(|| {
         let pipeline = ctx.pipeline.clone();
         tokio::spawn(async move {
-            let session = crate::delta::session(&pipeline, &[schema::ELEV_ID.name]).await?;
-            let identity = Identity::load(&pipeline, &session).await?;
-            Ok::<_, crate::error::Error>((identity, session))
+            if let Some((identity, session, version)) = read_before {
+                if elev_id_version(&pipeline).await? == version {
+                    return Ok((identity, session, true));
+                }
+            }
+            let (identity, session, _) = read_identity(&pipeline).await?;
+            Ok::<_, crate::error::Error>((identity, session, false))
         })
     });
     let was_preloaded = preloaded.is_some();
     let from_state = match (preloaded, use_state) {
         (Some(p), _) => Ok(Ok(p.engines)),
-        (None, true) => state::read(ctx, labels).await,
+        (None, true) => state::read(ctx, labels).await.map(|r| r.map(|(e, _)| e)),
         (None, false) => Ok(Err(state::Unused::Missing)),
     };
     let early_identity = match early_identity {
@@ -218,7 +266,7 @@ pub async fn load(
         tables.skole.engine = skole;
         tables.elev.engine = elev;
         tables.elevforhold.engine = elevforhold;
-        let (identity, session) = loaded?;
+        let (identity, session, identity_preloaded) = loaded?;
         return Ok(Loaded {
             stored_current: tables.elev.engine.state.len(),
             tables,
@@ -227,6 +275,7 @@ pub async fn load(
             labels,
             current_from,
             preloaded: was_preloaded,
+            identity_preloaded,
         });
     }
     let session = crate::delta::session(
@@ -278,6 +327,7 @@ pub async fn load(
         labels,
         current_from,
         preloaded: false,
+        identity_preloaded: false,
     })
 }
 
@@ -371,6 +421,8 @@ mod tests {
         let pre = Preloaded {
             labels: [None; 3],
             engines: [Scd2::default(), elev, Scd2::default()],
+            memo: Default::default(),
+            identity: None,
         };
         let index = pre.carry_index();
         for n in 1..=1000u128 {

@@ -74,7 +74,7 @@ pub async fn run(
     let mut out = PublishOutcome::default();
     let mut steps = Steps::new("publish");
     let done = ledger::published(ctx).await?;
-    let data = ledger::staged_data(ctx, staged).await?;
+    let mut data = ledger::staged_data(ctx, staged).await?;
     log_staged_memory(&data);
     steps.step("staged data");
     let staged = StagedTables {
@@ -113,6 +113,7 @@ pub async fn run(
         labels,
         current_from,
         preloaded,
+        identity_preloaded,
     } = load::load(ctx, &rebuilt, preloaded).await?;
     out.current_from = current_from;
     // Rows carried forward are only present against the state they were decided on.
@@ -121,17 +122,32 @@ pub async fn run(
         .carry
         .iter()
         .any(|(k, c)| c.carried() > 0 && rebuilt.contains(&k.0));
-    if (carried > 0 && !preloaded) || carried_rebuilt {
-        // The tables moved on since standardize read their state (another run published), or
-        // a source carried forward is now rebuilt from every snapshot.
+    let unread_pupils = data.carry.values().any(|c| !c.elev_unread.is_empty());
+    if (carried > 0 && !preloaded) || carried_rebuilt || (unread_pupils && !identity_preloaded) {
+        // The tables moved on since standardize read their state (another run published; or
+        // `elev_id`, in which it found the pupils it carried unread), or a source carried
+        // forward is now rebuilt from every snapshot.
         return Err(crate::error::Error::ConcurrentRun("elev".into()));
     }
     out.carried = carried;
     steps.step("load identity and current rows");
     let kommune = ctx.pipeline.kommunenummer();
+    // Summaries of the records to carry unread on the next day (docs/ARCHITECTURE.md, "Carried
+    // records"): their staged rows get their ids as they are applied.
+    let mut made = Vec::new();
     for key in &snapshots {
+        let mut m = data.carry.get_mut(key).and_then(|c| c.records.take());
         let carry = data.carry.get(key);
-        apply::snapshot(&mut tables, &mut identity, &staged, carry, key, kommune)?;
+        apply::snapshot(
+            &mut tables,
+            &mut identity,
+            &staged,
+            carry,
+            m.as_mut(),
+            key,
+            kommune,
+        )?;
+        made.extend(m);
     }
     steps.step("elev and elevforhold versions");
     apply::check(&tables, &identity)?;
@@ -149,6 +165,11 @@ pub async fn run(
     for run in tables.all_mut() {
         run.batches = Vec::new();
     }
+    // The summaries are kept with the state they belong to; none after a rebuild.
+    let records = match rebuilt.is_empty() {
+        true => crate::carried::Records::merge(made.into_iter().map(|m| m.records)),
+        false => crate::carried::Records::default(),
+    };
     drop((staged, data));
     if ctx.dry_run {
         return Ok(out);
@@ -158,8 +179,10 @@ pub async fn run(
     let labels = state_labels(ctx, &tables, labels, &out).await;
     let [skole, elev, elevforhold] = tables.all();
     let engines = [&skole.engine, &elev.engine, &elevforhold.engine];
-    let (state_file, elev_id) =
-        crate::par::both(|| state::encode(engines, labels), || identity.batch(ctx));
+    let (state_file, elev_id) = crate::par::both(
+        || state::encode(engines, labels, &records),
+        || identity.batch(ctx),
+    );
     steps.step("current state and elev_id rows");
     // The table metrics only read what is committed: computed meanwhile, on the other core.
     let table_metrics = tokio::spawn({

@@ -1,21 +1,25 @@
 //! The compact current state (docs/ARCHITECTURE.md, "The current state"): what the SCD2
 //! engines hold after a publish — per table each current key with its row hash, `valid_from`,
-//! source, school, parent and staged-row hash (docs/ARCHITECTURE.md, "Carried rows") — written in one binary file beside the tables, labelled with the
-//! table versions it belongs to. The next publish reads it instead of the current rows in
-//! Parquet; a missing or damaged file, or one of other versions, is ignored (the tables are
-//! read, and the file written anew after the commit). It holds ids, hashes, dates, source
-//! names and school numbers: no personal data.
+//! source, school, parent and staged-row hash (docs/ARCHITECTURE.md, "Carried rows") — and the
+//! summaries of the records the next day may carry unread ("Carried records"), written in one
+//! binary file beside the tables, labelled with the table versions it belongs to. The next
+//! publish reads it instead of the current rows in Parquet; a missing or damaged file, or one of
+//! other versions, is ignored (the tables are read, and the file written anew after the
+//! commit). It holds ids, hashes, dates, source names, school numbers and null bits: no
+//! personal data.
 
 use std::sync::Arc;
 
 use super::scd2::{Key, Scd2, Text};
+use crate::carried::{Memo, Records};
 use crate::context::RunContext;
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8] = b"ELEVFLYT-TILSTAND\n";
 /// 2: each row also has the hash of its staged row (`Current::staged`); 3: each table's part is
-/// preceded by its length (the parts are written and read on every core).
-const FORMAT: u32 = 3;
+/// preceded by its length (the parts are written and read on every core); 4: a last part holds
+/// the summaries of records carried unread (docs/ARCHITECTURE.md, "Carried records").
+const FORMAT: u32 = 4;
 /// The tables, in the order the file holds them.
 pub const TABLES: [&str; 3] = ["skole", "elev", "elevforhold"];
 
@@ -113,7 +117,7 @@ fn section(name: &str, engine: &Scd2, version: Label) -> Vec<u8> {
 /// The engines' state labelled with the table versions (`None`: no table), as the parts of the
 /// file in order (written one after the other, not copied into one buffer). Each table's part is
 /// made on a core of its own and preceded by its length, so that it is read back the same way.
-pub fn encode(engines: [&Scd2; 3], versions: [Label; 3]) -> Vec<Vec<u8>> {
+pub fn encode(engines: [&Scd2; 3], versions: [Label; 3], records: &Records) -> Vec<Vec<u8>> {
     let tables: Vec<(&str, &Scd2, Label)> = TABLES
         .iter()
         .zip(engines)
@@ -127,7 +131,7 @@ pub fn encode(engines: [&Scd2; 3], versions: [Label; 3]) -> Vec<Vec<u8>> {
     head.extend_from_slice(MAGIC);
     head.extend_from_slice(&FORMAT.to_le_bytes());
     let mut parts = vec![head];
-    for s in sections {
+    for s in sections.into_iter().chain([records.encode()]) {
         parts.push((s.len() as u64).to_le_bytes().to_vec());
         parts.push(s);
     }
@@ -184,9 +188,12 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The engines in `bytes`, when they are of exactly these table versions. The tables' parts are
-/// read on every core.
-pub fn decode(bytes: &[u8], versions: [Label; 3]) -> std::result::Result<[Scd2; 3], Unused> {
+/// What a state file holds: the engines, and the summaries of records carried unread.
+pub type Decoded = ([Scd2; 3], Memo);
+
+/// The engines and summaries in `bytes`, when they are of exactly these table versions. The
+/// tables' parts are read on every core.
+pub fn decode(bytes: &[u8], versions: [Label; 3]) -> std::result::Result<Decoded, Unused> {
     let damaged = |why: &str| Unused::Damaged(why.to_string());
     let body_len = bytes
         .len()
@@ -211,6 +218,8 @@ pub fn decode(bytes: &[u8], versions: [Label; 3]) -> std::result::Result<[Scd2; 
         let len = usize::try_from(r.u64()?).map_err(|_| damaged("section length"))?;
         sections.push((*name, r.take(len)?, version));
     }
+    let len = usize::try_from(r.u64()?).map_err(|_| damaged("section length"))?;
+    let records = r.take(len)?;
     if r.pos != body.len() {
         return Err(damaged("trailing bytes"));
     }
@@ -219,7 +228,9 @@ pub fn decode(bytes: &[u8], versions: [Label; 3]) -> std::result::Result<[Scd2; 
     })
     .into_iter()
     .collect::<std::result::Result<Vec<Scd2>, Unused>>()?;
-    engines.try_into().map_err(|_| damaged("missing table"))
+    let engines = engines.try_into().map_err(|_| damaged("missing table"))?;
+    let records = Records::decode(records).ok_or_else(|| damaged("carried records"))?;
+    Ok((engines, Memo::new(records)))
 }
 
 /// One table's part of the file (see [`section`]).
@@ -283,7 +294,7 @@ fn decode_section(name: &str, b: &[u8], version: Label) -> std::result::Result<S
 pub async fn read(
     ctx: &RunContext,
     versions: [Label; 3],
-) -> Result<std::result::Result<[Scd2; 3], Unused>> {
+) -> Result<std::result::Result<Decoded, Unused>> {
     let Some(bytes) = crate::storage::get(&url(ctx)).await? else {
         return Ok(Err(Unused::Missing));
     };
@@ -350,20 +361,35 @@ mod tests {
     fn the_state_reads_back_as_written() {
         let e = engines();
         let v = [Some((3, 1)), Some((5, 2)), None];
-        let bytes = encode([&e[0], &e[1], &e[2]], v).concat();
-        let back = decode(&bytes, v).unwrap();
+        let records = Records {
+            schools: vec!["46591".into()],
+            entries: vec![(
+                77,
+                crate::carried::Entry {
+                    id: [5, 6],
+                    pupil: 9 << 80,
+                    school: 0,
+                    nulls: 0b101,
+                },
+            )],
+        };
+        let bytes = encode([&e[0], &e[1], &e[2]], v, &records).concat();
+        let (back, memo) = decode(&bytes, v).unwrap();
         for i in 0..3 {
             assert!(same(&e[i], &back[i]), "table {}", TABLES[i]);
         }
         assert_eq!(back[1].state.len(), 52);
         assert_eq!(back[1].state[&Key::of("staged")].staged, 5);
+        let found = memo.join(&[(77, 0)]);
+        assert_eq!(found, [(0, &records.entries[0].1, Some("46591"))]);
+        assert_eq!(memo.len(), 1);
     }
 
     #[test]
     fn a_state_of_other_versions_or_damaged_is_not_used() {
         let e = engines();
         let v = [Some((3, 1)), Some((5, 2)), Some((5, 3))];
-        let bytes = encode([&e[0], &e[1], &e[2]], v).concat();
+        let bytes = encode([&e[0], &e[1], &e[2]], v, &Records::default()).concat();
         assert_eq!(
             decode(&bytes, [Some((3, 1)), Some((6, 2)), Some((5, 3))]).err(),
             Some(Unused::OtherVersions)

@@ -12,6 +12,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema};
 use xxhash_rust::xxh3::Xxh3;
 
+use super::records::Plan;
 use super::snapshots::Snapshot;
 use super::stage::{self, Get};
 use crate::error::Result;
@@ -149,11 +150,15 @@ fn carried_nulls(table: &schema::Table, h: &Hashed) -> Vec<(&'static str, usize)
 /// Hashes a snapshot's validated rows and, with an `index` of the current state, takes the
 /// unchanged ones out of `staged`. Returns what publish needs of them, and the completeness
 /// counts of the rows taken out.
+/// With a `plan` of carried records, the records carried unread are added (their ids and
+/// counts) and the summaries for the next day made (`clean`: whether a record has no deviation).
 pub fn carry(
     snap: &Snapshot,
     staged: &mut Staged<'_>,
     index: Option<&CarryIndex<'_>>,
     nulls: &mut CarriedNulls,
+    plan: Option<&Plan<'_, '_>>,
+    clean: &dyn Fn(&str, i64) -> bool,
 ) -> Result<SnapshotCarry> {
     // A kept row's key is unique in the snapshot: validation keeps only the first pupil with
     // a source key and the first elevforhold of a pupil at a school
@@ -182,20 +187,42 @@ pub fn carry(
         },
     );
     let (mut elev, mut ef) = (elev?, ef?);
+    let records = plan.map(|p| {
+        p.summaries(
+            (&staged.elev, &elev.hashes, &elev.nulls, &elev.found),
+            (&staged.elevforhold, &ef.hashes, &ef.nulls, &ef.found),
+            clean,
+        )
+    });
     if index.is_none() {
         return Ok(SnapshotCarry {
             elev_hashes: elev.hashes,
             elevforhold_hashes: ef.hashes,
+            records,
             ..Default::default()
         });
     }
+    // Records carried unread: their ids, and their counts from the null bits they were kept
+    // with; a pupil's identifiers as identity last saw them.
+    let (unread_ids, unread_nulls) = plan.map(Plan::enrollments).unwrap_or_default();
+    let (unread_pupils, unread_pupil_nulls) = plan.map(Plan::pupils).unwrap_or_default();
     // What is counted and resolved of the carried rows is read before they leave: the
     // completeness counts (from the null masks made with the hashes) and what identity
     // resolution needs of a carried pupil.
-    for (table, h) in [(&schema::ELEV, &elev), (&schema::ELEVFORHOLD, &ef)] {
-        let counts = carried_nulls(table, h);
+    for (table, h, unread) in [
+        (&schema::ELEV, &elev, &unread_pupil_nulls[..]),
+        (&schema::ELEVFORHOLD, &ef, &unread_nulls[..]),
+    ] {
+        let mut counts = carried_nulls(table, h);
+        for (a, b) in counts.iter_mut().zip(stage::null_counts(
+            table,
+            &h.columns,
+            unread.iter().copied(),
+        )) {
+            a.1 += b.1;
+        }
         let e = nulls.entry(table.name).or_insert_with(|| (0, Vec::new()));
-        e.0 += h.found.iter().flatten().count();
+        e.0 += h.found.iter().flatten().count() + unread.len();
         if e.1.is_empty() {
             e.1 = counts;
         } else {
@@ -228,16 +255,20 @@ pub fn carry(
         elevforhold: ef_rows,
         ..
     } = staged;
-    let (elev_ids, elevforhold_ids) = crate::par::both(
+    let (elev_ids, mut elevforhold_ids) = crate::par::both(
         || remove_carried(elev_rows, &mut elev.hashes, &elev.found),
         || remove_carried(ef_rows, &mut ef.hashes, &ef.found),
     );
+    elevforhold_ids.extend(unread_ids.iter().copied());
     Ok(SnapshotCarry {
         elev_hashes: elev.hashes,
         elevforhold_hashes: ef.hashes,
         elev: identity,
         elev_ids,
         elevforhold_ids,
+        records,
+        records_carried: unread_ids.len() + unread_pupils.len(),
+        elev_unread: unread_pupils,
     })
 }
 

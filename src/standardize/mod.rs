@@ -14,6 +14,7 @@
 mod avvik;
 mod carry;
 mod metrics;
+mod records;
 mod snapshots;
 mod stage;
 mod validate;
@@ -62,6 +63,9 @@ pub struct StandardizeOutcome {
     pub preloaded: Option<crate::publish::Preloaded>,
     /// Rows carried forward (pupils and elevforhold).
     pub carried: usize,
+    /// Of those, elevforhold whose records were carried unread (docs/ARCHITECTURE.md,
+    /// "Carried records").
+    pub records_carried: usize,
 }
 
 /// Current school numbers from the `skole` table (for references to schools not in a snapshot).
@@ -127,6 +131,10 @@ pub async fn run(
     let index = preloaded
         .as_ref()
         .map(crate::publish::Preloaded::carry_index);
+    let memo = preloaded.as_ref().and_then(crate::publish::Preloaded::memo);
+    let identity = preloaded
+        .as_ref()
+        .and_then(crate::publish::Preloaded::identity);
     steps.step("current state for carrying rows forward");
     let mut carried_nulls = carry::CarriedNulls::new();
     let mut carries = HashMap::new();
@@ -150,7 +158,10 @@ pub async fn run(
                 .count()
                 == 1;
         let mut carried = Carried {
+            rows: carries_rows && !snap.published && !write_staging && !ctx.dry_run,
             index: index.as_ref().filter(|_| carries_rows),
+            memo,
+            identity,
             nulls: &mut carried_nulls,
             out: None,
         };
@@ -166,6 +177,7 @@ pub async fn run(
         )?;
         if let Some(c) = carried.out {
             outcome.carried += c.carried();
+            outcome.records_carried += c.records_carried;
             carries.insert(snap.key(), c);
         }
         batches[0].push(elev);
@@ -232,10 +244,14 @@ pub async fn run(
     Ok(outcome)
 }
 
-/// How a snapshot's unchanged rows are carried forward: the index of the current state
-/// (`None`: nothing is carried), and what was carried.
+/// How a snapshot's unchanged rows are carried forward: whether it may be (`rows`), the index
+/// of the current state (`None`: nothing is carried), the summaries of records carried unread,
+/// and what was carried.
 struct Carried<'i> {
+    rows: bool,
     index: Option<&'i crate::publish::CarryIndex<'i>>,
+    memo: Option<&'i crate::carried::Memo>,
+    identity: Option<&'i crate::publish::identity::Identity>,
     nulls: &'i mut carry::CarriedNulls,
     out: Option<crate::ledger::SnapshotCarry>,
 }
@@ -254,34 +270,105 @@ fn standardize_snapshot(
     steps: &mut Steps,
     carried: &mut Carried<'_>,
 ) -> Result<[RecordBatch; 3]> {
-    let mut staged = Staged::default();
     let input = SnapshotInput {
         kildesystem: &snap.kildesystem,
         omfang: snap.omfang.as_deref(),
         as_of: snap.as_of,
         kommunenummer: ctx.pipeline.kommunenummer(),
     };
-    snap.format
-        .flatten(&input, &mut snap.records(), &mut staged);
-    let count = |counts: &mut BTreeMap<&'static str, usize>, staged: &Staged<'_>| {
-        *counts.entry("elev").or_default() += staged.elev.len();
-        *counts.entry("elevforhold").or_default() += staged.elevforhold.len();
-        *counts.entry("skole").or_default() += staged.skole.len();
+    // Records carried unread (docs/ARCHITECTURE.md, "Carried records"): hashed and found in
+    // the summaries before anything is read, when the snapshot's rows may be carried at all.
+    let quality = format!("{:?}", ctx.pipeline.file.quality);
+    let mut plan = snap
+        .format
+        .carried_records()
+        .filter(|_| carried.rows)
+        .map(|spec| {
+            let fingerprint = [
+                snap.format.name().as_bytes(),
+                snap.kildesystem.as_bytes(),
+                input.kommunenummer.as_bytes(),
+                quality.as_bytes(),
+            ];
+            records::Plan::make(
+                snap,
+                spec,
+                &fingerprint,
+                carried.memo.filter(|_| carried.index.is_some()),
+                carried.identity,
+                ctx.pipeline.file.sources.len() == 1,
+            )
+        });
+    steps.step("hash carried records");
+    // (elev, elevforhold, skole) rows read, and those of them kept, besides the carried ones.
+    let count = |staged: &Staged<'_>, (pupils, enrollments): (usize, usize)| {
+        [
+            ("elev", staged.elev.len() + pupils),
+            ("elevforhold", staged.elevforhold.len() + enrollments),
+            ("skole", staged.skole.len()),
+        ]
     };
     let mut scratch = Checker::new(&ctx.pipeline.file.quality);
     let c = if snap.published {
         &mut scratch
     } else {
-        count(&mut outcome.rows_in, &staged);
         checker
     };
     c.snapshot = (snap.omfang.clone(), snap.as_of);
-    steps.step("flatten");
-    validate::validate(c, &mut staged, known, ctx.started.date_naive());
-    steps.step("validate");
-    if !snap.published {
-        count(&mut outcome.rows_out, &staged);
+    let today = ctx.started.date_naive();
+    let (avvik_before, failed_before) = (c.avvik.len(), c.failed.clone());
+    let mut staged = Staged::default();
+    let unread = plan.as_ref().map_or((0, 0), records::Plan::carried);
+    match &plan {
+        Some(p) if unread != (0, 0) => {
+            snap.format
+                .flatten(&input, &mut snap.records().filter(p.reads()), &mut staged)
+        }
+        _ => snap
+            .format
+            .flatten(&input, &mut snap.records(), &mut staged),
     }
+    let mut rows_in = count(&staged, unread);
+    steps.step("flatten");
+    let (carried_elev, carried_ef) = plan
+        .as_ref()
+        .map(records::Plan::for_validation)
+        .unwrap_or_default();
+    let carried_records = (&carried_elev[..], &carried_ef[..]);
+    if !validate::validate(c, &mut staged, carried_records, known, today) {
+        // A carried record would not be kept as it is: what was found is dropped and the
+        // snapshot read the full way.
+        info!("a record carried unread is drawn into a deviation: every record is read");
+        c.avvik.truncate(avvik_before);
+        c.failed = failed_before;
+        if let Some(p) = plan.as_mut() {
+            p.read_all();
+        }
+        staged = Staged::default();
+        snap.format
+            .flatten(&input, &mut snap.records(), &mut staged);
+        rows_in = count(&staged, (0, 0));
+        if !validate::validate(c, &mut staged, (&[], &[]), known, today) {
+            return Err(crate::error::Error::Internal(
+                "validation without carried records asked to read them".into(),
+            ));
+        }
+    }
+    drop((carried_elev, carried_ef));
+    steps.step("validate");
+    let unread = plan.as_ref().map_or((0, 0), records::Plan::carried);
+    if !snap.published {
+        for ((table, n_in), (_, n_out)) in rows_in.into_iter().zip(count(&staged, unread)) {
+            *outcome.rows_in.entry(table).or_default() += n_in;
+            *outcome.rows_out.entry(table).or_default() += n_out;
+        }
+    }
+    // Records with a deviation of this snapshot get no summary: they are read again.
+    let deviant: std::collections::HashSet<(&str, i64)> = c.avvik[avvik_before..]
+        .iter()
+        .map(|a| (a.record.kjelde.as_str(), a.record.rad))
+        .collect();
+    let clean = |kjelde: &str, rad: i64| !deviant.contains(&(kjelde, rad));
     info!(
         source = %snap.kildesystem,
         scope = snap.omfang.as_deref().unwrap_or("-"),
@@ -291,11 +378,19 @@ fn standardize_snapshot(
         skole = staged.skole.len(),
         "standardized snapshot"
     );
-    let c = carry::carry(snap, &mut staged, carried.index, carried.nulls)?;
+    let c = carry::carry(
+        snap,
+        &mut staged,
+        carried.index,
+        carried.nulls,
+        plan.as_ref(),
+        &clean,
+    )?;
     if c.carried() > 0 {
         info!(
-            elev = c.elev_ids.len(),
+            elev = c.elev_ids.len() + c.elev_unread.len(),
             elevforhold = c.elevforhold_ids.len(),
+            unread = c.records_carried,
             "rows unchanged since the last publish carried forward"
         );
     }

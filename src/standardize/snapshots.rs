@@ -42,16 +42,25 @@ pub struct Snapshot {
 impl Snapshot {
     /// The records, in file and record order.
     pub fn records(&self) -> impl Iterator<Item = RawRec<'_>> {
-        self.rows.iter().map(|&(b, r)| {
-            let c = &self.columns[b as usize];
-            let r = r as usize;
-            RawRec {
-                kjelde: c.kjelde.value(r),
-                entitet: c.entitet.value(r),
-                rad: c.rad.value(r),
-                post: c.post.value(r),
-            }
-        })
+        (0..self.rows.len()).map(|i| self.record(i))
+    }
+
+    /// The number of records.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Record `i` in file and record order (`i < len()`).
+    pub fn record(&self, i: usize) -> RawRec<'_> {
+        let (b, r) = self.rows[i];
+        let c = &self.columns[b as usize];
+        let r = r as usize;
+        RawRec {
+            kjelde: c.kjelde.value(r),
+            entitet: c.entitet.value(r),
+            rad: c.rad.value(r),
+            post: c.post.value(r),
+        }
     }
 }
 

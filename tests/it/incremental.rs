@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::common::*;
 
-const DAYS: usize = 6;
+const DAYS: usize = 7;
 
 fn pipeline(dir: &Path, src: &Path) -> elevflyt::config::Pipeline {
     let body = format!(
@@ -65,6 +65,11 @@ async fn tables(p: &elevflyt::config::Pipeline) -> Vec<(&'static str, Vec<Vec<St
             "SELECT fylkesnummer, kommunenummer, skolenummer, klasse, fodselsnummer, elev_namn \
              FROM elevliste_vgs ORDER BY 1, 2, 3, 4, 5",
         ),
+        (
+            "avvik",
+            "SELECT kildesystem, kjelde, rad, skolenummer, system_id, regel, alvorsgrad, felt, \
+             verdi, melding, omfang, as_of FROM avvik ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12",
+        ),
     ];
     let mut out = Vec::new();
     for (name, q) in queries {
@@ -109,6 +114,63 @@ async fn incremental_days_equal_a_full_rebuild_from_the_same_snapshots() {
     dates.sort();
     dates.dedup();
     assert_eq!(dates.len(), DAYS, "one snapshot per day: {dates:?}");
+    // Day three loses a pupil whose enrollment stays, unchanged: carried unread it would point
+    // to no pupil, so that day is read the full way (docs/ARCHITECTURE.md, "Carried records").
+    // Day six renames a class: every enrollment is read again, as they are read against it
+    // (the pupils are read from their own records only, and still carried).
+    let file_of = |kind: &str, day: usize| {
+        let f = generated.join(format!("{kind}-{}.json", dates[day]));
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+        (f, v)
+    };
+    let (f, mut users) = file_of("users", 2);
+    let gone = users["users"].as_array_mut().unwrap().remove(0);
+    std::fs::write(&f, users.to_string()).unwrap();
+    let gone = gone["sourcedId"].as_str().unwrap().to_string();
+    let (_, enrollments) = file_of("enrollments", 2);
+    assert!(
+        enrollments["enrollments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["user"]["sourcedId"] == gone.as_str()),
+        "the pupil's enrollment stays"
+    );
+    let (f, mut classes) = file_of("classes", 5);
+    classes["classes"][0]["title"] = serde_json::Value::from("1A (ny)");
+    std::fs::write(&f, classes.to_string()).unwrap();
+    // A second record of a pupil carried unread (another system id, the same fødselsnummer):
+    // on day six after it, a duplicate read beside the carried pupil, which stays carried; on
+    // day seven before it, so that the carried pupil is the duplicate and the day is read the
+    // full way. Either way the deviations are a full read's.
+    let twin = |users: &serde_json::Value| {
+        let mut u = (users["users"].as_array().unwrap().iter())
+            .find(|u| {
+                u["role"] == "student" && u["identifier"].as_str().is_some_and(|f| f.len() == 11)
+            })
+            .expect("a pupil with a fødselsnummer")
+            .clone();
+        u["sourcedId"] = serde_json::Value::from("twin-of-a-carried-pupil");
+        u
+    };
+    for (day, front) in [(5, false), (6, true)] {
+        // Put into the text as it is: written anew (members in another order) every record
+        // would be changed, and none carried.
+        let (f, users) = file_of("users", day);
+        let u = twin(&users).to_string();
+        let mut text = std::fs::read_to_string(&f).unwrap();
+        match front {
+            true => {
+                let at = text.find('[').unwrap() + 1;
+                text.insert_str(at, &format!("{u},"));
+            }
+            false => {
+                let at = text.rfind(']').unwrap();
+                text.insert_str(at, &format!(",{u}"));
+            }
+        }
+        std::fs::write(&f, text).unwrap();
+    }
 
     // One run a day, each day's files arriving in the morning.
     let daily_dir = dir.path().join("daily");
@@ -143,6 +205,24 @@ async fn incremental_days_equal_a_full_rebuild_from_the_same_snapshots() {
         };
         let s = run(&daily, elevflyt::run::Stage::All).await.unwrap();
         assert_eq!(s.current_rows_from, expected, "day {date}");
+        // Pupils and enrollments carried unread: against the summaries of the day before,
+        // unless that day is read the full way (a carried record drawn into a deviation); after
+        // a class is renamed, the pupils only.
+        let day = versions_per_day.len();
+        match (expected, day) {
+            ("state file", 2 | 6) => assert_eq!(s.records_carried, 0, "day {date}"),
+            ("state file", 5) => assert!(
+                (1000..1300).contains(&s.records_carried),
+                "day {date}: the pupils carried unread, not their enrollments: {}",
+                s.records_carried
+            ),
+            ("state file", _) => assert!(
+                s.records_carried > 2000,
+                "day {date}: most of the 1,200 pupils and enrollments carried unread: {}",
+                s.records_carried
+            ),
+            _ => assert_eq!(s.records_carried, 0, "day {date}: nothing to carry against"),
+        }
         // Against a usable state file the unchanged pupils and elevforhold are carried
         // forward, not staged again (docs/ARCHITECTURE.md, "Carried rows"); else none are.
         match expected {
@@ -210,6 +290,24 @@ async fn incremental_days_equal_a_full_rebuild_from_the_same_snapshots() {
     )
     .await;
     assert!(closed > 0, "no elev version was closed");
+    // The enrollment left without its pupil on day three was reported, as a full read reports it.
+    let unknown = count(
+        &daily,
+        "SELECT count(*) FROM avvik WHERE regel = 'ukjent_elev'",
+    )
+    .await;
+    assert_eq!(unknown, 1, "the enrollment of the pupil gone on day three");
+    // The twins of days six and seven were reported as duplicates (the rows above are a full
+    // read's).
+    let twins = count(
+        &daily,
+        "SELECT count(DISTINCT as_of) FROM avvik WHERE regel LIKE '%dupl%'",
+    )
+    .await;
+    assert!(
+        twins >= 2,
+        "duplicates reported on days six and seven: {twins}"
+    );
     assert_eq!(
         days_with_closes as usize,
         DAYS - 1,

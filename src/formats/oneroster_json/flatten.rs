@@ -144,6 +144,22 @@ pub fn flatten<'a>(
     let Staged {
         elev, elevforhold, ..
     } = out;
+    if sorted.enrollments.len() * 4 < sorted.users.len() {
+        // Most enrollments were carried forward (docs/ARCHITECTURE.md, "Carried records"): the
+        // pupils on every core, then the few enrollments.
+        let users = &sorted.users;
+        let rows = crate::par::chunks(users.len(), |part| {
+            let mut rows = Vec::new();
+            pupils(snap, &users[part], &mut rows);
+            rows
+        });
+        match elev.is_empty() {
+            true => *elev = rows,
+            false => elev.extend(rows),
+        }
+        enrolments(snap, &sorted, &school_of_org, elevforhold);
+        return;
+    }
     crate::par::both(
         || pupils(snap, &sorted.users, elev),
         || enrolments(snap, &sorted, &school_of_org, elevforhold),

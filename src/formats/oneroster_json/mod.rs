@@ -39,6 +39,17 @@ impl Format for OneRosterJson {
         parse::REQUIRED
     }
 
+    /// An enrollment is one elevforhold, read from its own text and the classes, schools and
+    /// terms (never from the users): it carries forward while they are unchanged. A student is
+    /// one elev row read from its own text, keyed by its `sourcedId`.
+    fn carried_records(&self) -> Option<&'static crate::formats::CarriedRecords> {
+        Some(&crate::formats::CarriedRecords {
+            entity: "enrollments",
+            context: &["orgs", "classes", "academicSessions"],
+            pupils: Some("users"),
+        })
+    }
+
     fn flatten<'a>(
         &self,
         snapshot: &SnapshotInput<'a>,

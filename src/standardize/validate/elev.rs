@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use chrono::NaiveDate;
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::{add_in_row_order, check_rows, key_hash};
+use super::{add_in_row_order, check_rows, key_hash, CarriedElev};
 use crate::fint::{ElevRow, Origin};
 use crate::quality::{fnr, kommuner, rules, Checker, Severity};
 use crate::standardize::normalized;
@@ -230,24 +230,30 @@ fn check_elev<'a>(
     keep
 }
 
+/// [`Pupils::row_of_key`] of a carried pupil (it has no row).
+pub(super) const CARRIED: usize = usize::MAX;
+
 /// What the pupils' checks found.
 pub(super) struct Pupils {
     /// Per row: published.
     pub kept: Vec<bool>,
     /// Per school: pupils and invalid fødselsnummer.
     pub per_school: FxHashMap<String, (u64, u64)>,
-    /// The row each kept key came from.
+    /// The row each kept key came from ([`CARRIED`]: a carried pupil's).
     pub row_of_key: FxHashMap<u128, usize>,
 }
 
 /// Each pupil on its own, on every core; then duplicates: the first pupil with a key or a
-/// number is kept.
+/// number is kept. `carried`: pupils carried unread, counted at their school and taking part in
+/// the duplicates in record order; `None` when one of them is a duplicate of an earlier row (see
+/// [`super::validate`]).
 pub(super) fn check_pupils<'a>(
     c: &mut Checker,
     elev: &mut [ElevRow<'a>],
+    carried: &[CarriedElev<'_>],
     school_of: &FxHashMap<u128, &Cow<'a, str>>,
     today: NaiveDate,
-) -> Pupils {
+) -> Option<Pupils> {
     let (keep, parts, found) = check_rows(c, elev, |c, part: &mut ElevPart, i, e| {
         let keep = check_elev(c, part, e, school_of, today);
         if keep {
@@ -266,6 +272,49 @@ pub(super) fn check_pupils<'a>(
             tally.1 += bad;
         }
         candidates.extend(part.candidates);
+    }
+    // Carried pupils: at their school, with a valid number (they were clean); counted on every
+    // core.
+    let tallies: Vec<FxHashMap<&str, u64>> = crate::par::chunks(carried.len(), |part| {
+        let mut at: FxHashMap<&str, u64> = FxHashMap::default();
+        for j in part {
+            let school = school_of.get(&carried[j].key).map_or("-", |s| s.as_ref());
+            *at.entry(school).or_default() += 1;
+        }
+        vec![at]
+    });
+    for (school, n) in tallies.into_iter().flatten() {
+        match per_school.get_mut(school) {
+            Some(tally) => tally.0 += n,
+            None => {
+                per_school.insert(school.to_string(), (n, 0));
+            }
+        }
+    }
+    if !carried.is_empty() {
+        // The candidates in record order, a carried pupil's row `CARRIED + j`.
+        let rows = std::mem::take(&mut candidates);
+        let order = super::in_record_order(
+            rows.len(),
+            |n| (elev[rows[n].0].r.kjelde, elev[rows[n].0].r.rad),
+            carried.len(),
+            |j| (carried[j].kjelde, carried[j].rad),
+        );
+        candidates.reserve(rows.len() + carried.len());
+        let (mut n, mut j) = (0, 0);
+        for who in order.collect::<Vec<_>>() {
+            match who {
+                super::Ef::Row(_) => {
+                    candidates.push(rows[n]);
+                    n += 1;
+                }
+                super::Ef::Carried(_) => {
+                    let p = &carried[j];
+                    candidates.push((CARRIED - j, p.key, p.fnr));
+                    j += 1;
+                }
+            }
+        }
     }
 
     // Duplicates: the first pupil with a key or a number is kept. Numbers on one core, keys on
@@ -298,7 +347,15 @@ pub(super) fn check_pupils<'a>(
     let mut kept = vec![false; elev.len()];
     let mut dups = c.fork();
     let mut dup_rows = Vec::new();
+    let is_carried = |i: usize| i > CARRIED - carried.len();
     for (n, &(i, _, _)) in candidates.iter().enumerate() {
+        if is_carried(i) {
+            if dup_key[n] || dup_fnr[n] {
+                // A carried pupil that is a duplicate of an earlier row is not kept as it is.
+                return None;
+            }
+            continue;
+        }
         if dup_key[n] || dup_fnr[n] {
             let e = &elev[i];
             let verdi = e.fodselsnummer.as_deref().map(fnr::mask);
@@ -315,11 +372,15 @@ pub(super) fn check_pupils<'a>(
         }
     }
     add_in_row_order(c, found, dup_rows, dups);
-    Pupils {
+    let mut row_of_key = row_of_key;
+    for i in row_of_key.values_mut().filter(|i| is_carried(**i)) {
+        *i = CARRIED;
+    }
+    Some(Pupils {
         kept,
         per_school,
         row_of_key,
-    }
+    })
 }
 
 /// Share of invalid fødselsnummer per school above the threshold (rule `fnr_ugyldig_andel`).

@@ -4,7 +4,7 @@
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::borrow::Cow;
 
-use super::{add_in_row_order, check_rows, key_hash, pair_hash};
+use super::{add_in_row_order, check_rows, ef_order, key_hash, pair_hash, CarriedEf, Ef};
 use crate::fint::EfRow;
 use crate::quality::{rules, Checker, Severity};
 use crate::standardize::normalized;
@@ -12,18 +12,21 @@ use crate::standardize::normalized;
 /// What an elevforhold may refer to.
 pub(super) struct References<'r> {
     pub dropped_records: &'r FxHashMap<&'r str, FxHashSet<i64>>,
-    pub is_pupil: &'r (dyn Fn(&str) -> bool + Sync),
+    /// Whether a pupil key (its [`key_hash`]) is a kept pupil's.
+    pub is_pupil: &'r (dyn Fn(u128) -> bool + Sync),
     pub delivered: &'r FxHashSet<u128>,
     pub schools: &'r FxHashSet<&'r str>,
 }
 
-/// Each elevforhold on its own, on every core; then duplicates in row order. Returns which rows
-/// are published.
+/// Each elevforhold on its own, on every core; then duplicates in row order, the carried
+/// records among the rows. Returns which rows are published; `None` when a carried record would
+/// not be kept as it is (see [`super::validate`]).
 pub(super) fn check_enrolments(
     c: &mut Checker,
     elevforhold: &mut [EfRow<'_>],
+    carried: &[CarriedEf<'_>],
     refs: &References<'_>,
-) -> Vec<bool> {
+) -> Option<Vec<bool>> {
     let repair = c.repair_leading_zero;
     let (ef_keep, pairs, found) = check_rows(
         c,
@@ -43,7 +46,7 @@ pub(super) fn check_enrolments(
                 ef.elev_kilde_nokkel.as_deref(),
                 ef.skolenummer.as_deref(),
             ) {
-                pairs.push((i, pair_hash(elev, skole)));
+                pairs.push((i, pair_hash(key_hash(elev), skole)));
             }
             keep
         },
@@ -52,8 +55,34 @@ pub(super) fn check_enrolments(
     let mut dups = c.fork();
     let mut dup_rows = Vec::new();
     let mut ef_keys: FxHashSet<u128> = FxHashSet::default();
-    ef_keys.reserve(elevforhold.len());
-    for (i, pair) in pairs.into_iter().flatten() {
+    ef_keys.reserve(elevforhold.len() + carried.len());
+    let mut pairs = pairs.into_iter().flatten().peekable();
+    // A carried record was clean against rows like these; it stays so while its pupil is a
+    // kept pupil, its school known and its record not one whose pupil was dropped (checked on
+    // every core), and no earlier row has the same pupil and school (below, in record order).
+    let carried_pairs: Vec<Option<u128>> = crate::par::chunks(carried.len(), |part| {
+        part.map(|j| {
+            let ef = &carried[j];
+            let dropped = refs
+                .dropped_records
+                .get(ef.kjelde)
+                .is_some_and(|rads| rads.contains(&ef.rad));
+            (!dropped && (refs.is_pupil)(ef.pupil) && refs.schools.contains(ef.school.as_ref()))
+                .then(|| pair_hash(ef.pupil, &ef.school))
+        })
+        .collect()
+    });
+    for ef in ef_order(elevforhold, carried) {
+        let (i, pair) = match ef {
+            Ef::Row(i) => match pairs.next_if(|(p, _)| *p == i) {
+                Some(p) => p,
+                None => continue,
+            },
+            Ef::Carried(j) => match carried_pairs[j] {
+                Some(pair) if ef_keys.insert(pair) => continue,
+                _ => return None,
+            },
+        };
         if ef_keys.insert(pair) {
             ef_kept[i] = ef_keep[i];
         } else {
@@ -63,7 +92,7 @@ pub(super) fn check_enrolments(
         }
     }
     add_in_row_order(c, found, dup_rows, dups);
-    ef_kept
+    Some(ef_kept)
 }
 
 /// The checks of one elevforhold: its pupil must be a kept pupil of the snapshot, its school
@@ -72,7 +101,7 @@ fn check_elevforhold(
     c: &mut Checker,
     ef: &mut EfRow<'_>,
     dropped_records: &FxHashMap<&str, FxHashSet<i64>>,
-    is_pupil: &(dyn Fn(&str) -> bool + Sync),
+    is_pupil: &(dyn Fn(u128) -> bool + Sync),
     delivered: &FxHashSet<u128>,
     schools: &FxHashSet<&str>,
     repair: bool,
@@ -87,7 +116,7 @@ fn check_elevforhold(
         if k.len() == 10 && repair {
             // Follow the repaired number of a Vigo pupil.
             let repaired = format!("0{k}");
-            if is_pupil(&repaired) {
+            if is_pupil(key_hash(&repaired)) {
                 ef.elev_kilde_nokkel = Some(Cow::Owned(repaired));
             }
         }
@@ -95,7 +124,11 @@ fn check_elevforhold(
     if ef.r.system_id.is_none() {
         ef.elev_kilde_nokkel = ef.elev_kilde_nokkel.take().map(normalized);
     }
-    if !ef.elev_kilde_nokkel.as_deref().is_some_and(is_pupil) {
+    if !ef
+        .elev_kilde_nokkel
+        .as_deref()
+        .is_some_and(|k| is_pupil(key_hash(k)))
+    {
         // Pupils dropped above are already reported; only unknown references are new.
         if !ef
             .elev_kilde_nokkel

@@ -20,13 +20,90 @@ use crate::quality::{fnr, kommuner, rules, Avvik, Checker, Severity};
 use elev::check_pupils;
 use elevforhold::{check_enrolments, References};
 
+/// An enrollment carried forward without being read (docs/ARCHITECTURE.md, "Carried
+/// records"): where its record is, and what the checks across records need of it.
+#[derive(Debug, Clone)]
+pub(in crate::standardize) struct CarriedEf<'a> {
+    pub kjelde: &'a str,
+    pub rad: i64,
+    /// [`key_hash`] of its pupil's source key.
+    pub pupil: u128,
+    pub school: Cow<'a, str>,
+}
+
+/// A pupil carried forward without being read (docs/ARCHITECTURE.md, "Carried records"): where
+/// its record is, the [`key_hash`] of its source key and of its fødselsnummer.
+#[derive(Debug, Clone)]
+pub(in crate::standardize) struct CarriedElev<'a> {
+    pub kjelde: &'a str,
+    pub rad: i64,
+    pub key: u128,
+    pub fnr: Option<u128>,
+}
+
+/// An elevforhold of the snapshot: a row read (by index), or a carried record (by index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ef {
+    Row(usize),
+    Carried(usize),
+}
+
+/// The rows and the carried records in record order (file, then record number; both lists are
+/// in that order already).
+fn ef_order<'x>(
+    rows: &'x [EfRow<'_>],
+    carried: &'x [CarriedEf<'_>],
+) -> impl Iterator<Item = Ef> + 'x {
+    in_record_order(
+        rows.len(),
+        |i| (rows[i].r.kjelde, rows[i].r.rad),
+        carried.len(),
+        |j| (carried[j].kjelde, carried[j].rad),
+    )
+}
+
+/// `n` rows and `m` carried records, each in record order (`row`, `rec`: where each is), as one
+/// sequence in record order.
+fn in_record_order<'x>(
+    n: usize,
+    row: impl Fn(usize) -> (&'x str, i64) + 'x,
+    m: usize,
+    rec: impl Fn(usize) -> (&'x str, i64) + 'x,
+) -> impl Iterator<Item = Ef> + 'x {
+    let (mut i, mut j) = (0, 0);
+    std::iter::from_fn(move || {
+        let row = (i < n).then(|| row(i));
+        let rec = (j < m).then(|| rec(j));
+        match (row, rec) {
+            (Some(a), Some(b)) if b < a => {
+                j += 1;
+                Some(Ef::Carried(j - 1))
+            }
+            (Some(_), _) => {
+                i += 1;
+                Some(Ef::Row(i - 1))
+            }
+            (None, Some(_)) => {
+                j += 1;
+                Some(Ef::Carried(j - 1))
+            }
+            (None, None) => None,
+        }
+    })
+}
+
 /// Applies the rules to one snapshot's rows, in place: what must not be published is removed.
-pub(super) fn validate(
+/// `carried`: enrollments carried forward unread, checked against the rows as the rows are
+/// against each other. Returns false when one of them would not be kept as it is (its pupil
+/// gone, its school unknown, a duplicate of an earlier row): the snapshot must then be read the
+/// full way, and what was found here is not to be used.
+pub(super) fn validate<'a>(
     c: &mut Checker,
-    rows: &mut Staged<'_>,
+    rows: &mut Staged<'a>,
+    (carried_elev, carried): (&[CarriedElev<'_>], &[CarriedEf<'a>]),
     known_schools: &HashSet<String>,
     today: NaiveDate,
-) {
+) -> bool {
     let Staged {
         elev,
         elevforhold,
@@ -39,8 +116,11 @@ pub(super) fn validate(
         .chain(known_schools.iter().map(String::as_str))
         .collect();
     let kildesystem = elev.first().map(|e| e.r.kildesystem).unwrap_or_default();
-    let (school_of, delivered) = pupil_indexes(elev, elevforhold);
-    let pupils = check_pupils(c, elev, &school_of, today);
+    let (school_of, mut delivered) = pupil_indexes(elev, elevforhold, carried);
+    delivered.extend(carried_elev.iter().map(|p| p.key));
+    let Some(pupils) = check_pupils(c, elev, carried_elev, &school_of, today) else {
+        return false;
+    };
     drop(school_of);
     elev::report_invalid_fnr_share(c, kildesystem, pupils.per_school);
     // Records whose pupil was dropped: an elevforhold from the same record (Vigo lines carry
@@ -59,16 +139,24 @@ pub(super) fn validate(
         .map(|(e, k)| *k && e.kilde_nokkel.is_some())
         .collect();
     let row_of_key = &pupils.row_of_key;
-    let is_pupil = |k: &str| row_of_key.get(&key_hash(k)).is_some_and(|&i| elev_key[i]);
+    // A carried pupil's row is `CARRIED` (it is kept).
+    let is_pupil = |k: u128| {
+        row_of_key
+            .get(&k)
+            .is_some_and(|&i| i == elev::CARRIED || elev_key[i])
+    };
     let refs = References {
         dropped_records: &dropped_records,
         is_pupil: &is_pupil,
         delivered: &delivered,
         schools: &schools,
     };
-    let ef_kept = check_enrolments(c, elevforhold, &refs);
+    let Some(ef_kept) = check_enrolments(c, elevforhold, carried, &refs) else {
+        return false;
+    };
     retain_flagged(elev, pupils.kept.iter().copied());
     retain_flagged(elevforhold, ef_kept);
+    true
 }
 
 /// The schools' codes: organisasjonsnummer, kommunenummer, fylkesnummer.
@@ -118,16 +206,26 @@ fn check_schools(c: &mut Checker, skole: &mut Vec<SkoleRow<'_>>) {
 fn pupil_indexes<'r, 'a>(
     elev: &[ElevRow<'a>],
     elevforhold: &'r [EfRow<'a>],
+    carried: &'r [CarriedEf<'a>],
 ) -> (FxHashMap<u128, &'r Cow<'a, str>>, FxHashSet<u128>) {
     crate::par::both(
         || {
             let mut school_of: FxHashMap<u128, &Cow<'_, str>> = FxHashMap::default();
-            school_of.reserve(elevforhold.len());
-            for ef in elevforhold.iter() {
-                if let (Some(k), Some(s)) =
-                    (ef.elev_kilde_nokkel.as_deref(), ef.skolenummer.as_ref())
-                {
-                    school_of.insert(key_hash(k), s);
+            school_of.reserve(elevforhold.len() + carried.len());
+            // In record order: a pupil's last elevforhold names the school.
+            for ef in ef_order(elevforhold, carried) {
+                match ef {
+                    Ef::Row(i) => {
+                        let ef = &elevforhold[i];
+                        if let (Some(k), Some(s)) =
+                            (ef.elev_kilde_nokkel.as_deref(), ef.skolenummer.as_ref())
+                        {
+                            school_of.insert(key_hash(k), s);
+                        }
+                    }
+                    Ef::Carried(j) => {
+                        school_of.insert(carried[j].pupil, &carried[j].school);
+                    }
                 }
             }
             school_of
@@ -199,15 +297,15 @@ pub(in crate::standardize) fn retain_flagged<T>(
 }
 
 /// 128-bit hash of a key, for sets of keys.
-fn key_hash(k: &str) -> u128 {
+pub(in crate::standardize) fn key_hash(k: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(k.as_bytes())
 }
 
-fn pair_hash(a: &str, b: &str) -> u128 {
+/// 128-bit hash of a pupil (its [`key_hash`]) at a school, for the elevforhold duplicates.
+fn pair_hash(pupil: u128, school: &str) -> u128 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(a.as_bytes());
-    h.update(&[0x1f]);
-    h.update(b.as_bytes());
+    h.update(&pupil.to_le_bytes());
+    h.update(school.as_bytes());
     h.digest128()
 }
 
@@ -265,7 +363,7 @@ mod tests {
         let mut c = Checker::new(&quality);
         let known = HashSet::from(["46591".to_string()]);
         let today = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
-        validate(&mut c, &mut staged, &known, today);
+        assert!(validate(&mut c, &mut staged, (&[], &[]), &known, today));
         let elev: Vec<i64> = staged.elev.iter().map(|e| e.r.rad).collect();
         let ef: Vec<i64> = staged.elevforhold.iter().map(|e| e.r.rad).collect();
         assert_eq!(elev, [1, 2], "the second pupil with key a is not kept");
@@ -275,6 +373,87 @@ mod tests {
             "the second elevforhold of b at 46591 is not kept"
         );
         assert_eq!(c.failed.get(rules::DUPLIKAT), Some(&2));
+    }
+
+    #[test]
+    fn a_carried_record_drawn_into_a_deviation_asks_for_a_full_read() {
+        // docs/ARCHITECTURE.md, "Carried records": a carried pupil or enrollment stays carried
+        // only while it would be kept as it is.
+        let today = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+        let known = HashSet::from(["46591".to_string()]);
+        let ef = |rad: i64, key: &str| EfRow {
+            r: Origin {
+                kildesystem: "vigilo",
+                kjelde: "enrollments.json",
+                rad,
+                skolenummer: Some(Cow::Borrowed("46591")),
+                system_id: Some(Cow::Owned(format!("e{rad}"))),
+            },
+            elev_kilde_nokkel: Some(Cow::Owned(key.to_string())),
+            system_id: Some(Cow::Owned(format!("e{rad}"))),
+            skolenummer: Some(Cow::Borrowed("46591")),
+            klasse: Some(Cow::Borrowed("10A")),
+            trinn: Some(10),
+            skolear: Some(Cow::Borrowed("20262027")),
+            hovedskole: Some(true),
+            startdato: None,
+            sluttdato: None,
+        };
+        let carried_pupil = |rad: i64, key: &str| CarriedElev {
+            kjelde: "users.json",
+            rad,
+            key: key_hash(key),
+            fnr: None,
+        };
+        let carried_ef = |rad: i64, key: &str| CarriedEf {
+            kjelde: "enrollments.json",
+            rad,
+            pupil: key_hash(key),
+            school: Cow::Borrowed("46591"),
+        };
+        let check = |elev: Vec<ElevRow<'static>>,
+                     efs: Vec<EfRow<'static>>,
+                     pupils: &[CarriedElev<'_>],
+                     enrollments: &[CarriedEf<'static>]| {
+            let mut staged = Staged {
+                elev,
+                elevforhold: efs,
+                ..Default::default()
+            };
+            let mut c = Checker::new(&crate::config::QualityConfig::default());
+            let ok = validate(&mut c, &mut staged, (pupils, enrollments), &known, today);
+            (ok, staged, c)
+        };
+
+        // A row read before a carried pupil with the same key: the carried one is the duplicate.
+        let (ok, _, _) = check(vec![pupil(1, "a")], vec![], &[carried_pupil(5, "a")], &[]);
+        assert!(!ok, "a carried pupil after a row with its key");
+        // A row after it is the duplicate, reported and dropped as in a full read.
+        let (ok, staged, c) = check(vec![pupil(9, "a")], vec![], &[carried_pupil(5, "a")], &[]);
+        assert!(ok);
+        assert!(staged.elev.is_empty());
+        assert_eq!(c.failed.get(rules::DUPLIKAT), Some(&1));
+        // A carried enrollment whose pupil is not delivered, or whose pupil is a carried pupil.
+        let (ok, _, _) = check(vec![pupil(1, "b")], vec![], &[], &[carried_ef(1, "a")]);
+        assert!(!ok, "a carried enrollment of a pupil not delivered");
+        let (ok, staged, c) = check(
+            vec![pupil(1, "b")],
+            vec![ef(2, "b"), ef(3, "a")],
+            &[carried_pupil(2, "a")],
+            &[carried_ef(1, "a")],
+        );
+        assert!(ok);
+        // The read enrollment of a at the same school after the carried one is its duplicate.
+        let kept: Vec<i64> = staged.elevforhold.iter().map(|e| e.r.rad).collect();
+        assert_eq!(kept, [2]);
+        assert_eq!(c.failed.get(rules::DUPLIKAT), Some(&1));
+        // A carried enrollment at a school that is no longer known.
+        let unknown = CarriedEf {
+            school: Cow::Borrowed("99999"),
+            ..carried_ef(1, "b")
+        };
+        let (ok, _, _) = check(vec![pupil(1, "b")], vec![], &[], &[unknown]);
+        assert!(!ok, "a carried enrollment at an unknown school");
     }
 
     #[test]
@@ -291,7 +470,13 @@ mod tests {
         staged.elev[70_000].etternavn = None;
         let mut c = Checker::new(&crate::config::QualityConfig::default());
         let today = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
-        validate(&mut c, &mut staged, &HashSet::new(), today);
+        assert!(validate(
+            &mut c,
+            &mut staged,
+            (&[], &[]),
+            &HashSet::new(),
+            today
+        ));
 
         // Every pupil lacks a fødselsnummer (warn); the two others are dropped.
         assert_eq!(staged.elev.len(), n - 2);

@@ -1,0 +1,463 @@
+//! Carried records (docs/ARCHITECTURE.md, "Carried records"): a pupil or enrollment whose raw
+//! record is unchanged since the last publish — an enrollment's classes, schools and terms too —
+//! is carried forward without being parsed, flattened or checked on its own again. What the
+//! checks across records need of it (its pupil key, an enrollment's school; a pupil's number
+//! from the identity map), what publish needs (its staged-row hash, which finds its id in the
+//! current state) and its completeness bits come from a summary kept with the current state.
+//! Which records a format carries is the format's
+//! ([`crate::formats::Format::carried_records`]).
+//!
+//! The summaries themselves are `crate::carried`'s; here is how records are hashed. A summary
+//! holds hashes, a school number and bits: no personal data. A record whose pupil key
+//! looks like a fødselsnummer (ten or eleven digits) gets no summary and is read every day.
+
+use std::borrow::Cow;
+
+use rustc_hash::FxHashMap;
+use xxhash_rust::xxh3::Xxh3;
+
+use super::snapshots::Snapshot;
+use super::validate::{key_hash, CarriedEf, CarriedElev};
+use crate::carried::{Entry, Made, Memo, Records, NO_SCHOOL};
+use crate::fint::{EfRow, ElevRow};
+use crate::formats::{CarriedRecords, RawRec};
+use crate::publish::identity::Identity;
+
+/// Changed when what a summary means changes (the elevflyt version is hashed too).
+const RECORDS_FORMAT: &[u8] = b"elevflyt-records-1";
+
+/// A member no format's flatten reads and exports may restamp on every record every day: left
+/// out of a record's hash, so that a record restamped but otherwise unchanged is unchanged.
+const IGNORED_MEMBER: &[u8] = b"\"dateLastModified\"";
+
+/// A record carried unread: which of its part's records it is, its summary, its school number
+/// (an enrollment's) and (a pupil's) its number in identity and its fødselsnummer's hash
+/// (`0`: none).
+struct Carried<'m> {
+    at: u32,
+    n: u32,
+    entry: &'m Entry,
+    school: Option<&'m str>,
+    fnr: u128,
+}
+
+/// The records of one entity: every one in record order (its file, number and hash), and those
+/// carried, in record order.
+#[derive(Default)]
+struct Part<'a, 'm> {
+    entity: &'static str,
+    records: Vec<(&'a str, i64, u64)>,
+    carried: Vec<Carried<'m>>,
+}
+
+/// A read row as summaries see it: where its record is, its pupil key, school, staged-row hash,
+/// null bits, and the id it was carried as.
+type RowSummary<'r> = (
+    (&'r str, i64),
+    Option<&'r str>,
+    Option<&'r str>,
+    u64,
+    Option<[u64; 2]>,
+);
+
+/// What may be carried of a summary found: `None` to read the record, else the pupil's number
+/// in identity and number hash (`(u32::MAX, 0)` for an enrollment).
+type Keep<'f> = &'f (dyn Fn(&Entry) -> Option<(u32, u128)> + Sync);
+
+impl<'a, 'm> Part<'a, 'm> {
+    /// `records` of `entity` (their hashes made without a seed) hashed with `seed`, and found in
+    /// `memo`.
+    fn make(
+        entity: &'static str,
+        mut records: Vec<(&'a str, i64, u64)>,
+        seed: u64,
+        memo: Option<&'m Memo>,
+        keep: Keep<'_>,
+    ) -> Part<'a, 'm> {
+        for r in records.iter_mut() {
+            r.2 = xxhash_rust::xxh3::xxh3_64_with_seed(&r.2.to_le_bytes(), seed).max(1);
+        }
+        let carried = match memo {
+            Some(memo) if !memo.is_empty() => {
+                let mut hashes: Vec<(u64, u32)> = (records.iter().enumerate())
+                    .map(|(i, r)| (r.2, i as u32))
+                    .collect();
+                hashes.sort_unstable();
+                // A hash met twice today is of neither record.
+                let twice: Vec<bool> = (0..hashes.len())
+                    .map(|i| {
+                        (i > 0 && hashes[i - 1].0 == hashes[i].0)
+                            || hashes.get(i + 1).is_some_and(|n| n.0 == hashes[i].0)
+                    })
+                    .collect();
+                let mut tw = twice.into_iter();
+                hashes.retain(|_| !tw.next().unwrap_or(true));
+                // The summaries found, by record (in record order, not hash order).
+                let mut hit: Vec<Option<(&'m Entry, Option<&'m str>)>> = vec![None; records.len()];
+                for (at, entry, school) in memo.join(&hashes) {
+                    hit[at as usize] = Some((entry, school));
+                }
+                drop(hashes);
+                crate::par::chunks(records.len(), |part| {
+                    part.filter_map(|at| {
+                        let (entry, school) = hit[at]?;
+                        let (n, fnr) = keep(entry)?;
+                        Some(Carried {
+                            at: at as u32,
+                            n,
+                            entry,
+                            school,
+                            fnr,
+                        })
+                    })
+                    .collect()
+                })
+            }
+            _ => Vec::new(),
+        };
+        Part {
+            entity,
+            records,
+            carried,
+        }
+    }
+
+    /// Where carried record `c` is (file, record number).
+    fn at(&self, c: &Carried<'_>) -> (&'a str, i64) {
+        let (kjelde, rad, _) = self.records[c.at as usize];
+        (kjelde, rad)
+    }
+
+    /// The summaries of the carried records again into `out`, then of each read row (`rows`
+    /// in record order) that is `clean`, has a pupil key that may be summarised and a staged-row
+    /// hash: into `out` when its id is known, else into the returned list (one per row without
+    /// an id, in row order) for publish to give it its id.
+    fn summaries<'r>(
+        &self,
+        out: &mut Records,
+        place: &mut FxHashMap<String, u32>,
+        rows: impl Iterator<Item = (RowSummary<'r>, u64)>,
+        clean: &dyn Fn(&str, i64) -> bool,
+    ) -> Vec<Option<(u64, Entry)>> {
+        for c in &self.carried {
+            let entry = Entry {
+                school: c.school.map_or(NO_SCHOOL, |s| out.school(place, s)),
+                ..*c.entry
+            };
+            out.entries.push((self.records[c.at as usize].2, entry));
+        }
+        let mut pending = Vec::new();
+        let mut j = 0;
+        for ((at, key, skole, staged, id), bits) in rows {
+            while self.records.get(j).is_some_and(|r| (r.0, r.1) < at) {
+                j += 1;
+            }
+            let hash = self
+                .records
+                .get(j)
+                .filter(|r| (r.0, r.1) == at)
+                .map(|r| r.2);
+            let summary = match (hash, key) {
+                (Some(hash), Some(key))
+                    if staged != 0 && summarisable_key(key) && clean(at.0, at.1) =>
+                {
+                    Some((
+                        hash,
+                        Entry {
+                            id: id.unwrap_or_default(),
+                            pupil: key_hash(key),
+                            school: skole.map_or(NO_SCHOOL, |s| out.school(place, s)),
+                            nulls: bits,
+                        },
+                    ))
+                }
+                _ => None,
+            };
+            match id {
+                Some(_) => out.entries.extend(summary),
+                None => pending.push(summary),
+            }
+        }
+        pending
+    }
+}
+
+/// What of a snapshot is carried unread, decided before it is flattened: every record of the
+/// format's carried entities hashed, and those with a summary (a pupil's, one identity would see
+/// again without learning anything) carried.
+pub struct Plan<'a, 'm> {
+    elevforhold: Part<'a, 'm>,
+    elev: Part<'a, 'm>,
+}
+
+impl<'a, 'm> Plan<'a, 'm> {
+    /// Hashes the snapshot's records of `spec`'s entities (seeded with `fingerprint`; an
+    /// enrollment also with the hash of the `spec.context` records) and finds them in `memo`
+    /// (a pupil also in `identity`; pupils only when `pupils`: the pipeline has one source, so
+    /// that no other source's row can have become a carried pupil's current version).
+    pub fn make(
+        snap: &'a Snapshot,
+        spec: &CarriedRecords,
+        fingerprint: &[&[u8]],
+        memo: Option<&'m Memo>,
+        identity: Option<&'m Identity>,
+        pupils: bool,
+    ) -> Plan<'a, 'm> {
+        // One pass over the records on every core: each enrollment, pupil and context record
+        // with its hash (unseeded: the seeds are put in below).
+        type Found<'a> = [Vec<(&'a str, i64, u64)>; 3];
+        let parts: Vec<Found<'a>> = crate::par::chunks(snap.len(), |range| {
+            let mut found: Found<'a> = Default::default();
+            for i in range {
+                let r = snap.record(i);
+                let k = if r.entitet == spec.entity {
+                    0
+                } else if Some(r.entitet) == spec.pupils {
+                    1
+                } else if spec.context.contains(&r.entitet) {
+                    2
+                } else {
+                    continue;
+                };
+                found[k].push((r.kjelde, r.rad, record_hash(0, r.post)));
+            }
+            vec![found]
+        });
+        let mut found: Found<'a> = Default::default();
+        for part in parts {
+            for (all, some) in found.iter_mut().zip(part) {
+                match all.is_empty() {
+                    true => *all = some,
+                    false => all.extend(some),
+                }
+            }
+        }
+        let [enrollments, users, context] = found;
+        let kildesystem = snap.kildesystem.as_str();
+        let context = context.iter().fold(Xxh3::new(), |mut h, r| {
+            h.update(&r.2.to_le_bytes());
+            h
+        });
+        let ef_seed = seed(fingerprint, context.digest());
+        let enrollment: Keep<'_> = &|_| Some((u32::MAX, 0));
+        let elevforhold = Part::make(spec.entity, enrollments, ef_seed, memo, enrollment);
+        let elev = match spec.pupils {
+            // A pupil is read from its own record only: its hashes are not seeded with the
+            // context. It is carried when identity would see it again without learning
+            // anything (`Identity::settled_by_id`).
+            Some(entity) => {
+                let memo = memo.filter(|_| pupils && identity.is_some());
+                let pupil: Keep<'_> = &|e| {
+                    let (n, fnr) = identity?.settled_by_id(kildesystem, e.id, e.pupil)?;
+                    Some((n, fnr.unwrap_or(0)))
+                };
+                Part::make(entity, users, seed(fingerprint, 0), memo, pupil)
+            }
+            None => Part::default(),
+        };
+        Plan { elevforhold, elev }
+    }
+
+    /// Records carried unread: (pupils, enrollments).
+    pub fn carried(&self) -> (usize, usize) {
+        (self.elev.carried.len(), self.elevforhold.carried.len())
+    }
+
+    /// Reads every record after all (a carried one was drawn into a deviation).
+    pub fn read_all(&mut self) {
+        self.elev.carried.clear();
+        self.elevforhold.carried.clear();
+    }
+
+    /// Whether each record of the snapshot is to be read, in record order (one pass).
+    pub fn reads(&self) -> impl FnMut(&RawRec<'_>) -> bool + '_ {
+        let parts = [&self.elev, &self.elevforhold];
+        let mut seen = [0u32; 2];
+        let mut next = parts.map(|p| p.carried.iter().peekable());
+        move |r| {
+            let Some(k) = parts.iter().position(|p| p.entity == r.entitet) else {
+                return true;
+            };
+            let at = seen[k];
+            seen[k] += 1;
+            next[k].next_if(|c| c.at == at).is_none()
+        }
+    }
+
+    /// The carried records as validation sees them: (pupils, enrollments).
+    pub fn for_validation<'s>(&self) -> (Vec<CarriedElev<'s>>, Vec<CarriedEf<'s>>)
+    where
+        'a: 's,
+        'm: 's,
+    {
+        let elev = (self.elev.carried.iter())
+            .map(|c| {
+                let (kjelde, rad) = self.elev.at(c);
+                CarriedElev {
+                    kjelde,
+                    rad,
+                    key: c.entry.pupil,
+                    fnr: (c.fnr != 0).then_some(c.fnr),
+                }
+            })
+            .collect();
+        let ef = (self.elevforhold.carried.iter())
+            .map(|c| {
+                let (kjelde, rad) = self.elevforhold.at(c);
+                CarriedEf {
+                    kjelde,
+                    rad,
+                    pupil: c.entry.pupil,
+                    school: Cow::Borrowed(c.school.unwrap_or_default()),
+                }
+            })
+            .collect();
+        (elev, ef)
+    }
+
+    /// The carried pupils' numbers in identity with the ids of their current versions, and
+    /// their null bits.
+    #[allow(clippy::type_complexity)]
+    pub fn pupils(&self) -> (Vec<(u32, [u64; 2])>, Vec<u64>) {
+        (self.elev.carried.iter())
+            .map(|c| ((c.n, c.entry.id), c.entry.nulls))
+            .unzip()
+    }
+
+    /// The ids of the carried enrollments' current versions, and their null bits.
+    pub fn enrollments(&self) -> (Vec<[u64; 2]>, Vec<u64>) {
+        (self.elevforhold.carried.iter())
+            .map(|c| (c.entry.id, c.entry.nulls))
+            .unzip()
+    }
+
+    /// The summaries for the next day: the carried records' again, and each read row's that is
+    /// `clean` (no deviation), has a pupil whose key may be summarised and (an elevforhold) a
+    /// school — with its id when it was carried, else left for publish to give it its id. Each
+    /// table's rows come with their staged-row hashes, null bits and the ids they were carried
+    /// as.
+    #[allow(clippy::type_complexity)]
+    pub fn summaries(
+        &self,
+        elev: (&[ElevRow<'_>], &[u64], &[u64], &[Option<[u64; 2]>]),
+        elevforhold: (&[EfRow<'_>], &[u64], &[u64], &[Option<[u64; 2]>]),
+        clean: &dyn Fn(&str, i64) -> bool,
+    ) -> Made {
+        let mut records = Records::default();
+        let mut place: FxHashMap<String, u32> = FxHashMap::default();
+        records
+            .entries
+            .reserve(self.elevforhold.records.len() + self.elev.records.len());
+        let (rows, hashes, nulls, ids) = elevforhold;
+        let ef = (rows.iter().zip(hashes).zip(ids).zip(nulls)).map(|(((r, &h), &id), &n)| {
+            // An elevforhold without a school is not summarised.
+            let skole = r.skolenummer.as_deref();
+            let key = r.elev_kilde_nokkel.as_deref().filter(|_| skole.is_some());
+            (((r.r.kjelde, r.r.rad), key, skole, h, id), n)
+        });
+        let elevforhold = self
+            .elevforhold
+            .summaries(&mut records, &mut place, ef, clean);
+        let (rows, hashes, nulls, ids) = elev;
+        let pupils = (rows.iter().zip(hashes).zip(ids).zip(nulls)).map(|(((r, &h), &id), &n)| {
+            // A key that is not the system id cannot be found in identity by it.
+            let key = (r.kilde_nokkel.as_deref()).filter(|k| Some(*k) == r.system_id.as_deref());
+            (((r.r.kjelde, r.r.rad), key, None, h, id), n)
+        });
+        let elev = self.elev.summaries(&mut records, &mut place, pupils, clean);
+        Made {
+            records,
+            elev,
+            elevforhold,
+        }
+    }
+}
+
+/// A record's hash: its text without the member [`IGNORED_MEMBER`] when that is a plain string
+/// (anything else is hashed as it stands: at worst a record is read again).
+pub fn record_hash(seed: u64, post: &str) -> u64 {
+    let b = post.as_bytes();
+    let h = match ignored_span(b) {
+        Some((from, to)) => {
+            let mut h = Xxh3::with_seed(seed);
+            h.update(&b[..from]);
+            h.update(&[0x1f]);
+            h.update(&b[to..]);
+            h.digest()
+        }
+        None => xxhash_rust::xxh3::xxh3_64_with_seed(b, seed),
+    };
+    h.max(1)
+}
+
+/// Where the ignored member's name and string value are: from its opening quote to just past
+/// its value's closing quote.
+fn ignored_span(b: &[u8]) -> Option<(usize, usize)> {
+    let from = memchr::memmem::find(b, IGNORED_MEMBER)?;
+    let mut i = from + IGNORED_MEMBER.len();
+    let skip_space = |i: &mut usize| {
+        while b.get(*i).is_some_and(u8::is_ascii_whitespace) {
+            *i += 1;
+        }
+    };
+    skip_space(&mut i);
+    (b.get(i) == Some(&b':')).then_some(())?;
+    i += 1;
+    skip_space(&mut i);
+    (b.get(i) == Some(&b'"')).then_some(())?;
+    let close = i + 1 + memchr::memchr(b'"', b.get(i + 1..)?)?;
+    // A value with an escape is not a plain time stamp.
+    (!b[i + 1..close].contains(&b'\\')).then_some((from, close + 1))
+}
+
+/// The seed of every record hash of a snapshot: what else its rows depend on — the format and
+/// elevflyt's version, the source, the kommune, the quality settings, and the records the
+/// carried ones are read against (`context`: the hashes of the classes, schools and terms).
+pub fn seed(parts: &[&[u8]], context: u64) -> u64 {
+    let mut h = Xxh3::new();
+    for part in [RECORDS_FORMAT, env!("CARGO_PKG_VERSION").as_bytes()]
+        .iter()
+        .chain(parts)
+    {
+        h.update(&(part.len() as u32).to_le_bytes());
+        h.update(part);
+    }
+    h.update(&context.to_le_bytes());
+    h.digest()
+}
+
+/// Whether a pupil key may be summarised: not one that looks like a fødselsnummer.
+pub fn summarisable_key(key: &str) -> bool {
+    !(matches!(key.len(), 10 | 11) && key.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restamped_record_hashes_as_before_and_any_other_change_does_not() {
+        let a = r#"{"sourcedId":"e1","dateLastModified":"2026-01-14T00:00:00Z","user":{"sourcedId":"u1"}}"#;
+        let b = r#"{"sourcedId":"e1","dateLastModified" : "2026-01-15T00:00:00Z","user":{"sourcedId":"u1"}}"#;
+        let c = r#"{"sourcedId":"e1","dateLastModified":"2026-01-14T00:00:00Z","user":{"sourcedId":"u2"}}"#;
+        let d = r#"{"sourcedId":"e1","user":{"sourcedId":"u1"}}"#;
+        assert_eq!(record_hash(7, a), record_hash(7, b));
+        assert_ne!(record_hash(7, a), record_hash(7, c));
+        assert_ne!(record_hash(7, a), record_hash(8, a), "the seed counts");
+        // Without the member the bytes differ from a restamped record: read again, not wrong.
+        assert_ne!(record_hash(7, a), record_hash(7, d));
+        // A value that is not a plain string is hashed with the record.
+        let e = r#"{"sourcedId":"e1","dateLastModified":"2026\"x","user":{"sourcedId":"u1"}}"#;
+        let f = r#"{"sourcedId":"e1","dateLastModified":"2027\"x","user":{"sourcedId":"u1"}}"#;
+        assert_ne!(record_hash(7, e), record_hash(7, f));
+        assert_ne!(record_hash(7, ""), 0);
+    }
+
+    #[test]
+    fn keys_that_look_like_a_fodselsnummer_are_not_summarised() {
+        assert!(!summarisable_key("02013299997"));
+        assert!(!summarisable_key("2013299997"));
+        assert!(summarisable_key("u-000123"));
+        assert!(summarisable_key("0201329999712"));
+    }
+}
