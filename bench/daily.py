@@ -73,9 +73,9 @@ for i, day in enumerate(days):
         (inbox / f.name).symlink_to(f)
     wall, rss, summary = run()
     runs.append({"day": day.removesuffix(".json"), "seconds": round(wall, 2), "peak_rss_mb": round(rss),
-                 "carried": summary.get("carried")})
-    print(f"  day {i + 1:>2} {runs[-1]['day']}: {wall:6.2f} s {rss:6.0f} MB  carried {summary.get('carried')}",
-          flush=True)
+                 "carried": summary.get("carried"), "records_carried": summary.get("records_carried")})
+    print(f"  day {i + 1:>2} {runs[-1]['day']}: {wall:6.2f} s {rss:6.0f} MB  carried {summary.get('carried')}"
+          f"  records carried unread {summary.get('records_carried')}", flush=True)
 
 def elev_files():
     """The elev table's commits, and its live data files (adds less removes over its log)."""
