@@ -447,12 +447,31 @@ pub async fn write_claimed(
     run_id: &str,
     stage: &str,
 ) -> Result<(Option<i64>, usize)> {
-    let batches = conform_all(batches, t)?;
+    write_claimed_groups(p, t, vec![batches], read_version, run_id, stage).await
+}
+
+/// [`write_claimed`] with the rows in groups, each group in files of its own (all in one
+/// commit): rows that a query looks for apart from the rest (raw's file markers) are then
+/// found by the files' statistics without reading the other files.
+pub async fn write_claimed_groups(
+    p: &Pipeline,
+    t: &Table,
+    groups: Vec<Vec<RecordBatch>>,
+    read_version: u64,
+    run_id: &str,
+    stage: &str,
+) -> Result<(Option<i64>, usize)> {
+    let groups = (groups.into_iter())
+        .map(|g| conform_all(g, t))
+        .collect::<Result<Vec<_>>>()?;
     let mut table = open_or_create(p, t).await?;
     // Commit on top of the version the caller decided from (0: the table did not exist).
     table.load_version(read_version).await?;
     let claim = claim(t, table.version().unwrap_or(0));
-    let adds = write_files(&table, t, batches).await?;
+    let mut adds = Vec::new();
+    for batches in groups {
+        adds.extend(write_files(&table, t, batches).await?);
+    }
     let files = adds.len();
     match commit_files(&table, adds, SaveMode::Append, (run_id, stage), Some(claim)).await {
         Ok(v) => Ok((Some(v), files)),

@@ -316,10 +316,10 @@ async fn append_raw(
     read_version: u64,
     m: &mut IngestOutcome,
 ) -> Result<()> {
-    if let (Some(v), _) = crate::delta::write_claimed(
+    if let (Some(v), _) = crate::delta::write_claimed_groups(
         &ctx.pipeline,
         table,
-        batches.clone(),
+        markers_apart(&batches),
         read_version,
         &ctx.run_id,
         "ingest",
@@ -330,6 +330,27 @@ async fn append_raw(
     }
     m.committed.insert(source.name.clone(), batches);
     Ok(())
+}
+
+/// A file's rows as written to raw: the marker records of all files in one group, in a file of
+/// their own, and the records in another (docs/ARCHITECTURE.md, "Stages"): the queries for the
+/// markers (`entitet = '_fil'`) then skip every file of records by its statistics, instead of
+/// reading the `entitet` of every record ever ingested. Slices: nothing is copied.
+fn markers_apart(batches: &[RecordBatch]) -> Vec<Vec<RecordBatch>> {
+    let mut markers = Vec::with_capacity(batches.len());
+    let mut records = Vec::with_capacity(batches.len());
+    for b in batches {
+        let first_is_marker = (crate::delta::text(b, "entitet").ok())
+            .is_some_and(|e| b.num_rows() > 0 && e.opt(0) == Some(FILE_MARKER));
+        match first_is_marker {
+            true => {
+                markers.push(b.slice(0, 1));
+                records.push(b.slice(1, b.num_rows() - 1));
+            }
+            false => records.push(b.clone()),
+        }
+    }
+    vec![markers, records]
 }
 
 /// The stamp in a file's marker record (its first row).
