@@ -62,8 +62,8 @@ pub struct Summary {
     pub current_rows_from: String,
     /// Rows standardize carried forward unchanged, not staged again (pupils and elevforhold).
     pub carried: usize,
-    /// Of those, elevforhold whose raw records were carried unread (docs/ARCHITECTURE.md,
-    /// "Carried records").
+    /// Of those, pupils and elevforhold whose raw records were carried unread
+    /// (docs/ARCHITECTURE.md, "Carried records").
     pub records_carried: usize,
     pub failed_rules: Vec<(String, u64)>,
     /// Incomplete snapshots held back until their missing files arrive.

@@ -63,8 +63,8 @@ pub struct StandardizeOutcome {
     pub preloaded: Option<crate::publish::Preloaded>,
     /// Rows carried forward (pupils and elevforhold).
     pub carried: usize,
-    /// Of those, elevforhold whose records were carried unread (docs/ARCHITECTURE.md,
-    /// "Carried records").
+    /// Of those, pupils and elevforhold whose records were carried unread
+    /// (docs/ARCHITECTURE.md, "Carried records").
     pub records_carried: usize,
 }
 

@@ -301,17 +301,12 @@ pub(super) fn check_pupils<'a>(
             |j| (carried[j].kjelde, carried[j].rad),
         );
         candidates.reserve(rows.len() + carried.len());
-        let (mut n, mut j) = (0, 0);
-        for who in order.collect::<Vec<_>>() {
+        for who in order {
             match who {
-                super::Ef::Row(_) => {
-                    candidates.push(rows[n]);
-                    n += 1;
-                }
-                super::Ef::Carried(_) => {
+                super::Ordered::Row(n) => candidates.push(rows[n]),
+                super::Ordered::Carried(j) => {
                     let p = &carried[j];
                     candidates.push((CARRIED - j, p.key, p.fnr));
-                    j += 1;
                 }
             }
         }

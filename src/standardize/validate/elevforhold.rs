@@ -4,7 +4,7 @@
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::borrow::Cow;
 
-use super::{add_in_row_order, check_rows, ef_order, key_hash, pair_hash, CarriedEf, Ef};
+use super::{add_in_row_order, check_rows, ef_order, key_hash, pair_hash, CarriedEf, Ordered};
 use crate::fint::EfRow;
 use crate::quality::{rules, Checker, Severity};
 use crate::standardize::normalized;
@@ -74,11 +74,11 @@ pub(super) fn check_enrolments(
     });
     for ef in ef_order(elevforhold, carried) {
         let (i, pair) = match ef {
-            Ef::Row(i) => match pairs.next_if(|(p, _)| *p == i) {
+            Ordered::Row(i) => match pairs.next_if(|(p, _)| *p == i) {
                 Some(p) => p,
                 None => continue,
             },
-            Ef::Carried(j) => match carried_pairs[j] {
+            Ordered::Carried(j) => match carried_pairs[j] {
                 Some(pair) if ef_keys.insert(pair) => continue,
                 _ => return None,
             },

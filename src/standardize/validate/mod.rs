@@ -41,9 +41,10 @@ pub(in crate::standardize) struct CarriedElev<'a> {
     pub fnr: Option<u128>,
 }
 
-/// An elevforhold of the snapshot: a row read (by index), or a carried record (by index).
+/// One of a snapshot's rows or carried records (pupils or elevforhold), in record order: a row
+/// read (by index), or a carried record (by index).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ef {
+enum Ordered {
     Row(usize),
     Carried(usize),
 }
@@ -53,7 +54,7 @@ enum Ef {
 fn ef_order<'x>(
     rows: &'x [EfRow<'_>],
     carried: &'x [CarriedEf<'_>],
-) -> impl Iterator<Item = Ef> + 'x {
+) -> impl Iterator<Item = Ordered> + 'x {
     in_record_order(
         rows.len(),
         |i| (rows[i].r.kjelde, rows[i].r.rad),
@@ -69,7 +70,7 @@ fn in_record_order<'x>(
     row: impl Fn(usize) -> (&'x str, i64) + 'x,
     m: usize,
     rec: impl Fn(usize) -> (&'x str, i64) + 'x,
-) -> impl Iterator<Item = Ef> + 'x {
+) -> impl Iterator<Item = Ordered> + 'x {
     let (mut i, mut j) = (0, 0);
     std::iter::from_fn(move || {
         let row = (i < n).then(|| row(i));
@@ -77,15 +78,15 @@ fn in_record_order<'x>(
         match (row, rec) {
             (Some(a), Some(b)) if b < a => {
                 j += 1;
-                Some(Ef::Carried(j - 1))
+                Some(Ordered::Carried(j - 1))
             }
             (Some(_), _) => {
                 i += 1;
-                Some(Ef::Row(i - 1))
+                Some(Ordered::Row(i - 1))
             }
             (None, Some(_)) => {
                 j += 1;
-                Some(Ef::Carried(j - 1))
+                Some(Ordered::Carried(j - 1))
             }
             (None, None) => None,
         }
@@ -93,9 +94,9 @@ fn in_record_order<'x>(
 }
 
 /// Applies the rules to one snapshot's rows, in place: what must not be published is removed.
-/// `carried`: enrollments carried forward unread, checked against the rows as the rows are
-/// against each other. Returns false when one of them would not be kept as it is (its pupil
-/// gone, its school unknown, a duplicate of an earlier row): the snapshot must then be read the
+/// `carried`: pupils and enrollments carried forward unread, checked against the rows as the
+/// rows are against each other. Returns false when one of them would not be kept as it is (a
+/// duplicate of an earlier row; an enrollment's pupil gone or school unknown): the snapshot must then be read the
 /// full way, and what was found here is not to be used.
 pub(super) fn validate<'a>(
     c: &mut Checker,
@@ -215,7 +216,7 @@ fn pupil_indexes<'r, 'a>(
             // In record order: a pupil's last elevforhold names the school.
             for ef in ef_order(elevforhold, carried) {
                 match ef {
-                    Ef::Row(i) => {
+                    Ordered::Row(i) => {
                         let ef = &elevforhold[i];
                         if let (Some(k), Some(s)) =
                             (ef.elev_kilde_nokkel.as_deref(), ef.skolenummer.as_ref())
@@ -223,7 +224,7 @@ fn pupil_indexes<'r, 'a>(
                             school_of.insert(key_hash(k), s);
                         }
                     }
-                    Ef::Carried(j) => {
+                    Ordered::Carried(j) => {
                         school_of.insert(carried[j].pupil, &carried[j].school);
                     }
                 }
