@@ -191,10 +191,26 @@ pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
 }
 
-/// Batches cast to a table's schema.
-fn conform_all(batches: Vec<RecordBatch>, t: &Table) -> Result<Vec<RecordBatch>> {
+/// Checks that batches can be cast to a table's schema — every column there, of a type that
+/// casts — before anything is written; [`write_files`] casts them a slice at a time.
+fn check_conform(batches: &[RecordBatch], t: &Table) -> Result<()> {
     let schema = t.arrow_schema();
-    batches.iter().map(|b| conform(b, &schema)).collect()
+    for b in batches {
+        for f in schema.fields() {
+            let c = b
+                .column_by_name(f.name())
+                .ok_or_else(|| Error::Internal(format!("batch lacks column `{}`", f.name())))?;
+            if !arrow::compute::can_cast_types(c.data_type(), f.data_type()) {
+                return Err(Error::Internal(format!(
+                    "column `{}` of type {} cannot be written as {}",
+                    f.name(),
+                    c.data_type(),
+                    f.data_type()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Appends one batch of a run's rows to a table (see [`write`]).
@@ -228,7 +244,7 @@ pub async fn write(
     if rows == 0 && mode == SaveMode::Append {
         return Ok(None);
     }
-    let batches = conform_all(batches, t)?;
+    check_conform(&batches, t)?;
     // Appends and whole-table overwrites do not depend on what they read, so a commit that lost
     // a race with another run is simply made again on top of the winner. The files are written
     // once; only the commit is made again. An overwrite claims the table: two overwrites from
@@ -274,18 +290,31 @@ pub async fn write_files(
         return Ok(Vec::new());
     }
     let parts = crate::par::cores().min(rows / ROWS_PER_PART).max(1);
+    let schema = t.arrow_schema();
     let mut tasks = tokio::task::JoinSet::new();
     for part in split_rows(batches, parts) {
         let mut writer = file_writer(table, t)?;
+        let schema = schema.clone();
         tasks.spawn(async move {
+            // Cast to the table's schema a slice at a time: rows given as string views (ingest's
+            // records, views of the file read) are copied into the written layout only while
+            // their slice is written, never all at once.
             for b in part {
-                writer.write(b).await?;
+                for at in (0..b.num_rows()).step_by(CAST_ROWS) {
+                    let slice = b.slice(at, CAST_ROWS.min(b.num_rows() - at));
+                    let slice = conform(&slice, &schema)
+                        .map_err(|e| deltalake::DeltaTableError::Generic(e.to_string()))?;
+                    writer.write(slice).await?;
+                }
             }
             writer.flush().await
         });
     }
     added_files(tasks).await
 }
+
+/// Rows cast to a table's schema at a time by [`write_files`].
+const CAST_ROWS: usize = 65_536;
 
 /// Writers that finish new files of a table, each on a task of its own: the `add` actions of
 /// all the files they wrote.
@@ -461,9 +490,9 @@ pub async fn write_claimed_groups(
     run_id: &str,
     stage: &str,
 ) -> Result<(Option<i64>, usize)> {
-    let groups = (groups.into_iter())
-        .map(|g| conform_all(g, t))
-        .collect::<Result<Vec<_>>>()?;
+    for g in &groups {
+        check_conform(g, t)?;
+    }
     let mut table = open_or_create(p, t).await?;
     // Commit on top of the version the caller decided from (0: the table did not exist).
     table.load_version(read_version).await?;

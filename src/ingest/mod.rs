@@ -14,7 +14,7 @@ pub mod text;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{Int64Builder, RecordBatch, StringBuilder};
+use arrow::array::{Int64Builder, RecordBatch, StringBuilder, StringViewBuilder};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
@@ -590,6 +590,7 @@ fn parse_file(
         },
         &stamp,
         &parsed,
+        Some(&f.bytes),
     )?;
     Ok((batch, parsed.records.len(), t))
 }
@@ -677,6 +678,7 @@ async fn pull_source(
             },
             &stamp,
             &parsed,
+            None,
         )
     })
     .into_iter()
@@ -714,15 +716,9 @@ fn file_batch(
     l: &FileLineage<'_>,
     stamp: &Stamp,
     parsed: &ParsedFile<'_>,
+    read: Option<&bytes::Bytes>,
 ) -> Result<RecordBatch> {
     let n = parsed.records.len() + 1;
-    let repeat = |v: &str| {
-        let mut b = StringBuilder::with_capacity(n, n * v.len());
-        for _ in 0..n {
-            b.append_value(v);
-        }
-        Arc::new(b.finish()) as arrow::array::ArrayRef
-    };
     let time = |v: i64| {
         Arc::new(arrow::array::TimestampMicrosecondArray::from(vec![v; n]).with_timezone("UTC"))
             as arrow::array::ArrayRef
@@ -735,34 +731,91 @@ fn file_batch(
             .into(),
     };
     let records = || std::iter::once(&marker).chain(&parsed.records);
-    // Every buffer at its final size: a buffer that grows is copied whole (the posts are the
-    // size of the file) into memory the system must fault in and zero again.
-    let (entitet_bytes, post_bytes) =
-        records().fold((0, 0), |(e, p), r| (e + r.entitet.len(), p + r.post.len()));
+    // Every buffer at its final size: a buffer that grows is copied whole into memory the
+    // system must fault in and zero again.
+    let entitet_bytes = records().map(|r| r.entitet.len()).sum();
     let omfang_bytes = parsed.omfang.as_deref().map_or(0, str::len) * n;
     let mut omfang = StringBuilder::with_capacity(n, omfang_bytes);
     let mut entitet = StringBuilder::with_capacity(n, entitet_bytes);
     let mut rad = Int64Builder::with_capacity(n);
-    let mut post = StringBuilder::with_capacity(n, post_bytes);
+    let mut post = Posts::new(n, read);
     for r in records() {
         omfang.append_option(parsed.omfang.as_deref());
         entitet.append_value(r.entitet);
         rad.append_value(r.rad);
-        post.append_value(&r.post);
+        post.push(&r.post);
     }
     table.batch(vec![
-        ("run_id", repeat(l.run)),
-        ("kildesystem", repeat(l.source)),
-        ("kjelde", repeat(l.file)),
-        ("sha256", repeat(l.digest)),
+        ("run_id", repeated(l.run, n)),
+        ("kildesystem", repeated(l.source, n)),
+        ("kjelde", repeated(l.file, n)),
+        ("sha256", repeated(l.digest, n)),
         ("as_of", time(l.as_of_micros)),
         ("omfang", Arc::new(omfang.finish())),
         ("entitet", Arc::new(entitet.finish())),
         ("rad", Arc::new(rad.finish())),
-        ("post", Arc::new(post.finish())),
+        ("post", Arc::new(post.builder.finish())),
         ("lastet", time(l.now)),
     ])
 }
+
+/// `n` times the text `v`, as string views of one copy of it (a file's name and digest repeat
+/// on each of its million records).
+fn repeated(v: &str, n: usize) -> arrow::array::ArrayRef {
+    let mut b = StringViewBuilder::with_capacity(n);
+    let block = b.append_block(arrow::buffer::Buffer::from(v.as_bytes().to_vec()));
+    let len = u32::try_from(v.len()).unwrap_or(u32::MAX);
+    for _ in 0..n {
+        // SAFETY: `block` was appended just above and holds exactly the bytes of `v`, so
+        // `0..len` is within it (a file name longer than 4 GB cannot be listed), and they are
+        // valid UTF-8, being a `&str`.
+        unsafe { b.append_view_unchecked(block, 0, len) };
+    }
+    Arc::new(b.finish())
+}
+
+/// The raw `post` column: records as string views of the file's bytes as read, where the
+/// format gave them as slices of it — not a copy of the file (docs/ARCHITECTURE.md, "Stages");
+/// other records (decoded from Windows-1252, the marker) are copied into a block of their own.
+struct Posts {
+    builder: StringViewBuilder,
+    /// The file's block in `builder`, and where its bytes are in memory.
+    file: Option<(u32, std::ops::Range<usize>)>,
+}
+
+impl Posts {
+    fn new(n: usize, read: Option<&bytes::Bytes>) -> Posts {
+        let mut builder = StringViewBuilder::with_capacity(n);
+        // A view's offset is 32 bits: a file of 4 GB or more is copied.
+        let file = read.filter(|b| b.len() < u32::MAX as usize).map(|b| {
+            let at = b.as_ptr() as usize;
+            let block = builder.append_block(arrow::buffer::Buffer::from(b.clone()));
+            (block, at..at + b.len())
+        });
+        Posts { builder, file }
+    }
+
+    fn push(&mut self, post: &str) {
+        let start = post.as_ptr() as usize;
+        match &self.file {
+            Some((block, bytes)) if start >= bytes.start && start + post.len() <= bytes.end => {
+                // SAFETY: `block` was appended by `new` and is the file's bytes, which lie at
+                // `bytes` in memory; `post` lies within them (checked just above), so its
+                // offset and length are within the block, and it is valid UTF-8, being a
+                // `&str`. Both fit 32 bits: the block is shorter than 4 GB.
+                unsafe {
+                    self.builder.append_view_unchecked(
+                        *block,
+                        (start - bytes.start) as u32,
+                        post.len() as u32,
+                    )
+                };
+            }
+            _ => self.builder.append_value(post),
+        }
+    }
+}
+
 /// A progress bar on an interactive terminal only (hidden in logs, pipes and CI).
 fn progress_bar(len: u64, source: &str) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
@@ -777,4 +830,97 @@ fn progress_bar(len: u64, source: &str) -> indicatif::ProgressBar {
     }
     bar.set_prefix(format!("ingest {source}"));
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, StringViewArray};
+
+    /// The records of a file are views of its bytes, not a copy; a record that is not a slice
+    /// of them (decoded, or the marker) is copied; the rows write as the table's layout.
+    #[test]
+    fn records_are_views_of_the_file_read() {
+        let text =
+            r#"{"users": [{"sourcedId": "a", "givenName": "Kari Nordmann"}, {"sourcedId": "bb"}]}"#;
+        let read = bytes::Bytes::from(text.as_bytes().to_vec());
+        let shown = std::str::from_utf8(&read).unwrap();
+        let slice = |record: &str| {
+            let at = shown.find(record).unwrap();
+            &shown[at..at + record.len()]
+        };
+        let first = slice(r#"{"sourcedId": "a", "givenName": "Kari Nordmann"}"#);
+        let second = slice(r#"{"sourcedId": "bb"}"#);
+        let owned = "{\"sourcedId\": \"\u{e6}\u{f8}\u{e5} decoded, not a slice\"}";
+        let parsed = ParsedFile {
+            records: vec![
+                Record {
+                    entitet: "users",
+                    rad: 1,
+                    post: first.into(),
+                },
+                Record {
+                    entitet: "users",
+                    rad: 2,
+                    post: second.into(),
+                },
+                Record {
+                    entitet: "users",
+                    rad: 3,
+                    post: owned.to_string().into(),
+                },
+            ],
+            newest_modified: None,
+            omfang: None,
+            delta: Vec::new(),
+            parts: vec!["users"],
+        };
+        let stamp = Stamp {
+            bytes: read.len() as u64,
+            modified_us: 0,
+            parts: None,
+            delta: None,
+            page: None,
+        };
+        let digest = "0".repeat(64);
+        let lineage = FileLineage {
+            run: "run-1",
+            source: "vigilo",
+            file: "users-2026-01-15.json",
+            digest: &digest,
+            as_of_micros: 1,
+            now: 2,
+        };
+        let table = raw_table("vigilo");
+        let batch = file_batch(&table, &lineage, &stamp, &parsed, Some(&read)).unwrap();
+        let post = batch.column_by_name("post").unwrap();
+        let post = post.as_any().downcast_ref::<StringViewArray>().unwrap();
+        let values: Vec<&str> = (1..4).map(|i| post.value(i)).collect();
+        assert_eq!(values, [first, second, owned]);
+        assert!(
+            post.value(0).contains("\"bytes\""),
+            "the marker comes first"
+        );
+        // The file's block is the bytes read themselves; only the marker and the decoded
+        // record were copied.
+        assert_eq!(post.data_buffers()[0].as_ptr(), read.as_ptr());
+        let copied: usize = post.data_buffers()[1..].iter().map(|b| b.len()).sum();
+        assert!(copied <= post.value(0).len() + owned.len(), "{copied}");
+        let kjelde = batch.column_by_name("sha256").unwrap();
+        let kjelde = kjelde.as_any().downcast_ref::<StringViewArray>().unwrap();
+        assert!((0..4).all(|i| kjelde.value(i) == digest));
+        assert_eq!(
+            kjelde.data_buffers().iter().map(|b| b.len()).sum::<usize>(),
+            64
+        );
+        // Written as the table's layout, values unchanged.
+        let written = crate::delta::conform(&batch, &table.arrow_schema()).unwrap();
+        assert_eq!(written.schema(), table.arrow_schema());
+        let text = crate::delta::strings(&written, "post").unwrap();
+        assert_eq!(text.value(2), second);
+        // Without the bytes read (pages pulled from an API), every record is copied.
+        let batch = file_batch(&table, &lineage, &stamp, &parsed, None).unwrap();
+        let post = crate::delta::strings(&batch, "post").unwrap();
+        assert_eq!(post.value(1), first);
+    }
 }

@@ -162,5 +162,10 @@ pub fn lay_over(
         ("post", text(&|c| Some(&c.post))),
         ("lastet", first("lastet")?),
     ])?;
-    crate::delta::concat(&batch.schema(), &[batch, extra])
+    // The file's records may be views of its bytes (`Table::batch`): both in the table's
+    // layout, to be one batch.
+    let schema = table.arrow_schema();
+    let batch = crate::delta::conform(&batch, &schema)?;
+    let extra = crate::delta::conform(&extra, &schema)?;
+    crate::delta::concat(&schema, &[batch, extra])
 }

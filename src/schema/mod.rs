@@ -162,7 +162,9 @@ impl Table {
 
     /// A batch in this table's schema from its columns given by name, in any order. A column of
     /// the table without values, or values for a name that is not a column, is an error naming
-    /// it: columns can never shift into one another's place.
+    /// it: columns can never shift into one another's place. A text column may be given as
+    /// string views (ingest's records as views of the file read, not copies of it): the batch's
+    /// schema then says so, and `delta::conform` casts it, a slice at a time, as it is written.
     pub fn batch(&self, columns: Vec<(&str, ArrayRef)>) -> crate::Result<RecordBatch> {
         let schema = self.arrow_schema();
         let mut given: std::collections::HashMap<&str, ArrayRef> = columns.into_iter().collect();
@@ -185,6 +187,24 @@ impl Table {
                 self.name
             )));
         }
+        let views = |f: &Field, a: &ArrayRef| {
+            *f.data_type() == DataType::Utf8 && *a.data_type() == DataType::Utf8View
+        };
+        if !schema
+            .fields()
+            .iter()
+            .zip(&arrays)
+            .any(|(f, a)| views(f, a))
+        {
+            return Ok(RecordBatch::try_new(schema, arrays)?);
+        }
+        let fields: Vec<Field> = (schema.fields().iter().zip(&arrays))
+            .map(|(f, a)| match views(f, a) {
+                true => f.as_ref().clone().with_data_type(DataType::Utf8View),
+                false => f.as_ref().clone(),
+            })
+            .collect();
+        let schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
         Ok(RecordBatch::try_new(schema, arrays)?)
     }
 
