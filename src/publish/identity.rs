@@ -189,6 +189,22 @@ impl Identity {
         let started = std::time::Instant::now();
         let batches = crate::delta::query(ctx, sql).await?;
         let queried = started.elapsed();
+        // Built off the async workers: a second of work that would otherwise hold up what is
+        // read at the same time (the state file, `publish::load::preload`).
+        let id = tokio::task::spawn_blocking(move || Identity::build(id, batches))
+            .await
+            .map_err(|e| crate::error::Error::Internal(format!("identity map: {e}")))??;
+        tracing::debug!(
+            pupils = id.ids.len(),
+            ms = started.elapsed().as_millis() as u64,
+            query_ms = queried.as_millis() as u64,
+            "identity map loaded"
+        );
+        Ok(id)
+    }
+
+    /// The map `id` with the rows of `elev_id` (or of the query on `elev`) applied.
+    fn build(mut id: Identity, batches: Vec<RecordBatch>) -> Result<Identity> {
         let mut columns = Vec::with_capacity(batches.len());
         let mut order: Vec<(i64, u32, u32)> = Vec::new();
         for (bi, b) in batches.into_iter().enumerate() {
@@ -240,12 +256,6 @@ impl Identity {
             };
             id.see(n, source, system_id, fnr, (first.value(i), last.value(i)));
         }
-        tracing::debug!(
-            pupils = id.ids.len(),
-            ms = started.elapsed().as_millis() as u64,
-            query_ms = queried.as_millis() as u64,
-            "identity map loaded"
-        );
         Ok(id)
     }
 
