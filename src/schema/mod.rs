@@ -187,21 +187,12 @@ impl Table {
                 self.name
             )));
         }
-        let views = |f: &Field, a: &ArrayRef| {
-            *f.data_type() == DataType::Utf8 && *a.data_type() == DataType::Utf8View
-        };
-        if !schema
-            .fields()
-            .iter()
-            .zip(&arrays)
-            .any(|(f, a)| views(f, a))
-        {
-            return Ok(RecordBatch::try_new(schema, arrays)?);
-        }
         let fields: Vec<Field> = (schema.fields().iter().zip(&arrays))
-            .map(|(f, a)| match views(f, a) {
-                true => f.as_ref().clone().with_data_type(DataType::Utf8View),
-                false => f.as_ref().clone(),
+            .map(|(f, a)| match (f.data_type(), a.data_type()) {
+                (DataType::Utf8, DataType::Utf8View) => {
+                    f.as_ref().clone().with_data_type(DataType::Utf8View)
+                }
+                _ => f.as_ref().clone(),
             })
             .collect();
         let schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));

@@ -96,8 +96,8 @@ fn in_record_order<'x>(
 /// Applies the rules to one snapshot's rows, in place: what must not be published is removed.
 /// `carried`: pupils and enrollments carried forward unread, checked against the rows as the
 /// rows are against each other. Returns false when one of them would not be kept as it is (a
-/// duplicate of an earlier row; an enrollment's pupil gone or school unknown): the snapshot must then be read the
-/// full way, and what was found here is not to be used.
+/// duplicate of an earlier row; an enrollment's pupil gone or school unknown): the snapshot must
+/// then be read the full way, and what was found here is not to be used.
 pub(super) fn validate<'a>(
     c: &mut Checker,
     rows: &mut Staged<'a>,
