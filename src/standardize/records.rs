@@ -146,7 +146,8 @@ impl<'a, 'm> Part<'a, 'm> {
             };
             out.entries.push((self.records[c.at as usize].2, entry));
         }
-        let mut pending = Vec::new();
+        // (A first load's rows have no id yet: every one waits for it.)
+        let mut pending = Vec::with_capacity(rows.size_hint().0);
         let mut j = 0;
         for ((at, key, skole, staged, id), bits) in rows {
             while self.records.get(j).is_some_and(|r| (r.0, r.1) < at) {

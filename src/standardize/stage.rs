@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, Date32Array, Int32Array, RecordBatch, StringArray,
+    ArrayRef, BooleanArray, Date32Array, Int32Array, RecordBatch, StringArray, StringBuilder,
     TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, SchemaRef};
@@ -62,12 +62,21 @@ pub enum Get<T> {
 
 impl<T> Get<T> {
     /// The column of these rows.
-    pub fn array<'r>(&self, rows: impl Iterator<Item = &'r T>) -> ArrayRef
+    pub fn array<'r>(&self, rows: impl Iterator<Item = &'r T> + Clone) -> ArrayRef
     where
         T: 'r,
     {
         match self {
-            Get::Text(f) => Arc::new(StringArray::from_iter(rows.map(f))),
+            Get::Text(f) => {
+                // The values' bytes are counted first: the column's buffer is made once at its
+                // size instead of doubling (and copied) as a million values arrive.
+                let bytes = rows.clone().filter_map(f).map(str::len).sum();
+                let mut b = StringBuilder::with_capacity(rows.size_hint().0, bytes);
+                for r in rows {
+                    b.append_option(f(r));
+                }
+                Arc::new(b.finish())
+            }
             Get::Date(f) => Arc::new(Date32Array::from_iter(rows.map(|r| date_days(f(r))))),
             Get::Int(f) => Arc::new(Int32Array::from_iter(rows.map(f))),
             Get::Bool(f) => Arc::new(BooleanArray::from_iter(rows.map(f))),

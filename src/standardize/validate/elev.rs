@@ -254,7 +254,11 @@ pub(super) fn check_pupils<'a>(
     school_of: &FxHashMap<u128, &Cow<'a, str>>,
     today: NaiveDate,
 ) -> Option<Pupils> {
-    let (keep, parts, found) = check_rows(c, elev, |c, part: &mut ElevPart, i, e| {
+    let part = |n| ElevPart {
+        per_school: FxHashMap::default(),
+        candidates: Vec::with_capacity(n),
+    };
+    let (keep, parts, found) = check_rows(c, elev, part, |c, part: &mut ElevPart, i, e| {
         let keep = check_elev(c, part, e, school_of, today);
         if keep {
             let key = key_hash(e.kilde_nokkel.as_deref().unwrap_or_default());

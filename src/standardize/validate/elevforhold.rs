@@ -31,6 +31,7 @@ pub(super) fn check_enrolments(
     let (ef_keep, pairs, found) = check_rows(
         c,
         elevforhold,
+        Vec::with_capacity,
         |c, pairs: &mut Vec<(usize, u128)>, i, ef| {
             let keep = check_elevforhold(
                 c,

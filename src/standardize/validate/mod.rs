@@ -250,16 +250,18 @@ fn pupil_indexes<'r, 'a>(
 type Found = Vec<(usize, Avvik)>;
 
 /// Runs `check` on every row, on every core. `check` gets a checker and a state of its own part
-/// of the rows, the row's index and the row, and says whether to keep the row. Returns the keep
-/// flags, the parts' states (in row order) and their deviations, by row.
-fn check_rows<T: Send, S: Default + Send>(
+/// of the rows (made by `state` for a part of so many rows: room for what it collects is made
+/// once, not grown a row at a time), the row's index and the row, and says whether to keep the
+/// row. Returns the keep flags, the parts' states (in row order) and their deviations, by row.
+fn check_rows<T: Send, S: Send>(
     c: &mut Checker,
     rows: &mut [T],
+    state: impl Fn(usize) -> S + Sync,
     check: impl Fn(&mut Checker, &mut S, usize, &mut T) -> bool + Sync,
 ) -> (Vec<bool>, Vec<S>, Found) {
     let parts = crate::par::parts_mut(rows, |first, part| {
         let mut checker = c.fork();
-        let mut state = S::default();
+        let mut state = state(part.len());
         let mut keep = Vec::with_capacity(part.len());
         let mut owner = Vec::new();
         for (j, row) in part.iter_mut().enumerate() {

@@ -17,6 +17,8 @@ use url::Url;
 
 use crate::error::{Error, Result};
 
+mod mapped;
+
 /// Resolves a location from a pipeline file: a URL with a known scheme is taken as it is, anything
 /// else is a local path relative to `base`.
 pub fn resolve_location(location: &str, base: &Path) -> std::result::Result<Url, String> {
@@ -72,7 +74,7 @@ pub fn store_for(url: &Url) -> Result<Arc<DynObjectStore>> {
         return Ok(s.clone());
     }
     let store: Arc<DynObjectStore> = match url.scheme() {
-        "file" => Arc::new(object_store::local::LocalFileSystem::new()),
+        "file" => Arc::new(mapped::MappedLocal::default()),
         "memory" => Arc::new(InMemory::new()),
         "s3" | "s3a" => {
             require_credentials(url)?;
@@ -109,6 +111,19 @@ pub fn store_for(url: &Url) -> Result<Arc<DynObjectStore>> {
     };
     stores.insert(key, store.clone());
     Ok(store)
+}
+
+/// The store source exports are read from: [`store_for`]'s, except that local files are copied
+/// into memory, not mapped (`mapped.rs`): an export its producer cuts short while it is read
+/// must give a changed file, not a fault.
+pub fn source_store_for(url: &Url) -> Result<Arc<DynObjectStore>> {
+    static LOCAL: OnceLock<Arc<DynObjectStore>> = OnceLock::new();
+    match url.scheme() {
+        "file" => Ok(LOCAL
+            .get_or_init(|| Arc::new(object_store::local::LocalFileSystem::new()))
+            .clone()),
+        _ => store_for(url),
+    }
 }
 
 /// What signs URLs for a cloud location (S3, Azure, GCS), rooted at its bucket; None for a
@@ -456,7 +471,7 @@ pub async fn list_files(root: &Url, include: &[String]) -> Result<Vec<SourceFile
 /// Reads a listed file, or `None` when it changed between the listing and the end of the read
 /// (size or modification time): a file still being written is read by a later run, whole.
 pub async fn read_unchanged(root: &Url, file: &SourceFile) -> Result<Option<bytes::Bytes>> {
-    let store = store_for(root)?;
+    let store = source_store_for(root)?;
     let got = store.get(&file.location).await?;
     let opened = (got.meta.size, got.meta.last_modified);
     let bytes = got.bytes().await?;
@@ -494,6 +509,22 @@ pub async fn put_parts(url: &Url, parts: Vec<Vec<u8>>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_tables_are_read_mapped_and_sources_copied() {
+        let url = Url::parse("file:///var/data/lake").unwrap();
+        assert!(store_for(&url)
+            .unwrap()
+            .to_string()
+            .starts_with("MappedLocal("));
+        let source = source_store_for(&url).unwrap().to_string();
+        assert!(source.starts_with("LocalFileSystem("), "{source}");
+        let memory = Url::parse("memory:///w").unwrap();
+        assert!(Arc::ptr_eq(
+            &store_for(&memory).unwrap(),
+            &source_store_for(&memory).unwrap()
+        ));
+    }
 
     #[tokio::test]
     async fn a_file_that_changes_after_it_was_listed_is_not_read() {
