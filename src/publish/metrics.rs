@@ -97,7 +97,7 @@ pub async fn table_metrics(ctx: &RunContext) -> Result<PublishMetrics> {
     let mut m = PublishMetrics::default();
     for t in schema::SCD2_TABLES {
         if crate::delta::has_table(&session, t.name) {
-            m.tables.extend(row_counts(&session, t).await?);
+            m.tables.push(row_counts(&session, t).await?);
         }
     }
     m.freshness = freshness(ctx).await?;
@@ -108,43 +108,24 @@ pub async fn table_metrics(ctx: &RunContext) -> Result<PublishMetrics> {
 }
 
 /// Rows in a table, current rows, and current rows beyond the first with the same key.
-async fn row_counts(session: &SessionContext, t: &schema::Table) -> Result<Option<TableState>> {
+async fn row_counts(session: &SessionContext, t: &schema::Table) -> Result<TableState> {
     let (name, key) = (t.name, t.scd2_key()?);
-    let b = crate::delta::query(
-        session,
-        &format!(
-            "SELECT count(*) AS n, sum(CASE WHEN is_current THEN 1 ELSE 0 END) AS c FROM {name}"
-        ),
-    )
-    .await?;
-    let Some(b) = b.first() else {
-        return Ok(None);
-    };
-    let n = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Float64)?;
-    let c = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Float64)?;
-    let n = n
-        .as_any()
-        .downcast_ref::<arrow::array::Float64Array>()
-        .map(|a| a.value(0))
-        .unwrap_or(0.0);
-    let c = c
-        .as_any()
-        .downcast_ref::<arrow::array::Float64Array>()
-        .map(|a| if a.is_null(0) { 0.0 } else { a.value(0) })
-        .unwrap_or(0.0);
+    let n = count_where(session, name, "true").await?;
+    // The current rows are the keys' rows: counted from them, not by a scan of their own.
     let keys = crate::delta::query(
         session,
         &format!("SELECT {key} FROM {name} WHERE is_current"),
     )
     .await?;
+    let c: usize = keys.iter().map(|b| b.num_rows()).sum();
     let d = duplicates(&keys, key)?;
-    Ok(Some(TableState {
+    Ok(TableState {
         table: name,
-        rows: n,
-        current: c,
+        rows: n as f64,
+        current: c as f64,
         key,
         duplicates: d,
-    }))
+    })
 }
 
 /// `count(*) - count(DISTINCT key)` of the rows in `batches` (a missing key counts as one

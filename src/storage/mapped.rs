@@ -108,10 +108,14 @@ impl ObjectStore for MappedLocal {
         let Some(whole) = ranges.iter().map(|r| r.end).max() else {
             return Ok(Vec::new());
         };
+        if ranges.iter().any(|r| r.start > r.end) {
+            // Backwards: the local file system's own answer (its error).
+            return self.0.get_ranges(location, ranges).await;
+        }
         // One mapping for all the ranges (a Parquet reader asks for a file's column chunks).
         let got = self.get_opts(location, GetOptions::default()).await?;
-        if got.meta.size < whole || ranges.iter().any(|r| r.start > r.end) {
-            // Past the end, or backwards: the local file system's own answer (its error).
+        if got.meta.size < whole {
+            // Past the end: the local file system's own answer (its error).
             return self.0.get_ranges(location, ranges).await;
         }
         match got.payload {

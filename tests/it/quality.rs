@@ -236,6 +236,22 @@ async fn a_sudden_drop_in_pupils_is_flagged_or_stops_the_run() {
         count(&warn, "SELECT count(*) FROM elev WHERE is_current").await,
         5
     );
+    // Rows and current rows as the last run measured them: those of the table.
+    let measured = |m: &'static str| {
+        format!(
+            "SELECT CAST(verdi AS BIGINT) FROM kvalitet WHERE tabell = 'elev' AND \
+             regel_eller_metrikk = '{m}' ORDER BY malt DESC LIMIT 1"
+        )
+    };
+    assert_eq!(
+        count(&warn, &measured("rader_gjeldande")).await,
+        count(&warn, "SELECT count(*) FROM elev WHERE is_current").await
+    );
+    assert_eq!(
+        count(&warn, &measured("rader_totalt")).await,
+        count(&warn, "SELECT count(*) FROM elev").await
+    );
+    assert!(count(&warn, "SELECT count(*) FROM elev").await > 5);
     // Freshness and key uniqueness are measured too.
     assert_eq!(count(&warn, "SELECT count(*) FROM kvalitet WHERE regel_eller_metrikk = 'unik_nokkel' AND status = 'ok'").await, 6);
     assert!(count(&warn, "SELECT CAST(max(verdi) AS BIGINT) FROM kvalitet WHERE regel_eller_metrikk = 'ferskleik_dagar'").await > 200);
