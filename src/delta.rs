@@ -447,9 +447,25 @@ fn write_metrics(actions: &[deltalake::kernel::Action]) -> serde_json::Value {
 /// file, so a file of a million rows is not held whole in memory while it is written.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 
+/// Columns whose values are one per pupil or per row (ids, numbers, addresses, the row hash):
+/// a dictionary of them would be as long as the column, so the writer gives up on it after a
+/// megabyte of each row group — having hashed and copied every value of that megabyte into it.
+const NO_DICTIONARY: [&str; 9] = [
+    "id",
+    "elev_id",
+    "system_id",
+    "fodselsnummer",
+    "feidenavn",
+    "epostadresse",
+    "mobiltelefonnummer",
+    "bostedsadresse",
+    crate::schema::ROW_HASH,
+];
+
 /// Parquet settings: snappy, as delta-rs writes by default, and row groups of `ROW_GROUP_ROWS`.
-/// A record as delivered (raw `post`) is unique text that nobody filters on: no dictionary
-/// attempt. Personal columns get no min/max statistics (docs/ARCHITECTURE.md, "Privacy").
+/// A record as delivered (raw `post`) is unique text that nobody filters on, and the columns of
+/// [`NO_DICTIONARY`] are unique per pupil or row: no dictionary attempt (docs/PERFORMANCE.md,
+/// "twelfth session"). Personal columns get no min/max statistics (docs/ARCHITECTURE.md, "Privacy").
 pub(crate) fn writer_properties(t: &Table) -> parquet::file::properties::WriterProperties {
     use parquet::file::properties::{EnabledStatistics, WriterProperties};
     use parquet::schema::types::ColumnPath;
@@ -458,6 +474,9 @@ pub(crate) fn writer_properties(t: &Table) -> parquet::file::properties::WriterP
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
     if t.kind == crate::schema::Kind::Append && t.columns.iter().any(|c| c.name == "post") {
         b = b.set_column_dictionary_enabled(ColumnPath::from("post"), false);
+    }
+    for c in t.columns.iter().filter(|c| NO_DICTIONARY.contains(&c.name)) {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(c.name), false);
     }
     for c in t.personal_columns() {
         b = b.set_column_statistics_enabled(ColumnPath::from(c), EnabledStatistics::None);
@@ -720,5 +739,31 @@ mod tests {
                 .collect();
             assert_eq!(all, (0..20).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn columns_of_one_value_per_pupil_get_no_dictionary_and_repeated_ones_do() {
+        use parquet::schema::types::ColumnPath;
+        let dictionary = |t: &super::Table, c: &str| {
+            super::writer_properties(t).dictionary_enabled(&ColumnPath::from(c))
+        };
+        let s = crate::schema::ELEV;
+        assert!(
+            !dictionary(&s, "id")
+                && !dictionary(&s, "fodselsnummer")
+                && !dictionary(&s, "rad_hash")
+        );
+        assert!(
+            dictionary(&s, "kommunenummer")
+                && dictionary(&s, "fornavn")
+                && dictionary(&s, "kildesystem")
+        );
+        let ef = crate::schema::ELEVFORHOLD;
+        assert!(
+            !dictionary(&ef, "elev_id")
+                && dictionary(&ef, "skolenummer")
+                && dictionary(&ef, "klasse")
+        );
+        assert!(!dictionary(&crate::schema::ELEV_ID, "fodselsnummer"));
     }
 }

@@ -154,6 +154,19 @@ fn batch(rows: &[&Row], with_fylke: bool) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(out, cols)?)
 }
 
+/// The query's joins built on the side the query names first (the current 10th graders' rows
+/// of `elevforhold`, a tenth of the pupils), each built once and the other side streamed past
+/// it. Without statistics for the filters DataFusion would build on `elev` instead: every
+/// current pupil's names and number hashed into tables, split by key across the cores first
+/// (docs/PERFORMANCE.md, "twelfth session").
+fn joins_as_written(session: &SessionContext) {
+    let state = session.state_ref();
+    let mut state = state.write();
+    let optimizer = &mut state.config_mut().options_mut().optimizer;
+    optimizer.join_reordering = false;
+    optimizer.repartition_joins = false;
+}
+
 /// Writes the list as the change it is, unless the mass-change guard stops it
 /// (`guard::check_county_list`): the partitions (fylke) whose rows changed get new files, the
 /// others keep theirs, and a Change Data Feed file per changed fylke holds the inserted and
@@ -161,6 +174,7 @@ fn batch(rows: &[&Row], with_fylke: bool) -> Result<RecordBatch> {
 /// no longer behind its sources and the county sees no change.
 pub async fn write(ctx: &RunContext) -> Result<(usize, Option<i64>)> {
     let session = crate::delta::session(&ctx.pipeline, &schema::SCD2_NAMES).await?;
+    joins_as_written(&session);
     if !crate::delta::has_table(&session, "elev")
         || !crate::delta::has_table(&session, "elevforhold")
     {
@@ -279,4 +293,69 @@ async fn with_change_data_feed(table: DeltaTable) -> Result<DeltaTable> {
         .set_tbl_properties()
         .with_properties([("delta.enableChangeDataFeed".to_string(), "true".to_string())].into())
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deltalake::datafusion::datasource::MemTable;
+
+    /// The three tables with more rows than DataFusion builds a join on in one piece, every
+    /// row current, in 10th grade and with a text in each text column.
+    fn session() -> SessionContext {
+        use arrow::array::{BooleanArray, Int32Array, StringArray};
+        use arrow::datatypes::DataType;
+        const N: usize = 200_000;
+        let s = SessionContext::new();
+        for t in [&schema::ELEV, &schema::ELEVFORHOLD, &schema::SKOLE] {
+            let fields: Vec<_> = (t.arrow_schema().fields().iter())
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect();
+            let columns = (fields.iter())
+                .map(|f| -> ArrayRef {
+                    match f.data_type() {
+                        DataType::Boolean => Arc::new(BooleanArray::from(vec![true; N])),
+                        DataType::Int32 => Arc::new(Int32Array::from(vec![10; N])),
+                        DataType::Utf8 => {
+                            Arc::new(StringArray::from_iter_values((0..N).map(|i| i.to_string())))
+                        }
+                        other => arrow::array::new_null_array(other, N),
+                    }
+                })
+                .collect();
+            let schema = Arc::new(arrow::datatypes::Schema::new(fields));
+            let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+            let table = MemTable::try_new(schema, vec![vec![batch]]).unwrap();
+            s.register_table(t.name, Arc::new(table)).unwrap();
+        }
+        s
+    }
+
+    async fn plan(s: &SessionContext) -> String {
+        let batches = crate::delta::query(s, &format!("EXPLAIN {ELEVLISTE_SQL}"))
+            .await
+            .unwrap();
+        let plan = crate::delta::text(&batches[0], "plan").unwrap();
+        (0..batches[0].num_rows())
+            .map(|i| plan.value(i).to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[tokio::test]
+    async fn the_pupils_are_joined_to_the_tenth_graders_not_the_other_way() {
+        // The pupils' side streams past one table of the 10th graders' rows (the left key of
+        // the join is theirs), instead of every pupil being hashed into tables split by key.
+        let ours = session();
+        joins_as_written(&ours);
+        let ours = plan(&ours).await;
+        assert!(
+            ours.contains("HashJoinExec: mode=CollectLeft, join_type=Inner, on=[(elev_id@"),
+            "{ours}"
+        );
+        assert!(!ours.contains("mode=Partitioned"), "{ours}");
+        // What DataFusion chooses by itself for tables this large: split by key.
+        let default = plan(&session()).await;
+        assert!(default.contains("mode=Partitioned"), "{default}");
+    }
 }
