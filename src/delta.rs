@@ -447,10 +447,12 @@ fn write_metrics(actions: &[deltalake::kernel::Action]) -> serde_json::Value {
 /// file, so a file of a million rows is not held whole in memory while it is written.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 
-/// Columns whose values are one per pupil or per row (ids, numbers, addresses, the row hash):
-/// a dictionary of them would be as long as the column, so the writer gives up on it after a
-/// megabyte of each row group — having hashed and copied every value of that megabyte into it.
-const NO_DICTIONARY: [&str; 9] = [
+/// Columns whose values are one per pupil or per row (ids, numbers, addresses, the row hash, a
+/// record as delivered in raw's `post`): a dictionary of them would be as long as the column, so
+/// the writer gives up on it after a megabyte of each row group — having hashed and copied every
+/// value of that megabyte into it.
+const NO_DICTIONARY: [&str; 10] = [
+    "post",
     "id",
     "elev_id",
     "system_id",
@@ -463,18 +465,14 @@ const NO_DICTIONARY: [&str; 9] = [
 ];
 
 /// Parquet settings: snappy, as delta-rs writes by default, and row groups of `ROW_GROUP_ROWS`.
-/// A record as delivered (raw `post`) is unique text that nobody filters on, and the columns of
-/// [`NO_DICTIONARY`] are unique per pupil or row: no dictionary attempt (docs/PERFORMANCE.md,
-/// "twelfth session"). Personal columns get no min/max statistics (docs/ARCHITECTURE.md, "Privacy").
+/// The columns of [`NO_DICTIONARY`] are unique per pupil or row: no dictionary attempt
+/// (docs/PERFORMANCE.md, "twelfth session"). Personal columns get no min/max statistics (docs/ARCHITECTURE.md, "Privacy").
 pub(crate) fn writer_properties(t: &Table) -> parquet::file::properties::WriterProperties {
     use parquet::file::properties::{EnabledStatistics, WriterProperties};
     use parquet::schema::types::ColumnPath;
     let mut b = WriterProperties::builder()
         .set_compression(parquet::basic::Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
-    if t.kind == crate::schema::Kind::Append && t.columns.iter().any(|c| c.name == "post") {
-        b = b.set_column_dictionary_enabled(ColumnPath::from("post"), false);
-    }
     for c in t.columns.iter().filter(|c| NO_DICTIONARY.contains(&c.name)) {
         b = b.set_column_dictionary_enabled(ColumnPath::from(c.name), false);
     }
@@ -765,5 +763,6 @@ mod tests {
                 && dictionary(&ef, "klasse")
         );
         assert!(!dictionary(&crate::schema::ELEV_ID, "fodselsnummer"));
+        assert!(!dictionary(&crate::schema::raw_table("vigilo"), "post"));
     }
 }

@@ -117,7 +117,7 @@ async fn row_counts(session: &SessionContext, t: &schema::Table) -> Result<Table
         &format!("SELECT {key} FROM {name} WHERE is_current"),
     )
     .await?;
-    let c: usize = keys.iter().map(|b| b.num_rows()).sum();
+    let c = crate::delta::row_count(&keys);
     let d = duplicates(&keys, key)?;
     Ok(TableState {
         table: name,
