@@ -464,9 +464,16 @@ const NO_DICTIONARY: [&str; 10] = [
     crate::schema::ROW_HASH,
 ];
 
+/// Columns of random hex digits (the ids elevflyt makes, UUIDs as text, and the row hash): Snappy
+/// finds nothing to shorten in them but the values' length prefixes (a tenth of their size), at
+/// the cost of a quarter of a commit's CPU time; they are stored uncompressed.
+const NO_COMPRESSION: [&str; 3] = ["id", "elev_id", crate::schema::ROW_HASH];
+
 /// Parquet settings: snappy, as delta-rs writes by default, and row groups of `ROW_GROUP_ROWS`.
-/// The columns of [`NO_DICTIONARY`] are unique per pupil or row: no dictionary attempt
-/// (docs/PERFORMANCE.md, "twelfth session"). Personal columns get no min/max statistics (docs/ARCHITECTURE.md, "Privacy").
+/// The columns of [`NO_DICTIONARY`] are unique per pupil or row: no dictionary attempt, and
+/// those of [`NO_COMPRESSION`] are not compressed (docs/PERFORMANCE.md, "twelfth session" and
+/// "thirteenth session"). Personal columns get no min/max statistics (docs/ARCHITECTURE.md,
+/// "Privacy").
 pub(crate) fn writer_properties(t: &Table) -> parquet::file::properties::WriterProperties {
     use parquet::file::properties::{EnabledStatistics, WriterProperties};
     use parquet::schema::types::ColumnPath;
@@ -475,6 +482,16 @@ pub(crate) fn writer_properties(t: &Table) -> parquet::file::properties::WriterP
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
     for c in t.columns.iter().filter(|c| NO_DICTIONARY.contains(&c.name)) {
         b = b.set_column_dictionary_enabled(ColumnPath::from(c.name), false);
+    }
+    for c in t
+        .columns
+        .iter()
+        .filter(|c| NO_COMPRESSION.contains(&c.name))
+    {
+        b = b.set_column_compression(
+            ColumnPath::from(c.name),
+            parquet::basic::Compression::UNCOMPRESSED,
+        );
     }
     for c in t.personal_columns() {
         b = b.set_column_statistics_enabled(ColumnPath::from(c), EnabledStatistics::None);
@@ -764,5 +781,32 @@ mod tests {
         );
         assert!(!dictionary(&crate::schema::ELEV_ID, "fodselsnummer"));
         assert!(!dictionary(&crate::schema::raw_table("vigilo"), "post"));
+    }
+
+    #[test]
+    fn random_hex_columns_are_stored_uncompressed_and_the_others_with_snappy() {
+        use parquet::basic::Compression::{SNAPPY, UNCOMPRESSED};
+        use parquet::schema::types::ColumnPath;
+        let codec = |t: &super::Table, c: &str| {
+            super::writer_properties(t).compression(&ColumnPath::from(c))
+        };
+        let (elev, ef) = (crate::schema::ELEV, crate::schema::ELEVFORHOLD);
+        for (t, c) in [
+            (&elev, "id"),
+            (&elev, "rad_hash"),
+            (&ef, "id"),
+            (&ef, "elev_id"),
+        ] {
+            assert_eq!(codec(t, c), UNCOMPRESSED, "{}.{c}", t.name);
+        }
+        assert_eq!(codec(&crate::schema::ELEV_ID, "id"), UNCOMPRESSED);
+        for (t, c) in [
+            (&elev, "fornavn"),
+            (&elev, "fodselsnummer"),
+            (&ef, "klasse"),
+        ] {
+            assert_eq!(codec(t, c), SNAPPY, "{}.{c}", t.name);
+        }
+        assert_eq!(codec(&crate::schema::raw_table("vigilo"), "post"), SNAPPY);
     }
 }

@@ -41,6 +41,24 @@ pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> 
     out.into_iter().map(|(_, r)| r).collect()
 }
 
+/// [`map`] over items given by value (each to one call of `f`), results in order.
+pub fn map_owned<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let items: Vec<std::sync::Mutex<Option<T>>> = items
+        .into_iter()
+        .map(|t| std::sync::Mutex::new(Some(t)))
+        .collect();
+    // Each item is taken once, by the one call `map` makes for it.
+    let take = |m: &std::sync::Mutex<Option<T>>| {
+        m.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    };
+    map(&items, |m| take(m).map(&f))
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 /// `a` and `b` at the same time, `a` on a second thread. A panic in either goes on in the caller.
 pub fn both<A: Send, B>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> (A, B) {
     std::thread::scope(|scope| {

@@ -62,32 +62,103 @@ fn u128_of(h: [u64; 2]) -> u128 {
     (h[0] as u128) << 64 | h[1] as u128
 }
 
-/// A lookup from a text (by its [`text_hash`]) to a pupil number.
+/// A lookup from a text (by its [`text_hash`]) to a pupil number: the keys of the map read back
+/// (sorted, built at once) and those this run pointed (a hash table, which wins), so that a
+/// million pupils read back are three sorts, not three million inserts at random places
+/// (docs/ARCHITECTURE.md, "Identity").
 #[derive(Default)]
-struct Lookup(HashTable<([u64; 2], u32)>);
+struct Lookup {
+    read: Sorted,
+    pointed: HashTable<([u64; 2], u32)>,
+}
 
 impl Lookup {
     fn get(&self, key: [u64; 2]) -> Option<u32> {
-        self.0.find(key[1], |e| e.0 == key).map(|e| e.1)
+        match self.pointed.find(key[1], |e| e.0 == key) {
+            Some(e) => Some(e.1),
+            None => self.read.get(key),
+        }
     }
 
     /// Points `key` at pupil `n`; returns the other pupil it pointed at before, if any.
     fn point(&mut self, key: [u64; 2], n: u32) -> Option<u32> {
         // One probe of the table, whether the key is there or not.
-        match self.0.entry(key[1], |e| e.0 == key, |e| e.0[1]) {
+        match self.pointed.entry(key[1], |e| e.0 == key, |e| e.0[1]) {
             hashbrown::hash_table::Entry::Occupied(mut e) => {
                 let before = std::mem::replace(&mut e.get_mut().1, n);
                 (before != n).then_some(before)
             }
-            hashbrown::hash_table::Entry::Vacant(e) => {
-                e.insert((key, n));
-                None
-            }
+            hashbrown::hash_table::Entry::Vacant(e) => match self.read.get(key) {
+                Some(before) if before == n => None,
+                before => {
+                    e.insert((key, n));
+                    before
+                }
+            },
         }
     }
 
-    fn reserve(&mut self, n: usize) {
-        self.0.reserve(n, |e| e.0[1]);
+    /// The lookup of `rows` (a key, the row's place in the order the map is applied in, and
+    /// the pupil the row is of) pointed one after the other: each key leads to the pupil of its
+    /// last row. Also returns the pupils a key led to besides another (their lookups are
+    /// contested, as [`Lookup::point`] tells one at a time).
+    fn of_rows(mut rows: Vec<([u64; 2], u32, u32)>) -> (Lookup, Vec<u32>) {
+        rows.sort_unstable_by_key(|r| (r.0, r.1));
+        let mut contested = Vec::new();
+        let mut keys = Vec::with_capacity(rows.len());
+        for run in rows.chunk_by(|a, b| a.0 == b.0) {
+            let last = run[run.len() - 1];
+            if run.iter().any(|r| r.2 != last.2) {
+                contested.extend(run.iter().map(|r| r.2));
+            }
+            keys.push((last.0, last.2));
+        }
+        let lookup = Lookup {
+            read: Sorted::of(keys),
+            pointed: HashTable::new(),
+        };
+        (lookup, contested)
+    }
+}
+
+/// Keys and their pupils sorted by key, with where each run of keys with the same first bits
+/// starts: a key is looked for among the one or two of its run. The keys are hashes, so the
+/// runs are even.
+#[derive(Default)]
+struct Sorted {
+    keys: Vec<([u64; 2], u32)>,
+    /// `starts[b]..starts[b + 1]` are the keys whose first `bits` bits are `b`.
+    starts: Vec<u32>,
+    bits: u32,
+}
+
+impl Sorted {
+    /// `keys` sorted by key, each key once.
+    fn of(keys: Vec<([u64; 2], u32)>) -> Sorted {
+        if keys.is_empty() {
+            return Sorted::default();
+        }
+        // About one key a run (at most 2^24 runs).
+        let bits = keys.len().ilog2().clamp(1, 24);
+        let mut starts = Vec::with_capacity((1 << bits) + 1);
+        let mut at = 0;
+        for run in 0..1u64 << bits {
+            while keys.get(at).is_some_and(|k| k.0[0] >> (64 - bits) < run) {
+                at += 1;
+            }
+            starts.push(at as u32);
+        }
+        starts.push(keys.len() as u32);
+        Sorted { keys, starts, bits }
+    }
+
+    fn get(&self, key: [u64; 2]) -> Option<u32> {
+        if self.keys.is_empty() {
+            return None;
+        }
+        let run = (key[0] >> (64 - self.bits)) as usize;
+        let (from, to) = (self.starts[run] as usize, self.starts[run + 1] as usize);
+        self.keys[from..to].iter().find(|k| k.0 == key).map(|k| k.1)
     }
 }
 
@@ -203,7 +274,9 @@ impl Identity {
         Ok(id)
     }
 
-    /// The map `id` with the rows of `elev_id` (or of the query on `elev`) applied.
+    /// The map of the rows of `elev_id` (or of the query on `elev`), applied in order of first
+    /// sighting as [`Identity::resolve`] would see them one after the other — but each lookup
+    /// made at once by sorting ([`Lookup::of_rows`]) instead of a random insert per row.
     fn build(mut id: Identity, batches: Vec<RecordBatch>) -> Result<Identity> {
         let mut columns = Vec::with_capacity(batches.len());
         let mut order: Vec<(i64, u32, u32)> = Vec::new();
@@ -221,7 +294,7 @@ impl Identity {
             ));
         }
         order.sort_unstable();
-        // The texts' hashes are made on every core first; the map is then built in order.
+        // The texts' hashes are made on every core first.
         type Hashes = ([u64; 2], Option<[u64; 2]>, Option<[u64; 2]>);
         let hashes: Vec<Hashes> = crate::par::chunks(order.len(), |part| {
             part.map(|j| {
@@ -236,16 +309,37 @@ impl Identity {
             })
             .collect()
         });
-        id.reserve(order.len());
-        for ((_, bi, i), (id_hash, system_hash, fnr_hash)) in order.into_iter().zip(hashes) {
+        let rows = order.len();
+        // Pupils are numbered in order of first sighting: the rows of one id, sorted together,
+        // are of the pupil its first row numbers.
+        let mut by_id: Vec<([u64; 2], u32)> = (hashes.iter().enumerate())
+            .map(|(j, h)| (h.0, j as u32))
+            .collect();
+        by_id.sort_unstable();
+        let mut first_row = vec![0u32; rows];
+        for run in by_id.chunk_by(|a, b| a.0 == b.0) {
+            for r in run {
+                first_row[r.1 as usize] = run[0].1;
+            }
+        }
+        id.texts.0.reserve(rows * 96);
+        id.ids.reserve(rows);
+        id.facts.reserve(rows);
+        let mut pupil = vec![0u32; rows];
+        let mut source = vec![0u32; rows];
+        for (j, &(_, bi, i)) in order.iter().enumerate() {
             let (ids, k, s, f, first, last) = &columns[bi as usize];
             let i = i as usize;
-            let text = ids.value(i);
-            let n = match id.number.get(id_hash) {
-                Some(n) => n,
-                None => id.add_hashed(text, id_hash),
+            pupil[j] = match first_row[j] as usize {
+                r if r == j => {
+                    let span = id.texts.push(ids.value(i));
+                    id.ids.push(span);
+                    (id.ids.len() - 1) as u32
+                }
+                r => pupil[r],
             };
-            let source = id.source(k.value(i));
+            source[j] = id.source(k.value(i));
+            let (_, system_hash, fnr_hash) = hashes[j];
             let system_id = Given {
                 text: s.opt(i),
                 hash: system_hash,
@@ -254,18 +348,48 @@ impl Identity {
                 text: f.opt(i),
                 hash: fnr_hash,
             };
-            id.see(n, source, system_id, fnr, (first.value(i), last.value(i)));
+            id.learn(
+                pupil[j],
+                source[j],
+                system_id,
+                fnr,
+                (first.value(i), last.value(i)),
+            );
+        }
+        drop(first_row);
+        // The lookups, each sorted on a core of its own: id, number, system id per source.
+        let number = by_id
+            .chunk_by(|a, b| a.0 == b.0)
+            .map(|run| (run[0].0, pupil[run[0].1 as usize]));
+        let number: Vec<([u64; 2], u32)> = number.collect();
+        drop(by_id);
+        let mut of_rows: Vec<Vec<([u64; 2], u32, u32)>> = vec![Vec::new(); 1 + id.sources.len()];
+        for (j, h) in hashes.iter().enumerate() {
+            if let Some(f) = h.2 {
+                of_rows[0].push((f, j as u32, pupil[j]));
+            }
+            if let Some(s) = h.1 {
+                of_rows[1 + source[j] as usize].push((s, j as u32, pupil[j]));
+            }
+        }
+        drop(hashes);
+        let mut made = crate::par::map_owned(of_rows, Lookup::of_rows);
+        id.number = Lookup {
+            read: Sorted::of(number),
+            pointed: HashTable::new(),
+        };
+        let mut contested = Vec::new();
+        for (at, (lookup, taken)) in made.drain(..).enumerate() {
+            match at {
+                0 => id.by_fnr = lookup,
+                s => id.by_system[s - 1] = lookup,
+            }
+            contested.extend(taken);
+        }
+        for n in contested {
+            id.contest(n, n);
         }
         Ok(id)
-    }
-
-    /// Room for `n` more pupils (an id, a system id and a number each).
-    fn reserve(&mut self, n: usize) {
-        self.texts.0.reserve(n * 96);
-        self.ids.reserve(n);
-        self.number.reserve(n);
-        self.by_fnr.reserve(n);
-        self.facts.reserve(n);
     }
 
     /// The number of a source system already seen.
@@ -281,13 +405,8 @@ impl Identity {
         match self.known_source(kildesystem) {
             Some(i) => i,
             None => {
-                let mut by_system = Lookup::default();
-                // The first source of a map read back holds (nearly) every pupil.
-                if self.sources.is_empty() {
-                    by_system.reserve(self.ids.capacity());
-                }
                 self.sources.push(Arc::from(kildesystem));
-                self.by_system.push(by_system);
+                self.by_system.push(Lookup::default());
                 (self.sources.len() - 1) as u32
             }
         }
@@ -320,6 +439,19 @@ impl Identity {
                 self.contest(other, n);
             }
         }
+        self.learn(n, source, system_id, fnr, seen)
+    }
+
+    /// Records pupil `n`'s fact (these identifiers seen during `seen`) without touching the
+    /// lookups: [`Identity::see`] less the lookups. Returns whether this was news.
+    fn learn(
+        &mut self,
+        n: u32,
+        source: u32,
+        system_id: Given,
+        fnr: Given,
+        seen: (i64, i64),
+    ) -> bool {
         // Most often the pupil's first (only) fact.
         let idx = n as usize;
         if let Some(f) = self
@@ -441,18 +573,56 @@ impl Identity {
     /// docs/ARCHITECTURE.md, "Carried records") is settled as [`Identity::settled`] says: the
     /// pupil's first fact is its only one in the source and has that system id, and the system
     /// id and the fact's number lead to the pupil. Returns its number and its number's hash.
+    #[cfg(test)]
     pub fn settled_by_id(
         &self,
         kildesystem: &str,
         id: [u64; 2],
         system_hash: u128,
     ) -> Option<(u32, Option<u128>)> {
-        let source = self.known_source(kildesystem)?;
-        let mut buf = Uuid::encode_buffer();
-        let text = Uuid::from_u64_pair(id[0], id[1])
-            .hyphenated()
-            .encode_lower(&mut buf);
-        let n = self.number.get(text_hash(text))?;
+        self.settled_by_ids(kildesystem, &[(id, system_hash)])
+            .pop()
+            .flatten()
+    }
+
+    /// [`Identity::settled_by_id`] of many records at once, answers in their order: the ids are
+    /// hashed on every core and looked up in the order of their hashes, which walks the map's
+    /// sorted ids from one end to the other instead of touching them at random.
+    pub fn settled_by_ids(
+        &self,
+        kildesystem: &str,
+        records: &[([u64; 2], u128)],
+    ) -> Vec<Option<(u32, Option<u128>)>> {
+        let Some(source) = self.known_source(kildesystem) else {
+            return vec![None; records.len()];
+        };
+        let mut hashes: Vec<([u64; 2], u32)> = crate::par::chunks(records.len(), |part| {
+            part.map(|i| {
+                let mut buf = Uuid::encode_buffer();
+                let [hi, lo] = records[i].0;
+                let text = Uuid::from_u64_pair(hi, lo)
+                    .hyphenated()
+                    .encode_lower(&mut buf);
+                (text_hash(text), i as u32)
+            })
+            .collect()
+        });
+        hashes.sort_unstable();
+        let mut numbers = vec![u32::MAX; records.len()];
+        for (hash, i) in hashes {
+            if let Some(n) = self.number.get(hash) {
+                numbers[i as usize] = n;
+            }
+        }
+        crate::par::chunks(records.len(), |part| {
+            part.map(|i| self.settled_as(numbers[i], source, records[i].1))
+                .collect()
+        })
+    }
+
+    /// Whether pupil `n` (`u32::MAX`: none) is settled for a record of `source` with this
+    /// system id hash (see [`Identity::settled_by_id`]).
+    fn settled_as(&self, n: u32, source: u32, system_hash: u128) -> Option<(u32, Option<u128>)> {
         // A pupil no lookup was taken from leads to itself by its first fact's identifiers.
         if self.contested.get(n as usize).copied().unwrap_or(false) {
             return None;
@@ -580,7 +750,7 @@ pub async fn write_batch(ctx: &RunContext, batch: RecordBatch) -> Result<Option<
 
 #[cfg(test)]
 mod tests {
-    use super::{text_prefix, Identity};
+    use super::*;
 
     /// `settled` answers only when resolving again would change nothing but the interval, and
     /// then names the pupil `resolve` finds; `widen` records the sighting as `resolve` does.
@@ -656,6 +826,170 @@ mod tests {
         // A pupil with a second fact in the source: which one its record is cannot be told.
         id.resolve("vis", Some("s3"), Some("03030300003"), new("s3"), 12);
         assert_eq!(id.settled_by_id("vis", kc, sys("s3")), None);
+    }
+
+    /// The map as `build` made it before its lookups were sorted: each row resolved one after
+    /// the other, every identifier pointed by [`Lookup::point`].
+    fn one_row_at_a_time(batches: &[RecordBatch]) -> Identity {
+        let mut id = Identity::default();
+        let mut order = Vec::new();
+        for (bi, b) in batches.iter().enumerate() {
+            let first = crate::delta::micros(b, "first_seen").unwrap();
+            order.extend((0..b.num_rows()).map(|i| (first.value(i), bi, i)));
+        }
+        order.sort_unstable();
+        for (_, bi, i) in order {
+            let b = &batches[bi];
+            let text = |c| crate::delta::text(b, c).unwrap();
+            let micros = |c| crate::delta::micros(b, c).unwrap().value(i);
+            let (ids, k, s, f) = (
+                text("id"),
+                text("kildesystem"),
+                text("system_id"),
+                text("fodselsnummer"),
+            );
+            let h = text_hash(ids.value(i));
+            let n = match id.number.get(h) {
+                Some(n) => n,
+                None => id.add_hashed(ids.value(i), h),
+            };
+            let source = id.source(k.value(i));
+            let seen = (micros("first_seen"), micros("last_seen"));
+            id.see(n, source, Given::new(s.opt(i)), Given::new(f.opt(i)), seen);
+        }
+        id
+    }
+
+    /// Everything a map answers for these texts, and what it holds.
+    fn answers(id: &Identity, texts: &[String]) -> Vec<String> {
+        let fact = |f: &Fact| {
+            let t = |s: Option<Span>| s.map(|s| id.texts.get(s).to_string());
+            format!(
+                "{} {:?} {:?} {} {}",
+                id.sources[f.source as usize],
+                t(f.system_id),
+                t(f.fodselsnummer),
+                f.first_seen,
+                f.last_seen
+            )
+        };
+        let mut out: Vec<String> = (0..id.len() as u32)
+            .map(|n| {
+                let mut more: Vec<String> = id
+                    .more_facts
+                    .get(&n)
+                    .into_iter()
+                    .flatten()
+                    .map(fact)
+                    .collect();
+                more.sort();
+                let contested = id.contested.get(n as usize).copied().unwrap_or(false);
+                format!(
+                    "{n} {} {} {more:?} {contested}",
+                    id.id(n),
+                    fact(&id.facts[n as usize])
+                )
+            })
+            .collect();
+        for t in texts {
+            let h = text_hash(t);
+            let by_system: Vec<_> = id.by_system.iter().map(|l| l.get(h)).collect();
+            out.push(format!(
+                "{t} {:?} {:?} {by_system:?}",
+                id.number.get(h),
+                id.by_fnr.get(h)
+            ));
+        }
+        out
+    }
+
+    /// Lookups made by sorting the rows lead where pointing them one at a time led, mark the
+    /// same pupils contested, and go on taking new identifiers as before.
+    #[test]
+    fn a_map_read_back_is_the_map_its_rows_make_one_at_a_time() {
+        use arrow::array::{ArrayRef, StringArray, TimestampMicrosecondArray};
+        // A small generator: ids met again (further facts), system ids and numbers shared by
+        // pupils (contested lookups), missing identifiers, two sources, equal first sightings.
+        let mut x: u64 = 42;
+        let mut next = |m: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % m
+        };
+        let mut rows = Vec::new();
+        for _ in 0..3000 {
+            let id = Identity::new_id("4601", "x", &next(2000).to_string()).to_string();
+            let source = ["vis", "ist"][next(2) as usize];
+            let system = (next(20) > 0).then(|| format!("s{}", next(2500)));
+            let fnr = (next(10) > 0).then(|| format!("{:011}", next(2600)));
+            let first = next(40) as i64;
+            rows.push((id, source, system, fnr, first, first + next(5) as i64));
+        }
+        let batch = |rows: &[(String, &str, Option<String>, Option<String>, i64, i64)]| {
+            let text = |f: &dyn Fn(
+                &(String, &str, Option<String>, Option<String>, i64, i64),
+            ) -> Option<String>| {
+                Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>())) as ArrayRef
+            };
+            let ts = |f: fn(&(String, &str, Option<String>, Option<String>, i64, i64)) -> i64| {
+                Arc::new(
+                    TimestampMicrosecondArray::from(rows.iter().map(f).collect::<Vec<_>>())
+                        .with_timezone("UTC"),
+                ) as ArrayRef
+            };
+            RecordBatch::try_new(
+                schema::ELEV_ID.arrow_schema(),
+                vec![
+                    text(&|r| Some(r.0.clone())),
+                    text(&|r| Some(r.1.to_string())),
+                    text(&|r| r.2.clone()),
+                    text(&|r| r.3.clone()),
+                    ts(|r| r.4),
+                    ts(|r| r.5),
+                ],
+            )
+            .unwrap()
+        };
+        let batches = vec![batch(&rows[..1700]), batch(&rows[1700..])];
+        let mut texts: Vec<String> = rows
+            .iter()
+            .flat_map(|r| [Some(r.0.clone()), r.2.clone(), r.3.clone()])
+            .flatten()
+            .collect();
+        texts.extend(["s999999".to_string(), "99999999999".to_string()]);
+        let mut sorted = Identity::build(Identity::default(), batches.clone()).unwrap();
+        let mut one_at_a_time = one_row_at_a_time(&batches);
+        let before = answers(&one_at_a_time, &texts);
+        assert!(
+            before.iter().any(|a| a.ends_with(" true")),
+            "some pupil is contested"
+        );
+        assert!(
+            before.iter().any(|a| a.ends_with(" false")),
+            "some pupil is not"
+        );
+        assert!(
+            !one_at_a_time.more_facts.is_empty(),
+            "some pupil has further facts"
+        );
+        assert_eq!(answers(&sorted, &texts), before);
+        // New sightings: a known system id with a new number, a known number under a new
+        // system id, a new pupil.
+        for id in [&mut sorted, &mut one_at_a_time] {
+            let new = |k: &'static str| move || Identity::new_id("4601", "vis", k);
+            id.resolve("vis", Some("s7"), Some("99999999999"), new("s7"), 50);
+            id.resolve(
+                "vis",
+                Some("s999999"),
+                Some(&format!("{:011}", 7)),
+                new("s999999"),
+                50,
+            );
+            id.resolve("ist", Some("new"), None, new("new"), 50);
+        }
+        texts.push("new".to_string());
+        assert_eq!(answers(&sorted, &texts), answers(&one_at_a_time, &texts));
     }
 
     #[test]

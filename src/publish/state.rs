@@ -85,6 +85,23 @@ fn put_key(out: &mut Vec<u8>, k: &Key) {
     }
 }
 
+/// The positions of `state`'s rows in the order of the buckets of the hash table they land in
+/// when they are read back into a map reserved for as many rows: the reader's inserts then walk
+/// the table from one end to the other instead of touching it at random (docs/ARCHITECTURE.md,
+/// "The current state"). A map of another size walks it in a few passes; any order is correct.
+/// The rows are mostly in this order already (the map was read in it; a day adds and moves few),
+/// and the sort is stable, which makes it a merge of a few runs.
+fn bucket_order(state: &super::scd2::State) -> impl Iterator<Item = usize> {
+    use std::hash::BuildHasher;
+    // The buckets of a table reserved for `len` rows: a power of two, at most 7/8 full.
+    let mask = (state.len().max(1) * 8 / 7).next_power_of_two() as u64 - 1;
+    let mut order: Vec<(u64, u32)> = (state.keys().enumerate())
+        .map(|(i, k)| (state.hasher().hash_one(k) & mask, i as u32))
+        .collect();
+    order.sort_by_key(|o| o.0);
+    order.into_iter().map(|o| o.1 as usize)
+}
+
 /// One table's part of the file: its name, label, texts and current rows.
 fn section(name: &str, engine: &Scd2, version: Label) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + engine.state.len() * 80);
@@ -99,7 +116,7 @@ fn section(name: &str, engine: &Scd2, version: Label) -> Vec<u8> {
     }
     let place = |t: Option<Text>| t.map_or(u32::MAX, Text::position);
     out.extend_from_slice(&(engine.state.len() as u64).to_le_bytes());
-    for (key, cur) in &engine.state {
+    for (key, cur) in bucket_order(&engine.state).filter_map(|i| engine.state.get_index(i)) {
         put_key(&mut out, key);
         out.extend_from_slice(&cur.hash().to_le_bytes());
         out.extend_from_slice(&cur.valid_from.to_le_bytes());

@@ -60,9 +60,10 @@ type RowSummary<'r> = (
     Option<[u64; 2]>,
 );
 
-/// What may be carried of a summary found: `None` to read the record, else the pupil's number
-/// in identity and number hash (`(u32::MAX, 0)` for an enrollment).
-type Keep<'f> = &'f (dyn Fn(&Entry) -> Option<(u32, u128)> + Sync);
+/// What may be carried of the summaries found (all at once, answers in their order): `None` to
+/// read the record, else the pupil's number in identity and number hash (`(u32::MAX, 0)` for
+/// an enrollment).
+type Keep<'f> = &'f dyn Fn(&[&Entry]) -> Vec<Option<(u32, u128)>>;
 
 impl<'a, 'm> Part<'a, 'm> {
     /// `records` of `entity` (their hashes made without a seed) hashed with `seed`, and found in
@@ -93,17 +94,22 @@ impl<'a, 'm> Part<'a, 'm> {
                 let mut tw = twice.into_iter();
                 hashes.retain(|_| !tw.next().unwrap_or(true));
                 // The summaries found, by record (in record order, not hash order).
+                // The summaries found, in record order (the join gives them in hash order).
                 let mut hit: Vec<Option<(&'m Entry, Option<&'m str>)>> = vec![None; records.len()];
                 for (at, entry, school) in memo.join(&hashes) {
                     hit[at as usize] = Some((entry, school));
                 }
                 drop(hashes);
-                crate::par::chunks(records.len(), |part| {
-                    part.filter_map(|at| {
-                        let (entry, school) = hit[at]?;
-                        let (n, fnr) = keep(entry)?;
+                let hits: Vec<(u32, &'m Entry, Option<&'m str>)> = (hit.into_iter().enumerate())
+                    .filter_map(|(at, h)| h.map(|(entry, school)| (at as u32, entry, school)))
+                    .collect();
+                let entries: Vec<&Entry> = hits.iter().map(|h| h.1).collect();
+                let kept = keep(&entries);
+                (hits.into_iter().zip(kept))
+                    .filter_map(|((at, entry, school), kept)| {
+                        let (n, fnr) = kept?;
                         Some(Carried {
-                            at: at as u32,
+                            at,
                             n,
                             entry,
                             school,
@@ -111,7 +117,6 @@ impl<'a, 'm> Part<'a, 'm> {
                         })
                     })
                     .collect()
-                })
             }
             _ => Vec::new(),
         };
@@ -240,7 +245,7 @@ impl<'a, 'm> Plan<'a, 'm> {
             h
         });
         let ef_seed = seed(fingerprint, context.digest());
-        let enrollment: Keep<'_> = &|_| Some((u32::MAX, 0));
+        let enrollment: Keep<'_> = &|found| vec![Some((u32::MAX, 0)); found.len()];
         let elevforhold = Part::make(spec.entity, enrollments, ef_seed, memo, enrollment);
         let elev = match spec.pupils {
             // A pupil is read from its own record only: its hashes are not seeded with the
@@ -248,9 +253,15 @@ impl<'a, 'm> Plan<'a, 'm> {
             // anything (`Identity::settled_by_id`).
             Some(entity) => {
                 let memo = memo.filter(|_| pupils && identity.is_some());
-                let pupil: Keep<'_> = &|e| {
-                    let (n, fnr) = identity?.settled_by_id(kildesystem, e.id, e.pupil)?;
-                    Some((n, fnr.unwrap_or(0)))
+                let pupil: Keep<'_> = &|found| {
+                    let Some(identity) = identity else {
+                        return vec![None; found.len()];
+                    };
+                    let records: Vec<([u64; 2], u128)> =
+                        found.iter().map(|e| (e.id, e.pupil)).collect();
+                    (identity.settled_by_ids(kildesystem, &records).into_iter())
+                        .map(|s| s.map(|(n, fnr)| (n, fnr.unwrap_or(0))))
+                        .collect()
                 };
                 Part::make(entity, users, seed(fingerprint, 0), memo, pupil)
             }
