@@ -903,6 +903,16 @@ mod tests {
         out
     }
 
+    /// A row of `elev_id`: id, source, system id, number, first and last seen.
+    type Row = (
+        String,
+        &'static str,
+        Option<String>,
+        Option<String>,
+        i64,
+        i64,
+    );
+
     /// Lookups made by sorting the rows lead where pointing them one at a time led, mark the
     /// same pupils contested, and go on taking new identifiers as before.
     #[test]
@@ -926,13 +936,11 @@ mod tests {
             let first = next(40) as i64;
             rows.push((id, source, system, fnr, first, first + next(5) as i64));
         }
-        let batch = |rows: &[(String, &str, Option<String>, Option<String>, i64, i64)]| {
-            let text = |f: &dyn Fn(
-                &(String, &str, Option<String>, Option<String>, i64, i64),
-            ) -> Option<String>| {
+        let batch = |rows: &[Row]| {
+            let text = |f: &dyn Fn(&Row) -> Option<String>| {
                 Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>())) as ArrayRef
             };
-            let ts = |f: fn(&(String, &str, Option<String>, Option<String>, i64, i64)) -> i64| {
+            let ts = |f: fn(&Row) -> i64| {
                 Arc::new(
                     TimestampMicrosecondArray::from(rows.iter().map(f).collect::<Vec<_>>())
                         .with_timezone("UTC"),
