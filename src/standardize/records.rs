@@ -93,7 +93,6 @@ impl<'a, 'm> Part<'a, 'm> {
                     .collect();
                 let mut tw = twice.into_iter();
                 hashes.retain(|_| !tw.next().unwrap_or(true));
-                // The summaries found, by record (in record order, not hash order).
                 // The summaries found, in record order (the join gives them in hash order).
                 let mut hit: Vec<Option<(&'m Entry, Option<&'m str>)>> = vec![None; records.len()];
                 for (at, entry, school) in memo.join(&hashes) {
@@ -250,7 +249,7 @@ impl<'a, 'm> Plan<'a, 'm> {
         let elev = match spec.pupils {
             // A pupil is read from its own record only: its hashes are not seeded with the
             // context. It is carried when identity would see it again without learning
-            // anything (`Identity::settled_by_id`).
+            // anything (`Identity::settled_by_ids`).
             Some(entity) => {
                 let memo = memo.filter(|_| pupils && identity.is_some());
                 let pupil: Keep<'_> = &|found| {
