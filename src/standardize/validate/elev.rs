@@ -239,7 +239,9 @@ pub(super) struct Pupils {
     pub kept: Vec<bool>,
     /// Per school: pupils and invalid fødselsnummer.
     pub per_school: FxHashMap<String, (u64, u64)>,
-    /// The row each kept key came from ([`CARRIED`]: a carried pupil's).
+    /// The row each kept key came from ([`CARRIED`]: a carried pupil's). Holds the read rows'
+    /// keys and those of the carried pupils that share a key or a number with a read row, not
+    /// the others (docs/ARCHITECTURE.md, "Carried records").
     pub row_of_key: FxHashMap<u128, usize>,
 }
 
@@ -296,19 +298,33 @@ pub(super) fn check_pupils<'a>(
         }
     }
     if !carried.is_empty() {
-        // The candidates in record order, a carried pupil's row `CARRIED + j`.
+        // Carried pupils were kept rows of one snapshot together (a duplicate has a deviation and
+        // is not carried): no two share a key or a number. So only those that share one with a
+        // read row can be, or make, a duplicate; the others are not looked at again. The read
+        // rows' keys and numbers are few: the carried ones are looked up in them on every core.
+        let keys: FxHashSet<u128> = candidates.iter().map(|c| c.1).collect();
+        let fnrs: FxHashSet<u128> = candidates.iter().filter_map(|c| c.2).collect();
+        let involved: Vec<usize> = crate::par::chunks(carried.len(), |part| {
+            part.filter(|&j| {
+                let p = &carried[j];
+                keys.contains(&p.key) || p.fnr.is_some_and(|f| fnrs.contains(&f))
+            })
+            .collect()
+        });
+        // The candidates in record order, a carried pupil's row `CARRIED - j`.
         let rows = std::mem::take(&mut candidates);
         let order = super::in_record_order(
             rows.len(),
             |n| (elev[rows[n].0].r.kjelde, elev[rows[n].0].r.rad),
-            carried.len(),
-            |j| (carried[j].kjelde, carried[j].rad),
+            involved.len(),
+            |m| (carried[involved[m]].kjelde, carried[involved[m]].rad),
         );
-        candidates.reserve(rows.len() + carried.len());
+        candidates.reserve(rows.len() + involved.len());
         for who in order {
             match who {
                 super::Ordered::Row(n) => candidates.push(rows[n]),
-                super::Ordered::Carried(j) => {
+                super::Ordered::Carried(m) => {
+                    let j = involved[m];
                     let p = &carried[j];
                     candidates.push((CARRIED - j, p.key, p.fnr));
                 }
@@ -348,14 +364,15 @@ pub(super) fn check_pupils<'a>(
     let mut dup_rows = Vec::new();
     let is_carried = |i: usize| i > CARRIED - carried.len();
     for (n, &(i, _, _)) in candidates.iter().enumerate() {
+        let (dup_key, dup_fnr) = (dup_key[n], dup_fnr[n]);
         if is_carried(i) {
-            if dup_key[n] || dup_fnr[n] {
+            if dup_key || dup_fnr {
                 // A carried pupil that is a duplicate of an earlier row is not kept as it is.
                 return None;
             }
             continue;
         }
-        if dup_key[n] || dup_fnr[n] {
+        if dup_key || dup_fnr {
             let e = &elev[i];
             let verdi = e.fodselsnummer.as_deref().map(fnr::mask);
             dups.report(

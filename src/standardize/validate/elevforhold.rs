@@ -14,6 +14,7 @@ pub(super) struct References<'r> {
     pub dropped_records: &'r FxHashMap<&'r str, FxHashSet<i64>>,
     /// Whether a pupil key (its [`key_hash`]) is a kept pupil's.
     pub is_pupil: &'r (dyn Fn(u128) -> bool + Sync),
+    /// The keys of the pupils read, kept or not (a carried pupil is a kept one).
     pub delivered: &'r FxHashSet<u128>,
     pub schools: &'r FxHashSet<&'r str>,
 }
@@ -55,9 +56,13 @@ pub(super) fn check_enrolments(
     let mut ef_kept = vec![false; elevforhold.len()];
     let mut dups = c.fork();
     let mut dup_rows = Vec::new();
+    let pairs: Vec<(usize, u128)> = pairs.into_iter().flatten().collect();
+    // Carried records were kept rows of one snapshot together: no two have the same pupil and
+    // school. Only those that share the pair with a read row take part in the duplicates.
+    let read_pairs: FxHashSet<u128> = pairs.iter().map(|p| p.1).collect();
     let mut ef_keys: FxHashSet<u128> = FxHashSet::default();
-    ef_keys.reserve(elevforhold.len() + carried.len());
-    let mut pairs = pairs.into_iter().flatten().peekable();
+    ef_keys.reserve(pairs.len());
+    let mut pairs = pairs.into_iter().peekable();
     // A carried record was clean against rows like these; it stays so while its pupil is a
     // kept pupil, its school known and its record not one whose pupil was dropped (checked on
     // every core), and no earlier row has the same pupil and school (below, in record order).
@@ -80,7 +85,7 @@ pub(super) fn check_enrolments(
                 None => continue,
             },
             Ordered::Carried(j) => match carried_pairs[j] {
-                Some(pair) if ef_keys.insert(pair) => continue,
+                Some(pair) if !read_pairs.contains(&pair) || ef_keys.insert(pair) => continue,
                 _ => return None,
             },
         };

@@ -117,8 +117,8 @@ pub(super) fn validate<'a>(
         .chain(known_schools.iter().map(String::as_str))
         .collect();
     let kildesystem = elev.first().map(|e| e.r.kildesystem).unwrap_or_default();
-    let (school_of, mut delivered) = pupil_indexes(elev, elevforhold, carried);
-    delivered.extend(carried_elev.iter().map(|p| p.key));
+    let (school_of, (delivered, carried_keys)) =
+        pupil_indexes(elev, elevforhold, (carried_elev, carried));
     let Some(pupils) = check_pupils(c, elev, carried_elev, &school_of, today) else {
         return false;
     };
@@ -140,11 +140,11 @@ pub(super) fn validate<'a>(
         .map(|(e, k)| *k && e.kilde_nokkel.is_some())
         .collect();
     let row_of_key = &pupils.row_of_key;
-    // A carried pupil's row is `CARRIED` (it is kept).
-    let is_pupil = |k: u128| {
-        row_of_key
-            .get(&k)
-            .is_some_and(|&i| i == elev::CARRIED || elev_key[i])
+    // A carried pupil's row is `CARRIED` (it is kept); a carried pupil that shares no key or
+    // number with a read row has none, and is kept.
+    let is_pupil = |k: u128| match row_of_key.get(&k) {
+        Some(&i) => i == elev::CARRIED || elev_key[i],
+        None => carried_keys.contains(&k),
     };
     let refs = References {
         dropped_records: &dropped_records,
@@ -201,14 +201,18 @@ fn check_schools(c: &mut Checker, skole: &mut Vec<SkoleRow<'_>>) {
 
 /// Sets of keys hold 128-bit hashes of them (no copy of a million strings; a collision is as
 /// likely as guessing a random UUID twice). At the same time: the school of each pupil (from the
-/// snapshot's elevforhold), for per-school thresholds, and the keys of every delivered pupil,
-/// kept or not (references to dropped pupils are not new news).
+/// snapshot's elevforhold), for per-school thresholds; the keys of every pupil read, kept or not
+/// (references to dropped pupils are not new news); and the keys of the carried pupils (all
+/// kept: a carried one that is not asks for a full read).
 #[allow(clippy::type_complexity)]
 fn pupil_indexes<'r, 'a>(
     elev: &[ElevRow<'a>],
     elevforhold: &'r [EfRow<'a>],
-    carried: &'r [CarriedEf<'a>],
-) -> (FxHashMap<u128, &'r Cow<'a, str>>, FxHashSet<u128>) {
+    (carried_elev, carried): (&[CarriedElev<'_>], &'r [CarriedEf<'a>]),
+) -> (
+    FxHashMap<u128, &'r Cow<'a, str>>,
+    (FxHashSet<u128>, FxHashSet<u128>),
+) {
     crate::par::both(
         || {
             let mut school_of: FxHashMap<u128, &Cow<'_, str>> = FxHashMap::default();
@@ -231,8 +235,8 @@ fn pupil_indexes<'r, 'a>(
             }
             school_of
         },
-        || -> FxHashSet<u128> {
-            elev.iter()
+        || {
+            let delivered = (elev.iter())
                 .filter_map(|e| {
                     let k = e.kilde_nokkel.as_deref()?;
                     Some(if e.fnr_required {
@@ -241,7 +245,8 @@ fn pupil_indexes<'r, 'a>(
                         key_hash(k)
                     })
                 })
-                .collect()
+                .collect();
+            (delivered, carried_elev.iter().map(|p| p.key).collect())
         },
     )
 }
@@ -450,6 +455,23 @@ mod tests {
         let kept: Vec<i64> = staged.elevforhold.iter().map(|e| e.r.rad).collect();
         assert_eq!(kept, [2]);
         assert_eq!(c.failed.get(rules::DUPLIKAT), Some(&1));
+        // Carried pupils and enrollments sharing nothing with a read row are not looked at
+        // again, yet a read enrollment of such a pupil still finds it (no orphan, no duplicate).
+        let (ok, staged, c) = check(
+            vec![pupil(1, "b")],
+            vec![ef(2, "b"), ef(7, "c")],
+            &[carried_pupil(3, "c"), carried_pupil(4, "d")],
+            &[carried_ef(1, "d")],
+        );
+        assert!(ok);
+        let kept: Vec<i64> = staged.elevforhold.iter().map(|e| e.r.rad).collect();
+        assert_eq!(kept, [2, 7]);
+        let flagged = [rules::DUPLIKAT, rules::UKJENT_ELEV, rules::UKJENT_SKOLE];
+        assert!(
+            flagged.iter().all(|r| !c.failed.contains_key(r)),
+            "{:?}",
+            c.failed
+        );
         // A carried enrollment at a school that is no longer known.
         let unknown = CarriedEf {
             school: Cow::Borrowed("99999"),
