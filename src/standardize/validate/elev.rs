@@ -364,15 +364,14 @@ pub(super) fn check_pupils<'a>(
     let mut dup_rows = Vec::new();
     let is_carried = |i: usize| i > CARRIED - carried.len();
     for (n, &(i, _, _)) in candidates.iter().enumerate() {
-        let (dup_key, dup_fnr) = (dup_key[n], dup_fnr[n]);
         if is_carried(i) {
-            if dup_key || dup_fnr {
+            if dup_key[n] || dup_fnr[n] {
                 // A carried pupil that is a duplicate of an earlier row is not kept as it is.
                 return None;
             }
             continue;
         }
-        if dup_key || dup_fnr {
+        if dup_key[n] || dup_fnr[n] {
             let e = &elev[i];
             let verdi = e.fodselsnummer.as_deref().map(fnr::mask);
             dups.report(

@@ -236,7 +236,8 @@ fn pupil_indexes<'r, 'a>(
             school_of
         },
         || {
-            let delivered = (elev.iter())
+            let delivered = elev
+                .iter()
                 .filter_map(|e| {
                     let k = e.kilde_nokkel.as_deref()?;
                     Some(if e.fnr_required {
