@@ -66,6 +66,21 @@ def path(lake, catalog, table):
 
 
 @pytest.mark.parametrize("catalog", ["bergen_kommune", "voss_herad"])
+def test_raw_tables_and_their_record_numbers(lake, spark, catalog):
+    """raw_<source>: its record numbers (`rad`) are stored as the differences between them
+    (DELTA_BINARY_PACKED); Spark decodes the numbers elevflyt reads."""
+    pipelines, root = lake
+    raws = sorted(p.name for p in (root / catalog / "grunnskole").glob("raw_*"))
+    assert raws, f"{catalog} has no raw table"
+    for table in raws:
+        got = (spark.read.format("delta").load(path(root, catalog, table))
+               .selectExpr("count(*) AS n", "sum(rad) AS s", "max(rad) AS m").collect()[0])
+        expected = ours(pipelines[catalog], "sql", f"SELECT count(*) AS n, sum(rad) AS s, max(rad) AS m FROM {table}")[0]
+        print(f"spark {catalog}.{table}: {got.asDict()} (elevflyt: {expected})")
+        assert (got["n"], got["s"], got["m"]) == (expected["n"], expected["s"], expected["m"])
+
+
+@pytest.mark.parametrize("catalog", ["bergen_kommune", "voss_herad"])
 def test_every_table_and_its_comments(lake, spark, catalog):
     pipelines, root = lake
     for table in TABLES:

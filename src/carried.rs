@@ -68,7 +68,7 @@ impl Records {
         // Two records whose rows are one version (two keys that identity took for one pupil)
         // are of neither: which one the version is cannot be told.
         let mut ids: Vec<[u64; 2]> = out.entries.iter().map(|(_, e)| e.id).collect();
-        ids.sort_unstable();
+        crate::sort::by_hash(&mut ids, |id| id[0], Ord::cmp);
         let shared: rustc_hash::FxHashSet<[u64; 2]> = ids
             .windows(2)
             .filter(|w| w[0] == w[1])
@@ -78,7 +78,7 @@ impl Records {
         if !shared.is_empty() {
             out.entries.retain(|(_, e)| !shared.contains(&e.id));
         }
-        out.entries.sort_unstable_by_key(|(h, _)| *h);
+        crate::sort::by_hash(&mut out.entries, |e| e.0, |a, b| a.0.cmp(&b.0));
         out
     }
 
@@ -188,7 +188,7 @@ impl Memo {
     /// record is cannot be told, so both are read).
     pub fn new(mut records: Records) -> Memo {
         if !records.entries.is_sorted_by_key(|(h, _)| *h) {
-            records.entries.sort_unstable_by_key(|(h, _)| *h);
+            crate::sort::by_hash(&mut records.entries, |e| e.0, |a, b| a.0.cmp(&b.0));
         }
         let e = &records.entries;
         let twice = |i: usize| {

@@ -448,11 +448,12 @@ fn write_metrics(actions: &[deltalake::kernel::Action]) -> serde_json::Value {
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// Columns whose values are one per pupil or per row (ids, numbers, addresses, the row hash, a
-/// record as delivered in raw's `post`): a dictionary of them would be as long as the column, so
-/// the writer gives up on it after a megabyte of each row group — having hashed and copied every
-/// value of that megabyte into it.
-const NO_DICTIONARY: [&str; 10] = [
+/// record as delivered in raw's `post`, its number in the file): a dictionary of them would be as
+/// long as the column, so the writer gives up on it after a megabyte of each row group — having
+/// hashed and copied every value of that megabyte into it.
+const NO_DICTIONARY: [&str; 11] = [
     "post",
+    "rad",
     "id",
     "elev_id",
     "system_id",
@@ -470,6 +471,11 @@ const NO_DICTIONARY: [&str; 10] = [
 /// apart from the bytes (`DELTA_LENGTH_BYTE_ARRAY`: the equal lengths delta-coded to almost
 /// nothing), which is as small as Snappy made them.
 const NO_COMPRESSION: [&str; 3] = ["id", "elev_id", crate::schema::ROW_HASH];
+
+/// Record numbers (`rad`: counting up through a file, in raw and `avvik`): stored as the
+/// differences between them (`DELTA_BINARY_PACKED`, a bit or two per row) instead of eight bytes
+/// each.
+const COUNTING: [&str; 1] = ["rad"];
 
 /// Parquet settings: snappy, as delta-rs writes by default, and row groups of `ROW_GROUP_ROWS`.
 /// The columns of [`NO_DICTIONARY`] are unique per pupil or row: no dictionary attempt, and
@@ -494,6 +500,10 @@ pub(crate) fn writer_properties(t: &Table) -> parquet::file::properties::WriterP
         b = b
             .set_column_compression(c.clone(), parquet::basic::Compression::UNCOMPRESSED)
             .set_column_encoding(c, parquet::basic::Encoding::DELTA_LENGTH_BYTE_ARRAY);
+    }
+    for c in t.columns.iter().filter(|c| COUNTING.contains(&c.name)) {
+        let c = ColumnPath::from(c.name);
+        b = b.set_column_encoding(c, parquet::basic::Encoding::DELTA_BINARY_PACKED);
     }
     for c in t.personal_columns() {
         b = b.set_column_statistics_enabled(ColumnPath::from(c), EnabledStatistics::None);
@@ -782,7 +792,15 @@ mod tests {
                 && dictionary(&ef, "klasse")
         );
         assert!(!dictionary(&crate::schema::ELEV_ID, "fodselsnummer"));
-        assert!(!dictionary(&crate::schema::raw_table("vigilo"), "post"));
+        let raw = crate::schema::raw_table("vigilo");
+        assert!(!dictionary(&raw, "post") && !dictionary(&raw, "rad"));
+        assert!(!dictionary(&crate::schema::AVVIK, "rad"));
+        let props = super::writer_properties(&raw);
+        assert_eq!(
+            props.encoding(&ColumnPath::from("rad")),
+            Some(parquet::basic::Encoding::DELTA_BINARY_PACKED)
+        );
+        assert_eq!(props.encoding(&ColumnPath::from("as_of")), None);
     }
 
     #[test]

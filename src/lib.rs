@@ -26,6 +26,7 @@ pub mod report;
 pub mod run;
 pub mod schema;
 pub mod sharing;
+pub mod sort;
 pub mod sqlfn;
 pub mod standardize;
 pub mod storage;

@@ -103,7 +103,7 @@ impl Lookup {
     /// last row. Also returns the pupils a key led to besides another (their lookups are
     /// contested, as [`Lookup::point`] tells one at a time).
     fn of_rows(mut rows: Vec<([u64; 2], u32, u32)>) -> (Lookup, Vec<u32>) {
-        rows.sort_unstable_by_key(|r| (r.0, r.1));
+        crate::sort::by_hash(&mut rows, |r| r.0[0], |a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         let mut contested = Vec::new();
         let mut keys = Vec::with_capacity(rows.len());
         for run in rows.chunk_by(|a, b| a.0 == b.0) {
@@ -315,7 +315,7 @@ impl Identity {
         let mut by_id: Vec<([u64; 2], u32)> = (hashes.iter().enumerate())
             .map(|(j, h)| (h.0, j as u32))
             .collect();
-        by_id.sort_unstable();
+        crate::sort::by_hash(&mut by_id, |r| r.0[0], Ord::cmp);
         let mut first_row = vec![0u32; rows];
         for run in by_id.chunk_by(|a, b| a.0 == b.0) {
             for r in run {
@@ -607,7 +607,7 @@ impl Identity {
             })
             .collect()
         });
-        hashes.sort_unstable();
+        crate::sort::by_hash(&mut hashes, |h| h.0[0], Ord::cmp);
         let mut numbers = vec![u32::MAX; records.len()];
         for (hash, i) in hashes {
             if let Some(n) = self.number.get(hash) {

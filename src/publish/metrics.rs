@@ -144,7 +144,7 @@ fn duplicates(batches: &[arrow::array::RecordBatch], key: &str) -> Result<i64> {
                 .map(|k| xxhash_rust::xxh3::xxh3_128(k.as_bytes())),
         );
     }
-    hashes.sort_unstable();
+    crate::sort::by_hash(&mut hashes, |h| (h >> 64) as u64, Ord::cmp);
     hashes.dedup();
     Ok((rows - hashes.len()) as i64)
 }

@@ -83,7 +83,7 @@ impl<'a, 'm> Part<'a, 'm> {
                 let mut hashes: Vec<(u64, u32)> = (records.iter().enumerate())
                     .map(|(i, r)| (r.2, i as u32))
                     .collect();
-                hashes.sort_unstable();
+                crate::sort::by_hash(&mut hashes, |h| h.0, Ord::cmp);
                 // A hash met twice today is of neither record.
                 let twice: Vec<bool> = (0..hashes.len())
                     .map(|i| {

@@ -12,6 +12,7 @@ import subprocess
 import duckdb
 import duckdb_extension_delta
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
@@ -88,6 +89,35 @@ def duck():
     assert ext, "duckdb-extension-delta ships no extension binary"
     con.execute(f"LOAD '{ext[0]}'")
     return con
+
+
+@pytest.mark.parametrize("catalog,pipeline", [("bergen_kommune", "bergen.toml"), ("voss_herad", "voss.toml")])
+def test_raw_tables_and_their_record_numbers_read_alike(lake, catalog, pipeline):
+    """raw_<source>, the records as delivered: its record numbers (`rad`) are stored as the
+    differences between them (DELTA_BINARY_PACKED); every reader decodes the numbers elevflyt
+    reads."""
+    raws = sorted(p.name for p in (lake / catalog / "grunnskole").glob("raw_*"))
+    assert raws, f"{catalog} has no raw table"
+    con = duck()
+    for name in raws:
+        path = tables(lake, catalog)(name)
+        expected = elevflyt_sql(pipeline, lake, f"SELECT count(*) AS n, sum(rad) AS s, max(rad) AS m FROM {name}")[0]
+        expected = (expected["n"], expected["s"], expected["m"])
+        rad = DeltaTable(path).to_pyarrow_table(columns=["rad"]).column("rad").to_pylist()
+        read = {
+            "deltalake": (len(rad), sum(rad), max(rad)),
+            "polars": tuple(pl.read_delta(path).select(pl.len(), pl.col("rad").sum().alias("s"), pl.col("rad").max().alias("m")).row(0)),
+            "duckdb": con.execute(f"SELECT count(*), sum(rad), max(rad) FROM delta_scan('{path}')").fetchone(),
+        }
+        print(f"{catalog}.{name}: elevflyt {expected}, {read}")
+        for f in DeltaTable(path).file_uris():
+            meta = pq.ParquetFile(f).metadata
+            for g in range(meta.num_row_groups):
+                rg = meta.row_group(g)
+                rad = next(rg.column(c) for c in range(rg.num_columns) if rg.column(c).path_in_schema == "rad")
+                assert "DELTA_BINARY_PACKED" in rad.encodings, (f, rad.encodings)
+        for reader, got in read.items():
+            assert tuple(got) == expected, f"{reader} reads {name} as {got}, elevflyt {expected}"
 
 
 def test_duckdb_reads_tables_and_comments(lake):

@@ -1,0 +1,87 @@
+//! Sorting millions of items keyed by hashes (record hashes, hashed keys, random ids) without a
+//! comparison sort's passes over all of them (docs/ARCHITECTURE.md, "Sorting by hash").
+
+use std::cmp::Ordering;
+
+/// Fewer items than this are sorted the usual way.
+const SMALL: usize = 1 << 12;
+
+/// Sorts `v` by `cmp`. `top` gives the first 64 bits of an item's sort key, spread evenly over
+/// their range (a hash): `top(a) < top(b)` must mean that `a` sorts before `b`. One pass counts
+/// the items per bucket of the top bits, one places them, and each bucket — a few dozen items —
+/// is sorted on its own, on two cores. Keys that are not spread evenly make larger buckets:
+/// slower, never wrong. Not stable.
+pub fn by_hash<T: Copy + Send>(
+    v: &mut Vec<T>,
+    top: impl Fn(&T) -> u64,
+    cmp: impl Fn(&T, &T) -> Ordering + Sync,
+) {
+    let n = v.len();
+    if n < SMALL {
+        v.sort_unstable_by(cmp);
+        return;
+    }
+    // About 32 items per bucket.
+    let bits = (n / 32).ilog2().clamp(1, 20);
+    let bucket = |x: &T| (top(x) >> (64 - bits)) as usize;
+    let mut start = vec![0usize; (1 << bits) + 1];
+    for x in v.iter() {
+        start[bucket(x) + 1] += 1;
+    }
+    for i in 1..start.len() {
+        start[i] += start[i - 1];
+    }
+    // A copy to place the items in (every place is written: the counts add up to `n`).
+    let mut out = v.clone();
+    let mut next = start.clone();
+    for x in v.iter() {
+        let b = bucket(x);
+        out[next[b]] = *x;
+        next[b] += 1;
+    }
+    drop(next);
+    // The buckets of each half of the items on a core of their own.
+    let half = start.partition_point(|&s| s < n / 2);
+    let (low, high) = out.split_at_mut(start[half]);
+    let sort_buckets = |items: &mut [T], bounds: &[usize]| {
+        let first = bounds[0];
+        for w in bounds.windows(2) {
+            items[w[0] - first..w[1] - first].sort_unstable_by(&cmp);
+        }
+    };
+    crate::par::both(
+        || sort_buckets(low, &start[..=half]),
+        || sort_buckets(high, &start[half..]),
+    );
+    *v = out;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hashed keys, keys that all fall in one bucket, and small inputs come out as a
+    /// comparison sort orders them, ties on the top bits broken by the rest of the key.
+    #[test]
+    fn sorts_as_a_comparison_sort_does() {
+        let hashed: Vec<(u64, u32)> = (0..100_000u32)
+            .map(|i| (xxhash_rust::xxh3::xxh3_64(&(i % 70_000).to_le_bytes()), i))
+            .collect();
+        let crowded: Vec<(u64, u32)> = (0..20_000u32).map(|i| (7, 20_000 - i)).collect();
+        let small: Vec<(u64, u32)> = hashed[..100].to_vec();
+        for input in [hashed, crowded, small, Vec::new()] {
+            let mut expected = input.clone();
+            expected.sort_unstable();
+            let mut got = input;
+            by_hash(&mut got, |x| x.0, Ord::cmp);
+            assert_eq!(got, expected);
+        }
+        // Ids of two words sorted by their first: equal first words are ordered by the second.
+        let mut ids: Vec<[u64; 2]> = (0..50_000u64).map(|i| [i << 40, 50_000 - i % 3]).collect();
+        ids.reverse();
+        let mut expected = ids.clone();
+        expected.sort_unstable();
+        by_hash(&mut ids, |x| x[0], Ord::cmp);
+        assert_eq!(ids, expected);
+    }
+}
