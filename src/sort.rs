@@ -76,9 +76,19 @@ mod tests {
             by_hash(&mut got, |x| x.0, Ord::cmp);
             assert_eq!(got, expected);
         }
-        // Ids of two words sorted by their first: equal first words are ordered by the second.
-        let mut ids: Vec<[u64; 2]> = (0..50_000u64).map(|i| [i << 40, 50_000 - i % 3]).collect();
-        ids.reverse();
+        // Ids of two words sorted by their first: equal first words (three ids each) are
+        // ordered by the second.
+        let mut ids: Vec<[u64; 2]> = (0..60_000u64)
+            .map(|i| {
+                [
+                    xxhash_rust::xxh3::xxh3_64(&(i / 3).to_le_bytes()),
+                    60_000 - i,
+                ]
+            })
+            .collect();
+        assert!(ids
+            .windows(2)
+            .any(|w| w[0][0] == w[1][0] && w[0][1] > w[1][1]));
         let mut expected = ids.clone();
         expected.sort_unstable();
         by_hash(&mut ids, |x| x[0], Ord::cmp);
