@@ -50,10 +50,19 @@ impl Records {
     pub fn merge(parts: impl IntoIterator<Item = Records>) -> Records {
         let mut out = Records::default();
         let mut place: FxHashMap<String, u32> = FxHashMap::default();
-        for part in parts {
+        for mut part in parts {
             let map: Vec<u32> = (part.schools.iter())
                 .map(|s| out.school(&mut place, s))
                 .collect();
+            let known = |e: &Entry| e.school == NO_SCHOOL || map.get(e.school as usize).is_some();
+            // The first part with entries keeps its school numbers (unless it names a school
+            // twice): its entries are taken as they are, not copied one by one — a next day's
+            // one snapshot is two and a half million of them.
+            if out.entries.is_empty() && map.iter().enumerate().all(|(i, &s)| s as usize == i) {
+                part.entries.retain(|(_, e)| known(e));
+                out.entries = part.entries;
+                continue;
+            }
             out.entries.reserve(part.entries.len());
             for (h, mut e) in part.entries {
                 if e.school != NO_SCHOOL {
@@ -66,19 +75,23 @@ impl Records {
             }
         }
         // Two records whose rows are one version (two keys that identity took for one pupil)
-        // are of neither: which one the version is cannot be told.
-        let mut ids: Vec<[u64; 2]> = out.entries.iter().map(|(_, e)| e.id).collect();
-        crate::sort::by_hash(&mut ids, |id| id[0], Ord::cmp);
-        let shared: rustc_hash::FxHashSet<[u64; 2]> = ids
-            .windows(2)
-            .filter(|w| w[0] == w[1])
-            .map(|w| w[0])
-            .collect();
-        drop(ids);
+        // are of neither: which one the version is cannot be told. The ids are sorted to find
+        // them while the entries are sorted by record hash.
+        let ids: Vec<[u64; 2]> = out.entries.iter().map(|(_, e)| e.id).collect();
+        let (shared, ()) = crate::par::both(
+            move || {
+                let mut ids = ids;
+                crate::sort::by_hash(&mut ids, |id| id[0], Ord::cmp);
+                (ids.windows(2))
+                    .filter(|w| w[0] == w[1])
+                    .map(|w| w[0])
+                    .collect::<rustc_hash::FxHashSet<[u64; 2]>>()
+            },
+            || crate::sort::by_hash(&mut out.entries, |e| e.0, |a, b| a.0.cmp(&b.0)),
+        );
         if !shared.is_empty() {
             out.entries.retain(|(_, e)| !shared.contains(&e.id));
         }
-        crate::sort::by_hash(&mut out.entries, |e| e.0, |a, b| a.0.cmp(&b.0));
         out
     }
 
@@ -276,6 +289,39 @@ mod tests {
                 (3, [5, 6], None)
             ]
         );
+        // The first part's entries are taken as they are, but for one of a school it does not
+        // name; a first part that names a school twice has its numbers made anew.
+        let lone = Records {
+            schools: vec!["46591".into()],
+            entries: vec![
+                (21, entry(1, 0)),
+                (20, entry(2, 7)),
+                (19, entry(3, NO_SCHOOL)),
+            ],
+        };
+        let m = Records::merge([lone]);
+        assert_eq!(m.schools, ["46591"]);
+        let got: Vec<(u64, u32)> = m.entries.iter().map(|(h, e)| (*h, e.school)).collect();
+        assert_eq!(got, [(19, NO_SCHOOL), (21, 0)]);
+        let twice = Records {
+            schools: vec!["46591".into(), "46592".into(), "46591".into()],
+            entries: vec![(31, entry(1, 2)), (30, entry(2, 1))],
+        };
+        let m = Records::merge([Records::default(), twice]);
+        assert_eq!(m.schools, ["46591", "46592"]);
+        let got: Vec<(u64, u32)> = m.entries.iter().map(|(h, e)| (*h, e.school)).collect();
+        assert_eq!(got, [(30, 1), (31, 0)]);
+        // Two records of one version are of neither, also when the first part is taken whole.
+        let one_version = Records {
+            schools: vec![],
+            entries: vec![
+                (41, entry(1, NO_SCHOOL)),
+                (40, entry(1, NO_SCHOOL)),
+                (42, entry(2, NO_SCHOOL)),
+            ],
+        };
+        let m = Records::merge([one_version]);
+        assert_eq!(m.entries.iter().map(|e| e.0).collect::<Vec<_>>(), [42]);
         // A hash met twice finds neither record.
         let twice = Records {
             schools: vec!["1".into()],
