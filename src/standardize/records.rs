@@ -63,7 +63,7 @@ type RowSummary<'r> = (
 /// What may be carried of the summaries found (all at once, answers in their order): `None` to
 /// read the record, else the pupil's number in identity and number hash (`(u32::MAX, 0)` for
 /// an enrollment).
-type Keep<'f> = &'f dyn Fn(&[&Entry]) -> Vec<Option<(u32, u128)>>;
+type Keep<'f> = &'f (dyn Fn(&[&Entry]) -> Vec<Option<(u32, u128)>> + Sync);
 
 impl<'a, 'm> Part<'a, 'm> {
     /// `records` of `entity` (their hashes made without a seed) hashed with `seed`, and found in
@@ -245,8 +245,9 @@ impl<'a, 'm> Plan<'a, 'm> {
         });
         let ef_seed = seed(fingerprint, context.digest());
         let enrollment: Keep<'_> = &|found| vec![Some((u32::MAX, 0)); found.len()];
-        let elevforhold = Part::make(spec.entity, enrollments, ef_seed, memo, enrollment);
-        let elev = match spec.pupils {
+        // The pupils' part on a second core while the enrollments' is made: they share
+        // nothing but the summaries they read.
+        let pupils_part = || match spec.pupils {
             // A pupil is read from its own record only: its hashes are not seeded with the
             // context. It is carried when identity would see it again without learning
             // anything (`Identity::settled_by_ids`).
@@ -266,6 +267,9 @@ impl<'a, 'm> Plan<'a, 'm> {
             }
             None => Part::default(),
         };
+        let (elev, elevforhold) = crate::par::both(pupils_part, || {
+            Part::make(spec.entity, enrollments, ef_seed, memo, enrollment)
+        });
         Plan { elevforhold, elev }
     }
 
