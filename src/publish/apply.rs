@@ -230,34 +230,19 @@ fn elev_ids<'r>(
     let n = rows.num_rows();
     let mut pupil_of_source_key: FxHashMap<&str, u32> = FxHashMap::default();
     pupil_of_source_key.reserve(n);
+    let pupils = identity.resolve_rows(
+        (kildesystem, kommune),
+        n,
+        |i| {
+            let source_key = opt_str(src, i).unwrap_or_default();
+            (opt_str(&sys, i), opt_str(&fnr, i), source_key)
+        },
+        as_of,
+    );
     let mut ids = arrow::array::StringBuilder::with_capacity(n, n * 36);
-    // The ids of pupils not met before: on a first load (every pupil is new) hashed
-    // beforehand on every core, otherwise only for the few that are new.
-    let mut new_ids: Option<Vec<Option<Uuid>>> = identity.is_empty().then(|| {
-        crate::par::chunks(n, |part| {
-            part.map(|i| {
-                let source_key = opt_str(src, i).unwrap_or_default();
-                Some(Identity::new_id(kommune, kildesystem, source_key))
-            })
-            .collect()
-        })
-    });
-    for i in 0..n {
-        let source_key = opt_str(src, i).unwrap_or_default();
-        let pupil = identity.resolve(
-            kildesystem,
-            opt_str(&sys, i),
-            opt_str(&fnr, i),
-            || {
-                new_ids
-                    .as_mut()
-                    .and_then(|ids| ids[i].take())
-                    .unwrap_or_else(|| Identity::new_id(kommune, kildesystem, source_key))
-            },
-            as_of,
-        );
+    for (i, &pupil) in pupils.iter().enumerate() {
         ids.append_value(identity.id(pupil));
-        pupil_of_source_key.insert(source_key, pupil);
+        pupil_of_source_key.insert(opt_str(src, i).unwrap_or_default(), pupil);
     }
     let batch = replace_column(rows, "id", Arc::new(ids.finish()))?;
     Ok((batch, pupil_of_source_key))

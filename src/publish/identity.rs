@@ -526,6 +526,123 @@ impl Identity {
         n
     }
 
+    /// [`Identity::resolve`] of the `n` rows of one snapshot of `kildesystem` taken at `as_of`,
+    /// one after the other (`row(i)`: its system id, number and source key, of which a new
+    /// pupil's id is made); returns each row's pupil number.
+    ///
+    /// On a first load (an empty map) a row whose system id, number and new id each occur in
+    /// no other row is a new pupil that no other row leads to, and leads to no other: such rows
+    /// are numbered and their facts learnt in one pass without a lookup, and their lookups are
+    /// made by sorting on every core, as a map read back is ([`Identity::build`]). The other
+    /// rows are resolved one at a time in their places, as ever; their keys are none of the
+    /// first rows' keys, so neither kind of row can see the other's (docs/ARCHITECTURE.md,
+    /// "Identity").
+    pub fn resolve_rows<'a>(
+        &mut self,
+        (kildesystem, kommune): (&str, &str),
+        n: usize,
+        row: impl Fn(usize) -> (Option<&'a str>, Option<&'a str>, &'a str) + Sync,
+        as_of: i64,
+    ) -> Vec<u32> {
+        if !self.is_empty() {
+            return (0..n)
+                .map(|i| {
+                    let (system_id, fnr, source_key) = row(i);
+                    let new_id = || Identity::new_id(kommune, kildesystem, source_key);
+                    self.resolve(kildesystem, system_id, fnr, new_id, as_of)
+                })
+                .collect();
+        }
+        /// A row's identifiers hashed, and its new id.
+        struct Hashed {
+            system: Option<[u64; 2]>,
+            fnr: Option<[u64; 2]>,
+            id: Uuid,
+            id_hash: [u64; 2],
+        }
+        let hashed: Vec<Hashed> = crate::par::chunks(n, |part| {
+            part.map(|i| {
+                let (system_id, fnr, source_key) = row(i);
+                let id = Identity::new_id(kommune, kildesystem, source_key);
+                let mut buf = Uuid::encode_buffer();
+                Hashed {
+                    system: system_id.map(text_hash),
+                    fnr: fnr.map(text_hash),
+                    id,
+                    id_hash: text_hash(id.hyphenated().encode_lower(&mut buf)),
+                }
+            })
+            .collect()
+        });
+        // Each kind of key with its rows, sorted by key: which keys are shared, and (the rows
+        // learnt without a lookup) the lookups themselves.
+        type Of = fn(&Hashed) -> Option<[u64; 2]>;
+        let kinds: [Of; 3] = [|h| Some(h.id_hash), |h| h.system, |h| h.fnr];
+        let sorted = crate::par::map(&kinds, |of| {
+            let mut keys: Vec<([u64; 2], u32)> = (hashed.iter().enumerate())
+                .filter_map(|(i, h)| Some((of(h)?, i as u32)))
+                .collect();
+            crate::sort::by_hash(&mut keys, |k| k.0[0], Ord::cmp);
+            keys
+        });
+        let mut shared = vec![false; n];
+        for keys in &sorted {
+            for run in keys.chunk_by(|a, b| a.0 == b.0).filter(|r| r.len() > 1) {
+                for &(_, i) in run {
+                    shared[i as usize] = true;
+                }
+            }
+        }
+        let source = self.source(kildesystem);
+        // About an id, a system id and a number a row.
+        self.texts.0.reserve(n * 96);
+        self.ids.reserve(n);
+        self.facts.reserve(n);
+        let mut pupils = Vec::with_capacity(n);
+        for (i, h) in hashed.iter().enumerate() {
+            let (system_id, fnr, _) = row(i);
+            let pupil = if shared[i] {
+                self.resolve(kildesystem, system_id, fnr, || h.id, as_of)
+            } else {
+                let pupil = self.ids.len() as u32;
+                let mut buf = Uuid::encode_buffer();
+                let span = self.texts.push(h.id.hyphenated().encode_lower(&mut buf));
+                self.ids.push(span);
+                let system_id = Given {
+                    text: system_id,
+                    hash: h.system,
+                };
+                let fnr = Given {
+                    text: fnr,
+                    hash: h.fnr,
+                };
+                self.learn(pupil, source, system_id, fnr, (as_of, as_of));
+                self.changed = true;
+                pupil
+            };
+            pupils.push(pupil);
+        }
+        drop(hashed);
+        let made = crate::par::map_owned(sorted, |keys| {
+            Sorted::of(
+                (keys.into_iter())
+                    .filter(|&(_, i)| !shared[i as usize])
+                    .map(|(k, i)| (k, pupils[i as usize]))
+                    .collect(),
+            )
+        });
+        // In the order of `kinds`.
+        let mut made = made.into_iter();
+        if let (Some(number), Some(by_system), Some(by_fnr)) =
+            (made.next(), made.next(), made.next())
+        {
+            self.number.read = number;
+            self.by_system[source as usize].read = by_system;
+            self.by_fnr.read = by_fnr;
+        }
+        pupils
+    }
+
     /// The pupil `resolve` would find for these identifiers when seeing them again changes
     /// nothing but the pupil's interval: the source is known, the system id (else the number)
     /// leads to pupil `n`, every given identifier already leads to `n`, and `n`'s first fact is
@@ -998,6 +1115,79 @@ mod tests {
         }
         texts.push("new".to_string());
         assert_eq!(answers(&sorted, &texts), answers(&one_at_a_time, &texts));
+    }
+
+    /// A first load's rows resolved at once (most learnt without a lookup) make the map that
+    /// resolving them one after the other makes: the same numbers, facts, contested pupils and
+    /// lookups, also where rows share a system id, a number or a source key; and the map goes
+    /// on resolving as before.
+    #[test]
+    fn a_first_loads_rows_resolved_at_once_make_the_map_one_at_a_time_makes() {
+        let mut x: u64 = 7;
+        let mut next = |m: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % m
+        };
+        // Mostly rows of their own; some share a system id, a number or a source key, some
+        // lack one; in a large snapshot the shared ones are few, as here.
+        let rows: Vec<(Option<String>, Option<String>, String)> = (0..4000u64)
+            .map(|i| {
+                let shared = next(12) == 0;
+                let system = (next(30) > 0)
+                    .then(|| format!("s{}", if shared { next(50) } else { 1000 + i }));
+                let fnr = (next(10) > 0)
+                    .then(|| format!("{:011}", if next(12) == 0 { next(50) } else { 1000 + i }));
+                let key = if next(60) == 0 {
+                    format!("k{}", next(30))
+                } else {
+                    format!("k{}", 1000 + i)
+                };
+                (system, fnr, key)
+            })
+            .collect();
+        let row = |i: usize| {
+            let r = &rows[i];
+            (r.0.as_deref(), r.1.as_deref(), r.2.as_str())
+        };
+        let mut at_once = Identity::default();
+        let pupils = at_once.resolve_rows(("vis", "4601"), rows.len(), row, 10);
+        let mut one_at_a_time = Identity::default();
+        let expected: Vec<u32> = (0..rows.len())
+            .map(|i| {
+                let (s, f, k) = row(i);
+                one_at_a_time.resolve("vis", s, f, || Identity::new_id("4601", "vis", k), 10)
+            })
+            .collect();
+        assert_eq!(pupils, expected);
+        assert!(
+            one_at_a_time.len() < rows.len() && one_at_a_time.len() > rows.len() * 3 / 4,
+            "some rows lead to a pupil met before, most do not"
+        );
+        let mut texts: Vec<String> = rows
+            .iter()
+            .flat_map(|r| [r.0.clone(), r.1.clone(), Some(r.2.clone())])
+            .flatten()
+            .collect();
+        texts.extend((0..one_at_a_time.len() as u32).map(|n| one_at_a_time.id(n).to_string()));
+        let before = answers(&one_at_a_time, &texts);
+        assert!(
+            before.iter().any(|a| a.ends_with(" true")),
+            "some pupil is contested"
+        );
+        assert_eq!(answers(&at_once, &texts), before);
+        assert!(at_once.changed);
+        // A next day, resolved one at a time in both.
+        for id in [&mut at_once, &mut one_at_a_time] {
+            let later = [
+                (Some("s1003"), Some("99999999999"), "k1003"),
+                (None, Some("00000001005"), "x"),
+            ];
+            let got = id.resolve_rows(("vis", "4601"), later.len(), |i| later[i], 11);
+            texts.push(id.id(got[1]).to_string());
+        }
+        assert_eq!(answers(&at_once, &texts), answers(&one_at_a_time, &texts));
     }
 
     #[test]
