@@ -242,6 +242,53 @@ pub struct SnapshotRow<'a> {
     pub staged: u64,
 }
 
+/// Where a new version of a row comes from: what [`NewVersion::insert`] needs besides the row.
+struct NewVersion {
+    batch: usize,
+    row: usize,
+    as_of: i64,
+    snapshot: u32,
+}
+
+impl NewVersion {
+    /// Records the insert of row `r` as a new version of `key` and returns its current version
+    /// (the engine's texts and inserts taken apart from its state, which the caller holds).
+    fn insert(
+        self,
+        texts: &mut Texts,
+        inserts: &mut Vec<Insert>,
+        key: Key,
+        r: &SnapshotRow<'_>,
+    ) -> Current {
+        let kildesystem = r.kildesystem.map(|k| texts.intern(k));
+        let skolenummer = r.skolenummer.map(|s| texts.intern(s));
+        inserts.push(Insert {
+            batch: self.batch,
+            row: self.row,
+            key,
+            kildesystem: kildesystem.map(|t| texts.shared(t).clone()),
+            hash: r.hash,
+            valid_from: self.as_of,
+            valid_to: None,
+            removed: false,
+        });
+        // More than 4 billion inserts in one run cannot be held in memory long before this.
+        let origin = u32::try_from(inserts.len() - 1).unwrap_or(STORED - 1);
+        let mut current = Current {
+            hash: [0; 2],
+            valid_from: self.as_of,
+            staged: r.staged,
+            parent: r.parent.map(Key::of),
+            kildesystem,
+            skolenummer,
+            origin,
+            seen: self.snapshot,
+        };
+        current.set_hash(r.hash);
+        current
+    }
+}
+
 impl Scd2 {
     /// The number of a source name or school number in this engine.
     pub fn intern(&mut self, s: &str) -> Text {
@@ -256,11 +303,6 @@ impl Scd2 {
     /// Every text of this engine, in the order of [`Text::position`].
     pub fn texts(&self) -> impl Iterator<Item = &str> {
         self.texts.set.iter().map(|t| &**t)
-    }
-
-    /// The source name of an insert, as one shared copy.
-    fn shared(&self, t: Option<Text>) -> Option<Arc<str>> {
-        t.map(|t| self.texts.shared(t).clone())
     }
 
     pub fn load_current(
@@ -396,72 +438,67 @@ impl Scd2 {
         self.state
             .reserve(rows.len().saturating_sub(self.state.len()));
         for (row, r) in rows.iter().enumerate() {
-            let key = Key::of(r.key);
-            let cur = self.state.get_mut(&key);
-            if cur.as_ref().is_some_and(|c| c.seen != snapshot) {
+            // One probe of the table per row: a new key is inserted where the lookup found
+            // its place (on a first load every row is one).
+            let mut o = match self.state.entry(Key::of(r.key)) {
+                indexmap::map::Entry::Vacant(v) => {
+                    let new = NewVersion {
+                        batch,
+                        row,
+                        as_of,
+                        snapshot,
+                    };
+                    let key = v.key().clone();
+                    v.insert(new.insert(&mut self.texts, &mut self.inserts, key, r));
+                    continue;
+                }
+                indexmap::map::Entry::Occupied(o) => o,
+            };
+            let cur = o.get_mut();
+            if cur.seen != snapshot {
                 prior += 1;
             }
-            match cur {
-                Some(cur) if cur.hash() == r.hash => {
-                    cur.seen = snapshot;
-                    cur.staged = r.staged;
-                    continue;
-                }
-                Some(cur) if cur.valid_from > as_of => {
-                    // Placing older snapshots inside history is not supported yet: keep the
-                    // newer state rather than corrupt it.
-                    cur.seen = snapshot;
-                    self.late_rows_skipped += 1;
-                    continue;
-                }
-                Some(cur) if cur.valid_from == as_of => {
-                    cur.seen = snapshot;
-                    if let Some(i) = cur.new_insert() {
-                        // Same as-of twice in one run (two files of one day): the later wins.
-                        cur.set_hash(r.hash);
-                        cur.staged = r.staged;
-                        let kildesystem = r.kildesystem.map(|k| self.intern(k));
-                        let kildesystem = self.shared(kildesystem);
-                        let ins = &mut self.inserts[i];
-                        ins.batch = batch;
-                        ins.row = row;
-                        ins.hash = r.hash;
-                        ins.valid_to = None;
-                        ins.removed = false;
-                        ins.kildesystem = kildesystem;
-                    } else {
-                        self.late_rows_skipped += 1;
-                    }
-                    continue;
-                }
-                Some(_) => self.close(&key, as_of),
-                None => {}
+            if cur.hash() == r.hash {
+                cur.seen = snapshot;
+                cur.staged = r.staged;
+                continue;
             }
-            let kildesystem = r.kildesystem.map(|k| self.intern(k));
-            let skolenummer = r.skolenummer.map(|s| self.intern(s));
-            self.inserts.push(Insert {
+            if cur.valid_from > as_of {
+                // Placing older snapshots inside history is not supported yet: keep the newer
+                // state rather than corrupt it.
+                cur.seen = snapshot;
+                self.late_rows_skipped += 1;
+                continue;
+            }
+            if cur.valid_from == as_of {
+                cur.seen = snapshot;
+                if let Some(i) = cur.new_insert() {
+                    // Same as-of twice in one run (two files of one day): the later wins.
+                    cur.set_hash(r.hash);
+                    cur.staged = r.staged;
+                    let kildesystem = r.kildesystem.map(|k| self.texts.intern(k));
+                    let ins = &mut self.inserts[i];
+                    ins.batch = batch;
+                    ins.row = row;
+                    ins.hash = r.hash;
+                    ins.valid_to = None;
+                    ins.removed = false;
+                    ins.kildesystem = kildesystem.map(|t| self.texts.shared(t).clone());
+                } else {
+                    self.late_rows_skipped += 1;
+                }
+                continue;
+            }
+            // Changed: the current version is closed and a new one takes its place.
+            let key = o.key().clone();
+            self.close(&key, as_of);
+            let new = NewVersion {
                 batch,
                 row,
-                key: key.clone(),
-                kildesystem: self.shared(kildesystem),
-                hash: r.hash,
-                valid_from: as_of,
-                valid_to: None,
-                removed: false,
-            });
-            // More than 4 billion inserts in one run cannot be held in memory long before this.
-            let origin = u32::try_from(self.inserts.len() - 1).unwrap_or(STORED - 1);
-            let mut current = Current {
-                hash: [0; 2],
-                valid_from: as_of,
-                staged: r.staged,
-                parent: r.parent.map(Key::of),
-                kildesystem,
-                skolenummer,
-                origin,
-                seen: snapshot,
+                as_of,
+                snapshot,
             };
-            current.set_hash(r.hash);
+            let current = new.insert(&mut self.texts, &mut self.inserts, key.clone(), r);
             self.state.insert(key, current);
         }
         let absent: Vec<Key> = self
