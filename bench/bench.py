@@ -6,12 +6,14 @@ Per size: the first full load, a next day with 1 % churn and an unchanged rerun,
 peak RSS of the whole process tree (sampled from /proc, so Spark's JVM counts). elevflyt runs its
 main command, `elevflyt run` (ingest → standardize → publish in one process); the per-stage
 seconds come from the run's own summary. The cost curves add the next day at each churn of
-BENCH_CHURNS, each from a copy of the warehouse after the first load.
+BENCH_CHURNS, each from a copy of the warehouse after the first load. At 1M pupils it ends with the
+performance targets (issue 18), each with its figure and by how much it is met or missed.
 
 usage: bench.py <elevflyt binary> <python with polars+deltalake> [sizes…]   (default 100000 1000000)
 environment: BENCH_CHURNS (default "0.001 0.01 0.1"), PY_MAX (largest size for the polars peer,
 default 1000000), SPARK_PY (python with pyspark; no Spark peer without it), DELTA_JARS,
-SPARK_MAX (largest size for the Spark peer, default 1000000).
+SPARK_MAX (largest size for the Spark peer, default 1000000), TARGETS_AT (the size whose
+targets are judged, default 1000000).
 Data is cached in bench/data/<size>/c<churn>; results go to bench/results.json.
 """
 import json
@@ -30,6 +32,7 @@ CHURNS = [float(c) for c in os.environ.get("BENCH_CHURNS", "0.001 0.01 0.1").spl
 PY_MAX = int(os.environ.get("PY_MAX", 1_000_000))
 SPARK_PY = os.environ.get("SPARK_PY")
 SPARK_MAX = int(os.environ.get("SPARK_MAX", 1_000_000))
+TARGETS_AT = int(os.environ.get("TARGETS_AT", 1_000_000))
 DAY1, DAY2 = "2026-01-15", "2026-01-16"
 MAIN_CHURN = 0.01
 
@@ -206,6 +209,43 @@ if len(results) > 1:
     for name, a, b in [("first load", first["elevflyt"]["first load"], last["elevflyt"]["first load"])] + \
             [("next day %g %%" % (c * 100), first["curve"][c], last["curve"][c]) for c in CHURNS]:
         print(f"  {name:<16} x{b['seconds'] / max(a['seconds'], 1e-3):.1f} time, x{b['peak_rss_mb'] / max(a['peak_rss_mb'], 1):.1f} memory")
+
+
+
+def targets(results, n=1_000_000):
+    """Issue 18's targets at `n` pupils, each with its figure and by how much it is met or missed
+    (GB = 1024 MB, as peak RSS is counted). The month of daily snapshots prints its own (daily.py)."""
+    row = next((r for r in results if r["pupils"] == n), None)
+    if row is None:
+        return []
+    e, py = row["elevflyt"], row["python"]
+    first, nxt, rerun = e["first load"], e["next day (1 % churn)"], e["unchanged rerun"]
+    lines = []
+
+    def at_most(name, value, limit, unit):
+        verdict = "met" if value <= limit else "missed"
+        lines.append(f"  {name:<34}{value:>9g} {unit:<3} target <= {limit:g} {unit:<3} "
+                     f"x{value / limit:.2f}  {verdict}")
+
+    at_most("first load, time", first["seconds"], 5, "s")
+    at_most("first load, peak memory", round(first["peak_rss_mb"] / 1024, 2), 1.2, "GB")
+    if py.get("first load"):
+        speedup = py["first load"]["seconds"] / max(first["seconds"], 1e-3)
+        lines.append(f"  {'first load, x faster than polars':<34}{speedup:>9.2f} x   target >= 2.5 x   "
+                     f"{'met' if speedup >= 2.5 else 'missed'}")
+        less = first["peak_rss_mb"] < py["first load"]["peak_rss_mb"]
+        lines.append(f"  {'first load, memory against polars':<34}{first['peak_rss_mb']:>9} MB  polars "
+                     f"{py['first load']['peak_rss_mb']} MB  {'met' if less else 'missed'}")
+    at_most("next day (1 % churn), time", nxt["seconds"], 3, "s")
+    at_most("next day (1 % churn), peak memory", round(nxt["peak_rss_mb"] / 1024, 2), 1, "GB")
+    at_most("unchanged rerun, time", rerun["seconds"], 0.5, "s")
+    lines.append(f"  {'unchanged rerun, no new version':<34}{'yes' if not rerun['new_elev_version'] else 'no':>9}"
+                 f"{'':16}{'met' if not rerun['new_elev_version'] else 'missed'}")
+    return [f"\nTargets at {n:,} pupils (issue 18):"] + lines
+
+
+for line in targets(results, TARGETS_AT):
+    print(line)
 
 (HERE / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
 print(f"\nwritten {HERE / 'results.json'}")
