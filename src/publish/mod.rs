@@ -174,41 +174,69 @@ pub async fn run(
     if ctx.dry_run {
         return Ok(out);
     }
-    // The state file and the rows of `elev_id` are made at the same time, one on each core, and
-    // written at the same time.
+    // The state file is made and written on the side (docs/ARCHITECTURE.md, "The current
+    // state"): nothing after it reads it, and a run stopped before it is written only sends the
+    // next run to the tables. It is awaited before the run returns, also when a later step
+    // fails, so that no write outlives the run.
     let labels = state_labels(ctx, &tables, labels, &out).await;
-    let [skole, elev, elevforhold] = tables.all();
-    let engines = [&skole.engine, &elev.engine, &elevforhold.engine];
-    let (state_file, elev_id) = crate::par::both(
-        || state::encode(engines, labels, &records),
-        || identity.batch(ctx),
-    );
-    steps.step("current state and elev_id rows");
+    let made = tokio::task::spawn_blocking(move || {
+        let [skole, elev, elevforhold] = tables.all();
+        let engines = [&skole.engine, &elev.engine, &elevforhold.engine];
+        let parts = state::encode(engines, labels, &records);
+        // Millions of small allocations: freed on another thread while the file is written.
+        crate::par::drop_aside(tables);
+        parts
+    });
+    let stored = tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            let parts = made
+                .await
+                .map_err(|e| crate::error::Error::Internal(format!("current state: {e}")))?;
+            Ok(state::put(&ctx, parts).await)
+        }
+    });
+    let rest = finish(ctx, &identity, &pending, changed, &mut out, &mut steps).await;
+    let stored = joined(stored, "current state").await;
+    crate::par::drop_aside(identity);
+    rest?;
+    // A state that cannot be written is only a slower next run (it reads the tables).
+    if let Err(e) = stored? {
+        tracing::warn!(error = %e, "the current state could not be written; the next run reads the tables");
+    }
+    steps.step("current state written");
+    Ok(out)
+}
+
+/// What follows the commit besides the state file: the rows of `elev_id`, `leveranse`, the
+/// county list and the table metrics.
+async fn finish(
+    ctx: &RunContext,
+    identity: &identity::Identity,
+    pending: &[SnapshotKey],
+    changed: bool,
+    out: &mut PublishOutcome,
+    steps: &mut Steps,
+) -> Result<()> {
+    let elev_id = identity.batch(ctx)?;
+    steps.step("elev_id rows");
     // The table metrics only read what is committed: computed meanwhile, on the other core.
     let table_metrics = tokio::spawn({
         let ctx = ctx.clone();
         async move { metrics::table_metrics(&ctx).await }
     });
-    let (stored, elev_id) = tokio::join!(state::put(ctx, state_file), async {
-        match elev_id? {
-            Some(batch) => identity::write_batch(ctx, batch).await,
-            None => Ok(None),
+    if let Some(batch) = elev_id {
+        if let Some(v) = identity::write_batch(ctx, batch).await? {
+            out.versions.insert("elev_id".into(), v);
         }
-    });
-    // A state that cannot be written is only a slower next run (it reads the tables).
-    if let Err(e) = stored {
-        tracing::warn!(error = %e, "the current state could not be written; the next run reads the tables");
     }
-    if let Some(v) = elev_id? {
-        out.versions.insert("elev_id".into(), v);
-    }
-    steps.step("write current state and elev_id");
+    steps.step("write elev_id");
     crash_point("after-elev-id");
-    ledger::record_published(ctx, &pending).await?;
+    ledger::record_published(ctx, pending).await?;
     steps.step("leveranse");
     crash_point("after-leveranse");
     if changed || elevliste::is_stale(ctx).await? {
-        county_list(ctx, &mut out).await?;
+        county_list(ctx, out).await?;
     }
     steps.step("elevliste_vgs");
     crash_point("after-elevliste");
@@ -217,9 +245,7 @@ pub async fn run(
         ..joined(table_metrics, "table metrics").await?
     };
     steps.step("metrics");
-    // Millions of small allocations: freed on another thread while the run finishes.
-    crate::par::drop_aside((identity, tables));
-    Ok(out)
+    Ok(())
 }
 
 /// The snapshots to apply, in as-of order: the pending ones, and every staged one of a rebuilt
