@@ -143,11 +143,25 @@ impl<'a, 'm> Part<'a, 'm> {
         rows: impl Iterator<Item = (RowSummary<'r>, u64)>,
         clean: &dyn Fn(&str, i64) -> bool,
     ) -> Vec<Option<(u64, Entry)>> {
+        // A carried record's school is a number in the summaries it came from: each number is
+        // looked up by its text once, not once per record (a million a day at 1M).
+        let mut numbered: Vec<u32> = Vec::new();
+        out.entries.reserve(self.carried.len());
         for c in &self.carried {
-            let entry = Entry {
-                school: c.school.map_or(NO_SCHOOL, |s| out.school(place, s)),
-                ..*c.entry
+            let school = match c.school {
+                None => NO_SCHOOL,
+                Some(s) => {
+                    let from = c.entry.school as usize;
+                    if from >= numbered.len() {
+                        numbered.resize(from + 1, NO_SCHOOL);
+                    }
+                    if numbered[from] == NO_SCHOOL {
+                        numbered[from] = out.school(place, s);
+                    }
+                    numbered[from]
+                }
             };
+            let entry = Entry { school, ..*c.entry };
             out.entries.push((self.records[c.at as usize].2, entry));
         }
         // (A first load's rows have no id yet: every one waits for it.)
