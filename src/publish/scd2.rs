@@ -93,6 +93,12 @@ impl Texts {
         &self.set[t.position() as usize]
     }
 
+    /// A source name interned, with the one shared copy an insert holds.
+    fn source(&mut self, s: Option<&str>) -> (Option<Text>, Option<Arc<str>>) {
+        let t = s.map(|s| self.intern(s));
+        (t, t.map(|t| self.shared(t).clone()))
+    }
+
     fn intern(&mut self, s: &str) -> Text {
         if let Some(hit) = self
             .recent
@@ -260,13 +266,13 @@ impl NewVersion {
         key: Key,
         r: &SnapshotRow<'_>,
     ) -> Current {
-        let kildesystem = r.kildesystem.map(|k| texts.intern(k));
+        let (kildesystem, shared) = texts.source(r.kildesystem);
         let skolenummer = r.skolenummer.map(|s| texts.intern(s));
         inserts.push(Insert {
             batch: self.batch,
             row: self.row,
             key,
-            kildesystem: kildesystem.map(|t| texts.shared(t).clone()),
+            kildesystem: shared,
             hash: r.hash,
             valid_from: self.as_of,
             valid_to: None,
@@ -476,14 +482,14 @@ impl Scd2 {
                     // Same as-of twice in one run (two files of one day): the later wins.
                     cur.set_hash(r.hash);
                     cur.staged = r.staged;
-                    let kildesystem = r.kildesystem.map(|k| self.texts.intern(k));
+                    let (_, kildesystem) = self.texts.source(r.kildesystem);
                     let ins = &mut self.inserts[i];
                     ins.batch = batch;
                     ins.row = row;
                     ins.hash = r.hash;
                     ins.valid_to = None;
                     ins.removed = false;
-                    ins.kildesystem = kildesystem.map(|t| self.texts.shared(t).clone());
+                    ins.kildesystem = kildesystem;
                 } else {
                     self.late_rows_skipped += 1;
                 }

@@ -146,7 +146,6 @@ impl<'a, 'm> Part<'a, 'm> {
         // A carried record's school is a number in the summaries it came from: each number is
         // looked up by its text once, not once per record (a million a day at 1M).
         let mut numbered: Vec<u32> = Vec::new();
-        out.entries.reserve(self.carried.len());
         for c in &self.carried {
             let school = match c.school {
                 None => NO_SCHOOL,
