@@ -22,32 +22,126 @@ use crate::schema;
 /// Namespace for elevflyt's deterministic ids.
 pub const NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b4e_9a7d_4c1e_8b3a_5d2e_7f90_1a44);
 
-/// Where a text is in the map's one buffer of texts ([`Texts`]).
+/// Where a text is in the map's texts ([`Texts`]): in a buffer of the texts it learnt or in
+/// one of the buffers of the columns it was read from.
 #[derive(Debug, Clone, Copy)]
 struct Span {
-    start: usize,
+    buffer: u32,
+    start: u32,
     len: u32,
 }
 
-/// Every text the map holds (ids, system ids, numbers), one after the other in one buffer: a
-/// million pupils are one buffer's growth, not three million allocations.
+/// Every text the map holds (ids, system ids, numbers). Those it learns in a run are copied one
+/// after the other into one buffer (a million pupils are one buffer's growth, not three million
+/// allocations); those read from `elev_id` stay where the reader put them, in the columns'
+/// buffers, which the map keeps ([`Texts::point`]): no copy, no fresh pages for a million texts.
 #[derive(Default)]
-struct Texts(String);
+struct Texts {
+    /// The texts learnt, in buffers of at most 4 GB (spans hold 32-bit positions); the last
+    /// one grows. Their spans count down from `u32::MAX`, those of read buffers up from 0.
+    own: Vec<String>,
+    read: Vec<arrow::buffer::Buffer>,
+}
 
 impl Texts {
     fn push(&mut self, s: &str) -> Span {
-        let start = self.0.len();
-        self.0.push_str(s);
+        if self
+            .own
+            .last()
+            .is_none_or(|own| own.len() + s.len() > u32::MAX as usize)
+        {
+            self.own.push(String::new());
+        }
+        let chunk = self.own.len() - 1;
+        let own = &mut self.own[chunk];
+        let start = own.len() as u32;
+        own.push_str(s);
         Span {
+            buffer: u32::MAX - chunk as u32,
             start,
             len: s.len() as u32,
         }
     }
 
+    /// Room for `bytes` more learnt texts.
+    fn reserve(&mut self, bytes: usize) {
+        match self.own.last_mut() {
+            Some(own) => own.reserve(bytes),
+            None => self.own.push(String::with_capacity(bytes)),
+        }
+    }
+
     fn get(&self, s: Span) -> &str {
-        &self.0[s.start..s.start + s.len as usize]
+        let (from, to) = (s.start as usize, s.start as usize + s.len as usize);
+        let chunk = (u32::MAX - s.buffer) as usize;
+        if chunk < self.own.len() {
+            return &self.own[chunk][from..to];
+        }
+        let bytes = &self.read[s.buffer as usize].as_slice()[from..to];
+        // SAFETY: a span into a read buffer is only made by `point`, and covers exactly the
+        // bytes of one value of a UTF-8 string array (views or offsets), which arrow checked.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
+    }
+
+    /// Where value `i` of a column read from a table lies, its buffer kept by the map (once per
+    /// buffer, `kept` remembering which); `None` for a null. The text is not copied.
+    fn point(&mut self, col: &crate::delta::TextCol, kept: &mut Kept, i: usize) -> Option<Span> {
+        use crate::delta::TextCol;
+        use arrow::array::Array;
+        let mut keep = |slot: usize, buffer: &arrow::buffer::Buffer| -> u32 {
+            if kept.0.len() <= slot {
+                kept.0.resize(slot + 1, None);
+            }
+            *kept.0[slot].get_or_insert_with(|| {
+                self.read.push(buffer.clone());
+                self.read.len() as u32 - 1
+            })
+        };
+        match col {
+            TextCol::View(a) => {
+                if a.is_null(i) {
+                    return None;
+                }
+                let view = a.views()[i];
+                let len = view as u32;
+                if len <= 12 {
+                    // Short texts lie in their view, after its four bytes of length (copied in
+                    // a column too long for 32-bit positions, which no reader makes).
+                    let Ok(start) = u32::try_from(i * 16 + 4) else {
+                        return Some(self.push(a.value(i)));
+                    };
+                    let buffer = keep(0, a.views().inner());
+                    Some(Span { buffer, start, len })
+                } else {
+                    let at = (view >> 64) as u32 as usize;
+                    let buffer = keep(1 + at, &a.data_buffers()[at]);
+                    Some(Span {
+                        buffer,
+                        start: (view >> 96) as u32,
+                        len,
+                    })
+                }
+            }
+            TextCol::Utf8(a) => {
+                if a.is_null(i) {
+                    return None;
+                }
+                let offsets = a.value_offsets();
+                let buffer = keep(0, a.values());
+                Some(Span {
+                    buffer,
+                    start: offsets[i] as u32,
+                    len: (offsets[i + 1] - offsets[i]) as u32,
+                })
+            }
+        }
     }
 }
+
+/// Which buffers of one read column the map keeps, by slot (views or values first, then the
+/// data buffers of string views), and their numbers in [`Texts::read`].
+#[derive(Default)]
+struct Kept(Vec<Option<u32>>);
 
 /// A text's 128-bit hash: the lookups compare these, not the texts (one memory access a
 /// lookup instead of two; a collision is as likely as guessing a random UUID twice, as for the
@@ -322,17 +416,22 @@ impl Identity {
                 first_row[r.1 as usize] = run[0].1;
             }
         }
-        id.texts.0.reserve(rows * 96);
         id.ids.reserve(rows);
         id.facts.reserve(rows);
         let mut pupil = vec![0u32; rows];
         let mut source = vec![0u32; rows];
+        // The texts stay in the columns' buffers (`Texts::point`); which buffers of each
+        // batch's id, system id and number columns the map keeps.
+        let mut kept: Vec<[Kept; 3]> = (0..columns.len()).map(|_| Default::default()).collect();
         for (j, &(_, bi, i)) in order.iter().enumerate() {
             let (ids, k, s, f, first, last) = &columns[bi as usize];
+            let kept = &mut kept[bi as usize];
             let i = i as usize;
             pupil[j] = match first_row[j] as usize {
                 r if r == j => {
-                    let span = id.texts.push(ids.value(i));
+                    let span = id.texts.point(ids, &mut kept[0], i).ok_or_else(|| {
+                        crate::error::Error::Internal("elev_id: a row without an id".into())
+                    })?;
                     id.ids.push(span);
                     (id.ids.len() - 1) as u32
                 }
@@ -348,12 +447,15 @@ impl Identity {
                 text: f.opt(i),
                 hash: fnr_hash,
             };
-            id.learn(
+            id.learn_with(
                 pupil[j],
                 source[j],
-                system_id,
-                fnr,
+                (system_id, fnr),
                 (first.value(i), last.value(i)),
+                |texts| {
+                    let [_, at_system, at_fnr] = kept;
+                    (texts.point(s, at_system, i), texts.point(f, at_fnr, i))
+                },
             );
         }
         drop(first_row);
@@ -452,6 +554,23 @@ impl Identity {
         fnr: Given,
         seen: (i64, i64),
     ) -> bool {
+        self.learn_with(n, source, (system_id, fnr), seen, |texts| {
+            (
+                system_id.text.map(|t| texts.push(t)),
+                fnr.text.map(|t| texts.push(t)),
+            )
+        })
+    }
+
+    /// [`Identity::learn`], a new fact's texts (system id, number) placed by `place`.
+    fn learn_with(
+        &mut self,
+        n: u32,
+        source: u32,
+        (system_id, fnr): (Given, Given),
+        seen: (i64, i64),
+        place: impl FnOnce(&mut Texts) -> (Option<Span>, Option<Span>),
+    ) -> bool {
         // Most often the pupil's first (only) fact.
         let idx = n as usize;
         if let Some(f) = self
@@ -468,10 +587,11 @@ impl Identity {
         {
             return f.widen(seen);
         }
+        let (system_span, fnr_span) = place(&mut self.texts);
         let fact = Fact {
             source,
-            system_id: system_id.text.map(|t| self.texts.push(t)),
-            fodselsnummer: fnr.text.map(|t| self.texts.push(t)),
+            system_id: system_span,
+            fodselsnummer: fnr_span,
             system_hash: system_id.hash,
             fnr_hash: fnr.hash,
             first_seen: seen.0,
@@ -595,7 +715,7 @@ impl Identity {
         }
         let source = self.source(kildesystem);
         // About an id, a system id and a number a row.
-        self.texts.0.reserve(n * 96);
+        self.texts.reserve(n * 96);
         self.ids.reserve(n);
         self.facts.reserve(n);
         let mut pupils = Vec::with_capacity(n);
@@ -1035,6 +1155,7 @@ mod tests {
     #[test]
     fn a_map_read_back_is_the_map_its_rows_make_one_at_a_time() {
         use arrow::array::{ArrayRef, StringArray, TimestampMicrosecondArray};
+        use arrow::datatypes::DataType;
         // A small generator: ids met again (further facts), system ids and numbers shared by
         // pupils (contested lookups), missing identifiers, two sources, equal first sightings.
         let mut x: u64 = 42;
@@ -1099,9 +1220,31 @@ mod tests {
             "some pupil has further facts"
         );
         assert_eq!(answers(&sorted, &texts), before);
+        // Read back as string views, as the table reader gives them: the short texts (system
+        // ids, numbers) lie in their views, the ids in data buffers; the map points at both.
+        let views: Vec<RecordBatch> = batches
+            .iter()
+            .map(|b| {
+                let schema = b.schema();
+                let columns = schema.fields().iter().zip(b.columns()).map(|(f, c)| {
+                    let c = match c.data_type() {
+                        DataType::Utf8 => arrow::compute::cast(c, &DataType::Utf8View).unwrap(),
+                        _ => c.clone(),
+                    };
+                    (f.name().clone(), c)
+                });
+                RecordBatch::try_from_iter(columns).unwrap()
+            })
+            .collect();
+        assert!(matches!(
+            crate::delta::text(&views[0], "id").unwrap(),
+            crate::delta::TextCol::View(_)
+        ));
+        let mut viewed = Identity::build(Identity::default(), views).unwrap();
+        assert_eq!(answers(&viewed, &texts), before);
         // New sightings: a known system id with a new number, a known number under a new
         // system id, a new pupil.
-        for id in [&mut sorted, &mut one_at_a_time] {
+        for id in [&mut sorted, &mut one_at_a_time, &mut viewed] {
             let new = |k: &'static str| move || Identity::new_id("4601", "vis", k);
             id.resolve("vis", Some("s7"), Some("99999999999"), new("s7"), 50);
             id.resolve(
@@ -1115,6 +1258,7 @@ mod tests {
         }
         texts.push("new".to_string());
         assert_eq!(answers(&sorted, &texts), answers(&one_at_a_time, &texts));
+        assert_eq!(answers(&viewed, &texts), answers(&one_at_a_time, &texts));
     }
 
     /// A first load's rows resolved at once (most learnt without a lookup) make the map that
