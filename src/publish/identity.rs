@@ -87,7 +87,7 @@ impl Texts {
     /// buffer, `kept` remembering which); `None` for a null. The text is not copied.
     fn point(&mut self, col: &crate::delta::TextCol, kept: &mut Kept, i: usize) -> Option<Span> {
         use crate::delta::TextCol;
-        use arrow::array::Array;
+        col.opt(i)?;
         let mut keep = |slot: usize, buffer: &arrow::buffer::Buffer| -> u32 {
             if kept.0.len() <= slot {
                 kept.0.resize(slot + 1, None);
@@ -99,9 +99,6 @@ impl Texts {
         };
         match col {
             TextCol::View(a) => {
-                if a.is_null(i) {
-                    return None;
-                }
                 let view = a.views()[i];
                 let len = view as u32;
                 if len <= 12 {
@@ -123,9 +120,6 @@ impl Texts {
                 }
             }
             TextCol::Utf8(a) => {
-                if a.is_null(i) {
-                    return None;
-                }
                 let offsets = a.value_offsets();
                 let buffer = keep(0, a.values());
                 Some(Span {
