@@ -38,11 +38,24 @@ impl RunContext {
 /// Test hook for crash-safety tests: when `ELEVFLYT_CRASH_AT` names this point, the process
 /// aborts here, as if killed. Points: after-raw, after-avvik, after-stage, after-merge-skole,
 /// after-merge-elev, after-merge-elevforhold, after-elev-id, after-leveranse, after-elevliste,
-/// and after-create-<table> (a table created, nothing written to it yet).
+/// and after-create-<table> (a table created, nothing written to it yet); after-parse (a
+/// source's files parsed) and before-raw-commit (raw's files written, not committed).
+///
+/// And for tests of what happens meanwhile: when `ELEVFLYT_PAUSE_AT` is `<point>:<path>`, the
+/// run writes `<path>.paused` here and waits (up to two minutes) until `<path>` exists.
 pub fn crash_point(name: &str) {
     if std::env::var("ELEVFLYT_CRASH_AT").is_ok_and(|p| p == name) {
         eprintln!("ELEVFLYT_CRASH_AT={name}: aborting");
         std::process::abort();
+    }
+    if let Some(go) = std::env::var("ELEVFLYT_PAUSE_AT").ok().and_then(|p| {
+        Some(p.split_once(':')?.1.to_string()).filter(|_| p.starts_with(&format!("{name}:")))
+    }) {
+        let _ = std::fs::write(format!("{go}.paused"), b"");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !std::path::Path::new(&go).exists() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 

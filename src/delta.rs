@@ -522,19 +522,23 @@ pub async fn write_claimed(
     run_id: &str,
     stage: &str,
 ) -> Result<(Option<i64>, usize)> {
-    write_claimed_groups(p, t, vec![batches], read_version, run_id, stage).await
+    write_claimed_groups(p, t, vec![batches], read_version, (run_id, stage), &|| {
+        Ok(())
+    })
+    .await
 }
 
 /// [`write_claimed`] with the rows in groups, each group in files of its own (all in one
 /// commit): rows that a query looks for apart from the rest (raw's file markers) are then
-/// found by the files' statistics without reading the other files.
+/// found by the files' statistics without reading the other files. `before_commit` runs after
+/// the files are written and before the commit; its error stops the commit.
 pub async fn write_claimed_groups(
     p: &Pipeline,
     t: &Table,
     groups: Vec<Vec<RecordBatch>>,
     read_version: u64,
-    run_id: &str,
-    stage: &str,
+    (run_id, stage): (&str, &str),
+    before_commit: &(dyn Fn() -> Result<()> + Sync),
 ) -> Result<(Option<i64>, usize)> {
     for g in &groups {
         check_conform(g, t)?;
@@ -548,6 +552,7 @@ pub async fn write_claimed_groups(
         adds.extend(write_files(&table, t, batches).await?);
     }
     let files = adds.len();
+    before_commit()?;
     match commit_files(&table, adds, SaveMode::Append, (run_id, stage), Some(claim)).await {
         Ok(v) => Ok((Some(v), files)),
         Err(e) if is_conflict(&e) => Err(Error::Conflict(t.name.to_string())),

@@ -33,6 +33,14 @@ pub enum Error {
         location: String,
     },
 
+    /// A source file changed (its producer still writing it, or cutting it short) after it
+    /// was read and before what was read of it was written; `after` says what was kept.
+    #[error(
+        "source file `{file}` changed while this run used it (its producer is still writing \
+         it?); {after}; run again once the file is complete"
+    )]
+    SourceChanged { file: String, after: String },
+
     /// Snapshots missing a required part (the OneRoster `orgs` file, say) were held back: nothing
     /// of them was published; they are once the missing files arrive.
     #[error("{0}")]

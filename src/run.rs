@@ -185,10 +185,12 @@ async fn run_stages(
     info!(pipeline = ctx.pipeline.name(), run_id = %ctx.run_id, stage = stage.name(), dry_run = ctx.dry_run, "starting");
     // The raw rows this run committed, handed to standardize instead of being read back.
     let mut committed = std::collections::HashMap::new();
+    let mut watches = Vec::new();
     if matches!(stage, Stage::All | Stage::Ingest) {
         let t = std::time::Instant::now();
         let mut m = crate::ingest::run(ctx).await?;
         committed = std::mem::take(&mut m.committed);
+        watches = std::mem::take(&mut m.watches);
         summary.stage_seconds.insert("ingest", seconds(t));
         summary.files_read = m.files_read.clone();
         summary.pulls = m.pulls.clone();
@@ -208,7 +210,7 @@ async fn run_stages(
         let mut o = crate::standardize::run(
             ctx,
             stage == Stage::Standardize,
-            std::mem::take(&mut committed),
+            (std::mem::take(&mut committed), std::mem::take(&mut watches)),
         )
         .await?;
         summary.stage_seconds.insert("standardize", seconds(t));

@@ -43,6 +43,10 @@ pub struct IngestOutcome {
     /// The raw rows committed, per source (handed to standardize by `run`).
     #[serde(skip)]
     pub committed: HashMap<String, Vec<RecordBatch>>,
+    /// The files of `committed` read mapped (`source/file`), to ask again once standardize has
+    /// read them (docs/ARCHITECTURE.md, "Reading local files").
+    #[serde(skip)]
+    pub watches: crate::storage::Watches,
 }
 
 impl IngestOutcome {
@@ -192,6 +196,7 @@ async fn ingest_source(
     m.raw_versions.extend(this.raw_versions);
     m.pulls.extend(this.pulls);
     m.committed.extend(this.committed);
+    m.watches.extend(this.watches);
     Ok(())
 }
 
@@ -199,6 +204,9 @@ async fn ingest_source(
 struct NewFile<'f> {
     file: &'f SourceFile,
     bytes: bytes::Bytes,
+    /// When `bytes` map the file: asked again after the bytes are used (docs/ARCHITECTURE.md,
+    /// "Reading local files").
+    watch: Option<crate::storage::Watch>,
     digest: String,
     /// The as-of time from `--as-of` or the file's name, when there is one.
     cheap_as_of: Option<DateTime<Utc>>,
@@ -246,9 +254,23 @@ async fn ingest_source_once(
     let format = source.format()?;
     let parsed = crate::par::map(&new_files, |f| parse_file(ctx, source, &table, format, f));
     steps.step("parse files");
+    crate::context::crash_point("after-parse");
     let mut batches = Vec::new();
     // Back in the listing's order (by name) for the rows written.
-    let mut parsed: Vec<_> = new_files.iter().zip(parsed).collect();
+    // A mapped file changed while it was parsed is skipped as one changed while it was read,
+    // whatever its parse found (what was past a cut end read as zeros).
+    let mut parsed: Vec<_> = (new_files.iter().zip(parsed))
+        .filter(|(f, _)| {
+            let unchanged = f
+                .watch
+                .as_ref()
+                .is_none_or(crate::storage::Watch::unchanged);
+            if !unchanged {
+                changed_while_read(source, f.file, m);
+            }
+            unchanged
+        })
+        .collect();
     parsed.sort_by(|a, b| a.0.file.name.cmp(&b.0.file.name));
     let parsed = parsed
         .into_iter()
@@ -263,6 +285,7 @@ async fn ingest_source_once(
         parsed.sort_by(|a, b| (a.1 .2, &a.0.file.name).cmp(&(b.1 .2, &b.0.file.name)));
     }
     let mut seen = overlay::Seen::new();
+    let mut watches = Vec::new();
     for (f, (batch, records, t)) in parsed {
         refuse_future(ctx, &f.file.name, t)?;
         // The same file twice in one listing is read once.
@@ -295,12 +318,22 @@ async fn ingest_source_once(
         m.files_read
             .push(format!("{}/{}", source.name, f.file.name));
         batches.push(batch);
+        if let Some(w) = &f.watch {
+            watches.push((format!("{}/{}", source.name, f.file.name), w.clone()));
+        }
     }
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     if rows == 0 || ctx.dry_run {
         return Ok(());
     }
-    append_raw(ctx, source, &table, batches, read_version, m).await?;
+    // Raw's rows are views of the files read: a file that changed before they are written
+    // stops the run before raw's commit.
+    let unchanged = || {
+        crate::context::crash_point("before-raw-commit");
+        crate::storage::unchanged(&watches, "nothing of this run was committed")
+    };
+    append_raw(ctx, source, &table, batches, read_version, &unchanged, m).await?;
+    m.watches.extend(watches);
     steps.step("write raw");
     crate::context::crash_point("after-raw");
     Ok(())
@@ -314,6 +347,7 @@ async fn append_raw(
     table: &crate::schema::Table,
     batches: Vec<RecordBatch>,
     read_version: u64,
+    before_commit: &(dyn Fn() -> Result<()> + Sync),
     m: &mut IngestOutcome,
 ) -> Result<()> {
     if let (Some(v), _) = crate::delta::write_claimed_groups(
@@ -321,8 +355,8 @@ async fn append_raw(
         table,
         markers_apart(&batches),
         read_version,
-        &ctx.run_id,
-        "ingest",
+        (&ctx.run_id, "ingest"),
+        before_commit,
     )
     .await?
     {
@@ -521,18 +555,22 @@ async fn read_new_files<'f>(
         .await?;
         let reads: Vec<_> = reads
             .into_iter()
-            .filter_map(|(f, bytes)| {
-                if bytes.is_none() {
-                    warn!(source = %source.name, file = %f.name, "the file changed while it was read (still being written?): skipped, it is read by the next run");
-                    m.files_skipped += 1;
+            .filter_map(|(f, read)| {
+                if read.is_none() {
+                    changed_while_read(source, f, m);
                     progress.inc(1);
                 }
-                bytes.map(|b| (f, b))
+                read.map(|r| (f, r))
             })
             .collect();
-        let digests = crate::par::map(&reads, |(_, bytes)| hex::encode(Sha256::digest(bytes)));
-        for ((file, bytes), digest) in reads.into_iter().zip(digests) {
+        let digests = crate::par::map(&reads, |(_, read)| hex::encode(Sha256::digest(&read.bytes)));
+        for ((file, read), digest) in reads.into_iter().zip(digests) {
             progress.inc(1);
+            // A mapped file is known whole only once every byte has been read (by the hash).
+            if !read.unchanged() {
+                changed_while_read(source, file, m);
+                continue;
+            }
             let cheap_as_of = as_of_of(file);
             if already_ingested(known, &digest, cheap_as_of.map(|t| t.timestamp_micros())) {
                 m.files_skipped += 1;
@@ -540,7 +578,8 @@ async fn read_new_files<'f>(
             }
             new_files.push(NewFile {
                 file,
-                bytes,
+                bytes: read.bytes,
+                watch: read.watch,
                 digest,
                 cheap_as_of,
             });
@@ -548,6 +587,13 @@ async fn read_new_files<'f>(
     }
     progress.finish_and_clear();
     Ok(new_files)
+}
+
+/// A file whose size or modification time changed while it was read (its producer is still
+/// writing it): skipped with a warning, read whole by a later run.
+fn changed_while_read(source: &SourceConfig, file: &SourceFile, m: &mut IngestOutcome) {
+    warn!(source = %source.name, file = %file.name, "the file changed while it was read (still being written?): skipped, it is read by the next run");
+    m.files_skipped += 1;
 }
 
 /// One file's raw rows, its number of records and its as-of time.
@@ -692,7 +738,7 @@ async fn pull_source(
     if ctx.dry_run {
         return Ok(());
     }
-    append_raw(ctx, source, &table, batches, read_version, m).await?;
+    append_raw(ctx, source, &table, batches, read_version, &|| Ok(()), m).await?;
     steps.step("write raw");
     crate::context::crash_point("after-raw");
     Ok(())

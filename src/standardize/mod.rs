@@ -92,7 +92,7 @@ async fn known_schools(ctx: &RunContext) -> Result<HashSet<String>> {
 pub async fn run(
     ctx: &RunContext,
     write_staging: bool,
-    fresh: HashMap<String, Vec<RecordBatch>>,
+    (fresh, watches): (HashMap<String, Vec<RecordBatch>>, crate::storage::Watches),
 ) -> Result<StandardizeOutcome> {
     let mut steps = Steps::new("standardize");
     let snapshots::Pending {
@@ -174,7 +174,10 @@ pub async fn run(
             &mut outcome,
             &mut steps,
             &mut carried,
-        )?;
+        )
+        // What a file cut short read as (zeros) may fail in any way: that it changed is the
+        // error to report.
+        .map_err(|e| changed(&watches).err().unwrap_or(e))?;
         if let Some(c) = carried.out {
             outcome.carried += c.carried();
             outcome.records_carried += c.records_carried;
@@ -186,6 +189,11 @@ pub async fn run(
         steps.step("batches");
     }
     drop(index);
+    // The files this run read mapped are read for the last time above (docs/ARCHITECTURE.md,
+    // "Reading local files"): one that changed meanwhile stops the run before anything of it is
+    // written but raw, which has it as it was.
+    changed(&watches)?;
+    drop(watches);
     outcome.failures = checker.failures();
     outcome.avvik = checker.avvik.len();
     let [elev, elevforhold, skole] = batches;
@@ -242,6 +250,15 @@ pub async fn run(
     outcome.staged = Some(staged);
     outcome.preloaded = preloaded;
     Ok(outcome)
+}
+
+/// `Ok` when the files read mapped are unchanged, else the error for the first that changed
+/// (after raw's commit: raw has them as they were read).
+fn changed(watches: &crate::storage::Watches) -> Result<()> {
+    crate::storage::unchanged(
+        watches,
+        "raw has it as it was when read, nothing after raw was written",
+    )
 }
 
 /// How a snapshot's unchanged rows are carried forward: whether it may be (`rows`), the index

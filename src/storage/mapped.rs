@@ -8,8 +8,8 @@
 //! Only for files nothing rewrites in place: the tables' files (Parquet and the log are never
 //! changed once written) and the state file (replaced by a rename). A mapped file cut short by
 //! another process would fault the reader, so source exports, which their producer may still be
-//! writing, are read by copying ([`super::source_store_for`]). A file that cannot be mapped is
-//! read the usual way.
+//! writing, are mapped under a guard instead (`super::guarded`, [`super::read_unchanged`]). A
+//! file that cannot be mapped is read the usual way.
 
 use std::fmt;
 use std::ops::Range;

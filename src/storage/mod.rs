@@ -17,7 +17,10 @@ use url::Url;
 
 use crate::error::{Error, Result};
 
+mod guarded;
 mod mapped;
+
+pub use guarded::Watch;
 
 /// Resolves a location from a pipeline file: a URL with a known scheme is taken as it is, anything
 /// else is a local path relative to `base`.
@@ -113,9 +116,10 @@ pub fn store_for(url: &Url) -> Result<Arc<DynObjectStore>> {
     Ok(store)
 }
 
-/// The store source exports are read from: [`store_for`]'s, except that local files are copied
-/// into memory, not mapped (`mapped.rs`): an export its producer cuts short while it is read
-/// must give a changed file, not a fault.
+/// The store source exports are copied from: [`store_for`]'s, except that local files are
+/// copied into memory, not mapped without a guard (`mapped.rs`): an export its producer cuts
+/// short while it is read must give a changed file, not a fault. [`read_unchanged`] maps large
+/// local exports under a guard (`guarded.rs`) before it falls back to this store.
 pub fn source_store_for(url: &Url) -> Result<Arc<DynObjectStore>> {
     static LOCAL: OnceLock<Arc<DynObjectStore>> = OnceLock::new();
     match url.scheme() {
@@ -468,9 +472,61 @@ pub async fn list_files(root: &Url, include: &[String]) -> Result<Vec<SourceFile
     Ok(out)
 }
 
+/// A source file read: its bytes, and when they are a guarded mapping of a local file, the
+/// watch to ask once they have been used (docs/ARCHITECTURE.md, "Reading local files").
+pub struct SourceBytes {
+    pub bytes: bytes::Bytes,
+    pub watch: Option<Watch>,
+}
+
+impl SourceBytes {
+    /// Whether the file is still the one listed: always for a copy (checked when it was read),
+    /// for a mapping when its watch says so.
+    pub fn unchanged(&self) -> bool {
+        self.watch.as_ref().is_none_or(Watch::unchanged)
+    }
+}
+
+/// Files read mapped (`source/file`) and their watches.
+pub type Watches = Vec<(String, Watch)>;
+
+/// `Ok` when every watched file is unchanged, else [`Error::SourceChanged`] for the first that
+/// changed, saying `after` (what was kept).
+pub fn unchanged(watches: &Watches, after: &str) -> Result<()> {
+    match watches.iter().find(|(_, w)| !w.unchanged()) {
+        None => Ok(()),
+        Some((file, _)) => Err(Error::SourceChanged {
+            file: file.clone(),
+            after: after.to_string(),
+        }),
+    }
+}
+
+/// Local exports this long or longer are mapped, not copied: a mapping costs two system calls
+/// and a fault of its own, more than copying a few pages.
+const MAP_SOURCES_FROM: u64 = 1 << 20;
+
 /// Reads a listed file, or `None` when it changed between the listing and the end of the read
-/// (size or modification time): a file still being written is read by a later run, whole.
-pub async fn read_unchanged(root: &Url, file: &SourceFile) -> Result<Option<bytes::Bytes>> {
+/// (size or modification time): a file still being written is read by a later run, whole. A
+/// large local file is mapped under a guard instead of copied; its reader asks
+/// [`SourceBytes::unchanged`] again once it has used the bytes.
+pub async fn read_unchanged(root: &Url, file: &SourceFile) -> Result<Option<SourceBytes>> {
+    if root.scheme() == "file" && file.size >= MAP_SOURCES_FROM {
+        let local = object_store::local::LocalFileSystem::new();
+        if let Ok(path) = local.path_to_filesystem(&file.location) {
+            let listed = (file.size, file.last_modified);
+            let mapped = tokio::task::spawn_blocking(move || guarded::map(&path, listed))
+                .await
+                .map_err(|e| Error::Other(format!("mapping a source file: {e}")))?;
+            // Not mapped (or not mappable): copied below, which also reports what went wrong.
+            if let Ok(Some((bytes, watch))) = mapped {
+                return Ok(Some(SourceBytes {
+                    bytes,
+                    watch: Some(watch),
+                }));
+            }
+        }
+    }
     let store = source_store_for(root)?;
     let got = store.get(&file.location).await?;
     let opened = (got.meta.size, got.meta.last_modified);
@@ -480,7 +536,7 @@ pub async fn read_unchanged(root: &Url, file: &SourceFile) -> Result<Option<byte
     let stable = opened == listed
         && (after.size, after.last_modified) == listed
         && bytes.len() as u64 == file.size;
-    Ok(stable.then_some(bytes))
+    Ok(stable.then_some(SourceBytes { bytes, watch: None }))
 }
 
 /// The bytes at `url`, or `None` when there is nothing there.
@@ -541,8 +597,20 @@ mod tests {
         assert!(read_unchanged(&root, &listed[0]).await.unwrap().is_none());
         // The next run lists it again and reads it whole.
         let listed = list_files(&root, &[]).await.unwrap();
-        let bytes = read_unchanged(&root, &listed[0]).await.unwrap().unwrap();
-        assert_eq!(bytes, whole.as_bytes());
+        let read = read_unchanged(&root, &listed[0]).await.unwrap().unwrap();
+        assert_eq!(read.bytes, whole.as_bytes());
+        assert!(read.watch.is_none(), "a short file is copied");
+        // A long one is mapped under a guard, and the same holds for it.
+        let long = dir.path().join("users.json");
+        std::fs::write(&long, vec![b' '; 3 << 20]).unwrap();
+        let listed = list_files(&root, &["users.json".into()]).await.unwrap();
+        let read = read_unchanged(&root, &listed[0]).await.unwrap().unwrap();
+        assert!(read.watch.is_some(), "a long local file is mapped");
+        assert_eq!(read.bytes.len(), 3 << 20);
+        assert!(read.unchanged());
+        std::fs::write(&long, vec![b' '; 4 << 20]).unwrap();
+        assert!(!read.unchanged(), "grown in place while mapped");
+        assert!(read_unchanged(&root, &listed[0]).await.unwrap().is_none());
     }
 
     #[test]

@@ -718,3 +718,141 @@ async fn a_delivery_that_would_empty_the_county_list_keeps_the_list_until_accept
     execute(&ctx, Stage::All).await.unwrap();
     assert_eq!(count(&pl, "SELECT count(*) FROM elevliste_vgs").await, 0);
 }
+
+/// Runs `elevflyt run` on the pipeline in `dir`, paused at `point` until the test lets it go
+/// (`ELEVFLYT_PAUSE_AT`), doing `meanwhile` while it waits; its exit code and stderr.
+fn run_paused(dir: &std::path::Path, point: &str, meanwhile: impl FnOnce()) -> (i32, String) {
+    let go = dir.join(format!("go-{point}"));
+    let pipeline = dir.join("pipeline.toml");
+    let mut child = elevflyt(&["run", pipeline.to_str().unwrap()])
+        .env("ELEVFLYT_PAUSE_AT", format!("{point}:{}", go.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let paused = std::path::PathBuf::from(format!("{}.paused", go.display()));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !paused.exists() {
+        if child.try_wait().unwrap().is_some() || std::time::Instant::now() > until {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the run did not pause at {point}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    meanwhile();
+    std::fs::write(&go, b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_cut_short_while_a_run_reads_it_stops_the_run_and_the_next_run_finishes() {
+    // An export of a megabyte or more is read mapped (docs/ARCHITECTURE.md, "Reading local
+    // files"); its producer starts writing it again, cutting it short, while a run uses it.
+    let (dir, src) = setup();
+    let pl = pipeline(dir.path(), &[("vigilo", "oneroster-json", &src)], "");
+    let export = oneroster(&src, "2026-01-10", &pupils(3000, "46591"));
+    let whole = std::fs::read(&export).unwrap();
+    assert!(whole.len() > 1 << 20, "{} bytes", whole.len());
+    let cut = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&export)
+            .unwrap()
+            .set_len(40_000)
+            .unwrap()
+    };
+    let mut tables = vec!["raw_vigilo"];
+    tables.extend(DATA_TABLES);
+    // Cut while it is parsed: skipped as a file still being written, for the next run.
+    let (code, stderr) = run_paused(dir.path(), "after-parse", cut);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("the file changed while it was read (still being written?): skipped"),
+        "{stderr}"
+    );
+    assert!(
+        versions(&pl, &tables)
+            .await
+            .iter()
+            .all(|(_, v)| v.is_none()),
+        "nothing written"
+    );
+
+    // Whole again; cut after raw's files were written, before they are committed: the run
+    // stops, nothing is committed.
+    std::fs::write(&export, &whole).unwrap();
+    let (code, stderr) = run_paused(dir.path(), "before-raw-commit", cut);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr
+            .contains("source file `vigilo/export-2026-01-10.json` changed while this run used it")
+            && stderr.contains("nothing of this run was committed"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("SIGBUS"),
+        "{stderr}"
+    );
+    // (raw may have been created, empty: its version 0.)
+    assert!(
+        versions(&pl, &tables)
+            .await
+            .iter()
+            .all(|(t, v)| v.is_none() || (t == "raw_vigilo" && *v == Some(0))),
+        "nothing committed"
+    );
+
+    // Whole again; cut after raw's commit: raw has the export as it was read, nothing else is
+    // written.
+    std::fs::write(&export, &whole).unwrap();
+    let (code, stderr) = run_paused(dir.path(), "after-raw", cut);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("changed while this run used it")
+            && stderr.contains("raw has it as it was when read"),
+        "{stderr}"
+    );
+    assert_eq!(
+        count(
+            &pl,
+            "SELECT count(*) FROM raw_vigilo WHERE entitet = 'users'"
+        )
+        .await,
+        3000
+    );
+    assert!(
+        versions(&pl, DATA_TABLES)
+            .await
+            .iter()
+            .all(|(_, v)| v.is_none()),
+        "nothing published"
+    );
+
+    // The producer finishes the file: the next run publishes the snapshot raw holds.
+    std::fs::write(&export, &whole).unwrap();
+    let out = elevflyt(&["run", dir.path().join("pipeline.toml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        count(&pl, "SELECT count(*) FROM elev WHERE is_current").await,
+        3000
+    );
+    assert_eq!(
+        count(
+            &pl,
+            "SELECT count(*) FROM raw_vigilo WHERE entitet = 'users'"
+        )
+        .await,
+        3000
+    );
+}
