@@ -203,10 +203,9 @@ async fn ingest_source(
 /// A file read and hashed, not ingested before.
 struct NewFile<'f> {
     file: &'f SourceFile,
-    bytes: bytes::Bytes,
-    /// When `bytes` map the file: asked again after the bytes are used (docs/ARCHITECTURE.md,
-    /// "Reading local files").
-    watch: Option<crate::storage::Watch>,
+    /// Its bytes, and when they map the file the watch asked again after they are used
+    /// (docs/ARCHITECTURE.md, "Reading local files").
+    read: crate::storage::SourceBytes,
     digest: String,
     /// The as-of time from `--as-of` or the file's name, when there is one.
     cheap_as_of: Option<DateTime<Utc>>,
@@ -261,10 +260,7 @@ async fn ingest_source_once(
     // whatever its parse found (what was past a cut end read as zeros).
     let mut parsed: Vec<_> = (new_files.iter().zip(parsed))
         .filter(|(f, _)| {
-            let unchanged = f
-                .watch
-                .as_ref()
-                .is_none_or(crate::storage::Watch::unchanged);
+            let unchanged = f.read.unchanged();
             if !unchanged {
                 changed_while_read(source, f.file, m);
             }
@@ -315,12 +311,12 @@ async fn ingest_source_once(
         };
         m.records += records;
         m.bytes += f.file.size;
-        m.files_read
-            .push(format!("{}/{}", source.name, f.file.name));
-        batches.push(batch);
-        if let Some(w) = &f.watch {
-            watches.push((format!("{}/{}", source.name, f.file.name), w.clone()));
+        let name = format!("{}/{}", source.name, f.file.name);
+        if let Some(w) = &f.read.watch {
+            watches.push((name.clone(), w.clone()));
         }
+        m.files_read.push(name);
+        batches.push(batch);
     }
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     if rows == 0 || ctx.dry_run {
@@ -578,8 +574,7 @@ async fn read_new_files<'f>(
             }
             new_files.push(NewFile {
                 file,
-                bytes: read.bytes,
-                watch: read.watch,
+                read,
                 digest,
                 cheap_as_of,
             });
@@ -605,10 +600,10 @@ fn parse_file(
     f: &NewFile<'_>,
 ) -> Result<(RecordBatch, usize, DateTime<Utc>)> {
     let text;
-    let parsed = match format.parse_bytes(&f.file.name, &f.bytes, f.cheap_as_of.is_none()) {
+    let parsed = match format.parse_bytes(&f.file.name, &f.read.bytes, f.cheap_as_of.is_none()) {
         Some(parsed) => parsed?,
         None => {
-            text = text::decode(&f.file.name, &f.bytes)?.0;
+            text = text::decode(&f.file.name, &f.read.bytes)?.0;
             format.parse(&f.file.name, &text, f.cheap_as_of.is_none())?
         }
     };
@@ -636,7 +631,7 @@ fn parse_file(
         },
         &stamp,
         &parsed,
-        Some(&f.bytes),
+        Some(&f.read.bytes),
     )?;
     Ok((batch, parsed.records.len(), t))
 }
