@@ -88,6 +88,48 @@ pub async fn try_open(url: &Url) -> Result<Option<DeltaTable>> {
     Ok(Some(table))
 }
 
+/// At most this many commits are read to tell that a table's data did not change since a
+/// version (`data_unchanged_since`); beyond them it is taken to have changed.
+const UNCHANGED_WALK: u64 = 64;
+
+/// Whether no commit of the table at `url` after version `since` up to version `upto` changed
+/// its data (docs/ARCHITECTURE.md, "The current state"): each holds only `commitInfo`, `txn`,
+/// and `add`/`remove` actions with `dataChange` false — what OPTIMIZE, Z-ordering and VACUUM
+/// write, here (`elevflyt maintain`) or in Spark or Databricks. The Delta protocol has such an
+/// `add` hold only rows its `remove`s in the same commit held. A commit gone from the log, or
+/// more than 64 of them, counts as a change.
+pub async fn data_unchanged_since(url: &Url, since: u64, upto: u64) -> Result<bool> {
+    if upto < since || upto - since > UNCHANGED_WALK {
+        return Ok(false);
+    }
+    let log = builder(url)?.build()?.log_store();
+    for version in since + 1..=upto {
+        match log.read_commit_entry(version).await? {
+            Some(commit) if changes_no_data(&commit) => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+/// Whether a commit's actions (one JSON object a line) change no data.
+fn changes_no_data(commit: &[u8]) -> bool {
+    use serde_json::Value;
+    let lines = commit.split(|b| *b == b'\n');
+    lines
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .all(|line| match serde_json::from_slice::<Value>(line) {
+            Ok(Value::Object(actions)) => {
+                actions.iter().all(|(kind, action)| match kind.as_str() {
+                    "commitInfo" | "txn" => true,
+                    "add" | "remove" => action.get("dataChange") == Some(&Value::Bool(false)),
+                    _ => false,
+                })
+            }
+            _ => false,
+        })
+}
+
 /// Opens the table at `url` at a version or a commit time.
 pub async fn open_at(
     url: &Url,
@@ -707,6 +749,43 @@ mod tests {
 
     use arrow::array::{Array, Int64Array, RecordBatch};
     use arrow::datatypes::{DataType, Field, Schema};
+
+    /// What OPTIMIZE and VACUUM commit changes no data; an append, a MERGE's rewrite, a change
+    /// of schema or protocol, or a line that is not an action, does.
+    #[test]
+    fn only_commits_that_move_rows_between_files_change_no_data() {
+        let info = r#"{"commitInfo":{"timestamp":1,"operation":"OPTIMIZE"}}"#;
+        let add =
+            |change: bool| format!(r#"{{"add":{{"path":"a.parquet","dataChange":{change}}}}}"#);
+        let remove =
+            |change: bool| format!(r#"{{"remove":{{"path":"b.parquet","dataChange":{change}}}}}"#);
+        let commit = |lines: &[&str]| lines.join("\n").into_bytes();
+        let optimize = commit(&[info, &add(false), &remove(false), &remove(false)]);
+        assert!(super::changes_no_data(&optimize));
+        assert!(super::changes_no_data(
+            br#"{"commitInfo":{"operation":"VACUUM END"}}
+"#
+        ));
+        assert!(super::changes_no_data(&commit(&[
+            info,
+            r#"{"txn":{"appId":"x","version":3}}"#
+        ])));
+        for changes in [
+            commit(&[info, &add(true)]),
+            commit(&[info, &add(false), &remove(true)]),
+            commit(&[info, r#"{"add":{"path":"a.parquet"}}"#]),
+            commit(&[info, r#"{"metaData":{"id":"x"}}"#]),
+            commit(&[info, r#"{"protocol":{"minReaderVersion":3}}"#]),
+            commit(&[info, r#"{"cdc":{"path":"c.parquet","dataChange":false}}"#]),
+            commit(&[info, "not json"]),
+        ] {
+            assert!(
+                !super::changes_no_data(&changes),
+                "{}",
+                String::from_utf8_lossy(&changes)
+            );
+        }
+    }
 
     /// Without delta-rs's cloud crates, an `s3://` table still gets Delta's default log store:
     /// it is created, its log is where Delta readers look, and it is not created twice.

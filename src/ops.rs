@@ -233,6 +233,119 @@ pub struct Maintained {
     pub version: i64,
 }
 
+/// Which rows a raw file holds, by the statistics of its `entitet`.
+#[derive(Debug, PartialEq, Eq)]
+enum RawFile {
+    Markers,
+    Records,
+    /// Both, or no statistics to tell.
+    Mixed,
+}
+
+fn raw_file_kind(stats: Option<&str>) -> RawFile {
+    use crate::formats::FILE_MARKER;
+    let stats = stats.and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok());
+    let bound = |which: &str| {
+        let v = stats.as_ref().map(|s| &s[which]["entitet"]);
+        v.and_then(|v| v.as_str()).map(str::to_string)
+    };
+    match (bound("minValues"), bound("maxValues")) {
+        (Some(min), Some(max)) if min == FILE_MARKER && max == FILE_MARKER => RawFile::Markers,
+        (Some(min), Some(max)) if *min > *FILE_MARKER || *max < *FILE_MARKER => RawFile::Records,
+        _ => RawFile::Mixed,
+    }
+}
+
+/// Compacts a raw table the way it is written (docs/ARCHITECTURE.md, "Stages"): its files of
+/// markers, one per ingest, into one; a file holding both markers and records (compacted by an
+/// earlier `elevflyt maintain`, or by another tool)
+/// split in two. Files of records are left as they are:
+/// one per ingest, as large as the export. One commit that changes no data (an OPTIMIZE);
+/// returns the table, files removed and files written.
+async fn compact_raw(
+    table: deltalake::DeltaTable,
+    t: crate::schema::Table,
+) -> Result<(deltalake::DeltaTable, u64, u64)> {
+    use deltalake::kernel::Action;
+    use object_store::ObjectStoreExt;
+    let mut markers = Vec::new();
+    let mut mixed = Vec::new();
+    for f in crate::delta::file_views(&table).await? {
+        match raw_file_kind(f.stats().as_deref()) {
+            RawFile::Markers => markers.push(f),
+            RawFile::Mixed => mixed.push(f),
+            RawFile::Records => {}
+        }
+    }
+    if markers.len() < 2 && mixed.is_empty() {
+        return Ok((table, 0, 0));
+    }
+    let schema = t.arrow_schema();
+    let store = table.object_store();
+    let mut marker_rows = Vec::new();
+    let mut adds = Vec::new();
+    for (f, split) in (markers.iter().map(|f| (f, false))).chain(mixed.iter().map(|f| (f, true))) {
+        let bytes = store.get(&f.object_store_path()).await?.bytes().await?;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?
+            .with_batch_size(64 * 1024)
+            .build()?;
+        let mut records = split
+            .then(|| crate::delta::file_writer(&table, &t))
+            .transpose()?;
+        for b in reader {
+            let b = crate::delta::conform(&b?, &schema)?;
+            let Some(records) = records.as_mut() else {
+                marker_rows.push(b);
+                continue;
+            };
+            let entitet = crate::delta::text(&b, "entitet")?;
+            let is_marker: arrow::array::BooleanArray = (0..b.num_rows())
+                .map(|i| Some(entitet.opt(i) == Some(crate::formats::FILE_MARKER)))
+                .collect();
+            marker_rows.push(arrow::compute::filter_record_batch(&b, &is_marker)?);
+            let rest = arrow::compute::not(&is_marker)?;
+            let rest = arrow::compute::filter_record_batch(&b, &rest)?;
+            if rest.num_rows() > 0 {
+                deltalake::writer::DeltaWriter::write(records, rest).await?;
+            }
+        }
+        if let Some(mut records) = records {
+            let written = deltalake::writer::DeltaWriter::flush(&mut records).await?;
+            adds.extend(written.into_iter().map(Action::Add));
+        }
+    }
+    adds.extend(crate::delta::write_files(&table, &t, marker_rows).await?);
+    let written = adds.len() as u64;
+    // Rows moved, none added or removed: neither a reader of changes nor the state file's
+    // check (`delta::data_unchanged_since`) sees a change.
+    let mut actions: Vec<Action> = adds
+        .into_iter()
+        .map(|a| match a {
+            Action::Add(add) => Action::Add(deltalake::kernel::Add {
+                data_change: false,
+                ..add
+            }),
+            other => other,
+        })
+        .collect();
+    let removed = markers.len() + mixed.len();
+    actions.extend((markers.iter().chain(&mixed)).map(|f| Action::Remove(f.remove_action(false))));
+    let operation = deltalake::protocol::DeltaOperation::Optimize {
+        predicate: None,
+        target_size: 0,
+    };
+    deltalake::kernel::transaction::CommitBuilder::from(crate::delta::commit_props(
+        "maintain", "maintain",
+    ))
+    .with_actions(actions)
+    .build(Some(table.snapshot()?), table.log_store(), operation)
+    .await?;
+    let table = crate::delta::try_open(&table.table_url().clone())
+        .await?
+        .ok_or_else(|| Error::Internal(format!("{} is gone", t.name)))?;
+    Ok((table, removed as u64, written))
+}
+
 /// Compacts small files, removes files no version within `retention` needs, and writes a
 /// checkpoint, for every table of the pipeline.
 pub async fn maintain(p: &Pipeline, retention: chrono::Duration) -> Result<Vec<Maintained>> {
@@ -245,11 +358,20 @@ pub async fn maintain(p: &Pipeline, retention: chrono::Duration) -> Result<Vec<M
         let Some(t) = crate::delta::try_open(&p.table_url(name)).await? else {
             continue;
         };
-        let (t, opt) = t
-            .optimize()
-            .with_type(deltalake::operations::optimize::OptimizeType::Compact)
-            .with_commit_properties(crate::delta::commit_props("maintain", "maintain"))
-            .await?;
+        // A raw table's file markers stay in files of their own (docs/ARCHITECTURE.md,
+        // "Stages"): bin-packed with the records, every run's marker queries would read every
+        // record ever ingested.
+        let (t, compacted, written) = match name.strip_prefix("raw_") {
+            Some(source) => compact_raw(t, crate::schema::raw_table(source)).await?,
+            None => {
+                let (t, opt) = t
+                    .optimize()
+                    .with_type(deltalake::operations::optimize::OptimizeType::Compact)
+                    .with_commit_properties(crate::delta::commit_props("maintain", "maintain"))
+                    .await?;
+                (t, opt.num_files_removed, opt.num_files_added)
+            }
+        };
         let (t, vac) = t
             .vacuum()
             .with_retention_period(retention)
@@ -258,8 +380,8 @@ pub async fn maintain(p: &Pipeline, retention: chrono::Duration) -> Result<Vec<M
         deltalake::checkpoints::create_checkpoint(&t, None).await?;
         out.push(Maintained {
             table: name.clone(),
-            files_compacted: opt.num_files_removed,
-            files_written: opt.num_files_added,
+            files_compacted: compacted,
+            files_written: written,
             files_vacuumed: vac.files_deleted.len(),
             version: t.version().map(|v| v as i64).unwrap_or(0),
         });

@@ -306,6 +306,61 @@ fn decode_section(name: &str, b: &[u8], version: Label) -> std::result::Result<S
     Ok(engine)
 }
 
+/// The labels the file's parts have, read without the rows (`None`: not a state file of this
+/// format; `decode` says what is wrong with it).
+fn stored_labels(bytes: &[u8]) -> Option<[Label; 3]> {
+    let mut r = Reader {
+        b: bytes.strip_prefix(MAGIC)?,
+        pos: 0,
+    };
+    if r.u32().ok()? != FORMAT {
+        return None;
+    }
+    let mut labels = [None; 3];
+    for label in &mut labels {
+        let len = usize::try_from(r.u64().ok()?).ok()?;
+        let mut part = Reader {
+            b: r.take(len).ok()?,
+            pos: 0,
+        };
+        part.text().ok()?;
+        let (version, id) = (part.u64().ok()? as i64, part.u64().ok()?);
+        *label = (version >= 0).then_some((version as u64, id));
+    }
+    Some(labels)
+}
+
+/// The labels the file may have for the tables to be at `versions`: a table's own, or the one
+/// the file has when the table's commits since changed no data — compacted by `elevflyt
+/// maintain` or an OPTIMIZE elsewhere, its current rows are the same (docs/ARCHITECTURE.md,
+/// "The current state").
+async fn accepted(
+    ctx: &RunContext,
+    stored: [Label; 3],
+    versions: [Label; 3],
+) -> Result<[Label; 3]> {
+    let mut accepted = versions;
+    for ((name, want), have) in TABLES.iter().zip(&mut accepted).zip(stored) {
+        let (Some((to, id)), Some((from, stored_id))) = (*want, have) else {
+            continue;
+        };
+        let url = ctx.pipeline.table_url(name);
+        if id == stored_id
+            && from < to
+            && crate::delta::data_unchanged_since(&url, from, to).await?
+        {
+            tracing::debug!(
+                table = name,
+                from,
+                to,
+                "no data changed since the state file's version"
+            );
+            *want = have;
+        }
+    }
+    Ok(accepted)
+}
+
 /// The engines as the state file has them for these table versions, or why it could not be
 /// used. A store that cannot be read is an error.
 pub async fn read(
@@ -314,6 +369,10 @@ pub async fn read(
 ) -> Result<std::result::Result<Decoded, Unused>> {
     let Some(bytes) = crate::storage::get(&url(ctx)).await? else {
         return Ok(Err(Unused::Missing));
+    };
+    let versions = match stored_labels(&bytes) {
+        Some(stored) if stored != versions => accepted(ctx, stored, versions).await?,
+        _ => versions,
     };
     tokio::task::spawn_blocking(move || decode(&bytes, versions))
         .await

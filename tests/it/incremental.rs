@@ -2,7 +2,8 @@
 //! a generated kommune with churn every day (moves, renames, leavers, newcomers, D-numbers
 //! replaced), run one day at a time, gives exactly the tables one run over all the same raw
 //! snapshots gives — every version with its dates, the identity map, the county list —
-//! whether the current rows come from the state file or, when it is damaged or stale, the tables.
+//! whether the current rows come from the state file (also after `elevflyt maintain`) or, when it
+//! is damaged or stale, the tables.
 
 use std::path::Path;
 
@@ -201,6 +202,23 @@ async fn incremental_days_equal_a_full_rebuild_from_the_same_snapshots() {
                 std::fs::copy(dir.path().join("day2.state"), &state).unwrap();
                 "tables (the state file is of other table versions)"
             }
+            // Day six comes after `elevflyt maintain`: its compaction and vacuum are new
+            // versions that change no data, and the state file still serves.
+            5 => {
+                let before = versions(&daily, &["elev", "elevforhold"]).await;
+                let done = elevflyt::ops::maintain(&daily, chrono::Duration::hours(0))
+                    .await
+                    .unwrap();
+                let compacted = |t: &str| done.iter().find(|m| m.table == t).unwrap();
+                assert!(compacted("elev").files_compacted > 1, "{done:?}");
+                assert!(compacted("elevforhold").files_compacted > 1, "{done:?}");
+                let after = versions(&daily, &["elev", "elevforhold"]).await;
+                assert!(
+                    (before.iter().zip(&after)).all(|(b, a)| a.1 > b.1),
+                    "maintain made new versions: {before:?} -> {after:?}"
+                );
+                "state file"
+            }
             _ => "state file",
         };
         let s = run(&daily, elevflyt::run::Stage::All).await.unwrap();
@@ -319,13 +337,18 @@ async fn incremental_days_equal_a_full_rebuild_from_the_same_snapshots() {
     // (docs/ARCHITECTURE.md, "Stages and the data between them").
     let log = daily_dir.join("lake/k/grunnskole/raw_vigilo/_delta_log");
     let (mut marker_files, mut mixed) = (0, 0);
-    for f in std::fs::read_dir(&log).unwrap() {
-        let f = f.unwrap().path();
-        if f.extension().is_none_or(|e| e != "json") {
-            continue;
-        }
+    let mut live_markers = std::collections::BTreeSet::new();
+    let mut commits: Vec<_> = (std::fs::read_dir(&log).unwrap())
+        .map(|f| f.unwrap().path())
+        .filter(|f| f.extension().is_some_and(|e| e == "json"))
+        .collect();
+    commits.sort();
+    for f in commits {
         for line in std::fs::read_to_string(&f).unwrap().lines() {
             let action: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(path) = action["remove"]["path"].as_str() {
+                live_markers.remove(path);
+            }
             let Some(stats) = action["add"]["stats"].as_str() else {
                 continue;
             };
@@ -335,13 +358,27 @@ async fn incremental_days_equal_a_full_rebuild_from_the_same_snapshots() {
                 &stats["maxValues"]["entitet"],
             );
             match (min.as_str(), max.as_str()) {
-                (Some("_fil"), Some("_fil")) => marker_files += 1,
+                (Some("_fil"), Some("_fil")) => {
+                    marker_files += 1;
+                    live_markers.insert(action["add"]["path"].as_str().unwrap().to_string());
+                }
                 (Some("_fil"), _) | (_, Some("_fil")) => mixed += 1,
                 _ => {}
             }
         }
     }
-    assert_eq!(marker_files, DAYS, "one file of markers per day's ingest");
+    // Maintain before day six compacted the first five days' markers into one file, kept
+    // apart from the records as well.
+    assert_eq!(
+        marker_files,
+        DAYS + 1,
+        "one file of markers added per day's ingest, and one by maintain"
+    );
+    assert_eq!(
+        live_markers.len(),
+        DAYS - 5 + 1,
+        "the first five days' markers in one file: {live_markers:?}"
+    );
     assert_eq!(mixed, 0, "no file holds both markers and records");
 
     // The same day again changes nothing.

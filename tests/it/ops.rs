@@ -215,3 +215,110 @@ async fn time_travel_history_changes_check_and_maintain() {
         2
     );
 }
+
+/// The live files of a raw table by what their `entitet` statistics say they hold: (files of
+/// markers only, files of records only, files of both).
+async fn raw_files(pl: &elevflyt::config::Pipeline) -> (usize, usize, usize) {
+    let t = elevflyt::delta::try_open(&pl.table_url("raw_vigilo"))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut kinds = (0, 0, 0);
+    for f in elevflyt::delta::file_views(&t).await.unwrap() {
+        let stats: serde_json::Value = serde_json::from_str(&f.stats().unwrap()).unwrap();
+        let bound = |which: &str| stats[which]["entitet"].as_str().unwrap().to_string();
+        match (bound("minValues") == "_fil", bound("maxValues") == "_fil") {
+            (true, true) => kinds.0 += 1,
+            (false, false) => kinds.1 += 1,
+            _ => kinds.2 += 1,
+        }
+    }
+    kinds
+}
+
+/// maintain compacts a raw table's markers into one file apart from the records (the queries
+/// for them skip the files of records, docs/ARCHITECTURE.md "Stages and the data between
+/// them"), and splits a file that mixes them — as a plain OPTIMIZE, or an earlier maintain,
+/// leaves it. The rows stay the same, and the next run carries on from them.
+#[tokio::test(flavor = "multi_thread")]
+async fn maintain_keeps_raw_markers_apart_and_splits_a_file_that_mixes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let pl = pipeline(dir.path(), &[("vigilo", "oneroster-json", &src)], "");
+    let file = pl.path.to_str().unwrap().to_string();
+    let (a, b) = (tenor(60, false), tenor(61, true));
+    for (date, name) in [
+        ("2026-01-10", "En"),
+        ("2026-01-11", "To"),
+        ("2026-01-12", "Tre"),
+    ] {
+        oneroster(
+            &src,
+            date,
+            &[
+                p("a", &a, name, "46591", "5A"),
+                p("b", &b, "Fast", "46591", "5A"),
+            ],
+        );
+        load(&pl).await;
+    }
+    // Three ingests: three files of markers, three of records.
+    assert_eq!(raw_files(&pl).await, (3, 3, 0));
+    let raw = "SELECT entitet, kjelde, rad, post FROM raw_vigilo ORDER BY kjelde, rad";
+    let stored = rows(&pl, raw).await;
+    let maintain = |file: &str| {
+        let m = elevflyt(&["maintain", file, "--retention-hours", "0", "--force"])
+            .output()
+            .unwrap();
+        assert!(m.status.success(), "{}", String::from_utf8_lossy(&m.stderr));
+        let m: serde_json::Value = serde_json::from_slice(&m.stdout).unwrap();
+        let raw = m
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == "raw_vigilo");
+        let raw = raw.unwrap().clone();
+        (
+            raw["files_compacted"].as_u64().unwrap(),
+            raw["files_written"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(maintain(&file), (3, 1), "the markers into one file");
+    assert_eq!(raw_files(&pl).await, (1, 3, 0));
+    assert_eq!(rows(&pl, raw).await, stored);
+    assert_eq!(maintain(&file), (0, 0), "nothing left to compact");
+
+    // A plain OPTIMIZE bin-packs markers and records together.
+    let t = elevflyt::delta::try_open(&pl.table_url("raw_vigilo"))
+        .await
+        .unwrap()
+        .unwrap();
+    t.optimize().await.unwrap();
+    assert_eq!(raw_files(&pl).await, (0, 0, 1));
+    assert_eq!(maintain(&file), (1, 2), "split into markers and records");
+    assert_eq!(raw_files(&pl).await, (1, 1, 0));
+    assert_eq!(rows(&pl, raw).await, stored);
+
+    // The next day finds the files it has, reads the new one, and publishes it.
+    oneroster(
+        &src,
+        "2026-01-13",
+        &[
+            p("a", &a, "Fire", "46591", "5A"),
+            p("b", &b, "Fast", "46591", "5A"),
+        ],
+    );
+    let s = crate::common::run(&pl, elevflyt::run::Stage::All)
+        .await
+        .unwrap();
+    assert_eq!(s.snapshots_published, 1);
+    assert_eq!(
+        rows(
+            &pl,
+            "SELECT etternavn FROM elev WHERE is_current ORDER BY etternavn"
+        )
+        .await,
+        vec![vec!["Fast".to_string()], vec!["Fire".to_string()]]
+    );
+    assert_eq!(raw_files(&pl).await, (2, 2, 0));
+}
