@@ -59,6 +59,10 @@ pub enum Command {
     /// Check the SCD2 invariants over the stored tables; exit 1 when one is broken.
     Check(PipelineArgs),
     /// Compact small files (optimize), remove files no longer needed (vacuum) and checkpoint.
+    ///
+    /// A raw table's file markers and an SCD2 table's current rows stay in files of their own
+    /// (what a run reads), and the next run still uses its state file: the commits change no
+    /// data.
     Maintain(MaintainArgs),
     /// The operator report: pupils per class, invalid fødselsnummer, when data was last loaded,
     /// open deviations per school, the last runs (and why one failed) and quality over time.

@@ -233,117 +233,215 @@ pub struct Maintained {
     pub version: i64,
 }
 
-/// Which rows a raw file holds, by the statistics of its `entitet`.
-#[derive(Debug, PartialEq, Eq)]
-enum RawFile {
-    Markers,
-    Records,
-    /// Both, or no statistics to tell.
-    Mixed,
+/// How `maintain` compacts a table whose files keep two kinds of rows apart, which a plain
+/// OPTIMIZE would bin-pack together (docs/ARCHITECTURE.md, "Stages and the data between them"
+/// and "Commit strategies"): a raw table's file markers apart from its records, an SCD2 table's
+/// current rows apart from its closed versions.
+struct Apart {
+    /// The kind of rows a file holds by its statistics: `Some(true)` the first only,
+    /// `Some(false)` the second only, `None` both or not known.
+    file: fn(&serde_json::Value) -> Option<bool>,
+    /// Which rows of a batch are of the first kind.
+    rows: fn(&RecordBatch) -> Result<arrow::array::BooleanArray>,
+    /// Whether the files of each kind are compacted (a kind that is not is left file by file).
+    compact: [bool; 2],
 }
 
-fn raw_file_kind(stats: Option<&str>) -> RawFile {
-    use crate::formats::FILE_MARKER;
-    let stats = stats.and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok());
-    let bound = |which: &str| {
-        let v = stats.as_ref().map(|s| &s[which]["entitet"]);
-        v.and_then(|v| v.as_str()).map(str::to_string)
-    };
-    match (bound("minValues"), bound("maxValues")) {
-        (Some(min), Some(max)) if min == FILE_MARKER && max == FILE_MARKER => RawFile::Markers,
-        (Some(min), Some(max)) if *min > *FILE_MARKER || *max < *FILE_MARKER => RawFile::Records,
-        _ => RawFile::Mixed,
-    }
+/// A raw table: the files of markers (one per ingest) into one; the files of records, one per
+/// ingest and as large as the export, as they are.
+const RAW: Apart = Apart {
+    file: |stats| {
+        use crate::formats::FILE_MARKER;
+        let bound = |which: &str| stats[which]["entitet"].as_str();
+        match (bound("minValues")?, bound("maxValues")?) {
+            (FILE_MARKER, FILE_MARKER) => Some(true),
+            (min, max) if min > FILE_MARKER || max < FILE_MARKER => Some(false),
+            _ => None,
+        }
+    },
+    rows: |b| {
+        let entitet = crate::delta::text(b, "entitet")?;
+        Ok((0..b.num_rows())
+            .map(|i| Some(entitet.opt(i) == Some(crate::formats::FILE_MARKER)))
+            .collect())
+    },
+    compact: [true, false],
+};
+
+/// An SCD2 table: the files of closed versions (one a day) compacted; the files of current
+/// rows, which every run rewrites on all cores, as they are.
+const SCD2: Apart = Apart {
+    file: |stats| {
+        let open = stats["nullCount"][crate::schema::VALID_TO].as_i64()?;
+        match (open, stats["numRecords"].as_i64()?) {
+            (0, _) => Some(false),
+            (open, rows) if open == rows => Some(true),
+            _ => None,
+        }
+    },
+    rows: |b| {
+        let valid_to = (b.column_by_name(crate::schema::VALID_TO))
+            .ok_or_else(|| Error::Internal("valid_to is missing".into()))?;
+        Ok(arrow::compute::is_null(valid_to)?)
+    },
+    compact: [false, true],
+};
+
+/// Input files of one compacted file, at most this many bytes together.
+const COMPACT_BYTES: u64 = 128 << 20;
+
+/// Files read into one new file, each whole or only its rows of one kind.
+struct Job {
+    files: Vec<deltalake::kernel::LogicalFileView>,
+    only: Option<bool>,
 }
 
-/// Compacts a raw table the way it is written (docs/ARCHITECTURE.md, "Stages"): its files of
-/// markers, one per ingest, into one; a file holding both markers and records (compacted by an
-/// earlier `elevflyt maintain`, or by another tool)
-/// split in two. Files of records are left as they are:
-/// one per ingest, as large as the export. One commit that changes no data (an OPTIMIZE);
+/// Compacts a table the way it is laid out (`Apart`): the files of a compacted kind bin-packed
+/// into files of up to 128 MB, and a file holding both kinds (left by a plain OPTIMIZE, or an
+/// earlier `elevflyt maintain`) split in two. One commit that changes no data (an OPTIMIZE);
 /// returns the table, files removed and files written.
-async fn compact_raw(
+async fn compact_apart(
     table: deltalake::DeltaTable,
-    t: crate::schema::Table,
+    t: &crate::schema::Table,
+    apart: &Apart,
 ) -> Result<(deltalake::DeltaTable, u64, u64)> {
     use deltalake::kernel::Action;
-    use object_store::ObjectStoreExt;
-    let mut markers = Vec::new();
+    let mut of_kind: [Vec<_>; 2] = Default::default();
     let mut mixed = Vec::new();
     for f in crate::delta::file_views(&table).await? {
-        match raw_file_kind(f.stats().as_deref()) {
-            RawFile::Markers => markers.push(f),
-            RawFile::Mixed => mixed.push(f),
-            RawFile::Records => {}
+        let stats = f.stats().and_then(|s| serde_json::from_str(&s).ok());
+        match stats.as_ref().and_then(apart.file) {
+            Some(first) => of_kind[usize::from(!first)].push(f),
+            None => mixed.push(f),
         }
     }
-    if markers.len() < 2 && mixed.is_empty() {
+    let mut jobs = Vec::new();
+    for (kind, files) in of_kind.into_iter().enumerate() {
+        if apart.compact[kind] {
+            jobs.extend(
+                bins(files)
+                    .into_iter()
+                    .map(|files| Job { files, only: None }),
+            );
+        }
+        if !mixed.is_empty() {
+            let only = Some(kind == 0);
+            jobs.push(Job {
+                files: mixed.clone(),
+                only,
+            });
+        }
+    }
+    if jobs.is_empty() {
         return Ok((table, 0, 0));
     }
-    let schema = t.arrow_schema();
-    let store = table.object_store();
-    let mut marker_rows = Vec::new();
+    let mut removes = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for job in jobs {
+        if job.only != Some(false) {
+            removes.extend(
+                job.files
+                    .iter()
+                    .map(|f| Action::Remove(f.remove_action(false))),
+            );
+        }
+        let writer = crate::delta::file_writer(&table, t)?;
+        let (store, schema, rows) = (table.object_store(), t.arrow_schema(), apart.rows);
+        tasks.spawn(async move { write_job(job, store, schema, rows, writer).await });
+    }
     let mut adds = Vec::new();
-    for (f, split) in (markers.iter().map(|f| (f, false))).chain(mixed.iter().map(|f| (f, true))) {
+    let mut failed = None;
+    while let Some(done) = tasks.join_next().await {
+        match done.map_err(|e| Error::Internal(format!("compacting {}: {e}", t.name))) {
+            Ok(Ok(written)) => adds.extend(written),
+            Ok(Err(e)) | Err(e) => failed = failed.or(Some(e)),
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let (removed, written) = (removes.len() as u64, adds.len() as u64);
+    // Rows moved, none added or removed: neither a reader of changes nor the state file's
+    // check (`delta::data_unchanged_since`) sees a change.
+    let mut actions = removes;
+    actions.extend(adds.into_iter().map(|add| {
+        Action::Add(deltalake::kernel::Add {
+            data_change: false,
+            ..add
+        })
+    }));
+    let operation = deltalake::protocol::DeltaOperation::Optimize {
+        predicate: None,
+        target_size: COMPACT_BYTES as i64,
+    };
+    let props = crate::delta::commit_props("maintain", "maintain");
+    deltalake::kernel::transaction::CommitBuilder::from(props)
+        .with_actions(actions)
+        .build(Some(table.snapshot()?), table.log_store(), operation)
+        .await?;
+    let table = crate::delta::try_open(&table.table_url().clone())
+        .await?
+        .ok_or_else(|| Error::Internal(format!("{} is gone", t.name)))?;
+    Ok((table, removed, written))
+}
+
+/// Files in groups of at most `COMPACT_BYTES` together, in their order; only groups of two or
+/// more (a file alone is left as it is).
+fn bins(
+    files: Vec<deltalake::kernel::LogicalFileView>,
+) -> Vec<Vec<deltalake::kernel::LogicalFileView>> {
+    let mut bins: Vec<(u64, Vec<_>)> = Vec::new();
+    for f in files {
+        let size = f.size().max(0) as u64;
+        match bins.last_mut() {
+            Some((bytes, bin)) if *bytes + size <= COMPACT_BYTES => {
+                *bytes += size;
+                bin.push(f);
+            }
+            _ => bins.push((size, vec![f])),
+        }
+    }
+    bins.into_iter()
+        .filter(|(_, bin)| bin.len() > 1)
+        .map(|(_, bin)| bin)
+        .collect()
+}
+
+/// Streams a job's files into its writer, a batch at a time; the new file's `add`s.
+async fn write_job(
+    job: Job,
+    store: Arc<dyn object_store::ObjectStore>,
+    schema: arrow::datatypes::SchemaRef,
+    rows: fn(&RecordBatch) -> Result<arrow::array::BooleanArray>,
+    mut writer: deltalake::writer::RecordBatchWriter,
+) -> Result<Vec<deltalake::kernel::Add>> {
+    use deltalake::writer::DeltaWriter;
+    use object_store::ObjectStoreExt;
+    let mut any = false;
+    for f in &job.files {
         let bytes = store.get(&f.object_store_path()).await?.bytes().await?;
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?
             .with_batch_size(64 * 1024)
             .build()?;
-        let mut records = split
-            .then(|| crate::delta::file_writer(&table, &t))
-            .transpose()?;
         for b in reader {
-            let b = crate::delta::conform(&b?, &schema)?;
-            let Some(records) = records.as_mut() else {
-                marker_rows.push(b);
-                continue;
-            };
-            let entitet = crate::delta::text(&b, "entitet")?;
-            let is_marker: arrow::array::BooleanArray = (0..b.num_rows())
-                .map(|i| Some(entitet.opt(i) == Some(crate::formats::FILE_MARKER)))
-                .collect();
-            marker_rows.push(arrow::compute::filter_record_batch(&b, &is_marker)?);
-            let rest = arrow::compute::not(&is_marker)?;
-            let rest = arrow::compute::filter_record_batch(&b, &rest)?;
-            if rest.num_rows() > 0 {
-                deltalake::writer::DeltaWriter::write(records, rest).await?;
+            let mut b = crate::delta::conform(&b?, &schema)?;
+            if let Some(first) = job.only {
+                let mut keep = rows(&b)?;
+                if !first {
+                    keep = arrow::compute::not(&keep)?;
+                }
+                b = arrow::compute::filter_record_batch(&b, &keep)?;
+            }
+            if b.num_rows() > 0 {
+                any = true;
+                writer.write(b).await?;
             }
         }
-        if let Some(mut records) = records {
-            let written = deltalake::writer::DeltaWriter::flush(&mut records).await?;
-            adds.extend(written.into_iter().map(Action::Add));
-        }
     }
-    adds.extend(crate::delta::write_files(&table, &t, marker_rows).await?);
-    let written = adds.len() as u64;
-    // Rows moved, none added or removed: neither a reader of changes nor the state file's
-    // check (`delta::data_unchanged_since`) sees a change.
-    let mut actions: Vec<Action> = adds
-        .into_iter()
-        .map(|a| match a {
-            Action::Add(add) => Action::Add(deltalake::kernel::Add {
-                data_change: false,
-                ..add
-            }),
-            other => other,
-        })
-        .collect();
-    let removed = markers.len() + mixed.len();
-    actions.extend((markers.iter().chain(&mixed)).map(|f| Action::Remove(f.remove_action(false))));
-    let operation = deltalake::protocol::DeltaOperation::Optimize {
-        predicate: None,
-        target_size: 0,
-    };
-    deltalake::kernel::transaction::CommitBuilder::from(crate::delta::commit_props(
-        "maintain", "maintain",
-    ))
-    .with_actions(actions)
-    .build(Some(table.snapshot()?), table.log_store(), operation)
-    .await?;
-    let table = crate::delta::try_open(&table.table_url().clone())
-        .await?
-        .ok_or_else(|| Error::Internal(format!("{} is gone", t.name)))?;
-    Ok((table, removed as u64, written))
+    match any {
+        true => Ok(writer.flush().await?),
+        false => Ok(Vec::new()),
+    }
 }
 
 /// Compacts small files, removes files no version within `retention` needs, and writes a
@@ -358,12 +456,15 @@ pub async fn maintain(p: &Pipeline, retention: chrono::Duration) -> Result<Vec<M
         let Some(t) = crate::delta::try_open(&p.table_url(name)).await? else {
             continue;
         };
-        // A raw table's file markers stay in files of their own (docs/ARCHITECTURE.md,
-        // "Stages"): bin-packed with the records, every run's marker queries would read every
-        // record ever ingested.
-        let (t, compacted, written) = match name.strip_prefix("raw_") {
-            Some(source) => compact_raw(t, crate::schema::raw_table(source)).await?,
-            None => {
+        // A raw table's file markers stay in files of their own, and an SCD2 table's current rows
+        // (`Apart`): bin-packed together, every run's marker queries would read every record ever
+        // ingested, and its SCD2 commit every closed version.
+        let scd2 = (crate::schema::PUBLISHED.iter())
+            .find(|s| s.name == name && crate::schema::SCD2_NAMES.contains(&s.name));
+        let (t, compacted, written) = match (name.strip_prefix("raw_"), scd2) {
+            (Some(source), _) => compact_apart(t, &crate::schema::raw_table(source), &RAW).await?,
+            (None, Some(table)) => compact_apart(t, table, &SCD2).await?,
+            (None, None) => {
                 let (t, opt) = t
                     .optimize()
                     .with_type(deltalake::operations::optimize::OptimizeType::Compact)

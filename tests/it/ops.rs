@@ -216,32 +216,43 @@ async fn time_travel_history_changes_check_and_maintain() {
     );
 }
 
-/// The live files of a raw table by what their `entitet` statistics say they hold: (files of
-/// markers only, files of records only, files of both).
-async fn raw_files(pl: &elevflyt::config::Pipeline) -> (usize, usize, usize) {
-    let t = elevflyt::delta::try_open(&pl.table_url("raw_vigilo"))
+/// The live files of a table by the kind of rows their statistics say they hold: (first kind
+/// only, second only, both). Raw: file markers, records; SCD2: current rows, closed versions.
+async fn files_by_kind(pl: &elevflyt::config::Pipeline, table: &str) -> (usize, usize, usize) {
+    let t = elevflyt::delta::try_open(&pl.table_url(table))
         .await
         .unwrap()
         .unwrap();
     let mut kinds = (0, 0, 0);
     for f in elevflyt::delta::file_views(&t).await.unwrap() {
         let stats: serde_json::Value = serde_json::from_str(&f.stats().unwrap()).unwrap();
-        let bound = |which: &str| stats[which]["entitet"].as_str().unwrap().to_string();
-        match (bound("minValues") == "_fil", bound("maxValues") == "_fil") {
-            (true, true) => kinds.0 += 1,
-            (false, false) => kinds.1 += 1,
+        let (first, second) = match table {
+            "raw_vigilo" => {
+                let bound = |which: &str| stats[which]["entitet"].as_str().unwrap().to_string();
+                (bound("minValues") == "_fil", bound("maxValues") != "_fil")
+            }
+            _ => {
+                let open = stats["nullCount"]["valid_to"].as_i64().unwrap();
+                (open > 0, open < stats["numRecords"].as_i64().unwrap())
+            }
+        };
+        match (first, second) {
+            (true, false) => kinds.0 += 1,
+            (false, true) => kinds.1 += 1,
             _ => kinds.2 += 1,
         }
     }
     kinds
 }
 
-/// maintain compacts a raw table's markers into one file apart from the records (the queries
-/// for them skip the files of records, docs/ARCHITECTURE.md "Stages and the data between
-/// them"), and splits a file that mixes them — as a plain OPTIMIZE, or an earlier maintain,
-/// leaves it. The rows stay the same, and the next run carries on from them.
+/// maintain compacts a table the way it is laid out: a raw table's markers into one file apart
+/// from the records (the queries for them skip the files of records), an SCD2 table's closed
+/// versions apart from its current rows (a run rewrites the current rows' files only;
+/// docs/ARCHITECTURE.md "Stages and the data between them", "Commit strategies"). A file that
+/// mixes them — as a plain OPTIMIZE leaves it — is split. The rows stay the same, the next run
+/// carries on from them, and still from its state file.
 #[tokio::test(flavor = "multi_thread")]
-async fn maintain_keeps_raw_markers_apart_and_splits_a_file_that_mixes_them() {
+async fn maintain_keeps_markers_and_current_rows_apart_and_splits_a_file_that_mixes_them() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     let pl = pipeline(dir.path(), &[("vigilo", "oneroster-json", &src)], "");
@@ -262,44 +273,57 @@ async fn maintain_keeps_raw_markers_apart_and_splits_a_file_that_mixes_them() {
         );
         load(&pl).await;
     }
-    // Three ingests: three files of markers, three of records.
-    assert_eq!(raw_files(&pl).await, (3, 3, 0));
+    // Three ingests: three files of markers, three of records. Two renames: a file of current
+    // rows and two of closed versions.
+    assert_eq!(files_by_kind(&pl, "raw_vigilo").await, (3, 3, 0));
+    assert_eq!(files_by_kind(&pl, "elev").await, (1, 2, 0));
     let raw = "SELECT entitet, kjelde, rad, post FROM raw_vigilo ORDER BY kjelde, rad";
     let stored = rows(&pl, raw).await;
+    let history = elev(&pl).await;
     let maintain = |file: &str| {
         let m = elevflyt(&["maintain", file, "--retention-hours", "0", "--force"])
             .output()
             .unwrap();
         assert!(m.status.success(), "{}", String::from_utf8_lossy(&m.stderr));
         let m: serde_json::Value = serde_json::from_slice(&m.stdout).unwrap();
-        let raw = m
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["table"] == "raw_vigilo");
-        let raw = raw.unwrap().clone();
-        (
-            raw["files_compacted"].as_u64().unwrap(),
-            raw["files_written"].as_u64().unwrap(),
-        )
+        let of = |table: &str| {
+            let t = m.as_array().unwrap().iter().find(|t| t["table"] == table);
+            let t = t.unwrap();
+            (
+                t["files_compacted"].as_u64().unwrap(),
+                t["files_written"].as_u64().unwrap(),
+            )
+        };
+        (of("raw_vigilo"), of("elev"))
     };
-    assert_eq!(maintain(&file), (3, 1), "the markers into one file");
-    assert_eq!(raw_files(&pl).await, (1, 3, 0));
+    assert_eq!(
+        maintain(&file),
+        ((3, 1), (2, 1)),
+        "the markers into one file, the closed versions into one"
+    );
+    assert_eq!(files_by_kind(&pl, "raw_vigilo").await, (1, 3, 0));
+    assert_eq!(files_by_kind(&pl, "elev").await, (1, 1, 0));
     assert_eq!(rows(&pl, raw).await, stored);
-    assert_eq!(maintain(&file), (0, 0), "nothing left to compact");
+    assert_eq!(elev(&pl).await, history);
+    assert_eq!(maintain(&file), ((0, 0), (0, 0)), "nothing left to compact");
 
-    // A plain OPTIMIZE bin-packs markers and records together.
-    let t = elevflyt::delta::try_open(&pl.table_url("raw_vigilo"))
-        .await
-        .unwrap()
-        .unwrap();
-    t.optimize().await.unwrap();
-    assert_eq!(raw_files(&pl).await, (0, 0, 1));
-    assert_eq!(maintain(&file), (1, 2), "split into markers and records");
-    assert_eq!(raw_files(&pl).await, (1, 1, 0));
+    // A plain OPTIMIZE bin-packs them together.
+    for table in ["raw_vigilo", "elev"] {
+        let t = elevflyt::delta::try_open(&pl.table_url(table))
+            .await
+            .unwrap()
+            .unwrap();
+        t.optimize().await.unwrap();
+        assert_eq!(files_by_kind(&pl, table).await, (0, 0, 1), "{table}");
+    }
+    assert_eq!(maintain(&file), ((1, 2), (1, 2)), "each split in two");
+    assert_eq!(files_by_kind(&pl, "raw_vigilo").await, (1, 1, 0));
+    assert_eq!(files_by_kind(&pl, "elev").await, (1, 1, 0));
     assert_eq!(rows(&pl, raw).await, stored);
+    assert_eq!(elev(&pl).await, history);
 
-    // The next day finds the files it has, reads the new one, and publishes it.
+    // The next day finds the files it has, reads the new one, and publishes it from the state
+    // file (the commits since changed no data).
     oneroster(
         &src,
         "2026-01-13",
@@ -312,6 +336,7 @@ async fn maintain_keeps_raw_markers_apart_and_splits_a_file_that_mixes_them() {
         .await
         .unwrap();
     assert_eq!(s.snapshots_published, 1);
+    assert_eq!(s.current_rows_from, "state file");
     assert_eq!(
         rows(
             &pl,
@@ -320,5 +345,5 @@ async fn maintain_keeps_raw_markers_apart_and_splits_a_file_that_mixes_them() {
         .await,
         vec![vec!["Fast".to_string()], vec!["Fire".to_string()]]
     );
-    assert_eq!(raw_files(&pl).await, (2, 2, 0));
+    assert_eq!(files_by_kind(&pl, "raw_vigilo").await, (2, 2, 0));
 }
