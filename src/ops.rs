@@ -379,9 +379,8 @@ async fn compact_apart(
         .with_actions(actions)
         .build(Some(table.snapshot()?), table.log_store(), operation)
         .await?;
-    let table = crate::delta::try_open(&table.table_url().clone())
-        .await?
-        .ok_or_else(|| Error::Internal(format!("{} is gone", t.name)))?;
+    let mut table = table;
+    table.load().await?;
     Ok((table, removed, written))
 }
 

@@ -223,23 +223,10 @@ pub fn decode(bytes: &[u8], versions: [Label; 3]) -> std::result::Result<Decoded
     if xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() != sum {
         return Err(damaged("checksum"));
     }
-    let mut r = Reader {
-        b: body,
-        pos: MAGIC.len(),
-    };
-    if r.u32()? != FORMAT {
-        return Err(damaged("format version"));
-    }
-    let mut sections = Vec::with_capacity(TABLES.len());
-    for (name, version) in TABLES.iter().zip(versions) {
-        let len = usize::try_from(r.u64()?).map_err(|_| damaged("section length"))?;
-        sections.push((*name, r.take(len)?, version));
-    }
-    let len = usize::try_from(r.u64()?).map_err(|_| damaged("section length"))?;
-    let records = r.take(len)?;
-    if r.pos != body.len() {
-        return Err(damaged("trailing bytes"));
-    }
+    let (tables, records) = parts(body)?;
+    let sections: Vec<_> = (TABLES.iter().zip(tables).zip(versions))
+        .map(|((name, b), version)| (*name, b, version))
+        .collect();
     let engines = crate::par::map(&sections, |(name, b, version)| {
         decode_section(name, b, *version)
     })
@@ -248,6 +235,30 @@ pub fn decode(bytes: &[u8], versions: [Label; 3]) -> std::result::Result<Decoded
     let engines = engines.try_into().map_err(|_| damaged("missing table"))?;
     let records = Records::decode(records).ok_or_else(|| damaged("carried records"))?;
     Ok((engines, Memo::new(records)))
+}
+
+/// A file's body (without its checksum) in its parts: the three tables' and the summaries'.
+fn parts(body: &[u8]) -> std::result::Result<([&[u8]; 3], &[u8]), Unused> {
+    let damaged = |why: &str| Unused::Damaged(why.to_string());
+    if !body.starts_with(MAGIC) {
+        return Err(damaged("not a state file"));
+    }
+    let mut r = Reader {
+        b: body,
+        pos: MAGIC.len(),
+    };
+    if r.u32()? != FORMAT {
+        return Err(damaged("format version"));
+    }
+    let mut part = || {
+        let len = usize::try_from(r.u64()?).map_err(|_| damaged("section length"))?;
+        r.take(len)
+    };
+    let parts = ([part()?, part()?, part()?], part()?);
+    if r.pos != body.len() {
+        return Err(damaged("trailing bytes"));
+    }
+    Ok(parts)
 }
 
 /// One table's part of the file (see [`section`]).
@@ -309,25 +320,14 @@ fn decode_section(name: &str, b: &[u8], version: Label) -> std::result::Result<S
 /// The labels the file's parts have, read without the rows (`None`: not a state file of this
 /// format; `decode` says what is wrong with it).
 fn stored_labels(bytes: &[u8]) -> Option<[Label; 3]> {
-    let mut r = Reader {
-        b: bytes.strip_prefix(MAGIC)?,
-        pos: 0,
+    let (tables, _) = parts(bytes.get(..bytes.len().checked_sub(8)?)?).ok()?;
+    let label = |part: &[u8]| {
+        let mut r = Reader { b: part, pos: 0 };
+        r.text().ok()?;
+        let (version, id) = (r.u64().ok()? as i64, r.u64().ok()?);
+        Some((version >= 0).then_some((version as u64, id)))
     };
-    if r.u32().ok()? != FORMAT {
-        return None;
-    }
-    let mut labels = [None; 3];
-    for label in &mut labels {
-        let len = usize::try_from(r.u64().ok()?).ok()?;
-        let mut part = Reader {
-            b: r.take(len).ok()?,
-            pos: 0,
-        };
-        part.text().ok()?;
-        let (version, id) = (part.u64().ok()? as i64, part.u64().ok()?);
-        *label = (version >= 0).then_some((version as u64, id));
-    }
-    Some(labels)
+    Some([label(tables[0])?, label(tables[1])?, label(tables[2])?])
 }
 
 /// The labels the file may have for the tables to be at `versions`: a table's own, or the one
