@@ -112,6 +112,36 @@ pub async fn data_unchanged_since(url: &Url, since: u64, upto: u64) -> Result<bo
     Ok(true)
 }
 
+/// The value under `key` in the `commitInfo` of the table's newest commit that has it, looking
+/// past commits that change no data (an OPTIMIZE or VACUUM of the table, here or in Spark) but
+/// not past one that does, nor further than 64 commits or one gone from the log (`None`).
+pub async fn committed_value(table: &DeltaTable, key: &str) -> Result<Option<serde_json::Value>> {
+    let Some(newest) = table.version() else {
+        return Ok(None);
+    };
+    let log = table.log_store();
+    for version in (newest.saturating_sub(UNCHANGED_WALK)..=newest).rev() {
+        let Some(commit) = log.read_commit_entry(version).await? else {
+            return Ok(None);
+        };
+        if let Some(v) = commit_info_value(&commit, key) {
+            return Ok(Some(v));
+        }
+        if !changes_no_data(&commit) {
+            return Ok(None);
+        }
+    }
+    Ok(None)
+}
+
+/// The value under `key` in a commit's `commitInfo` action, if it has one.
+fn commit_info_value(commit: &[u8], key: &str) -> Option<serde_json::Value> {
+    commit
+        .split(|b| *b == b'\n')
+        .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
+        .find_map(|mut action| action.get_mut("commitInfo")?.get_mut(key).map(|v| v.take()))
+}
+
 /// Whether a commit's actions (one JSON object a line) change no data.
 fn changes_no_data(commit: &[u8]) -> bool {
     use serde_json::Value;
@@ -623,12 +653,21 @@ pub fn is_conflict(e: &deltalake::DeltaTableError) -> bool {
 /// A DataFusion session with the given tables of the pipeline registered under their names.
 /// Tables that do not exist yet are left out.
 pub async fn session(p: &Pipeline, tables: &[&str]) -> Result<SessionContext> {
-    let ctx = SessionContext::new();
-    crate::sqlfn::register(&ctx);
+    let mut opened = Vec::new();
     for name in tables {
         if let Some(t) = try_open(&p.table_url(name)).await? {
-            register(&ctx, name, &t).await?;
+            opened.push((*name, t));
         }
+    }
+    session_of(&opened).await
+}
+
+/// A session with these opened tables registered under their names, at their loaded versions.
+pub async fn session_of(tables: &[(&str, DeltaTable)]) -> Result<SessionContext> {
+    let ctx = SessionContext::new();
+    crate::sqlfn::register(&ctx);
+    for (name, t) in tables {
+        register(&ctx, name, t).await?;
     }
     Ok(ctx)
 }
@@ -785,6 +824,18 @@ mod tests {
                 String::from_utf8_lossy(&changes)
             );
         }
+    }
+
+    /// A commit's own value is read from its `commitInfo`, not from another action's fields.
+    #[test]
+    fn a_commit_info_value_is_read_from_the_commit_info() {
+        let commit = br#"{"add":{"path":"a.parquet","k":1}}
+{"commitInfo":{"operation":"WRITE","k":{"elev":3}}}
+"#;
+        let v = super::commit_info_value(commit, "k");
+        assert_eq!(v, Some(serde_json::json!({"elev": 3})));
+        assert_eq!(super::commit_info_value(commit, "path"), None);
+        assert_eq!(super::commit_info_value(b"not json", "k"), None);
     }
 
     /// Without delta-rs's cloud crates, an `s3://` table still gets Delta's default log store:

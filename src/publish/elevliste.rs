@@ -16,27 +16,66 @@ use crate::context::RunContext;
 use crate::error::{Error, Result};
 use crate::schema;
 
-/// Whether `elevliste_vgs` is missing or older than the newest commit of the tables it is made of.
-pub async fn is_stale(ctx: &RunContext) -> Result<bool> {
-    let mut newest_source = None;
+/// The key in each commit of the list that names the versions of `elev`, `elevforhold` and
+/// `skole` it was made from.
+const MADE_FROM: &str = "elevflyt_made_from";
+
+/// The source tables that exist, opened, by name.
+async fn sources(ctx: &RunContext) -> Result<Vec<(&'static str, DeltaTable)>> {
+    let mut out = Vec::new();
     for t in schema::SCD2_NAMES {
         if let Some(table) = crate::delta::try_open(&ctx.pipeline.table_url(t)).await? {
-            newest_source = newest_source.max(last_commit_time(&table));
+            out.push((t, table));
         }
     }
-    let Some(newest_source) = newest_source else {
+    Ok(out)
+}
+
+/// The versions of `sources`, as a list commit records them.
+fn versions(sources: &[(&str, DeltaTable)]) -> serde_json::Value {
+    let versions = sources.iter().map(|(name, t)| (*name, t.version()));
+    serde_json::json!(versions.collect::<std::collections::BTreeMap<_, _>>())
+}
+
+/// Whether `elevliste_vgs` is missing or behind the tables it is made of: one of them has
+/// changed its data since the versions the list's last commit was made from (an OPTIMIZE or
+/// VACUUM of a source, e.g. by `elevflyt maintain`, changes none). A list whose commits do not
+/// say (written by an older elevflyt, or its log cleaned up) is compared by commit time.
+pub async fn is_stale(ctx: &RunContext) -> Result<bool> {
+    let sources = sources(ctx).await?;
+    if sources.is_empty() {
         return Ok(false);
+    }
+    let Some(list) = crate::delta::try_open(&ctx.pipeline.table_url("elevliste_vgs")).await? else {
+        return Ok(true);
     };
-    Ok(
-        match crate::delta::try_open(&ctx.pipeline.table_url("elevliste_vgs")).await? {
-            None => true,
-            // Version 0 is the empty table a killed run created before writing the list.
-            Some(list) => {
-                list.version() == Some(0)
-                    || last_commit_time(&list).is_none_or(|t| t < newest_source)
-            }
-        },
-    )
+    // Version 0 is the empty table a killed run created before writing the list.
+    if list.version() == Some(0) {
+        return Ok(true);
+    }
+    let Some(made_from) = crate::delta::committed_value(&list, MADE_FROM).await? else {
+        let newest_source = sources
+            .iter()
+            .filter_map(|(_, t)| last_commit_time(t))
+            .max();
+        return Ok(
+            newest_source.is_some_and(|newest| last_commit_time(&list).is_none_or(|t| t < newest))
+        );
+    };
+    if made_from.as_object().map(|m| m.len()) != Some(sources.len()) {
+        return Ok(true);
+    }
+    for (name, table) in &sources {
+        let (Some(then), Some(now)) = (made_from[*name].as_u64(), table.version()) else {
+            return Ok(true);
+        };
+        if then != now
+            && !crate::delta::data_unchanged_since(&ctx.pipeline.table_url(name), then, now).await?
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn last_commit_time(t: &deltalake::DeltaTable) -> Option<i64> {
@@ -186,7 +225,8 @@ fn joins_as_written(session: &SessionContext) {
 /// deleted rows. A run that changes nothing in the list commits only its claim, so the list is
 /// no longer behind its sources and the county sees no change.
 pub async fn write(ctx: &RunContext) -> Result<(usize, Option<i64>)> {
-    let session = crate::delta::session(&ctx.pipeline, &schema::SCD2_NAMES).await?;
+    let sources = sources(ctx).await?;
+    let session = crate::delta::session_of(&sources).await?;
     joins_as_written(&session);
     if !crate::delta::has_table(&session, "elev")
         || !crate::delta::has_table(&session, "elevforhold")
@@ -272,6 +312,7 @@ pub async fn write(ctx: &RunContext) -> Result<(usize, Option<i64>)> {
     });
     let mut metadata = crate::delta::commit_metadata(&ctx.run_id, "publish");
     metadata.push(("operationMetrics".into(), metrics));
+    metadata.push((MADE_FROM.into(), versions(&sources)));
     let props = CommitProperties::default()
         .with_metadata(metadata)
         .with_application_transaction(crate::delta::claim(t, read_version));

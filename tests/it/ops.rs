@@ -347,3 +347,102 @@ async fn maintain_keeps_markers_and_current_rows_apart_and_splits_a_file_that_mi
     );
     assert_eq!(files_by_kind(&pl, "raw_vigilo").await, (2, 2, 0));
 }
+
+/// The county list is made again when its sources' data changed, not when they were only
+/// compacted: an OPTIMIZE (delta-rs's, as Spark's or Databricks' would) or `elevflyt maintain`
+/// of `elev` gives no new list version on an unchanged run; a run stopped after its commits but
+/// before the list leaves the list behind, and the next run — with nothing new to publish —
+/// makes it, also after a checkpoint (docs/ARCHITECTURE.md, "The county list is written as a
+/// change").
+#[tokio::test(flavor = "multi_thread")]
+async fn the_county_list_follows_its_sources_data_not_their_maintenance() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let pl = pipeline(dir.path(), &[("vigilo", "oneroster-json", &src)], "");
+    let file = pl.path.to_str().unwrap().to_string();
+    let (a, b) = (tenor(70, false), tenor(71, false));
+    for (date, name) in [("2026-01-10", "En"), ("2026-01-11", "To")] {
+        oneroster(
+            &src,
+            date,
+            &[
+                p("a", &a, name, "46591", "10A"),
+                p("b", &b, "Fast", "46591", "10A"),
+            ],
+        );
+        load(&pl).await;
+    }
+    let version = |table: &'static str| {
+        let url = pl.table_url(table);
+        async move {
+            let t = elevflyt::delta::try_open(&url).await.unwrap().unwrap();
+            t.version().unwrap()
+        }
+    };
+    let unchanged_run = || async {
+        let s = crate::common::run(&pl, elevflyt::run::Stage::All)
+            .await
+            .unwrap();
+        assert_eq!(s.snapshots_published, 0);
+    };
+    let list = "SELECT fodselsnummer, elev_namn FROM elevliste_vgs ORDER BY 1";
+    let names = rows(&pl, list).await;
+    assert_eq!(names.len(), 2);
+    let listed = version("elevliste_vgs").await;
+
+    // A plain OPTIMIZE of elev (no checkpoint): a commit that changes no data.
+    for table in ["elev"] {
+        let before = version(table).await;
+        let t = elevflyt::delta::try_open(&pl.table_url(table))
+            .await
+            .unwrap()
+            .unwrap();
+        t.optimize().await.unwrap();
+        assert!(version(table).await > before, "{table} compacted");
+    }
+    unchanged_run().await;
+    assert_eq!(
+        version("elevliste_vgs").await,
+        listed,
+        "no list after OPTIMIZE"
+    );
+
+    // maintain: compaction, vacuum and a checkpoint of every table, the list's own included.
+    let m = elevflyt(&["maintain", &file, "--retention-hours", "0", "--force"])
+        .output()
+        .unwrap();
+    assert!(m.status.success(), "{}", String::from_utf8_lossy(&m.stderr));
+    let listed = version("elevliste_vgs").await;
+    unchanged_run().await;
+    assert_eq!(
+        version("elevliste_vgs").await,
+        listed,
+        "no list after maintain"
+    );
+    assert_eq!(rows(&pl, list).await, names);
+
+    // A day that renames b, stopped after its commits and before the list.
+    oneroster(
+        &src,
+        "2026-01-12",
+        &[
+            p("a", &a, "To", "46591", "10A"),
+            p("b", &b, "Ny", "46591", "10A"),
+        ],
+    );
+    let crashed = elevflyt(&["run", &file])
+        .env("ELEVFLYT_CRASH_AT", "after-leveranse")
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success());
+    assert_eq!(rows(&pl, list).await, names, "the list is behind");
+    unchanged_run().await;
+    assert_eq!(version("elevliste_vgs").await, listed + 1, "the list made");
+    let now = rows(&pl, list).await;
+    assert_ne!(now, names);
+    let b_row = now.iter().find(|r| r[0] == b).unwrap();
+    assert!(b_row[1].contains("Ny"), "{b_row:?}");
+    // And not again.
+    unchanged_run().await;
+    assert_eq!(version("elevliste_vgs").await, listed + 1);
+}
