@@ -171,9 +171,25 @@ pub async fn rebuild_sources(
         let e = oldest.entry(k.as_str()).or_insert(*t);
         *e = (*e).min(*t);
     }
-    let session = crate::delta::session(&ctx.pipeline, &schema::SCD2_NAMES).await?;
     let mut newest: HashMap<String, i64> = HashMap::new();
-    for t in schema::SCD2_NAMES {
+    // The usual day's snapshots are newer than any stored time, which the tables' file
+    // statistics tell without reading a row; otherwise the stored times are read.
+    let bounds = newest_by_statistics(ctx).await?;
+    let after_all = |(k, t): (&&str, &i64)| {
+        bounds.as_ref().is_some_and(|(per_source, any)| {
+            *t > per_source.get(*k).copied().unwrap_or(i64::MIN).max(*any)
+        })
+    };
+    let tables: &[&str] = match oldest.iter().all(after_all) {
+        true => &[],
+        false => &schema::SCD2_NAMES,
+    };
+    tracing::debug!(
+        stored_times_read = !tables.is_empty(),
+        "rebuild check: the pending snapshots against the stored history"
+    );
+    let session = crate::delta::session(&ctx.pipeline, tables).await?;
+    for t in tables {
         if !crate::delta::has_table(&session, t) {
             continue;
         }
@@ -201,6 +217,60 @@ pub async fn rebuild_sources(
         .filter(|(k, t)| newest.get(*k).is_some_and(|n| t <= n))
         .map(|(k, _)| k.to_string())
         .collect())
+}
+
+/// Upper bounds of the newest `valid_from`/`valid_to` stored per source in the SCD2 tables, from
+/// their files' statistics: per source for a file of one source, and one for files of several
+/// (`None` when a file's statistics do not tell). Delta statistics keep timestamps to the
+/// millisecond, so each bound is raised by 999 µs.
+async fn newest_by_statistics(ctx: &RunContext) -> Result<Option<(HashMap<String, i64>, i64)>> {
+    let (mut per_source, mut any) = (HashMap::new(), i64::MIN);
+    for t in schema::SCD2_NAMES {
+        let Some(table) = crate::delta::try_open(&ctx.pipeline.table_url(t)).await? else {
+            continue;
+        };
+        for f in crate::delta::file_views(&table).await? {
+            let Some(stats) = f.stats().and_then(|s| serde_json::from_str(&s).ok()) else {
+                return Ok(None);
+            };
+            let Some((source, newest)) = file_newest(&stats) else {
+                return Ok(None);
+            };
+            let bound = match source {
+                Some(k) => per_source.entry(k).or_insert(i64::MIN),
+                None => &mut any,
+            };
+            *bound = (*bound).max(newest.saturating_add(999));
+        }
+    }
+    Ok(Some((per_source, any)))
+}
+
+/// A file's newest `valid_from`/`valid_to` by its statistics, with its source when it holds one
+/// only; `None` when the statistics do not tell (a file without rows has no newest time).
+fn file_newest(stats: &serde_json::Value) -> Option<(Option<String>, i64)> {
+    let rows = stats["numRecords"].as_i64()?;
+    if rows == 0 {
+        return Some((None, i64::MIN));
+    }
+    let micros = |column: &str| {
+        let text = stats["maxValues"][column].as_str()?;
+        Some(
+            chrono::DateTime::parse_from_rfc3339(text)
+                .ok()?
+                .timestamp_micros(),
+        )
+    };
+    let mut newest = micros(schema::VALID_FROM)?;
+    if stats["nullCount"][schema::VALID_TO].as_i64()? < rows {
+        newest = newest.max(micros(schema::VALID_TO)?);
+    }
+    let source = |which: &str| stats[which]["kildesystem"].as_str();
+    let one = match (source("minValues"), source("maxValues")) {
+        (Some(min), Some(max)) if min == max => Some(min.to_string()),
+        _ => None,
+    };
+    Some((one, newest))
 }
 
 async fn read_staged(ctx: &RunContext, t: &Table) -> Result<Vec<RecordBatch>> {
@@ -341,4 +411,45 @@ fn snapshot_column(snapshots: &[SnapshotKey], part: usize) -> ArrayRef {
 
 fn opt(a: &StringArray, i: usize) -> Option<String> {
     (!a.is_null(i)).then(|| a.value(i).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    /// A file's newest stored time from its statistics: `valid_to` counts when the file has
+    /// closed versions; the source only when the file holds one; statistics that do not tell
+    /// give no bound.
+    #[test]
+    fn a_files_newest_time_is_read_from_its_statistics() {
+        let stats = |v: serde_json::Value| super::file_newest(&v);
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .timestamp_micros()
+        };
+        let current = serde_json::json!({
+            "numRecords": 3,
+            "minValues": {"valid_from": "2026-01-10T00:00:00Z", "kildesystem": "vigilo"},
+            "maxValues": {"valid_from": "2026-01-15T08:30:00.123Z", "kildesystem": "vigilo"},
+            "nullCount": {"valid_to": 3}
+        });
+        assert_eq!(
+            stats(current),
+            Some((Some("vigilo".into()), at("2026-01-15T08:30:00.123Z")))
+        );
+        let closed = serde_json::json!({
+            "numRecords": 3,
+            "minValues": {"valid_from": "2026-01-10T00:00:00Z", "kildesystem": "ims"},
+            "maxValues": {"valid_from": "2026-01-12T00:00:00Z", "valid_to": "2026-02-01T00:00:00Z", "kildesystem": "vigilo"},
+            "nullCount": {"valid_to": 1}
+        });
+        assert_eq!(stats(closed), Some((None, at("2026-02-01T00:00:00Z"))));
+        for unknown in [
+            serde_json::json!({"numRecords": 3}),
+            serde_json::json!({"numRecords": 3, "maxValues": {"valid_from": "2026-01-12T00:00:00Z"}}),
+            serde_json::json!({"numRecords": 3, "maxValues": {"valid_from": "2026-01-12T00:00:00Z"}, "nullCount": {"valid_to": 1}}),
+            serde_json::json!({"numRecords": 3, "maxValues": {"valid_from": "2026-01-12"}, "nullCount": {"valid_to": 3}}),
+        ] {
+            assert_eq!(stats(unknown.clone()), None, "{unknown}");
+        }
+    }
 }
