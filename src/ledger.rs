@@ -174,7 +174,10 @@ pub async fn rebuild_sources(
     let mut newest: HashMap<String, i64> = HashMap::new();
     // The usual day's snapshots are newer than any stored time, which the tables' file
     // statistics tell without reading a row; otherwise the stored times are read.
-    let bounds = newest_by_statistics(ctx).await?;
+    let bounds = match oldest.is_empty() {
+        true => Some((HashMap::new(), i64::MIN)),
+        false => newest_by_statistics(ctx).await?,
+    };
     let after_all = |(k, t): (&&str, &i64)| {
         bounds.as_ref().is_some_and(|(per_source, any)| {
             *t > per_source.get(*k).copied().unwrap_or(i64::MIN).max(*any)
