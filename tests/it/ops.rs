@@ -352,8 +352,8 @@ async fn maintain_keeps_markers_and_current_rows_apart_and_splits_a_file_that_mi
 /// compacted: an OPTIMIZE (delta-rs's, as Spark's or Databricks' would) or `elevflyt maintain`
 /// of `elev` gives no new list version on an unchanged run; a run stopped after its commits but
 /// before the list leaves the list behind, and the next run — with nothing new to publish —
-/// makes it, also after a `maintain` in between (docs/ARCHITECTURE.md, "The county list is written as a
-/// change").
+/// makes it, also after a `maintain` in between (docs/ARCHITECTURE.md, "The county list is
+/// written as a change").
 #[tokio::test(flavor = "multi_thread")]
 async fn the_county_list_follows_its_sources_data_not_their_maintenance() {
     let dir = tempfile::tempdir().unwrap();
@@ -391,15 +391,13 @@ async fn the_county_list_follows_its_sources_data_not_their_maintenance() {
     let listed = version("elevliste_vgs").await;
 
     // A plain OPTIMIZE of elev (no checkpoint): a commit that changes no data.
-    for table in ["elev"] {
-        let before = version(table).await;
-        let t = elevflyt::delta::try_open(&pl.table_url(table))
-            .await
-            .unwrap()
-            .unwrap();
-        t.optimize().await.unwrap();
-        assert!(version(table).await > before, "{table} compacted");
-    }
+    let before = version("elev").await;
+    let elev_table = elevflyt::delta::try_open(&pl.table_url("elev"))
+        .await
+        .unwrap()
+        .unwrap();
+    elev_table.optimize().await.unwrap();
+    assert!(version("elev").await > before, "elev compacted");
     unchanged_run().await;
     assert_eq!(
         version("elevliste_vgs").await,
