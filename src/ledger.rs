@@ -249,6 +249,9 @@ async fn newest_by_statistics(ctx: &RunContext) -> Result<Option<(HashMap<String
     Ok(Some((per_source, any)))
 }
 
+/// Source names this long or longer may be cut short in file statistics.
+const STATS_PREFIX: usize = 32;
+
 /// A file's newest `valid_from`/`valid_to` by its statistics, with its source when it holds one
 /// only; `None` when the statistics do not tell (a file without rows has no newest time).
 fn file_newest(stats: &serde_json::Value) -> Option<(Option<String>, i64)> {
@@ -268,9 +271,13 @@ fn file_newest(stats: &serde_json::Value) -> Option<(Option<String>, i64)> {
     if stats["nullCount"][schema::VALID_TO].as_i64()? < rows {
         newest = newest.max(micros(schema::VALID_TO)?);
     }
+    // Writers may cut a string's bounds short (at 32 characters, say): a longer source name
+    // could be a prefix that several sources share, so its file counts for every source.
     let source = |which: &str| stats[which]["kildesystem"].as_str();
     let one = match (source("minValues"), source("maxValues")) {
-        (Some(min), Some(max)) if min == max => Some(min.to_string()),
+        (Some(min), Some(max)) if min == max && min.chars().count() < STATS_PREFIX => {
+            Some(min.to_string())
+        }
         _ => None,
     };
     Some((one, newest))
@@ -446,6 +453,18 @@ mod tests {
             "nullCount": {"valid_to": 1}
         });
         assert_eq!(stats(closed), Some((None, at("2026-02-01T00:00:00Z"))));
+        let long = "k".repeat(super::STATS_PREFIX);
+        let cut = serde_json::json!({
+            "numRecords": 1,
+            "minValues": {"valid_from": "2026-01-10T00:00:00Z", "kildesystem": long},
+            "maxValues": {"valid_from": "2026-01-10T00:00:00Z", "kildesystem": long},
+            "nullCount": {"valid_to": 1}
+        });
+        assert_eq!(
+            stats(cut),
+            Some((None, at("2026-01-10T00:00:00Z"))),
+            "a name that may be cut short counts for every source"
+        );
         for unknown in [
             serde_json::json!({"numRecords": 3}),
             serde_json::json!({"numRecords": 3, "maxValues": {"valid_from": "2026-01-12T00:00:00Z"}}),
