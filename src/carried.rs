@@ -97,25 +97,42 @@ impl Records {
 
     /// The bytes of the summaries (framed by the state file).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + self.entries.len() * ENTRY_BYTES);
-        out.extend_from_slice(&(self.schools.len() as u32).to_le_bytes());
-        for s in &self.schools {
-            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-            out.extend_from_slice(s.as_bytes());
-        }
-        out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
-        // Fixed-size entries written in place (a hundred megabytes at a million pupils).
-        let start = out.len();
-        out.resize(start + self.entries.len() * ENTRY_BYTES, 0);
-        for (b, (h, e)) in (out[start..].chunks_exact_mut(ENTRY_BYTES)).zip(&self.entries) {
-            b[..8].copy_from_slice(&h.to_le_bytes());
-            b[8..16].copy_from_slice(&e.id[0].to_le_bytes());
-            b[16..24].copy_from_slice(&e.id[1].to_le_bytes());
-            b[24..40].copy_from_slice(&e.pupil.to_le_bytes());
-            b[40..44].copy_from_slice(&e.school.to_le_bytes());
-            b[44..52].copy_from_slice(&e.nulls.to_le_bytes());
-        }
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode_each(usize::MAX, &mut |part| out.extend_from_slice(&part));
         out
+    }
+
+    /// How many bytes [`Records::encode`] makes.
+    pub fn encoded_len(&self) -> usize {
+        let schools: usize = self.schools.iter().map(|s| 4 + s.len()).sum();
+        4 + schools + 8 + self.entries.len() * ENTRY_BYTES
+    }
+
+    /// The bytes of [`Records::encode`] handed to `out` in parts of at most `per_part` entries
+    /// each (after one with the schools), so that they are never all in memory at once: the
+    /// summaries are a fifth of a gigabyte at a million pupils.
+    pub fn encode_each(&self, per_part: usize, out: &mut dyn FnMut(Vec<u8>)) {
+        let mut head = Vec::new();
+        head.extend_from_slice(&(self.schools.len() as u32).to_le_bytes());
+        for s in &self.schools {
+            head.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            head.extend_from_slice(s.as_bytes());
+        }
+        head.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
+        out(head);
+        // Fixed-size entries written in place.
+        for entries in self.entries.chunks(per_part.max(1)) {
+            let mut part = vec![0; entries.len() * ENTRY_BYTES];
+            for (b, (h, e)) in part.chunks_exact_mut(ENTRY_BYTES).zip(entries) {
+                b[..8].copy_from_slice(&h.to_le_bytes());
+                b[8..16].copy_from_slice(&e.id[0].to_le_bytes());
+                b[16..24].copy_from_slice(&e.id[1].to_le_bytes());
+                b[24..40].copy_from_slice(&e.pupil.to_le_bytes());
+                b[40..44].copy_from_slice(&e.school.to_le_bytes());
+                b[44..52].copy_from_slice(&e.nulls.to_le_bytes());
+            }
+            out(part);
+        }
     }
 
     /// The summaries in `b` (see [`Records::encode`]); `None` when they do not read.
@@ -271,6 +288,12 @@ mod tests {
             entries: vec![(13, entry(3, 0))],
         };
         assert_eq!(Records::decode(&a.encode()), Some(a.clone()));
+        // In parts of two entries: a head and two parts, the same bytes.
+        let mut parts = Vec::new();
+        a.encode_each(2, &mut |p| parts.push(p));
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts.concat(), a.encode());
+        assert_eq!(a.encode().len(), a.encoded_len());
         let bytes = a.encode();
         assert_eq!(Records::decode(&bytes[..bytes.len() - 1]), None);
         let m = Records::merge([a, b]);

@@ -179,21 +179,25 @@ pub async fn run(
     // next run to the tables. It is awaited before the run returns, also when a later step
     // fails, so that no write outlives the run.
     let labels = state_labels(ctx, &tables, labels, &out).await;
+    // Made part by part and written as the parts come, two at most waiting: the file is never
+    // held whole (a third of a gigabyte at a million pupils).
+    let (sent, mut parts) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
     let made = tokio::task::spawn_blocking(move || {
         let [skole, elev, elevforhold] = tables.all();
         let engines = [&skole.engine, &elev.engine, &elevforhold.engine];
-        let parts = state::encode(engines, labels, &records);
+        // A part the writer no longer takes (it failed) is dropped; it says why itself.
+        state::encode_each(engines, labels, &records, &mut |p| {
+            let _ = sent.blocking_send(p);
+        });
+        drop(sent);
         // Millions of small allocations: freed on another thread while the file is written.
         crate::par::drop_aside(tables);
-        parts
     });
     let stored = tokio::spawn({
         let ctx = ctx.clone();
         async move {
-            let parts = made
-                .await
-                .map_err(|e| crate::error::Error::Internal(format!("current state: {e}")))?;
-            Ok(state::put(&ctx, parts).await)
+            let whole = async { made.await.is_ok() };
+            Ok::<_, crate::error::Error>(state::put_each(&ctx, &mut parts, whole).await)
         }
     });
     let rest = finish(ctx, &identity, &pending, changed, &mut out, &mut steps).await;

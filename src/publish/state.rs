@@ -131,32 +131,45 @@ fn section(name: &str, engine: &Scd2, version: Label) -> Vec<u8> {
     out
 }
 
-/// The engines' state labelled with the table versions (`None`: no table), as the parts of the
-/// file in order (written one after the other, not copied into one buffer). Each table's part is
-/// made on a core of its own and preceded by its length, so that it is read back the same way.
-pub fn encode(engines: [&Scd2; 3], versions: [Label; 3], records: &Records) -> Vec<Vec<u8>> {
-    let tables: Vec<(&str, &Scd2, Label)> = TABLES
-        .iter()
-        .zip(engines)
-        .zip(versions)
-        .map(|((name, engine), version)| (*name, engine, version))
-        .collect();
-    let sections = crate::par::map(&tables, |(name, engine, version)| {
-        section(name, engine, *version)
-    });
+/// Summaries of carried records per part of the file handed on (8 MB of them).
+const SUMMARIES_PER_PART: usize = 160_000;
+
+/// The engines' state labelled with the table versions (`None`: no table), handed to `out` part
+/// by part in the file's order, so that the file is never in memory whole (docs/ARCHITECTURE.md,
+/// "The current state"): at most one table's part, or 8 MB of the summaries, at a time. Each
+/// table's part and the summaries' are preceded by their length, so that they are read back on
+/// every core; the last part is the checksum of all before it.
+pub fn encode_each(
+    engines: [&Scd2; 3],
+    versions: [Label; 3],
+    records: &Records,
+    out: &mut dyn FnMut(Vec<u8>),
+) {
+    let mut sum = xxhash_rust::xxh3::Xxh3::new();
+    let mut emit = |part: Vec<u8>| {
+        sum.update(&part);
+        out(part)
+    };
     let mut head = Vec::with_capacity(MAGIC.len() + 4);
     head.extend_from_slice(MAGIC);
     head.extend_from_slice(&FORMAT.to_le_bytes());
-    let mut parts = vec![head];
-    for s in sections.into_iter().chain([records.encode()]) {
-        parts.push((s.len() as u64).to_le_bytes().to_vec());
-        parts.push(s);
+    emit(head);
+    for ((name, engine), version) in TABLES.iter().zip(engines).zip(versions) {
+        let s = section(name, engine, version);
+        emit((s.len() as u64).to_le_bytes().to_vec());
+        emit(s);
     }
-    let mut sum = xxhash_rust::xxh3::Xxh3::new();
-    for p in &parts {
-        sum.update(p);
-    }
-    parts.push(sum.digest().to_le_bytes().to_vec());
+    emit((records.encoded_len() as u64).to_le_bytes().to_vec());
+    records.encode_each(SUMMARIES_PER_PART, &mut emit);
+    let digest = sum.digest();
+    out(digest.to_le_bytes().to_vec());
+}
+
+/// The parts [`encode_each`] hands on, collected.
+#[cfg(test)]
+fn encode(engines: [&Scd2; 3], versions: [Label; 3], records: &Records) -> Vec<Vec<u8>> {
+    let mut parts = Vec::new();
+    encode_each(engines, versions, records, &mut |p| parts.push(p));
     parts
 }
 
@@ -379,9 +392,14 @@ pub async fn read(
         .map_err(|e| Error::Internal(format!("reading the state file: {e}")))
 }
 
-/// Writes a state file made by [`encode`].
-pub async fn put(ctx: &RunContext, parts: Vec<Vec<u8>>) -> Result<()> {
-    crate::storage::put_parts(&url(ctx), parts).await
+/// Writes the state file from the parts [`encode_each`] hands on, as they come; it is made only
+/// when `whole` says every part was handed on (else nothing is written).
+pub async fn put_each(
+    ctx: &RunContext,
+    parts: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
+    whole: impl std::future::Future<Output = bool>,
+) -> Result<()> {
+    crate::storage::put_received(&url(ctx), parts, whole).await
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use tracing::{info, warn};
 use crate::context::{crash_point, RunContext, Steps};
 use crate::error::Result;
 use crate::fint::Staged;
-use crate::formats::SnapshotInput;
+use crate::formats::{RawRec, SnapshotInput};
 use crate::ledger::{stage_table, write_stage, SnapshotKey, StagedData};
 use crate::metrics::StandardizeMetrics;
 use crate::quality::{fnr, Checker};
@@ -118,6 +118,37 @@ pub async fn run(
         outcome.staged = Some(StagedData::default());
         return Ok(outcome);
     }
+    // Only the one new whole-source snapshot of a source is carried: not a rebuilt source's (a
+    // late or corrected snapshot: its history is applied again from every snapshot, so every
+    // row must be staged), not one of several of a day. (A published snapshot is here only when
+    // its source is rebuilt.)
+    let carries_rows: Vec<bool> = (snaps.iter())
+        .map(|snap| {
+            !rebuilt.contains(&snap.kildesystem)
+                && snap.omfang.is_none()
+                && snaps
+                    .iter()
+                    .filter(|s| s.kildesystem == snap.kildesystem)
+                    .count()
+                    == 1
+        })
+        .collect();
+    // Records carried unread (docs/ARCHITECTURE.md, "Carried records") are hashed first, then
+    // the exports' pages are given back before the current state is loaded: the state and the
+    // mapped exports are not resident at once. The few records read after that are read again
+    // from their files, not through the mappings.
+    let mut hashed: Vec<Option<records::Hashed<'_>>> = (snaps.iter().zip(&carries_rows))
+        .map(|(snap, &carries)| {
+            let spec = snap.format.carried_records();
+            let read_whole = snap.published || write_staging || ctx.dry_run;
+            spec.filter(|_| carries && !read_whole)
+                .map(|spec| records::Hashed::of(snap, spec))
+        })
+        .collect();
+    steps.step("hash carried records");
+    if hashed.iter().any(Option::is_some) {
+        crate::storage::give_back(&watches);
+    }
     // Unchanged rows are carried forward against the current state (docs/ARCHITECTURE.md,
     // "Carried rows") when this run hands its rows to publish itself; it is read while the
     // schools are.
@@ -144,24 +175,14 @@ pub async fn run(
         .map(|t| stage_table(t).arrow_schema());
     // Per table (elev, elevforhold, skole), one batch per snapshot.
     let mut batches: [Vec<RecordBatch>; 3] = Default::default();
-    for snap in &snaps {
+    for (i, snap) in snaps.iter().enumerate() {
         steps.step("start snapshot");
-        // Only the one new whole-source snapshot of a source is carried: not a rebuilt
-        // source's (a late or corrected snapshot: its history is applied again from every
-        // snapshot, so every row must be staged), not one of several of a day.
-        // (A published snapshot is here only when its source is rebuilt.)
-        let carries_rows = !rebuilt.contains(&snap.kildesystem)
-            && snap.omfang.is_none()
-            && snaps
-                .iter()
-                .filter(|s| s.kildesystem == snap.kildesystem)
-                .count()
-                == 1;
         let mut carried = Carried {
-            rows: carries_rows && !snap.published && !write_staging && !ctx.dry_run,
-            index: index.as_ref().filter(|_| carries_rows),
+            hashed: hashed[i].take(),
+            index: index.as_ref().filter(|_| carries_rows[i]),
             memo,
             identity,
+            watches: &watches,
             nulls: &mut carried_nulls,
             out: None,
         };
@@ -261,14 +282,17 @@ fn changed(watches: &crate::storage::Watches) -> Result<()> {
     )
 }
 
-/// How a snapshot's unchanged rows are carried forward: whether it may be (`rows`), the index
+/// How a snapshot's unchanged rows are carried forward: its records hashed, the index
 /// of the current state (`None`: nothing is carried), the summaries of records carried unread,
 /// and what was carried.
-struct Carried<'i> {
-    rows: bool,
+struct Carried<'i, 's> {
+    /// The snapshot's records hashed; `None` when its rows may not be carried.
+    hashed: Option<records::Hashed<'s>>,
     index: Option<&'i crate::publish::CarryIndex<'i>>,
     memo: Option<&'i crate::carried::Memo>,
     identity: Option<&'i crate::publish::identity::Identity>,
+    /// The mapped exports, given back: what is read of them is read again from their files.
+    watches: &'i crate::storage::Watches,
     nulls: &'i mut carry::CarriedNulls,
     out: Option<crate::ledger::SnapshotCarry>,
 }
@@ -285,7 +309,7 @@ fn standardize_snapshot(
     checker: &mut Checker,
     outcome: &mut StandardizeOutcome,
     steps: &mut Steps,
-    carried: &mut Carried<'_>,
+    carried: &mut Carried<'_, '_>,
 ) -> Result<[RecordBatch; 3]> {
     let input = SnapshotInput {
         kildesystem: &snap.kildesystem,
@@ -296,11 +320,9 @@ fn standardize_snapshot(
     // Records carried unread (docs/ARCHITECTURE.md, "Carried records"): hashed and found in
     // the summaries before anything is read, when the snapshot's rows may be carried at all.
     let quality = format!("{:?}", ctx.pipeline.file.quality);
-    let mut plan = snap
-        .format
-        .carried_records()
-        .filter(|_| carried.rows)
-        .map(|spec| {
+    let mut plan = (carried.hashed.take())
+        .zip(snap.format.carried_records())
+        .map(|(hashed, spec)| {
             let fingerprint = [
                 snap.format.name().as_bytes(),
                 snap.kildesystem.as_bytes(),
@@ -309,6 +331,7 @@ fn standardize_snapshot(
             ];
             records::Plan::make(
                 snap,
+                hashed,
                 spec,
                 &fingerprint,
                 carried.memo.filter(|_| carried.index.is_some()),
@@ -316,7 +339,7 @@ fn standardize_snapshot(
                 ctx.pipeline.file.sources.len() == 1,
             )
         });
-    steps.step("hash carried records");
+    steps.step("find carried records");
     // (elev, elevforhold, skole) rows read, and those of them kept, besides the carried ones.
     let count = |staged: &Staged<'_>, (pupils, enrollments): (usize, usize)| {
         [
@@ -334,14 +357,36 @@ fn standardize_snapshot(
     c.snapshot = (snap.omfang.clone(), snap.as_of);
     let today = ctx.started.date_naive();
     let (avvik_before, failed_before) = (c.avvik.len(), c.failed.clone());
-    let mut staged = Staged::default();
     let unread = plan.as_ref().map_or((0, 0), records::Plan::carried);
-    match &plan {
-        Some(p) if unread != (0, 0) => {
-            snap.format
-                .flatten(&input, &mut snap.records().filter(p.reads()), &mut staged)
+    // With records carried, the rest of the carried entities' records (a day's changes, spread
+    // through the exports) are read again from their files: through the mappings given back,
+    // each would bring a large folio around it back (docs/ARCHITECTURE.md, "Reading local
+    // files"). The other entities' records are read as they are.
+    let read: Option<Vec<(RawRec<'_>, Cow<'_, str>)>> = match (&plan, snap.format.carried_records())
+    {
+        (Some(p), Some(spec)) if unread != (0, 0) => {
+            let again = |e: &str| e == spec.entity || Some(e) == spec.pupils;
+            let records: Vec<RawRec<'_>> = snap.records().filter(p.reads()).collect();
+            Some(crate::par::chunks(records.len(), |range| {
+                records[range]
+                    .iter()
+                    .map(|r| match again(r.entitet) {
+                        true => (*r, crate::storage::read_again(carried.watches, r.post)),
+                        false => (*r, Cow::Borrowed(r.post)),
+                    })
+                    .collect()
+            }))
         }
-        _ => snap
+        _ => None,
+    };
+    let mut staged = Staged::default();
+    match &read {
+        Some(read) => snap.format.flatten(
+            &input,
+            &mut read.iter().map(|(r, post)| RawRec { post, ..*r }),
+            &mut staged,
+        ),
+        None => snap
             .format
             .flatten(&input, &mut snap.records(), &mut staged),
     }

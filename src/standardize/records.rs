@@ -208,21 +208,14 @@ pub struct Plan<'a, 'm> {
     elev: Part<'a, 'm>,
 }
 
-impl<'a, 'm> Plan<'a, 'm> {
-    /// Hashes the snapshot's records of `spec`'s entities (seeded with `fingerprint`; an
-    /// enrollment also with the hash of the `spec.context` records) and finds them in `memo`
-    /// (a pupil also in `identity`; pupils only when `pupils`: the pipeline has one source, so
-    /// that no other source's row can have become a carried pupil's current version).
-    pub fn make(
-        snap: &'a Snapshot,
-        spec: &CarriedRecords,
-        fingerprint: &[&[u8]],
-        memo: Option<&'m Memo>,
-        identity: Option<&'m Identity>,
-        pupils: bool,
-    ) -> Plan<'a, 'm> {
-        // One pass over the records on every core: each enrollment, pupil and context record
-        // with its hash (unseeded: the seeds are put in below).
+/// A snapshot's records of the carried entities with their hashes (unseeded), found in one pass
+/// over the records on every core before anything else is loaded: enrollments, pupils and
+/// context records, each in record order.
+pub struct Hashed<'a>([Vec<(&'a str, i64, u64)>; 3]);
+
+impl<'a> Hashed<'a> {
+    /// Hashes the snapshot's records of `spec`'s entities.
+    pub fn of(snap: &'a Snapshot, spec: &CarriedRecords) -> Hashed<'a> {
         type Found<'a> = [Vec<(&'a str, i64, u64)>; 3];
         let parts: Vec<Found<'a>> = crate::par::chunks(snap.len(), |range| {
             let mut found: Found<'a> = Default::default();
@@ -250,6 +243,25 @@ impl<'a, 'm> Plan<'a, 'm> {
                 }
             }
         }
+        Hashed(found)
+    }
+}
+
+impl<'a, 'm> Plan<'a, 'm> {
+    /// Seeds the snapshot's `hashed` records of `spec`'s entities with `fingerprint` (an
+    /// enrollment also with the hash of the `spec.context` records) and finds them in `memo`
+    /// (a pupil also in `identity`; pupils only when `pupils`: the pipeline has one source, so
+    /// that no other source's row can have become a carried pupil's current version).
+    pub fn make(
+        snap: &'a Snapshot,
+        hashed: Hashed<'a>,
+        spec: &CarriedRecords,
+        fingerprint: &[&[u8]],
+        memo: Option<&'m Memo>,
+        identity: Option<&'m Identity>,
+        pupils: bool,
+    ) -> Plan<'a, 'm> {
+        let found = hashed.0;
         let [enrollments, users, context] = found;
         let kildesystem = snap.kildesystem.as_str();
         let context = context.iter().fold(Xxh3::new(), |mut h, r| {

@@ -65,6 +65,45 @@ impl Watch {
                 .metadata()
                 .is_ok_and(|m| m.modified().is_ok_and(|t| (m.len(), t) == g.seen))
     }
+
+    /// Gives the mapping's resident pages back to the system (docs/ARCHITECTURE.md, "Reading
+    /// local files"): they stay in the page cache but no longer count to this process. A later
+    /// read through the mapping faults them in again — on ext4 a whole large folio (up to 2 MiB)
+    /// at a time, so a few scattered reads bring most of a file back: read those with
+    /// [`Watch::read_again`] instead.
+    pub fn give_back(&self) {
+        #[cfg(unix)]
+        {
+            let map = &self.0.map;
+            // SAFETY: the range is this live mapping's own. It is a shared read-only mapping of
+            // a file (or, past a cut end, private zero pages): after MADV_DONTNEED a read finds
+            // the same bytes in the page cache (or zeros) again; nothing is lost.
+            unsafe {
+                libc::madvise(
+                    map.as_ptr() as *mut libc::c_void,
+                    map.len(),
+                    libc::MADV_DONTNEED,
+                );
+            }
+        }
+    }
+
+    /// `text`'s bytes read again from the file (not through the mapping) when it lies in this
+    /// mapping; `None` when it does not, or the file no longer has them as they were mapped
+    /// (shorter now, or not the same text) — the caller then reads `text` itself.
+    pub fn read_again(&self, text: &str) -> Option<String> {
+        let map = &self.0.map;
+        let start = (text.as_ptr() as usize).checked_sub(map.as_ptr() as usize)?;
+        if start + text.len() > map.len() {
+            return None;
+        }
+        let mut out = vec![0; text.len()];
+        #[cfg(unix)]
+        std::os::unix::fs::FileExt::read_exact_at(&self.0.file, &mut out, start as u64).ok()?;
+        #[cfg(not(unix))]
+        return None;
+        String::from_utf8(out).ok()
+    }
 }
 
 /// The file at `path`, mapped and guarded, with its watch; `None` when it cannot be (not Linux,
@@ -290,6 +329,47 @@ mod tests {
             .expect("registered while its bytes live");
         drop(bytes);
         assert_eq!(SLOTS[slot].end.load(Ordering::Acquire), 0);
+    }
+
+    /// The resident size of the mapping that starts at `start`, from `/proc/self/smaps`.
+    fn resident_kb(start: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let head = format!("{start:x}-");
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head));
+        assert!(lines.next().is_some(), "the mapping is listed");
+        let rss = lines.find(|l| l.starts_with("Rss:")).unwrap();
+        rss.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn a_mapping_given_back_is_not_resident_and_its_texts_are_read_again_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 8 << 20;
+        let (p, listed) = export(dir.path(), n);
+        let (bytes, watch) = map(&p, listed).unwrap().expect("mapped");
+        let start = bytes.as_ptr() as usize;
+        let sum: u64 = bytes.iter().map(|&b| u64::from(b)).sum();
+        assert!(resident_kb(start) >= 8 << 10, "read whole, it is resident");
+        watch.give_back();
+        assert_eq!(resident_kb(start), 0, "given back");
+        // A text inside it (bytes 0..100: one-byte UTF-8) is read from the file, and the mapping
+        // stays given back.
+        let at = 5 * 251 * 4096;
+        // SAFETY: the bytes at `at..at + 100` are `0..100` (the file's byte `i` is `i % 251`):
+        // ASCII. The slice is made without reading them.
+        let inside = unsafe { std::str::from_utf8_unchecked(&bytes[at..at + 100]) };
+        let again = watch.read_again(inside).expect("inside the mapping");
+        assert_eq!(again.as_bytes(), (0..100).collect::<Vec<u8>>());
+        assert_eq!(
+            resident_kb(start),
+            0,
+            "read from the file, not through the mapping"
+        );
+        // A text elsewhere is not this mapping's.
+        assert_eq!(watch.read_again("elsewhere"), None);
+        // Read through the mapping again, it is the same file.
+        assert_eq!(bytes.iter().map(|&b| u64::from(b)).sum::<u64>(), sum);
+        assert!(resident_kb(start) > 0);
     }
 
     #[test]

@@ -490,6 +490,22 @@ impl SourceBytes {
 /// Files read mapped (`source/file`) and their watches.
 pub type Watches = Vec<(String, Watch)>;
 
+/// Gives the resident pages of every watched mapping back ([`Watch::give_back`]).
+pub fn give_back(watches: &Watches) {
+    for (_, w) in watches {
+        w.give_back();
+    }
+}
+
+/// `text` read again from the file of the watched mapping it lies in ([`Watch::read_again`]),
+/// else `text` itself.
+pub fn read_again<'t>(watches: &Watches, text: &'t str) -> std::borrow::Cow<'t, str> {
+    match watches.iter().find_map(|(_, w)| w.read_again(text)) {
+        Some(copy) => std::borrow::Cow::Owned(copy),
+        None => std::borrow::Cow::Borrowed(text),
+    }
+}
+
 /// `Ok` when every watched file is unchanged, else [`Error::SourceChanged`] for the first that
 /// changed, saying `after` (what was kept).
 pub fn unchanged(watches: &Watches, after: &str) -> Result<()> {
@@ -559,6 +575,34 @@ pub async fn put_parts(url: &Url, parts: Vec<Vec<u8>>) -> Result<()> {
     let store = store_for(url)?;
     let payload: object_store::PutPayload = parts.into_iter().map(bytes::Bytes::from).collect();
     store.put(&object_path(url)?, payload).await?;
+    Ok(())
+}
+
+/// Writes an object from the parts received, in order, as they come (a multipart upload of 8 MB
+/// parts: the object is never in memory whole). It is made only when `whole` resolves to `true`
+/// (every part was sent); otherwise, and on an error, the upload is aborted: nothing is written.
+pub async fn put_received(
+    url: &Url,
+    parts: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
+    whole: impl std::future::Future<Output = bool>,
+) -> Result<()> {
+    let store = store_for(url)?;
+    let upload = store.put_multipart(&object_path(url)?).await?;
+    let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, 8 << 20);
+    while let Some(part) = parts.recv().await {
+        if let Err(e) = w.wait_for_capacity(2).await {
+            let _ = w.abort().await;
+            return Err(e.into());
+        }
+        w.put(bytes::Bytes::from(part));
+    }
+    if !whole.await {
+        w.abort().await?;
+        return Err(Error::Internal(format!(
+            "{url} was not written: its parts did not all come"
+        )));
+    }
+    w.finish().await?;
     Ok(())
 }
 
