@@ -627,6 +627,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_object_put_from_parts_is_made_only_when_every_part_came() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = Url::from_file_path(dir.path().join("state/current.state")).unwrap();
+        let parts: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 3 << 20]).collect();
+        let send = |parts: Vec<Vec<u8>>| {
+            let (tx, rx) = tokio::sync::mpsc::channel(2);
+            tokio::spawn(async move {
+                for p in parts {
+                    tx.send(p).await.unwrap();
+                }
+            });
+            rx
+        };
+        // The sender stops part way: nothing is made.
+        let mut rx = send(parts[..2].to_vec());
+        let e = put_received(&url, &mut rx, async { false })
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("did not all come"), "{e}");
+        assert!(!dir.path().join("state/current.state").exists());
+        // Every part came: the object is the parts in order.
+        let mut rx = send(parts.clone());
+        put_received(&url, &mut rx, async { true }).await.unwrap();
+        let written = std::fs::read(dir.path().join("state/current.state")).unwrap();
+        assert_eq!(written, parts.concat());
+        // A later writer that fails leaves the object that was there.
+        let mut rx = send(vec![vec![9; 10 << 20]]);
+        assert!(put_received(&url, &mut rx, async { false }).await.is_err());
+        let kept = std::fs::read(dir.path().join("state/current.state")).unwrap();
+        assert_eq!(kept, parts.concat());
+    }
+
+    #[tokio::test]
     async fn a_file_that_changes_after_it_was_listed_is_not_read() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("elevliste_46520_20261101.csv");
