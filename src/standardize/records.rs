@@ -261,8 +261,7 @@ impl<'a, 'm> Plan<'a, 'm> {
         identity: Option<&'m Identity>,
         pupils: bool,
     ) -> Plan<'a, 'm> {
-        let found = hashed.0;
-        let [enrollments, users, context] = found;
+        let [enrollments, users, context] = hashed.0;
         let kildesystem = snap.kildesystem.as_str();
         let context = context.iter().fold(Xxh3::new(), |mut h, r| {
             h.update(&r.2.to_le_bytes());

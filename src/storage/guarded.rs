@@ -89,8 +89,9 @@ impl Watch {
     }
 
     /// `text`'s bytes read again from the file (not through the mapping) when it lies in this
-    /// mapping; `None` when it does not, or the file no longer has them as they were mapped
-    /// (shorter now, or not the same text) — the caller then reads `text` itself.
+    /// mapping; `None` when it does not, or the file is shorter now or has no text there — the
+    /// caller then reads `text` itself. A file changed in any other way is not seen here but by
+    /// [`Watch::unchanged`], which its reader asks before it uses what it read.
     pub fn read_again(&self, text: &str) -> Option<String> {
         let map = &self.0.map;
         let start = (text.as_ptr() as usize).checked_sub(map.as_ptr() as usize)?;
