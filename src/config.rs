@@ -37,6 +37,14 @@ pub struct PipelineSection {
     pub catalog: String,
     /// Schema (second path level), e.g. `grunnskole`.
     pub schema: String,
+    /// Whether a run compacts the small files of a table it committed to once every ten
+    /// commits (docs/ARCHITECTURE.md, "Compaction after a run"). Default: yes.
+    #[serde(default = "yes")]
+    pub compact_after_run: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[[source]]`: one set of exports.

@@ -129,10 +129,10 @@ async fn delivered_since(ctx: &RunContext, since: i64) -> Result<HashMap<Snapsho
 }
 
 /// Records snapshots as published (`leveranse`): the ledger's answer to "is this snapshot
-/// published?" from then on.
-pub async fn record_published(ctx: &RunContext, snapshots: &[SnapshotKey]) -> Result<()> {
+/// published?" from then on. Returns the version written, if any.
+pub async fn record_published(ctx: &RunContext, snapshots: &[SnapshotKey]) -> Result<Option<i64>> {
     if snapshots.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let t = &schema::LEVERANSE;
     let now = chrono::Utc::now().timestamp_micros();
@@ -154,8 +154,7 @@ pub async fn record_published(ctx: &RunContext, snapshots: &[SnapshotKey]) -> Re
             ),
         ),
     ])?;
-    crate::delta::append(ctx, t, batch, "publish").await?;
-    Ok(())
+    crate::delta::append(ctx, t, batch, "publish").await
 }
 
 /// Sources whose pending snapshots do not simply follow the stored history: a late snapshot

@@ -298,17 +298,21 @@ struct Job {
 
 /// Compacts a table the way it is laid out (`Apart`): the files of a compacted kind bin-packed
 /// into files of up to 128 MB, and a file holding both kinds (left by a plain OPTIMIZE, or an
-/// earlier `elevflyt maintain`) split in two. One commit that changes no data (an OPTIMIZE);
-/// returns the table, files removed and files written.
+/// earlier `elevflyt maintain`) split in two; with `small`, only the files below that size. One
+/// commit that changes no data (an OPTIMIZE); returns the table, files removed and files written.
 async fn compact_apart(
     table: deltalake::DeltaTable,
     t: &crate::schema::Table,
     apart: &Apart,
+    (small, by): (Option<u64>, By<'_>),
 ) -> Result<(deltalake::DeltaTable, u64, u64)> {
     use deltalake::kernel::Action;
     let mut of_kind: [Vec<_>; 2] = Default::default();
     let mut mixed = Vec::new();
-    for f in crate::delta::file_views(&table).await? {
+    let files = crate::delta::file_views(&table).await?;
+    let wanted =
+        |f: &deltalake::kernel::LogicalFileView| small.is_none_or(|s| (f.size() as u64) < s);
+    for f in files.into_iter().filter(wanted) {
         let stats = f.stats().and_then(|s| serde_json::from_str(&s).ok());
         match stats.as_ref().and_then(apart.file) {
             Some(first) => of_kind[usize::from(!first)].push(f),
@@ -374,7 +378,7 @@ async fn compact_apart(
         predicate: None,
         target_size: COMPACT_BYTES as i64,
     };
-    let props = crate::delta::commit_props("maintain", "maintain");
+    let props = crate::delta::commit_props(by.0, by.1);
     deltalake::kernel::transaction::CommitBuilder::from(props)
         .with_actions(actions)
         .build(Some(table.snapshot()?), table.log_store(), operation)
@@ -447,31 +451,11 @@ async fn write_job(
 /// checkpoint, for every table of the pipeline.
 pub async fn maintain(p: &Pipeline, retention: chrono::Duration) -> Result<Vec<Maintained>> {
     let mut out = Vec::new();
-    for name in table_names(p).iter().chain(
-        ["stg_elev", "stg_elevforhold", "stg_skole", "stg_leveranse"]
-            .map(String::from)
-            .iter(),
-    ) {
-        let Some(t) = crate::delta::try_open(&p.table_url(name)).await? else {
+    for name in maintained_names(p) {
+        let Some(t) = crate::delta::try_open(&p.table_url(&name)).await? else {
             continue;
         };
-        // A raw table's file markers stay in files of their own, and an SCD2 table's current rows
-        // (`Apart`): bin-packed together, every run's marker queries would read every record ever
-        // ingested, and its SCD2 commit every closed version.
-        let scd2 = (crate::schema::PUBLISHED.iter())
-            .find(|s| s.name == name && crate::schema::SCD2_NAMES.contains(&s.name));
-        let (t, compacted, written) = match (name.strip_prefix("raw_"), scd2) {
-            (Some(source), _) => compact_apart(t, &crate::schema::raw_table(source), &RAW).await?,
-            (None, Some(table)) => compact_apart(t, table, &SCD2).await?,
-            (None, None) => {
-                let (t, opt) = t
-                    .optimize()
-                    .with_type(deltalake::operations::optimize::OptimizeType::Compact)
-                    .with_commit_properties(crate::delta::commit_props("maintain", "maintain"))
-                    .await?;
-                (t, opt.num_files_removed, opt.num_files_added)
-            }
-        };
+        let (t, compacted, written) = compact(t, &name, None, ("maintain", "maintain")).await?;
         let (t, vac) = t
             .vacuum()
             .with_retention_period(retention)
@@ -479,7 +463,7 @@ pub async fn maintain(p: &Pipeline, retention: chrono::Duration) -> Result<Vec<M
             .await?;
         deltalake::checkpoints::create_checkpoint(&t, None).await?;
         out.push(Maintained {
-            table: name.clone(),
+            table: name,
             files_compacted: compacted,
             files_written: written,
             files_vacuumed: vac.files_deleted.len(),
@@ -487,4 +471,113 @@ pub async fn maintain(p: &Pipeline, retention: chrono::Duration) -> Result<Vec<M
         });
     }
     Ok(out)
+}
+
+/// The tables `maintain` looks after: every table of the pipeline and the staging tables.
+fn maintained_names(p: &Pipeline) -> Vec<String> {
+    let mut names = table_names(p);
+    names.extend(["stg_elev", "stg_elevforhold", "stg_skole", "stg_leveranse"].map(String::from));
+    names
+}
+
+/// Who compacts, for the commit's metadata: (run id, stage).
+type By<'a> = (&'a str, &'a str);
+
+/// Compacts one table the way it is laid out; `small`: only files below that many bytes (the
+/// compaction after a run, which leaves files it has made before as they are).
+async fn compact(
+    t: deltalake::DeltaTable,
+    name: &str,
+    small: Option<u64>,
+    by: By<'_>,
+) -> Result<(deltalake::DeltaTable, u64, u64)> {
+    // A raw table's file markers stay in files of their own, and an SCD2 table's current rows
+    // (`Apart`): bin-packed together, every run's marker queries would read every record ever
+    // ingested, and its SCD2 commit every closed version.
+    let scd2 = (crate::schema::PUBLISHED.iter())
+        .find(|s| s.name == name && crate::schema::SCD2_NAMES.contains(&s.name));
+    Ok(match (name.strip_prefix("raw_"), scd2) {
+        (Some(source), _) => {
+            compact_apart(t, &crate::schema::raw_table(source), &RAW, (small, by)).await?
+        }
+        (None, Some(table)) => compact_apart(t, table, &SCD2, (small, by)).await?,
+        (None, None) => {
+            let mut optimize = t
+                .optimize()
+                .with_type(deltalake::operations::optimize::OptimizeType::Compact)
+                .with_commit_properties(crate::delta::commit_props(by.0, by.1));
+            // OPTIMIZE takes the files below its target size: the small ones.
+            if let Some(small) = small.and_then(std::num::NonZeroU64::new) {
+                optimize = optimize.with_target_size(small);
+            }
+            let (t, opt) = optimize.await?;
+            (t, opt.num_files_removed, opt.num_files_added)
+        }
+    })
+}
+
+/// A run's table is compacted when its next commit is a checkpoint: once every
+/// `delta.checkpointInterval` (10) commits, so that the checkpoint holds the compacted files.
+const COMPACT_EVERY: i64 = 10;
+
+/// Files below this size are compacted after a run; larger ones (a compaction's own) are left.
+const SMALL_BYTES: u64 = 16 << 20;
+
+/// The compaction after a run (docs/ARCHITECTURE.md, "Compaction after a run"): of the tables
+/// the run committed (`versions`: table → version), those whose next commit is a checkpoint
+/// have their small files compacted as `maintain` does, without vacuum. Each table on its own:
+/// one that cannot be compacted (a concurrent commit took its files) is said in its entry and
+/// is compacted ten commits later, or by `maintain`.
+pub async fn compact_after_run(
+    p: &Pipeline,
+    run_id: &str,
+    versions: &serde_json::Map<String, serde_json::Value>,
+) -> Vec<Compacted> {
+    let mut out = Vec::new();
+    for name in maintained_names(p) {
+        let due = versions
+            .get(&name)
+            .and_then(serde_json::Value::as_i64)
+            .is_some_and(|v| (v + 2) % COMPACT_EVERY == 0);
+        if !due {
+            continue;
+        }
+        let compacted = async {
+            let t = open_existing(p, &name).await?;
+            let (t, compacted, written) =
+                compact(t, &name, Some(SMALL_BYTES), (run_id, "compact")).await?;
+            Ok::<_, Error>((compacted, written, t.version().map(|v| v as i64)))
+        };
+        out.push(match compacted.await {
+            Ok((files_compacted, files_written, version)) => Compacted {
+                table: name,
+                files_compacted,
+                files_written,
+                version,
+                error: None,
+            },
+            Err(e) => {
+                tracing::warn!(table = %name, error = %e, "could not compact the table after the run; `elevflyt maintain` will");
+                Compacted {
+                    table: name,
+                    files_compacted: 0,
+                    files_written: 0,
+                    version: None,
+                    error: Some(e.to_string()),
+                }
+            }
+        });
+    }
+    out
+}
+
+/// What the compaction after a run did to one table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Compacted {
+    pub table: String,
+    pub files_compacted: u64,
+    pub files_written: u64,
+    pub version: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

@@ -68,7 +68,11 @@ pub struct Summary {
     pub failed_rules: Vec<(String, u64)>,
     /// Incomplete snapshots held back until their missing files arrive.
     pub held_back: Vec<String>,
-    /// Wall time per stage in seconds (`bookkeeping`: kvalitet and kjoring).
+    /// Tables whose small files the run compacted after its commits (docs/ARCHITECTURE.md,
+    /// "Compaction after a run").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub compacted: Vec<crate::ops::Compacted>,
+    /// Wall time per stage in seconds (`bookkeeping`: kvalitet and kjoring; `compaction`).
     pub stage_seconds: std::collections::BTreeMap<&'static str, f64>,
 }
 
@@ -129,14 +133,34 @@ pub async fn execute(ctx: &RunContext, stage: Stage) -> Result<Summary> {
             }),
             delta_versions: serde_json::Value::Object(versions.clone()),
         };
-        if let Err(e) = crate::metrics::write_kjoring(ctx, &log).await {
-            log_failed = Some(("kjoring", e));
+        match crate::metrics::write_kjoring(ctx, &log).await {
+            Ok(v) => {
+                if let Some(v) = v {
+                    versions.insert("kjoring".into(), json!(v));
+                }
+            }
+            Err(e) => log_failed = Some(("kjoring", e)),
         }
     }
-    summary.delta_versions = serde_json::Value::Object(versions);
     summary
         .stage_seconds
         .insert("bookkeeping", seconds(bookkeeping));
+    // Housekeeping once the run's data and log are written: its failure is said (a warning and
+    // the summary's entry), not the run's.
+    let committed = matches!(&result, Ok(()) | Err(Error::RuleFailed(_)));
+    if committed
+        && log_failed.is_none()
+        && !ctx.dry_run
+        && ctx.pipeline.file.pipeline.compact_after_run
+    {
+        let t = std::time::Instant::now();
+        summary.compacted =
+            crate::ops::compact_after_run(&ctx.pipeline, &ctx.run_id, &versions).await;
+        if !summary.compacted.is_empty() {
+            summary.stage_seconds.insert("compaction", seconds(t));
+        }
+    }
+    summary.delta_versions = serde_json::Value::Object(versions);
     if let (Err(_), Some((table, e))) = (&result, &log_failed) {
         // The run's own error is said at the end; this one is about its log.
         error!(error = %e, table, "could not write the run log");

@@ -236,7 +236,9 @@ async fn finish(
     }
     steps.step("write elev_id");
     crash_point("after-elev-id");
-    ledger::record_published(ctx, pending).await?;
+    if let Some(v) = ledger::record_published(ctx, pending).await? {
+        out.versions.insert("leveranse".into(), v);
+    }
     steps.step("leveranse");
     crash_point("after-leveranse");
     if changed || elevliste::is_stale(ctx).await? {

@@ -450,3 +450,128 @@ async fn the_county_list_follows_its_sources_data_not_their_maintenance() {
     unchanged_run().await;
     assert_eq!(version("elevliste_vgs").await, listed + 1);
 }
+
+/// A run compacts the small files of a table it committed to once every ten commits, when the
+/// next commit is a checkpoint (docs/ARCHITECTURE.md, "Compaction after a run"): a raw table's
+/// markers into one file, an SCD2 table's closed versions into one, its current rows left as
+/// they are; the checkpoint holds the compacted files. The rows are those of the same days with
+/// `compact_after_run = false`, which leaves every day's files, and the next day still carries
+/// its rows from the state file.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_compacts_its_tables_small_files_every_tenth_commit_and_the_rows_stay_the_same() {
+    use elevflyt::context::RunContext;
+    use elevflyt::run::{execute, Stage};
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for d in ["on", "off"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+    }
+    let on = pipeline(
+        &dir.path().join("on"),
+        &[("vigilo", "oneroster-json", &src)],
+        "",
+    );
+    let off = pipeline(
+        &dir.path().join("off"),
+        &[("vigilo", "oneroster-json", &src)],
+        "",
+    );
+    let text = std::fs::read_to_string(&off.path).unwrap();
+    let text = text.replace(
+        "schema = \"s\"\n",
+        "schema = \"s\"\ncompact_after_run = false\n",
+    );
+    std::fs::write(&off.path, text).unwrap();
+    let off = elevflyt::config::Pipeline::load(&off.path, None).unwrap();
+    let (a, b) = (tenor(70, false), tenor(71, true));
+    let mut compacted: Vec<(usize, elevflyt::ops::Compacted)> = Vec::new();
+    let mut after_compaction = Vec::new();
+    for day in 1..=13 {
+        let date = format!("2026-03-{day:02}");
+        oneroster(
+            &src,
+            &date,
+            &[
+                p("a", &a, &format!("Namn{day}"), "46591", "5A"),
+                p("b", &b, "Fast", "46591", "5A"),
+            ],
+        );
+        let run = |p: &elevflyt::config::Pipeline| {
+            let ctx = RunContext::new(p.clone());
+            async move { execute(&ctx, Stage::All).await.unwrap() }
+        };
+        let s = run(&on).await;
+        if compacted.iter().any(|(d, _)| *d == day - 1) {
+            after_compaction.push(s.current_rows_from.clone());
+        }
+        compacted.extend(s.compacted.into_iter().map(|c| (day, c)));
+        let s = run(&off).await;
+        assert!(
+            s.compacted.is_empty(),
+            "compact_after_run = false: {:?}",
+            s.compacted
+        );
+    }
+    let of = |table: &str| {
+        let c: Vec<_> = compacted.iter().filter(|(_, c)| c.table == table).collect();
+        assert_eq!(
+            c.len(),
+            1,
+            "{table} compacted once in 13 days: {compacted:?}"
+        );
+        c[0].clone()
+    };
+    // A file a day: raw's markers and kjoring's rows from day one, elev's closed versions from
+    // day two.
+    for (table, first) in [("raw_vigilo", 1), ("elev", 2), ("kjoring", 1)] {
+        let (day, c) = of(table);
+        assert_eq!(c.error, None);
+        assert_eq!(
+            c.files_compacted,
+            (day + 1 - first) as u64,
+            "{table} on day {day}: {c:?}"
+        );
+        assert_eq!(c.files_written, 1, "{table}: {c:?}");
+        let version = c.version.unwrap();
+        assert_eq!(
+            version % 10,
+            9,
+            "{table}: the compaction is the checkpointed commit"
+        );
+        let checkpoint = on
+            .table_url(table)
+            .to_file_path()
+            .unwrap()
+            .join(format!("_delta_log/{version:020}.checkpoint.parquet"));
+        assert!(checkpoint.exists(), "{}", checkpoint.display());
+        // An OPTIMIZE that changes no data, by the run's compaction.
+        let commit =
+            std::fs::read_to_string(checkpoint.with_file_name(format!("{version:020}.json")))
+                .unwrap();
+        assert!(commit.contains(r#""operation":"OPTIMIZE""#), "{commit}");
+        assert!(commit.contains(r#""elevflyt_stage":"compact""#), "{commit}");
+        assert!(!commit.contains(r#""dataChange":true"#), "{commit}");
+    }
+    assert!(
+        !after_compaction.is_empty() && after_compaction.iter().all(|f| f == "state file"),
+        "the day after a compaction carries its rows from the state file: {after_compaction:?}"
+    );
+    // Markers in one file (and the days after it in one each), closed versions likewise; the
+    // current rows' file as it was. Without compaction, a file a day.
+    let (day, _) = of("raw_vigilo");
+    let (markers, records, mixed) = files_by_kind(&on, "raw_vigilo").await;
+    assert_eq!((markers, records, mixed), (1 + 13 - day, 13, 0));
+    assert_eq!(files_by_kind(&off, "raw_vigilo").await, (13, 13, 0));
+    let (day, _) = of("elev");
+    assert_eq!(files_by_kind(&on, "elev").await, (1, 1 + 13 - day, 0));
+    assert_eq!(files_by_kind(&off, "elev").await, (1, 12, 0));
+    let raw = "SELECT entitet, kjelde, rad, post FROM raw_vigilo ORDER BY kjelde, rad";
+    assert_eq!(rows(&on, raw).await, rows(&off, raw).await);
+    let history = elev(&on).await;
+    assert_eq!(history, elev(&off).await);
+    assert_eq!(history.len(), 14, "b once, a once a day: {history:?}");
+    assert_eq!(
+        count(&on, "SELECT count(*) FROM kjoring").await,
+        count(&off, "SELECT count(*) FROM kjoring").await
+    );
+}
