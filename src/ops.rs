@@ -525,7 +525,8 @@ const SMALL_BYTES: u64 = 16 << 20;
 
 /// The compaction after a run (docs/ARCHITECTURE.md, "Compaction after a run"): of the tables
 /// the run committed (`versions`: table → version), those whose next commit is a checkpoint
-/// have their small files compacted as `maintain` does, without vacuum. Each table on its own:
+/// have their small files compacted as `maintain` does, without vacuum; the tables compacted
+/// are returned, and those that could not be. Each table on its own:
 /// one that cannot be compacted (a concurrent commit took its files) is said in its entry and
 /// is compacted ten commits later, or by `maintain`.
 pub async fn compact_after_run(
@@ -549,6 +550,8 @@ pub async fn compact_after_run(
             Ok::<_, Error>((compacted, written, t.version().map(|v| v as i64)))
         };
         out.push(match compacted.await {
+            // Nothing small enough to compact (a table written whole each day).
+            Ok((0, _, _)) => continue,
             Ok((files_compacted, files_written, version)) => Compacted {
                 table: name,
                 files_compacted,

@@ -575,3 +575,60 @@ async fn a_run_compacts_its_tables_small_files_every_tenth_commit_and_the_rows_s
         count(&off, "SELECT count(*) FROM kjoring").await
     );
 }
+
+/// A compaction after a run that fails is the run's warning, not its failure: the data is
+/// published, the summary names the table with the error, and the other tables are compacted.
+/// Here a file of `kjoring` (which no run reads) is gone when its tenth commit comes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compaction_that_fails_is_said_in_the_summary_and_the_run_is_ok() {
+    use elevflyt::context::RunContext;
+    use elevflyt::run::{execute, Stage};
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let pl = pipeline(dir.path(), &[("vigilo", "oneroster-json", &src)], "");
+    let a = tenor(72, false);
+    let kjoring = pl.table_url("kjoring").to_file_path().unwrap();
+    let log = |v: u64| kjoring.join(format!("_delta_log/{v:020}.json"));
+    let mut failed_on = None;
+    for day in 1..=12 {
+        oneroster(
+            &src,
+            &format!("2026-04-{day:02}"),
+            &[p("a", &a, &format!("Namn{day}"), "46591", "5A")],
+        );
+        // This run's kjoring commit is version 8, the one before a checkpoint: remove the first
+        // run's file of kjoring, named in the first commit that adds one.
+        let due = log(7).exists() && !log(8).exists();
+        if due {
+            let add = (0..8)
+                .flat_map(|v| {
+                    let commit = std::fs::read_to_string(log(v)).unwrap();
+                    commit
+                        .lines()
+                        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                        .collect::<Vec<_>>()
+                })
+                .find_map(|a| a["add"]["path"].as_str().map(String::from))
+                .unwrap();
+            std::fs::remove_file(kjoring.join(add)).unwrap();
+        }
+        let s = execute(&RunContext::new(pl.clone()), Stage::All)
+            .await
+            .unwrap();
+        assert_eq!(s.status, "ok");
+        let names: Vec<&str> = s.compacted.iter().map(|c| c.table.as_str()).collect();
+        if !due {
+            assert!(!names.contains(&"kjoring"), "day {day}: {:?}", s.compacted);
+            continue;
+        }
+        let of = |t: &str| s.compacted.iter().find(|c| c.table == t).unwrap();
+        assert!(of("kjoring").error.is_some(), "{:?}", s.compacted);
+        assert_eq!(of("kjoring").files_compacted, 0);
+        assert_eq!(of("raw_vigilo").error, None, "{:?}", s.compacted);
+        assert!(of("raw_vigilo").files_compacted >= 8, "{:?}", s.compacted);
+        failed_on = Some(day);
+        break;
+    }
+    let day = failed_on.expect("kjoring's tenth commit within 12 days");
+    assert_eq!(elev(&pl).await.len(), day, "every day's rename published");
+}
