@@ -42,6 +42,10 @@ pub enum LogFormat {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run all three stages: ingest, standardize, publish.
+    ///
+    /// Once every ten commits of a table, the run also compacts its small files (the summary's
+    /// `compacted`; `compact_after_run = false` in `[pipeline]` turns it off). Vacuum is left to
+    /// `maintain`.
     Run(StageArgs),
     /// Read new files from each source into raw_<source>.
     Ingest(StageArgs),
