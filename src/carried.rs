@@ -95,22 +95,23 @@ impl Records {
         out
     }
 
-    /// The bytes of the summaries (framed by the state file).
+    /// The bytes [`Records::encode_each`] hands on, collected.
+    #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len());
         self.encode_each(usize::MAX, &mut |part| out.extend_from_slice(&part));
         out
     }
 
-    /// How many bytes [`Records::encode`] makes.
+    /// How many bytes [`Records::encode_each`] hands on in all.
     pub fn encoded_len(&self) -> usize {
         let schools: usize = self.schools.iter().map(|s| 4 + s.len()).sum();
         4 + schools + 8 + self.entries.len() * ENTRY_BYTES
     }
 
-    /// The bytes of [`Records::encode`] handed to `out` in parts of at most `per_part` entries
-    /// each (after one with the schools), so that they are never all in memory at once: the
-    /// summaries are a fifth of a gigabyte at a million pupils.
+    /// The bytes of the summaries (framed by the state file), handed to `out` in parts of at most
+    /// `per_part` entries each (after one with the schools), so that they are never all in memory
+    /// at once: the summaries are a fifth of a gigabyte at a million pupils.
     pub fn encode_each(&self, per_part: usize, out: &mut dyn FnMut(Vec<u8>)) {
         let mut head = Vec::new();
         head.extend_from_slice(&(self.schools.len() as u32).to_le_bytes());
@@ -135,7 +136,7 @@ impl Records {
         }
     }
 
-    /// The summaries in `b` (see [`Records::encode`]); `None` when they do not read.
+    /// The summaries in `b` (see [`Records::encode_each`]); `None` when they do not read.
     pub fn decode(b: &[u8]) -> Option<Records> {
         let mut pos = 0usize;
         let mut take = |n: usize| -> Option<&[u8]> {

@@ -304,7 +304,8 @@ async fn compact_apart(
     table: deltalake::DeltaTable,
     t: &crate::schema::Table,
     apart: &Apart,
-    (small, by): (Option<u64>, By<'_>),
+    small: Option<u64>,
+    by: By<'_>,
 ) -> Result<(deltalake::DeltaTable, u64, u64)> {
     use deltalake::kernel::Action;
     let mut of_kind: [Vec<_>; 2] = Default::default();
@@ -498,9 +499,9 @@ async fn compact(
         .find(|s| s.name == name && crate::schema::SCD2_NAMES.contains(&s.name));
     Ok(match (name.strip_prefix("raw_"), scd2) {
         (Some(source), _) => {
-            compact_apart(t, &crate::schema::raw_table(source), &RAW, (small, by)).await?
+            compact_apart(t, &crate::schema::raw_table(source), &RAW, small, by).await?
         }
-        (None, Some(table)) => compact_apart(t, table, &SCD2, (small, by)).await?,
+        (None, Some(table)) => compact_apart(t, table, &SCD2, small, by).await?,
         (None, None) => {
             let mut optimize = t
                 .optimize()

@@ -134,11 +134,10 @@ pub async fn execute(ctx: &RunContext, stage: Stage) -> Result<Summary> {
             delta_versions: serde_json::Value::Object(versions.clone()),
         };
         match crate::metrics::write_kjoring(ctx, &log).await {
-            Ok(v) => {
-                if let Some(v) = v {
-                    versions.insert("kjoring".into(), json!(v));
-                }
+            Ok(Some(v)) => {
+                versions.insert("kjoring".into(), json!(v));
             }
+            Ok(None) => {}
             Err(e) => log_failed = Some(("kjoring", e)),
         }
     }
