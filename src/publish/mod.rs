@@ -166,9 +166,9 @@ pub async fn run(
         run.batches = Vec::new();
     }
     // The summaries are kept with the state they belong to; none after a rebuild.
-    let records = match rebuilt.is_empty() {
-        true => crate::carried::Records::merge(made.into_iter().map(|m| m.records)),
-        false => crate::carried::Records::default(),
+    let made = match rebuilt.is_empty() {
+        true => made,
+        false => Vec::new(),
     };
     drop((staged, data));
     if ctx.dry_run {
@@ -183,6 +183,9 @@ pub async fn run(
     // held whole (a third of a gigabyte at a million pupils).
     let (sent, mut parts) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
     let made = tokio::task::spawn_blocking(move || {
+        // Merged (two sorts of millions of summaries) here, off the path of `elev_id` and the
+        // county list: only the state file reads them.
+        let records = crate::carried::Records::merge(made.into_iter().map(|m| m.records));
         let [skole, elev, elevforhold] = tables.all();
         let engines = [&skole.engine, &elev.engine, &elevforhold.engine];
         // A part the writer no longer takes (it failed) is dropped; it says why itself.
