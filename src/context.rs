@@ -81,12 +81,14 @@ impl Steps {
     pub fn step(&mut self, name: &str) {
         let now = std::time::Instant::now();
         let (cpu, peak_mb) = usage();
+        let resident = resident_mb();
         tracing::debug!(
             stage = self.stage,
             step = name,
             ms = (now - self.last).as_millis() as u64,
             cpu_ms = cpu.saturating_sub(self.last_cpu) / 1000,
-            rss_mb = resident_mb(),
+            rss_mb = resident.0,
+            anon_mb = resident.1,
             peak_mb,
             "step"
         );
@@ -95,12 +97,20 @@ impl Steps {
     }
 }
 
-/// The process's resident memory now (MB; 0 where unavailable).
-fn resident_mb() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096 / (1024 * 1024))
+/// The process's resident memory now, all of it and the part that is not mapped files (the
+/// heap, where the pipeline's own structures are; mapped exports and tables are the rest), in
+/// MB; zeros where unavailable.
+fn resident_mb() -> (u64, u64) {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    // Pages: total size, resident, resident and shared (file-backed), ...
+    let pages: Vec<u64> = (statm.split_whitespace().take(3))
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let mb = |p: u64| p * 4096 / (1024 * 1024);
+    match pages[..] {
+        [_, resident, shared] => (mb(resident), mb(resident.saturating_sub(shared))),
+        _ => (0, 0),
+    }
 }
 
 /// The CPU time the process has used so far (µs) and its peak resident memory so far (MB);
@@ -151,5 +161,20 @@ pub async fn retry_on_conflict<T, E>(
             }
             done => return done,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn resident_memory_has_a_heap_part_no_larger_than_itself() {
+        // 64 MB written on the heap are resident, and not a mapped file.
+        let block = vec![1u8; 64 << 20];
+        let (resident, heap) = super::resident_mb();
+        assert!(block.iter().step_by(4096).all(|&b| b == 1));
+        assert!(
+            heap >= 64 && heap <= resident,
+            "resident {resident} MB, heap {heap} MB"
+        );
     }
 }

@@ -461,7 +461,7 @@ mod tests {
                 77,
                 crate::carried::Entry {
                     id: [5, 6],
-                    pupil: 9 << 80,
+                    pupil: (9u128 << 80).into(),
                     school: 0,
                     nulls: 0b101,
                 },

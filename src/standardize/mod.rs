@@ -392,12 +392,13 @@ fn standardize_snapshot(
     }
     let mut rows_in = count(&staged, unread);
     steps.step("flatten");
-    let (carried_elev, carried_ef) = plan
-        .as_ref()
-        .map(records::Plan::for_validation)
-        .unwrap_or_default();
-    let carried_records = (&carried_elev[..], &carried_ef[..]);
-    if !validate::validate(c, &mut staged, carried_records, known, today) {
+    // The carried records are read where the plan holds them (docs/ARCHITECTURE.md, "Carried
+    // records"); none without a plan.
+    let kept = match plan.as_ref().map(records::Plan::for_validation) {
+        Some(carried) => validate::validate(c, &mut staged, (&carried.0, &carried.1), known, today),
+        None => validate::validate(c, &mut staged, validate::NOTHING_CARRIED, known, today),
+    };
+    if !kept {
         // A carried record would not be kept as it is: what was found is dropped and the
         // snapshot read the full way.
         info!("a record carried unread is drawn into a deviation: every record is read");
@@ -410,13 +411,12 @@ fn standardize_snapshot(
         snap.format
             .flatten(&input, &mut snap.records(), &mut staged);
         rows_in = count(&staged, (0, 0));
-        if !validate::validate(c, &mut staged, (&[], &[]), known, today) {
+        if !validate::validate(c, &mut staged, validate::NOTHING_CARRIED, known, today) {
             return Err(crate::error::Error::Internal(
                 "validation without carried records asked to read them".into(),
             ));
         }
     }
-    drop((carried_elev, carried_ef));
     steps.step("validate");
     let unread = plan.as_ref().map_or((0, 0), records::Plan::carried);
     if !snap.published {

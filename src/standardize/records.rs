@@ -11,14 +11,12 @@
 //! holds hashes, a school number and bits: no personal data. A record whose pupil key
 //! looks like a fødselsnummer (ten or eleven digits) gets no summary and is read every day.
 
-use std::borrow::Cow;
-
 use rustc_hash::FxHashMap;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::snapshots::Snapshot;
-use super::validate::{key_hash, CarriedEf, CarriedElev};
-use crate::carried::{Entry, Made, Memo, Records, NO_SCHOOL};
+use super::validate::{key_hash, CarriedEnrollments, CarriedPupils};
+use crate::carried::{Entry, Hash128, Made, Memo, Records, NO_SCHOOL};
 use crate::fint::{EfRow, ElevRow};
 use crate::formats::{CarriedRecords, RawRec};
 use crate::publish::identity::Identity;
@@ -183,7 +181,7 @@ impl<'a, 'm> Part<'a, 'm> {
                         hash,
                         Entry {
                             id: id.unwrap_or_default(),
-                            pupil: key_hash(key),
+                            pupil: key_hash(key).into(),
                             school: skole.map_or(NO_SCHOOL, |s| out.school(place, s)),
                             nulls: bits,
                         },
@@ -197,6 +195,56 @@ impl<'a, 'm> Part<'a, 'm> {
             }
         }
         pending
+    }
+}
+
+/// One part's carried records as validation reads them ([`CarriedPupils`], [`CarriedEnrollments`]),
+/// in the part's own lists, with only their pupils' key hashes copied out in record order (16
+/// bytes a record): the summaries lie in record-hash order, and validation reads each key
+/// several times, which straight from them is a cache miss each time.
+pub struct CarriedView<'p, 'a, 'm> {
+    part: &'p Part<'a, 'm>,
+    pupils: Vec<Hash128>,
+}
+
+impl<'p, 'a, 'm> CarriedView<'p, 'a, 'm> {
+    fn of(part: &'p Part<'a, 'm>) -> Self {
+        let carried = &part.carried;
+        let pupils = crate::par::chunks(carried.len(), |range| {
+            carried[range].iter().map(|c| c.entry.pupil).collect()
+        });
+        CarriedView { part, pupils }
+    }
+}
+
+impl CarriedPupils for CarriedView<'_, '_, '_> {
+    fn len(&self) -> usize {
+        self.part.carried.len()
+    }
+    fn at(&self, j: usize) -> (&str, i64) {
+        self.part.at(&self.part.carried[j])
+    }
+    fn key(&self, j: usize) -> u128 {
+        self.pupils[j].get()
+    }
+    fn fnr(&self, j: usize) -> Option<u128> {
+        let fnr = self.part.carried[j].fnr;
+        (fnr != 0).then_some(fnr)
+    }
+}
+
+impl<'s, 'm: 's> CarriedEnrollments<'s> for CarriedView<'_, '_, 'm> {
+    fn len(&self) -> usize {
+        self.part.carried.len()
+    }
+    fn at(&self, j: usize) -> (&str, i64) {
+        self.part.at(&self.part.carried[j])
+    }
+    fn pupil(&self, j: usize) -> u128 {
+        self.pupils[j].get()
+    }
+    fn school(&self, j: usize) -> &'s str {
+        self.part.carried[j].school.unwrap_or_default()
     }
 }
 
@@ -282,7 +330,7 @@ impl<'a, 'm> Plan<'a, 'm> {
                         return vec![None; found.len()];
                     };
                     let records: Vec<([u64; 2], u128)> =
-                        found.iter().map(|e| (e.id, e.pupil)).collect();
+                        found.iter().map(|e| (e.id, e.pupil.get())).collect();
                     (identity.settled_by_ids(kildesystem, &records).into_iter())
                         .map(|s| s.map(|(n, fnr)| (n, fnr.unwrap_or(0))))
                         .collect()
@@ -323,35 +371,12 @@ impl<'a, 'm> Plan<'a, 'm> {
         }
     }
 
-    /// The carried records as validation sees them: (pupils, enrollments).
-    pub fn for_validation<'s>(&self) -> (Vec<CarriedElev<'s>>, Vec<CarriedEf<'s>>)
-    where
-        'a: 's,
-        'm: 's,
-    {
-        let elev = (self.elev.carried.iter())
-            .map(|c| {
-                let (kjelde, rad) = self.elev.at(c);
-                CarriedElev {
-                    kjelde,
-                    rad,
-                    key: c.entry.pupil,
-                    fnr: (c.fnr != 0).then_some(c.fnr),
-                }
-            })
-            .collect();
-        let ef = (self.elevforhold.carried.iter())
-            .map(|c| {
-                let (kjelde, rad) = self.elevforhold.at(c);
-                CarriedEf {
-                    kjelde,
-                    rad,
-                    pupil: c.entry.pupil,
-                    school: Cow::Borrowed(c.school.unwrap_or_default()),
-                }
-            })
-            .collect();
-        (elev, ef)
+    /// The carried records as validation reads them, where they are: (pupils, enrollments).
+    pub fn for_validation(&self) -> (CarriedView<'_, 'a, 'm>, CarriedView<'_, 'a, 'm>) {
+        crate::par::both(
+            || CarriedView::of(&self.elev),
+            || CarriedView::of(&self.elevforhold),
+        )
     }
 
     /// The carried pupils' numbers in identity with the ids of their current versions, and
@@ -476,6 +501,81 @@ pub fn summarisable_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::standardize::validate::{CarriedEf, CarriedElev};
+
+    #[test]
+    fn validation_reads_the_carried_records_where_they_are_as_from_a_list() {
+        let entry = |pupil: u128, school: u32| Entry {
+            id: [pupil as u64, 1],
+            pupil: pupil.into(),
+            school,
+            nulls: 0,
+        };
+        let entries = [entry(11, 0), entry(22, NO_SCHOOL)];
+        let part = Part {
+            entity: "users",
+            records: vec![("a.json", 1, 7), ("a.json", 2, 8), ("b.json", 1, 9)],
+            carried: vec![
+                Carried {
+                    at: 0,
+                    n: 5,
+                    entry: &entries[0],
+                    school: Some("46591"),
+                    fnr: 0,
+                },
+                Carried {
+                    at: 2,
+                    n: 6,
+                    entry: &entries[1],
+                    school: None,
+                    fnr: 99,
+                },
+            ],
+        };
+        let view = CarriedView::of(&part);
+        let pupils = [
+            CarriedElev {
+                kjelde: "a.json",
+                rad: 1,
+                key: 11,
+                fnr: None,
+            },
+            CarriedElev {
+                kjelde: "b.json",
+                rad: 1,
+                key: 22,
+                fnr: Some(99),
+            },
+        ];
+        let enrollments = [
+            CarriedEf {
+                kjelde: "a.json",
+                rad: 1,
+                pupil: 11,
+                school: "46591",
+            },
+            CarriedEf {
+                kjelde: "b.json",
+                rad: 1,
+                pupil: 22,
+                school: "",
+            },
+        ];
+        let (pupils, enrollments) = (&pupils[..], &enrollments[..]);
+        assert_eq!(CarriedPupils::len(&view), 2);
+        assert_eq!(CarriedEnrollments::len(&view), 2);
+        for j in 0..2 {
+            assert_eq!(CarriedPupils::at(&view, j), CarriedPupils::at(pupils, j));
+            assert_eq!(view.key(j), pupils.key(j));
+            assert_eq!(view.fnr(j), pupils.fnr(j));
+            assert_eq!(
+                CarriedEnrollments::at(&view, j),
+                CarriedEnrollments::at(enrollments, j)
+            );
+            assert_eq!(view.pupil(j), enrollments.pupil(j));
+            assert_eq!(view.school(j), enrollments.school(j));
+        }
+    }
 
     #[test]
     fn a_restamped_record_hashes_as_before_and_any_other_change_does_not() {

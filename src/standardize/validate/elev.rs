@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use chrono::NaiveDate;
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::{add_in_row_order, check_rows, key_hash, CarriedElev};
+use super::{add_in_row_order, check_rows, key_hash, CarriedPupils, School};
 use crate::fint::{ElevRow, Origin};
 use crate::quality::{fnr, kommuner, rules, Checker, Severity};
 use crate::standardize::normalized;
@@ -117,7 +117,7 @@ fn check_elev<'a>(
     c: &mut Checker,
     part: &mut ElevPart,
     e: &mut ElevRow<'a>,
-    school_of: &FxHashMap<u128, &Cow<'a, str>>,
+    school_of: &FxHashMap<u128, School<'_, 'a>>,
     today: NaiveDate,
 ) -> bool {
     // A pupil's deviations go to the school the pupil is enrolled at.
@@ -125,7 +125,7 @@ fn check_elev<'a>(
         e.r.skolenummer = e
             .kilde_nokkel
             .as_deref()
-            .and_then(|k| school_of.get(&key_hash(k)).map(|s| (*s).clone()));
+            .and_then(|k| school_of.get(&key_hash(k)).map(|s| s.to_cow()));
     }
     let mut keep = true;
     if e.fornavn.is_none() || e.etternavn.is_none() {
@@ -249,11 +249,11 @@ pub(super) struct Pupils {
 /// number is kept. `carried`: pupils carried unread, counted at their school and taking part in
 /// the duplicates in record order; `None` when one of them is a duplicate of an earlier row (see
 /// [`super::validate`]).
-pub(super) fn check_pupils<'a>(
+pub(super) fn check_pupils<'a, P: CarriedPupils + ?Sized>(
     c: &mut Checker,
     elev: &mut [ElevRow<'a>],
-    carried: &[CarriedElev<'_>],
-    school_of: &FxHashMap<u128, &Cow<'a, str>>,
+    carried: &P,
+    school_of: &FxHashMap<u128, School<'_, 'a>>,
     today: NaiveDate,
 ) -> Option<Pupils> {
     let part = |n| ElevPart {
@@ -284,7 +284,7 @@ pub(super) fn check_pupils<'a>(
     let tallies: Vec<FxHashMap<&str, u64>> = crate::par::chunks(carried.len(), |part| {
         let mut at: FxHashMap<&str, u64> = FxHashMap::default();
         for j in part {
-            let school = school_of.get(&carried[j].key).map_or("-", |s| s.as_ref());
+            let school = school_of.get(&carried.key(j)).map_or("-", School::as_str);
             *at.entry(school).or_default() += 1;
         }
         vec![at]
@@ -306,8 +306,7 @@ pub(super) fn check_pupils<'a>(
         let fnrs: FxHashSet<u128> = candidates.iter().filter_map(|c| c.2).collect();
         let involved: Vec<usize> = crate::par::chunks(carried.len(), |part| {
             part.filter(|&j| {
-                let p = &carried[j];
-                keys.contains(&p.key) || p.fnr.is_some_and(|f| fnrs.contains(&f))
+                keys.contains(&carried.key(j)) || carried.fnr(j).is_some_and(|f| fnrs.contains(&f))
             })
             .collect()
         });
@@ -317,7 +316,7 @@ pub(super) fn check_pupils<'a>(
             rows.len(),
             |n| (elev[rows[n].0].r.kjelde, elev[rows[n].0].r.rad),
             involved.len(),
-            |m| (carried[involved[m]].kjelde, carried[involved[m]].rad),
+            |m| carried.at(involved[m]),
         );
         candidates.reserve(rows.len() + involved.len());
         for who in order {
@@ -325,8 +324,7 @@ pub(super) fn check_pupils<'a>(
                 super::Ordered::Row(n) => candidates.push(rows[n]),
                 super::Ordered::Carried(m) => {
                     let j = involved[m];
-                    let p = &carried[j];
-                    candidates.push((CARRIED - j, p.key, p.fnr));
+                    candidates.push((CARRIED - j, carried.key(j), carried.fnr(j)));
                 }
             }
         }

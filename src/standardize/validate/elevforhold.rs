@@ -4,7 +4,9 @@
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::borrow::Cow;
 
-use super::{add_in_row_order, check_rows, ef_order, key_hash, pair_hash, CarriedEf, Ordered};
+use super::{
+    add_in_row_order, check_rows, ef_order, key_hash, pair_hash, CarriedEnrollments, Ordered,
+};
 use crate::fint::EfRow;
 use crate::quality::{rules, Checker, Severity};
 use crate::standardize::normalized;
@@ -22,10 +24,10 @@ pub(super) struct References<'r> {
 /// Each elevforhold on its own, on every core; then duplicates in row order, the carried
 /// records among the rows. Returns which rows are published; `None` when a carried record would
 /// not be kept as it is (see [`super::validate`]).
-pub(super) fn check_enrolments(
+pub(super) fn check_enrolments<'e, E: CarriedEnrollments<'e> + ?Sized>(
     c: &mut Checker,
     elevforhold: &mut [EfRow<'_>],
-    carried: &[CarriedEf<'_>],
+    carried: &E,
     refs: &References<'_>,
 ) -> Option<Vec<bool>> {
     let repair = c.repair_leading_zero;
@@ -68,13 +70,14 @@ pub(super) fn check_enrolments(
     // every core), and no earlier row has the same pupil and school (below, in record order).
     let carried_pairs: Vec<Option<u128>> = crate::par::chunks(carried.len(), |part| {
         part.map(|j| {
-            let ef = &carried[j];
+            let ((kjelde, rad), pupil, school) =
+                (carried.at(j), carried.pupil(j), carried.school(j));
             let dropped = refs
                 .dropped_records
-                .get(ef.kjelde)
-                .is_some_and(|rads| rads.contains(&ef.rad));
-            (!dropped && (refs.is_pupil)(ef.pupil) && refs.schools.contains(ef.school.as_ref()))
-                .then(|| pair_hash(ef.pupil, &ef.school))
+                .get(kjelde)
+                .is_some_and(|rads| rads.contains(&rad));
+            (!dropped && (refs.is_pupil)(pupil) && refs.schools.contains(school))
+                .then(|| pair_hash(pupil, school))
         })
         .collect()
     });

@@ -21,24 +21,110 @@ use elev::check_pupils;
 use elevforhold::{check_enrolments, References};
 
 /// An enrollment carried forward without being read (docs/ARCHITECTURE.md, "Carried
-/// records"): where its record is, and what the checks across records need of it.
+/// records"): where its record is, and what the checks across records need of it. (A run reads
+/// carried enrollments where standardize keeps them, through [`CarriedEnrollments`]; this is
+/// the plain list of them.)
 #[derive(Debug, Clone)]
 pub(in crate::standardize) struct CarriedEf<'a> {
     pub kjelde: &'a str,
     pub rad: i64,
     /// [`key_hash`] of its pupil's source key.
     pub pupil: u128,
-    pub school: Cow<'a, str>,
+    pub school: &'a str,
 }
 
 /// A pupil carried forward without being read (docs/ARCHITECTURE.md, "Carried records"): where
-/// its record is, the [`key_hash`] of its source key and of its fødselsnummer.
+/// its record is, the [`key_hash`] of its source key and of its fødselsnummer (the plain list;
+/// see [`CarriedPupils`]).
 #[derive(Debug, Clone)]
 pub(in crate::standardize) struct CarriedElev<'a> {
     pub kjelde: &'a str,
     pub rad: i64,
     pub key: u128,
     pub fnr: Option<u128>,
+}
+
+/// The pupils carried unread, as validation reads them, each by its place in record order:
+/// where its record is, the [`key_hash`] of its source key and of its fødselsnummer. Read where
+/// standardize keeps them, not copied: at a million pupils a copy for validation was 80 MB at
+/// the next day's peak (docs/PERFORMANCE.md, twenty-ninth session).
+pub(in crate::standardize) trait CarriedPupils: Sync {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Its record: file and record number.
+    fn at(&self, j: usize) -> (&str, i64);
+    fn key(&self, j: usize) -> u128;
+    fn fnr(&self, j: usize) -> Option<u128>;
+}
+
+/// The enrollments carried unread, as validation reads them (see [`CarriedPupils`]): where each
+/// record is, its pupil's [`key_hash`] and its school.
+pub(in crate::standardize) trait CarriedEnrollments<'a>: Sync {
+    fn len(&self) -> usize;
+    /// Its record: file and record number.
+    fn at(&self, j: usize) -> (&str, i64);
+    fn pupil(&self, j: usize) -> u128;
+    fn school(&self, j: usize) -> &'a str;
+}
+
+impl CarriedPupils for [CarriedElev<'_>] {
+    fn len(&self) -> usize {
+        <[_]>::len(self)
+    }
+    fn at(&self, j: usize) -> (&str, i64) {
+        (self[j].kjelde, self[j].rad)
+    }
+    fn key(&self, j: usize) -> u128 {
+        self[j].key
+    }
+    fn fnr(&self, j: usize) -> Option<u128> {
+        self[j].fnr
+    }
+}
+
+impl<'a> CarriedEnrollments<'a> for [CarriedEf<'a>] {
+    fn len(&self) -> usize {
+        <[_]>::len(self)
+    }
+    fn at(&self, j: usize) -> (&str, i64) {
+        (self[j].kjelde, self[j].rad)
+    }
+    fn pupil(&self, j: usize) -> u128 {
+        self[j].pupil
+    }
+    fn school(&self, j: usize) -> &'a str {
+        self[j].school
+    }
+}
+
+/// No records carried unread.
+pub(in crate::standardize) const NOTHING_CARRIED: (&[CarriedElev<'_>], &[CarriedEf<'_>]) =
+    (&[], &[]);
+
+/// The school a pupil is enrolled at: an elevforhold row's, or a carried enrollment's.
+#[derive(Debug, Clone, Copy)]
+pub(in crate::standardize) enum School<'r, 'a> {
+    Row(&'r Cow<'a, str>),
+    Carried(&'a str),
+}
+
+impl<'a> School<'_, 'a> {
+    pub fn as_str(&self) -> &str {
+        match self {
+            School::Row(s) => s,
+            School::Carried(s) => s,
+        }
+    }
+
+    /// The school number as a row holds it (a borrowed one stays borrowed).
+    pub fn to_cow(self) -> Cow<'a, str> {
+        match self {
+            School::Row(s) => s.clone(),
+            School::Carried(s) => Cow::Borrowed(s),
+        }
+    }
 }
 
 /// One of a snapshot's rows or carried records (pupils or elevforhold), in record order: a row
@@ -51,15 +137,15 @@ enum Ordered {
 
 /// The rows and the carried records in record order (file, then record number; both lists are
 /// in that order already).
-fn ef_order<'x>(
+fn ef_order<'x, 'e, E: CarriedEnrollments<'e> + ?Sized>(
     rows: &'x [EfRow<'_>],
-    carried: &'x [CarriedEf<'_>],
+    carried: &'x E,
 ) -> impl Iterator<Item = Ordered> + 'x {
     in_record_order(
         rows.len(),
         |i| (rows[i].r.kjelde, rows[i].r.rad),
         carried.len(),
-        |j| (carried[j].kjelde, carried[j].rad),
+        |j| carried.at(j),
     )
 }
 
@@ -98,13 +184,17 @@ fn in_record_order<'x>(
 /// rows are against each other. Returns false when one of them would not be kept as it is (a
 /// duplicate of an earlier row; an enrollment's pupil gone or school unknown): the snapshot must
 /// then be read the full way, and what was found here is not to be used.
-pub(super) fn validate<'a>(
+pub(super) fn validate<'a, P, E>(
     c: &mut Checker,
     rows: &mut Staged<'a>,
-    (carried_elev, carried): (&[CarriedElev<'_>], &[CarriedEf<'a>]),
+    (carried_elev, carried): (&P, &E),
     known_schools: &HashSet<String>,
     today: NaiveDate,
-) -> bool {
+) -> bool
+where
+    P: CarriedPupils + ?Sized,
+    E: CarriedEnrollments<'a> + ?Sized,
+{
     let Staged {
         elev,
         elevforhold,
@@ -205,17 +295,21 @@ fn check_schools(c: &mut Checker, skole: &mut Vec<SkoleRow<'_>>) {
 /// (references to dropped pupils are not new news); and the keys of the carried pupils (all
 /// kept: a carried one that is not asks for a full read).
 #[allow(clippy::type_complexity)]
-fn pupil_indexes<'r, 'a>(
+fn pupil_indexes<'r, 'a, P, E>(
     elev: &[ElevRow<'a>],
     elevforhold: &'r [EfRow<'a>],
-    (carried_elev, carried): (&[CarriedElev<'_>], &'r [CarriedEf<'a>]),
+    (carried_elev, carried): (&P, &E),
 ) -> (
-    FxHashMap<u128, &'r Cow<'a, str>>,
+    FxHashMap<u128, School<'r, 'a>>,
     (FxHashSet<u128>, FxHashSet<u128>),
-) {
+)
+where
+    P: CarriedPupils + ?Sized,
+    E: CarriedEnrollments<'a> + ?Sized,
+{
     crate::par::both(
         || {
-            let mut school_of: FxHashMap<u128, &Cow<'_, str>> = FxHashMap::default();
+            let mut school_of: FxHashMap<u128, School<'r, 'a>> = FxHashMap::default();
             school_of.reserve(elevforhold.len() + carried.len());
             // In record order: a pupil's last elevforhold names the school.
             for ef in ef_order(elevforhold, carried) {
@@ -225,11 +319,11 @@ fn pupil_indexes<'r, 'a>(
                         if let (Some(k), Some(s)) =
                             (ef.elev_kilde_nokkel.as_deref(), ef.skolenummer.as_ref())
                         {
-                            school_of.insert(key_hash(k), s);
+                            school_of.insert(key_hash(k), School::Row(s));
                         }
                     }
                     Ordered::Carried(j) => {
-                        school_of.insert(carried[j].pupil, &carried[j].school);
+                        school_of.insert(carried.pupil(j), School::Carried(carried.school(j)));
                     }
                 }
             }
@@ -247,7 +341,8 @@ fn pupil_indexes<'r, 'a>(
                     })
                 })
                 .collect();
-            (delivered, carried_elev.iter().map(|p| p.key).collect())
+            let carried_keys = (0..carried_elev.len()).map(|j| carried_elev.key(j));
+            (delivered, carried_keys.collect())
         },
     )
 }
@@ -372,7 +467,13 @@ mod tests {
         let mut c = Checker::new(&quality);
         let known = HashSet::from(["46591".to_string()]);
         let today = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
-        assert!(validate(&mut c, &mut staged, (&[], &[]), &known, today));
+        assert!(validate(
+            &mut c,
+            &mut staged,
+            NOTHING_CARRIED,
+            &known,
+            today
+        ));
         let elev: Vec<i64> = staged.elev.iter().map(|e| e.r.rad).collect();
         let ef: Vec<i64> = staged.elevforhold.iter().map(|e| e.r.rad).collect();
         assert_eq!(elev, [1, 2], "the second pupil with key a is not kept");
@@ -418,7 +519,7 @@ mod tests {
             kjelde: "enrollments.json",
             rad,
             pupil: key_hash(key),
-            school: Cow::Borrowed("46591"),
+            school: "46591",
         };
         let check = |elev: Vec<ElevRow<'static>>,
                      efs: Vec<EfRow<'static>>,
@@ -475,7 +576,7 @@ mod tests {
         );
         // A carried enrollment at a school that is no longer known.
         let unknown = CarriedEf {
-            school: Cow::Borrowed("99999"),
+            school: "99999",
             ..carried_ef(1, "b")
         };
         let (ok, _, _) = check(vec![pupil(1, "b")], vec![], &[], &[unknown]);
@@ -499,7 +600,7 @@ mod tests {
         assert!(validate(
             &mut c,
             &mut staged,
-            (&[], &[]),
+            NOTHING_CARRIED,
             &HashSet::new(),
             today
         ));
