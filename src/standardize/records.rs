@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::snapshots::Snapshot;
-use super::validate::{key_hash, CarriedEnrollments, CarriedPupils};
+use super::validate::{key_hash, CarriedEnrollments, CarriedList, CarriedPupils};
 use crate::carried::{Entry, Hash128, Made, Memo, Records, NO_SCHOOL};
 use crate::fint::{EfRow, ElevRow};
 use crate::formats::{CarriedRecords, RawRec};
@@ -217,13 +217,16 @@ impl<'p, 'a, 'm> CarriedView<'p, 'a, 'm> {
     }
 }
 
-impl CarriedPupils for CarriedView<'_, '_, '_> {
+impl CarriedList for CarriedView<'_, '_, '_> {
     fn len(&self) -> usize {
         self.part.carried.len()
     }
     fn at(&self, j: usize) -> (&str, i64) {
         self.part.at(&self.part.carried[j])
     }
+}
+
+impl CarriedPupils for CarriedView<'_, '_, '_> {
     fn key(&self, j: usize) -> u128 {
         self.pupils[j].get()
     }
@@ -234,12 +237,6 @@ impl CarriedPupils for CarriedView<'_, '_, '_> {
 }
 
 impl<'s, 'm: 's> CarriedEnrollments<'s> for CarriedView<'_, '_, 'm> {
-    fn len(&self) -> usize {
-        self.part.carried.len()
-    }
-    fn at(&self, j: usize) -> (&str, i64) {
-        self.part.at(&self.part.carried[j])
-    }
     fn pupil(&self, j: usize) -> u128 {
         self.pupils[j].get()
     }
@@ -562,16 +559,12 @@ mod tests {
             },
         ];
         let (pupils, enrollments) = (&pupils[..], &enrollments[..]);
-        assert_eq!(CarriedPupils::len(&view), 2);
-        assert_eq!(CarriedEnrollments::len(&view), 2);
+        assert_eq!(view.len(), 2);
         for j in 0..2 {
-            assert_eq!(CarriedPupils::at(&view, j), CarriedPupils::at(pupils, j));
+            assert_eq!(view.at(j), pupils.at(j));
+            assert_eq!(view.at(j), enrollments.at(j));
             assert_eq!(view.key(j), pupils.key(j));
             assert_eq!(view.fnr(j), pupils.fnr(j));
-            assert_eq!(
-                CarriedEnrollments::at(&view, j),
-                CarriedEnrollments::at(enrollments, j)
-            );
             assert_eq!(view.pupil(j), enrollments.pupil(j));
             assert_eq!(view.school(j), enrollments.school(j));
         }

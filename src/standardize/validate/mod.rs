@@ -44,38 +44,62 @@ pub(in crate::standardize) struct CarriedElev<'a> {
     pub fnr: Option<u128>,
 }
 
-/// The pupils carried unread, as validation reads them, each by its place in record order:
-/// where its record is, the [`key_hash`] of its source key and of its fødselsnummer. Read where
-/// standardize keeps them, not copied: at a million pupils a copy for validation was 80 MB at
-/// the next day's peak (docs/PERFORMANCE.md, twenty-ninth session).
-pub(in crate::standardize) trait CarriedPupils: Sync {
+/// Records carried unread as validation reads them, each by its place in record order: how
+/// many there are and where each one's record is. Standardize's lists of them are read where
+/// they are, with only what validation reads often copied out (`records::CarriedView`): a copy
+/// of every record for validation was 80 MB at a million pupils, at the next day's peak
+/// (docs/PERFORMANCE.md, twenty-ninth session).
+pub(in crate::standardize) trait CarriedList: Sync {
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
     /// Its record: file and record number.
     fn at(&self, j: usize) -> (&str, i64);
+}
+
+/// The pupils carried unread: the [`key_hash`] of each one's source key and of its
+/// fødselsnummer.
+pub(in crate::standardize) trait CarriedPupils: CarriedList {
     fn key(&self, j: usize) -> u128;
     fn fnr(&self, j: usize) -> Option<u128>;
 }
 
-/// The enrollments carried unread, as validation reads them (see [`CarriedPupils`]): where each
-/// record is, its pupil's [`key_hash`] and its school.
-pub(in crate::standardize) trait CarriedEnrollments<'a>: Sync {
-    fn len(&self) -> usize;
-    /// Its record: file and record number.
-    fn at(&self, j: usize) -> (&str, i64);
+/// The enrollments carried unread: each one's pupil's [`key_hash`] and its school.
+pub(in crate::standardize) trait CarriedEnrollments<'a>:
+    CarriedList
+{
     fn pupil(&self, j: usize) -> u128;
     fn school(&self, j: usize) -> &'a str;
 }
 
-impl CarriedPupils for [CarriedElev<'_>] {
+/// A carried record of a plain list: where its record is.
+trait Placed: Sync {
+    fn place(&self) -> (&str, i64);
+}
+
+impl Placed for CarriedElev<'_> {
+    fn place(&self) -> (&str, i64) {
+        (self.kjelde, self.rad)
+    }
+}
+
+impl Placed for CarriedEf<'_> {
+    fn place(&self) -> (&str, i64) {
+        (self.kjelde, self.rad)
+    }
+}
+
+impl<T: Placed> CarriedList for [T] {
     fn len(&self) -> usize {
-        <[_]>::len(self)
+        <[T]>::len(self)
     }
     fn at(&self, j: usize) -> (&str, i64) {
-        (self[j].kjelde, self[j].rad)
+        self[j].place()
     }
+}
+
+impl CarriedPupils for [CarriedElev<'_>] {
     fn key(&self, j: usize) -> u128 {
         self[j].key
     }
@@ -85,12 +109,6 @@ impl CarriedPupils for [CarriedElev<'_>] {
 }
 
 impl<'a> CarriedEnrollments<'a> for [CarriedEf<'a>] {
-    fn len(&self) -> usize {
-        <[_]>::len(self)
-    }
-    fn at(&self, j: usize) -> (&str, i64) {
-        (self[j].kjelde, self[j].rad)
-    }
     fn pupil(&self, j: usize) -> u128 {
         self[j].pupil
     }
