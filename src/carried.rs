@@ -20,6 +20,16 @@ pub struct Entry {
     pub nulls: u64,
 }
 
+impl Entry {
+    /// The summary of no record.
+    pub const NONE: Entry = Entry {
+        id: [0; 2],
+        pupil: Hash128([0; 2]),
+        school: NO_SCHOOL,
+        nulls: 0,
+    };
+}
+
 /// A 128-bit hash kept as two 64-bit halves: a `u128` would align [`Entry`] to 16 bytes, and
 /// make a summary with its record hash 64 bytes instead of 56 (millions of them are held).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,98 +72,19 @@ impl Records {
         n
     }
 
-    /// Several snapshots' summaries as one (their school numbers in one table), sorted by
-    /// record hash.
-    pub fn merge(parts: impl IntoIterator<Item = Records>) -> Records {
-        let mut out = Records::default();
-        let mut place: FxHashMap<String, u32> = FxHashMap::default();
-        for mut part in parts {
-            let map: Vec<u32> = (part.schools.iter())
-                .map(|s| out.school(&mut place, s))
-                .collect();
-            let known = |e: &Entry| e.school == NO_SCHOOL || map.get(e.school as usize).is_some();
-            // The first part with entries keeps its school numbers (unless it names a school
-            // twice): its entries are taken as they are, not copied one by one — a next day's
-            // one snapshot is two and a half million of them.
-            if out.entries.is_empty() && map.iter().enumerate().all(|(i, &s)| s as usize == i) {
-                part.entries.retain(|(_, e)| known(e));
-                out.entries = part.entries;
-                continue;
-            }
-            out.entries.reserve(part.entries.len());
-            for (h, mut e) in part.entries {
-                if e.school != NO_SCHOOL {
-                    match map.get(e.school as usize) {
-                        Some(&s) => e.school = s,
-                        None => continue,
-                    }
-                }
-                out.entries.push((h, e));
-            }
-        }
-        // Two records whose rows are one version (two keys that identity took for one pupil)
-        // are of neither: which one the version is cannot be told. The ids are sorted to find
-        // them while the entries are sorted by record hash.
-        let ids: Vec<[u64; 2]> = out.entries.iter().map(|(_, e)| e.id).collect();
-        let (shared, ()) = crate::par::both(
-            move || {
-                let mut ids = ids;
-                crate::sort::by_hash(&mut ids, |id| id[0], Ord::cmp);
-                (ids.windows(2))
-                    .filter(|w| w[0] == w[1])
-                    .map(|w| w[0])
-                    .collect::<rustc_hash::FxHashSet<[u64; 2]>>()
-            },
-            || crate::sort::by_hash(&mut out.entries, |e| e.0, |a, b| a.0.cmp(&b.0)),
-        );
-        if !shared.is_empty() {
-            out.entries.retain(|(_, e)| !shared.contains(&e.id));
-        }
-        out
-    }
-
-    /// The bytes [`Records::encode_each`] hands on, collected.
+    /// The bytes of these summaries as the state file holds them ([`Next::encode_each`]).
     #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.encoded_len());
-        self.encode_each(usize::MAX, &mut |part| out.extend_from_slice(&part));
-        out
+        let next = Next {
+            records: self.clone(),
+            kept: Vec::new(),
+            memo: &[],
+            school_of: Vec::new(),
+        };
+        next.encode()
     }
 
-    /// How many bytes [`Records::encode_each`] hands on in all.
-    pub fn encoded_len(&self) -> usize {
-        let schools: usize = self.schools.iter().map(|s| 4 + s.len()).sum();
-        4 + schools + 8 + self.entries.len() * ENTRY_BYTES
-    }
-
-    /// The bytes of the summaries (framed by the state file), handed to `out` in parts of at most
-    /// `per_part` entries each (after one with the schools), so that they are never all in memory
-    /// at once: the summaries are a fifth of a gigabyte at a million pupils.
-    pub fn encode_each(&self, per_part: usize, out: &mut dyn FnMut(Vec<u8>)) {
-        let mut head = Vec::new();
-        head.extend_from_slice(&(self.schools.len() as u32).to_le_bytes());
-        for s in &self.schools {
-            head.extend_from_slice(&(s.len() as u32).to_le_bytes());
-            head.extend_from_slice(s.as_bytes());
-        }
-        head.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
-        out(head);
-        // Fixed-size entries written in place.
-        for entries in self.entries.chunks(per_part.max(1)) {
-            let mut part = vec![0; entries.len() * ENTRY_BYTES];
-            for (b, (h, e)) in part.chunks_exact_mut(ENTRY_BYTES).zip(entries) {
-                b[..8].copy_from_slice(&h.to_le_bytes());
-                b[8..16].copy_from_slice(&e.id[0].to_le_bytes());
-                b[16..24].copy_from_slice(&e.id[1].to_le_bytes());
-                b[24..40].copy_from_slice(&e.pupil.get().to_le_bytes());
-                b[40..44].copy_from_slice(&e.school.to_le_bytes());
-                b[44..52].copy_from_slice(&e.nulls.to_le_bytes());
-            }
-            out(part);
-        }
-    }
-
-    /// The summaries in `b` (see [`Records::encode_each`]); `None` when they do not read.
+    /// The summaries in `b` (see [`Next::encode_each`]); `None` when they do not read.
     pub fn decode(b: &[u8]) -> Option<Records> {
         let mut pos = 0usize;
         let mut take = |n: usize| -> Option<&[u8]> {
@@ -192,11 +123,208 @@ impl Records {
     }
 }
 
-/// Summaries made of one snapshot (`records`: those whose id is known), and for each table one
-/// per staged row, in staged order, whose id publish gives (`None`: the row is not summarised).
+/// The summaries for the next day, as the state file holds them: those of the records read
+/// (`records`, sorted by record hash), and the places in the day's memo of those carried unread
+/// (`kept`, in the memo's order, which is record-hash order). A carried record's summary is
+/// the next day's as it is, but for its school's number: two million of them at 1M, 56 bytes
+/// each, are not copied (docs/ARCHITECTURE.md, "Carried records").
+pub struct Next<'m> {
+    records: Records,
+    kept: Vec<u32>,
+    memo: &'m [(u64, Entry)],
+    /// A memo school's number in `records.schools` ([`NO_SCHOOL`]: no kept record's).
+    school_of: Vec<u32>,
+}
+
+impl<'m> Next<'m> {
+    /// Several snapshots' summaries as one (their school numbers in one table), of which the
+    /// kept ones are places in `memo`, the memo the snapshots' records were found in.
+    pub fn merge(
+        parts: impl IntoIterator<Item = (Records, Vec<u32>)>,
+        memo: Option<&'m Memo>,
+    ) -> Next<'m> {
+        let (memo, memo_schools) = match memo {
+            Some(m) => (&m.records.entries[..], &m.records.schools[..]),
+            None => (&[][..], &[][..]),
+        };
+        let mut out = Records::default();
+        let mut kept: Vec<u32> = Vec::new();
+        let mut place: FxHashMap<String, u32> = FxHashMap::default();
+        for (mut part, k) in parts {
+            match kept.is_empty() {
+                true => kept = k,
+                false => kept.extend(k),
+            }
+            let map: Vec<u32> = (part.schools.iter())
+                .map(|s| out.school(&mut place, s))
+                .collect();
+            let known = |e: &Entry| e.school == NO_SCHOOL || map.get(e.school as usize).is_some();
+            // The first part with entries keeps its school numbers (unless it names a school
+            // twice): its entries are taken as they are, not copied one by one.
+            if out.entries.is_empty() && map.iter().enumerate().all(|(i, &s)| s as usize == i) {
+                part.entries.retain(|(_, e)| known(e));
+                out.entries = part.entries;
+                continue;
+            }
+            out.entries.reserve(part.entries.len());
+            for (h, mut e) in part.entries {
+                if e.school != NO_SCHOOL {
+                    match map.get(e.school as usize) {
+                        Some(&s) => e.school = s,
+                        None => continue,
+                    }
+                }
+                out.entries.push((h, e));
+            }
+        }
+        // A place is of the memo its record was found in; one outside it, or of a school the
+        // memo does not name, is of no record.
+        let named = |k: u32| {
+            (memo.get(k as usize)).is_some_and(|(_, e)| {
+                e.school == NO_SCHOOL || (e.school as usize) < memo_schools.len()
+            })
+        };
+        kept.retain(|&k| named(k));
+        // Places spread over the top bits of the sort key, as a hash's are.
+        let shift = 64 - (memo.len() as u64).max(1).ilog2() - 1;
+        crate::sort::by_hash(&mut kept, |&k| u64::from(k) << shift, Ord::cmp);
+        // Two records whose rows are one version (two keys that identity took for one pupil)
+        // are of neither: which one the version is cannot be told. The ids are sorted to find
+        // them while the entries are sorted by record hash.
+        let ids: Vec<[u64; 2]> = (out.entries.iter().map(|(_, e)| e.id))
+            .chain(kept.iter().map(|&k| memo[k as usize].1.id))
+            .collect();
+        let (shared, ()) = crate::par::both(
+            move || {
+                let mut ids = ids;
+                crate::sort::by_hash(&mut ids, |id| id[0], Ord::cmp);
+                (ids.windows(2))
+                    .filter(|w| w[0] == w[1])
+                    .map(|w| w[0])
+                    .collect::<rustc_hash::FxHashSet<[u64; 2]>>()
+            },
+            || crate::sort::by_hash(&mut out.entries, |e| e.0, |a, b| a.0.cmp(&b.0)),
+        );
+        if !shared.is_empty() {
+            out.entries.retain(|(_, e)| !shared.contains(&e.id));
+            kept.retain(|&k| !shared.contains(&memo[k as usize].1.id));
+        }
+        // The kept records' schools, numbered among the read ones'.
+        let mut school_of = vec![NO_SCHOOL; memo_schools.len()];
+        for &k in &kept {
+            let s = memo[k as usize].1.school;
+            if s != NO_SCHOOL && school_of[s as usize] == NO_SCHOOL {
+                school_of[s as usize] = out.school(&mut place, &memo_schools[s as usize]);
+            }
+        }
+        Next {
+            records: out,
+            kept,
+            memo,
+            school_of,
+        }
+    }
+
+    /// The schools, then every summary in record-hash order: the read ones and the kept ones
+    /// (with their schools' numbers here) merged.
+    #[cfg(test)]
+    fn all(&self) -> (Vec<String>, Vec<(u64, Entry)>) {
+        let mut all = Vec::new();
+        self.each(usize::MAX, &mut |part| all.extend_from_slice(part));
+        (self.records.schools.clone(), all)
+    }
+
+    /// Every summary in record-hash order, handed to `out` in parts of at most `per_part`.
+    fn each(&self, per_part: usize, out: &mut dyn FnMut(&[(u64, Entry)])) {
+        let kept = self.kept.iter().map(|&k| {
+            let (h, e) = self.memo[k as usize];
+            let school = match e.school {
+                NO_SCHOOL => NO_SCHOOL,
+                s => self.school_of[s as usize],
+            };
+            (h, Entry { school, ..e })
+        });
+        let mut kept = kept.peekable();
+        let mut read = self.records.entries.iter().copied().peekable();
+        let per_part = per_part.clamp(1, self.len().max(1));
+        let mut part = Vec::with_capacity(per_part);
+        loop {
+            let next = match (read.peek(), kept.peek()) {
+                (Some(r), Some(k)) if k.0 < r.0 => kept.next(),
+                (Some(_), _) => read.next(),
+                (None, _) => kept.next(),
+            };
+            let Some(next) = next else { break };
+            part.push(next);
+            if part.len() == per_part {
+                out(&part);
+                part.clear();
+            }
+        }
+        if !part.is_empty() {
+            out(&part);
+        }
+    }
+
+    /// The number of summaries.
+    pub fn len(&self) -> usize {
+        self.records.entries.len() + self.kept.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes [`Next::encode_each`] hands on, collected.
+    #[cfg(test)]
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode_each(usize::MAX, &mut |part| out.extend_from_slice(&part));
+        out
+    }
+
+    /// How many bytes [`Next::encode_each`] hands on in all.
+    pub fn encoded_len(&self) -> usize {
+        let schools: usize = self.records.schools.iter().map(|s| 4 + s.len()).sum();
+        4 + schools + 8 + self.len() * ENTRY_BYTES
+    }
+
+    /// The bytes of the summaries (framed by the state file), handed to `out` in parts of at most
+    /// `per_part` entries each (after one with the schools), so that they are never all in memory
+    /// at once: the summaries are a fifth of a gigabyte at a million pupils.
+    pub fn encode_each(&self, per_part: usize, out: &mut dyn FnMut(Vec<u8>)) {
+        let mut head = Vec::new();
+        head.extend_from_slice(&(self.records.schools.len() as u32).to_le_bytes());
+        for s in &self.records.schools {
+            head.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            head.extend_from_slice(s.as_bytes());
+        }
+        head.extend_from_slice(&(self.len() as u64).to_le_bytes());
+        out(head);
+        // Fixed-size entries written in place.
+        self.each(per_part, &mut |entries| {
+            let mut part = vec![0; entries.len() * ENTRY_BYTES];
+            for (b, (h, e)) in part.chunks_exact_mut(ENTRY_BYTES).zip(entries) {
+                b[..8].copy_from_slice(&h.to_le_bytes());
+                b[8..16].copy_from_slice(&e.id[0].to_le_bytes());
+                b[16..24].copy_from_slice(&e.id[1].to_le_bytes());
+                b[24..40].copy_from_slice(&e.pupil.get().to_le_bytes());
+                b[40..44].copy_from_slice(&e.school.to_le_bytes());
+                b[44..52].copy_from_slice(&e.nulls.to_le_bytes());
+            }
+            out(part);
+        });
+    }
+}
+
+/// Summaries made of one snapshot (`records`: those of its read records whose id is known;
+/// `kept`: the places in the day's [`Memo`] of those carried unread, whose summaries are the next
+/// day's as they are, so not copied), and for each table one per staged row, in staged order,
+/// whose id publish gives (`None`: the row is not summarised).
 #[derive(Debug, Default, Clone)]
 pub struct Made {
     pub records: Records,
+    pub kept: Vec<u32>,
     pub elev: Vec<Option<(u64, Entry)>>,
     pub elevforhold: Vec<Option<(u64, Entry)>>,
 }
@@ -250,9 +378,9 @@ impl Memo {
         Memo { records }
     }
 
-    /// The summaries of `hashes` (sorted by hash, each with a number of the caller's): per hash
-    /// found, its number, summary and school number (`None`: a pupil's).
-    pub fn join<'m>(&'m self, hashes: &[(u64, u32)]) -> Vec<(u32, &'m Entry, Option<&'m str>)> {
+    /// The places of `hashes` (sorted by hash, each with a number of the caller's): per hash
+    /// found, its number and its summary's place.
+    pub fn join(&self, hashes: &[(u64, u32)]) -> Vec<(u32, u32)> {
         let entries = &self.records.entries;
         let mut out = Vec::with_capacity(hashes.len().min(entries.len()));
         let mut j = 0;
@@ -261,15 +389,28 @@ impl Memo {
                 j += 1;
             }
             match entries.get(j) {
-                Some((eh, e)) if *eh == h => {
-                    let school = self.records.schools.get(e.school as usize);
-                    out.push((n, e, school.map(String::as_str)));
-                }
+                Some((eh, _)) if *eh == h => out.push((n, j as u32)),
                 Some(_) => {}
                 None => break,
             }
         }
         out
+    }
+
+    /// The summary at `place` (one [`Memo::join`] gave; [`Entry::NONE`] past the end).
+    pub fn entry(&self, place: u32) -> &Entry {
+        self.records
+            .entries
+            .get(place as usize)
+            .map_or(&Entry::NONE, |e| &e.1)
+    }
+
+    /// The school of a summary of this memo (`None`: a pupil's).
+    pub fn school(&self, e: &Entry) -> Option<&str> {
+        self.records
+            .schools
+            .get(e.school as usize)
+            .map(String::as_str)
     }
 
     pub fn len(&self) -> usize {
@@ -300,6 +441,13 @@ mod tests {
         }
     }
 
+    /// Summaries merged without a memo, as the state file would hold them.
+    fn merged<const N: usize>(parts: [Records; N]) -> Records {
+        let next = Next::merge(parts.map(|p| (p, Vec::new())), None);
+        let (schools, entries) = next.all();
+        Records { schools, entries }
+    }
+
     #[test]
     fn summaries_read_back_as_written_and_merge() {
         let entry = |s: u64, school: u32| Entry {
@@ -321,22 +469,17 @@ mod tests {
             entries: vec![(13, entry(3, 0))],
         };
         assert_eq!(Records::decode(&a.encode()), Some(a.clone()));
-        // In parts of two entries: a head and two parts, the same bytes.
-        let mut parts = Vec::new();
-        a.encode_each(2, &mut |p| parts.push(p));
-        assert_eq!(parts.len(), 3);
-        assert_eq!(parts.concat(), a.encode());
-        assert_eq!(a.encode().len(), a.encoded_len());
         let bytes = a.encode();
         assert_eq!(Records::decode(&bytes[..bytes.len() - 1]), None);
-        let m = Records::merge([a, b]);
+        let m = merged([a, b]);
         assert_eq!(m.schools, ["46591", "46592"]);
         let hashes: Vec<u64> = m.entries.iter().map(|e| e.0).collect();
         assert_eq!(hashes, [11, 12, 13, 15], "sorted by record hash");
         let memo = Memo::new(m);
         let found = memo.join(&[(10, 0), (11, 1), (13, 2), (15, 3), (16, 4)]);
-        let found: Vec<(u32, [u64; 2], Option<&str>)> =
-            found.into_iter().map(|(n, e, s)| (n, e.id, s)).collect();
+        let found: Vec<(u32, [u64; 2], Option<&str>)> = (found.into_iter())
+            .map(|(n, p)| (n, memo.entry(p).id, memo.school(memo.entry(p))))
+            .collect();
         assert_eq!(
             found,
             [
@@ -355,7 +498,7 @@ mod tests {
                 (19, entry(3, NO_SCHOOL)),
             ],
         };
-        let m = Records::merge([lone]);
+        let m = merged([lone]);
         assert_eq!(m.schools, ["46591"]);
         let got: Vec<(u64, u32)> = m.entries.iter().map(|(h, e)| (*h, e.school)).collect();
         assert_eq!(got, [(19, NO_SCHOOL), (21, 0)]);
@@ -363,7 +506,7 @@ mod tests {
             schools: vec!["46591".into(), "46592".into(), "46591".into()],
             entries: vec![(31, entry(1, 2)), (30, entry(2, 1))],
         };
-        let m = Records::merge([Records::default(), twice]);
+        let m = merged([Records::default(), twice]);
         assert_eq!(m.schools, ["46591", "46592"]);
         let got: Vec<(u64, u32)> = m.entries.iter().map(|(h, e)| (*h, e.school)).collect();
         assert_eq!(got, [(30, 1), (31, 0)]);
@@ -376,7 +519,7 @@ mod tests {
                 (42, entry(2, NO_SCHOOL)),
             ],
         };
-        let m = Records::merge([one_version]);
+        let m = merged([one_version]);
         assert_eq!(m.entries.iter().map(|e| e.0).collect::<Vec<_>>(), [42]);
         // A hash met twice finds neither record.
         let twice = Records {
@@ -388,5 +531,71 @@ mod tests {
         let found = memo.join(&[(9, 0), (10, 1)]);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].0, 1);
+    }
+    #[test]
+    fn carried_summaries_are_written_from_their_places_in_the_memo() {
+        let entry = |s: u64, school: u32| Entry {
+            id: [s, s + 1],
+            pupil: ((s as u128) << 70 | 9).into(),
+            school,
+            nulls: s,
+        };
+        // The day's memo: three schools, one of them no kept record's.
+        let memo = Memo::new(Records {
+            schools: vec!["A".into(), "B".into(), "C".into()],
+            entries: vec![
+                (10, entry(1, 0)),
+                (20, entry(2, 2)),
+                (30, entry(3, NO_SCHOOL)),
+                (40, entry(4, 1)),
+                (50, entry(5, 2)),
+            ],
+        });
+        // Snapshot one read two records (one at a school the memo does not name) and kept
+        // three, out of hash order; snapshot two kept the record at 40 again (its id is then
+        // met twice: of neither) and one place past the memo's end (of no record).
+        let read = Records {
+            schools: vec!["D".into(), "C".into()],
+            entries: vec![(35, entry(7, 0)), (15, entry(8, 1))],
+        };
+        let again = Records::default();
+        let next = Next::merge([(read, vec![4, 0, 3]), (again, vec![3, 9])], Some(&memo));
+        assert_eq!(next.len(), 4);
+        let (schools, all) = next.all();
+        let school = |e: &Entry| schools.get(e.school as usize).map(String::as_str);
+        let got: Vec<(u64, u64, Option<&str>)> =
+            all.iter().map(|(h, e)| (*h, e.id[0], school(e))).collect();
+        assert_eq!(
+            got,
+            [
+                (10, 1, Some("A")),
+                (15, 8, Some("C")),
+                (35, 7, Some("D")),
+                (50, 5, Some("C")),
+            ]
+        );
+        assert!(
+            !schools.contains(&"B".to_string()),
+            "no kept record's school"
+        );
+        // What is written reads back as the same summaries, whole or in parts of any size.
+        let whole = next.encode();
+        assert_eq!(whole.len(), next.encoded_len());
+        for per_part in [1, 2, 3, 100] {
+            let mut parts = Vec::new();
+            next.encode_each(per_part, &mut |p| parts.push(p));
+            assert_eq!(parts.len(), 1 + 4usize.div_ceil(per_part));
+            assert_eq!(parts.concat(), whole);
+        }
+        let back = Records::decode(&whole).expect("reads back");
+        assert_eq!(back.schools, schools);
+        assert_eq!(back.entries, all);
+        assert_eq!(
+            back.entries[3].1,
+            Entry {
+                school: back.entries[3].1.school,
+                ..entry(5, 2)
+            }
+        );
     }
 }

@@ -36,6 +36,10 @@ pub struct Loaded {
     /// Whether the identity map is the one read before standardize, in which the pupils it
     /// carried unread were found.
     pub identity_preloaded: bool,
+    /// The summaries standardize found the records it carried unread in, when the engines are
+    /// the preloaded ones (else empty): the next day's summaries of those records are their
+    /// places in it (docs/ARCHITECTURE.md, "Carried records").
+    pub memo: crate::carried::Memo,
 }
 
 /// The current state read before standardize (docs/ARCHITECTURE.md, "Carried rows"): the
@@ -247,8 +251,12 @@ pub async fn load(
         })
     });
     let was_preloaded = preloaded.is_some();
+    let mut memo = crate::carried::Memo::default();
     let from_state = match (preloaded, use_state) {
-        (Some(p), _) => Ok(Ok(p.engines)),
+        (Some(p), _) => {
+            memo = p.memo;
+            Ok(Ok(p.engines))
+        }
         (None, true) => state::read(ctx, labels).await.map(|r| r.map(|(e, _)| e)),
         (None, false) => Ok(Err(state::Unused::Missing)),
     };
@@ -276,6 +284,7 @@ pub async fn load(
             current_from,
             preloaded: was_preloaded,
             identity_preloaded,
+            memo,
         });
     }
     let session = crate::delta::session(
@@ -328,6 +337,7 @@ pub async fn load(
         current_from,
         preloaded: false,
         identity_preloaded: false,
+        memo: Default::default(),
     })
 }
 

@@ -114,6 +114,7 @@ pub async fn run(
         current_from,
         preloaded,
         identity_preloaded,
+        memo,
     } = load::load(ctx, &rebuilt, preloaded).await?;
     out.current_from = current_from;
     // Rows carried forward are only present against the state they were decided on.
@@ -185,7 +186,9 @@ pub async fn run(
     let made = tokio::task::spawn_blocking(move || {
         // Merged (two sorts of millions of summaries) here, off the path of `elev_id` and the
         // county list: only the state file reads them.
-        let records = crate::carried::Records::merge(made.into_iter().map(|m| m.records));
+        // The records carried unread are places in the memo they were found in, held until here.
+        let parts = made.into_iter().map(|m| (m.records, m.kept));
+        let records = crate::carried::Next::merge(parts, Some(&memo));
         let [skole, elev, elevforhold] = tables.all();
         let engines = [&skole.engine, &elev.engine, &elevforhold.engine];
         // A part the writer no longer takes (it failed) is dropped; it says why itself.

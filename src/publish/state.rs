@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use super::scd2::{Key, Scd2, Text};
-use crate::carried::{Memo, Records};
+use crate::carried::{Memo, Next, Records};
 use crate::context::RunContext;
 use crate::error::{Error, Result};
 
@@ -142,7 +142,7 @@ const SUMMARIES_PER_PART: usize = 160_000;
 pub fn encode_each(
     engines: [&Scd2; 3],
     versions: [Label; 3],
-    records: &Records,
+    records: &Next<'_>,
     out: &mut dyn FnMut(Vec<u8>),
 ) {
     let mut sum = xxhash_rust::xxh3::Xxh3::new();
@@ -169,7 +169,8 @@ pub fn encode_each(
 #[cfg(test)]
 fn encode(engines: [&Scd2; 3], versions: [Label; 3], records: &Records) -> Vec<Vec<u8>> {
     let mut parts = Vec::new();
-    encode_each(engines, versions, records, &mut |p| parts.push(p));
+    let next = Next::merge([(records.clone(), Vec::new())], None);
+    encode_each(engines, versions, &next, &mut |p| parts.push(p));
     parts
 }
 
@@ -475,7 +476,9 @@ mod tests {
         assert_eq!(back[1].state.len(), 52);
         assert_eq!(back[1].state[&Key::of("staged")].staged, 5);
         let found = memo.join(&[(77, 0)]);
-        assert_eq!(found, [(0, &records.entries[0].1, Some("46591"))]);
+        assert_eq!(found, [(0, 0)]);
+        assert_eq!(memo.entry(0), &records.entries[0].1);
+        assert_eq!(memo.school(memo.entry(0)), Some("46591"));
         assert_eq!(memo.len(), 1);
     }
 

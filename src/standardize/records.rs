@@ -28,24 +28,24 @@ const RECORDS_FORMAT: &[u8] = b"elevflyt-records-1";
 /// out of a record's hash, so that a record restamped but otherwise unchanged is unchanged.
 const IGNORED_MEMBER: &[u8] = b"\"dateLastModified\"";
 
-/// A record carried unread: which of its part's records it is, its summary, its school number
-/// (an enrollment's) and (a pupil's) its number in identity and its fødselsnummer's hash
-/// (`0`: none).
-struct Carried<'m> {
+/// A record carried unread: which of its part's records it is, (a pupil's) its number in
+/// identity, its summary's place in the memo and (a pupil's) its fødselsnummer's hash (`0`:
+/// none). 32 bytes: two million of them are held at 1M.
+struct Carried {
     at: u32,
     n: u32,
-    entry: &'m Entry,
-    school: Option<&'m str>,
-    fnr: u128,
+    place: u32,
+    fnr: Hash128,
 }
 
-/// The records of one entity: every one in record order (its file, number and hash), and those
-/// carried, in record order.
+/// The records of one entity: every one in record order (its file, number and hash), those
+/// carried, in record order, and the memo their summaries are in.
 #[derive(Default)]
 struct Part<'a, 'm> {
     entity: &'static str,
     records: Vec<(&'a str, i64, u64)>,
-    carried: Vec<Carried<'m>>,
+    carried: Vec<Carried>,
+    memo: Option<&'m Memo>,
 }
 
 /// A read row as summaries see it: where its record is, its pupil key, school, staged-row hash,
@@ -91,26 +91,27 @@ impl<'a, 'm> Part<'a, 'm> {
                     .collect();
                 let mut tw = twice.into_iter();
                 hashes.retain(|_| !tw.next().unwrap_or(true));
-                // The summaries found, in record order (the join gives them in hash order).
-                let mut hit: Vec<Option<(&'m Entry, Option<&'m str>)>> = vec![None; records.len()];
-                for (at, entry, school) in memo.join(&hashes) {
-                    hit[at as usize] = Some((entry, school));
+                // The places found, in record order (the join gives them in hash order).
+                let mut hit = vec![u32::MAX; records.len()];
+                for (at, place) in memo.join(&hashes) {
+                    hit[at as usize] = place;
                 }
                 drop(hashes);
-                let hits: Vec<(u32, &'m Entry, Option<&'m str>)> = (hit.into_iter().enumerate())
-                    .filter_map(|(at, h)| h.map(|(entry, school)| (at as u32, entry, school)))
+                let hits: Vec<(u32, u32)> = (hit.into_iter().enumerate())
+                    .filter(|&(_, place)| place != u32::MAX)
+                    .map(|(at, place)| (at as u32, place))
                     .collect();
-                let entries: Vec<&Entry> = hits.iter().map(|h| h.1).collect();
+                let entries: Vec<&Entry> = hits.iter().map(|&(_, p)| memo.entry(p)).collect();
                 let kept = keep(&entries);
+                drop(entries);
                 (hits.into_iter().zip(kept))
-                    .filter_map(|((at, entry, school), kept)| {
+                    .filter_map(|((at, place), kept)| {
                         let (n, fnr) = kept?;
                         Some(Carried {
                             at,
                             n,
-                            entry,
-                            school,
-                            fnr,
+                            place,
+                            fnr: fnr.into(),
                         })
                     })
                     .collect()
@@ -121,46 +122,41 @@ impl<'a, 'm> Part<'a, 'm> {
             entity,
             records,
             carried,
+            memo,
         }
     }
 
     /// Where carried record `c` is (file, record number).
-    fn at(&self, c: &Carried<'_>) -> (&'a str, i64) {
+    fn at(&self, c: &Carried) -> (&'a str, i64) {
         let (kjelde, rad, _) = self.records[c.at as usize];
         (kjelde, rad)
     }
 
-    /// The summaries of the carried records again into `out`, then of each read row (`rows`
-    /// in record order) that is `clean`, has a pupil key that may be summarised and a staged-row
-    /// hash: into `out` when its id is known, else into the returned list (one per row without
-    /// an id, in row order) for publish to give it its id.
+    /// Carried record `c`'s summary.
+    fn entry(&self, c: &Carried) -> &'m Entry {
+        // A part with carried records has the memo they were found in.
+        self.memo.map(|m| m.entry(c.place)).unwrap_or(&Entry::NONE)
+    }
+
+    /// Carried record `c`'s school (`None`: a pupil's).
+    fn school(&self, c: &Carried) -> Option<&'m str> {
+        self.memo.and_then(|m| m.school(self.entry(c)))
+    }
+
+    /// The places of the carried records' summaries into `kept` (they are the next day's as
+    /// they are), then the summaries of each read row (`rows` in record order) that is `clean`,
+    /// has a pupil key that may be summarised and a staged-row hash: into `out` when its id is
+    /// known, else into the returned list (one per row without an id, in row order) for publish
+    /// to give it its id.
     fn summaries<'r>(
         &self,
         out: &mut Records,
+        kept: &mut Vec<u32>,
         place: &mut FxHashMap<String, u32>,
         rows: impl Iterator<Item = (RowSummary<'r>, u64)>,
         clean: &dyn Fn(&str, i64) -> bool,
     ) -> Vec<Option<(u64, Entry)>> {
-        // A carried record's school is a number in the summaries it came from: each number is
-        // looked up by its text once, not once per record (a million a day at 1M).
-        let mut numbered: Vec<u32> = Vec::new();
-        for c in &self.carried {
-            let school = match c.school {
-                None => NO_SCHOOL,
-                Some(s) => {
-                    let from = c.entry.school as usize;
-                    if from >= numbered.len() {
-                        numbered.resize(from + 1, NO_SCHOOL);
-                    }
-                    if numbered[from] == NO_SCHOOL {
-                        numbered[from] = out.school(place, s);
-                    }
-                    numbered[from]
-                }
-            };
-            let entry = Entry { school, ..*c.entry };
-            out.entries.push((self.records[c.at as usize].2, entry));
-        }
+        kept.extend(self.carried.iter().map(|c| c.place));
         // (A first load's rows have no id yet: every one waits for it.)
         let mut pending = Vec::with_capacity(rows.size_hint().0);
         let mut j = 0;
@@ -211,7 +207,7 @@ impl<'p, 'a, 'm> CarriedView<'p, 'a, 'm> {
     fn of(part: &'p Part<'a, 'm>) -> Self {
         let carried = &part.carried;
         let pupils = crate::par::chunks(carried.len(), |range| {
-            carried[range].iter().map(|c| c.entry.pupil).collect()
+            carried[range].iter().map(|c| part.entry(c).pupil).collect()
         });
         CarriedView { part, pupils }
     }
@@ -231,7 +227,7 @@ impl CarriedPupils for CarriedView<'_, '_, '_> {
         self.pupils[j].get()
     }
     fn fnr(&self, j: usize) -> Option<u128> {
-        let fnr = self.part.carried[j].fnr;
+        let fnr = self.part.carried[j].fnr.get();
         (fnr != 0).then_some(fnr)
     }
 }
@@ -241,7 +237,7 @@ impl<'s, 'm: 's> CarriedEnrollments<'s> for CarriedView<'_, '_, 'm> {
         self.pupils[j].get()
     }
     fn school(&self, j: usize) -> &'s str {
-        self.part.carried[j].school.unwrap_or_default()
+        self.part.school(&self.part.carried[j]).unwrap_or_default()
     }
 }
 
@@ -381,14 +377,17 @@ impl<'a, 'm> Plan<'a, 'm> {
     #[allow(clippy::type_complexity)]
     pub fn pupils(&self) -> (Vec<(u32, [u64; 2])>, Vec<u64>) {
         (self.elev.carried.iter())
-            .map(|c| ((c.n, c.entry.id), c.entry.nulls))
+            .map(|c| ((c.n, self.elev.entry(c).id), self.elev.entry(c).nulls))
             .unzip()
     }
 
     /// The ids of the carried enrollments' current versions, and their null bits.
     pub fn enrollments(&self) -> (Vec<[u64; 2]>, Vec<u64>) {
         (self.elevforhold.carried.iter())
-            .map(|c| (c.entry.id, c.entry.nulls))
+            .map(|c| {
+                let e = self.elevforhold.entry(c);
+                (e.id, e.nulls)
+            })
             .unzip()
     }
 
@@ -406,9 +405,12 @@ impl<'a, 'm> Plan<'a, 'm> {
     ) -> Made {
         let mut records = Records::default();
         let mut place: FxHashMap<String, u32> = FxHashMap::default();
+        // The carried records' summaries are not copied: room for the read ones'.
+        let read = |p: &Part<'_, '_>| p.records.len() - p.carried.len();
         records
             .entries
-            .reserve(self.elevforhold.records.len() + self.elev.records.len());
+            .reserve(read(&self.elevforhold) + read(&self.elev));
+        let mut kept = Vec::with_capacity(self.elevforhold.carried.len() + self.elev.carried.len());
         let (rows, hashes, nulls, ids) = elevforhold;
         let ef = (rows.iter().zip(hashes).zip(ids).zip(nulls)).map(|(((r, &h), &id), &n)| {
             // An elevforhold without a school is not summarised.
@@ -416,18 +418,19 @@ impl<'a, 'm> Plan<'a, 'm> {
             let key = r.elev_kilde_nokkel.as_deref().filter(|_| skole.is_some());
             (((r.r.kjelde, r.r.rad), key, skole, h, id), n)
         });
-        let elevforhold = self
-            .elevforhold
-            .summaries(&mut records, &mut place, ef, clean);
+        let elevforhold =
+            self.elevforhold
+                .summaries(&mut records, &mut kept, &mut place, ef, clean);
         let (rows, hashes, nulls, ids) = elev;
         let pupils = (rows.iter().zip(hashes).zip(ids).zip(nulls)).map(|(((r, &h), &id), &n)| {
             // A key that is not the system id cannot be found in identity by it.
             let key = (r.kilde_nokkel.as_deref()).filter(|k| Some(*k) == r.system_id.as_deref());
             (((r.r.kjelde, r.r.rad), key, None, h, id), n)
         });
-        let elev = self.elev.summaries(&mut records, &mut place, pupils, clean);
+        let elev = (self.elev).summaries(&mut records, &mut kept, &mut place, pupils, clean);
         Made {
             records,
+            kept,
             elev,
             elevforhold,
         }
@@ -508,7 +511,11 @@ mod tests {
             school,
             nulls: 0,
         };
-        let entries = [entry(11, 0), entry(22, NO_SCHOOL)];
+        // The memo's summaries in record-hash order: the record at 7 is place 0, at 9 place 1.
+        let memo = Memo::new(Records {
+            schools: vec!["46591".into()],
+            entries: vec![(9, entry(22, NO_SCHOOL)), (7, entry(11, 0))],
+        });
         let part = Part {
             entity: "users",
             records: vec![("a.json", 1, 7), ("a.json", 2, 8), ("b.json", 1, 9)],
@@ -516,19 +523,19 @@ mod tests {
                 Carried {
                     at: 0,
                     n: 5,
-                    entry: &entries[0],
-                    school: Some("46591"),
-                    fnr: 0,
+                    place: 0,
+                    fnr: 0.into(),
                 },
                 Carried {
                     at: 2,
                     n: 6,
-                    entry: &entries[1],
-                    school: None,
-                    fnr: 99,
+                    place: 1,
+                    fnr: 99.into(),
                 },
             ],
+            memo: Some(&memo),
         };
+        assert_eq!(std::mem::size_of::<Carried>(), 32);
         let view = CarriedView::of(&part);
         let pupils = [
             CarriedElev {
