@@ -31,8 +31,9 @@ impl Entry {
 }
 
 /// A 128-bit hash kept as two 64-bit halves: a `u128` would align [`Entry`] to 16 bytes, and
-/// make a summary with its record hash 64 bytes instead of 56 (millions of them are held).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// make a summary with its record hash 64 bytes instead of 56 (millions of them are held); a
+/// map's entry keyed by it is likewise 8 bytes shorter than one keyed by a `u128`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Hash128([u64; 2]);
 
 impl Hash128 {
@@ -49,6 +50,9 @@ impl From<u128> for Hash128 {
 
 /// [`Entry::school`] of a record that has none (a pupil).
 pub const NO_SCHOOL: u32 = u32::MAX;
+
+/// A summary with its record hash.
+type Summary = (u64, Entry);
 
 /// The bytes of one entry with its record hash.
 const ENTRY_BYTES: usize = 8 + 16 + 16 + 4 + 8;
@@ -84,8 +88,9 @@ impl Records {
         next.encode()
     }
 
-    /// The summaries in `b` (see [`Next::encode_each`]); `None` when they do not read.
-    pub fn decode(b: &[u8]) -> Option<Records> {
+    /// The summaries in `b` (see [`Next::encode_each`]); `None` when they do not read. Each
+    /// part of the entries is handed to `release` once it is read.
+    pub fn decode(b: &[u8], release: &(dyn Fn(&[u8]) + Sync)) -> Option<Records> {
         let mut pos = 0usize;
         let mut take = |n: usize| -> Option<&[u8]> {
             let s = b.get(pos..pos.checked_add(n)?)?;
@@ -106,8 +111,10 @@ impl Records {
         if pos != b.len() {
             return None;
         }
-        let entries: Vec<(u64, Entry)> = (rest.chunks_exact(ENTRY_BYTES))
-            .map(|e| {
+        let mut entries: Vec<(u64, Entry)> = Vec::with_capacity(n);
+        // In parts of some 8 MB, each released once read.
+        for part in rest.chunks(ENTRY_BYTES * 160_000) {
+            entries.extend(part.chunks_exact(ENTRY_BYTES).map(|e| {
                 let entry = Entry {
                     id: [u64_of(&e[8..16]), u64_of(&e[16..24])],
                     pupil: u128::from_le_bytes(e[24..40].try_into().unwrap_or_default()).into(),
@@ -115,8 +122,9 @@ impl Records {
                     nulls: u64_of(&e[44..52]),
                 };
                 (u64_of(&e[..8]), entry)
-            })
-            .collect();
+            }));
+            release(part);
+        }
         let schools_known =
             |e: &Entry| e.school == NO_SCHOOL || (e.school as usize) < schools.len();
         (entries.iter().all(|(_, e)| schools_known(e))).then_some(Records { schools, entries })
@@ -235,7 +243,7 @@ impl<'m> Next<'m> {
     }
 
     /// Every summary in record-hash order, handed to `out` in parts of at most `per_part`.
-    fn each(&self, per_part: usize, out: &mut dyn FnMut(&[(u64, Entry)])) {
+    fn each(&self, per_part: usize, out: &mut dyn FnMut(&[Summary])) {
         let kept = self.kept.iter().map(|&k| {
             let (h, e) = self.memo[k as usize];
             let school = match e.school {
@@ -468,9 +476,9 @@ mod tests {
             schools: vec!["46592".into()],
             entries: vec![(13, entry(3, 0))],
         };
-        assert_eq!(Records::decode(&a.encode()), Some(a.clone()));
+        assert_eq!(Records::decode(&a.encode(), &|_| {}), Some(a.clone()));
         let bytes = a.encode();
-        assert_eq!(Records::decode(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(Records::decode(&bytes[..bytes.len() - 1], &|_| {}), None);
         let m = merged([a, b]);
         assert_eq!(m.schools, ["46591", "46592"]);
         let hashes: Vec<u64> = m.entries.iter().map(|e| e.0).collect();
@@ -587,7 +595,7 @@ mod tests {
             assert_eq!(parts.len(), 1 + 4usize.div_ceil(per_part));
             assert_eq!(parts.concat(), whole);
         }
-        let back = Records::decode(&whole).expect("reads back");
+        let back = Records::decode(&whole, &|_| {}).expect("reads back");
         assert_eq!(back.schools, schools);
         assert_eq!(back.entries, all);
         assert_eq!(

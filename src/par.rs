@@ -82,10 +82,18 @@ pub fn chunks<R: Send>(n: usize, f: impl Fn(Range<usize>) -> Vec<R> + Sync) -> V
     let ranges: Vec<Range<usize>> = (0..parts)
         .map(|p| p * size..((p + 1) * size).min(n))
         .collect();
-    map(&ranges, |r| f(r.clone()))
-        .into_iter()
-        .flatten()
-        .collect()
+    let mut parts = map(&ranges, |r| f(r.clone()));
+    if parts.len() == 1 {
+        return parts.pop().unwrap_or_default();
+    }
+    // Made at its size, not grown by doubling: each part is given back as it is moved, so that
+    // the parts and the whole are held at once for a moment at most, never the copies of a
+    // growing list too (a million 16-byte items a list at 1M).
+    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    for part in parts {
+        out.extend(part);
+    }
+    out
 }
 
 /// `f` over consecutive parts of `items` (split as `chunks` splits), given each part's first

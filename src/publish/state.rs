@@ -174,19 +174,51 @@ fn encode(engines: [&Scd2; 3], versions: [Label; 3], records: &Records) -> Vec<V
     parts
 }
 
+/// What is done with bytes read once and no longer needed (a mapped file's pages given back).
+type Release<'r> = &'r (dyn Fn(&[u8]) + Sync);
+
+/// Bytes read behind this many are released.
+const RELEASE_EVERY: usize = 8 << 20;
+
 struct Reader<'a> {
     b: &'a [u8],
     pos: usize,
+    release: Release<'a>,
+    /// The bytes before this are released.
+    released: usize,
 }
 
 impl<'a> Reader<'a> {
+    fn new(b: &'a [u8]) -> Self {
+        Reader::releasing(b, &|_| {})
+    }
+
+    fn releasing(b: &'a [u8], release: Release<'a>) -> Self {
+        Reader {
+            b,
+            pos: 0,
+            release,
+            released: 0,
+        }
+    }
+
     fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], Unused> {
         let s = self
             .b
             .get(self.pos..self.pos.saturating_add(n))
             .ok_or_else(|| Unused::Damaged("ends too early".into()))?;
         self.pos += n;
+        if self.pos - self.released >= RELEASE_EVERY {
+            (self.release)(&self.b[self.released..self.pos]);
+            self.released = self.pos;
+        }
         Ok(s)
+    }
+
+    /// Releases what is read and not yet released.
+    fn release_read(&mut self) {
+        (self.release)(&self.b[self.released..self.pos]);
+        self.released = self.pos;
     }
     fn u8(&mut self) -> std::result::Result<u8, Unused> {
         Ok(self.take(1)?[0])
@@ -224,7 +256,20 @@ pub type Decoded = ([Scd2; 3], Memo);
 
 /// The engines and summaries in `bytes`, when they are of exactly these table versions. The
 /// tables' parts are read on every core.
+#[cfg(test)]
 pub fn decode(bytes: &[u8], versions: [Label; 3]) -> std::result::Result<Decoded, Unused> {
+    decode_releasing(bytes, versions, &|_| {})
+}
+
+/// [`decode`], with each part of `bytes` handed to `release` once it is read (the checksum reads
+/// them all first, then the parts are read once more): a mapped file's pages are given back as
+/// the reads pass, so that the file is never resident whole beside the state it becomes (225 MB
+/// of it at 1M pupils; docs/ARCHITECTURE.md, "The current state").
+pub fn decode_releasing(
+    bytes: &[u8],
+    versions: [Label; 3],
+    release: Release<'_>,
+) -> std::result::Result<Decoded, Unused> {
     let damaged = |why: &str| Unused::Damaged(why.to_string());
     let body_len = bytes
         .len()
@@ -234,7 +279,12 @@ pub fn decode(bytes: &[u8], versions: [Label; 3]) -> std::result::Result<Decoded
     if !body.starts_with(MAGIC) {
         return Err(damaged("not a state file"));
     }
-    if xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() != sum {
+    let mut checksum = xxhash_rust::xxh3::Xxh3::new();
+    for part in body.chunks(RELEASE_EVERY) {
+        checksum.update(part);
+        release(part);
+    }
+    if checksum.digest().to_le_bytes() != sum {
         return Err(damaged("checksum"));
     }
     let (tables, records) = parts(body)?;
@@ -242,12 +292,12 @@ pub fn decode(bytes: &[u8], versions: [Label; 3]) -> std::result::Result<Decoded
         .map(|((name, b), version)| (*name, b, version))
         .collect();
     let engines = crate::par::map(&sections, |(name, b, version)| {
-        decode_section(name, b, *version)
+        decode_section(name, b, *version, release)
     })
     .into_iter()
     .collect::<std::result::Result<Vec<Scd2>, Unused>>()?;
     let engines = engines.try_into().map_err(|_| damaged("missing table"))?;
-    let records = Records::decode(records).ok_or_else(|| damaged("carried records"))?;
+    let records = Records::decode(records, release).ok_or_else(|| damaged("carried records"))?;
     Ok((engines, Memo::new(records)))
 }
 
@@ -257,10 +307,8 @@ fn parts(body: &[u8]) -> std::result::Result<([&[u8]; 3], &[u8]), Unused> {
     if !body.starts_with(MAGIC) {
         return Err(damaged("not a state file"));
     }
-    let mut r = Reader {
-        b: body,
-        pos: MAGIC.len(),
-    };
+    let mut r = Reader::new(body);
+    r.pos = MAGIC.len();
     if r.u32()? != FORMAT {
         return Err(damaged("format version"));
     }
@@ -276,9 +324,14 @@ fn parts(body: &[u8]) -> std::result::Result<([&[u8]; 3], &[u8]), Unused> {
 }
 
 /// One table's part of the file (see [`section`]).
-fn decode_section(name: &str, b: &[u8], version: Label) -> std::result::Result<Scd2, Unused> {
+fn decode_section(
+    name: &str,
+    b: &[u8],
+    version: Label,
+    release: Release<'_>,
+) -> std::result::Result<Scd2, Unused> {
     let damaged = |why: &str| Unused::Damaged(why.to_string());
-    let mut r = Reader { b, pos: 0 };
+    let mut r = Reader::releasing(b, release);
     let mut engine = Scd2::default();
     if r.text()? != name {
         return Err(damaged("table order"));
@@ -328,6 +381,7 @@ fn decode_section(name: &str, b: &[u8], version: Label) -> std::result::Result<S
     if r.pos != b.len() {
         return Err(damaged("trailing bytes"));
     }
+    r.release_read();
     Ok(engine)
 }
 
@@ -336,7 +390,7 @@ fn decode_section(name: &str, b: &[u8], version: Label) -> std::result::Result<S
 fn stored_labels(bytes: &[u8]) -> Option<[Label; 3]> {
     let (tables, _) = parts(bytes.get(..bytes.len().checked_sub(8)?)?).ok()?;
     let label = |part: &[u8]| {
-        let mut r = Reader { b: part, pos: 0 };
+        let mut r = Reader::new(part);
         r.text().ok()?;
         let (version, id) = (r.u64().ok()? as i64, r.u64().ok()?);
         Some((version >= 0).then_some((version as u64, id)))
@@ -388,9 +442,16 @@ pub async fn read(
         Some(stored) if stored != versions => accepted(ctx, stored, versions).await?,
         _ => versions,
     };
-    tokio::task::spawn_blocking(move || decode(&bytes, versions))
-        .await
-        .map_err(|e| Error::Internal(format!("reading the state file: {e}")))
+    tokio::task::spawn_blocking(move || {
+        // The file's pages are given back as they are read when it is mapped (a local
+        // warehouse); bytes an object store copied to the heap are left alone.
+        match crate::storage::pages_of(&bytes) {
+            Some(release) => decode_releasing(&bytes, versions, &release),
+            None => decode_releasing(&bytes, versions, &|_| {}),
+        }
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("reading the state file: {e}")))
 }
 
 /// Writes the state file from the parts [`encode_each`] hands on, as they come; it is made only

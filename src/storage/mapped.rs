@@ -162,6 +162,70 @@ impl ObjectStore for MappedLocal {
     }
 }
 
+/// A giver-back of the pages of bytes a read of a local file handed out mapped, for a reader
+/// that passes through them once (the state file): their resident pages leave this process as
+/// it goes, and stay in the page cache. `None` when the bytes are not all of one file's mapping
+/// (bytes an object store copied to the heap must keep their pages).
+pub fn pages_of(bytes: &[u8]) -> Option<impl Fn(&[u8]) + Sync> {
+    let (from, to) = (
+        bytes.as_ptr() as usize,
+        bytes.as_ptr() as usize + bytes.len(),
+    );
+    file_backed(from, to).then_some(move |part: &[u8]| {
+        let (start, end) = (part.as_ptr() as usize, part.as_ptr() as usize + part.len());
+        if start < from || end > to {
+            return;
+        }
+        give_back(start, end);
+    })
+}
+
+/// Whether `from..to` lies in one mapping of a file (`/proc/self/maps`: a line with an inode).
+#[cfg(target_os = "linux")]
+fn file_backed(from: usize, to: usize) -> bool {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return false;
+    };
+    maps.lines().any(|line| {
+        let mut f = line.split_ascii_whitespace();
+        let range = f.next().and_then(|r| r.split_once('-'));
+        let inode = f.nth(3);
+        let Some((a, b)) = range else { return false };
+        let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else {
+            return false;
+        };
+        a <= from && to <= b && inode.is_some_and(|i| i != "0")
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn file_backed(_: usize, _: usize) -> bool {
+    false
+}
+
+/// The whole pages in `start..end` given back (`MADV_DONTNEED`).
+fn give_back(start: usize, end: usize) {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let (start, end) = (
+            start.next_multiple_of(page.max(1)),
+            end / page.max(1) * page,
+        );
+        if start < end {
+            // SAFETY: the range lies in a read-only mapping of a file that is never written in
+            // place (`pages_of` checked it, the module's documentation says which files): after
+            // MADV_DONTNEED a read finds the same bytes in the page cache again; nothing is lost.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (start, end);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,5 +305,27 @@ mod tests {
         assert_eq!(before, old);
         let after = store.get(&path).await.unwrap().bytes().await.unwrap();
         assert!(after.iter().all(|b| *b == 7));
+    }
+
+    #[tokio::test]
+    async fn a_mapped_files_pages_are_given_back_and_read_the_same_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MappedLocal::default();
+        let (big, big_path) = file(dir.path(), "current.state", 5 << 20 | 3);
+        let got = store.get(&big_path).await.unwrap().bytes().await.unwrap();
+        let release = pages_of(&got).expect("a mapped file's bytes");
+        // Given back part by part, and whole, the bytes read the same (from the page cache).
+        for part in got.chunks(1 << 20) {
+            assert_eq!(part[0], big[part.as_ptr() as usize - got.as_ptr() as usize]);
+            release(part);
+        }
+        release(&got);
+        assert_eq!(got, big);
+        // Bytes outside the mapping it was made for are not touched.
+        let heap = big.clone();
+        release(&heap);
+        assert_eq!(heap, big);
+        // Heap bytes (an object store's copy) have no pages to give back.
+        assert!(pages_of(&heap).is_none());
     }
 }

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 
 mod guarded;
 mod mapped;
+pub use mapped::pages_of;
 
 pub use guarded::Watch;
 

@@ -6,7 +6,8 @@ use std::borrow::Cow;
 use chrono::NaiveDate;
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::{add_in_row_order, check_rows, key_hash, CarriedPupils, School};
+use super::{add_in_row_order, check_rows, key_hash, CarriedPupils, School, SchoolOf};
+use crate::carried::Hash128;
 use crate::fint::{ElevRow, Origin};
 use crate::quality::{fnr, kommuner, rules, Checker, Severity};
 use crate::standardize::normalized;
@@ -117,15 +118,16 @@ fn check_elev<'a>(
     c: &mut Checker,
     part: &mut ElevPart,
     e: &mut ElevRow<'a>,
-    school_of: &FxHashMap<u128, School<'_, 'a>>,
+    school_of: &SchoolOf<'_, 'a>,
     today: NaiveDate,
 ) -> bool {
     // A pupil's deviations go to the school the pupil is enrolled at.
     if e.r.skolenummer.is_none() {
-        e.r.skolenummer = e
-            .kilde_nokkel
-            .as_deref()
-            .and_then(|k| school_of.get(&key_hash(k)).map(|s| s.to_cow()));
+        e.r.skolenummer = e.kilde_nokkel.as_deref().and_then(|k| {
+            school_of
+                .get(&Hash128::from(key_hash(k)))
+                .map(|s| s.to_cow())
+        });
     }
     let mut keep = true;
     if e.fornavn.is_none() || e.etternavn.is_none() {
@@ -253,7 +255,7 @@ pub(super) fn check_pupils<'a, P: CarriedPupils + ?Sized>(
     c: &mut Checker,
     elev: &mut [ElevRow<'a>],
     carried: &P,
-    school_of: &FxHashMap<u128, School<'_, 'a>>,
+    school_of: &SchoolOf<'_, 'a>,
     today: NaiveDate,
 ) -> Option<Pupils> {
     let part = |n| ElevPart {
@@ -284,7 +286,9 @@ pub(super) fn check_pupils<'a, P: CarriedPupils + ?Sized>(
     let tallies: Vec<FxHashMap<&str, u64>> = crate::par::chunks(carried.len(), |part| {
         let mut at: FxHashMap<&str, u64> = FxHashMap::default();
         for j in part {
-            let school = school_of.get(&carried.key(j)).map_or("-", School::as_str);
+            let school = school_of
+                .get(&Hash128::from(carried.key(j)))
+                .map_or("-", School::as_str);
             *at.entry(school).or_default() += 1;
         }
         vec![at]

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 
 use super::{
     add_in_row_order, check_rows, ef_order, key_hash, pair_hash, CarriedEnrollments, Ordered,
+    NO_PAIR,
 };
 use crate::fint::EfRow;
 use crate::quality::{rules, Checker, Severity};
@@ -68,7 +69,7 @@ pub(super) fn check_enrolments<'e, E: CarriedEnrollments<'e> + ?Sized>(
     // A carried record was clean against rows like these; it stays so while its pupil is a
     // kept pupil, its school known and its record not one whose pupil was dropped (checked on
     // every core), and no earlier row has the same pupil and school (below, in record order).
-    let carried_pairs: Vec<Option<u128>> = crate::par::chunks(carried.len(), |part| {
+    let carried_pairs: Vec<u128> = crate::par::chunks(carried.len(), |part| {
         part.map(|j| {
             let ((kjelde, rad), pupil, school) =
                 (carried.at(j), carried.pupil(j), carried.school(j));
@@ -76,8 +77,10 @@ pub(super) fn check_enrolments<'e, E: CarriedEnrollments<'e> + ?Sized>(
                 .dropped_records
                 .get(kjelde)
                 .is_some_and(|rads| rads.contains(&rad));
-            (!dropped && (refs.is_pupil)(pupil) && refs.schools.contains(school))
-                .then(|| pair_hash(pupil, school))
+            match !dropped && (refs.is_pupil)(pupil) && refs.schools.contains(school) {
+                true => pair_hash(pupil, school),
+                false => NO_PAIR,
+            }
         })
         .collect()
     });
@@ -88,7 +91,8 @@ pub(super) fn check_enrolments<'e, E: CarriedEnrollments<'e> + ?Sized>(
                 None => continue,
             },
             Ordered::Carried(j) => match carried_pairs[j] {
-                Some(pair) if !read_pairs.contains(&pair) || ef_keys.insert(pair) => continue,
+                NO_PAIR => return None,
+                pair if !read_pairs.contains(&pair) || ef_keys.insert(pair) => continue,
                 _ => return None,
             },
         };

@@ -15,6 +15,7 @@ use std::collections::HashSet;
 use chrono::NaiveDate;
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use crate::carried::Hash128;
 use crate::fint::{EfRow, ElevRow, SkoleRow, Staged};
 use crate::quality::{fnr, kommuner, rules, Avvik, Checker, Severity};
 use elev::check_pupils;
@@ -120,6 +121,10 @@ impl<'a> CarriedEnrollments<'a> for [CarriedEf<'a>] {
 /// No records carried unread.
 pub(in crate::standardize) const NOTHING_CARRIED: (&[CarriedElev<'_>], &[CarriedEf<'_>]) =
     (&[], &[]);
+
+/// Each pupil's school, by the pupil's [`key_hash`] (as two halves: an entry of 40 bytes, not
+/// the 48 a `u128` key aligns it to; a million pupils are in it at 1M).
+pub(in crate::standardize) type SchoolOf<'r, 'a> = FxHashMap<Hash128, School<'r, 'a>>;
 
 /// The school a pupil is enrolled at: an elevforhold row's, or a carried enrollment's.
 #[derive(Debug, Clone, Copy)]
@@ -317,18 +322,17 @@ fn pupil_indexes<'r, 'a, P, E>(
     elev: &[ElevRow<'a>],
     elevforhold: &'r [EfRow<'a>],
     (carried_elev, carried): (&P, &E),
-) -> (
-    FxHashMap<u128, School<'r, 'a>>,
-    (FxHashSet<u128>, FxHashSet<u128>),
-)
+) -> (SchoolOf<'r, 'a>, (FxHashSet<u128>, FxHashSet<u128>))
 where
     P: CarriedPupils + ?Sized,
     E: CarriedEnrollments<'a> + ?Sized,
 {
     crate::par::both(
         || {
-            let mut school_of: FxHashMap<u128, School<'r, 'a>> = FxHashMap::default();
-            school_of.reserve(elevforhold.len() + carried.len());
+            // Room for every pupil (an enrollment of no pupil is rare; it grows the map): room for
+            // every enrollment was twice as large at 1M, 200 MB for a moment.
+            let mut school_of = SchoolOf::default();
+            school_of.reserve(elev.len() + carried_elev.len());
             // In record order: a pupil's last elevforhold names the school.
             for ef in ef_order(elevforhold, carried) {
                 match ef {
@@ -337,11 +341,12 @@ where
                         if let (Some(k), Some(s)) =
                             (ef.elev_kilde_nokkel.as_deref(), ef.skolenummer.as_ref())
                         {
-                            school_of.insert(key_hash(k), School::Row(s));
+                            school_of.insert(key_hash(k).into(), School::Row(s));
                         }
                     }
                     Ordered::Carried(j) => {
-                        school_of.insert(carried.pupil(j), School::Carried(carried.school(j)));
+                        let pupil = carried.pupil(j).into();
+                        school_of.insert(pupil, School::Carried(carried.school(j)));
                     }
                 }
             }
@@ -423,13 +428,18 @@ pub(in crate::standardize) fn key_hash(k: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(k.as_bytes())
 }
 
-/// 128-bit hash of a pupil (its [`key_hash`]) at a school, for the elevforhold duplicates.
+/// 128-bit hash of a pupil (its [`key_hash`]) at a school, for the elevforhold duplicates;
+/// never 0, which stands for no pair ([`NO_PAIR`]).
 fn pair_hash(pupil: u128, school: &str) -> u128 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(&pupil.to_le_bytes());
     h.update(school.as_bytes());
-    h.digest128()
+    h.digest128().max(1)
 }
+
+/// No pair: a list of a million pairs holds this instead of an `Option` (32 bytes each, as a
+/// `u128` aligns it, against 16).
+const NO_PAIR: u128 = 0;
 
 #[cfg(test)]
 mod tests {
