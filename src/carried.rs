@@ -57,6 +57,10 @@ type Summary = (u64, Entry);
 /// The bytes of one entry with its record hash.
 const ENTRY_BYTES: usize = 8 + 16 + 16 + 4 + 8;
 
+/// Summaries per part of the state file written or read (some 8 MB of them): the state file is
+/// written part by part and its pages are given back part by part as they are read.
+pub const SUMMARIES_PER_PART: usize = 160_000;
+
 /// Summaries of records, with their record hashes, as written with the current state.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Records {
@@ -113,7 +117,7 @@ impl Records {
         }
         let mut entries: Vec<(u64, Entry)> = Vec::with_capacity(n);
         // In parts of some 8 MB, each released once read.
-        for part in rest.chunks(ENTRY_BYTES * 160_000) {
+        for part in rest.chunks(ENTRY_BYTES * SUMMARIES_PER_PART) {
             entries.extend(part.chunks_exact(ENTRY_BYTES).map(|e| {
                 let entry = Entry {
                     id: [u64_of(&e[8..16]), u64_of(&e[16..24])],

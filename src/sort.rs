@@ -6,14 +6,23 @@ use std::cmp::Ordering;
 /// Fewer items than this are sorted the usual way.
 const SMALL: usize = 1 << 12;
 
-/// Sorts `v` by `cmp`. `top` gives the first 64 bits of an item's sort key, spread evenly over
-/// their range (a hash): `top(a) < top(b)` must mean that `a` sorts before `b`. One pass counts
-/// the items per bucket of the top bits, one places them, and each bucket — a few dozen items —
-/// is sorted on its own, on two cores. Keys that are not spread evenly make larger buckets:
-/// slower, never wrong. Not stable.
+/// Bits of the first pass of [`by_hash`]: 256 buckets, whose next free places stay in the cache.
+const FIRST_BITS: u32 = 8;
+
+/// Sorts `v` by `cmp`, in place. `top` gives the first 64 bits of an item's sort key, spread
+/// evenly over their range (a hash): `top(a) < top(b)` must mean that `a` sorts before `b`.
+/// Keys that are not spread evenly make larger buckets: slower, never wrong. Not stable.
+///
+/// Two passes of buckets (docs/ARCHITECTURE.md, "Sorting by hash"): the first moves each item
+/// into one of 256 buckets by its top 8 bits where the items are (each moved once, to the next
+/// free place of its bucket; 256 such places stay in the cache); the second, on two cores, sorts
+/// each of those buckets by its next bits through a copy of that bucket alone, and each of its
+/// own buckets — a few dozen items — the usual way. No copy of `v` is made: at two million
+/// summaries a copy was as large as the list, and placing all of them in place at once (not in
+/// 256 buckets) was three times slower than the copy.
 pub fn by_hash<T: Copy + Send>(
-    v: &mut Vec<T>,
-    top: impl Fn(&T) -> u64,
+    v: &mut [T],
+    top: impl Fn(&T) -> u64 + Sync,
     cmp: impl Fn(&T, &T) -> Ordering + Sync,
 ) {
     let n = v.len();
@@ -21,39 +30,81 @@ pub fn by_hash<T: Copy + Send>(
         v.sort_unstable_by(cmp);
         return;
     }
-    // About 32 items per bucket.
-    let bits = (n / 32).ilog2().clamp(1, 20);
-    let bucket = |x: &T| (top(x) >> (64 - bits)) as usize;
-    let mut start = vec![0usize; (1 << bits) + 1];
+    let first = |x: &T| (top(x) >> (64 - FIRST_BITS)) as usize;
+    let mut start = [0usize; (1 << FIRST_BITS) + 1];
     for x in v.iter() {
+        start[first(x) + 1] += 1;
+    }
+    for i in 1..start.len() {
+        start[i] += start[i - 1];
+    }
+    let mut next = start;
+    for b in 0..(1 << FIRST_BITS) {
+        while next[b] < start[b + 1] {
+            let mut x = v[next[b]];
+            let mut home = first(&x);
+            while home != b {
+                // `home`'s next place holds an item not yet placed: the counts add up to `n`.
+                std::mem::swap(&mut x, &mut v[next[home]]);
+                next[home] += 1;
+                home = first(&x);
+            }
+            v[next[b]] = x;
+            next[b] += 1;
+        }
+    }
+    // The buckets of each half of the items on a core of their own.
+    let sort_buckets = |items: &mut [T], bounds: &[usize]| {
+        let mut copy: Vec<T> = Vec::new();
+        let offset = bounds[0];
+        for w in bounds.windows(2) {
+            let bucket = &mut items[w[0] - offset..w[1] - offset];
+            by_next_bits(bucket, &mut copy, &top, &cmp);
+        }
+    };
+    let half = start.partition_point(|&s| s < n / 2);
+    let (low, high) = v.split_at_mut(start[half]);
+    crate::par::both(
+        || sort_buckets(low, &start[..=half]),
+        || sort_buckets(high, &start[half..]),
+    );
+}
+
+/// The second pass of [`by_hash`] over one of the first pass's buckets: its items counted per
+/// bucket of their next bits, placed from `copy` (the bucket's own copy), each of these buckets
+/// then sorted the usual way.
+fn by_next_bits<T: Copy>(
+    items: &mut [T],
+    copy: &mut Vec<T>,
+    top: impl Fn(&T) -> u64,
+    cmp: impl Fn(&T, &T) -> Ordering,
+) {
+    let m = items.len();
+    if m < 64 {
+        items.sort_unstable_by(cmp);
+        return;
+    }
+    // About 32 items per bucket.
+    let bits = (m / 32).ilog2().clamp(1, 20);
+    let bucket = |x: &T| ((top(x) << FIRST_BITS) >> (64 - bits)) as usize;
+    let mut start = vec![0usize; (1 << bits) + 1];
+    for x in items.iter() {
         start[bucket(x) + 1] += 1;
     }
     for i in 1..start.len() {
         start[i] += start[i - 1];
     }
-    // A copy to place the items in (every place is written: the counts add up to `n`).
-    let mut out = v.clone();
+    copy.clear();
+    copy.extend_from_slice(items);
     let mut next = start.clone();
-    for x in v.iter() {
+    for x in copy.iter() {
         let b = bucket(x);
-        out[next[b]] = *x;
+        items[next[b]] = *x;
         next[b] += 1;
     }
-    drop(next);
-    // The buckets of each half of the items on a core of their own.
-    let half = start.partition_point(|&s| s < n / 2);
-    let (low, high) = out.split_at_mut(start[half]);
-    let sort_buckets = |items: &mut [T], bounds: &[usize]| {
-        let first = bounds[0];
-        for w in bounds.windows(2) {
-            items[w[0] - first..w[1] - first].sort_unstable_by(&cmp);
-        }
-    };
-    crate::par::both(
-        || sort_buckets(low, &start[..=half]),
-        || sort_buckets(high, &start[half..]),
-    );
-    *v = out;
+    for w in start.windows(2) {
+        items[w[0]..w[1]].sort_unstable_by(&cmp);
+    }
 }
 
 /// Sorts `v` by `cmp`, stably, the two halves on two cores and then merged (equal items keep

@@ -829,38 +829,28 @@ impl Identity {
             .flatten()
     }
 
-    /// [`Identity::settled_by_id`] of many records at once, answers in their order: the ids are
-    /// hashed on every core and looked up in the order of their hashes, which walks the map's
-    /// sorted ids from one end to the other instead of touching them at random.
+    /// [`Identity::settled_by_id`] of many records at once, answers in their order.
+    #[cfg(test)]
     pub fn settled_by_ids(
         &self,
         kildesystem: &str,
         records: &[([u64; 2], u128)],
     ) -> Vec<Option<(u32, Option<u128>)>> {
-        let Some(source) = self.known_source(kildesystem) else {
+        let Some(settling) = self.settling(kildesystem) else {
             return vec![None; records.len()];
         };
-        let mut hashes: Vec<([u64; 2], u32)> = crate::par::chunks(records.len(), |part| {
-            part.map(|i| {
-                let mut buf = Uuid::encode_buffer();
-                let [hi, lo] = records[i].0;
-                let text = Uuid::from_u64_pair(hi, lo)
-                    .hyphenated()
-                    .encode_lower(&mut buf);
-                (text_hash(text), i as u32)
-            })
+        let numbers = settling.numbers(records.len(), |i| records[i].0);
+        (numbers.iter().zip(records))
+            .map(|(&n, r)| settling.settled(n, r.1))
             .collect()
-        });
-        crate::sort::by_hash(&mut hashes, |h| h.0[0], Ord::cmp);
-        let mut numbers = vec![u32::MAX; records.len()];
-        for (hash, i) in hashes {
-            if let Some(n) = self.number.get(hash) {
-                numbers[i as usize] = n;
-            }
-        }
-        crate::par::chunks(records.len(), |part| {
-            part.map(|i| self.settled_as(numbers[i], source, records[i].1))
-                .collect()
+    }
+
+    /// How records of `kildesystem` carried unread are settled ([`Identity::settled_by_id`]);
+    /// `None` when the source is not known (none is).
+    pub fn settling(&self, kildesystem: &str) -> Option<Settling<'_>> {
+        Some(Settling {
+            identity: self,
+            source: self.known_source(kildesystem)?,
         })
     }
 
@@ -993,6 +983,47 @@ pub async fn write_batch(ctx: &RunContext, batch: RecordBatch) -> Result<Option<
     .await
 }
 
+/// Records of one source carried unread, settled in identity as [`Identity::settled_by_id`]
+/// says: first their pupils' numbers for all of them at once, then each one's answer, so that
+/// the caller makes its own list of answers and no list of them is made here.
+pub struct Settling<'i> {
+    identity: &'i Identity,
+    source: u32,
+}
+
+impl Settling<'_> {
+    /// The numbers of the pupils whose current versions have the `n` ids `id` gives, in their
+    /// order (`u32::MAX`: none). The ids are hashed on every core and looked up in the order of
+    /// their hashes, which walks the map's sorted ids from one end to the other instead of
+    /// touching them at random.
+    pub fn numbers(&self, n: usize, id: impl Fn(usize) -> [u64; 2] + Sync) -> Vec<u32> {
+        let mut hashes: Vec<([u64; 2], u32)> = crate::par::chunks(n, |part| {
+            part.map(|i| {
+                let mut buf = Uuid::encode_buffer();
+                let [hi, lo] = id(i);
+                let text = Uuid::from_u64_pair(hi, lo)
+                    .hyphenated()
+                    .encode_lower(&mut buf);
+                (text_hash(text), i as u32)
+            })
+            .collect()
+        });
+        crate::sort::by_hash(&mut hashes, |h| h.0[0], Ord::cmp);
+        let mut numbers = vec![u32::MAX; n];
+        for (hash, i) in hashes {
+            if let Some(p) = self.identity.number.get(hash) {
+                numbers[i as usize] = p;
+            }
+        }
+        numbers
+    }
+
+    /// Whether pupil `n` (one of [`Settling::numbers`]) is settled for a record with this system
+    /// id hash: its number and its number's hash.
+    pub fn settled(&self, n: u32, system_hash: u128) -> Option<(u32, Option<u128>)> {
+        self.identity.settled_as(n, self.source, system_hash)
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -131,9 +131,6 @@ fn section(name: &str, engine: &Scd2, version: Label) -> Vec<u8> {
     out
 }
 
-/// Summaries of carried records per part of the file handed on (8 MB of them).
-const SUMMARIES_PER_PART: usize = 160_000;
-
 /// The engines' state labelled with the table versions (`None`: no table), handed to `out` part
 /// by part in the file's order, so that the file is never in memory whole (docs/ARCHITECTURE.md,
 /// "The current state"): at most one table's part, or 8 MB of the summaries, at a time. Each
@@ -160,7 +157,7 @@ pub fn encode_each(
         emit(s);
     }
     emit((records.encoded_len() as u64).to_le_bytes().to_vec());
-    records.encode_each(SUMMARIES_PER_PART, &mut emit);
+    records.encode_each(crate::carried::SUMMARIES_PER_PART, &mut emit);
     let digest = sum.digest();
     out(digest.to_le_bytes().to_vec());
 }

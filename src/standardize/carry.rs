@@ -14,7 +14,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use super::records::Plan;
 use super::snapshots::Snapshot;
-use super::stage::{self, Get};
+use super::stage::{self, Get, NullBits};
 use crate::error::Result;
 use crate::fint::{EfRow, ElevRow, Staged};
 use crate::ledger::SnapshotCarry;
@@ -138,13 +138,8 @@ fn with_id<'r, T>(rows: &'r [T], ids: &[Option<[u64; 2]>]) -> Vec<&'r T> {
 
 /// The completeness counts of the carried rows (those with an id) of a table.
 fn carried_nulls(table: &schema::Table, h: &Hashed) -> Vec<(&'static str, usize)> {
-    let masks: Vec<u64> = h
-        .nulls
-        .iter()
-        .zip(&h.found)
-        .filter_map(|(m, id)| id.map(|_| *m))
-        .collect();
-    stage::null_counts(table, &h.columns, masks.into_iter())
+    let masks = (h.nulls.iter().zip(&h.found)).filter_map(|(m, id)| id.map(|_| *m));
+    stage::null_counts(table, &h.columns, masks)
 }
 
 /// Hashes a snapshot's validated rows and, with an `index` of the current state, takes the
@@ -203,26 +198,23 @@ pub fn carry(
         });
     }
     // Records carried unread: their ids, and their counts from the null bits they were kept
-    // with; a pupil's identifiers as identity last saw them.
-    let (unread_ids, unread_nulls) = plan.map(Plan::enrollments).unwrap_or_default();
-    let (unread_pupils, unread_pupil_nulls) = plan.map(Plan::pupils).unwrap_or_default();
+    // with (counted on the same pass); a pupil's identifiers as identity last saw them.
+    let (mut ef_bits, mut elev_bits) = (NullBits::default(), NullBits::default());
+    let unread_ids = plan.map_or_else(Vec::new, |p| p.enrollment_ids(&mut ef_bits));
+    let unread_pupils = plan.map_or_else(Vec::new, |p| p.pupils(&mut elev_bits));
     // What is counted and resolved of the carried rows is read before they leave: the
     // completeness counts (from the null masks made with the hashes) and what identity
     // resolution needs of a carried pupil.
     for (table, h, unread) in [
-        (&schema::ELEV, &elev, &unread_pupil_nulls[..]),
-        (&schema::ELEVFORHOLD, &ef, &unread_nulls[..]),
+        (&schema::ELEV, &elev, elev_bits),
+        (&schema::ELEVFORHOLD, &ef, ef_bits),
     ] {
         let mut counts = carried_nulls(table, h);
-        for (a, b) in counts.iter_mut().zip(stage::null_counts(
-            table,
-            &h.columns,
-            unread.iter().copied(),
-        )) {
+        for (a, b) in counts.iter_mut().zip(unread.counts(table, &h.columns)) {
             a.1 += b.1;
         }
         let e = nulls.entry(table.name).or_insert_with(|| (0, Vec::new()));
-        e.0 += h.found.iter().flatten().count() + unread.len();
+        e.0 += h.found.iter().flatten().count() + unread.rows();
         if e.1.is_empty() {
             e.1 = counts;
         } else {
@@ -255,11 +247,15 @@ pub fn carry(
         elevforhold: ef_rows,
         ..
     } = staged;
-    let (elev_ids, mut elevforhold_ids) = crate::par::both(
+    let (elev_ids, read_ids) = crate::par::both(
         || remove_carried(elev_rows, &mut elev.hashes, &elev.found),
         || remove_carried(ef_rows, &mut ef.hashes, &ef.found),
     );
-    elevforhold_ids.extend(unread_ids.iter().copied());
+    // The few rows read and carried join the many carried unread (not the other way round:
+    // a copy of a million ids); publish does not ask in which order.
+    let records_carried = unread_ids.len() + unread_pupils.len();
+    let mut elevforhold_ids = unread_ids;
+    elevforhold_ids.extend(read_ids);
     Ok(SnapshotCarry {
         elev_hashes: elev.hashes,
         elevforhold_hashes: ef.hashes,
@@ -267,7 +263,7 @@ pub fn carry(
         elev_ids,
         elevforhold_ids,
         records,
-        records_carried: unread_ids.len() + unread_pupils.len(),
+        records_carried,
         elev_unread: unread_pupils,
     })
 }

@@ -142,7 +142,7 @@ pub async fn run(
             let spec = snap.format.carried_records();
             let read_whole = snap.published || write_staging || ctx.dry_run;
             spec.filter(|_| carries && !read_whole)
-                .map(|spec| records::Hashed::of(snap, spec))
+                .and_then(|spec| records::Hashed::of(snap, spec))
         })
         .collect();
     steps.step("hash carried records");

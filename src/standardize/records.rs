@@ -19,7 +19,8 @@ use super::validate::{key_hash, CarriedEnrollments, CarriedList, CarriedPupils};
 use crate::carried::{Entry, Hash128, Made, Memo, Records, NO_SCHOOL};
 use crate::fint::{EfRow, ElevRow};
 use crate::formats::{CarriedRecords, RawRec};
-use crate::publish::identity::Identity;
+use crate::publish::identity::{Identity, Settling};
+use crate::standardize::stage::NullBits;
 
 /// Changed when what a summary means changes (the elevflyt version is hashed too).
 const RECORDS_FORMAT: &[u8] = b"elevflyt-records-1";
@@ -38,12 +39,23 @@ struct Carried {
     fnr: Hash128,
 }
 
-/// The records of one entity: every one in record order (its file, number and hash), those
-/// carried, in record order, and the memo their summaries are in.
+/// A record of a carried entity: its hash, its number in its file and its file's place in the
+/// snapshot's list of files. 16 bytes (a file name's reference and an `i64` made it 32): two
+/// million are held from finding the carried records until they are carried, at 1M.
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    hash: u64,
+    rad: u32,
+    file: u32,
+}
+
+/// The records of one entity: every one in record order, the files they are in, those carried
+/// (in record order), and the memo their summaries are in.
 #[derive(Default)]
 struct Part<'a, 'm> {
     entity: &'static str,
-    records: Vec<(&'a str, i64, u64)>,
+    files: Vec<&'a str>,
+    records: Vec<Rec>,
     carried: Vec<Carried>,
     memo: Option<&'m Memo>,
 }
@@ -58,28 +70,31 @@ type RowSummary<'r> = (
     Option<[u64; 2]>,
 );
 
-/// What may be carried of the summaries found (all at once, answers in their order): `None` to
-/// read the record, else the pupil's number in identity and number hash (`(u32::MAX, 0)` for
-/// an enrollment).
-type Keep<'f> = &'f (dyn Fn(&[&Entry]) -> Vec<Option<(u32, u128)>> + Sync);
+/// Which of the summaries found may be carried: every one (an enrollment: its pupil is checked
+/// with the rows), or a pupil's when identity would see it again without learning anything
+/// (`None`: no pupil is).
+enum Keep<'i> {
+    Every,
+    Settled(Option<Settling<'i>>),
+}
 
 impl<'a, 'm> Part<'a, 'm> {
     /// `records` of `entity` (their hashes made without a seed) hashed with `seed`, and found in
-    /// `memo`.
+    /// `memo`; those found carried as `keep` says.
     fn make(
         entity: &'static str,
-        mut records: Vec<(&'a str, i64, u64)>,
+        (files, mut records): (Vec<&'a str>, Vec<Rec>),
         seed: u64,
         memo: Option<&'m Memo>,
         keep: Keep<'_>,
     ) -> Part<'a, 'm> {
         for r in records.iter_mut() {
-            r.2 = xxhash_rust::xxh3::xxh3_64_with_seed(&r.2.to_le_bytes(), seed).max(1);
+            r.hash = xxhash_rust::xxh3::xxh3_64_with_seed(&r.hash.to_le_bytes(), seed).max(1);
         }
-        let carried = match memo {
-            Some(memo) if !memo.is_empty() => {
+        let carried = match (memo, keep) {
+            (Some(memo), keep) if !memo.is_empty() && !matches!(keep, Keep::Settled(None)) => {
                 let mut hashes: Vec<(u64, u32)> = (records.iter().enumerate())
-                    .map(|(i, r)| (r.2, i as u32))
+                    .map(|(i, r)| (r.hash, i as u32))
                     .collect();
                 crate::sort::by_hash(&mut hashes, |h| h.0, Ord::cmp);
                 // A hash met twice today is of neither record.
@@ -91,35 +106,53 @@ impl<'a, 'm> Part<'a, 'm> {
                     .collect();
                 let mut tw = twice.into_iter();
                 hashes.retain(|_| !tw.next().unwrap_or(true));
-                // The places found, in record order (the join gives them in hash order).
+                // The places found, put in record order (the join gives them in hash order) in
+                // the join's own list: (record, place).
+                let mut hits = memo.join(&hashes);
+                drop(hashes);
                 let mut hit = vec![u32::MAX; records.len()];
-                for (at, place) in memo.join(&hashes) {
+                for &(at, place) in &hits {
                     hit[at as usize] = place;
                 }
-                drop(hashes);
-                let hits: Vec<(u32, u32)> = (hit.into_iter().enumerate())
-                    .filter(|&(_, place)| place != u32::MAX)
-                    .map(|(at, place)| (at as u32, place))
-                    .collect();
-                let entries: Vec<&Entry> = hits.iter().map(|&(_, p)| memo.entry(p)).collect();
-                let kept = keep(&entries);
-                drop(entries);
-                (hits.into_iter().zip(kept))
-                    .filter_map(|((at, place), kept)| {
-                        let (n, fnr) = kept?;
-                        Some(Carried {
-                            at,
-                            n,
-                            place,
-                            fnr: fnr.into(),
-                        })
-                    })
-                    .collect()
+                hits.clear();
+                hits.extend(
+                    (hit.into_iter().enumerate())
+                        .filter(|&(_, place)| place != u32::MAX)
+                        .map(|(at, place)| (at as u32, place)),
+                );
+                // Each found record carried as `keep` says, made in a list of its final size.
+                let settled = match &keep {
+                    Keep::Settled(Some(s)) => {
+                        let numbers = s.numbers(hits.len(), |k| memo.entry(hits[k].1).id);
+                        Some((s, numbers))
+                    }
+                    _ => None,
+                };
+                let mut carried = Vec::with_capacity(hits.len());
+                for (k, &(at, place)) in hits.iter().enumerate() {
+                    let (n, fnr) = match &settled {
+                        Some((s, numbers)) => {
+                            match s.settled(numbers[k], memo.entry(place).pupil.get()) {
+                                Some((n, fnr)) => (n, fnr.unwrap_or(0)),
+                                None => continue,
+                            }
+                        }
+                        None => (u32::MAX, 0),
+                    };
+                    carried.push(Carried {
+                        at,
+                        n,
+                        place,
+                        fnr: fnr.into(),
+                    });
+                }
+                carried
             }
             _ => Vec::new(),
         };
         Part {
             entity,
+            files,
             records,
             carried,
             memo,
@@ -128,8 +161,12 @@ impl<'a, 'm> Part<'a, 'm> {
 
     /// Where carried record `c` is (file, record number).
     fn at(&self, c: &Carried) -> (&'a str, i64) {
-        let (kjelde, rad, _) = self.records[c.at as usize];
-        (kjelde, rad)
+        self.place(&self.records[c.at as usize])
+    }
+
+    /// Where record `r` is (file, record number).
+    fn place(&self, r: &Rec) -> (&'a str, i64) {
+        (self.files[r.file as usize], i64::from(r.rad))
     }
 
     /// Carried record `c`'s summary.
@@ -161,14 +198,12 @@ impl<'a, 'm> Part<'a, 'm> {
         let mut pending = Vec::with_capacity(rows.size_hint().0);
         let mut j = 0;
         for ((at, key, skole, staged, id), bits) in rows {
-            while self.records.get(j).is_some_and(|r| (r.0, r.1) < at) {
+            while self.records.get(j).is_some_and(|r| self.place(r) < at) {
                 j += 1;
             }
-            let hash = self
-                .records
-                .get(j)
-                .filter(|r| (r.0, r.1) == at)
-                .map(|r| r.2);
+            let hash = (self.records.get(j))
+                .filter(|r| self.place(r) == at)
+                .map(|r| r.hash);
             let summary = match (hash, key) {
                 (Some(hash), Some(key))
                     if staged != 0 && summarisable_key(key) && clean(at.0, at.1) =>
@@ -205,9 +240,13 @@ pub struct CarriedView<'p, 'a, 'm> {
 
 impl<'p, 'a, 'm> CarriedView<'p, 'a, 'm> {
     fn of(part: &'p Part<'a, 'm>) -> Self {
-        let carried = &part.carried;
-        let pupils = crate::par::chunks(carried.len(), |range| {
-            carried[range].iter().map(|c| part.entry(c).pupil).collect()
+        // Filled in place on every core: no parts to put together (16 MB a list at 1M).
+        let mut pupils = vec![Hash128::from(0); part.carried.len()];
+        crate::par::parts_mut(&mut pupils, |first, out| {
+            let carried = &part.carried[first..first + out.len()];
+            for (p, c) in out.iter_mut().zip(carried) {
+                *p = part.entry(c).pupil;
+            }
         });
         CarriedView { part, pupils }
     }
@@ -250,16 +289,20 @@ pub struct Plan<'a, 'm> {
 }
 
 /// A snapshot's records of the carried entities with their hashes (unseeded), found in one pass
-/// over the records on every core before anything else is loaded: enrollments, pupils and
-/// context records, each in record order.
-pub struct Hashed<'a>([Vec<(&'a str, i64, u64)>; 3]);
+/// over the records on every core before anything else is loaded: the files they are in, and
+/// enrollments, pupils and context records, each in record order.
+pub struct Hashed<'a> {
+    files: Vec<&'a str>,
+    records: [Vec<Rec>; 3],
+}
 
 impl<'a> Hashed<'a> {
-    /// Hashes the snapshot's records of `spec`'s entities.
-    pub fn of(snap: &'a Snapshot, spec: &CarriedRecords) -> Hashed<'a> {
-        type Found<'a> = [Vec<(&'a str, i64, u64)>; 3];
+    /// Hashes the snapshot's records of `spec`'s entities; `None` (every record read) when a
+    /// record's number does not fit the 32 bits a [`Rec`] holds (four billion records in a file).
+    pub fn of(snap: &'a Snapshot, spec: &CarriedRecords) -> Option<Hashed<'a>> {
+        type Found<'a> = Option<(Vec<&'a str>, [Vec<Rec>; 3])>;
         let parts: Vec<Found<'a>> = crate::par::chunks(snap.len(), |range| {
-            let mut found: Found<'a> = Default::default();
+            let (mut files, mut found): (Vec<&'a str>, [Vec<Rec>; 3]) = Default::default();
             for i in range {
                 let r = snap.record(i);
                 let k = if r.entitet == spec.entity {
@@ -271,20 +314,49 @@ impl<'a> Hashed<'a> {
                 } else {
                     continue;
                 };
-                found[k].push((r.kjelde, r.rad, record_hash(0, r.post)));
+                // Records come file by file: a file is the last one's or a new one.
+                if files.last() != Some(&r.kjelde) {
+                    files.push(r.kjelde);
+                }
+                let Ok(rad) = u32::try_from(r.rad) else {
+                    return vec![None];
+                };
+                let file = (files.len() - 1) as u32;
+                found[k].push(Rec {
+                    hash: record_hash(0, r.post),
+                    rad,
+                    file,
+                });
             }
-            vec![found]
+            vec![Some((files, found))]
         });
-        let mut found: Found<'a> = Default::default();
+        let mut hashed = Hashed {
+            files: Vec::new(),
+            records: Default::default(),
+        };
         for part in parts {
-            for (all, some) in found.iter_mut().zip(part) {
+            let (files, part) = part?;
+            // The part's files numbered among the earlier parts' (a file may span two parts).
+            let numbers: Vec<u32> = (files.iter())
+                .map(|f| match hashed.files.iter().position(|g| g == f) {
+                    Some(n) => n as u32,
+                    None => {
+                        hashed.files.push(f);
+                        (hashed.files.len() - 1) as u32
+                    }
+                })
+                .collect();
+            for (all, mut some) in hashed.records.iter_mut().zip(part) {
+                for r in some.iter_mut() {
+                    r.file = numbers[r.file as usize];
+                }
                 match all.is_empty() {
                     true => *all = some,
                     false => all.extend(some),
                 }
             }
         }
-        Hashed(found)
+        Some(hashed)
     }
 }
 
@@ -302,38 +374,43 @@ impl<'a, 'm> Plan<'a, 'm> {
         identity: Option<&'m Identity>,
         pupils: bool,
     ) -> Plan<'a, 'm> {
-        let [enrollments, users, context] = hashed.0;
+        let Hashed { files, records } = hashed;
+        let [enrollments, users, context] = records;
+        let pupil_files = files.clone();
         let kildesystem = snap.kildesystem.as_str();
         let context = context.iter().fold(Xxh3::new(), |mut h, r| {
-            h.update(&r.2.to_le_bytes());
+            h.update(&r.hash.to_le_bytes());
             h
         });
         let ef_seed = seed(fingerprint, context.digest());
-        let enrollment: Keep<'_> = &|found| vec![Some((u32::MAX, 0)); found.len()];
         // The pupils' part on a second core while the enrollments' is made: they share
         // nothing but the summaries they read.
         let pupils_part = || match spec.pupils {
             // A pupil is read from its own record only: its hashes are not seeded with the
             // context. It is carried when identity would see it again without learning
-            // anything (`Identity::settled_by_ids`).
+            // anything (`Identity::settled_by_id`).
             Some(entity) => {
                 let memo = memo.filter(|_| pupils && identity.is_some());
-                let pupil: Keep<'_> = &|found| {
-                    let Some(identity) = identity else {
-                        return vec![None; found.len()];
-                    };
-                    let records: Vec<([u64; 2], u128)> =
-                        found.iter().map(|e| (e.id, e.pupil.get())).collect();
-                    (identity.settled_by_ids(kildesystem, &records).into_iter())
-                        .map(|s| s.map(|(n, fnr)| (n, fnr.unwrap_or(0))))
-                        .collect()
-                };
-                Part::make(entity, users, seed(fingerprint, 0), memo, pupil)
+                let settling = identity.and_then(|i| i.settling(kildesystem));
+                let keep = Keep::Settled(settling);
+                Part::make(
+                    entity,
+                    (pupil_files, users),
+                    seed(fingerprint, 0),
+                    memo,
+                    keep,
+                )
             }
             None => Part::default(),
         };
         let (elev, elevforhold) = crate::par::both(pupils_part, || {
-            Part::make(spec.entity, enrollments, ef_seed, memo, enrollment)
+            Part::make(
+                spec.entity,
+                (files, enrollments),
+                ef_seed,
+                memo,
+                Keep::Every,
+            )
         });
         Plan { elevforhold, elev }
     }
@@ -372,23 +449,28 @@ impl<'a, 'm> Plan<'a, 'm> {
         )
     }
 
-    /// The carried pupils' numbers in identity with the ids of their current versions, and
-    /// their null bits.
-    #[allow(clippy::type_complexity)]
-    pub fn pupils(&self) -> (Vec<(u32, [u64; 2])>, Vec<u64>) {
+    /// The carried pupils' numbers in identity with the ids of their current versions; their
+    /// null bits counted into `nulls` on the same pass over their summaries.
+    pub fn pupils(&self, nulls: &mut NullBits) -> Vec<(u32, [u64; 2])> {
         (self.elev.carried.iter())
-            .map(|c| ((c.n, self.elev.entry(c).id), self.elev.entry(c).nulls))
-            .unzip()
+            .map(|c| {
+                let e = self.elev.entry(c);
+                nulls.add(e.nulls);
+                (c.n, e.id)
+            })
+            .collect()
     }
 
-    /// The ids of the carried enrollments' current versions, and their null bits.
-    pub fn enrollments(&self) -> (Vec<[u64; 2]>, Vec<u64>) {
+    /// The ids of the carried enrollments' current versions; their null bits counted into
+    /// `nulls` on the same pass.
+    pub fn enrollment_ids(&self, nulls: &mut NullBits) -> Vec<[u64; 2]> {
         (self.elevforhold.carried.iter())
             .map(|c| {
                 let e = self.elevforhold.entry(c);
-                (e.id, e.nulls)
+                nulls.add(e.nulls);
+                e.id
             })
-            .unzip()
+            .collect()
     }
 
     /// The summaries for the next day: the carried records' again, and each read row's that is
@@ -518,7 +600,10 @@ mod tests {
         });
         let part = Part {
             entity: "users",
-            records: vec![("a.json", 1, 7), ("a.json", 2, 8), ("b.json", 1, 9)],
+            files: vec!["a.json", "b.json"],
+            records: [(0, 1, 7), (0, 2, 8), (1, 1, 9)]
+                .map(|(file, rad, hash)| Rec { hash, rad, file })
+                .to_vec(),
             carried: vec![
                 Carried {
                     at: 0,

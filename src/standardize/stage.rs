@@ -157,26 +157,62 @@ pub fn elevforhold_column<'a>(name: &str) -> Option<Get<EfRow<'a>>> {
 pub fn null_counts(
     table: &crate::schema::Table,
     columns: &[&str],
-    masks: impl ExactSizeIterator<Item = u64>,
+    masks: impl Iterator<Item = u64>,
 ) -> Vec<(&'static str, usize)> {
-    let rows = masks.len();
-    let mut per_bit = [0usize; 64];
-    for mut m in masks {
-        while m != 0 {
-            per_bit[m.trailing_zeros() as usize] += 1;
-            m &= m - 1;
+    let mut bits = NullBits::default();
+    masks.for_each(|m| bits.add(m));
+    bits.counts(table, columns)
+}
+
+/// Null masks counted as they come (by a caller that reads them with something else): rows, and
+/// rows per bit.
+#[derive(Debug, Clone, Copy)]
+pub struct NullBits {
+    rows: usize,
+    per_bit: [usize; 64],
+}
+
+impl Default for NullBits {
+    fn default() -> Self {
+        NullBits {
+            rows: 0,
+            per_bit: [0; 64],
         }
     }
-    table
-        .business_columns()
-        .map(|c| {
-            let nulls = columns
-                .iter()
-                .position(|n| *n == c.name)
-                .map_or(rows, |j| per_bit[j]);
-            (c.name, nulls)
-        })
-        .collect()
+}
+
+impl NullBits {
+    /// One row's mask.
+    pub fn add(&mut self, mut mask: u64) {
+        self.rows += 1;
+        while mask != 0 {
+            self.per_bit[mask.trailing_zeros() as usize] += 1;
+            mask &= mask - 1;
+        }
+    }
+
+    /// The rows counted.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Per business column of `table`, as [`null_counts`] says.
+    pub fn counts(
+        &self,
+        table: &crate::schema::Table,
+        columns: &[&str],
+    ) -> Vec<(&'static str, usize)> {
+        table
+            .business_columns()
+            .map(|c| {
+                let nulls = columns
+                    .iter()
+                    .position(|n| *n == c.name)
+                    .map_or(self.rows, |j| self.per_bit[j]);
+                (c.name, nulls)
+            })
+            .collect()
+    }
 }
 
 pub fn elev_batch(

@@ -288,7 +288,7 @@ pub(super) fn check_pupils<'a, P: CarriedPupils + ?Sized>(
         for j in part {
             let school = school_of
                 .get(&Hash128::from(carried.key(j)))
-                .map_or("-", School::as_str);
+                .map_or("-", School::name);
             *at.entry(school).or_default() += 1;
         }
         vec![at]

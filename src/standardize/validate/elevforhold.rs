@@ -69,20 +69,21 @@ pub(super) fn check_enrolments<'e, E: CarriedEnrollments<'e> + ?Sized>(
     // A carried record was clean against rows like these; it stays so while its pupil is a
     // kept pupil, its school known and its record not one whose pupil was dropped (checked on
     // every core), and no earlier row has the same pupil and school (below, in record order).
-    let carried_pairs: Vec<u128> = crate::par::chunks(carried.len(), |part| {
-        part.map(|j| {
+    // Filled in place on every core (16 bytes a record: no parts to put together).
+    let mut carried_pairs = vec![NO_PAIR; carried.len()];
+    crate::par::parts_mut(&mut carried_pairs, |first, out| {
+        for (k, pair) in out.iter_mut().enumerate() {
+            let j = first + k;
             let ((kjelde, rad), pupil, school) =
                 (carried.at(j), carried.pupil(j), carried.school(j));
             let dropped = refs
                 .dropped_records
                 .get(kjelde)
                 .is_some_and(|rads| rads.contains(&rad));
-            match !dropped && (refs.is_pupil)(pupil) && refs.schools.contains(school) {
-                true => pair_hash(pupil, school),
-                false => NO_PAIR,
+            if !dropped && (refs.is_pupil)(pupil) && refs.schools.contains(school) {
+                *pair = pair_hash(pupil, school);
             }
-        })
-        .collect()
+        }
     });
     for ef in ef_order(elevforhold, carried) {
         let (i, pair) = match ef {

@@ -122,9 +122,98 @@ impl<'a> CarriedEnrollments<'a> for [CarriedEf<'a>] {
 pub(in crate::standardize) const NOTHING_CARRIED: (&[CarriedElev<'_>], &[CarriedEf<'_>]) =
     (&[], &[]);
 
-/// Each pupil's school, by the pupil's [`key_hash`] (as two halves: an entry of 40 bytes, not
-/// the 48 a `u128` key aligns it to; a million pupils are in it at 1M).
-pub(in crate::standardize) type SchoolOf<'r, 'a> = FxHashMap<Hash128, School<'r, 'a>>;
+/// Each pupil's school, by the pupil's [`key_hash`]; a later school of a pupil replaces the
+/// earlier. A million pupils are in it at 1M, so it is small: the pupils in a list of (key,
+/// school's number) pairs of 24 bytes, found through a table of their places (4 bytes a bucket,
+/// the key's low half its hash: it is a hash), and each school (a few thousand) held once. A map
+/// of keys to schools took 66 MB at 1M (two million buckets of 32 bytes), this takes 34.
+#[derive(Default)]
+pub(in crate::standardize) struct SchoolOf<'r, 'a> {
+    places: hashbrown::HashTable<u32>,
+    pupils: Vec<(Hash128, u32)>,
+    schools: Vec<School<'r, 'a>>,
+    numbers: FxHashMap<&'r str, u32>,
+}
+
+impl<'r, 'a> SchoolOf<'r, 'a> {
+    /// Room for `n` pupils.
+    fn with_capacity(n: usize) -> Self {
+        SchoolOf {
+            places: hashbrown::HashTable::with_capacity(n),
+            pupils: Vec::with_capacity(n),
+            ..SchoolOf::default()
+        }
+    }
+
+    /// Pupil `key` is at `school` (the last school given is the pupil's).
+    fn insert(&mut self, key: Hash128, school: School<'r, 'a>) {
+        let name = school.name();
+        let next = self.schools.len() as u32;
+        let number = *self.numbers.entry(name).or_insert(next);
+        if number == next {
+            self.schools.push(school);
+        }
+        let pupils = &mut self.pupils;
+        let hash = |k: Hash128| k.get() as u64;
+        match (self.places).entry(
+            hash(key),
+            |&p| pupils[p as usize].0 == key,
+            |&p| hash(pupils[p as usize].0),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(o) => pupils[*o.get() as usize].1 = number,
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(pupils.len() as u32);
+                pupils.push((key, number));
+            }
+        }
+    }
+
+    /// The school of pupil `key`.
+    pub fn get(&self, key: &Hash128) -> Option<School<'r, 'a>> {
+        let p = self
+            .places
+            .find(key.get() as u64, |&p| self.pupils[p as usize].0 == *key)?;
+        self.schools
+            .get(self.pupils[*p as usize].1 as usize)
+            .copied()
+    }
+}
+
+/// A set of [`key_hash`]es made once and then only asked: the keys sorted (in place) and found
+/// through where each bucket of their top bits begins (about four keys a bucket, one or two
+/// cache lines a question). 17 bytes a key: a hash set of the carried pupils' keys took 34 MB
+/// at 1M (two million buckets of 17 bytes), this takes 17.
+struct KeySet {
+    keys: Vec<u128>,
+    starts: Vec<u32>,
+    bits: u32,
+}
+
+impl KeySet {
+    /// The set of `keys` (fewer than 2³² of them: they are records of one snapshot).
+    fn new(mut keys: Vec<u128>) -> KeySet {
+        crate::sort::by_hash(&mut keys, |&k| (k >> 64) as u64, Ord::cmp);
+        let bits = (keys.len() / 4).max(2).ilog2().min(24);
+        let mut starts = vec![0u32; (1 << bits) + 1];
+        for &k in &keys {
+            starts[Self::bucket(k, bits) + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        KeySet { keys, starts, bits }
+    }
+
+    fn bucket(k: u128, bits: u32) -> usize {
+        ((k >> 64) as u64 >> (64 - bits)) as usize
+    }
+
+    fn contains(&self, k: &u128) -> bool {
+        let b = Self::bucket(*k, self.bits);
+        let (from, to) = (self.starts[b] as usize, self.starts[b + 1] as usize);
+        self.keys[from..to].contains(k)
+    }
+}
 
 /// The school a pupil is enrolled at: an elevforhold row's, or a carried enrollment's.
 #[derive(Debug, Clone, Copy)]
@@ -133,8 +222,9 @@ pub(in crate::standardize) enum School<'r, 'a> {
     Carried(&'a str),
 }
 
-impl<'a> School<'_, 'a> {
-    pub fn as_str(&self) -> &str {
+impl<'r, 'a: 'r> School<'r, 'a> {
+    /// The school number.
+    pub fn name(self) -> &'r str {
         match self {
             School::Row(s) => s,
             School::Carried(s) => s,
@@ -230,12 +320,18 @@ where
         .chain(known_schools.iter().map(String::as_str))
         .collect();
     let kildesystem = elev.first().map(|e| e.r.kildesystem).unwrap_or_default();
-    let (school_of, (delivered, carried_keys)) =
-        pupil_indexes(elev, elevforhold, (carried_elev, carried));
+    let (school_of, delivered) = pupil_indexes(elev, elevforhold, (carried_elev, carried));
     let Some(pupils) = check_pupils(c, elev, carried_elev, &school_of, today) else {
         return false;
     };
     drop(school_of);
+    // The carried pupils' keys, made once the schools are let go: the two are the largest
+    // things validation makes (a million pupils at 1M), and are not held at once.
+    let carried_keys = KeySet::new(
+        (0..carried_elev.len())
+            .map(|j| carried_elev.key(j))
+            .collect(),
+    );
     elev::report_invalid_fnr_share(c, kildesystem, pupils.per_school);
     // Records whose pupil was dropped: an elevforhold from the same record (Vigo lines carry
     // both) goes with it, already reported. File → record numbers.
@@ -314,15 +410,13 @@ fn check_schools(c: &mut Checker, skole: &mut Vec<SkoleRow<'_>>) {
 
 /// Sets of keys hold 128-bit hashes of them (no copy of a million strings; a collision is as
 /// likely as guessing a random UUID twice). At the same time: the school of each pupil (from the
-/// snapshot's elevforhold), for per-school thresholds; the keys of every pupil read, kept or not
-/// (references to dropped pupils are not new news); and the keys of the carried pupils (all
-/// kept: a carried one that is not asks for a full read).
-#[allow(clippy::type_complexity)]
+/// snapshot's elevforhold), for per-school thresholds; and the keys of every pupil read, kept
+/// or not (references to dropped pupils are not new news).
 fn pupil_indexes<'r, 'a, P, E>(
     elev: &[ElevRow<'a>],
     elevforhold: &'r [EfRow<'a>],
     (carried_elev, carried): (&P, &E),
-) -> (SchoolOf<'r, 'a>, (FxHashSet<u128>, FxHashSet<u128>))
+) -> (SchoolOf<'r, 'a>, FxHashSet<u128>)
 where
     P: CarriedPupils + ?Sized,
     E: CarriedEnrollments<'a> + ?Sized,
@@ -331,8 +425,7 @@ where
         || {
             // Room for every pupil (an enrollment of no pupil is rare; it grows the map): room for
             // every enrollment was twice as large at 1M, 200 MB for a moment.
-            let mut school_of = SchoolOf::default();
-            school_of.reserve(elev.len() + carried_elev.len());
+            let mut school_of = SchoolOf::with_capacity(elev.len() + carried_elev.len());
             // In record order: a pupil's last elevforhold names the school.
             for ef in ef_order(elevforhold, carried) {
                 match ef {
@@ -364,8 +457,7 @@ where
                     })
                 })
                 .collect();
-            let carried_keys = (0..carried_elev.len()).map(|j| carried_elev.key(j));
-            (delivered, carried_keys.collect())
+            delivered
         },
     )
 }
@@ -445,6 +537,45 @@ const NO_PAIR: u128 = 0;
 mod tests {
     use super::*;
     use crate::fint::Origin;
+
+    /// A key set answers for every key in it and no other, whatever its size (empty, a few
+    /// keys, keys crowded in one bucket, hashed keys past a directory of many buckets).
+    #[test]
+    fn a_key_set_holds_its_keys_and_no_others() {
+        let hashed: Vec<u128> = (0..50_000u32).map(|i| key_hash(&i.to_string())).collect();
+        let crowded: Vec<u128> = (1..5_000u128).collect();
+        let few: Vec<u128> = hashed[..3].to_vec();
+        for keys in [hashed.clone(), crowded, few, Vec::new()] {
+            let set = KeySet::new(keys.clone());
+            assert!(keys.iter().all(|k| set.contains(k)));
+            let absent = (50_000..60_000u32).map(|i| key_hash(&i.to_string()));
+            assert!(!absent
+                .chain([0, 5_000, u128::MAX])
+                .any(|k| set.contains(&k)));
+        }
+    }
+
+    /// A pupil's school is the last one given for its key, found by the key alone; a school
+    /// named twice is held once.
+    #[test]
+    fn a_pupils_school_is_the_last_given() {
+        let (a, b) = (Cow::Borrowed("46591"), Cow::Owned("46592".to_string()));
+        let mut of = SchoolOf::with_capacity(2);
+        let (k1, k2, k3) = (
+            key_hash("p1").into(),
+            key_hash("p2").into(),
+            key_hash("p3").into(),
+        );
+        of.insert(k1, School::Row(&a));
+        of.insert(k2, School::Carried("46592"));
+        of.insert(k1, School::Row(&b));
+        of.insert(k2, School::Carried("46591"));
+        assert_eq!(of.get(&k1).map(School::name), Some("46592"));
+        assert_eq!(of.get(&k2).map(School::name), Some("46591"));
+        assert_eq!(of.get(&k3).map(School::name), None);
+        assert_eq!(of.schools.len(), 2);
+        assert_eq!(of.pupils.len(), 2);
+    }
 
     fn pupil(i: usize, key: &str) -> ElevRow<'static> {
         ElevRow {
