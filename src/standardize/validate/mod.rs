@@ -15,6 +15,8 @@ use std::collections::HashSet;
 use chrono::NaiveDate;
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use crate::sort::HashSorted;
+
 use crate::carried::Hash128;
 use crate::fint::{EfRow, ElevRow, SkoleRow, Staged};
 use crate::quality::{fnr, kommuner, rules, Avvik, Checker, Severity};
@@ -123,95 +125,84 @@ pub(in crate::standardize) const NOTHING_CARRIED: (&[CarriedElev<'_>], &[Carried
     (&[], &[]);
 
 /// Each pupil's school, by the pupil's [`key_hash`]; a later school of a pupil replaces the
-/// earlier. A million pupils are in it at 1M, so it is small: the pupils in a list of (key,
-/// school's number) pairs of 24 bytes, found through a table of their places (4 bytes a bucket,
-/// the key's low half its hash: it is a hash), and each school (a few thousand) held once. A map
-/// of keys to schools took 66 MB at 1M (two million buckets of 32 bytes), this takes 34.
-#[derive(Default)]
+/// earlier. A million pupils are in it at 1M, so it is small and made without a lookup each:
+/// the schools given are listed as (key, order given, school's number), 24 bytes each, then
+/// sorted by key ([`crate::sort::by_hash`], in place) with the last given first, and only that
+/// one of each key kept; each school (a few thousand) is held once. A map of keys to schools
+/// took 66 MB at 1M (two million buckets of 32 bytes), this takes 25; a table of places into
+/// the list took 34 MB, and twice as long to fill as sorting takes.
 pub(in crate::standardize) struct SchoolOf<'r, 'a> {
-    places: hashbrown::HashTable<u32>,
-    pupils: Vec<(Hash128, u32)>,
+    pupils: HashSorted<(Hash128, u32, u32)>,
+    schools: Vec<School<'r, 'a>>,
+}
+
+/// The schools given for [`SchoolOf`], in the order given.
+struct SchoolsGiven<'r, 'a> {
+    given: Vec<(Hash128, u32, u32)>,
     schools: Vec<School<'r, 'a>>,
     numbers: FxHashMap<&'r str, u32>,
 }
 
-impl<'r, 'a> SchoolOf<'r, 'a> {
-    /// Room for `n` pupils.
+impl<'r, 'a: 'r> SchoolsGiven<'r, 'a> {
+    /// Room for `n` schools given.
     fn with_capacity(n: usize) -> Self {
-        SchoolOf {
-            places: hashbrown::HashTable::with_capacity(n),
-            pupils: Vec::with_capacity(n),
-            ..SchoolOf::default()
+        SchoolsGiven {
+            given: Vec::with_capacity(n),
+            schools: Vec::new(),
+            numbers: FxHashMap::default(),
         }
     }
 
     /// Pupil `key` is at `school` (the last school given is the pupil's).
     fn insert(&mut self, key: Hash128, school: School<'r, 'a>) {
-        let name = school.name();
         let next = self.schools.len() as u32;
-        let number = *self.numbers.entry(name).or_insert(next);
+        let number = *self.numbers.entry(school.name()).or_insert(next);
         if number == next {
             self.schools.push(school);
         }
-        let pupils = &mut self.pupils;
-        let hash = |k: Hash128| k.get() as u64;
-        match (self.places).entry(
-            hash(key),
-            |&p| pupils[p as usize].0 == key,
-            |&p| hash(pupils[p as usize].0),
-        ) {
-            hashbrown::hash_table::Entry::Occupied(o) => pupils[*o.get() as usize].1 = number,
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                v.insert(pupils.len() as u32);
-                pupils.push((key, number));
-            }
-        }
+        let order = u32::try_from(self.given.len()).unwrap_or(u32::MAX);
+        self.given.push((key, order, number));
     }
 
+    /// Each pupil's last school.
+    fn finish(self) -> SchoolOf<'r, 'a> {
+        let mut given = self.given;
+        let top = |g: &(Hash128, u32, u32)| g.0.get() as u64;
+        crate::sort::by_hash(&mut given, top, |a, b| {
+            (top(a), a.0.get(), b.1).cmp(&(top(b), b.0.get(), a.1))
+        });
+        given.dedup_by_key(|g| g.0);
+        SchoolOf {
+            pupils: HashSorted::of_sorted(given, top),
+            schools: self.schools,
+        }
+    }
+}
+
+impl<'r, 'a> SchoolOf<'r, 'a> {
     /// The school of pupil `key`.
     pub fn get(&self, key: &Hash128) -> Option<School<'r, 'a>> {
-        let p = self
-            .places
-            .find(key.get() as u64, |&p| self.pupils[p as usize].0 == *key)?;
-        self.schools
-            .get(self.pupils[*p as usize].1 as usize)
-            .copied()
+        let near = self.pupils.near(key.get() as u64);
+        let (_, _, school) = near.iter().find(|p| p.0 == *key)?;
+        self.schools.get(*school as usize).copied()
     }
 }
 
 /// A set of [`key_hash`]es made once and then only asked: the keys sorted (in place) and found
-/// through where each bucket of their top bits begins (about four keys a bucket, one or two
-/// cache lines a question). 17 bytes a key: a hash set of the carried pupils' keys took 34 MB
-/// at 1M (two million buckets of 17 bytes), this takes 17.
-struct KeySet {
-    keys: Vec<u128>,
-    starts: Vec<u32>,
-    bits: u32,
-}
+/// as [`HashSorted`] finds them. 17 bytes a key: a hash set of the carried pupils' keys took
+/// 34 MB at 1M (two million buckets of 17 bytes), this takes 17.
+struct KeySet(HashSorted<u128>);
 
 impl KeySet {
     /// The set of `keys` (fewer than 2³² of them: they are records of one snapshot).
     fn new(mut keys: Vec<u128>) -> KeySet {
-        crate::sort::by_hash(&mut keys, |&k| (k >> 64) as u64, Ord::cmp);
-        let bits = (keys.len() / 4).max(2).ilog2().min(24);
-        let mut starts = vec![0u32; (1 << bits) + 1];
-        for &k in &keys {
-            starts[Self::bucket(k, bits) + 1] += 1;
-        }
-        for i in 1..starts.len() {
-            starts[i] += starts[i - 1];
-        }
-        KeySet { keys, starts, bits }
-    }
-
-    fn bucket(k: u128, bits: u32) -> usize {
-        ((k >> 64) as u64 >> (64 - bits)) as usize
+        let top = |&k: &u128| (k >> 64) as u64;
+        crate::sort::by_hash(&mut keys, top, Ord::cmp);
+        KeySet(HashSorted::of_sorted(keys, top))
     }
 
     fn contains(&self, k: &u128) -> bool {
-        let b = Self::bucket(*k, self.bits);
-        let (from, to) = (self.starts[b] as usize, self.starts[b + 1] as usize);
-        self.keys[from..to].contains(k)
+        self.0.near((k >> 64) as u64).contains(k)
     }
 }
 
@@ -320,7 +311,7 @@ where
         .chain(known_schools.iter().map(String::as_str))
         .collect();
     let kildesystem = elev.first().map(|e| e.r.kildesystem).unwrap_or_default();
-    let (school_of, delivered) = pupil_indexes(elev, elevforhold, (carried_elev, carried));
+    let (school_of, delivered) = pupil_indexes(elev, elevforhold, carried);
     let Some(pupils) = check_pupils(c, elev, carried_elev, &school_of, today) else {
         return false;
     };
@@ -412,20 +403,19 @@ fn check_schools(c: &mut Checker, skole: &mut Vec<SkoleRow<'_>>) {
 /// likely as guessing a random UUID twice). At the same time: the school of each pupil (from the
 /// snapshot's elevforhold), for per-school thresholds; and the keys of every pupil read, kept
 /// or not (references to dropped pupils are not new news).
-fn pupil_indexes<'r, 'a, P, E>(
+fn pupil_indexes<'r, 'a, E>(
     elev: &[ElevRow<'a>],
     elevforhold: &'r [EfRow<'a>],
-    (carried_elev, carried): (&P, &E),
+    carried: &E,
 ) -> (SchoolOf<'r, 'a>, FxHashSet<u128>)
 where
-    P: CarriedPupils + ?Sized,
     E: CarriedEnrollments<'a> + ?Sized,
 {
     crate::par::both(
         || {
-            // Room for every pupil (an enrollment of no pupil is rare; it grows the map): room for
-            // every enrollment was twice as large at 1M, 200 MB for a moment.
-            let mut school_of = SchoolOf::with_capacity(elev.len() + carried_elev.len());
+            // Room for every enrollment's school (about one a pupil: an elevforhold is a pupil's
+            // membership of a school); each pupil's last is kept.
+            let mut school_of = SchoolsGiven::with_capacity(elevforhold.len() + carried.len());
             // In record order: a pupil's last elevforhold names the school.
             for ef in ef_order(elevforhold, carried) {
                 match ef {
@@ -443,7 +433,7 @@ where
                     }
                 }
             }
-            school_of
+            school_of.finish()
         },
         || {
             let delivered = elev
@@ -555,26 +545,37 @@ mod tests {
         }
     }
 
-    /// A pupil's school is the last one given for its key, found by the key alone; a school
-    /// named twice is held once.
+    /// A pupil's school is the last one given for its key, found by the key alone, also among
+    /// many; a school named twice is held once.
     #[test]
     fn a_pupils_school_is_the_last_given() {
         let (a, b) = (Cow::Borrowed("46591"), Cow::Owned("46592".to_string()));
-        let mut of = SchoolOf::with_capacity(2);
-        let (k1, k2, k3) = (
-            key_hash("p1").into(),
-            key_hash("p2").into(),
-            key_hash("p3").into(),
-        );
-        of.insert(k1, School::Row(&a));
-        of.insert(k2, School::Carried("46592"));
-        of.insert(k1, School::Row(&b));
-        of.insert(k2, School::Carried("46591"));
-        assert_eq!(of.get(&k1).map(School::name), Some("46592"));
-        assert_eq!(of.get(&k2).map(School::name), Some("46591"));
-        assert_eq!(of.get(&k3).map(School::name), None);
-        assert_eq!(of.schools.len(), 2);
-        assert_eq!(of.pupils.len(), 2);
+        let mut given = SchoolsGiven::with_capacity(2);
+        let key = |k: &str| Hash128::from(key_hash(k));
+        given.insert(key("p1"), School::Row(&a));
+        given.insert(key("p2"), School::Carried("46592"));
+        given.insert(key("p1"), School::Row(&b));
+        given.insert(key("p2"), School::Carried("46591"));
+        // Many pupils, each given a school twice: the second counts.
+        for i in 0..20_000 {
+            given.insert(key(&format!("q{i}")), School::Carried("46591"));
+        }
+        for i in (0..20_000).rev() {
+            given.insert(
+                key(&format!("q{i}")),
+                School::Carried(["46592", "46593"][i % 2]),
+            );
+        }
+        let of = given.finish();
+        assert_eq!(of.get(&key("p1")).map(School::name), Some("46592"));
+        assert_eq!(of.get(&key("p2")).map(School::name), Some("46591"));
+        assert_eq!(of.get(&key("p3")).map(School::name), None);
+        for i in 0..20_000 {
+            let got = of.get(&key(&format!("q{i}"))).map(School::name);
+            assert_eq!(got, Some(["46592", "46593"][i % 2]));
+        }
+        assert_eq!(of.schools.len(), 3);
+        assert_eq!(of.pupils.len(), 20_002);
     }
 
     fn pupil(i: usize, key: &str) -> ElevRow<'static> {
