@@ -72,20 +72,13 @@ impl Watch {
     /// at a time, so a few scattered reads bring most of a file back: read those with
     /// [`Watch::read_again`] instead.
     pub fn give_back(&self) {
-        #[cfg(unix)]
-        {
-            let map = &self.0.map;
-            // SAFETY: the range is this live mapping's own. It is a shared read-only mapping of
-            // a file (or, past a cut end, private zero pages): after MADV_DONTNEED a read finds
-            // the same bytes in the page cache (or zeros) again; nothing is lost.
-            unsafe {
-                libc::madvise(
-                    map.as_ptr() as *mut libc::c_void,
-                    map.len(),
-                    libc::MADV_DONTNEED,
-                );
-            }
-        }
+        let map = &self.0.map;
+        let start = map.as_ptr() as usize;
+        let end = (start + map.len()).next_multiple_of(super::mapped::page_size());
+        // SAFETY: the range is this live mapping's own (to the end of its last page). It is a
+        // shared read-only mapping of a file (or, past a cut end, private zero pages): a read
+        // finds the same bytes in the page cache (or zeros) again.
+        unsafe { super::mapped::give_back(start, end) };
     }
 
     /// `text`'s bytes read again from the file (not through the mapping) when it lies in this

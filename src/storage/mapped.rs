@@ -163,8 +163,8 @@ impl ObjectStore for MappedLocal {
 }
 
 /// A giver-back of the pages of bytes a read of a local file handed out mapped, for a reader
-/// that passes through them once (the state file): their resident pages leave this process as
-/// it goes, and stay in the page cache. `None` when the bytes are not all of one file's mapping
+/// that passes through them once (the state file, a file of current rows being rewritten): their
+/// resident pages leave this process as it goes, and stay in the page cache. `None` when the bytes are not all of one file's mapping
 /// (bytes an object store copied to the heap must keep their pages).
 pub fn pages_of(bytes: &[u8]) -> Option<impl Fn(&[u8]) + Sync> {
     let (from, to) = (
@@ -176,7 +176,9 @@ pub fn pages_of(bytes: &[u8]) -> Option<impl Fn(&[u8]) + Sync> {
         if start < from || end > to {
             return;
         }
-        give_back(start, end);
+        // SAFETY: `from..to` is one read-only mapping of a file (`file_backed`), of the files
+        // the module's documentation names: none is written in place once it exists.
+        unsafe { give_back(start, end) };
     })
 }
 
@@ -203,20 +205,32 @@ fn file_backed(_: usize, _: usize) -> bool {
     false
 }
 
-/// The whole pages in `start..end` given back (`MADV_DONTNEED`).
-fn give_back(start: usize, end: usize) {
+/// The system's page size in bytes.
+pub(super) fn page_size() -> usize {
     #[cfg(unix)]
     {
         // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let (start, end) = (
-            start.next_multiple_of(page.max(1)),
-            end / page.max(1) * page,
-        );
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(page).unwrap_or(4096).max(1)
+    }
+    #[cfg(not(unix))]
+    4096
+}
+
+/// The whole pages in `start..end` given back (`MADV_DONTNEED`): they stay in the page cache,
+/// and a later read faults them in again.
+///
+/// # Safety
+/// `start..end` lies in one live read-only mapping of a file that nothing writes in place (or of
+/// zero pages put under a cut file): after `MADV_DONTNEED` a read finds the same bytes again, so
+/// nothing is lost. Of a private writable mapping, written pages would be.
+pub(super) unsafe fn give_back(start: usize, end: usize) {
+    #[cfg(unix)]
+    {
+        let page = page_size();
+        let (start, end) = (start.next_multiple_of(page), end / page * page);
         if start < end {
-            // SAFETY: the range lies in a read-only mapping of a file that is never written in
-            // place (`pages_of` checked it, the module's documentation says which files): after
-            // MADV_DONTNEED a read finds the same bytes in the page cache again; nothing is lost.
+            // SAFETY: the caller's range is as this function's documentation asks.
             unsafe {
                 libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
             }
