@@ -8,7 +8,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    ArrayRef, RecordBatch, StringArray, StringViewArray, TimestampMicrosecondArray,
+};
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::protocol::SaveMode;
 use hashbrown::HashTable;
@@ -142,6 +144,39 @@ impl Texts {
                 })
             }
         }
+    }
+}
+
+impl Texts {
+    /// The texts at `spans` as a column of string views into the map's buffers: those read
+    /// stay where they are; those learnt are copied once, a buffer each (a next day learns
+    /// few). Short texts (12 bytes or less) lie in their views.
+    fn views(&self, spans: impl ExactSizeIterator<Item = Option<Span>>) -> Result<ArrayRef> {
+        let read = self.read.len() as u32;
+        let mut buffers = self.read.clone();
+        buffers.extend(
+            self.own
+                .iter()
+                .map(|s| arrow::buffer::Buffer::from(s.as_bytes())),
+        );
+        let mut nulls = arrow::array::NullBufferBuilder::new(spans.len());
+        let views: Vec<u128> = spans
+            .map(|s| {
+                nulls.append(s.is_some());
+                s.map_or(0, |s| {
+                    // A learnt text's buffer follows the read ones.
+                    let chunk = (u32::MAX - s.buffer) as usize;
+                    let buffer = match chunk < self.own.len() {
+                        true => read + chunk as u32,
+                        false => s.buffer,
+                    };
+                    arrow::array::builder::make_view(self.get(s).as_bytes(), buffer, s.start)
+                })
+            })
+            .collect();
+        // Checked (one pass over the texts): each view within its buffer, of UTF-8.
+        let array = StringViewArray::try_new(views.into(), buffers, nulls.finish())?;
+        Ok(Arc::new(array))
     }
 }
 
@@ -916,55 +951,60 @@ impl Identity {
                     .iter()
                     .flat_map(|(&n, more)| more.iter().map(move |f| (n, f))),
             );
-        let mut keyed: Vec<(u128, (&str, &Fact))> = facts
-            .map(|(n, f)| {
-                let id = self.id(n);
-                (text_prefix(id), (id, f))
-            })
+        let mut keyed: Vec<(u128, u32, &Fact)> = facts
+            .map(|(n, f)| (text_prefix(self.id(n)), n, f))
             .collect();
         let source = |f: &Fact| -> &str { &self.sources[f.source as usize] };
         let text = |s: Option<Span>| s.map(|s| self.texts.get(s));
         // Stable, which merges runs: the pupils read back from `elev_id` are numbered in its
         // order (by id), so all but the day's new pupils are in sorted runs already.
-        crate::sort::stable_by(&mut keyed, |(pa, a), (pb, b)| {
+        crate::sort::stable_by(&mut keyed, |(pa, a, fa), (pb, b, fb)| {
             pa.cmp(pb).then_with(|| {
                 (
-                    a.0,
-                    source(a.1),
-                    text(a.1.system_id),
-                    text(a.1.fodselsnummer),
+                    self.id(*a),
+                    source(fa),
+                    text(fa.system_id),
+                    text(fa.fodselsnummer),
                 )
                     .cmp(&(
-                        b.0,
-                        source(b.1),
-                        text(b.1.system_id),
-                        text(b.1.fodselsnummer),
+                        self.id(*b),
+                        source(fb),
+                        text(fb.system_id),
+                        text(fb.fodselsnummer),
                     ))
             })
         });
-        let rows: Vec<(&str, &Fact)> = keyed.into_iter().map(|(_, r)| r).collect();
-        fn col<'a>(
-            rows: &[(&'a str, &'a Fact)],
-            f: impl Fn(&(&'a str, &'a Fact)) -> Option<&'a str>,
-        ) -> arrow::array::ArrayRef {
-            Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
-        }
+        let rows: Vec<(u32, &Fact)> = keyed.into_iter().map(|(_, n, f)| (n, f)).collect();
         let ts = |f: fn(&Fact) -> i64| {
             Arc::new(
                 TimestampMicrosecondArray::from(rows.iter().map(|r| f(r.1)).collect::<Vec<_>>())
                     .with_timezone("UTC"),
-            ) as arrow::array::ArrayRef
+            ) as ArrayRef
         };
-        // The columns made on every core, in the schema's order.
+        // The columns made on every core, in the schema's order. The ids, system ids and numbers
+        // are views of the map's texts where they are (16 bytes a row, where a copy of them was
+        // 40 and more, held while the file is written); the writer copies them into the table's
+        // layout a slice at a time (`delta::write_files`).
         let columns = crate::par::map(&[0, 1, 2, 3, 4, 5], |&c| match c {
-            0 => col(&rows, |r| Some(r.0)),
-            1 => col(&rows, |r| Some(source(r.1))),
-            2 => col(&rows, |r| text(r.1.system_id)),
-            3 => col(&rows, |r| text(r.1.fodselsnummer)),
-            4 => ts(|f| f.first_seen),
-            _ => ts(|f| f.last_seen),
+            0 => self
+                .texts
+                .views(rows.iter().map(|r| Some(self.ids[r.0 as usize]))),
+            1 => Ok(Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| source(r.1)),
+            )) as ArrayRef),
+            2 => self.texts.views(rows.iter().map(|r| r.1.system_id)),
+            3 => self.texts.views(rows.iter().map(|r| r.1.fodselsnummer)),
+            4 => Ok(ts(|f| f.first_seen)),
+            _ => Ok(ts(|f| f.last_seen)),
         });
-        let batch = RecordBatch::try_new(t.arrow_schema(), columns)?;
+        let columns = columns.into_iter().collect::<Result<Vec<ArrayRef>>>()?;
+        // The table's fields, with the types of the columns made.
+        let fields: Vec<arrow::datatypes::Field> = (t.arrow_schema().fields().iter())
+            .zip(&columns)
+            .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
+            .collect();
+        let schema = Arc::new(arrow::datatypes::Schema::new(fields));
+        let batch = RecordBatch::try_new(schema, columns)?;
         Ok(Some(batch))
     }
 }
@@ -1027,6 +1067,49 @@ impl Settling<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A column of views of the map's texts holds the texts: those read (from string arrays and
+    /// from string views, long and short, a column sliced), those learnt, and nulls.
+    #[test]
+    fn views_of_the_texts_read_and_learnt_are_the_texts() {
+        use crate::delta::TextCol;
+        use arrow::array::Array;
+        let long = |i: usize| format!("{i:04}-a-text-longer-than-twelve-bytes-æøå");
+        let utf8 = StringArray::from_iter((0..50).map(|i| (i % 7 != 3).then(|| long(i))));
+        let utf8 = TextCol::Utf8(utf8.slice(5, 40));
+        let view = StringViewArray::from_iter((0..50).map(|i| match i % 3 {
+            0 => Some(long(i + 100)),
+            1 => Some(format!("s{i}")),
+            _ => None,
+        }));
+        let view = TextCol::View(view.slice(2, 45));
+        let mut texts = Texts::default();
+        let mut expected: Vec<Option<String>> = Vec::new();
+        let mut spans = Vec::new();
+        for (col, n) in [(&utf8, 40), (&view, 45)] {
+            let mut kept = Kept::default();
+            for i in 0..n {
+                spans.push(texts.point(col, &mut kept, i));
+                expected.push(col.opt(i).map(str::to_string));
+            }
+        }
+        for i in 0..30 {
+            let learnt = if i % 2 == 0 {
+                long(i + 200)
+            } else {
+                format!("n{i}")
+            };
+            spans.push(Some(texts.push(&learnt)));
+            expected.push(Some(learnt));
+        }
+        spans.push(None);
+        expected.push(None);
+        let column = texts.views(spans.iter().copied()).unwrap();
+        let column = column.as_any().downcast_ref::<StringViewArray>().unwrap();
+        let got: Vec<Option<String>> = column.iter().map(|v| v.map(str::to_string)).collect();
+        assert_eq!(got, expected);
+        assert!(expected.iter().any(Option::is_none) && expected.len() == 116);
+    }
 
     /// The ids elevflyt has made are UUID v5 of its namespace: the SHA-1 used makes the same,
     /// for names of one and of several SHA-1 blocks, and for the ones the code builds.

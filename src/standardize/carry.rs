@@ -145,14 +145,15 @@ fn carried_nulls(table: &schema::Table, h: &Hashed) -> Vec<(&'static str, usize)
 /// Hashes a snapshot's validated rows and, with an `index` of the current state, takes the
 /// unchanged ones out of `staged`. Returns what publish needs of them, and the completeness
 /// counts of the rows taken out.
-/// With a `plan` of carried records, the records carried unread are added (their ids and
-/// counts) and the summaries for the next day made (`clean`: whether a record has no deviation).
+/// With a `plan` of carried records, the summaries for the next day are made (`clean`: whether
+/// a record has no deviation), then the records carried unread added (their ids and counts) as
+/// the plan is let go of.
 pub fn carry(
     snap: &Snapshot,
     staged: &mut Staged<'_>,
     index: Option<&CarryIndex<'_>>,
     nulls: &mut CarriedNulls,
-    plan: Option<&Plan<'_, '_>>,
+    plan: Option<Plan<'_, '_>>,
     clean: &dyn Fn(&str, i64) -> bool,
 ) -> Result<SnapshotCarry> {
     // A kept row's key is unique in the snapshot: validation keeps only the first pupil with
@@ -182,7 +183,7 @@ pub fn carry(
         },
     );
     let (mut elev, mut ef) = (elev?, ef?);
-    let records = plan.map(|p| {
+    let records = plan.as_ref().map(|p| {
         p.summaries(
             (&staged.elev, &elev.hashes, &elev.nulls, &elev.found),
             (&staged.elevforhold, &ef.hashes, &ef.nulls, &ef.found),
@@ -200,8 +201,10 @@ pub fn carry(
     // Records carried unread: their ids, and their counts from the null bits they were kept
     // with (counted on the same pass); a pupil's identifiers as identity last saw them.
     let (mut ef_bits, mut elev_bits) = (NullBits::default(), NullBits::default());
-    let unread_ids = plan.map_or_else(Vec::new, |p| p.enrollment_ids(&mut ef_bits));
-    let unread_pupils = plan.map_or_else(Vec::new, |p| p.pupils(&mut elev_bits));
+    let unread = plan.map_or_else(Default::default, |p| {
+        p.into_ids((&mut ef_bits, &mut elev_bits))
+    });
+    let (unread_ids, unread_pupils) = (unread.enrollments, unread.pupils);
     // What is counted and resolved of the carried rows is read before they leave: the
     // completeness counts (from the null masks made with the hashes) and what identity
     // resolution needs of a carried pupil.

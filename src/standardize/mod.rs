@@ -395,7 +395,7 @@ fn standardize_snapshot(
     // The carried records are read where the plan holds them (docs/ARCHITECTURE.md, "Carried
     // records"); none without a plan.
     let kept = match plan.as_ref().map(records::Plan::for_validation) {
-        Some(carried) => validate::validate(c, &mut staged, (&carried.0, &carried.1), known, today),
+        Some(carried) => validate::validate(c, &mut staged, (carried.0, &carried.1), known, today),
         None => validate::validate(c, &mut staged, validate::NOTHING_CARRIED, known, today),
     };
     if !kept {
@@ -445,7 +445,7 @@ fn standardize_snapshot(
         &mut staged,
         carried.index,
         carried.nulls,
-        plan.as_ref(),
+        plan,
         &clean,
     )?;
     if c.carried() > 0 {

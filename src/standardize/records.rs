@@ -229,16 +229,17 @@ impl<'a, 'm> Part<'a, 'm> {
     }
 }
 
-/// One part's carried records as validation reads them ([`CarriedPupils`], [`CarriedEnrollments`]),
-/// in the part's own lists, with only their pupils' key hashes copied out in record order (16
-/// bytes a record): the summaries lie in record-hash order, and validation reads each key
-/// several times, which straight from them is a cache miss each time.
-pub struct CarriedView<'p, 'a, 'm> {
+/// One part's carried pupils as validation reads them ([`CarriedPupils`]), in the part's own
+/// lists, with only their key hashes copied out in record order (16 bytes a record): the
+/// summaries lie in record-hash order, and validation reads each key several times, which
+/// straight from them is a cache miss each time. The copy becomes validation's set of their keys
+/// ([`CarriedPupils::into_keys`]).
+pub struct CarriedPupilsOf<'p, 'a, 'm> {
     part: &'p Part<'a, 'm>,
     pupils: Vec<Hash128>,
 }
 
-impl<'p, 'a, 'm> CarriedView<'p, 'a, 'm> {
+impl<'p, 'a, 'm> CarriedPupilsOf<'p, 'a, 'm> {
     fn of(part: &'p Part<'a, 'm>) -> Self {
         // Filled in place on every core: no parts to put together (16 MB a list at 1M).
         let mut pupils = vec![Hash128::from(0); part.carried.len()];
@@ -248,11 +249,11 @@ impl<'p, 'a, 'm> CarriedView<'p, 'a, 'm> {
                 *p = part.entry(c).pupil;
             }
         });
-        CarriedView { part, pupils }
+        CarriedPupilsOf { part, pupils }
     }
 }
 
-impl CarriedList for CarriedView<'_, '_, '_> {
+impl CarriedList for CarriedPupilsOf<'_, '_, '_> {
     fn len(&self) -> usize {
         self.part.carried.len()
     }
@@ -261,7 +262,7 @@ impl CarriedList for CarriedView<'_, '_, '_> {
     }
 }
 
-impl CarriedPupils for CarriedView<'_, '_, '_> {
+impl CarriedPupils for CarriedPupilsOf<'_, '_, '_> {
     fn key(&self, j: usize) -> u128 {
         self.pupils[j].get()
     }
@@ -269,15 +270,42 @@ impl CarriedPupils for CarriedView<'_, '_, '_> {
         let fnr = self.part.carried[j].fnr.get();
         (fnr != 0).then_some(fnr)
     }
+    fn into_keys(self) -> Vec<Hash128> {
+        self.pupils
+    }
 }
 
-impl<'s, 'm: 's> CarriedEnrollments<'s> for CarriedView<'_, '_, 'm> {
+/// One part's carried enrollments as validation reads them ([`CarriedEnrollments`]): straight
+/// from their summaries. Validation reads an enrollment's pupil with its school, which is in
+/// the same summary: a copy of the pupils' keys (16 MB at 1M, held through validation) would
+/// save no cache miss.
+pub struct CarriedEnrollmentsOf<'p, 'a, 'm>(&'p Part<'a, 'm>);
+
+impl CarriedList for CarriedEnrollmentsOf<'_, '_, '_> {
+    fn len(&self) -> usize {
+        self.0.carried.len()
+    }
+    fn at(&self, j: usize) -> (&str, i64) {
+        self.0.at(&self.0.carried[j])
+    }
+}
+
+impl<'s, 'm: 's> CarriedEnrollments<'s> for CarriedEnrollmentsOf<'_, '_, 'm> {
     fn pupil(&self, j: usize) -> u128 {
-        self.pupils[j].get()
+        self.0.entry(&self.0.carried[j]).pupil.get()
     }
     fn school(&self, j: usize) -> &'s str {
-        self.part.school(&self.part.carried[j]).unwrap_or_default()
+        self.0.school(&self.0.carried[j]).unwrap_or_default()
     }
+}
+
+/// The ids of the records carried unread ([`Plan::into_ids`]).
+#[derive(Default)]
+pub struct CarriedIds {
+    /// The ids of the carried enrollments' current versions.
+    pub enrollments: Vec<[u64; 2]>,
+    /// The carried pupils' numbers in identity, with the ids of their current versions.
+    pub pupils: Vec<(u32, [u64; 2])>,
 }
 
 /// What of a snapshot is carried unread, decided before it is flattened: every record of the
@@ -442,35 +470,49 @@ impl<'a, 'm> Plan<'a, 'm> {
     }
 
     /// The carried records as validation reads them, where they are: (pupils, enrollments).
-    pub fn for_validation(&self) -> (CarriedView<'_, 'a, 'm>, CarriedView<'_, 'a, 'm>) {
-        crate::par::both(
-            || CarriedView::of(&self.elev),
-            || CarriedView::of(&self.elevforhold),
+    pub fn for_validation(
+        &self,
+    ) -> (
+        CarriedPupilsOf<'_, 'a, 'm>,
+        CarriedEnrollmentsOf<'_, 'a, 'm>,
+    ) {
+        (
+            CarriedPupilsOf::of(&self.elev),
+            CarriedEnrollmentsOf(&self.elevforhold),
         )
     }
 
-    /// The carried pupils' numbers in identity with the ids of their current versions; their
-    /// null bits counted into `nulls` on the same pass over their summaries.
-    pub fn pupils(&self, nulls: &mut NullBits) -> Vec<(u32, [u64; 2])> {
-        (self.elev.carried.iter())
+    /// The carried records' ids, once their summaries are made ([`Plan::summaries`]), the
+    /// plan let go of as they are listed: first where every record is (16 bytes a record), then
+    /// each part's carried records once its list is made (32 bytes a record; at 1M each of
+    /// the three is 32 MB). Their null bits are counted into `nulls` (enrollments, pupils) on
+    /// the same passes.
+    pub fn into_ids(self, nulls: (&mut NullBits, &mut NullBits)) -> CarriedIds {
+        let Plan {
+            mut elevforhold,
+            mut elev,
+        } = self;
+        elevforhold.records = Vec::new();
+        elev.records = Vec::new();
+        let ids = (elevforhold.carried.iter())
             .map(|c| {
-                let e = self.elev.entry(c);
-                nulls.add(e.nulls);
-                (c.n, e.id)
-            })
-            .collect()
-    }
-
-    /// The ids of the carried enrollments' current versions; their null bits counted into
-    /// `nulls` on the same pass.
-    pub fn enrollment_ids(&self, nulls: &mut NullBits) -> Vec<[u64; 2]> {
-        (self.elevforhold.carried.iter())
-            .map(|c| {
-                let e = self.elevforhold.entry(c);
-                nulls.add(e.nulls);
+                let e = elevforhold.entry(c);
+                nulls.0.add(e.nulls);
                 e.id
             })
-            .collect()
+            .collect();
+        drop(elevforhold);
+        let pupils = (elev.carried.iter())
+            .map(|c| {
+                let e = elev.entry(c);
+                nulls.1.add(e.nulls);
+                (c.n, e.id)
+            })
+            .collect();
+        CarriedIds {
+            enrollments: ids,
+            pupils,
+        }
     }
 
     /// The summaries for the next day: the carried records' again, and each read row's that is
@@ -621,7 +663,7 @@ mod tests {
             memo: Some(&memo),
         };
         assert_eq!(std::mem::size_of::<Carried>(), 32);
-        let view = CarriedView::of(&part);
+        let view = CarriedPupilsOf::of(&part);
         let pupils = [
             CarriedElev {
                 kjelde: "a.json",
@@ -651,15 +693,20 @@ mod tests {
             },
         ];
         let (pupils, enrollments) = (&pupils[..], &enrollments[..]);
-        assert_eq!(view.len(), 2);
+        let of = CarriedEnrollmentsOf(&part);
+        assert_eq!((view.len(), of.len()), (2, 2));
         for j in 0..2 {
             assert_eq!(view.at(j), pupils.at(j));
-            assert_eq!(view.at(j), enrollments.at(j));
+            assert_eq!(of.at(j), enrollments.at(j));
             assert_eq!(view.key(j), pupils.key(j));
             assert_eq!(view.fnr(j), pupils.fnr(j));
-            assert_eq!(view.pupil(j), enrollments.pupil(j));
-            assert_eq!(view.school(j), enrollments.school(j));
+            assert_eq!(of.pupil(j), enrollments.pupil(j));
+            assert_eq!(of.school(j), enrollments.school(j));
         }
+        // Given up to validation's key set: the keys the view read, in record order.
+        let keys = |k: Vec<Hash128>| k.into_iter().map(Hash128::get).collect::<Vec<_>>();
+        assert_eq!(keys(view.into_keys()), keys(pupils.into_keys()));
+        assert_eq!(keys(pupils.into_keys()), [11, 22]);
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::borrow::Cow;
 
 use super::{
     add_in_row_order, check_rows, ef_order, key_hash, pair_hash, CarriedEnrollments, Ordered,
-    NO_PAIR,
 };
 use crate::fint::EfRow;
 use crate::quality::{rules, Checker, Severity};
@@ -20,6 +19,18 @@ pub(super) struct References<'r> {
     /// The keys of the pupils read, kept or not (a carried pupil is a kept one).
     pub delivered: &'r FxHashSet<u128>,
     pub schools: &'r FxHashSet<&'r str>,
+}
+
+/// A carried enrollment as the rows read find it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carried {
+    /// It would not be kept as it is: its pupil is gone, its school unknown or its record one
+    /// whose pupil was dropped.
+    Dropped,
+    /// Kept, and no read row has its pupil and school.
+    Alone,
+    /// Kept unless an earlier row or record has its pupil and school.
+    SharesPair,
 }
 
 /// Each elevforhold on its own, on every core; then duplicates in row order, the carried
@@ -67,12 +78,13 @@ pub(super) fn check_enrolments<'e, E: CarriedEnrollments<'e> + ?Sized>(
     ef_keys.reserve(pairs.len());
     let mut pairs = pairs.into_iter().peekable();
     // A carried record was clean against rows like these; it stays so while its pupil is a
-    // kept pupil, its school known and its record not one whose pupil was dropped (checked on
-    // every core), and no earlier row has the same pupil and school (below, in record order).
-    // Filled in place on every core (16 bytes a record: no parts to put together).
-    let mut carried_pairs = vec![NO_PAIR; carried.len()];
+    // kept pupil, its school known and its record not one whose pupil was dropped, and no
+    // earlier row has the same pupil and school (in record order, below). Each is checked on
+    // every core, in place: one byte a record says which it is (the pair of the few that share
+    // theirs with a read row is made again below).
+    let mut carried_pairs = vec![Carried::Dropped; carried.len()];
     crate::par::parts_mut(&mut carried_pairs, |first, out| {
-        for (k, pair) in out.iter_mut().enumerate() {
+        for (k, state) in out.iter_mut().enumerate() {
             let j = first + k;
             let ((kjelde, rad), pupil, school) =
                 (carried.at(j), carried.pupil(j), carried.school(j));
@@ -81,7 +93,10 @@ pub(super) fn check_enrolments<'e, E: CarriedEnrollments<'e> + ?Sized>(
                 .get(kjelde)
                 .is_some_and(|rads| rads.contains(&rad));
             if !dropped && (refs.is_pupil)(pupil) && refs.schools.contains(school) {
-                *pair = pair_hash(pupil, school);
+                *state = match read_pairs.contains(&pair_hash(pupil, school)) {
+                    true => Carried::SharesPair,
+                    false => Carried::Alone,
+                };
             }
         }
     });
@@ -92,9 +107,14 @@ pub(super) fn check_enrolments<'e, E: CarriedEnrollments<'e> + ?Sized>(
                 None => continue,
             },
             Ordered::Carried(j) => match carried_pairs[j] {
-                NO_PAIR => return None,
-                pair if !read_pairs.contains(&pair) || ef_keys.insert(pair) => continue,
-                _ => return None,
+                Carried::Dropped => return None,
+                Carried::Alone => continue,
+                Carried::SharesPair => {
+                    match ef_keys.insert(pair_hash(carried.pupil(j), carried.school(j))) {
+                        true => continue,
+                        false => return None,
+                    }
+                }
             },
         };
         if ef_keys.insert(pair) {

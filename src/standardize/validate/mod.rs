@@ -49,7 +49,7 @@ pub(in crate::standardize) struct CarriedElev<'a> {
 
 /// Records carried unread as validation reads them, each by its place in record order: how
 /// many there are and where each one's record is. Standardize's lists of them are read where
-/// they are, with only what validation reads often copied out (`records::CarriedView`): a copy
+/// they are, with only what validation reads often copied out (`records::CarriedPupilsOf`): a copy
 /// of every record for validation was 80 MB at a million pupils, at the next day's peak
 /// (docs/PERFORMANCE.md, twenty-ninth session).
 pub(in crate::standardize) trait CarriedList: Sync {
@@ -62,10 +62,14 @@ pub(in crate::standardize) trait CarriedList: Sync {
 }
 
 /// The pupils carried unread: the [`key_hash`] of each one's source key and of its
-/// fødselsnummer.
+/// fødselsnummer. Given to validation, which turns them into its set of their keys once they are
+/// checked ([`CarriedPupils::into_keys`]).
 pub(in crate::standardize) trait CarriedPupils: CarriedList {
     fn key(&self, j: usize) -> u128;
     fn fnr(&self, j: usize) -> Option<u128>;
+    /// Every one's key, in record order: the list of them the pupils hold if they hold one (a
+    /// million keys at 1M, not copied), else a list made.
+    fn into_keys(self) -> Vec<Hash128>;
 }
 
 /// The enrollments carried unread: each one's pupil's [`key_hash`] and its school.
@@ -102,12 +106,24 @@ impl<T: Placed> CarriedList for [T] {
     }
 }
 
-impl CarriedPupils for [CarriedElev<'_>] {
+impl CarriedList for &[CarriedElev<'_>] {
+    fn len(&self) -> usize {
+        <[_]>::len(self)
+    }
+    fn at(&self, j: usize) -> (&str, i64) {
+        self[j].place()
+    }
+}
+
+impl CarriedPupils for &[CarriedElev<'_>] {
     fn key(&self, j: usize) -> u128 {
         self[j].key
     }
     fn fnr(&self, j: usize) -> Option<u128> {
         self[j].fnr
+    }
+    fn into_keys(self) -> Vec<Hash128> {
+        self.iter().map(|e| Hash128::from(e.key)).collect()
     }
 }
 
@@ -188,21 +204,22 @@ impl<'r, 'a> SchoolOf<'r, 'a> {
     }
 }
 
-/// A set of [`key_hash`]es made once and then only asked: the keys sorted (in place) and found
-/// as [`HashSorted`] finds them. 17 bytes a key: a hash set of the carried pupils' keys took
-/// 34 MB at 1M (two million buckets of 17 bytes), this takes 17.
-struct KeySet(HashSorted<u128>);
+/// A set of [`key_hash`]es made once and then only asked: the keys sorted (in place, in the
+/// list given) and found as [`HashSorted`] finds them. 17 bytes a key: a hash set of the carried
+/// pupils' keys took 34 MB at 1M (two million buckets of 17 bytes), this takes 1 beside the
+/// list of them the carried pupils held.
+struct KeySet(HashSorted<Hash128>);
 
 impl KeySet {
     /// The set of `keys` (fewer than 2³² of them: they are records of one snapshot).
-    fn new(mut keys: Vec<u128>) -> KeySet {
-        let top = |&k: &u128| (k >> 64) as u64;
-        crate::sort::by_hash(&mut keys, top, Ord::cmp);
+    fn new(mut keys: Vec<Hash128>) -> KeySet {
+        let top = |k: &Hash128| (k.get() >> 64) as u64;
+        crate::sort::by_hash(&mut keys, top, |a, b| a.get().cmp(&b.get()));
         KeySet(HashSorted::of_sorted(keys, top))
     }
 
-    fn contains(&self, k: &u128) -> bool {
-        self.0.near((k >> 64) as u64).contains(k)
+    fn contains(&self, k: u128) -> bool {
+        self.0.near((k >> 64) as u64).contains(&Hash128::from(k))
     }
 }
 
@@ -291,12 +308,12 @@ fn in_record_order<'x>(
 pub(super) fn validate<'a, P, E>(
     c: &mut Checker,
     rows: &mut Staged<'a>,
-    (carried_elev, carried): (&P, &E),
+    (carried_elev, carried): (P, &E),
     known_schools: &HashSet<String>,
     today: NaiveDate,
 ) -> bool
 where
-    P: CarriedPupils + ?Sized,
+    P: CarriedPupils,
     E: CarriedEnrollments<'a> + ?Sized,
 {
     let Staged {
@@ -312,17 +329,14 @@ where
         .collect();
     let kildesystem = elev.first().map(|e| e.r.kildesystem).unwrap_or_default();
     let (school_of, delivered) = pupil_indexes(elev, elevforhold, carried);
-    let Some(pupils) = check_pupils(c, elev, carried_elev, &school_of, today) else {
+    let Some(pupils) = check_pupils(c, elev, &carried_elev, &school_of, today) else {
         return false;
     };
     drop(school_of);
     // The carried pupils' keys, made once the schools are let go: the two are the largest
-    // things validation makes (a million pupils at 1M), and are not held at once.
-    let carried_keys = KeySet::new(
-        (0..carried_elev.len())
-            .map(|j| carried_elev.key(j))
-            .collect(),
-    );
+    // things validation makes (a million pupils at 1M), and are not held at once. The carried
+    // pupils are checked: their list of keys becomes the set.
+    let carried_keys = KeySet::new(carried_elev.into_keys());
     elev::report_invalid_fnr_share(c, kildesystem, pupils.per_school);
     // Records whose pupil was dropped: an elevforhold from the same record (Vigo lines carry
     // both) goes with it, already reported. File → record numbers.
@@ -344,7 +358,7 @@ where
     // number with a read row has none, and is kept.
     let is_pupil = |k: u128| match row_of_key.get(&k) {
         Some(&i) => i == elev::CARRIED || elev_key[i],
-        None => carried_keys.contains(&k),
+        None => carried_keys.contains(k),
     };
     let refs = References {
         dropped_records: &dropped_records,
@@ -510,18 +524,13 @@ pub(in crate::standardize) fn key_hash(k: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(k.as_bytes())
 }
 
-/// 128-bit hash of a pupil (its [`key_hash`]) at a school, for the elevforhold duplicates;
-/// never 0, which stands for no pair ([`NO_PAIR`]).
+/// 128-bit hash of a pupil (its [`key_hash`]) at a school, for the elevforhold duplicates.
 fn pair_hash(pupil: u128, school: &str) -> u128 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(&pupil.to_le_bytes());
     h.update(school.as_bytes());
-    h.digest128().max(1)
+    h.digest128()
 }
-
-/// No pair: a list of a million pairs holds this instead of an `Option` (32 bytes each, as a
-/// `u128` aligns it, against 16).
-const NO_PAIR: u128 = 0;
 
 #[cfg(test)]
 mod tests {
@@ -536,12 +545,10 @@ mod tests {
         let crowded: Vec<u128> = (1..5_000u128).collect();
         let few: Vec<u128> = hashed[..3].to_vec();
         for keys in [hashed.clone(), crowded, few, Vec::new()] {
-            let set = KeySet::new(keys.clone());
-            assert!(keys.iter().all(|k| set.contains(k)));
+            let set = KeySet::new(keys.iter().map(|&k| Hash128::from(k)).collect());
+            assert!(keys.iter().all(|&k| set.contains(k)));
             let absent = (50_000..60_000u32).map(|i| key_hash(&i.to_string()));
-            assert!(!absent
-                .chain([0, 5_000, u128::MAX])
-                .any(|k| set.contains(&k)));
+            assert!(!absent.chain([0, 5_000, u128::MAX]).any(|k| set.contains(k)));
         }
     }
 
