@@ -145,9 +145,7 @@ impl Texts {
             }
         }
     }
-}
 
-impl Texts {
     /// The texts at `spans` as a column of string views into the map's buffers: those read
     /// stay where they are; those learnt are copied once, a buffer each (a next day learns
     /// few). Short texts (12 bytes or less) lie in their views.
