@@ -102,34 +102,70 @@ fn bucket_order(state: &super::scd2::State) -> impl Iterator<Item = usize> {
     order.into_iter().map(|o| o.1 as usize)
 }
 
-/// One table's part of the file: its name, label, texts and current rows.
-fn section(name: &str, engine: &Scd2, version: Label) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + engine.state.len() * 80);
-    put_bytes(&mut out, name.as_bytes());
-    put_label(&mut out, version);
+/// One table's part of the file — its name, label, texts and current rows — handed to `emit`
+/// preceded by its length, in parts of about `per_part` bytes: the rows of a million keys are
+/// some 60 MB, which were made whole, one table beside the other while the file was written
+/// (docs/ARCHITECTURE.md, "The current state").
+fn section_each(
+    name: &str,
+    engine: &Scd2,
+    version: Label,
+    per_part: usize,
+    emit: &mut dyn FnMut(Vec<u8>),
+) {
+    let mut head = Vec::new();
+    put_bytes(&mut head, name.as_bytes());
+    put_label(&mut head, version);
     // Source names and school numbers repeat on every row: the engine's table of them first,
     // each row then has their places in it.
     let texts: Vec<&str> = engine.texts().collect();
-    out.extend_from_slice(&(texts.len() as u32).to_le_bytes());
+    head.extend_from_slice(&(texts.len() as u32).to_le_bytes());
     for t in &texts {
-        put_bytes(&mut out, t.as_bytes());
+        put_bytes(&mut head, t.as_bytes());
     }
-    let place = |t: Option<Text>| t.map_or(u32::MAX, Text::position);
-    out.extend_from_slice(&(engine.state.len() as u64).to_le_bytes());
+    head.extend_from_slice(&(engine.state.len() as u64).to_le_bytes());
+    // The rows' length, counted by writing each one as below (a pass of a few milliseconds).
+    let mut row = Vec::new();
+    let rows: usize = (engine.state.iter())
+        .map(|(key, cur)| {
+            row.clear();
+            put_row(&mut row, key, cur);
+            row.len()
+        })
+        .sum();
+    emit(((head.len() + rows) as u64).to_le_bytes().to_vec());
+    emit(head);
+    let mut out = Vec::with_capacity(per_part.min(rows) + 64);
     for (key, cur) in bucket_order(&engine.state).filter_map(|i| engine.state.get_index(i)) {
-        put_key(&mut out, key);
-        out.extend_from_slice(&cur.hash().to_le_bytes());
-        out.extend_from_slice(&cur.valid_from.to_le_bytes());
-        out.extend_from_slice(&place(cur.kildesystem).to_le_bytes());
-        out.extend_from_slice(&place(cur.skolenummer).to_le_bytes());
-        match &cur.parent {
-            None => out.push(2),
-            Some(p) => put_key(&mut out, p),
+        put_row(&mut out, key, cur);
+        if out.len() >= per_part {
+            let capacity = out.capacity();
+            emit(std::mem::replace(&mut out, Vec::with_capacity(capacity)));
         }
-        out.extend_from_slice(&cur.staged.to_le_bytes());
     }
-    out
+    if !out.is_empty() {
+        emit(out);
+    }
 }
+
+/// One current row: key, hash, valid_from, the places of its source and school in the table's
+/// texts, parent (a key, or 2 for none), staged.
+fn put_row(out: &mut Vec<u8>, key: &Key, cur: &super::scd2::Current) {
+    let place = |t: Option<Text>| t.map_or(u32::MAX, Text::position);
+    put_key(out, key);
+    out.extend_from_slice(&cur.hash().to_le_bytes());
+    out.extend_from_slice(&cur.valid_from.to_le_bytes());
+    out.extend_from_slice(&place(cur.kildesystem).to_le_bytes());
+    out.extend_from_slice(&place(cur.skolenummer).to_le_bytes());
+    match &cur.parent {
+        None => out.push(2),
+        Some(p) => put_key(out, p),
+    }
+    out.extend_from_slice(&cur.staged.to_le_bytes());
+}
+
+/// Bytes of a table's rows handed on at a time ([`section_each`]).
+const ROWS_PER_PART_BYTES: usize = 8 << 20;
 
 /// The engines' state labelled with the table versions (`None`: no table), handed to `out` part
 /// by part in the file's order, so that the file is never in memory whole (docs/ARCHITECTURE.md,
@@ -142,6 +178,17 @@ pub fn encode_each(
     records: &Next<'_>,
     out: &mut dyn FnMut(Vec<u8>),
 ) {
+    encode_in_parts(engines, versions, records, ROWS_PER_PART_BYTES, out);
+}
+
+/// [`encode_each`], each table's rows handed on in parts of about `rows_per_part` bytes.
+fn encode_in_parts(
+    engines: [&Scd2; 3],
+    versions: [Label; 3],
+    records: &Next<'_>,
+    rows_per_part: usize,
+    out: &mut dyn FnMut(Vec<u8>),
+) {
     let mut sum = xxhash_rust::xxh3::Xxh3::new();
     let mut emit = |part: Vec<u8>| {
         sum.update(&part);
@@ -152,9 +199,7 @@ pub fn encode_each(
     head.extend_from_slice(&FORMAT.to_le_bytes());
     emit(head);
     for ((name, engine), version) in TABLES.iter().zip(engines).zip(versions) {
-        let s = section(name, engine, version);
-        emit((s.len() as u64).to_le_bytes().to_vec());
-        emit(s);
+        section_each(name, engine, version, rows_per_part, &mut emit);
     }
     emit((records.encoded_len() as u64).to_le_bytes().to_vec());
     records.encode_each(crate::carried::SUMMARIES_PER_PART, &mut emit);
@@ -165,9 +210,22 @@ pub fn encode_each(
 /// The parts [`encode_each`] hands on, collected.
 #[cfg(test)]
 fn encode(engines: [&Scd2; 3], versions: [Label; 3], records: &Records) -> Vec<Vec<u8>> {
+    encode_by(engines, versions, records, ROWS_PER_PART_BYTES)
+}
+
+/// The parts [`encode_in_parts`] hands on, collected.
+#[cfg(test)]
+fn encode_by(
+    engines: [&Scd2; 3],
+    versions: [Label; 3],
+    records: &Records,
+    rows_per_part: usize,
+) -> Vec<Vec<u8>> {
     let mut parts = Vec::new();
     let next = Next::merge([(records.clone(), Vec::new())], None);
-    encode_each(engines, versions, &next, &mut |p| parts.push(p));
+    encode_in_parts(engines, versions, &next, rows_per_part, &mut |p| {
+        parts.push(p)
+    });
     parts
 }
 
@@ -526,7 +584,12 @@ mod tests {
                 },
             )],
         };
-        let bytes = encode([&e[0], &e[1], &e[2]], v, &records).concat();
+        let parts = encode([&e[0], &e[1], &e[2]], v, &records);
+        let bytes = parts.concat();
+        // Handed on in parts of a few rows, the file is the same.
+        let small = encode_by([&e[0], &e[1], &e[2]], v, &records, 40);
+        assert!(small.len() > parts.len() + 20, "{} parts", small.len());
+        assert_eq!(small.concat(), bytes);
         let (back, memo) = decode(&bytes, v).unwrap();
         for i in 0..3 {
             assert!(same(&e[i], &back[i]), "table {}", TABLES[i]);
