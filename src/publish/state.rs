@@ -169,7 +169,7 @@ const ROWS_PER_PART_BYTES: usize = 8 << 20;
 
 /// The engines' state labelled with the table versions (`None`: no table), handed to `out` part
 /// by part in the file's order, so that the file is never in memory whole (docs/ARCHITECTURE.md,
-/// "The current state"): at most one table's part, or 8 MB of the summaries, at a time. Each
+/// "The current state"): 8 MB of a table's rows or of the summaries at a time. Each
 /// table's part and the summaries' are preceded by their length, so that they are read back on
 /// every core; the last part is the checksum of all before it.
 pub fn encode_each(
