@@ -146,17 +146,24 @@ impl Texts {
         }
     }
 
-    /// The texts at `spans` as a column of string views into the map's buffers: those read
-    /// stay where they are; those learnt are copied once, a buffer each (a next day learns
-    /// few). Short texts (12 bytes or less) lie in their views.
-    fn views(&self, spans: impl ExactSizeIterator<Item = Option<Span>>) -> Result<ArrayRef> {
+    /// Every buffer of the map's texts, as [`Texts::views`] numbers them: those read as they
+    /// are, then those learnt, copied once (a next day learns few).
+    fn buffers(&self) -> Arc<[arrow::buffer::Buffer]> {
+        let learnt = self
+            .own
+            .iter()
+            .map(|s| arrow::buffer::Buffer::from(s.as_bytes()));
+        self.read.iter().cloned().chain(learnt).collect()
+    }
+
+    /// The texts at `spans` as a column of string views into `buffers` ([`Texts::buffers`]):
+    /// none is copied. Short texts (12 bytes or less) lie in their views.
+    fn views(
+        &self,
+        buffers: &Arc<[arrow::buffer::Buffer]>,
+        spans: impl ExactSizeIterator<Item = Option<Span>>,
+    ) -> Result<ArrayRef> {
         let read = self.read.len() as u32;
-        let mut buffers = self.read.clone();
-        buffers.extend(
-            self.own
-                .iter()
-                .map(|s| arrow::buffer::Buffer::from(s.as_bytes())),
-        );
         let mut nulls = arrow::array::NullBufferBuilder::new(spans.len());
         let views: Vec<u128> = spans
             .map(|s| {
@@ -173,7 +180,7 @@ impl Texts {
             })
             .collect();
         // Checked (one pass over the texts): each view within its buffer, of UTF-8.
-        let array = StringViewArray::try_new(views.into(), buffers, nulls.finish())?;
+        let array = StringViewArray::try_new(views.into(), buffers.clone(), nulls.finish())?;
         Ok(Arc::new(array))
     }
 }
@@ -983,15 +990,14 @@ impl Identity {
         // are views of the map's texts where they are (16 bytes a row, where a copy of them was
         // 40 and more, held while the file is written); the writer copies them into the table's
         // layout a slice at a time (`delta::write_files`).
+        let buffers = self.texts.buffers();
         let columns = crate::par::map(&[0, 1, 2, 3, 4, 5], |&c| match c {
-            0 => self
-                .texts
-                .views(rows.iter().map(|r| Some(self.ids[r.0 as usize]))),
+            0 => (self.texts).views(&buffers, rows.iter().map(|r| Some(self.ids[r.0 as usize]))),
             1 => Ok(Arc::new(StringArray::from_iter_values(
                 rows.iter().map(|r| source(r.1)),
             )) as ArrayRef),
-            2 => self.texts.views(rows.iter().map(|r| r.1.system_id)),
-            3 => self.texts.views(rows.iter().map(|r| r.1.fodselsnummer)),
+            2 => (self.texts).views(&buffers, rows.iter().map(|r| r.1.system_id)),
+            3 => (self.texts).views(&buffers, rows.iter().map(|r| r.1.fodselsnummer)),
             4 => Ok(ts(|f| f.first_seen)),
             _ => Ok(ts(|f| f.last_seen)),
         });
@@ -1102,7 +1108,9 @@ mod tests {
         }
         spans.push(None);
         expected.push(None);
-        let column = texts.views(spans.iter().copied()).unwrap();
+        let column = texts
+            .views(&texts.buffers(), spans.iter().copied())
+            .unwrap();
         let column = column.as_any().downcast_ref::<StringViewArray>().unwrap();
         let got: Vec<Option<String>> = column.iter().map(|v| v.map(str::to_string)).collect();
         assert_eq!(got, expected);

@@ -163,9 +163,10 @@ impl ObjectStore for MappedLocal {
 }
 
 /// A giver-back of the pages of bytes a read of a local file handed out mapped, for a reader
-/// that passes through them once (the state file, a file of current rows being rewritten): their
-/// resident pages leave this process as it goes, and stay in the page cache. `None` when the bytes are not all of one file's mapping
-/// (bytes an object store copied to the heap must keep their pages).
+/// that passes through them once (the state file, a file of current rows being rewritten):
+/// their resident pages leave this process as it goes, and stay in the page cache. `None` when
+/// the bytes are not all of one file's mapping (bytes an object store copied to the heap must
+/// keep their pages).
 pub fn pages_of(bytes: &[u8]) -> Option<impl Fn(&[u8]) + Sync> {
     let (from, to) = (
         bytes.as_ptr() as usize,

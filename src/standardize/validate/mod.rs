@@ -15,11 +15,10 @@ use std::collections::HashSet;
 use chrono::NaiveDate;
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::sort::HashSorted;
-
 use crate::carried::Hash128;
 use crate::fint::{EfRow, ElevRow, SkoleRow, Staged};
 use crate::quality::{fnr, kommuner, rules, Avvik, Checker, Severity};
+use crate::sort::HashSorted;
 use elev::check_pupils;
 use elevforhold::{check_enrolments, References};
 
@@ -106,12 +105,13 @@ impl<T: Placed> CarriedList for [T] {
     }
 }
 
-impl CarriedList for &[CarriedElev<'_>] {
+/// A list of carried records given by reference is read as the list.
+impl<L: CarriedList + ?Sized> CarriedList for &L {
     fn len(&self) -> usize {
-        <[_]>::len(self)
+        (**self).len()
     }
     fn at(&self, j: usize) -> (&str, i64) {
-        self[j].place()
+        (**self).at(j)
     }
 }
 
@@ -204,10 +204,10 @@ impl<'r, 'a> SchoolOf<'r, 'a> {
     }
 }
 
-/// A set of [`key_hash`]es made once and then only asked: the keys sorted (in place, in the
-/// list given) and found as [`HashSorted`] finds them. 17 bytes a key: a hash set of the carried
-/// pupils' keys took 34 MB at 1M (two million buckets of 17 bytes), this takes 1 beside the
-/// list of them the carried pupils held.
+/// A set of [`key_hash`]es made once and then only asked: the keys sorted in the list given
+/// (in place) and found as [`HashSorted`] finds them, 1 byte a key beside the list. A hash set of
+/// the carried pupils' keys took 34 MB at 1M (two million buckets of 17 bytes); this takes 1 MB
+/// beside the list of keys the carried pupils held already.
 struct KeySet(HashSorted<Hash128>);
 
 impl KeySet {
