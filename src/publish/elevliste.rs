@@ -99,111 +99,178 @@ const CONTENT: [&str; 6] = [
     "elev_namn",
 ];
 
-/// One row of the list: its content and when it was first written as it is.
-#[derive(Clone)]
-struct Row {
-    content: [Option<String>; 6],
-    lastet_tid: i64,
+/// Where a row of a list is: its batch among [`Lists::parts`] and its index in that batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct At {
+    part: u32,
+    row: u32,
 }
 
-impl Row {
-    fn fylke(&self) -> Option<&str> {
-        self.content[0].as_deref()
-    }
+/// A batch of a list: its content columns and, for the stored list, `lastet_tid`.
+struct Part {
+    text: [crate::delta::TextCol; 6],
+    lastet_tid: Option<arrow::array::TimestampMicrosecondArray>,
 }
 
-/// The rows of the list in `batches`; `lastet_tid` from the batches when they have it (the
-/// stored list), else `now` (a list just made).
-fn rows_of(batches: &[RecordBatch], now: i64) -> Result<Vec<Row>> {
-    let mut rows = Vec::new();
-    for b in batches {
-        let cols: Vec<_> = CONTENT
-            .iter()
-            .map(|c| crate::delta::text(b, c))
-            .collect::<Result<_>>()?;
-        let stored = match b.column_by_name("lastet_tid") {
-            Some(_) => Some(crate::delta::micros(b, "lastet_tid")?),
-            None => None,
-        };
-        for i in 0..b.num_rows() {
-            rows.push(Row {
-                content: std::array::from_fn(|c| cols[c].opt(i).map(str::to_string)),
-                lastet_tid: stored.as_ref().map_or(now, |l| l.value(i)),
-            });
+/// The rows of the stored list and of the new one, read where the query and the reader left
+/// them: no row is copied into texts of its own (a list of 100,000 rows has 600,000 of them,
+/// and copying, hashing and freeing each took a quarter of a second at a million pupils,
+/// docs/PERFORMANCE.md, "thirty-third session").
+struct Lists {
+    parts: Vec<Part>,
+    /// The `lastet_tid` of a row of a list just made.
+    now: i64,
+}
+
+impl Lists {
+    fn new(now: i64) -> Self {
+        Lists {
+            parts: Vec::new(),
+            now,
         }
     }
-    Ok(rows)
+
+    /// Adds a list's batches; `lastet_tid` from them when they have it (the stored list), else
+    /// `now` (a list just made). Returns where its rows are, in order.
+    fn add(&mut self, batches: &[RecordBatch]) -> Result<Vec<At>> {
+        let mut rows = Vec::new();
+        for b in batches {
+            let text: Vec<_> = CONTENT
+                .iter()
+                .map(|c| crate::delta::text(b, c))
+                .collect::<Result<_>>()?;
+            let lastet_tid = match b.column_by_name("lastet_tid") {
+                Some(_) => Some(crate::delta::micros(b, "lastet_tid")?),
+                None => None,
+            };
+            let Ok(text) = <[crate::delta::TextCol; 6]>::try_from(text) else {
+                unreachable!("one text column per content column");
+            };
+            let part = u32::try_from(self.parts.len()).map_err(|_| too_long())?;
+            let n = u32::try_from(b.num_rows()).map_err(|_| too_long())?;
+            self.parts.push(Part { text, lastet_tid });
+            rows.extend((0..n).map(|row| At { part, row }));
+        }
+        Ok(rows)
+    }
+
+    /// The text of content column `c` (an index into [`CONTENT`]) of a row.
+    fn text(&self, at: At, c: usize) -> Option<&str> {
+        self.parts[at.part as usize].text[c].opt(at.row as usize)
+    }
+
+    fn content(&self, at: At) -> [Option<&str>; 6] {
+        std::array::from_fn(|c| self.text(at, c))
+    }
+
+    fn fylke(&self, at: At) -> Option<&str> {
+        self.text(at, 0)
+    }
+
+    fn lastet_tid(&self, at: At) -> i64 {
+        let part = &self.parts[at.part as usize];
+        part.lastet_tid
+            .as_ref()
+            .map_or(self.now, |l| l.value(at.row as usize))
+    }
+
+    /// A row's content as one hash (xxh3-64), each text with its length and a null apart from
+    /// an empty text. Rows with the same hash are compared by their texts before they are
+    /// taken as the same ([`diff`]).
+    fn hash(&self, at: At, buf: &mut Vec<u8>) -> u64 {
+        buf.clear();
+        for c in 0..CONTENT.len() {
+            match self.text(at, c) {
+                None => buf.push(0),
+                Some(t) => {
+                    buf.push(1);
+                    buf.extend_from_slice(&(t.len() as u64).to_le_bytes());
+                    buf.extend_from_slice(t.as_bytes());
+                }
+            }
+        }
+        xxhash_rust::xxh3::xxh3_64(buf)
+    }
+
+    /// Rows as a batch of the list, with or without the partition column.
+    fn batch(&self, rows: &[At], with_fylke: bool) -> Result<RecordBatch> {
+        let full = schema::ELEVLISTE_VGS.arrow_schema();
+        let fields: Vec<_> = full
+            .fields()
+            .iter()
+            .filter(|f| with_fylke || f.name() != "fylkesnummer")
+            .cloned()
+            .collect();
+        let out = Arc::new(arrow::datatypes::Schema::new(fields));
+        let mut cols: Vec<ArrayRef> = Vec::new();
+        for f in out.fields() {
+            cols.push(match CONTENT.iter().position(|c| c == f.name()) {
+                Some(c) => Arc::new(arrow::array::StringArray::from_iter(
+                    rows.iter().map(|&at| self.text(at, c)),
+                )),
+                None => ts(rows.iter().map(|&at| Some(self.lastet_tid(at)))),
+            });
+        }
+        Ok(RecordBatch::try_new(out, cols)?)
+    }
+}
+
+fn too_long() -> Error {
+    Error::Internal("elevliste_vgs: more rows or batches than a list can hold".into())
 }
 
 /// What a new list changes in the stored one. A row that is in both keeps its `lastet_tid`
-/// and is written nowhere else: the Change Data Feed holds only the rows that changed
-/// (docs/ARCHITECTURE.md, "Sharing").
+/// (it is the stored row) and is written nowhere else: the Change Data Feed holds only the rows
+/// that changed (docs/ARCHITECTURE.md, "Sharing").
 struct Diff {
-    /// The new list, in its order.
-    rows: Vec<Row>,
-    inserted: Vec<Row>,
-    deleted: Vec<Row>,
+    /// The new list, in its order: stored rows where their content is unchanged, new rows else.
+    rows: Vec<At>,
+    inserted: Vec<At>,
+    deleted: Vec<At>,
 }
 
-fn diff(old: Vec<Row>, new: Vec<Row>) -> Diff {
-    // The stored rows by content, each content with the `lastet_tid` of its rows: the texts are
-    // moved into the map, not copied (a list of 100,000 rows has 600,000 of them).
-    let mut stored: std::collections::HashMap<[Option<String>; 6], Vec<i64>> =
-        std::collections::HashMap::with_capacity(old.len());
-    for r in old {
-        stored.entry(r.content).or_default().push(r.lastet_tid);
-    }
+/// Matches each row of `new` with a stored row of the same content: the stored rows' hashes
+/// sorted instead of moved into a map, and a stored row with the same hash taken only when its
+/// texts are the same too.
+fn diff(lists: &Lists, old: &[At], new: &[At]) -> Diff {
+    let mut buf = Vec::with_capacity(256);
+    let mut stored: Vec<(u64, u32)> = (old.iter().enumerate())
+        .map(|(i, &at)| (lists.hash(at, &mut buf), i as u32))
+        .collect();
+    stored.sort_unstable();
+    let mut taken = vec![false; old.len()];
     let mut rows = Vec::with_capacity(new.len());
     let mut inserted = Vec::new();
-    for r in new {
-        match stored.get_mut(&r.content).and_then(Vec::pop) {
-            Some(lastet_tid) => rows.push(Row {
-                content: r.content,
-                lastet_tid,
-            }),
+    for &at in new {
+        let h = lists.hash(at, &mut buf);
+        let from = stored.partition_point(|&(sh, _)| sh < h);
+        let to = from + stored[from..].partition_point(|&(sh, _)| sh == h);
+        // Of equal stored rows, the last one stored first.
+        let content = lists.content(at);
+        let same = (stored[from..to].iter().rev())
+            .map(|&(_, i)| i as usize)
+            .find(|&i| !taken[i] && lists.content(old[i]) == content);
+        match same {
+            Some(i) => {
+                taken[i] = true;
+                rows.push(old[i]);
+            }
             None => {
-                inserted.push(r.clone());
-                rows.push(r);
+                inserted.push(at);
+                rows.push(at);
             }
         }
     }
-    let mut deleted: Vec<Row> = stored
-        .into_iter()
-        .flat_map(|(content, left)| {
-            left.into_iter().map(move |lastet_tid| Row {
-                content: content.clone(),
-                lastet_tid,
-            })
-        })
+    let mut deleted: Vec<At> = (old.iter().zip(&taken))
+        .filter(|(_, &t)| !t)
+        .map(|(&at, _)| at)
         .collect();
-    deleted.sort_by(|a, b| a.content.cmp(&b.content));
+    deleted.sort_by(|&a, &b| lists.content(a).cmp(&lists.content(b)));
     Diff {
         rows,
         inserted,
         deleted,
     }
-}
-
-/// Rows as a batch of the list, with or without the partition column.
-fn batch(rows: &[&Row], with_fylke: bool) -> Result<RecordBatch> {
-    let full = schema::ELEVLISTE_VGS.arrow_schema();
-    let fields: Vec<_> = full
-        .fields()
-        .iter()
-        .filter(|f| with_fylke || f.name() != "fylkesnummer")
-        .cloned()
-        .collect();
-    let out = Arc::new(arrow::datatypes::Schema::new(fields));
-    let mut cols: Vec<ArrayRef> = Vec::new();
-    for f in out.fields() {
-        cols.push(match CONTENT.iter().position(|c| c == f.name()) {
-            Some(c) => Arc::new(arrow::array::StringArray::from_iter(
-                rows.iter().map(|r| r.content[c].as_deref()),
-            )),
-            None => ts(rows.iter().map(|r| Some(r.lastet_tid))),
-        });
-    }
-    Ok(RecordBatch::try_new(out, cols)?)
 }
 
 /// The query's joins built on the side the query names first (the current 10th graders' rows
@@ -225,6 +292,7 @@ fn joins_as_written(session: &SessionContext) {
 /// deleted rows. A run that changes nothing in the list commits only its claim, so the list is
 /// no longer behind its sources and the county sees no change.
 pub async fn write(ctx: &RunContext) -> Result<(usize, Option<i64>)> {
+    let mut steps = crate::context::Steps::new("elevliste_vgs");
     let sources = sources(ctx).await?;
     let session = crate::delta::session_of(&sources).await?;
     joins_as_written(&session);
@@ -241,8 +309,9 @@ pub async fn write(ctx: &RunContext) -> Result<(usize, Option<i64>)> {
             NO_SKOLE,
         )
     };
-    let now = chrono::Utc::now().timestamp_micros();
-    let new = rows_of(&crate::delta::query(&session, &sql).await?, now)?;
+    let mut lists = Lists::new(chrono::Utc::now().timestamp_micros());
+    let new = lists.add(&crate::delta::query(&session, &sql).await?)?;
+    steps.step("made from the tables");
     let t = &schema::ELEVLISTE_VGS;
     let table = crate::delta::open_or_create(&ctx.pipeline, t).await?;
     let old = if table.version().unwrap_or(0) == 0 {
@@ -250,32 +319,27 @@ pub async fn write(ctx: &RunContext) -> Result<(usize, Option<i64>)> {
     } else {
         let stored = SessionContext::new();
         crate::delta::register(&stored, t.name, &table).await?;
-        rows_of(
-            &crate::delta::query(&stored, "SELECT * FROM elevliste_vgs").await?,
-            now,
-        )?
+        lists.add(&crate::delta::query(&stored, "SELECT * FROM elevliste_vgs").await?)?
     };
+    steps.step("stored list read");
     // The guard before any commit, the switch of an older list to a Change Data Feed included.
     super::guard::check_county_list(ctx, old.len(), new.len())?;
     let table = with_change_data_feed(table).await?;
     let read_version = table.version().unwrap_or(0);
     let rows = new.len();
-    let d = diff(old, new);
-    let changed: std::collections::BTreeSet<Option<&str>> = d
-        .inserted
-        .iter()
+    let d = diff(&lists, &old, &new);
+    let changed: std::collections::BTreeSet<Option<&str>> = (d.inserted.iter())
         .chain(&d.deleted)
-        .map(Row::fylke)
+        .map(|&at| lists.fylke(at))
         .collect();
+    steps.step("compared");
     let mut actions = Vec::new();
     if !changed.is_empty() {
-        let kept: Vec<&Row> = d
-            .rows
-            .iter()
-            .filter(|r| changed.contains(&r.fylke()))
+        let kept: Vec<At> = (d.rows.iter().copied())
+            .filter(|&at| changed.contains(&lists.fylke(at)))
             .collect();
         if !kept.is_empty() {
-            actions = crate::delta::write_files(&table, t, vec![batch(&kept, true)?]).await?;
+            actions = crate::delta::write_files(&table, t, vec![lists.batch(&kept, true)?]).await?;
         }
         for f in crate::delta::file_views(&table).await? {
             let fylke = f.partition_values_map().remove("fylkesnummer").flatten();
@@ -283,11 +347,13 @@ pub async fn write(ctx: &RunContext) -> Result<(usize, Option<i64>)> {
                 actions.push(Action::Remove(f.remove_action(true)));
             }
         }
-        let cdf_schema = batch(&[], false)?.schema();
+        let cdf_schema = lists.batch(&[], false)?.schema();
         for fylke in &changed {
-            let pick = |rows: &[Row]| -> Result<Vec<RecordBatch>> {
-                let of: Vec<&Row> = rows.iter().filter(|r| r.fylke() == *fylke).collect();
-                Ok(vec![batch(&of, false)?])
+            let pick = |rows: &[At]| -> Result<Vec<RecordBatch>> {
+                let of: Vec<At> = (rows.iter().copied())
+                    .filter(|&at| lists.fylke(at) == *fylke)
+                    .collect();
+                Ok(vec![lists.batch(&of, false)?])
             };
             let changes = [
                 (pick(&d.inserted)?, "insert"),
@@ -304,6 +370,7 @@ pub async fn write(ctx: &RunContext) -> Result<(usize, Option<i64>)> {
             );
         }
     }
+    steps.step("changed files written");
     let metrics = serde_json::json!({
         "numOutputRows": rows.to_string(),
         "numInsertedRows": d.inserted.len().to_string(),
@@ -396,34 +463,114 @@ mod tests {
             .join("\n")
     }
 
-    /// A row of the list whose content is one text (in `klasse`).
-    fn row(text: &str, lastet_tid: i64) -> Row {
-        let mut content: [Option<String>; 6] = Default::default();
-        content[3] = Some(text.to_string());
-        Row {
-            content,
-            lastet_tid,
-        }
+    /// A test row of a list: its `klasse`, `elev_namn` and `lastet_tid`.
+    type TestRow<'a> = (Option<&'a str>, &'a str, i64);
+
+    /// A batch of a list: each row's `klasse` and `elev_namn` (the other texts null), with
+    /// `lastet_tid` when given (a stored list), its texts as string views when `views` (as
+    /// DataFusion reads a stored list).
+    fn list(rows: &[TestRow], stored: bool, views: bool) -> RecordBatch {
+        use arrow::array::{StringArray, StringViewArray};
+        let fields: Vec<_> = (schema::ELEVLISTE_VGS.arrow_schema().fields().iter())
+            .filter(|f| stored || f.name() != "lastet_tid")
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
+        let texts = |pick: &dyn Fn(&TestRow) -> Option<String>| -> ArrayRef {
+            match views {
+                true => Arc::new(StringViewArray::from_iter(rows.iter().map(pick))),
+                false => Arc::new(StringArray::from_iter(rows.iter().map(pick))),
+            }
+        };
+        let columns = (fields.iter())
+            .map(|f| -> ArrayRef {
+                match f.name().as_str() {
+                    "klasse" => texts(&|r| r.0.map(str::to_string)),
+                    "elev_namn" => texts(&|r| Some(r.1.to_string())),
+                    "lastet_tid" => ts(rows.iter().map(|r| Some(r.2))),
+                    _ => texts(&|_| None),
+                }
+            })
+            .collect();
+        let fields: Vec<_> = (fields.iter())
+            .zip(&columns)
+            .map(|(f, c): (_, &ArrayRef)| f.clone().with_data_type(c.data_type().clone()))
+            .collect();
+        RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns).unwrap()
     }
 
     #[test]
     fn a_row_in_both_lists_keeps_its_time_and_only_the_changes_are_written() {
-        let old = vec![row("a", 1), row("b", 2), row("b", 3), row("d", 4)];
-        let new = vec![row("b", 9), row("c", 9), row("a", 9)];
-        let d = diff(old, new);
-        let got = |rows: &[Row]| -> Vec<(String, i64)> {
-            (rows.iter())
-                .map(|r| (r.content[3].clone().unwrap_or_default(), r.lastet_tid))
+        let mut lists = Lists::new(9);
+        // Stored in two batches, read as string views.
+        let old = lists
+            .add(&[
+                list(&[(Some("a"), "x", 1), (Some("b"), "x", 2)], true, true),
+                list(
+                    &[
+                        (Some("b"), "x", 3),
+                        (Some("d"), "x", 4),
+                        (Some(""), "x", 5),
+                        (Some("e"), "y", 6),
+                    ],
+                    true,
+                    true,
+                ),
+            ])
+            .unwrap();
+        // Made now: no class (null) is not an empty class; "e" with another name is not "e".
+        let new = lists
+            .add(&[list(
+                &[
+                    (Some("b"), "x", 0),
+                    (Some("c"), "x", 0),
+                    (None, "x", 0),
+                    (Some("a"), "x", 0),
+                    (Some("e"), "z", 0),
+                ],
+                false,
+                false,
+            )])
+            .unwrap();
+        let d = diff(&lists, &old, &new);
+        let got = |rows: &[At]| -> Vec<(Option<String>, String, i64)> {
+            let b = lists.batch(rows, true).unwrap();
+            let klasse = crate::delta::text(&b, "klasse").unwrap();
+            let namn = crate::delta::text(&b, "elev_namn").unwrap();
+            let tid = crate::delta::micros(&b, "lastet_tid").unwrap();
+            (0..b.num_rows())
+                .map(|i| {
+                    let k = klasse.opt(i).map(str::to_string);
+                    (k, namn.value(i).to_string(), tid.value(i))
+                })
                 .collect()
         };
-        // In the new list's order; a kept row has its stored time (of one of its stored copies).
+        let r = |k: Option<&str>, n: &str, t: i64| (k.map(str::to_string), n.to_string(), t);
+        // In the new list's order; a kept row is the stored row (the last stored of its copies).
         assert_eq!(
             got(&d.rows),
-            [("b".into(), 3), ("c".into(), 9), ("a".into(), 1)]
+            [
+                r(Some("b"), "x", 3),
+                r(Some("c"), "x", 9),
+                r(None, "x", 9),
+                r(Some("a"), "x", 1),
+                r(Some("e"), "z", 9)
+            ]
         );
-        assert_eq!(got(&d.inserted), [("c".into(), 9)]);
-        // The other copy of "b" and "d" are gone, sorted by content.
-        assert_eq!(got(&d.deleted), [("b".into(), 2), ("d".into(), 4)]);
+        assert_eq!(
+            got(&d.inserted),
+            [r(Some("c"), "x", 9), r(None, "x", 9), r(Some("e"), "z", 9)]
+        );
+        // The other copy of "b", the empty class, "d" and "e" with its old name are gone,
+        // sorted by content.
+        assert_eq!(
+            got(&d.deleted),
+            [
+                r(Some(""), "x", 5),
+                r(Some("b"), "x", 2),
+                r(Some("d"), "x", 4),
+                r(Some("e"), "y", 6)
+            ]
+        );
     }
 
     #[tokio::test]
