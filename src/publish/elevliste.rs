@@ -106,9 +106,10 @@ struct At {
     row: u32,
 }
 
-/// A batch of a list: its content columns and, for the stored list, `lastet_tid`.
+/// A batch of a list: its content columns (in the order of [`CONTENT`]) and, for the stored
+/// list, `lastet_tid`.
 struct Part {
-    text: [crate::delta::TextCol; 6],
+    text: Vec<crate::delta::TextCol>,
     lastet_tid: Option<arrow::array::TimestampMicrosecondArray>,
 }
 
@@ -142,9 +143,6 @@ impl Lists {
             let lastet_tid = match b.column_by_name("lastet_tid") {
                 Some(_) => Some(crate::delta::micros(b, "lastet_tid")?),
                 None => None,
-            };
-            let Ok(text) = <[crate::delta::TextCol; 6]>::try_from(text) else {
-                unreachable!("one text column per content column");
             };
             let part = u32::try_from(self.parts.len()).map_err(|_| too_long())?;
             let n = u32::try_from(b.num_rows()).map_err(|_| too_long())?;
@@ -236,11 +234,12 @@ fn diff(lists: &Lists, old: &[At], new: &[At]) -> Diff {
     diff_by(lists, old, new, Lists::hash)
 }
 
-/// How a row is hashed to find the stored rows to compare it with.
-type RowHash = fn(&Lists, At, &mut Vec<u8>) -> u64;
+/// How a row is hashed to find the stored rows to compare it with (not
+/// [`super::row_hash::RowHash`], the hash SCD2 stores).
+type HashRow = fn(&Lists, At, &mut Vec<u8>) -> u64;
 
 /// [`diff`] with the rows hashed by `hash` (a test gives every row the same hash).
-fn diff_by(lists: &Lists, old: &[At], new: &[At], hash: RowHash) -> Diff {
+fn diff_by(lists: &Lists, old: &[At], new: &[At], hash: HashRow) -> Diff {
     let mut buf = Vec::with_capacity(256);
     let mut stored: Vec<(u64, u32)> = (old.iter().enumerate())
         .map(|(i, &at)| (hash(lists, at, &mut buf), i as u32))
@@ -554,7 +553,7 @@ mod tests {
         let r = |k: Option<&str>, n: &str, t: i64| (k.map(str::to_string), n.to_string(), t);
         // Compared by their hashes, and with every row given the same hash: rows are told apart
         // by their texts, not by their hashes alone.
-        let hashes: [RowHash; 2] = [Lists::hash, |_, _, _| 0];
+        let hashes: [HashRow; 2] = [Lists::hash, |_, _, _| 0];
         for hash in hashes {
             let d = diff_by(&lists, &old, &new, hash);
             // In the new list's order; a kept row is the stored row (the last stored of its
