@@ -64,7 +64,7 @@ pub fn crash_point(name: &str) {
 pub struct Steps {
     stage: &'static str,
     last: std::time::Instant,
-    last_cpu: u64,
+    last_usage: Usage,
 }
 
 impl Steps {
@@ -72,28 +72,33 @@ impl Steps {
         Steps {
             stage,
             last: std::time::Instant::now(),
-            last_cpu: usage().0,
+            last_usage: usage(),
         }
     }
 
     /// Logs (at debug) the wall time and the process's CPU time (all threads, user + system)
     /// since the previous step: `cpu_ms` near `ms` means one busy core, near twice `ms` two.
+    /// `sys_ms` is the kernel's part of it and `faults` the pages the kernel had to map meanwhile
+    /// (minor faults: most of them fresh pages it zeroed first, docs/PERFORMANCE.md).
     pub fn step(&mut self, name: &str) {
         let now = std::time::Instant::now();
-        let (cpu, peak_mb) = usage();
+        let u = usage();
         let resident = resident_mb();
+        let was = &self.last_usage;
         tracing::debug!(
             stage = self.stage,
             step = name,
             ms = (now - self.last).as_millis() as u64,
-            cpu_ms = cpu.saturating_sub(self.last_cpu) / 1000,
+            cpu_ms = (u.user + u.sys).saturating_sub(was.user + was.sys) / 1000,
             rss_mb = resident.0,
             anon_mb = resident.1,
-            peak_mb,
+            peak_mb = u.peak_mb,
+            sys_ms = u.sys.saturating_sub(was.sys) / 1000,
+            faults = u.faults.saturating_sub(was.faults),
             "step"
         );
         self.last = now;
-        self.last_cpu = cpu;
+        self.last_usage = u;
     }
 }
 
@@ -113,22 +118,33 @@ fn resident_mb() -> (u64, u64) {
     }
 }
 
-/// The CPU time the process has used so far (µs) and its peak resident memory so far (MB);
-/// zeros where unavailable.
-fn usage() -> (u64, u64) {
+/// What the process has used so far: CPU time in user space and in the kernel (µs), minor page
+/// faults, and its peak resident memory (MB).
+#[derive(Default)]
+struct Usage {
+    user: u64,
+    sys: u64,
+    faults: u64,
+    peak_mb: u64,
+}
+
+/// The process's [`Usage`] so far; zeros where unavailable.
+fn usage() -> Usage {
     // SAFETY: getrusage only writes the struct it is given.
     let usage = unsafe {
         let mut u: libc::rusage = std::mem::zeroed();
         if libc::getrusage(libc::RUSAGE_SELF, &mut u) != 0 {
-            return (0, 0);
+            return Usage::default();
         }
         u
     };
     let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
-    (
-        micros(usage.ru_utime) + micros(usage.ru_stime),
-        usage.ru_maxrss as u64 / 1024,
-    )
+    Usage {
+        user: micros(usage.ru_utime),
+        sys: micros(usage.ru_stime),
+        faults: usage.ru_minflt as u64,
+        peak_mb: usage.ru_maxrss as u64 / 1024,
+    }
 }
 
 pub fn fmt_micros(t: i64) -> String {
