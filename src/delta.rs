@@ -743,6 +743,16 @@ impl TextCol {
         }
     }
 
+    /// Whether rows `i` and `j` hold the same text: for string views first by the views
+    /// themselves (equal views are equal texts, and a file's name and digest repeat as one view
+    /// on each of its records), else by the bytes.
+    pub fn same(&self, i: usize, j: usize) -> bool {
+        match self {
+            TextCol::Utf8(a) => a.value(i) == a.value(j),
+            TextCol::View(a) => a.views()[i] == a.views()[j] || a.value(i) == a.value(j),
+        }
+    }
+
     pub fn opt(&self, i: usize) -> Option<&str> {
         use arrow::array::Array;
         let null = match self {
@@ -872,6 +882,44 @@ mod tests {
             again.is_err(),
             "version 0 exists: a second create is refused"
         );
+    }
+
+    #[test]
+    fn texts_are_the_same_by_view_or_by_bytes_and_only_then() {
+        use arrow::array::{StringArray, StringViewBuilder};
+        let long = "a file name longer than twelve bytes";
+        let mut b = StringViewBuilder::new();
+        let block = b.append_block(arrow::buffer::Buffer::from(long.as_bytes().to_vec()));
+        let len = long.len() as u32;
+        // SAFETY: `block` holds exactly `long`, valid UTF-8.
+        unsafe {
+            b.append_view_unchecked(block, 0, len);
+            b.append_view_unchecked(block, 0, len);
+        }
+        // Rows 0 and 1 share one view; row 2 is the same text in a copy of its own; row 3 has
+        // the same length and another text; rows 4 and 5 are short (inline) texts.
+        b.append_value(long);
+        b.append_value("a file name longer than twelve bytez");
+        b.append_value("short");
+        b.append_value("short");
+        let views = super::TextCol::View(b.finish());
+        let plain = super::TextCol::Utf8(StringArray::from(
+            (0..6)
+                .map(|i| views.value(i).to_string())
+                .collect::<Vec<_>>(),
+        ));
+        for col in [&views, &plain] {
+            for i in 0..6 {
+                for j in 0..6 {
+                    assert_eq!(
+                        col.same(i, j),
+                        col.value(i) == col.value(j),
+                        "rows {i} and {j}"
+                    );
+                }
+            }
+        }
+        assert!(views.same(0, 2) && !views.same(0, 3) && views.same(4, 5));
     }
 
     #[test]

@@ -160,6 +160,7 @@ pub fn carry(
     // a source key and the first elevforhold of a pupil at a school
     // (docs/ARCHITECTURE.md, "Quality rules and deviations"), so a hash that made a current
     // version is that version's row, unchanged.
+    let mut steps = crate::context::Steps::new("carry");
     let (elev, ef) = crate::par::both(
         || {
             hash_and_find(
@@ -183,6 +184,7 @@ pub fn carry(
         },
     );
     let (mut elev, mut ef) = (elev?, ef?);
+    steps.step("read rows hashed and found");
     let records = plan.as_ref().map(|p| {
         p.summaries(
             (&staged.elev, &elev.hashes, &elev.nulls, &elev.found),
@@ -198,6 +200,7 @@ pub fn carry(
             ..Default::default()
         });
     }
+    steps.step("summaries");
     // Records carried unread: their ids, and their counts from the null bits they were kept
     // with (counted on the same pass); a pupil's identifiers as identity last saw them.
     let (mut ef_bits, mut elev_bits) = (NullBits::default(), NullBits::default());
@@ -205,6 +208,7 @@ pub fn carry(
         p.into_ids((&mut ef_bits, &mut elev_bits))
     });
     let (unread_ids, unread_pupils) = (unread.enrollments, unread.pupils);
+    steps.step("ids of records carried unread");
     // What is counted and resolved of the carried rows is read before they leave: the
     // completeness counts (from the null masks made with the hashes) and what identity
     // resolution needs of a carried pupil.
@@ -244,6 +248,7 @@ pub fn carry(
             .collect::<Vec<_>>(),
     ));
     let identity = Some(RecordBatch::try_new(schema, identity)?);
+    steps.step("carried pupils' identifiers");
     // A million rows dropped in each table: one table on each core.
     let Staged {
         elev: elev_rows,
@@ -259,6 +264,7 @@ pub fn carry(
     let records_carried = unread_ids.len() + unread_pupils.len();
     let mut elevforhold_ids = unread_ids;
     elevforhold_ids.extend(read_ids);
+    steps.step("read rows carried");
     Ok(SnapshotCarry {
         elev_hashes: elev.hashes,
         elevforhold_hashes: ef.hashes,

@@ -379,6 +379,7 @@ fn standardize_snapshot(
         }
         _ => None,
     };
+    steps.step("records read again");
     let mut staged = Staged::default();
     match &read {
         Some(read) => snap.format.flatten(

@@ -351,9 +351,9 @@ fn index_records(batches: &[RecordBatch], wanted: &dyn Fn(&SnapshotKey) -> bool)
         for i in 0..b.num_rows() {
             let same = last.as_ref().is_some_and(|(_, _, p)| {
                 t.value(i) == t.value(*p)
-                    && kjelde.value(i) == kjelde.value(*p)
-                    && sha.value(i) == sha.value(*p)
-                    && k.value(i) == k.value(*p)
+                    && kjelde.same(i, *p)
+                    && sha.same(i, *p)
+                    && k.same(i, *p)
                     && o.opt(i) == o.opt(*p)
             });
             if same {
