@@ -60,7 +60,8 @@ pub fn crash_point(name: &str) {
 }
 
 /// Times the steps of a stage: each `step` logs (at debug) how long it took since the last one.
-/// `--log-level debug` (or `RUST_LOG=elevflyt=debug`) shows where a run spends its time.
+/// `--log-level debug` (or `RUST_LOG=elevflyt=debug`) shows where a run spends its time; at
+/// other levels nothing is measured (no `getrusage`, no read of `/proc`).
 pub struct Steps {
     stage: &'static str,
     last: std::time::Instant,
@@ -72,7 +73,10 @@ impl Steps {
         Steps {
             stage,
             last: std::time::Instant::now(),
-            last_usage: usage(),
+            last_usage: match logged() {
+                true => usage(),
+                false => Usage::default(),
+            },
         }
     }
 
@@ -81,6 +85,9 @@ impl Steps {
     /// `sys_ms` is the kernel's part of it and `faults` the pages the kernel had to map meanwhile
     /// (minor faults: most of them fresh pages it zeroed first, docs/PERFORMANCE.md).
     pub fn step(&mut self, name: &str) {
+        if !logged() {
+            return;
+        }
         let now = std::time::Instant::now();
         let u = usage();
         let resident = resident_mb();
@@ -100,6 +107,11 @@ impl Steps {
         self.last = now;
         self.last_usage = u;
     }
+}
+
+/// Whether the step log is on (debug for this module).
+fn logged() -> bool {
+    tracing::enabled!(tracing::Level::DEBUG)
 }
 
 /// The process's resident memory now, all of it and the part that is not mapped files (the

@@ -264,7 +264,7 @@ pub fn carry(
     let records_carried = unread_ids.len() + unread_pupils.len();
     let mut elevforhold_ids = unread_ids;
     elevforhold_ids.extend(read_ids);
-    steps.step("read rows carried");
+    steps.step("carried rows taken out of the staged ones");
     Ok(SnapshotCarry {
         elev_hashes: elev.hashes,
         elevforhold_hashes: ef.hashes,
