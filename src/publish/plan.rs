@@ -105,18 +105,22 @@ impl TableRun {
         let ks = crate::delta::strings(&batch, "kildesystem")?;
         let school = crate::delta::strings(&batch, "skolenummer").ok();
         let parent = crate::delta::strings(&batch, "elev_id").ok();
-        let rows: Vec<SnapshotRow> = (0..batch.num_rows())
-            .map(|i| SnapshotRow {
-                key: keys.value(i),
-                hash: hashes[i],
-                kildesystem: opt_str(&ks, i),
-                skolenummer: school.as_ref().and_then(|s| opt_str(s, i)),
-                parent: parent.as_ref().and_then(|p| opt_str(p, i)),
-                staged: staged.get(i).copied().unwrap_or(0),
-            })
-            .collect();
-        self.engine
-            .apply_with(self.batches.len(), as_of, &rows, carried, scope);
+        // Each row made as it is applied, from the batch's columns (no list of them).
+        let row_at = |i: usize| SnapshotRow {
+            key: keys.value(i),
+            hash: hashes[i],
+            kildesystem: opt_str(&ks, i),
+            skolenummer: school.as_ref().and_then(|s| opt_str(s, i)),
+            parent: parent.as_ref().and_then(|p| opt_str(p, i)),
+            staged: staged.get(i).copied().unwrap_or(0),
+        };
+        (self.engine).apply_each(
+            self.batches.len(),
+            as_of,
+            (batch.num_rows(), row_at),
+            carried,
+            scope,
+        );
         if self.engine.carried_missing > 0 {
             return Err(Error::Invariant {
                 table: self.table.name.into(),

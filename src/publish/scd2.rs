@@ -238,6 +238,7 @@ pub struct Scd2 {
 }
 
 /// A row of a snapshot, ready to apply.
+#[derive(Clone)]
 pub struct SnapshotRow<'a> {
     pub key: &'a str,
     pub hash: RowHash,
@@ -406,9 +407,7 @@ impl Scd2 {
         self.apply_with(batch, as_of, rows, &[], scope);
     }
 
-    /// [`Scd2::apply`] of a snapshot whose unchanged rows were carried forward: `carried` are
-    /// the keys of rows equal to their current version, present without a row. A carried key
-    /// that is not current is counted in `carried_missing` (the caller refuses the run).
+    /// [`Scd2::apply_with`] of rows given slice by slice.
     pub fn apply_with(
         &mut self,
         batch: usize,
@@ -417,6 +416,31 @@ impl Scd2 {
         carried: &[Key],
         scope: Scope<'_>,
     ) {
+        self.apply_each(
+            batch,
+            as_of,
+            (rows.len(), |i| rows[i].clone()),
+            carried,
+            scope,
+        );
+    }
+
+    /// [`Scd2::apply`] of a snapshot whose unchanged rows were carried forward: `carried` are
+    /// the keys of rows equal to their current version, present without a row. A carried key
+    /// that is not current is counted in `carried_missing` (the caller refuses the run).
+    ///
+    /// `rows`: how many, and row `i` made when it is applied — a first load's million rows are
+    /// not made into a list beside the batch they are read from (88 MB a table, in fresh pages;
+    /// docs/ARCHITECTURE.md, "History (SCD2)").
+    pub fn apply_each<'r>(
+        &mut self,
+        batch: usize,
+        as_of: i64,
+        rows: (usize, impl Fn(usize) -> SnapshotRow<'r>),
+        carried: &[Key],
+        scope: Scope<'_>,
+    ) {
+        let (n, row_at) = rows;
         // Keys present in this snapshot are marked with its number (no set of present keys).
         self.snapshots += 1;
         let snapshot = self.snapshots;
@@ -439,11 +463,11 @@ impl Scd2 {
         };
         // Grow once, not by doubling (each doubling touches fresh memory).
         if self.state.is_empty() {
-            self.inserts.reserve(rows.len());
+            self.inserts.reserve(n);
         }
-        self.state
-            .reserve(rows.len().saturating_sub(self.state.len()));
-        for (row, r) in rows.iter().enumerate() {
+        self.state.reserve(n.saturating_sub(self.state.len()));
+        for row in 0..n {
+            let r = &row_at(row);
             // One probe of the table per row: a new key is inserted where the lookup found
             // its place (on a first load every row is one).
             let mut o = match self.state.entry(Key::of(r.key)) {
