@@ -404,10 +404,12 @@ impl Scd2 {
     /// Applies one full snapshot taken at `as_of`. Rows of `batch` (an index into the caller's
     /// prepared batches) are given in order; `scope` says which absent keys it closes.
     pub fn apply(&mut self, batch: usize, as_of: i64, rows: &[SnapshotRow<'_>], scope: Scope<'_>) {
-        self.apply_with(batch, as_of, rows, &[], scope);
+        let row_at = |i: usize| rows[i].clone();
+        self.apply_each(batch, as_of, (rows.len(), row_at), &[], scope);
     }
 
-    /// [`Scd2::apply_with`] of rows given slice by slice.
+    /// [`Scd2::apply_each`] of rows already listed.
+    #[cfg(test)]
     pub fn apply_with(
         &mut self,
         batch: usize,
@@ -416,22 +418,17 @@ impl Scd2 {
         carried: &[Key],
         scope: Scope<'_>,
     ) {
-        self.apply_each(
-            batch,
-            as_of,
-            (rows.len(), |i| rows[i].clone()),
-            carried,
-            scope,
-        );
+        let row_at = |i: usize| rows[i].clone();
+        self.apply_each(batch, as_of, (rows.len(), row_at), carried, scope);
     }
 
     /// [`Scd2::apply`] of a snapshot whose unchanged rows were carried forward: `carried` are
     /// the keys of rows equal to their current version, present without a row. A carried key
     /// that is not current is counted in `carried_missing` (the caller refuses the run).
     ///
-    /// `rows`: how many, and row `i` made when it is applied — a first load's million rows are
-    /// not made into a list beside the batch they are read from (88 MB a table, in fresh pages;
-    /// docs/ARCHITECTURE.md, "History (SCD2)").
+    /// `rows`: how many there are, and a function that makes row `i` when it is applied. A first
+    /// load's million rows are then not listed beside the batch they are read from (88 MB a
+    /// table, in fresh pages; docs/ARCHITECTURE.md, "History (SCD2)").
     pub fn apply_each<'r>(
         &mut self,
         batch: usize,
