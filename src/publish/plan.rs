@@ -114,13 +114,9 @@ impl TableRun {
             parent: parent.as_ref().and_then(|p| opt_str(p, i)),
             staged: staged.get(i).copied().unwrap_or(0),
         };
-        (self.engine).apply_each(
-            self.batches.len(),
-            as_of,
-            (batch.num_rows(), row_at),
-            carried,
-            scope,
-        );
+        let n = batch.num_rows();
+        self.engine
+            .apply_each(self.batches.len(), as_of, n, row_at, carried, scope);
         if self.engine.carried_missing > 0 {
             return Err(Error::Invariant {
                 table: self.table.name.into(),

@@ -403,9 +403,9 @@ impl Scd2 {
 
     /// Applies one full snapshot taken at `as_of`. Rows of `batch` (an index into the caller's
     /// prepared batches) are given in order; `scope` says which absent keys it closes.
+    #[cfg(test)]
     pub fn apply(&mut self, batch: usize, as_of: i64, rows: &[SnapshotRow<'_>], scope: Scope<'_>) {
-        let row_at = |i: usize| rows[i].clone();
-        self.apply_each(batch, as_of, (rows.len(), row_at), &[], scope);
+        self.apply_with(batch, as_of, rows, &[], scope);
     }
 
     /// [`Scd2::apply_each`] of rows already listed.
@@ -419,25 +419,27 @@ impl Scd2 {
         scope: Scope<'_>,
     ) {
         let row_at = |i: usize| rows[i].clone();
-        self.apply_each(batch, as_of, (rows.len(), row_at), carried, scope);
+        self.apply_each(batch, as_of, rows.len(), row_at, carried, scope);
     }
 
-    /// [`Scd2::apply`] of a snapshot whose unchanged rows were carried forward: `carried` are
-    /// the keys of rows equal to their current version, present without a row. A carried key
-    /// that is not current is counted in `carried_missing` (the caller refuses the run).
+    /// Applies one full snapshot taken at `as_of`, whose rows come from `batch` (an index into
+    /// the caller's prepared batches) in order; `scope` says which absent keys it closes. Its
+    /// unchanged rows may have been carried forward: `carried` are the keys of rows equal to
+    /// their current version, present without a row. A carried key that is not current is
+    /// counted in `carried_missing` (the caller refuses the run).
     ///
-    /// `rows`: how many there are, and a function that makes row `i` when it is applied. A first
-    /// load's million rows are then not listed beside the batch they are read from (88 MB a
-    /// table, in fresh pages; docs/ARCHITECTURE.md, "History (SCD2)").
+    /// The snapshot has `n` rows; `row_at(i)` makes row `i` when it is applied. A first load's
+    /// million rows are then not listed beside the batch they are read from (88 MB a table, in
+    /// fresh pages; docs/ARCHITECTURE.md, "History (SCD2)").
     pub fn apply_each<'r>(
         &mut self,
         batch: usize,
         as_of: i64,
-        rows: (usize, impl Fn(usize) -> SnapshotRow<'r>),
+        n: usize,
+        row_at: impl Fn(usize) -> SnapshotRow<'r>,
         carried: &[Key],
         scope: Scope<'_>,
     ) {
-        let (n, row_at) = rows;
         // Keys present in this snapshot are marked with its number (no set of present keys).
         self.snapshots += 1;
         let snapshot = self.snapshots;
