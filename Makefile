@@ -144,6 +144,7 @@ fmt:
 
 lint:
 	$(CARGO) clippy --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
 
 clean:
 	rm -rf lakehouse $(VENV) $(SPARK_VENV) interop/target

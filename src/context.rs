@@ -38,7 +38,7 @@ impl RunContext {
 /// Test hook for crash-safety tests: when `ELEVFLYT_CRASH_AT` names this point, the process
 /// aborts here, as if killed. Points: after-raw, after-avvik, after-stage, after-merge-skole,
 /// after-merge-elev, after-merge-elevforhold, after-elev-id, after-leveranse, after-elevliste,
-/// and after-create-<table> (a table created, nothing written to it yet); after-parse (a
+/// and `after-create-<table>` (a table created, nothing written to it yet); after-parse (a
 /// source's files parsed) and before-raw-commit (raw's files written, not committed).
 ///
 /// And for tests of what happens meanwhile: when `ELEVFLYT_PAUSE_AT` is `<point>:<path>`, the

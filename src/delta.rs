@@ -285,7 +285,7 @@ fn check_conform(batches: &[RecordBatch], t: &Table) -> Result<()> {
     Ok(())
 }
 
-/// Appends one batch of a run's rows to a table (see [`write`]).
+/// Appends one batch of a run's rows to a table (see [`write()`]).
 pub async fn append(
     ctx: &crate::context::RunContext,
     t: &Table,

@@ -700,7 +700,7 @@ impl Identity {
     /// On a first load (an empty map) a row whose system id, number and new id each occur in
     /// no other row is a new pupil that no other row leads to, and leads to no other: such rows
     /// are numbered and their facts learnt in one pass without a lookup, and their lookups are
-    /// made by sorting on every core, as a map read back is ([`Identity::build`]). The other
+    /// made by sorting on every core, as a map read back is (`Identity::build`). The other
     /// rows are resolved one at a time in their places, as ever; their keys are none of the
     /// first rows' keys, so neither kind of row can see the other's (docs/ARCHITECTURE.md,
     /// "Identity").
@@ -885,7 +885,7 @@ impl Identity {
             .collect()
     }
 
-    /// How records of `kildesystem` carried unread are settled ([`Identity::settled_by_id`]);
+    /// How records of `kildesystem` carried unread are settled ([`Identity::settled`]);
     /// `None` when the source is not known (none is).
     pub fn settling(&self, kildesystem: &str) -> Option<Settling<'_>> {
         Some(Settling {
@@ -895,7 +895,7 @@ impl Identity {
     }
 
     /// Whether pupil `n` (`u32::MAX`: none) is settled for a record of `source` with this
-    /// system id hash (see [`Identity::settled_by_id`]).
+    /// system id hash (see [`Identity::settled`]).
     fn settled_as(&self, n: u32, source: u32, system_hash: u128) -> Option<(u32, Option<u128>)> {
         // A pupil no lookup was taken from leads to itself by its first fact's identifiers.
         if self.contested.get(n as usize).copied().unwrap_or(false) {
@@ -1027,7 +1027,7 @@ pub async fn write_batch(ctx: &RunContext, batch: RecordBatch) -> Result<Option<
     .await
 }
 
-/// Records of one source carried unread, settled in identity as [`Identity::settled_by_id`]
+/// Records of one source carried unread, settled in identity as [`Identity::settled`]
 /// says: first their pupils' numbers for all of them at once, then each one's answer, so that
 /// the caller makes its own list of answers and no list of them is made here.
 pub struct Settling<'i> {

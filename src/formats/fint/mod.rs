@@ -5,10 +5,10 @@
 //! The pages come from the API (`location = "https://…/utdanning"`: ingest pulls them, see
 //! `ingest::pull`) or from a folder of saved pages; either way each page is a raw "file".
 //!
-//! - [`parse`]: a page → its entries, sliced out of the text as received.
-//! - [`flatten`]: a snapshot's entries → `elev`, `elevforhold` and `skole` rows, resolving the
+//! - `parse`: a page → its entries, sliced out of the text as received.
+//! - `flatten`: a snapshot's entries → `elev`, `elevforhold` and `skole` rows, resolving the
 //!   `_links` between the resources.
-//! - [`sample`]: the synthetic collections `elevflyt generate` writes (and the test server
+//! - `sample`: the synthetic collections `elevflyt generate` writes (and the test server
 //!   serves).
 
 mod flatten;

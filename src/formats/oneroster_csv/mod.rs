@@ -4,9 +4,9 @@
 //! `primaryOrg`), so the zip is flattened exactly as `oneroster-json` is: the same pupils give
 //! the same rows.
 //!
-//! - [`parse`]: a zip → its records (the manifest says which files are `bulk`, `delta` or
+//! - `parse`: a zip → its records (the manifest says which files are `bulk`, `delta` or
 //!   `absent`).
-//! - [`sample`]: the zip `elevflyt generate` writes.
+//! - `sample`: the zip `elevflyt generate` writes.
 
 mod parse;
 mod sample;

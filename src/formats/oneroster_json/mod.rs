@@ -1,9 +1,9 @@
 //! `oneroster-json`: OneRoster 1.1/1.2 REST JSON envelopes as Vigilo exports them (`users`,
 //! `orgs`, `classes`, `enrollments`, `academicSessions`; single-object envelopes too).
 //!
-//! - [`parse`]: a file → its records, sliced out of the text as delivered.
-//! - [`flatten`]: a snapshot's records → `elev`, `elevforhold` and `skole` rows.
-//! - [`sample`]: the synthetic export `elevflyt generate` writes.
+//! - `parse`: a file → its records, sliced out of the text as delivered.
+//! - `flatten`: a snapshot's records → `elev`, `elevforhold` and `skole` rows.
+//! - `sample`: the synthetic export `elevflyt generate` writes.
 
 mod flatten;
 mod parse;

@@ -2,9 +2,9 @@
 //! (`kommunenummer;skolenummer;fylkesnummer;klasse;fødselsnummer;elev_namn`). Every pupil is in
 //! trinn 10; a file is a full snapshot of its school only.
 //!
-//! - [`parse`]: a file (UTF-8 or Windows-1252, CRLF or LF, quoted fields) → one record per line.
-//! - [`flatten`]: a school's list → `elev`, `elevforhold` and one `skole` row.
-//! - [`sample`]: the synthetic lists `elevflyt generate` writes.
+//! - `parse`: a file (UTF-8 or Windows-1252, CRLF or LF, quoted fields) → one record per line.
+//! - `flatten`: a school's list → `elev`, `elevforhold` and one `skole` row.
+//! - `sample`: the synthetic lists `elevflyt generate` writes.
 
 mod flatten;
 mod parse;
