@@ -459,11 +459,11 @@ fn standardize_snapshot(
     }
     carried.out = Some(c);
     steps.step("carry unchanged rows");
-    // The two large tables are built at the same time, on two cores.
-    let (elev, ef) = crate::par::both(
-        || stage::elev_batch(&schemas[0], snap, &staged.elev),
-        || stage::elevforhold_batch(&schemas[1], snap, &staged.elevforhold),
-    );
+    // One table after the other, each on every core (a column a core), and each table's staged
+    // rows dropped once its batch is made: the elevforhold batch is made in memory the elev rows
+    // held (docs/ARCHITECTURE.md, "Stages and the data between them").
+    let elev = stage::elev_batch(&schemas[0], snap, &std::mem::take(&mut staged.elev))?;
+    let ef = stage::elevforhold_batch(&schemas[1], snap, &std::mem::take(&mut staged.elevforhold))?;
     let skole = stage::skole_batch(&schemas[2], snap, &staged.skole)?;
-    Ok([elev?, ef?, skole])
+    Ok([elev, ef, skole])
 }

@@ -39,6 +39,23 @@ pub struct Snapshot {
     rows: Vec<(u32, u32)>,
 }
 
+#[cfg(test)]
+impl Snapshot {
+    /// A snapshot of no records, from `kildesystem` as of `as_of` (for tests of what is made of
+    /// its rows).
+    pub fn empty(kildesystem: &str, as_of: i64) -> Snapshot {
+        Snapshot {
+            published: false,
+            kildesystem: kildesystem.to_string(),
+            format: crate::formats::REGISTRY[0],
+            omfang: None,
+            as_of,
+            columns: Arc::new(Vec::new()),
+            rows: Vec::new(),
+        }
+    }
+}
+
 impl Snapshot {
     /// The records, in file and record order.
     pub fn records(&self) -> impl Iterator<Item = RawRec<'_>> {

@@ -20,16 +20,16 @@ fn date_days(d: Option<NaiveDate>) -> Option<i32> {
 
 /// One snapshot's validated rows as a batch in a staging table's schema. `column` gives the
 /// values of each column by name (`None` for a column it does not know); the snapshot columns
-/// are filled here.
+/// are filled here. The columns are made on every core when there are rows enough.
 fn stage_batch(
     schema: &SchemaRef,
     snap: &Snapshot,
     rows: usize,
-    column: impl Fn(&str) -> Option<ArrayRef>,
+    column: impl Fn(&str) -> Option<ArrayRef> + Sync,
 ) -> Result<RecordBatch> {
-    let mut arrays = Vec::with_capacity(schema.fields().len());
-    for f in schema.fields() {
-        let array: ArrayRef = match f.name().as_str() {
+    let fields: Vec<&arrow::datatypes::FieldRef> = schema.fields().iter().collect();
+    let make = |f: &&arrow::datatypes::FieldRef| -> Result<ArrayRef> {
+        Ok(match f.name().as_str() {
             "stg_kildesystem" => Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
                 snap.kildesystem.as_str(),
                 rows,
@@ -46,11 +46,20 @@ fn stage_batch(
             name => column(name).ok_or_else(|| {
                 crate::error::Error::Internal(format!("no staged values for column `{name}`"))
             })?,
-        };
-        arrays.push(array);
-    }
-    Ok(RecordBatch::try_new(schema.clone(), arrays)?)
+        })
+    };
+    let arrays = match rows >= PER_CORE_FROM {
+        true => crate::par::map(&fields, make),
+        false => fields.iter().map(make).collect(),
+    };
+    Ok(RecordBatch::try_new(
+        schema.clone(),
+        arrays.into_iter().collect::<Result<_>>()?,
+    )?)
 }
+
+/// Rows from which a batch's columns are made on every core (fewer are not worth a thread).
+const PER_CORE_FROM: usize = 50_000;
 
 /// How a staged column's values are read from a FINT row.
 pub enum Get<T> {
@@ -252,4 +261,79 @@ pub fn skole_batch(
         "stg_kilde_nokkel" => Some(arrow::array::new_null_array(&DataType::Utf8, rows.len())),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+    use crate::fint::Origin;
+
+    fn origin(rad: usize) -> Origin<'static> {
+        Origin {
+            kildesystem: "vigilo",
+            kjelde: "users.json",
+            rad: rad as i64,
+            skolenummer: None,
+            system_id: None,
+        }
+    }
+
+    /// A batch of rows enough to be made on every core (a column a core) is the batch its two
+    /// halves, each made on one core, make together: the same columns, in the same order, with
+    /// the same values and nulls.
+    #[test]
+    fn a_batch_made_on_every_core_is_the_batch_made_on_one() {
+        let n = PER_CORE_FROM + 1_000;
+        let half = n / 2;
+        assert!(half < PER_CORE_FROM);
+        let snap = Snapshot::empty("vigilo", 1_768_435_200_000_000);
+        let day = |i: usize| NaiveDate::from_ymd_opt(2010, 1, 1 + (i % 28) as u32);
+        let elev: Vec<ElevRow<'_>> = (0..n)
+            .map(|i| ElevRow {
+                kilde_nokkel: Some(Cow::Owned(format!("k{i}"))),
+                fornavn: (i % 5 != 0).then(|| Cow::Owned(format!("Navn{i}"))),
+                etternavn: Some(Cow::Borrowed("Nord")),
+                fodselsdato: (i % 3 != 0).then(|| day(i)).flatten(),
+                ..ElevRow::from(origin(i))
+            })
+            .collect();
+        let ef: Vec<EfRow<'_>> = (0..n)
+            .map(|i| EfRow {
+                r: origin(i),
+                elev_kilde_nokkel: Some(Cow::Owned(format!("k{i}"))),
+                system_id: Some(Cow::Owned(format!("e{i}"))),
+                skolenummer: Some(Cow::Borrowed("46591")),
+                klasse: (i % 7 != 0).then_some(Cow::Borrowed("10A")),
+                trinn: (i % 4 != 0).then_some(10),
+                skolear: Some(Cow::Borrowed("2025/2026")),
+                hovedskole: (i % 2 == 0).then_some(true),
+                startdato: day(i),
+                sluttdato: None,
+            })
+            .collect();
+        let elev_schema = crate::ledger::stage_table(&crate::schema::ELEV).arrow_schema();
+        let whole = elev_batch(&elev_schema, &snap, &elev).unwrap();
+        let halves = [
+            elev_batch(&elev_schema, &snap, &elev[..half]).unwrap(),
+            elev_batch(&elev_schema, &snap, &elev[half..]).unwrap(),
+        ];
+        assert_eq!(whole.num_rows(), n);
+        assert_eq!(
+            whole,
+            arrow::compute::concat_batches(&elev_schema, &halves).unwrap()
+        );
+        let ef_schema = crate::ledger::stage_table(&crate::schema::ELEVFORHOLD).arrow_schema();
+        let whole = elevforhold_batch(&ef_schema, &snap, &ef).unwrap();
+        let halves = [
+            elevforhold_batch(&ef_schema, &snap, &ef[..half]).unwrap(),
+            elevforhold_batch(&ef_schema, &snap, &ef[half..]).unwrap(),
+        ];
+        assert_eq!(whole.num_rows(), n);
+        assert_eq!(
+            whole,
+            arrow::compute::concat_batches(&ef_schema, &halves).unwrap()
+        );
+    }
 }
