@@ -460,8 +460,8 @@ fn standardize_snapshot(
     carried.out = Some(c);
     steps.step("carry unchanged rows");
     // One table after the other, each on every core (a column a core), and each table's staged
-    // rows dropped once its batch is made: the elevforhold batch is made in memory the elev rows
-    // held (docs/ARCHITECTURE.md, "Stages and the data between them").
+    // rows dropped once its batch is made: both tables' rows and both batches are never held at
+    // once (docs/ARCHITECTURE.md, "Stages and the data between them").
     let elev = stage::elev_batch(&schemas[0], snap, &std::mem::take(&mut staged.elev))?;
     let ef = stage::elevforhold_batch(&schemas[1], snap, &std::mem::take(&mut staged.elevforhold))?;
     let skole = stage::skole_batch(&schemas[2], snap, &staged.skole)?;

@@ -27,8 +27,8 @@ fn stage_batch(
     rows: usize,
     column: impl Fn(&str) -> Option<ArrayRef> + Sync,
 ) -> Result<RecordBatch> {
-    let fields: Vec<&arrow::datatypes::FieldRef> = schema.fields().iter().collect();
-    let make = |f: &&arrow::datatypes::FieldRef| -> Result<ArrayRef> {
+    let fields: &[arrow::datatypes::FieldRef] = schema.fields();
+    let make = |f: &arrow::datatypes::FieldRef| -> Result<ArrayRef> {
         Ok(match f.name().as_str() {
             "stg_kildesystem" => Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
                 snap.kildesystem.as_str(),
@@ -49,7 +49,7 @@ fn stage_batch(
         })
     };
     let arrays = match rows >= PER_CORE_FROM {
-        true => crate::par::map(&fields, make),
+        true => crate::par::map(fields, make),
         false => fields.iter().map(make).collect(),
     };
     Ok(RecordBatch::try_new(
@@ -58,7 +58,8 @@ fn stage_batch(
     )?)
 }
 
-/// Rows from which a batch's columns are made on every core (fewer are not worth a thread).
+/// Rows from which a batch's columns are made on every core (fewer are not worth a thread; the
+/// same bound as `par::chunks`'s).
 const PER_CORE_FROM: usize = 50_000;
 
 /// How a staged column's values are read from a FINT row.
