@@ -68,10 +68,13 @@ pub fn both<A: Send, B>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> 
     })
 }
 
+/// The fewest rows per-row work hands to a thread of its own (fewer are not worth one).
+pub const ROWS_PER_THREAD: usize = 50_000;
+
 /// How `n` items are split for per-row work: (parts, items per part), one part per core with
-/// at least 50,000 items each (fewer rows are not worth a thread).
+/// at least [`ROWS_PER_THREAD`] items each.
 fn split(n: usize) -> (usize, usize) {
-    let parts = cores().min(n.div_ceil(50_000)).max(1);
+    let parts = cores().min(n.div_ceil(ROWS_PER_THREAD)).max(1);
     (parts, n.div_ceil(parts).max(1))
 }
 

@@ -48,7 +48,7 @@ fn stage_batch(
             })?,
         })
     };
-    let arrays = match rows >= PER_CORE_FROM {
+    let arrays = match rows >= crate::par::ROWS_PER_THREAD {
         true => crate::par::map(fields, make),
         false => fields.iter().map(make).collect(),
     };
@@ -57,10 +57,6 @@ fn stage_batch(
         arrays.into_iter().collect::<Result<_>>()?,
     )?)
 }
-
-/// Rows from which a batch's columns are made on every core (fewer are not worth a thread; the
-/// same bound as `par::chunks`'s).
-const PER_CORE_FROM: usize = 50_000;
 
 /// How a staged column's values are read from a FINT row.
 pub enum Get<T> {
@@ -286,9 +282,9 @@ mod tests {
     /// the same values and nulls.
     #[test]
     fn a_batch_made_on_every_core_is_the_batch_made_on_one() {
-        let n = PER_CORE_FROM + 1_000;
+        let n = crate::par::ROWS_PER_THREAD + 1_000;
         let half = n / 2;
-        assert!(half < PER_CORE_FROM);
+        assert!(half < crate::par::ROWS_PER_THREAD);
         let snap = Snapshot::empty("vigilo", 1_768_435_200_000_000);
         let day = |i: usize| NaiveDate::from_ymd_opt(2010, 1, 1 + (i % 28) as u32);
         let elev: Vec<ElevRow<'_>> = (0..n)
