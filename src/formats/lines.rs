@@ -11,7 +11,7 @@ use chrono::NaiveDate;
 
 use super::{Format, ParsedFile, RawRec, Record, SnapshotInput};
 use crate::error::{Error, Result};
-use crate::fint::{EfRow, ElevRow, Origin, SkoleRow, Staged};
+use crate::fint::{EfRow, ElevRow, Origin, SkoleRow, Staged, Str};
 use crate::generate::Population;
 
 pub struct Lines;
@@ -64,7 +64,7 @@ impl Format for Lines {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(rec.post) else {
                 continue;
             };
-            let field = |k: &str| v[k].as_str().map(|s| Cow::Owned(s.to_string()));
+            let field = |k: &str| v[k].as_str().map(|s| Str::owned(s.to_string()));
             let mut names = v["namn"].as_str().unwrap_or_default().split_whitespace();
             let r = Origin {
                 kildesystem: snapshot.kildesystem,
@@ -76,9 +76,9 @@ impl Format for Lines {
             out.elev.push(ElevRow {
                 kilde_nokkel: field("fnr"),
                 fodselsnummer: field("fnr"),
-                kommunenummer: Some(Cow::Borrowed(snapshot.kommunenummer)),
-                fornavn: names.next().map(|s| Cow::Owned(s.to_string())),
-                etternavn: names.last().map(|s| Cow::Owned(s.to_string())),
+                kommunenummer: Some(Str::borrowed(snapshot.kommunenummer)),
+                fornavn: names.next().map(|s| Str::owned(s.to_string())),
+                etternavn: names.last().map(|s| Str::owned(s.to_string())),
                 fnr_required: true,
                 ..ElevRow::from(r.clone())
             });
@@ -89,8 +89,8 @@ impl Format for Lines {
                     skolenummer: school,
                     organisasjonsnummer: None,
                     navn: None,
-                    kommunenummer: Some(Cow::Borrowed(snapshot.kommunenummer)),
-                    fylkesnummer: snapshot.kommunenummer.get(..2).map(Cow::Borrowed),
+                    kommunenummer: Some(Str::borrowed(snapshot.kommunenummer)),
+                    fylkesnummer: snapshot.kommunenummer.get(..2).map(Str::borrowed),
                     eierform: None,
                 });
             }

@@ -279,7 +279,7 @@ pub fn carry(
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
+    use crate::fint::Str;
 
     use super::*;
     use crate::fint::Origin;
@@ -289,11 +289,11 @@ mod tests {
     #[test]
     fn null_masks_count_what_the_staged_columns_would_hold() {
         let row = |i: i64, fornavn: Option<&'static str>, epost: Option<&'static str>| ElevRow {
-            kilde_nokkel: Some(Cow::Owned(format!("k{i}"))),
-            system_id: Some(Cow::Owned(format!("k{i}"))),
-            fornavn: fornavn.map(Cow::Borrowed),
-            etternavn: Some(Cow::Borrowed("Nord")),
-            epostadresse: epost.map(Cow::Borrowed),
+            kilde_nokkel: Some(Str::owned(format!("k{i}"))),
+            system_id: Some(Str::owned(format!("k{i}"))),
+            fornavn: fornavn.map(Str::borrowed),
+            etternavn: Some(Str::borrowed("Nord")),
+            epostadresse: epost.map(Str::borrowed),
             ..ElevRow::from(Origin {
                 kildesystem: "vigilo",
                 kjelde: "users.json",

@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::context::{crash_point, RunContext, Steps};
 use crate::error::Result;
-use crate::fint::Staged;
+use crate::fint::{Staged, Str};
 use crate::formats::{RawRec, SnapshotInput};
 use crate::ledger::{stage_table, write_stage, SnapshotKey, StagedData};
 use crate::metrics::StandardizeMetrics;
@@ -36,10 +36,16 @@ use crate::schema;
 use snapshots::Snapshot;
 
 /// A number with the separators people type stripped, borrowed when it has none.
-fn normalized(v: Cow<'_, str>) -> Cow<'_, str> {
-    match v {
-        Cow::Borrowed(s) => fnr::normalize(s),
-        Cow::Owned(s) => Cow::Owned(fnr::normalize(&s).into_owned()),
+fn normalized(v: Str<'_>) -> Str<'_> {
+    match v.into_cow() {
+        Cow::Borrowed(s) => fnr::normalize(s).into(),
+        Cow::Owned(s) => {
+            let stripped = match fnr::normalize(&s) {
+                Cow::Owned(n) => Some(n),
+                Cow::Borrowed(_) => None,
+            };
+            Str::owned(stripped.unwrap_or(s))
+        }
     }
 }
 

@@ -262,7 +262,7 @@ pub fn skole_batch(
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
+    use crate::fint::Str;
 
     use super::*;
     use crate::fint::Origin;
@@ -289,9 +289,9 @@ mod tests {
         let day = |i: usize| NaiveDate::from_ymd_opt(2010, 1, 1 + (i % 28) as u32);
         let elev: Vec<ElevRow<'_>> = (0..n)
             .map(|i| ElevRow {
-                kilde_nokkel: Some(Cow::Owned(format!("k{i}"))),
-                fornavn: (i % 5 != 0).then(|| Cow::Owned(format!("Navn{i}"))),
-                etternavn: Some(Cow::Borrowed("Nord")),
+                kilde_nokkel: Some(Str::owned(format!("k{i}"))),
+                fornavn: (i % 5 != 0).then(|| Str::owned(format!("Navn{i}"))),
+                etternavn: Some(Str::borrowed("Nord")),
                 fodselsdato: (i % 3 != 0).then(|| day(i)).flatten(),
                 ..ElevRow::from(origin(i))
             })
@@ -299,12 +299,12 @@ mod tests {
         let ef: Vec<EfRow<'_>> = (0..n)
             .map(|i| EfRow {
                 r: origin(i),
-                elev_kilde_nokkel: Some(Cow::Owned(format!("k{i}"))),
-                system_id: Some(Cow::Owned(format!("e{i}"))),
-                skolenummer: Some(Cow::Borrowed("46591")),
-                klasse: (i % 7 != 0).then_some(Cow::Borrowed("10A")),
+                elev_kilde_nokkel: Some(Str::owned(format!("k{i}"))),
+                system_id: Some(Str::owned(format!("e{i}"))),
+                skolenummer: Some(Str::borrowed("46591")),
+                klasse: (i % 7 != 0).then_some(Str::borrowed("10A")),
                 trinn: (i % 4 != 0).then_some(10),
-                skolear: Some(Cow::Borrowed("2025/2026")),
+                skolear: Some(Str::borrowed("2025/2026")),
                 hovedskole: (i % 2 == 0).then_some(true),
                 startdato: day(i),
                 sluttdato: None,

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use crate::fint::{EfRow, ElevRow, Origin, SkoleRow, Staged, Text};
+use crate::fint::{EfRow, ElevRow, Origin, SkoleRow, Staged, Str, Text};
 use crate::formats::{RawRec, SnapshotInput};
 
 #[derive(Deserialize, Default)]
@@ -143,9 +143,9 @@ fn clean(v: Option<Cow<'_, str>>) -> Text<'_> {
         return None;
     }
     Some(if t.len() == v.len() {
-        v
+        v.into()
     } else {
-        Cow::Owned(t.to_string())
+        Str::owned(t.to_string())
     })
 }
 
@@ -195,9 +195,7 @@ impl<'a> Collection<'a> {
             ];
             for (field, v) in ids {
                 if let Some(v) = id(v) {
-                    by_id
-                        .entry((field.to_string(), v.into_owned()))
-                        .or_insert(i);
+                    by_id.entry((field.to_string(), v.to_string())).or_insert(i);
                 }
             }
             for t in links(r, "self") {
@@ -238,13 +236,13 @@ pub fn flatten<'a>(
         let Some(skolenummer) = id(&s.skolenummer).or_else(|| id(&s.system_id)) else {
             continue;
         };
-        let kommune = Cow::Borrowed(snap.kommunenummer);
+        let kommune = Str::borrowed(snap.kommunenummer);
         out.skole.push(SkoleRow {
             r: origin(snap, rec, id(&s.system_id), Some(skolenummer.clone())),
             skolenummer,
             organisasjonsnummer: id(&s.organisasjonsnummer),
             navn: text_navn(s),
-            fylkesnummer: kommune.get(..2).map(|f| Cow::Owned(f.to_string())),
+            fylkesnummer: kommune.get(..2).map(|f| Str::owned(f.to_string())),
             kommunenummer: Some(kommune),
             eierform: Some("kommunal".into()),
         });
@@ -273,17 +271,17 @@ pub fn flatten<'a>(
         let adresse = p.and_then(|p| p.bostedsadresse.as_ref());
         let code = |rel: &str| -> Text<'a> {
             p.and_then(|p| links(p, rel).into_iter().next())
-                .map(|(_, v)| Cow::Owned(v))
+                .map(|(_, v)| Str::owned(v))
         };
         out.elev.push(ElevRow {
             r: origin(snap, rec, system_id.clone(), None),
             kilde_nokkel: system_id.clone(),
             system_id,
             fodselsnummer: p.and_then(|p| id(&p.fodselsnummer)),
-            feidenavn: id(&e.feidenavn).map(|f| Cow::Owned(f.to_lowercase())),
+            feidenavn: id(&e.feidenavn).map(|f| Str::owned(f.to_lowercase())),
             kommunenummer: code("kommune")
                 .filter(|k| k.len() == 4)
-                .or(Some(Cow::Borrowed(snap.kommunenummer))),
+                .or(Some(Str::borrowed(snap.kommunenummer))),
             fornavn: navn.and_then(|n| clean(n.fornavn.clone())),
             mellomnavn: navn.and_then(|n| clean(n.mellomnavn.clone())),
             etternavn: navn.and_then(|n| clean(n.etternavn.clone())),
@@ -296,7 +294,7 @@ pub fn flatten<'a>(
             bostedsadresse: adresse
                 .map(|a| a.adresselinje.join(", "))
                 .filter(|a| !a.trim().is_empty())
-                .map(Cow::Owned),
+                .map(Str::owned),
             postnummer: adresse.and_then(|a| clean(a.postnummer.clone())),
             poststed: adresse.and_then(|a| clean(a.poststed.clone())),
             fnr_required: false,
@@ -311,7 +309,7 @@ pub fn flatten<'a>(
             links(ef, "elev")
                 .into_iter()
                 .next()
-                .map(|(_, v)| Cow::Owned(v))
+                .map(|(_, v)| Str::owned(v))
         });
         let school = skole.follow(ef, "skole");
         let skolenummer = school
@@ -320,7 +318,7 @@ pub fn flatten<'a>(
                 links(ef, "skole")
                     .into_iter()
                     .next()
-                    .map(|(_, v)| Cow::Owned(v))
+                    .map(|(_, v)| Str::owned(v))
             });
         // The class: v4 through the membership, v3 also directly.
         let class = ["klassemedlemskap", "basisgruppemedlemskap"]
@@ -361,7 +359,7 @@ pub fn flatten<'a>(
             .chain(class.map(|c| links(c, "skolear")).unwrap_or_default())
             .map(|(_, v)| v)
             .find(|v| v.len() == 8 && v.bytes().all(|b| b.is_ascii_digit()))
-            .map(Cow::Owned);
+            .map(Str::owned);
         let periode = ef.gyldighetsperiode.as_ref();
         out.elevforhold.push(EfRow {
             r: origin(snap, rec, system_id.clone(), skolenummer.clone()),

@@ -10,7 +10,7 @@ use rustc_hash::FxHashMap as HashMap;
 use serde_json::value::RawValue;
 
 use super::parse::Envelope;
-use crate::fint::{EfRow, ElevRow, Origin, SkoleRow, Staged, Text};
+use crate::fint::{EfRow, ElevRow, Origin, SkoleRow, Staged, Str, Text};
 use crate::formats::{trinn_from_name, RawRec, SnapshotInput};
 
 /// One JSON object whose members stay unparsed until asked for: a record is scanned once and
@@ -64,24 +64,24 @@ fn text(t: &str) -> Text<'_> {
         // A JSON string without escapes is its own content between the quotes.
         b'"' if !t.contains('\\') => {
             let trimmed = t[1..t.len() - 1].trim();
-            (!trimmed.is_empty()).then_some(Cow::Borrowed(trimmed))
+            (!trimmed.is_empty()).then_some(Str::borrowed(trimmed))
         }
         b'"' => {
             let value = serde_json::from_str::<String>(t).ok()?;
             let trimmed = value.trim();
-            (!trimmed.is_empty()).then(|| Cow::Owned(trimmed.to_string()))
+            (!trimmed.is_empty()).then(|| Str::owned(trimmed.to_string()))
         }
-        b'-' | b'0'..=b'9' => Some(Cow::Borrowed(t)),
+        b'-' | b'0'..=b'9' => Some(Str::borrowed(t)),
         _ => None,
     }
 }
 
 /// Lower case, borrowed when the text already is.
-fn lowercase(v: Cow<'_, str>) -> Cow<'_, str> {
+fn lowercase(v: Str<'_>) -> Str<'_> {
     if v.is_ascii() && !v.bytes().any(|b| b.is_ascii_uppercase()) {
         v
     } else {
-        Cow::Owned(v.to_lowercase())
+        Str::owned(v.to_lowercase())
     }
 }
 
@@ -127,9 +127,9 @@ struct Sorted<'a> {
     users: Vec<RawRec<'a>>,
     enrollments: Vec<RawRec<'a>>,
     orgs: Vec<(RawRec<'a>, Obj<'a>)>,
-    classes: HashMap<Cow<'a, str>, Class<'a>>,
+    classes: HashMap<Str<'a>, Class<'a>>,
     /// academicSession sourcedId → skoleår (`20252026`).
-    sessions: HashMap<Cow<'a, str>, String>,
+    sessions: HashMap<Str<'a>, String>,
 }
 
 /// The FINT rows of one snapshot (see [`crate::formats::Format::flatten`]).
@@ -201,7 +201,7 @@ fn sort<'a>(records: &mut dyn Iterator<Item = RawRec<'a>>) -> Sorted<'a> {
 }
 
 /// A class by its sourcedId: name, trinn (from `grades`, else the name), school and term.
-fn class<'a>(v: &Obj<'a>) -> Option<(Cow<'a, str>, Class<'a>)> {
+fn class<'a>(v: &Obj<'a>) -> Option<(Str<'a>, Class<'a>)> {
     let id = v.s("sourcedId")?;
     let name = v.s("title").or_else(|| v.s("classCode"));
     let grade = v
@@ -243,7 +243,7 @@ fn schools<'a>(
     snap: &SnapshotInput<'a>,
     orgs: &[(RawRec<'a>, Obj<'a>)],
     skole: &mut Vec<SkoleRow<'a>>,
-) -> HashMap<Cow<'a, str>, Cow<'a, str>> {
+) -> HashMap<Str<'a>, Str<'a>> {
     let mut school_of_org = HashMap::default();
     for (rec, v) in orgs {
         if is_deleted(v) || v.s("type").is_some_and(|t| t != "school") {
@@ -255,7 +255,7 @@ fn schools<'a>(
         let skolenummer = meta(v, "skolenummer")
             .or_else(|| meta(v, "vigoSkolenummer"))
             .unwrap_or_else(|| id.clone());
-        let kommune = meta(v, "kommunenummer").unwrap_or(Cow::Borrowed(snap.kommunenummer));
+        let kommune = meta(v, "kommunenummer").unwrap_or(Str::borrowed(snap.kommunenummer));
         school_of_org.insert(id.clone(), skolenummer.clone());
         skole.push(SkoleRow {
             r: origin(snap, rec, Some(id), Some(skolenummer.clone())),
@@ -263,7 +263,7 @@ fn schools<'a>(
             organisasjonsnummer: identifier(v),
             navn: v.s("name"),
             fylkesnummer: meta(v, "fylkesnummer")
-                .or_else(|| kommune.get(..2).map(|f| Cow::Owned(f.to_string()))),
+                .or_else(|| kommune.get(..2).map(|f| Str::owned(f.to_string()))),
             kommunenummer: Some(kommune),
             eierform: meta(v, "eierform").or(Some("kommunal".into())),
         });
@@ -298,7 +298,7 @@ fn pupils<'a>(snap: &SnapshotInput<'a>, users: &[RawRec<'a>], elev: &mut Vec<Ele
             system_id,
             fodselsnummer: identifier(v),
             feidenavn: feide.map(lowercase),
-            kommunenummer: Some(Cow::Borrowed(snap.kommunenummer)),
+            kommunenummer: Some(Str::borrowed(snap.kommunenummer)),
             fornavn: v.s("givenName"),
             mellomnavn: v.s("middleName"),
             etternavn: v.s("familyName"),
@@ -318,7 +318,7 @@ fn pupils<'a>(snap: &SnapshotInput<'a>, users: &[RawRec<'a>], elev: &mut Vec<Ele
 fn enrolments<'a>(
     snap: &SnapshotInput<'a>,
     s: &Sorted<'a>,
-    school_of_org: &HashMap<Cow<'a, str>, Cow<'a, str>>,
+    school_of_org: &HashMap<Str<'a>, Str<'a>>,
     elevforhold: &mut Vec<EfRow<'a>>,
 ) {
     elevforhold.reserve(s.enrollments.len());
@@ -350,7 +350,7 @@ fn enrolments<'a>(
             trinn: class.and_then(|c| c.trinn),
             skolear: class
                 .and_then(|c| c.term.as_ref())
-                .and_then(|t| s.sessions.get(t).map(|y| Cow::Owned(y.clone()))),
+                .and_then(|t| s.sessions.get(t).map(|y| Str::owned(y.clone()))),
             hovedskole: Some(true),
             startdato: v.s("beginDate").and_then(|d| d.parse().ok()),
             sluttdato: v.s("endDate").and_then(|d| d.parse().ok()),

@@ -4,9 +4,7 @@
 use chrono::{Datelike, TimeZone, Utc};
 use serde_json::Value;
 
-use std::borrow::Cow;
-
-use crate::fint::{EfRow, ElevRow, Origin, SkoleRow, Staged, Text};
+use crate::fint::{EfRow, ElevRow, Origin, SkoleRow, Staged, Str, Text};
 use crate::formats::{RawRec, SnapshotInput};
 
 fn field<'a>(v: &Value, key: &str) -> Text<'a> {
@@ -14,24 +12,24 @@ fn field<'a>(v: &Value, key: &str) -> Text<'a> {
         .and_then(Value::as_str)
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| Cow::Owned(s.to_string()))
+        .map(|s| Str::owned(s.to_string()))
 }
 
 /// Digits only: spreadsheets put spaces inside numbers.
 fn digits(s: Text<'_>) -> Text<'_> {
-    s.map(|s| Cow::Owned(s.chars().filter(|c| !c.is_whitespace()).collect()))
+    s.map(|s| Str::owned(s.chars().filter(|c| !c.is_whitespace()).collect()))
 }
 
 /// "fornavn [mellomnavn …] etternavn" → (fornavn, mellomnavn, etternavn).
 pub fn split_name<'a>(full: &str) -> (Text<'a>, Text<'a>, Text<'a>) {
     let parts: Vec<&str> = full.split_whitespace().collect();
-    let owned = |s: &str| Some(Cow::Owned(s.to_string()));
+    let owned = |s: &str| Some(Str::owned(s.to_string()));
     match parts.len() {
         0 => (None, None, None),
         1 => (owned(parts[0]), None, None),
         n => (
             owned(parts[0]),
-            (n > 2).then(|| Cow::Owned(parts[1..n - 1].join(" "))),
+            (n > 2).then(|| Str::owned(parts[1..n - 1].join(" "))),
             owned(parts[n - 1]),
         ),
     }
@@ -66,12 +64,12 @@ pub fn flatten<'a>(
         // As typed: validation strips spaces and tells the school (rule fnr_formatert).
         let fnr = field(&v, "fodselsnummer");
         let skolenummer =
-            digits(field(&v, "skolenummer")).or_else(|| snap.omfang.map(Cow::Borrowed));
+            digits(field(&v, "skolenummer")).or_else(|| snap.omfang.map(Str::borrowed));
         let kommune = digits(field(&v, "kommunenummer"));
         let fylke = digits(field(&v, "fylkesnummer")).or_else(|| {
             kommune
                 .as_ref()
-                .and_then(|k| k.get(..2).map(|f| Cow::Owned(f.to_string())))
+                .and_then(|k| k.get(..2).map(|f| Str::owned(f.to_string())))
         });
         let klasse = field(&v, "klasse");
         let (fornavn, mellomnavn, etternavn) =
@@ -115,7 +113,7 @@ pub fn flatten<'a>(
             skolenummer,
             trinn: Some(10),
             klasse,
-            skolear: Some(Cow::Owned(skolear.clone())),
+            skolear: Some(Str::owned(skolear.clone())),
             hovedskole: Some(true),
             startdato: None,
             sluttdato: None,

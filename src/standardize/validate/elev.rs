@@ -1,7 +1,7 @@
 //! The rules about pupils: the fødselsnummer (valid, synthetic, lost leading zero), names and
 //! contact fields, duplicates, and the share of invalid numbers per school.
 
-use std::borrow::Cow;
+use crate::fint::Str;
 
 use chrono::NaiveDate;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -45,7 +45,7 @@ fn check_fnr(c: &mut Checker, e: &mut ElevRow<'_>, today: NaiveDate) -> bool {
             Ok(info) if c.repair_leading_zero => {
                 c.report(&e.r, rules::FNR_REPARERT, Some("fodselsnummer"), Some(fnr::mask(&norm)),
                     "Fødselsnummeret mangla første siffer (0) og er reparert — rett det i skulesystemet");
-                e.fodselsnummer = Some(Cow::Owned(repaired));
+                e.fodselsnummer = Some(Str::owned(repaired));
                 result = Ok(info);
             }
             _ => {
@@ -78,7 +78,7 @@ fn check_fnr(c: &mut Checker, e: &mut ElevRow<'_>, today: NaiveDate) -> bool {
                     e.fodselsdato = info.birth_date;
                 }
                 if e.kjonn.is_none() {
-                    e.kjonn = Some(Cow::Borrowed(info.kjonn.unwrap_or("0")));
+                    e.kjonn = Some(Str::borrowed(info.kjonn.unwrap_or("0")));
                 }
                 true
             }
@@ -126,7 +126,7 @@ fn check_elev<'a>(
         e.r.skolenummer = e.kilde_nokkel.as_deref().and_then(|k| {
             school_of
                 .get(&Hash128::from(key_hash(k)))
-                .map(|s| s.to_cow())
+                .map(|s| s.to_text())
         });
     }
     let mut keep = true;
@@ -416,7 +416,7 @@ pub(super) fn report_invalid_fnr_share(
                 kildesystem,
                 kjelde: "",
                 rad: 0,
-                skolenummer: (school != "-").then_some(Cow::Borrowed(school.as_str())),
+                skolenummer: (school != "-").then_some(Str::borrowed(school.as_str())),
                 system_id: None,
             };
             c.report(&r, rules::FNR_UGYLDIG_ANDEL, Some("fodselsnummer"), Some(format!("{:.1} %", share * 100.0)),

@@ -1,8 +1,8 @@
 //! The rules about enrolments: each must point to a kept pupil of the snapshot and a known
 //! school, with trinn and klasse; a pupil enrolled twice at one school is a duplicate.
 
+use crate::fint::Str;
 use rustc_hash::{FxHashMap, FxHashSet};
-use std::borrow::Cow;
 
 use super::{
     add_in_row_order, check_rows, ef_order, key_hash, pair_hash, CarriedEnrollments, Ordered,
@@ -151,7 +151,7 @@ fn check_elevforhold(
             // Follow the repaired number of a Vigo pupil.
             let repaired = format!("0{k}");
             if is_pupil(key_hash(&repaired)) {
-                ef.elev_kilde_nokkel = Some(Cow::Owned(repaired));
+                ef.elev_kilde_nokkel = Some(Str::owned(repaired));
             }
         }
     }

@@ -9,14 +9,13 @@
 mod elev;
 mod elevforhold;
 
-use std::borrow::Cow;
 use std::collections::HashSet;
 
 use chrono::NaiveDate;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::carried::Hash128;
-use crate::fint::{EfRow, ElevRow, SkoleRow, Staged};
+use crate::fint::{EfRow, ElevRow, SkoleRow, Staged, Str};
 use crate::quality::{fnr, kommuner, rules, Avvik, Checker, Severity};
 use crate::sort::HashSorted;
 use elev::check_pupils;
@@ -226,7 +225,7 @@ impl KeySet {
 /// The school a pupil is enrolled at: an elevforhold row's, or a carried enrollment's.
 #[derive(Debug, Clone, Copy)]
 pub(in crate::standardize) enum School<'r, 'a> {
-    Row(&'r Cow<'a, str>),
+    Row(&'r Str<'a>),
     Carried(&'a str),
 }
 
@@ -240,10 +239,10 @@ impl<'r, 'a: 'r> School<'r, 'a> {
     }
 
     /// The school number as a row holds it (a borrowed one stays borrowed).
-    pub fn to_cow(self) -> Cow<'a, str> {
+    pub fn to_text(self) -> Str<'a> {
         match self {
             School::Row(s) => s.clone(),
-            School::Carried(s) => Cow::Borrowed(s),
+            School::Carried(s) => Str::borrowed(s),
         }
     }
 }
@@ -556,7 +555,7 @@ mod tests {
     /// many; a school named twice is held once.
     #[test]
     fn a_pupils_school_is_the_last_given() {
-        let (a, b) = (Cow::Borrowed("46591"), Cow::Owned("46592".to_string()));
+        let (a, b) = (Str::borrowed("46591"), Str::owned("46592".to_string()));
         let mut given = SchoolsGiven::with_capacity(2);
         let key = |k: &str| Hash128::from(key_hash(k));
         given.insert(key("p1"), School::Row(&a));
@@ -587,16 +586,16 @@ mod tests {
 
     fn pupil(i: usize, key: &str) -> ElevRow<'static> {
         ElevRow {
-            kilde_nokkel: Some(Cow::Owned(key.to_string())),
-            system_id: Some(Cow::Owned(key.to_string())),
-            fornavn: Some(Cow::Borrowed("Kari")),
-            etternavn: Some(Cow::Borrowed("Nord")),
+            kilde_nokkel: Some(Str::owned(key.to_string())),
+            system_id: Some(Str::owned(key.to_string())),
+            fornavn: Some(Str::borrowed("Kari")),
+            etternavn: Some(Str::borrowed("Nord")),
             ..ElevRow::from(Origin {
                 kildesystem: "vigilo",
                 kjelde: "users.json",
                 rad: i as i64,
-                skolenummer: Some(Cow::Borrowed("46591")),
-                system_id: Some(Cow::Owned(key.to_string())),
+                skolenummer: Some(Str::borrowed("46591")),
+                system_id: Some(Str::owned(key.to_string())),
             })
         }
     }
@@ -613,15 +612,15 @@ mod tests {
                 kildesystem: "vigilo",
                 kjelde: "enrollments.json",
                 rad: i,
-                skolenummer: Some(Cow::Borrowed("46591")),
+                skolenummer: Some(Str::borrowed("46591")),
                 system_id: None,
             },
-            elev_kilde_nokkel: Some(Cow::Owned(key.to_string())),
-            system_id: Some(Cow::Owned(format!("e{i}"))),
-            skolenummer: Some(Cow::Borrowed("46591")),
-            klasse: Some(Cow::Borrowed("10A")),
+            elev_kilde_nokkel: Some(Str::owned(key.to_string())),
+            system_id: Some(Str::owned(format!("e{i}"))),
+            skolenummer: Some(Str::borrowed("46591")),
+            klasse: Some(Str::borrowed("10A")),
             trinn: Some(10),
-            skolear: Some(Cow::Borrowed("20262027")),
+            skolear: Some(Str::borrowed("20262027")),
             hovedskole: Some(true),
             startdato: None,
             sluttdato: None,
@@ -663,15 +662,15 @@ mod tests {
                 kildesystem: "vigilo",
                 kjelde: "enrollments.json",
                 rad,
-                skolenummer: Some(Cow::Borrowed("46591")),
-                system_id: Some(Cow::Owned(format!("e{rad}"))),
+                skolenummer: Some(Str::borrowed("46591")),
+                system_id: Some(Str::owned(format!("e{rad}"))),
             },
-            elev_kilde_nokkel: Some(Cow::Owned(key.to_string())),
-            system_id: Some(Cow::Owned(format!("e{rad}"))),
-            skolenummer: Some(Cow::Borrowed("46591")),
-            klasse: Some(Cow::Borrowed("10A")),
+            elev_kilde_nokkel: Some(Str::owned(key.to_string())),
+            system_id: Some(Str::owned(format!("e{rad}"))),
+            skolenummer: Some(Str::borrowed("46591")),
+            klasse: Some(Str::borrowed("10A")),
             trinn: Some(10),
-            skolear: Some(Cow::Borrowed("20262027")),
+            skolear: Some(Str::borrowed("20262027")),
             hovedskole: Some(true),
             startdato: None,
             sluttdato: None,
