@@ -383,7 +383,7 @@ pub fn check(t: &Tables, identity: &Identity) -> Result<()> {
             let orphans = crate::par::chunks(inserts.len(), |part| {
                 (inserts[part].iter())
                     .filter(|i| !i.removed)
-                    .find(|i| !identity.knows(parents[i.batch].value(i.row)))
+                    .find(|i| !identity.knows(parents[i.batch as usize].value(i.row as usize)))
                     .into_iter()
                     .collect()
             });

@@ -177,14 +177,13 @@ impl TableRun {
             }
             let rebuilt = ins
                 .kildesystem
-                .as_ref()
-                .is_some_and(|k| self.rebuilt.contains(&**k));
+                .is_some_and(|k| self.rebuilt.contains(self.engine.text(k)));
             if !rebuilt {
                 self.ops.push((idx, Op::Insert));
                 continue;
             }
             match stored.remove(&(ins.key.clone(), ins.valid_from)) {
-                Some(v) if v.valid_to == ins.valid_to && v.hash == ins.hash => {}
+                Some(v) if v.valid_to == ins.valid_to && v.hash == ins.hash() => {}
                 Some(_) => self.ops.push((idx, Op::Replace)),
                 None => self.ops.push((idx, Op::Insert)),
             }
@@ -220,10 +219,13 @@ impl TableRun {
         let mut by_batch: BTreeMap<usize, Vec<(&scd2::Insert, Op)>> = BTreeMap::new();
         for (idx, op) in &self.ops {
             let ins = &self.engine.inserts[*idx];
-            by_batch.entry(ins.batch).or_default().push((ins, *op));
+            by_batch
+                .entry(ins.batch as usize)
+                .or_default()
+                .push((ins, *op));
         }
         for (b, inserts) in by_batch {
-            let idx: Vec<u32> = inserts.iter().map(|(i, _)| i.row as u32).collect();
+            let idx: Vec<u32> = inserts.iter().map(|(i, _)| i.row).collect();
             let rows = rows_of(&self.batches[b], &idx)?;
             let n = inserts.len();
             let mut cols: Vec<ArrayRef> = Vec::new();
@@ -241,7 +243,7 @@ impl TableRun {
                     schema::ROW_HASH => {
                         let mut hashes = arrow::array::StringBuilder::with_capacity(n, n * 32);
                         for (i, _) in &inserts {
-                            row_hash::write_hex(&mut hashes, i.hash)
+                            row_hash::write_hex(&mut hashes, i.hash())
                                 .map_err(|e| Error::Internal(format!("{e}")))?;
                             hashes.append_value("");
                         }

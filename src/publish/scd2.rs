@@ -93,12 +93,6 @@ impl Texts {
         &self.set[t.position() as usize]
     }
 
-    /// A source name interned, with the one shared copy an insert holds.
-    fn source(&mut self, s: Option<&str>) -> (Option<Text>, Option<Arc<str>>) {
-        let t = s.map(|s| self.intern(s));
-        (t, t.map(|t| self.shared(t).clone()))
-    }
-
     fn intern(&mut self, s: &str) -> Text {
         if let Some(hit) = self
             .recent
@@ -162,17 +156,36 @@ impl Current {
     }
 }
 
-/// A version this run inserts: row `row` of prepared batch `batch`.
+/// A version this run inserts: row `row` of prepared batch `batch`. 80 bytes, one for every
+/// row of a first load (two million at 1M pupils), so kept small like [`Current`]: the hash as
+/// two words, the source as a [`Text`] number, the places as 32 bits.
 #[derive(Debug, Clone)]
 pub struct Insert {
-    pub batch: usize,
-    pub row: usize,
     pub key: Key,
-    pub kildesystem: Option<Arc<str>>,
-    pub hash: RowHash,
+    /// The source system ([`Scd2::text`] gives its name).
+    pub kildesystem: Option<Text>,
+    hash: [u64; 2],
     pub valid_from: i64,
     pub valid_to: Option<i64>,
+    pub batch: u32,
+    pub row: u32,
     pub removed: bool,
+}
+
+impl Insert {
+    pub fn hash(&self) -> RowHash {
+        (self.hash[0] as u128) << 64 | self.hash[1] as u128
+    }
+
+    fn set_hash(&mut self, h: RowHash) {
+        self.hash = [(h >> 64) as u64, h as u64];
+    }
+}
+
+/// A batch or row index as an insert holds it. No batch or row count reaches 4 billion in
+/// memory; `u32::MAX` stands for any that would.
+fn place(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(u32::MAX)
 }
 
 /// A stored current version this run closes.
@@ -267,18 +280,20 @@ impl NewVersion {
         key: Key,
         r: &SnapshotRow<'_>,
     ) -> Current {
-        let (kildesystem, shared) = texts.source(r.kildesystem);
+        let kildesystem = r.kildesystem.map(|s| texts.intern(s));
         let skolenummer = r.skolenummer.map(|s| texts.intern(s));
-        inserts.push(Insert {
-            batch: self.batch,
-            row: self.row,
+        let mut insert = Insert {
             key,
-            kildesystem: shared,
-            hash: r.hash,
+            kildesystem,
+            hash: [0; 2],
             valid_from: self.as_of,
             valid_to: None,
+            batch: place(self.batch),
+            row: place(self.row),
             removed: false,
-        });
+        };
+        insert.set_hash(r.hash);
+        inserts.push(insert);
         // More than 4 billion inserts in one run cannot be held in memory long before this.
         let origin = u32::try_from(inserts.len() - 1).unwrap_or(STORED - 1);
         let mut current = Current {
@@ -505,11 +520,11 @@ impl Scd2 {
                     // Same as-of twice in one run (two files of one day): the later wins.
                     cur.set_hash(r.hash);
                     cur.staged = r.staged;
-                    let (_, kildesystem) = self.texts.source(r.kildesystem);
+                    let kildesystem = r.kildesystem.map(|s| self.texts.intern(s));
                     let ins = &mut self.inserts[i];
-                    ins.batch = batch;
-                    ins.row = row;
-                    ins.hash = r.hash;
+                    ins.batch = place(batch);
+                    ins.row = place(row);
+                    ins.set_hash(r.hash);
                     ins.valid_to = None;
                     ins.removed = false;
                     ins.kildesystem = kildesystem;
@@ -662,16 +677,29 @@ mod tests {
 
     /// A version inserted by hand, as a bug elsewhere could produce it.
     fn insert(key: &str, hash: RowHash, valid_from: i64, valid_to: Option<i64>) -> Insert {
-        Insert {
-            batch: 0,
-            row: 0,
+        let mut ins = Insert {
             key: Key::of(key),
-            kildesystem: Some(Arc::from("s")),
-            hash,
+            kildesystem: None,
+            hash: [0; 2],
             valid_from,
             valid_to,
+            batch: 0,
+            row: 0,
             removed: false,
-        }
+        };
+        ins.set_hash(hash);
+        ins
+    }
+
+    #[test]
+    fn a_version_and_an_insert_stay_small() {
+        // Two million of each at a first load of a million pupils.
+        assert!(std::mem::size_of::<Current>() <= 72);
+        assert!(std::mem::size_of::<Insert>() <= 80);
+        let mut ins = insert("a", u128::MAX - 5, 1, None);
+        assert_eq!(ins.hash(), u128::MAX - 5);
+        ins.set_hash(7 << 64 | 9);
+        assert_eq!(ins.hash(), 7 << 64 | 9);
     }
 
     fn row(key: &'static str, hash: RowHash) -> SnapshotRow<'static> {
