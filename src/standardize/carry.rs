@@ -279,10 +279,8 @@ pub fn carry(
 
 #[cfg(test)]
 mod tests {
-    use crate::fint::Str;
-
     use super::*;
-    use crate::fint::Origin;
+    use crate::fint::{Origin, Str};
 
     /// The completeness counts of carried rows, read from the null masks made with the hashes,
     /// are the nulls the staged columns of the same rows would hold.

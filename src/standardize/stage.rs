@@ -262,10 +262,8 @@ pub fn skole_batch(
 
 #[cfg(test)]
 mod tests {
-    use crate::fint::Str;
-
     use super::*;
-    use crate::fint::Origin;
+    use crate::fint::{Origin, Str};
 
     fn origin(rad: usize) -> Origin<'static> {
         Origin {

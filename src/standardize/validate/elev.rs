@@ -1,14 +1,12 @@
 //! The rules about pupils: the fødselsnummer (valid, synthetic, lost leading zero), names and
 //! contact fields, duplicates, and the share of invalid numbers per school.
 
-use crate::fint::Str;
-
 use chrono::NaiveDate;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{add_in_row_order, check_rows, key_hash, CarriedPupils, School, SchoolOf};
 use crate::carried::Hash128;
-use crate::fint::{ElevRow, Origin};
+use crate::fint::{ElevRow, Origin, Str};
 use crate::quality::{fnr, kommuner, rules, Checker, Severity};
 use crate::standardize::normalized;
 

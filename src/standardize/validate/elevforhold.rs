@@ -1,13 +1,12 @@
 //! The rules about enrolments: each must point to a kept pupil of the snapshot and a known
 //! school, with trinn and klasse; a pupil enrolled twice at one school is a duplicate.
 
-use crate::fint::Str;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{
     add_in_row_order, check_rows, ef_order, key_hash, pair_hash, CarriedEnrollments, Ordered,
 };
-use crate::fint::EfRow;
+use crate::fint::{EfRow, Str};
 use crate::quality::{rules, Checker, Severity};
 use crate::standardize::normalized;
 
