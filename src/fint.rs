@@ -136,12 +136,6 @@ impl Deref for Str<'_> {
     }
 }
 
-impl AsRef<str> for Str<'_> {
-    fn as_ref(&self) -> &str {
-        self.as_str()
-    }
-}
-
 impl Borrow<str> for Str<'_> {
     fn borrow(&self) -> &str {
         self.as_str()
@@ -151,12 +145,6 @@ impl Borrow<str> for Str<'_> {
 impl<'a> From<&'a str> for Str<'a> {
     fn from(s: &'a str) -> Self {
         Str::borrowed(s)
-    }
-}
-
-impl From<String> for Str<'_> {
-    fn from(s: String) -> Self {
-        Str::owned(s)
     }
 }
 
@@ -176,12 +164,6 @@ impl PartialEq for Str<'_> {
 }
 
 impl Eq for Str<'_> {}
-
-impl PartialEq<str> for Str<'_> {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
 
 impl PartialEq<&str> for Str<'_> {
     fn eq(&self, other: &&str) -> bool {
