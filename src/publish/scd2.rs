@@ -10,6 +10,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use super::row_hash::RowHash;
+use crate::carried::Hash128;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use tracing::warn;
@@ -118,11 +119,11 @@ impl Texts {
 }
 
 /// A current version of a key: 72 bytes, held for every current key of a table (a million
-/// pupils and as many elevforhold), so kept small — the hash as two words (no 16-byte alignment),
-/// texts as [`Text`] numbers, the origin and the snapshot mark as 32 bits.
+/// pupils and as many elevforhold), so kept small — the hash as a [`Hash128`] (two words: no
+/// 16-byte alignment), texts as [`Text`] numbers, the origin and the snapshot mark as 32 bits.
 #[derive(Debug, Clone)]
 pub struct Current {
-    hash: [u64; 2],
+    hash: Hash128,
     pub valid_from: i64,
     /// A hash of the staged row this version was made from (its source, source key and every
     /// staged field; `0` when not known, e.g. read from the tables), by which an unchanged row
@@ -143,11 +144,11 @@ const STORED: u32 = u32::MAX;
 
 impl Current {
     pub fn hash(&self) -> RowHash {
-        (self.hash[0] as u128) << 64 | self.hash[1] as u128
+        self.hash.get()
     }
 
     fn set_hash(&mut self, h: RowHash) {
-        self.hash = [(h >> 64) as u64, h as u64];
+        self.hash = h.into();
     }
 
     /// The insert of this run that made this version, if it is new.
@@ -157,14 +158,14 @@ impl Current {
 }
 
 /// A version this run inserts: row `row` of prepared batch `batch`. 80 bytes, one for every
-/// row of a first load (two million at 1M pupils), so kept small like [`Current`]: the hash as
-/// two words, the source as a [`Text`] number, the places as 32 bits.
+/// row of a first load (two million at 1M pupils), so kept small like [`Current`]: the hash as a
+/// [`Hash128`], the source as a [`Text`] number, the places as 32 bits.
 #[derive(Debug, Clone)]
 pub struct Insert {
     pub key: Key,
     /// The source system ([`Scd2::text`] gives its name).
     pub kildesystem: Option<Text>,
-    hash: [u64; 2],
+    hash: Hash128,
     pub valid_from: i64,
     pub valid_to: Option<i64>,
     pub batch: u32,
@@ -174,11 +175,11 @@ pub struct Insert {
 
 impl Insert {
     pub fn hash(&self) -> RowHash {
-        (self.hash[0] as u128) << 64 | self.hash[1] as u128
+        self.hash.get()
     }
 
     fn set_hash(&mut self, h: RowHash) {
-        self.hash = [(h >> 64) as u64, h as u64];
+        self.hash = h.into();
     }
 }
 
@@ -282,22 +283,20 @@ impl NewVersion {
     ) -> Current {
         let kildesystem = r.kildesystem.map(|s| texts.intern(s));
         let skolenummer = r.skolenummer.map(|s| texts.intern(s));
-        let mut insert = Insert {
+        inserts.push(Insert {
             key,
             kildesystem,
-            hash: [0; 2],
+            hash: r.hash.into(),
             valid_from: self.as_of,
             valid_to: None,
             batch: place(self.batch),
             row: place(self.row),
             removed: false,
-        };
-        insert.set_hash(r.hash);
-        inserts.push(insert);
+        });
         // More than 4 billion inserts in one run cannot be held in memory long before this.
         let origin = u32::try_from(inserts.len() - 1).unwrap_or(STORED - 1);
-        let mut current = Current {
-            hash: [0; 2],
+        Current {
+            hash: r.hash.into(),
             valid_from: self.as_of,
             staged: r.staged,
             parent: r.parent.map(Key::of),
@@ -305,9 +304,7 @@ impl NewVersion {
             skolenummer,
             origin,
             seen: self.snapshot,
-        };
-        current.set_hash(r.hash);
-        current
+        }
     }
 }
 
@@ -384,8 +381,8 @@ impl Scd2 {
         parent: Option<Key>,
         staged: u64,
     ) {
-        let mut current = Current {
-            hash: [0; 2],
+        let current = Current {
+            hash: hash.into(),
             valid_from,
             staged,
             parent,
@@ -394,7 +391,6 @@ impl Scd2 {
             origin: STORED,
             seen: 0,
         };
-        current.set_hash(hash);
         self.state.insert(key, current);
     }
 
@@ -677,18 +673,16 @@ mod tests {
 
     /// A version inserted by hand, as a bug elsewhere could produce it.
     fn insert(key: &str, hash: RowHash, valid_from: i64, valid_to: Option<i64>) -> Insert {
-        let mut ins = Insert {
+        Insert {
             key: Key::of(key),
             kildesystem: None,
-            hash: [0; 2],
+            hash: hash.into(),
             valid_from,
             valid_to,
             batch: 0,
             row: 0,
             removed: false,
-        };
-        ins.set_hash(hash);
-        ins
+        }
     }
 
     #[test]
