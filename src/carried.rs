@@ -92,6 +92,60 @@ impl Records {
         next.encode()
     }
 
+    /// These summaries' bytes as [`Next::encode_each`] makes them (a state file's change holds
+    /// a few).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&(self.schools.len() as u32).to_le_bytes());
+        for s in &self.schools {
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
+        out.extend(entry_bytes(&self.entries));
+        out
+    }
+
+    /// These summaries with those of `change` in place of every summary whose record hash
+    /// `named` holds (sorted): the summaries a state file's base and its change make
+    /// (docs/ARCHITECTURE.md, "The current state"). The result is in record-hash order.
+    pub fn changed(mut self, named: &[u64], change: Records) -> Records {
+        let named_has = |h: &u64| named.binary_search(h).is_ok();
+        self.entries.retain(|(h, _)| !named_has(h));
+        let mut place: FxHashMap<String, u32> = (self.schools.iter().enumerate())
+            .map(|(i, s)| (s.clone(), i as u32))
+            .collect();
+        let map: Vec<u32> = (change.schools.iter())
+            .map(|s| self.school(&mut place, s))
+            .collect();
+        let mut added: Vec<Summary> = Vec::with_capacity(change.entries.len());
+        for (h, mut e) in change.entries {
+            if e.school != NO_SCHOOL {
+                match map.get(e.school as usize) {
+                    Some(&s) => e.school = s,
+                    None => continue,
+                }
+            }
+            added.push((h, e));
+        }
+        added.sort_by_key(|e| e.0);
+        // Merged in place from the end: the few added into the many kept, no second vector.
+        let kept = self.entries.len();
+        self.entries.resize(kept + added.len(), (0, Entry::NONE));
+        let (mut i, mut w) = (kept, self.entries.len());
+        while let Some(a) = added.last() {
+            w -= 1;
+            if i > 0 && self.entries[i - 1].0 > a.0 {
+                i -= 1;
+                self.entries[w] = self.entries[i];
+            } else {
+                self.entries[w] = *a;
+                added.pop();
+            }
+        }
+        self
+    }
+
     /// The summaries in `b` (see [`Next::encode_each`]); `None` when they do not read. Each
     /// part of the entries is handed to `release` once it is read.
     pub fn decode(b: &[u8], release: &(dyn Fn(&[u8]) + Sync)) -> Option<Records> {
@@ -313,20 +367,59 @@ impl<'m> Next<'m> {
         }
         head.extend_from_slice(&(self.len() as u64).to_le_bytes());
         out(head);
-        // Fixed-size entries written in place.
-        self.each(per_part, &mut |entries| {
-            let mut part = vec![0; entries.len() * ENTRY_BYTES];
-            for (b, (h, e)) in part.chunks_exact_mut(ENTRY_BYTES).zip(entries) {
-                b[..8].copy_from_slice(&h.to_le_bytes());
-                b[8..16].copy_from_slice(&e.id[0].to_le_bytes());
-                b[16..24].copy_from_slice(&e.id[1].to_le_bytes());
-                b[24..40].copy_from_slice(&e.pupil.get().to_le_bytes());
-                b[40..44].copy_from_slice(&e.school.to_le_bytes());
-                b[44..52].copy_from_slice(&e.nulls.to_le_bytes());
-            }
-            out(part);
-        });
+        self.each(per_part, &mut |entries| out(entry_bytes(entries)));
     }
+
+    /// The record hashes whose summaries may differ from the memo's: those of the memo's
+    /// records not kept, and those of the records read (sorted, once each). Every other
+    /// summary is the memo's own (docs/ARCHITECTURE.md, "The current state").
+    pub fn changed_from_memo(&self) -> Vec<u64> {
+        let mut kept = self.kept.iter().peekable();
+        let mut out: Vec<u64> = Vec::with_capacity(self.records.entries.len());
+        for (place, (h, _)) in self.memo.iter().enumerate() {
+            while kept.next_if(|&&k| (k as usize) < place).is_some() {}
+            if kept.next_if(|&&k| k as usize == place).is_none() {
+                out.push(*h);
+            }
+        }
+        out.extend(self.records.entries.iter().map(|(h, _)| *h));
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The summaries whose record hashes are in `hashes` (sorted), in record-hash order, with
+    /// the schools their numbers are places in.
+    pub fn of_hashes(&self, hashes: &[u64]) -> Records {
+        let mut entries = Vec::new();
+        let mut want = hashes.iter().peekable();
+        self.each(SUMMARIES_PER_PART, &mut |part| {
+            for &(h, e) in part {
+                while want.next_if(|&&w| w < h).is_some() {}
+                if want.peek() == Some(&&h) {
+                    entries.push((h, e));
+                }
+            }
+        });
+        Records {
+            schools: self.records.schools.clone(),
+            entries,
+        }
+    }
+}
+
+/// Entries with their record hashes, as the state file holds them: fixed-size, written in place.
+fn entry_bytes(entries: &[Summary]) -> Vec<u8> {
+    let mut part = vec![0; entries.len() * ENTRY_BYTES];
+    for (b, (h, e)) in part.chunks_exact_mut(ENTRY_BYTES).zip(entries) {
+        b[..8].copy_from_slice(&h.to_le_bytes());
+        b[8..16].copy_from_slice(&e.id[0].to_le_bytes());
+        b[16..24].copy_from_slice(&e.id[1].to_le_bytes());
+        b[24..40].copy_from_slice(&e.pupil.get().to_le_bytes());
+        b[40..44].copy_from_slice(&e.school.to_le_bytes());
+        b[44..52].copy_from_slice(&e.nulls.to_le_bytes());
+    }
+    part
 }
 
 /// Summaries made of one snapshot (`records`: those of its read records whose id is known;

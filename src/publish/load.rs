@@ -40,6 +40,10 @@ pub struct Loaded {
     /// the preloaded ones (else empty): the next day's summaries of those records are their
     /// places in it (docs/ARCHITECTURE.md, "Carried records").
     pub memo: crate::carried::Memo,
+    /// What the preloaded state was read from, when the engines are the preloaded ones: the
+    /// next state is then written as a change beside it (docs/ARCHITECTURE.md, "The current
+    /// state").
+    pub base: Option<state::Base>,
 }
 
 /// The current state read before standardize (docs/ARCHITECTURE.md, "Carried rows"): the
@@ -50,6 +54,8 @@ pub struct Preloaded {
     /// Summaries of the records standardize may carry unread (docs/ARCHITECTURE.md, "Carried
     /// records").
     memo: crate::carried::Memo,
+    /// What the state was read from.
+    base: state::Base,
     /// The identity map as read with the state (standardize finds carried pupils' identifiers
     /// in it), its session, and the version of `elev_id` it was read at: publish uses it while
     /// `elev_id` is still at that version.
@@ -109,10 +115,11 @@ pub async fn preload(ctx: &RunContext) -> Result<Option<Preloaded>> {
     }
     // The identity map is read at the same time (publish needs it either way).
     let (state, identity) = tokio::join!(state::read(ctx, labels), read_identity(&ctx.pipeline));
-    Ok(state?.ok().map(|(engines, memo)| Preloaded {
+    Ok(state?.ok().map(|((engines, memo), base)| Preloaded {
         labels,
         engines,
         memo,
+        base,
         identity: identity.ok(),
     }))
 }
@@ -252,12 +259,15 @@ pub async fn load(
     });
     let was_preloaded = preloaded.is_some();
     let mut memo = crate::carried::Memo::default();
+    let mut base = None;
     let from_state = match (preloaded, use_state) {
         (Some(p), _) => {
             memo = p.memo;
+            base = Some(p.base);
             Ok(Ok(p.engines))
         }
-        (None, true) => state::read(ctx, labels).await.map(|r| r.map(|(e, _)| e)),
+        // Read without the summaries: the next state is written whole.
+        (None, true) => (state::read(ctx, labels).await).map(|r| r.map(|((e, _), _)| e)),
         (None, false) => Ok(Err(state::Unused::Missing)),
     };
     let early_identity = match early_identity {
@@ -285,6 +295,7 @@ pub async fn load(
             preloaded: was_preloaded,
             identity_preloaded,
             memo,
+            base,
         });
     }
     let session = crate::delta::session(
@@ -338,6 +349,7 @@ pub async fn load(
         preloaded: false,
         identity_preloaded: false,
         memo: Default::default(),
+        base: None,
     })
 }
 
@@ -432,6 +444,7 @@ mod tests {
             labels: [None; 3],
             engines: [Scd2::default(), elev, Scd2::default()],
             memo: Default::default(),
+            base: Default::default(),
             identity: None,
         };
         let index = pre.carry_index();

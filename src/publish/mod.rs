@@ -115,6 +115,7 @@ pub async fn run(
         preloaded,
         identity_preloaded,
         memo,
+        base,
     } = load::load(ctx, &rebuilt, preloaded).await?;
     out.current_from = current_from;
     // Rows carried forward are only present against the state they were decided on.
@@ -168,10 +169,11 @@ pub async fn run(
     for run in tables.all_mut() {
         run.batches = Vec::new();
     }
-    // The summaries are kept with the state they belong to; none after a rebuild.
-    let made = match rebuilt.is_empty() {
-        true => made,
-        false => Vec::new(),
+    // The summaries are kept with the state they belong to; none after a rebuild (whose state
+    // is written whole).
+    let (made, base) = match rebuilt.is_empty() {
+        true => (made, base),
+        false => (Vec::new(), None),
     };
     drop((staged, data));
     if ctx.dry_run {
@@ -182,9 +184,11 @@ pub async fn run(
     // next run to the tables. It is awaited before the run returns, also when a later step
     // fails, so that no write outlives the run.
     let labels = state_labels(ctx, &tables, labels, &out).await;
-    // Made part by part and written as the parts come, two at most waiting: the file is never
-    // held whole (a third of a gigabyte at a million pupils).
+    // A day's state is written as the change since the state it was read from, while that
+    // change is small; else whole, made part by part and written as the parts come, two at most
+    // waiting: the file is never held whole (a third of a gigabyte at a million pupils).
     let (sent, mut parts) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+    let (chosen, change) = tokio::sync::oneshot::channel::<Option<Vec<u8>>>();
     let made = tokio::task::spawn_blocking(move || {
         // Merged (two sorts of millions of summaries) here, off the path of `elev_id` and the
         // county list: only the state file reads them.
@@ -192,10 +196,15 @@ pub async fn run(
         let records = crate::carried::Next::merge(made, Some(&memo));
         let [skole, elev, elevforhold] = tables.all();
         let engines = [&skole.engine, &elev.engine, &elevforhold.engine];
-        // A part the writer no longer takes (it failed) is dropped; it says why itself.
-        state::encode_each(engines, labels, &records, &mut |p| {
-            let _ = sent.blocking_send(p);
-        });
+        let change = (base.as_ref()).and_then(|b| state::change(engines, labels, b, &records));
+        let whole = change.is_none();
+        let _ = chosen.send(change);
+        if whole {
+            // A part the writer no longer takes (it failed) is dropped; it says why itself.
+            state::encode_each(engines, labels, &records, &mut |p| {
+                let _ = sent.blocking_send(p);
+            });
+        }
         drop(sent);
         // Millions of small allocations: freed on another thread while the file is written.
         crate::par::drop_aside(tables);
@@ -203,8 +212,22 @@ pub async fn run(
     let stored = tokio::spawn({
         let ctx = ctx.clone();
         async move {
-            let whole = async { made.await.is_ok() };
-            Ok::<_, crate::error::Error>(state::put_each(&ctx, &mut parts, whole).await)
+            let written = match change.await {
+                Ok(Some(change)) => {
+                    let put = state::put_change(&ctx, change).await;
+                    let _ = made.await;
+                    put.map(|()| "change")
+                }
+                _ => {
+                    let whole = async { made.await.is_ok() };
+                    match state::put_each(&ctx, &mut parts, whole).await {
+                        // The change beside the old base is of no use now.
+                        Ok(()) => state::drop_change(&ctx).await.map(|()| "whole"),
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            Ok::<_, crate::error::Error>(written)
         }
     });
     let rest = finish(ctx, &identity, &pending, changed, &mut out, &mut steps).await;
@@ -212,8 +235,11 @@ pub async fn run(
     crate::par::drop_aside(identity);
     rest?;
     // A state that cannot be written is only a slower next run (it reads the tables).
-    if let Err(e) = stored? {
-        tracing::warn!(error = %e, "the current state could not be written; the next run reads the tables");
+    match stored? {
+        Ok(written) => tracing::debug!(written, "current state"),
+        Err(e) => {
+            tracing::warn!(error = %e, "the current state could not be written; the next run reads the tables")
+        }
     }
     steps.step("current state written");
     Ok(out)

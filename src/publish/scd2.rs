@@ -245,6 +245,9 @@ pub struct Scd2 {
     pub late_rows_skipped: usize,
     /// Carried keys that were not current when their snapshot was applied (must stay 0).
     pub carried_missing: usize,
+    /// Keys whose current version was kept with another staged-row hash (the state file's
+    /// change names them; docs/ARCHITECTURE.md, "The current state").
+    pub restaged: Vec<Key>,
     /// Source systems and school numbers repeat on every row: one copy of each.
     texts: Texts,
     /// Snapshots applied so far.
@@ -500,7 +503,10 @@ impl Scd2 {
             }
             if cur.hash() == r.hash {
                 cur.seen = snapshot;
-                cur.staged = r.staged;
+                if cur.staged != r.staged {
+                    cur.staged = r.staged;
+                    self.restaged.push(o.key().clone());
+                }
                 continue;
             }
             if cur.valid_from > as_of {
@@ -565,6 +571,14 @@ impl Scd2 {
         if self.state.get(key).is_some_and(|c| c.valid_from < as_of) {
             self.close(key, as_of);
         }
+    }
+
+    /// Every key whose current version this run may have changed: closed, inserted or
+    /// restaged (a key may come more than once). The others are as they were loaded.
+    pub fn touched(&self) -> impl Iterator<Item = &Key> {
+        (self.closes.iter().map(|c| &c.key))
+            .chain(self.inserts.iter().map(|i| &i.key))
+            .chain(&self.restaged)
     }
 
     pub fn live_inserts(&self) -> impl Iterator<Item = &Insert> {

@@ -30,6 +30,21 @@ fn url(ctx: &RunContext) -> url::Url {
     u
 }
 
+/// Where the change since the state file lives, beside it (docs/ARCHITECTURE.md, "The current
+/// state").
+fn change_url(ctx: &RunContext) -> url::Url {
+    let mut u = ctx.pipeline.table_url("_elevflyt");
+    u.set_path(&format!("{}/current.change", u.path()));
+    u
+}
+
+const CHANGE_MAGIC: &[u8] = b"ELEVFLYT-ENDRING\n";
+const CHANGE_FORMAT: u32 = 1;
+
+/// A change is written while it names at most one in this many of the base's rows and
+/// summaries (one in eight); a larger one writes the whole state anew as the base.
+const CHANGE_AT_MOST: usize = 8;
+
 /// Which table a state belongs to: its version and a hash of its Delta table id (a table
 /// dropped and made again starts its versions anew, under a new id). `None`: no table.
 pub type Label = Option<(u64, u64)>;
@@ -304,6 +319,38 @@ impl<'a> Reader<'a> {
             t => Err(Unused::Damaged(format!("unknown key tag {t}"))),
         }
     }
+
+    /// One current row as [`put_row`] wrote it, its texts' places read by `text`.
+    fn row(
+        &mut self,
+        text: &dyn Fn(u32) -> std::result::Result<Option<Text>, Unused>,
+    ) -> std::result::Result<Row, Unused> {
+        let tag = self.u8()?;
+        let key = self.key(tag)?;
+        Ok(Row {
+            key,
+            hash: self.u128()?,
+            valid_from: self.u64()? as i64,
+            kildesystem: text(self.u32()?)?,
+            skolenummer: text(self.u32()?)?,
+            parent: match self.u8()? {
+                2 => None,
+                tag => Some(self.key(tag)?),
+            },
+            staged: self.u64()?,
+        })
+    }
+}
+
+/// A current row read back.
+struct Row {
+    key: Key,
+    hash: u128,
+    valid_from: i64,
+    kildesystem: Option<Text>,
+    skolenummer: Option<Text>,
+    parent: Option<Key>,
+    staged: u64,
 }
 
 /// What a state file holds: the engines, and the summaries of records carried unread.
@@ -313,18 +360,21 @@ pub type Decoded = ([Scd2; 3], Memo);
 /// tables' parts are read on every core.
 #[cfg(test)]
 pub fn decode(bytes: &[u8], versions: [Label; 3]) -> std::result::Result<Decoded, Unused> {
-    decode_releasing(bytes, versions, &|_| {})
+    let (engines, records) = decode_records(bytes, versions, &|_| {})?;
+    Ok((engines, Memo::new(records)))
 }
 
-/// [`decode`], with each part of `bytes` handed to `release` once it is read (the checksum reads
-/// them all first, then the parts are read once more): a mapped file's pages are given back as
-/// the reads pass, so that the file is never resident whole beside the state it becomes (225 MB
-/// of it at 1M pupils; docs/ARCHITECTURE.md, "The current state").
-pub fn decode_releasing(
+/// The engines and the summaries (as the file has them) in `bytes`, when they are of exactly
+/// these table versions, with each part of `bytes` handed to `release` once it is read (the
+/// checksum reads them all first, then the parts are read once more): a mapped file's pages are
+/// given back as the reads pass, so that the file is never resident whole beside the state it
+/// becomes (225 MB of it at 1M pupils; docs/ARCHITECTURE.md, "The current state"). The tables'
+/// parts are read on every core.
+fn decode_records(
     bytes: &[u8],
     versions: [Label; 3],
     release: Release<'_>,
-) -> std::result::Result<Decoded, Unused> {
+) -> std::result::Result<([Scd2; 3], Records), Unused> {
     let damaged = |why: &str| Unused::Damaged(why.to_string());
     let body_len = bytes
         .len()
@@ -353,7 +403,7 @@ pub fn decode_releasing(
     .collect::<std::result::Result<Vec<Scd2>, Unused>>()?;
     let engines = engines.try_into().map_err(|_| damaged("missing table"))?;
     let records = Records::decode(records, release).ok_or_else(|| damaged("carried records"))?;
-    Ok((engines, Memo::new(records)))
+    Ok((engines, records))
 }
 
 /// A file's body (without its checksum) in its parts: the three tables' and the summaries'.
@@ -412,25 +462,15 @@ fn decode_section(
     let rows = r.u64()? as usize;
     engine.state.reserve(rows.min(b.len() / 40));
     for _ in 0..rows {
-        let tag = r.u8()?;
-        let key = r.key(tag)?;
-        let hash = r.u128()?;
-        let valid_from = r.u64()? as i64;
-        let kildesystem = text(r.u32()?)?;
-        let skolenummer = text(r.u32()?)?;
-        let parent = match r.u8()? {
-            2 => None,
-            tag => Some(r.key(tag)?),
-        };
-        let staged = r.u64()?;
+        let row = r.row(&text)?;
         engine.load_interned(
-            key,
-            hash,
-            valid_from,
-            kildesystem,
-            skolenummer,
-            parent,
-            staged,
+            row.key,
+            row.hash,
+            row.valid_from,
+            row.kildesystem,
+            row.skolenummer,
+            row.parent,
+            row.staged,
         );
     }
     if r.pos != b.len() {
@@ -484,29 +524,278 @@ async fn accepted(
     Ok(accepted)
 }
 
-/// The engines as the state file has them for these table versions, or why it could not be
-/// used. A store that cannot be read is an error.
+/// The engines as the state file — its base and the change beside it, when there is one of
+/// that base — has them for these table versions, with what the next state's change is made
+/// against, or why it could not be used. A store that cannot be read is an error.
 pub async fn read(
     ctx: &RunContext,
     versions: [Label; 3],
-) -> Result<std::result::Result<Decoded, Unused>> {
-    let Some(bytes) = crate::storage::get(&url(ctx)).await? else {
+) -> Result<std::result::Result<(Decoded, Base), Unused>> {
+    let (base_url, change_url) = (url(ctx), change_url(ctx));
+    let (bytes, change) = tokio::join!(
+        crate::storage::get(&base_url),
+        crate::storage::get(&change_url)
+    );
+    let Some(bytes) = bytes? else {
         return Ok(Err(Unused::Missing));
     };
-    let versions = match stored_labels(&bytes) {
+    // A change of another base (one written anew since), or a damaged one, is not used: the
+    // base alone is then of older versions, and the tables are read.
+    let change = change?.and_then(|c| {
+        let labels = change_labels(&c, checksum_of(&bytes)?)?;
+        Some((c, labels))
+    });
+    let base_labels = stored_labels(&bytes);
+    let stored = match &change {
+        Some((_, labels)) => Some(*labels),
+        None => base_labels,
+    };
+    let versions = match stored {
         Some(stored) if stored != versions => accepted(ctx, stored, versions).await?,
         _ => versions,
     };
     tokio::task::spawn_blocking(move || {
         // The file's pages are given back as they are read when it is mapped (a local
         // warehouse); bytes an object store copied to the heap are left alone.
-        match crate::storage::pages_of(&bytes) {
-            Some(release) => decode_releasing(&bytes, versions, &release),
-            None => decode_releasing(&bytes, versions, &|_| {}),
+        let release = crate::storage::pages_of(&bytes);
+        let release: Release<'_> = match &release {
+            Some(release) => release,
+            None => &|_| {},
+        };
+        let Some((change, labels)) = change else {
+            let (engines, records) = decode_records(&bytes, versions, release)?;
+            let base = Base::of(&bytes, &engines, &records);
+            return Ok(((engines, Memo::new(records)), base));
+        };
+        if labels != versions {
+            return Err(Unused::OtherVersions);
         }
+        let base_labels = base_labels.ok_or_else(|| Unused::Damaged("not a state file".into()))?;
+        let (mut engines, records) = decode_records(&bytes, base_labels, release)?;
+        let mut base = Base::of(&bytes, &engines, &records);
+        let records = apply_change(&change, &mut engines, records, &mut base)?;
+        Ok(((engines, Memo::new(records)), base))
     })
     .await
     .map_err(|e| Error::Internal(format!("reading the state file: {e}")))
+}
+
+/// What a state was read from: the next state is written as a change beside the same base
+/// while that change stays small (docs/ARCHITECTURE.md, "The current state").
+#[derive(Debug, Default)]
+pub struct Base {
+    /// The base file's checksum, which a change of it names.
+    sum: u64,
+    /// The base's current rows (the three tables') and summaries.
+    rows: usize,
+    records: usize,
+    /// The keys (per table) and summaries' record hashes the change read with it named: they
+    /// may differ from the base's, and the next change names them again.
+    keys: [Vec<Key>; 3],
+    hashes: Vec<u64>,
+}
+
+impl Base {
+    fn of(bytes: &[u8], engines: &[Scd2; 3], records: &Records) -> Base {
+        Base {
+            sum: checksum_of(bytes).unwrap_or_default(),
+            rows: engines.iter().map(|e| e.state.len()).sum(),
+            records: records.entries.len(),
+            ..Base::default()
+        }
+    }
+}
+
+/// A file's checksum: its last eight bytes.
+fn checksum_of(bytes: &[u8]) -> Option<u64> {
+    let at = bytes.len().checked_sub(8)?;
+    Some(u64::from_le_bytes(bytes[at..].try_into().ok()?))
+}
+
+/// The state of `engines` and `records` as a change beside `base`: per table the rows of
+/// every key this run touched or the base's change named (a key no longer current as removed),
+/// and the summaries whose record hashes differ from the memo's or were named. `None` when it
+/// would name more than one in [`CHANGE_AT_MOST`] of the base's rows and summaries: the whole
+/// state is then written anew.
+pub fn change(
+    engines: [&Scd2; 3],
+    versions: [Label; 3],
+    base: &Base,
+    records: &Next<'_>,
+) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    out.extend_from_slice(CHANGE_MAGIC);
+    out.extend_from_slice(&CHANGE_FORMAT.to_le_bytes());
+    out.extend_from_slice(&base.sum.to_le_bytes());
+    let mut named = 0;
+    for (((name, engine), version), before) in
+        (TABLES.iter().zip(engines)).zip(versions).zip(&base.keys)
+    {
+        let keys: rustc_hash::FxHashSet<&Key> = engine.touched().chain(before).collect();
+        named += keys.len();
+        if named * CHANGE_AT_MOST > base.rows + base.records {
+            return None;
+        }
+        let (set, removed): (Vec<&Key>, Vec<&Key>) = keys
+            .into_iter()
+            .partition(|k| engine.state.contains_key(*k));
+        let mut part = Vec::new();
+        put_bytes(&mut part, name.as_bytes());
+        put_label(&mut part, version);
+        let texts: Vec<&str> = engine.texts().collect();
+        part.extend_from_slice(&(texts.len() as u32).to_le_bytes());
+        for t in &texts {
+            put_bytes(&mut part, t.as_bytes());
+        }
+        part.extend_from_slice(&(removed.len() as u64).to_le_bytes());
+        for k in removed {
+            put_key(&mut part, k);
+        }
+        part.extend_from_slice(&(set.len() as u64).to_le_bytes());
+        for (k, cur) in set
+            .into_iter()
+            .filter_map(|k| engine.state.get_key_value(k))
+        {
+            put_row(&mut part, k, cur);
+        }
+        out.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        out.extend(part);
+    }
+    let mut hashes = records.changed_from_memo();
+    hashes.extend(&base.hashes);
+    hashes.sort_unstable();
+    hashes.dedup();
+    if (named + hashes.len()) * CHANGE_AT_MOST > base.rows + base.records {
+        return None;
+    }
+    out.extend_from_slice(&(hashes.len() as u64).to_le_bytes());
+    for h in &hashes {
+        out.extend_from_slice(&h.to_le_bytes());
+    }
+    let summaries = records.of_hashes(&hashes).to_bytes();
+    out.extend_from_slice(&(summaries.len() as u64).to_le_bytes());
+    out.extend(summaries);
+    let sum = xxhash_rust::xxh3::xxh3_64(&out);
+    out.extend_from_slice(&sum.to_le_bytes());
+    Some(out)
+}
+
+/// A change's parts: the three tables', the named record hashes and the summaries.
+type ChangeParts<'a> = ([&'a [u8]; 3], &'a [u8], &'a [u8]);
+
+/// A change's parts: the three tables' and the summaries' (named hashes, then summaries), when
+/// it is whole and of the base whose checksum is `base_sum`.
+fn change_parts(bytes: &[u8], base_sum: u64) -> Option<ChangeParts<'_>> {
+    let body = bytes.get(..bytes.len().checked_sub(8)?)?;
+    if xxhash_rust::xxh3::xxh3_64(body) != checksum_of(bytes)? || !body.starts_with(CHANGE_MAGIC) {
+        return None;
+    }
+    let mut r = Reader::new(body);
+    r.pos = CHANGE_MAGIC.len();
+    if r.u32().ok()? != CHANGE_FORMAT || r.u64().ok()? != base_sum {
+        return None;
+    }
+    let mut part = || {
+        let len = usize::try_from(r.u64().ok()?).ok()?;
+        r.take(len).ok()
+    };
+    let tables = [part()?, part()?, part()?];
+    let n = usize::try_from(r.u64().ok()?).ok()?;
+    let hashes = r.take(n.checked_mul(8)?).ok()?;
+    let summaries = {
+        let len = usize::try_from(r.u64().ok()?).ok()?;
+        r.take(len).ok()?
+    };
+    (r.pos == body.len()).then_some((tables, hashes, summaries))
+}
+
+/// The labels a change has (`None`: not a whole change of the base whose checksum is
+/// `base_sum`).
+fn change_labels(bytes: &[u8], base_sum: u64) -> Option<[Label; 3]> {
+    let (tables, _, _) = change_parts(bytes, base_sum)?;
+    let label = |part: &[u8]| {
+        let mut r = Reader::new(part);
+        r.text().ok()?;
+        let (version, id) = (r.u64().ok()? as i64, r.u64().ok()?);
+        Some((version >= 0).then_some((version as u64, id)))
+    };
+    Some([label(tables[0])?, label(tables[1])?, label(tables[2])?])
+}
+
+/// `engines` and `records` (a base's) with the change in `bytes` applied; `base` learns what
+/// it named.
+fn apply_change(
+    bytes: &[u8],
+    engines: &mut [Scd2; 3],
+    records: Records,
+    base: &mut Base,
+) -> std::result::Result<Records, Unused> {
+    let damaged = |why: &str| Unused::Damaged(format!("change: {why}"));
+    let (tables, hashes, summaries) =
+        change_parts(bytes, base.sum).ok_or_else(|| damaged("not of this base"))?;
+    for (((name, engine), part), keys) in (TABLES.iter().zip(engines.iter_mut()))
+        .zip(tables)
+        .zip(base.keys.iter_mut())
+    {
+        let mut r = Reader::new(part);
+        if r.text()? != *name {
+            return Err(damaged("table order"));
+        }
+        r.take(16)?;
+        let n = r.u32()? as usize;
+        let texts: Vec<Text> = (0..n)
+            .map(|_| r.text().map(|t| engine.intern(t)))
+            .collect::<std::result::Result<_, _>>()?;
+        let text = |i: u32| -> std::result::Result<Option<Text>, Unused> {
+            match i {
+                u32::MAX => Ok(None),
+                i => texts
+                    .get(i as usize)
+                    .map(|t| Some(*t))
+                    .ok_or_else(|| damaged("text index")),
+            }
+        };
+        for _ in 0..r.u64()? {
+            let tag = r.u8()?;
+            let key = r.key(tag)?;
+            engine.state.swap_remove(&key);
+            keys.push(key);
+        }
+        for _ in 0..r.u64()? {
+            let row = r.row(&text)?;
+            keys.push(row.key.clone());
+            engine.load_interned(
+                row.key,
+                row.hash,
+                row.valid_from,
+                row.kildesystem,
+                row.skolenummer,
+                row.parent,
+                row.staged,
+            );
+        }
+        if r.pos != part.len() {
+            return Err(damaged("trailing bytes"));
+        }
+    }
+    base.hashes = (hashes.chunks_exact(8))
+        .map(|h| u64::from_le_bytes(h.try_into().unwrap_or_default()))
+        .collect();
+    if !base.hashes.is_sorted() {
+        return Err(damaged("hashes out of order"));
+    }
+    let summaries = Records::decode(summaries, &|_| {}).ok_or_else(|| damaged("summaries"))?;
+    Ok(records.changed(&base.hashes, summaries))
+}
+
+/// Writes the change since the state file (docs/ARCHITECTURE.md, "The current state").
+pub async fn put_change(ctx: &RunContext, bytes: Vec<u8>) -> Result<()> {
+    crate::storage::put(&change_url(ctx), bytes).await
+}
+
+/// Removes the change beside the state file (a new base was written: it is of the old one).
+pub async fn drop_change(ctx: &RunContext) -> Result<()> {
+    crate::storage::delete(&change_url(ctx)).await
 }
 
 /// Writes the state file from the parts [`encode_each`] hands on, as they come; it is made only
@@ -638,5 +927,123 @@ mod tests {
         );
         assert!(decode(b"", v).is_err());
         assert!(decode(b"{\"not\": \"a state\"}", v).is_err());
+    }
+
+    /// A summary of school `school` (an index into the records' schools).
+    fn entry(id: u64, school: u32) -> crate::carried::Entry {
+        crate::carried::Entry {
+            id: [id, id + 1],
+            pupil: u128::from(id).into(),
+            school,
+            nulls: id,
+        }
+    }
+
+    /// A day applied to the engines: one key closed, one changed, one new, one restaged.
+    fn day(e: &mut [Scd2; 3], n: u128, as_of: i64) {
+        use super::super::scd2::{Scope, SnapshotRow};
+        let id = |i: u128| uuid::Uuid::from_u128(i * 7919 + 1).to_string();
+        let (changed, new, restaged) = (id(n), id(1000 + n), id(n + 1));
+        let row = |key: &str, hash: u128, staged: u64| SnapshotRow {
+            key: Box::leak(key.to_string().into_boxed_str()),
+            hash,
+            kildesystem: Some("vigilo"),
+            skolenummer: Some("46599"),
+            parent: None,
+            staged,
+        };
+        let rows = [
+            row(&changed, 1 << 100 | n, 9),
+            row(&new, 7, 8),
+            row(&restaged, n + 1, 4242),
+        ];
+        e[1].apply(0, as_of, &rows, Scope::None);
+        e[1].close_key(&Key::of(&id(n + 2)), as_of);
+        e[2].close_key(&Key::of(&id(n + 3)), as_of);
+    }
+
+    #[test]
+    fn a_base_and_its_change_read_back_as_the_state_they_were_made_of() {
+        let base_engines = engines();
+        let v0 = [Some((3, 1)), Some((5, 2)), Some((5, 3))];
+        let schools = vec!["46591".to_string(), "46592".to_string()];
+        let r0 = Records {
+            schools: schools.clone(),
+            entries: vec![(66, entry(1, 0)), (77, entry(2, 1)), (99, entry(3, 0))],
+        };
+        let bytes = encode(
+            [&base_engines[0], &base_engines[1], &base_engines[2]],
+            v0,
+            &r0,
+        )
+        .concat();
+
+        // Day one on the base: the state as read, changed, written as a change.
+        let (mut e, memo) = decode(&bytes, v0).unwrap();
+        let mut base = Base::of(&bytes, &e, &r0);
+        day(&mut e, 10, 100);
+        // Record 66 is gone, 77 read again with another school, 88 new, 99 carried unread.
+        let read = Records {
+            schools: vec!["46593".into()],
+            entries: vec![(77, entry(2, 0)), (88, entry(4, 0))],
+        };
+        let v1 = [Some((3, 1)), Some((6, 2)), Some((6, 3))];
+        let next = Next::merge([(read.clone(), vec![2])], Some(&memo));
+        let day1 = change([&e[0], &e[1], &e[2]], v1, &base, &next).unwrap();
+        assert!(day1.len() < bytes.len() / 2, "{} bytes", day1.len());
+        assert_eq!(change_labels(&day1, base.sum), Some(v1));
+        // Of another base, or damaged: not used.
+        assert_eq!(change_labels(&day1, base.sum ^ 1), None);
+        let mut flipped = day1.clone();
+        flipped[40] ^= 1;
+        assert_eq!(change_labels(&flipped, base.sum), None);
+
+        let read_back = |change: &[u8]| {
+            let (mut back, records) = decode_records(&bytes, v0, &|_| {}).unwrap();
+            let mut base = Base::of(&bytes, &back, &records);
+            let records = apply_change(change, &mut back, records, &mut base).unwrap();
+            (back, records, base)
+        };
+        let (back, records, base1) = read_back(&day1);
+        for i in 0..3 {
+            assert!(same(&e[i], &back[i]), "day one, table {}", TABLES[i]);
+        }
+        let school = |r: &Records, h: u64| {
+            let (_, e) = r.entries.iter().find(|(x, _)| *x == h).unwrap();
+            r.schools[e.school as usize].clone()
+        };
+        let hashes: Vec<u64> = records.entries.iter().map(|(h, _)| *h).collect();
+        assert_eq!(hashes, [77, 88, 99]);
+        assert_eq!(school(&records, 77), "46593");
+        assert_eq!(school(&records, 99), "46591");
+
+        // Day two on the same base: the change names day one's keys and records again. (The
+        // base is counted as a large one: this one is of a few rows, and two days touch more
+        // than one in eight of them.)
+        base = base1;
+        base.rows = 1000;
+        let memo = crate::carried::Memo::new(records);
+        day(&mut e, 20, 200);
+        let read = Records {
+            schools: vec!["46591".into()],
+            entries: vec![(55, entry(5, 0))],
+        };
+        // 77 and 99 carried (places 0 and 2 of the memo), 88 gone.
+        let next = Next::merge([(read, vec![0, 2])], Some(&memo));
+        let v2 = [Some((3, 1)), Some((7, 2)), Some((7, 3))];
+        let day2 = change([&e[0], &e[1], &e[2]], v2, &base, &next).unwrap();
+        let (back, records, _) = read_back(&day2);
+        for i in 0..3 {
+            assert!(same(&e[i], &back[i]), "day two, table {}", TABLES[i]);
+        }
+        let hashes: Vec<u64> = records.entries.iter().map(|(h, _)| *h).collect();
+        assert_eq!(hashes, [55, 77, 99]);
+        assert_eq!(school(&records, 77), "46593");
+        assert_eq!(school(&records, 55), "46591");
+
+        // A change that would name more than one in eight of the base's rows is not made.
+        let mut big = Base::of(&bytes, &back, &records);
+        (big.rows, big.records) = (8, 0);
+        assert!(change([&e[0], &e[1], &e[2]], v2, &big, &next).is_none());
     }
 }

@@ -566,6 +566,15 @@ pub async fn get(url: &Url) -> Result<Option<bytes::Bytes>> {
     }
 }
 
+/// Removes what is at `url`; nothing there is no error.
+pub async fn delete(url: &Url) -> Result<()> {
+    let store = store_for(url)?;
+    match store.delete(&object_path(url)?).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Writes `bytes` to `url` (the state file, tests and `export`).
 pub async fn put(url: &Url, bytes: Vec<u8>) -> Result<()> {
     put_parts(url, vec![bytes]).await
