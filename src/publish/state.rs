@@ -129,15 +129,7 @@ fn section_each(
     emit: &mut dyn FnMut(Vec<u8>),
 ) {
     let mut head = Vec::new();
-    put_bytes(&mut head, name.as_bytes());
-    put_label(&mut head, version);
-    // Source names and school numbers repeat on every row: the engine's table of them first,
-    // each row then has their places in it.
-    let texts: Vec<&str> = engine.texts().collect();
-    head.extend_from_slice(&(texts.len() as u32).to_le_bytes());
-    for t in &texts {
-        put_bytes(&mut head, t.as_bytes());
-    }
+    put_head(&mut head, name, engine, version);
     head.extend_from_slice(&(engine.state.len() as u64).to_le_bytes());
     // The rows' length, counted by writing each one as below (a pass of a few milliseconds).
     let mut row = Vec::new();
@@ -160,6 +152,19 @@ fn section_each(
     }
     if !out.is_empty() {
         emit(out);
+    }
+}
+
+/// A table's part's head, in the file and in a change: its name, label and the engine's texts
+/// (source names and school numbers repeat on every row: the table of them first, each row
+/// then has their places in it).
+fn put_head(out: &mut Vec<u8>, name: &str, engine: &Scd2, version: Label) {
+    put_bytes(out, name.as_bytes());
+    put_label(out, version);
+    let texts: Vec<&str> = engine.texts().collect();
+    out.extend_from_slice(&(texts.len() as u32).to_le_bytes());
+    for t in &texts {
+        put_bytes(out, t.as_bytes());
     }
 }
 
@@ -320,11 +325,21 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// One current row as [`put_row`] wrote it, its texts' places read by `text`.
-    fn row(
-        &mut self,
-        text: &dyn Fn(u32) -> std::result::Result<Option<Text>, Unused>,
-    ) -> std::result::Result<Row, Unused> {
+    /// A part's table of texts ([`put_head`]), each made a number of `engine`.
+    fn texts(&mut self, engine: &mut Scd2) -> std::result::Result<Vec<Text>, Unused> {
+        let n = self.u32()? as usize;
+        (0..n)
+            .map(|_| self.text().map(|t| engine.intern(t)))
+            .collect()
+    }
+
+    /// One current row as [`put_row`] wrote it, its texts' places in `texts`.
+    fn row(&mut self, texts: &[Text]) -> std::result::Result<Row, Unused> {
+        let text = |i: u32| match i {
+            u32::MAX => Ok(None),
+            i => (texts.get(i as usize).map(|t| Some(*t)))
+                .ok_or_else(|| Unused::Damaged("text index".into())),
+        };
         let tag = self.u8()?;
         let key = self.key(tag)?;
         Ok(Row {
@@ -351,6 +366,21 @@ struct Row {
     skolenummer: Option<Text>,
     parent: Option<Key>,
     staged: u64,
+}
+
+impl Row {
+    /// Into `engine`, in place of any current version of its key.
+    fn load(self, engine: &mut Scd2) {
+        engine.load_interned(
+            self.key,
+            self.hash,
+            self.valid_from,
+            self.kildesystem,
+            self.skolenummer,
+            self.parent,
+            self.staged,
+        );
+    }
 }
 
 /// What a state file holds: the engines, and the summaries of records carried unread.
@@ -446,32 +476,11 @@ fn decode_section(
     if r.take(16)? != expected.as_slice() {
         return Err(Unused::OtherVersions);
     }
-    let n = r.u32()? as usize;
-    let texts: Vec<Text> = (0..n)
-        .map(|_| r.text().map(|t| engine.intern(t)))
-        .collect::<std::result::Result<_, _>>()?;
-    let text = |i: u32| -> std::result::Result<Option<Text>, Unused> {
-        match i {
-            u32::MAX => Ok(None),
-            i => texts
-                .get(i as usize)
-                .map(|t| Some(*t))
-                .ok_or_else(|| damaged("text index")),
-        }
-    };
+    let texts = r.texts(&mut engine)?;
     let rows = r.u64()? as usize;
     engine.state.reserve(rows.min(b.len() / 40));
     for _ in 0..rows {
-        let row = r.row(&text)?;
-        engine.load_interned(
-            row.key,
-            row.hash,
-            row.valid_from,
-            row.kildesystem,
-            row.skolenummer,
-            row.parent,
-            row.staged,
-        );
+        r.row(&texts)?.load(&mut engine);
     }
     if r.pos != b.len() {
         return Err(damaged("trailing bytes"));
@@ -484,6 +493,11 @@ fn decode_section(
 /// format; `decode` says what is wrong with it).
 fn stored_labels(bytes: &[u8]) -> Option<[Label; 3]> {
     let (tables, _) = parts(bytes.get(..bytes.len().checked_sub(8)?)?).ok()?;
+    labels_of(tables)
+}
+
+/// The labels at the heads of a file's or a change's three table parts ([`put_head`]).
+fn labels_of(tables: [&[u8]; 3]) -> Option<[Label; 3]> {
     let label = |part: &[u8]| {
         let mut r = Reader::new(part);
         r.text().ok()?;
@@ -640,13 +654,7 @@ pub fn change(
             .into_iter()
             .partition(|k| engine.state.contains_key(*k));
         let mut part = Vec::new();
-        put_bytes(&mut part, name.as_bytes());
-        put_label(&mut part, version);
-        let texts: Vec<&str> = engine.texts().collect();
-        part.extend_from_slice(&(texts.len() as u32).to_le_bytes());
-        for t in &texts {
-            put_bytes(&mut part, t.as_bytes());
-        }
+        put_head(&mut part, name, engine, version);
         part.extend_from_slice(&(removed.len() as u64).to_le_bytes());
         for k in removed {
             put_key(&mut part, k);
@@ -712,14 +720,7 @@ fn change_parts(bytes: &[u8], base_sum: u64) -> Option<ChangeParts<'_>> {
 /// The labels a change has (`None`: not a whole change of the base whose checksum is
 /// `base_sum`).
 fn change_labels(bytes: &[u8], base_sum: u64) -> Option<[Label; 3]> {
-    let (tables, _, _) = change_parts(bytes, base_sum)?;
-    let label = |part: &[u8]| {
-        let mut r = Reader::new(part);
-        r.text().ok()?;
-        let (version, id) = (r.u64().ok()? as i64, r.u64().ok()?);
-        Some((version >= 0).then_some((version as u64, id)))
-    };
-    Some([label(tables[0])?, label(tables[1])?, label(tables[2])?])
+    labels_of(change_parts(bytes, base_sum)?.0)
 }
 
 /// `engines` and `records` (a base's) with the change in `bytes` applied; `base` learns what
@@ -742,19 +743,7 @@ fn apply_change(
             return Err(damaged("table order"));
         }
         r.take(16)?;
-        let n = r.u32()? as usize;
-        let texts: Vec<Text> = (0..n)
-            .map(|_| r.text().map(|t| engine.intern(t)))
-            .collect::<std::result::Result<_, _>>()?;
-        let text = |i: u32| -> std::result::Result<Option<Text>, Unused> {
-            match i {
-                u32::MAX => Ok(None),
-                i => texts
-                    .get(i as usize)
-                    .map(|t| Some(*t))
-                    .ok_or_else(|| damaged("text index")),
-            }
-        };
+        let texts = r.texts(engine)?;
         for _ in 0..r.u64()? {
             let tag = r.u8()?;
             let key = r.key(tag)?;
@@ -762,17 +751,9 @@ fn apply_change(
             keys.push(key);
         }
         for _ in 0..r.u64()? {
-            let row = r.row(&text)?;
+            let row = r.row(&texts)?;
             keys.push(row.key.clone());
-            engine.load_interned(
-                row.key,
-                row.hash,
-                row.valid_from,
-                row.kildesystem,
-                row.skolenummer,
-                row.parent,
-                row.staged,
-            );
+            row.load(engine);
         }
         if r.pos != part.len() {
             return Err(damaged("trailing bytes"));
