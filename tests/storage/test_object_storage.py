@@ -12,6 +12,7 @@ honours the condition, then runs two pipelines at once.
 
 Run by `make test-storage` (part of `make test`) with ELEVFLYT_BIN set.
 """
+import json
 import os
 import pathlib
 import shutil
@@ -177,9 +178,13 @@ def test_a_full_run_and_a_rerun_in_object_storage(store, buckets, tmp_path):
     t = time.monotonic()
     first = elevflyt(store.env, "run", str(p), "--until", "2026-01-15")
     assert first.returncode == 0, first.stderr[-3000:]
-    second = elevflyt(store.env, "run", str(p))
+    second = elevflyt(store.env, "run", str(p), "--log-level", "debug")
     assert second.returncode == 0, second.stderr[-3000:]
     print(f"{store.name}: two runs in {time.monotonic() - t:.1f} s")
+    # The second day read the state file the first wrote, and wrote what changed beside it in
+    # the store (docs/ARCHITECTURE.md, "The current state").
+    assert json.loads(second.stdout)["current_rows_from"] == "state file", second.stdout
+    assert 'written="change"' in second.stderr, second.stderr[-3000:]
 
     # deltalake opens every table where elevflyt wrote it, and sees what elevflyt sees.
     for name in TABLES:
