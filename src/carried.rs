@@ -98,8 +98,17 @@ impl Records {
     /// `named` holds (sorted): the summaries a state file's base and its change make
     /// (docs/ARCHITECTURE.md, "The current state"). The result is in record-hash order.
     pub fn changed(mut self, named: &[u64], change: Records) -> Records {
-        let named_has = |h: &u64| named.binary_search(h).is_ok();
-        self.entries.retain(|(h, _)| !named_has(h));
+        // One walk along both when the summaries are in order (as a state file has them).
+        if self.entries.is_sorted_by_key(|e| e.0) {
+            let mut named = named.iter().peekable();
+            self.entries.retain(|(h, _)| {
+                while named.next_if(|&&n| n < *h).is_some() {}
+                named.peek() != Some(&h)
+            });
+        } else {
+            self.entries
+                .retain(|(h, _)| named.binary_search(h).is_err());
+        }
         let mut place: FxHashMap<String, u32> = (self.schools.iter().enumerate())
             .map(|(i, s)| (s.clone(), i as u32))
             .collect();
@@ -531,6 +540,63 @@ mod tests {
             0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
         ] {
             assert_eq!(Hash128::from(h).get(), h);
+        }
+    }
+
+    #[test]
+    fn a_change_replaces_the_summaries_it_names_in_order_or_not() {
+        let entry = |id: u64, school: u32| Entry {
+            id: [id, 0],
+            pupil: u128::from(id).into(),
+            school,
+            nulls: 0,
+        };
+        let base = Records {
+            schools: vec!["46591".into(), "46592".into()],
+            // 30 twice (both named: both go), 50 not named (stays).
+            entries: vec![
+                (10, entry(1, 0)),
+                (30, entry(3, 1)),
+                (30, entry(4, 1)),
+                (50, entry(5, 0)),
+            ],
+        };
+        let change = Records {
+            schools: vec!["46593".into(), "46592".into()],
+            entries: vec![
+                (40, entry(9, 0)),
+                (10, entry(8, 1)),
+                (60, entry(7, NO_SCHOOL)),
+            ],
+        };
+        let named = [10, 20, 30, 40, 60];
+        let expect: Vec<(u64, u64, Option<&str>)> = vec![
+            (10, 8, Some("46592")),
+            (40, 9, Some("46593")),
+            (50, 5, Some("46591")),
+            (60, 7, None),
+        ];
+        let mut unsorted = base.clone();
+        unsorted.entries.reverse();
+        for b in [base, unsorted] {
+            let sorted = b.entries.is_sorted_by_key(|e| e.0);
+            let got = b.changed(&named, change.clone());
+            let got: Vec<(u64, u64, Option<&str>)> = (got.entries.iter())
+                .map(|(h, e)| {
+                    let school =
+                        (e.school != NO_SCHOOL).then(|| got.schools[e.school as usize].as_str());
+                    (*h, e.id[0], school)
+                })
+                .collect();
+            match sorted {
+                true => assert_eq!(got, expect),
+                // Out of order in, the same summaries out (Memo::new sorts them).
+                false => {
+                    let mut got = got;
+                    got.sort();
+                    assert_eq!(got, expect);
+                }
+            }
         }
     }
 
