@@ -83,13 +83,7 @@ impl Records {
     /// These summaries' bytes as the state file holds them ([`Next::encode_each`] makes the
     /// same of summaries it merges; a state file's change holds a few).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&(self.schools.len() as u32).to_le_bytes());
-        for s in &self.schools {
-            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-            out.extend_from_slice(s.as_bytes());
-        }
-        out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
+        let mut out = head_bytes(&self.schools, self.entries.len());
         out.extend(entry_bytes(&self.entries));
         out
     }
@@ -356,14 +350,7 @@ impl<'m> Next<'m> {
     /// `per_part` entries each (after one with the schools), so that they are never all in memory
     /// at once: the summaries are a fifth of a gigabyte at a million pupils.
     pub fn encode_each(&self, per_part: usize, out: &mut dyn FnMut(Vec<u8>)) {
-        let mut head = Vec::new();
-        head.extend_from_slice(&(self.records.schools.len() as u32).to_le_bytes());
-        for s in &self.records.schools {
-            head.extend_from_slice(&(s.len() as u32).to_le_bytes());
-            head.extend_from_slice(s.as_bytes());
-        }
-        head.extend_from_slice(&(self.len() as u64).to_le_bytes());
-        out(head);
+        out(head_bytes(&self.records.schools, self.len()));
         self.each(per_part, &mut |entries| out(entry_bytes(entries)));
     }
 
@@ -403,6 +390,19 @@ impl<'m> Next<'m> {
             entries,
         }
     }
+}
+
+/// The head of summaries as the state file holds them: the schools, then how many summaries
+/// follow.
+fn head_bytes(schools: &[String], n: usize) -> Vec<u8> {
+    let mut head = Vec::new();
+    head.extend_from_slice(&(schools.len() as u32).to_le_bytes());
+    for s in schools {
+        head.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        head.extend_from_slice(s.as_bytes());
+    }
+    head.extend_from_slice(&(n as u64).to_le_bytes());
+    head
 }
 
 /// Entries with their record hashes, as the state file holds them: fixed-size, written in place.

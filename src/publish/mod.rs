@@ -212,22 +212,18 @@ pub async fn run(
     let stored = tokio::spawn({
         let ctx = ctx.clone();
         async move {
-            let written = match change.await {
-                Ok(Some(change)) => {
+            let written = async {
+                if let Ok(Some(change)) = change.await {
                     let put = state::put_change(&ctx, change).await;
                     let _ = made.await;
-                    put.map(|()| "change")
+                    return put.map(|()| "change");
                 }
-                _ => {
-                    let whole = async { made.await.is_ok() };
-                    match state::put_each(&ctx, &mut parts, whole).await {
-                        // The change beside the old base is of no use now.
-                        Ok(()) => state::drop_change(&ctx).await.map(|()| "whole"),
-                        Err(e) => Err(e),
-                    }
-                }
+                state::put_each(&ctx, &mut parts, async { made.await.is_ok() }).await?;
+                // The change beside the old base is of no use now.
+                state::drop_change(&ctx).await?;
+                Ok("whole")
             };
-            Ok::<_, crate::error::Error>(written)
+            Ok::<_, crate::error::Error>(written.await)
         }
     });
     let rest = finish(ctx, &identity, &pending, changed, &mut out, &mut steps).await;
